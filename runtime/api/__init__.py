@@ -1,0 +1,1 @@
+"""The OJS HTTP binding as a plain ASGI application."""

@@ -1,0 +1,161 @@
+"""The ASGI application: request framing, auth, limits, request ids and error bodies.
+
+Handlers live in the sibling modules and only translate between HTTP and the broker.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any, Awaitable, Callable
+
+from runtime.broker import BACKEND_ERRORS
+from runtime.api.routing import Request, Response, Router, json_response
+from runtime.errors import (
+    BackendUnavailable,
+    MethodNotAllowed,
+    NotFound,
+    OJSError,
+    PayloadTooLarge,
+    Unauthorized,
+    Unsupported,
+)
+from runtime.ids import uuid7
+
+logger = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Hook = Callable[[], Awaitable[None]]
+
+DOCS_URL = "https://openjobspec.org/spec/ojs-http-binding#errors"
+OPEN_PATHS = frozenset({"/health", "/ready", "/ojs/v1/health", "/metrics"})
+MAX_REQUEST_ID = 128
+
+
+def error_body(err: OJSError, request_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "code": err.code,
+        "message": err.message,
+        "retryable": err.retryable,
+        "type": err.error_type or err.code,
+        "request_id": request_id,
+        "docs_url": DOCS_URL,
+        "doc_url": DOCS_URL,
+    }
+    if err.hint:
+        body["hint"] = err.hint
+    if err.details:
+        body["details"] = err.details
+    return {"error": body}
+
+
+class App:
+    """ASGI entry point. `startup`/`shutdown` hooks run on the lifespan protocol."""
+
+    def __init__(
+        self, router: Router, *, api_key: str | None, max_body_bytes: int,
+        startup: list[Hook] | None = None, shutdown: list[Hook] | None = None,
+    ) -> None:
+        self.router = router
+        self.api_key = api_key.encode() if api_key else None
+        self.max_body_bytes = max_body_bytes
+        self.startup = startup or []
+        self.shutdown = shutdown or []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    for hook in self.startup:
+                        await hook()
+                except Exception as err:
+                    logger.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(err)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                for hook in self.shutdown:
+                    try:
+                        await hook()
+                    except Exception:
+                        logger.exception("shutdown hook failed")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {name.lower(): value for name, value in scope["headers"]}
+        given_id = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given_id if 0 < len(given_id) <= MAX_REQUEST_ID else f"req_{uuid7()}"
+        try:
+            response = await self._dispatch(scope, receive, headers, request_id)
+        except OJSError as err:
+            response = json_response(err.status, error_body(err, request_id))
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            err = OJSError("Internal server error.")
+            response = json_response(500, error_body(err, request_id))
+        response.headers.append((b"ojs-version", b"1.0"))
+        response.headers.append((b"x-request-id", request_id.encode("latin-1")))
+        response.headers.append((b"content-length", str(len(response.body)).encode()))
+        await send({"type": "http.response.start", "status": response.status, "headers": response.headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+    async def _dispatch(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes], request_id: str) -> Response:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if self.api_key is not None and path not in OPEN_PATHS:
+            self._authorize(headers)
+        version = headers.get(b"ojs-version")
+        if version is not None and version.strip() not in (b"1.0", b"1"):
+            raise Unsupported(f"OJS-Version '{version.decode('latin-1')}' is not supported; use 1.0.")
+        handler, params, path_known = self.router.match(method, path.rstrip("/") or "/")
+        if handler is None:
+            if path_known:
+                raise MethodNotAllowed(f"Method {method} is not allowed on {path}.")
+            raise NotFound(f"No endpoint at {path}.")
+        body = await self._read_body(receive, headers)
+        request = Request(
+            method=method, path=path, query_string=scope.get("query_string", b""), headers=headers,
+            body=body, request_id=request_id,
+        )
+        request.params = params
+        try:
+            return await handler(request)
+        except BACKEND_ERRORS as err:
+            raise BackendUnavailable(f"Job store unavailable: {err}") from None
+
+    def _authorize(self, headers: dict[bytes, bytes]) -> None:
+        assert self.api_key is not None
+        given = headers.get(b"authorization", b"")
+        scheme, _, token = given.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.api_key):
+            raise Unauthorized("Missing or invalid API key.")
+
+    async def _read_body(self, receive: Receive, headers: dict[bytes, bytes]) -> bytes:
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise PayloadTooLarge(f"Request body exceeds {self.max_body_bytes} bytes.")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise PayloadTooLarge(f"Request body exceeds {self.max_body_bytes} bytes.")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+

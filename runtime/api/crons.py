@@ -1,0 +1,46 @@
+"""Cron endpoints. Responses carry both the openapi (`cron`, `crons`) and prose (`cron_job`,
+`cron_jobs`) spellings."""
+
+from __future__ import annotations
+
+import msgspec
+
+from runtime.api.routing import Request, Response, Router, json_response
+from runtime.api.services import Services
+from runtime.envelope import CronPatch, CronRequest
+
+_register_decoder = msgspec.json.Decoder(CronRequest)
+_patch_decoder = msgspec.json.Decoder(CronPatch)
+
+
+def register(router: Router, services: Services) -> None:
+    crons = services.crons
+
+    async def create(request: Request) -> Response:
+        req: CronRequest = request.decode(_register_decoder)
+        view, created = await crons.register(req)
+        return json_response(201 if created else 200, {"cron": view, "cron_job": view})
+
+    async def list_crons(request: Request) -> Response:
+        views = await crons.list()
+        return json_response(200, {"crons": views, "cron_jobs": views, "count": len(views)})
+
+    async def get(request: Request) -> Response:
+        view = await crons.get(request.params["name"])
+        return json_response(200, {"cron": view, "cron_job": view})
+
+    async def delete(request: Request) -> Response:
+        view = await crons.delete(request.params["name"])
+        return json_response(200, {"cron": view, "cron_job": view, "deleted": True, "name": view["name"]})
+
+    async def patch(request: Request) -> Response:
+        req: CronPatch = request.decode(_patch_decoder)
+        name = request.params["name"]
+        view = await crons.get(name) if req.enabled is None else await crons.set_enabled(name, req.enabled)
+        return json_response(200, {"cron": view, "cron_job": view})
+
+    router.add("POST", "/ojs/v1/cron", create)
+    router.add("GET", "/ojs/v1/cron", list_crons)
+    router.add("GET", "/ojs/v1/cron/{name}", get)
+    router.add("DELETE", "/ojs/v1/cron/{name}", delete)
+    router.add("PATCH", "/ojs/v1/cron/{name}", patch)

@@ -1,0 +1,85 @@
+"""Job endpoints: enqueue (single and batch), info, cancel."""
+
+from __future__ import annotations
+
+import msgspec
+from msgspec import Raw
+
+from runtime import timefmt
+from runtime.api.routing import Request, Response, Router, json_response
+from runtime.api.services import Services
+from runtime.broker.records import NewJob, as_hash, build_job, encode_job, split_extras
+from runtime.envelope import BatchRequest, EnqueueRequest
+from runtime.errors import InvalidPayload, InvalidRequest, OJSError
+from runtime.ids import uuid7
+
+_top_decoder = msgspec.json.Decoder(dict[str, Raw])
+_request_decoder = msgspec.json.Decoder(EnqueueRequest)
+_batch_decoder = msgspec.json.Decoder(BatchRequest)
+
+
+def parse_enqueue(body: bytes, *, now_ms: int, request_id: str | None) -> NewJob:
+    """One enqueue request body into a validated job (400 / 422 on bad input)."""
+    if not body.strip():
+        raise InvalidPayload("Request body is required and must be a JSON object.")
+    try:
+        top = _top_decoder.decode(body)
+    except msgspec.DecodeError as err:
+        raise InvalidPayload(f"Request body must be a JSON object: {err}") from None
+    try:
+        req = _request_decoder.decode(body)
+    except msgspec.DecodeError as err:
+        raise InvalidRequest(f"Invalid job: {err}") from None
+    return build_job(req, split_extras(top), job_id=req.id or uuid7(), now_ms=now_ms, request_id=request_id)
+
+
+def _job_reply(h: dict[bytes, bytes]) -> bytes:
+    return b'{"job":' + encode_job(h) + b"}"
+
+
+def _client_request_id(request: Request) -> str | None:
+    given = request.headers.get(b"x-request-id")
+    return given.decode("latin-1") if given else None
+
+
+def register(router: Router, services: Services) -> None:
+    broker = services.broker
+    settings = services.settings
+
+    async def enqueue(request: Request) -> Response:
+        now = timefmt.now_ms()
+        job = parse_enqueue(request.body, now_ms=now, request_id=_client_request_id(request))
+        await broker.enqueue([job], now_ms=now)
+        location = f"/ojs/v1/jobs/{job.id}".encode()
+        return json_response(201, _job_reply(as_hash(job)), [(b"location", location)])
+
+    async def enqueue_batch(request: Request) -> Response:
+        batch: BatchRequest = request.decode(_batch_decoder)
+        if not batch.jobs:
+            raise InvalidRequest("jobs must contain at least one job")
+        if len(batch.jobs) > settings.max_batch_size:
+            raise InvalidRequest(f"A batch holds at most {settings.max_batch_size} jobs.")
+        now = timefmt.now_ms()
+        jobs = []
+        for index, raw in enumerate(batch.jobs):
+            try:
+                jobs.append(parse_enqueue(bytes(raw), now_ms=now, request_id=_client_request_id(request)))
+            except OJSError as err:
+                err.message = f"jobs[{index}]: {err.message}"
+                raise
+        await broker.enqueue(jobs, now_ms=now)
+        body = b'{"jobs":[' + b",".join(encode_job(as_hash(job)) for job in jobs) + b'],"count":'
+        return json_response(201, body + str(len(jobs)).encode() + b"}")
+
+    async def info(request: Request) -> Response:
+        return json_response(200, _job_reply(await broker.get(request.params["job_id"])))
+
+    async def cancel(request: Request) -> Response:
+        job_id = request.params["job_id"]
+        await broker.cancel(job_id)
+        return json_response(200, _job_reply(await broker.get(job_id)))
+
+    router.add("POST", "/ojs/v1/jobs", enqueue)
+    router.add("POST", "/ojs/v1/jobs/batch", enqueue_batch)
+    router.add("GET", "/ojs/v1/jobs/{job_id}", info)
+    router.add("DELETE", "/ojs/v1/jobs/{job_id}", cancel)

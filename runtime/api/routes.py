@@ -1,0 +1,14 @@
+"""Assembles the router from the endpoint modules."""
+
+from __future__ import annotations
+
+from runtime.api import crons, jobs, queues, system, workers
+from runtime.api.routing import Router
+from runtime.api.services import Services
+
+
+def build_router(services: Services) -> Router:
+    router = Router()
+    for module in (system, jobs, workers, queues, crons):
+        module.register(router, services)
+    return router

@@ -1,0 +1,24 @@
+"""What the HTTP handlers share: the broker facades, the settings and process state."""
+
+from __future__ import annotations
+
+import time
+
+from runtime.broker.admin import Admin
+from runtime.broker.core import Broker
+from runtime.broker.crons import Crons
+from runtime.config import Settings
+
+
+class Services:
+    def __init__(self, broker: Broker, settings: Settings) -> None:
+        self.broker = broker
+        self.admin = Admin(broker)
+        self.crons = Crons(broker)
+        self.settings = settings
+        self.started_monotonic = time.monotonic()
+        self.draining = False
+
+    @property
+    def uptime_s(self) -> int:
+        return int(time.monotonic() - self.started_monotonic)

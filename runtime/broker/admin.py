@@ -1,0 +1,176 @@
+"""Queue control, dead letter operations, the event log and the worker registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from runtime import timefmt
+from runtime.broker.core import Broker
+from runtime.broker.scripts import Status
+from runtime.envelope import ALL_STATES, TERMINAL_STATES
+from runtime.errors import NotFound
+
+_json = msgspec.json.Decoder()
+
+
+class Event(msgspec.Struct, kw_only=True):
+    specversion: str = "1.0"
+    id: str
+    type: str
+    source: str
+    time: str
+    subject: str
+    data: msgspec.Raw
+
+
+def event_id(stream_id: str) -> str:
+    """A UUIDv7-shaped id derived from the stream entry id (ms-seq), unique within the stream."""
+    ms_text, _, seq_text = stream_id.partition("-")
+    ms, seq = int(ms_text), int(seq_text or 0)
+    hex_ms = f"{ms & 0xFFFFFFFFFFFF:012x}"
+    return (
+        f"evt_{hex_ms[:8]}-{hex_ms[8:]}-7{seq & 0xFFF:03x}-"
+        f"{0x8000 | ((seq >> 12) & 0x3FFF):04x}-{(seq >> 26) & 0xFFFFFFFFFFFF:012x}"
+    )
+
+
+def _type_matches(etype: str, wanted: list[str]) -> bool:
+    return any(etype == w or (w.endswith(".*") and etype.startswith(w[:-1])) for w in wanted)
+
+
+class Admin:
+    """Operations around jobs rather than on one job's lifecycle."""
+
+    def __init__(self, broker: Broker, *, source: str = "ojs://ojs-runtime/api") -> None:
+        self.broker = broker
+        self.redis = broker.redis
+        self.keys = broker.keys
+        self.source = source
+
+    # --- queues ----------------------------------------------------------------------------
+
+    async def queues(self) -> list[dict[str, Any]]:
+        created = await self.redis.hgetall(self.keys.queues)
+        names = sorted(n.decode() for n in created)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.exists(self.keys.paused(name))
+            paused = await pipe.execute()
+        return [
+            {"name": name, "status": "paused" if p else "active", "paused": bool(p),
+             "created_at": timefmt.format_ms(int(created[name.encode()]))}
+            for name, p in zip(names, paused)
+        ]
+
+    async def queue_counts(self, queue: str) -> tuple[dict[str, int], bool]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.counts(queue))
+            pipe.exists(self.keys.paused(queue))
+            raw, paused = await pipe.execute()
+        counts = {state.value: 0 for state in ALL_STATES}
+        for state, value in raw.items():
+            counts[state.decode()] = max(0, int(value))
+        return counts, bool(paused)
+
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        k = self.keys
+        await self.broker.scripts.call(
+            "set_paused",
+            keys=[k.paused(queue), k.queues, k.events],
+            args=[str(timefmt.now_ms()), str(self.broker.settings.events_maxlen), queue, "1" if paused else "0"],
+        )
+
+    # --- dead letter -----------------------------------------------------------------------
+
+    async def dead_letter_page(self, *, queue: str | None, limit: int, offset: int) -> tuple[int, list[dict[bytes, bytes]]]:
+        """Oldest first. With a queue filter the scan is bounded by the page size times ten."""
+        k = self.keys
+        if queue is None:
+            total = await self.redis.zcard(k.dlq)
+            ids = await self.redis.zrange(k.dlq, offset, offset + limit - 1)
+            return total, await self._hashes(ids)
+        ids = await self.redis.zrange(k.dlq, 0, -1)
+        jobs = [h for h in await self._hashes(ids) if h.get(b"queue", b"").decode() == queue]
+        return len(jobs), jobs[offset : offset + limit]
+
+    async def _hashes(self, ids: list[bytes]) -> list[dict[bytes, bytes]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(self.keys.job(job_id.decode()))
+            return [h for h in await pipe.execute() if h]
+
+    async def dead_letter_retry(self, job_id: str) -> None:
+        k = self.keys
+        reply = await self.broker.scripts.call(
+            "dlq_retry", keys=[k.prefix, k.job(job_id), k.dlq, k.events],
+            args=[str(timefmt.now_ms()), str(self.broker.settings.events_maxlen), job_id],
+        )
+        if int(reply[0]) != Status.OK:
+            raise NotFound(f"Job '{job_id}' is not in the dead letter queue.")
+
+    async def dead_letter_delete(self, job_id: str) -> None:
+        k = self.keys
+        reply = await self.broker.scripts.call(
+            "dlq_delete", keys=[k.prefix, k.job(job_id), k.dlq, k.expiring], args=[job_id],
+        )
+        if int(reply[0]) != Status.OK:
+            raise NotFound(f"Job '{job_id}' is not in the dead letter queue.")
+
+    # --- events ----------------------------------------------------------------------------
+
+    async def events(
+        self, *, after: str | None, limit: int, types: list[str], queues: list[str], job_types: list[str],
+    ) -> tuple[list[Event], str | None, bool]:
+        """Oldest first after the cursor (a stream id), filtered; scans at most 10x the limit."""
+        start = f"({after}" if after else "-"
+        entries = await self.redis.xrange(self.keys.events, min=start, max="+", count=limit * 10)
+        out: list[Event] = []
+        cursor = after
+        for stream_id, fields in entries:
+            sid = stream_id.decode()
+            etype = fields[b"type"].decode()
+            data = fields[b"data"]
+            cursor = sid
+            if types and not _type_matches(etype, types):
+                continue
+            if queues or job_types:
+                decoded = _json.decode(data)
+                if queues and decoded.get("queue") not in queues:
+                    continue
+                if job_types and decoded.get("job_type") not in job_types:
+                    continue
+            out.append(Event(
+                id=event_id(sid), type=etype, source=self.source,
+                time=timefmt.format_ms(int(fields[b"time"])), subject=fields[b"subject"].decode(),
+                data=msgspec.Raw(data if data != b"[]" else b"{}"),
+            ))
+            if len(out) >= limit:
+                break
+        has_more = len(entries) == limit * 10 or len(out) >= limit
+        return out, cursor, has_more
+
+    # --- workers ---------------------------------------------------------------------------
+
+    async def worker(self, worker_id: str) -> dict[str, str]:
+        fields = await self.redis.hgetall(self.keys.worker(worker_id))
+        if not fields:
+            raise NotFound(f"Worker '{worker_id}' not found.")
+        return {key.decode(): value.decode() for key, value in fields.items()}
+
+    async def record_worker_state(self, worker_id: str, state: str, active_jobs: int | None) -> int:
+        now = timefmt.now_ms()
+        mapping: dict[str, str] = {"id": worker_id, "state": state, "last_heartbeat_at": str(now)}
+        if active_jobs is not None:
+            mapping["active_jobs"] = str(active_jobs)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.worker(worker_id), mapping=mapping)
+            pipe.hsetnx(self.keys.worker(worker_id), "started_at", str(now))
+            pipe.zadd(self.keys.workers, {worker_id: now})
+            await pipe.execute()
+        return now
+
+
+def is_terminal(state: str) -> bool:
+    return state in TERMINAL_STATES

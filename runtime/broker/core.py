@@ -1,0 +1,284 @@
+"""The broker: every job operation is one Lua script call (plus, at most, a read that precedes it).
+
+This is the only way the HTTP binding, the scheduler loops and the worker runtime touch job state.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any, Sequence
+
+import msgspec
+from redis.asyncio import Redis
+
+from runtime import timefmt
+from runtime.broker import failures
+from runtime.broker.keys import Keys
+from runtime.broker.records import NewJob, pairs_to_dict
+from runtime.broker.scripts import Scripts, Status
+from runtime.config import Settings
+from runtime.envelope import ErrorInfo
+from runtime.errors import Conflict, Duplicate, NotFound
+
+_retry_display = msgspec.json.Decoder(dict[str, Any])
+
+
+class AckResult(msgspec.Struct, frozen=True):
+    job_id: str
+    completed_at_ms: int
+
+
+class NackResult(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: str
+    state: str
+    attempt: int
+    max_attempts: int
+    retry_delay_ms: int | None = None
+    next_attempt_ms: int | None = None
+    now_ms: int
+
+
+class Failure(msgspec.Struct, frozen=True, kw_only=True):
+    """One job to fail through nack.lua, with the verdict already decided."""
+
+    job_id: str
+    verdict: str
+    error: bytes = b""
+    worker_id: str = ""
+    attempt: int | None = None
+
+
+class HeartbeatResult(msgspec.Struct, frozen=True):
+    directive: str
+    extended: list[str]
+    cancelled: list[str]
+
+
+def _conflict_for(job_id: str, status: int, state: str, action: str) -> Exception:
+    if status == Status.NOT_FOUND:
+        return NotFound(f"Job '{job_id}' not found.")
+    if status == Status.STALE_CLAIM:
+        return Conflict(f"Job '{job_id}' is held by another claim; this {action} is stale.")
+    return Conflict(f"Cannot {action} job '{job_id}' in state '{state}'.", details={"state": state})
+
+
+class Broker:
+    """Job operations of one key namespace on one Redis."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.scripts = Scripts(redis)
+        self._maxlen = str(settings.events_maxlen)
+
+    # --- enqueue ---------------------------------------------------------------------------
+
+    async def enqueue(self, jobs: Sequence[NewJob], *, now_ms: int) -> list[str]:
+        """Insert all jobs or none. A client id that exists already is a 409 duplicate."""
+        args: list[str | bytes] = [str(now_ms), self._maxlen, str(len(jobs)), "", "", "", "", ""]
+        for job in jobs:
+            args.extend(job.script_args())
+        reply = await self.scripts.call("enqueue", keys=self._enqueue_keys(), args=args)
+        if int(reply[0]) == 1:
+            dup = jobs[int(reply[1]) - 1]
+            raise Duplicate(f"Job '{dup.id}' already exists.", details={"job_id": dup.id})
+        return [x.decode() for x in reply[1:]]
+
+    async def enqueue_cron_tick(
+        self, job: NewJob, *, cron_name: str, expression: str, tick_ms: int, next_ms: int,
+        overlap: str, now_ms: int,
+    ) -> tuple[str, str | None]:
+        """Fire one cron tick: ('fired', id), ('claimed', None) or ('skipped', existing id)."""
+        args: list[str | bytes] = [
+            str(now_ms), self._maxlen, "1", cron_name, str(tick_ms), str(next_ms), overlap, expression,
+        ]
+        args.extend(job.script_args())
+        reply = await self.scripts.call("enqueue", keys=self._enqueue_keys(), args=args)
+        status = int(reply[0])
+        if status == 0:
+            return "fired", reply[1].decode()
+        if status == 2:
+            return "claimed", None
+        if status == 3:
+            return "skipped", reply[1].decode()
+        raise Duplicate(f"Job '{job.id}' already exists.")
+
+    def _enqueue_keys(self) -> list[str]:
+        k = self.keys
+        return [k.prefix, k.seq, k.delayed, k.expiring, k.events, k.queues, k.cron_next]
+
+    # --- reads -----------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> dict[bytes, bytes]:
+        fields: dict[bytes, bytes] = await self.redis.hgetall(self.keys.job(job_id))
+        if not fields:
+            raise NotFound(f"Job '{job_id}' not found.")
+        return fields
+
+    # --- worker protocol -------------------------------------------------------------------
+
+    async def fetch(
+        self,
+        queues: Sequence[str],
+        *,
+        count: int = 1,
+        worker_id: str | None = None,
+        visibility_ms: int | None = None,
+        now_ms: int | None = None,
+    ) -> list[dict[bytes, bytes]]:
+        """Claim up to `count` jobs, trying the queues in order. Returns the claimed job hashes."""
+        now = timefmt.now_ms() if now_ms is None else now_ms
+        k = self.keys
+        reply = await self.scripts.call(
+            "fetch",
+            keys=[k.prefix, k.delayed, k.active, k.expiring, k.events, k.dlq],
+            args=[
+                str(now), self._maxlen, str(count), worker_id or "",
+                str(self.settings.default_visibility_ms),
+                "" if visibility_ms is None else str(visibility_ms),
+                str(self.settings.scheduler_step_limit), timefmt.format_ms(now), *queues,
+            ],
+        )
+        return [pairs_to_dict(flat) for flat in reply]
+
+    async def ack(
+        self, job_id: str, result: bytes | None = None, *, worker_id: str | None = None,
+        attempt: int | None = None,
+    ) -> AckResult:
+        now = timefmt.now_ms()
+        k = self.keys
+        reply = await self.scripts.call(
+            "ack",
+            keys=[k.prefix, k.active, k.expiring, k.events, k.job(job_id)],
+            args=[str(now), self._maxlen, worker_id or "", "" if attempt is None else str(attempt), result or b""],
+        )
+        status, state = int(reply[0][0]), reply[0][1].decode()
+        if status != Status.OK:
+            raise _conflict_for(job_id, status, state, "acknowledge")
+        return AckResult(job_id, now)
+
+    async def nack(
+        self, job_id: str, error: ErrorInfo | None, *, requeue: bool = False,
+        worker_id: str | None = None, attempt: int | None = None,
+    ) -> NackResult:
+        """Fail an active job; the verdict needs the job's non-retryable list, read first."""
+        stored = await self.redis.hmget(self.keys.job(job_id), ["state", "retry"])
+        if stored[0] is None:
+            raise NotFound(f"Job '{job_id}' not found.")
+        non_retryable = _retry_display.decode(stored[1]).get("non_retryable_errors", []) if stored[1] else []
+        now = timefmt.now_ms()
+        failure = Failure(
+            job_id=job_id,
+            verdict=failures.verdict(error, requeue=requeue, non_retryable=non_retryable),
+            error=failures.error_record(error, now) if error is not None else b"",
+            worker_id=worker_id or "",
+            attempt=attempt,
+        )
+        (result,) = await self.fail_many([failure], now_ms=now)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def fail_many(self, items: Sequence[Failure], *, now_ms: int) -> list[NackResult | Exception]:
+        """One nack.lua call for many jobs (the scheduler's timeouts, a dead worker's jobs)."""
+        k = self.keys
+        args: list[str | bytes] = [str(now_ms), self._maxlen]
+        for item in items:
+            args += [item.verdict, item.error, item.worker_id,
+                     "" if item.attempt is None else str(item.attempt), repr(random.uniform(0.5, 1.5))]
+        reply = await self.scripts.call(
+            "nack",
+            keys=[k.prefix, k.active, k.delayed, k.expiring, k.dlq, k.events, *(k.job(i.job_id) for i in items)],
+            args=args,
+        )
+        out: list[NackResult | Exception] = []
+        for item, row in zip(items, reply):
+            status, state = int(row[0]), row[1].decode()
+            if status != Status.OK:
+                out.append(_conflict_for(item.job_id, status, state, "fail"))
+                continue
+            out.append(NackResult(
+                job_id=item.job_id, state=state, attempt=int(row[2]), max_attempts=int(row[3]),
+                retry_delay_ms=int(row[4]) if row[4] else None,
+                next_attempt_ms=int(row[5]) if row[5] else None, now_ms=now_ms,
+            ))
+        return out
+
+    async def cancel(self, job_id: str) -> str:
+        """Cancel a non-terminal job; returns the state it was in."""
+        k = self.keys
+        reply = await self.scripts.call(
+            "cancel",
+            keys=[k.prefix, k.job(job_id), k.active, k.delayed, k.expiring, k.events],
+            args=[str(timefmt.now_ms()), self._maxlen, job_id],
+        )
+        status, state = int(reply[0]), reply[1].decode()
+        if status != Status.OK:
+            raise _conflict_for(job_id, status, state, "cancel")
+        return state
+
+    async def heartbeat(
+        self, worker_id: str, job_ids: Sequence[str], *, state: str | None = None,
+        visibility_ms: int | None = None, active_count: int | None = None,
+    ) -> HeartbeatResult:
+        k = self.keys
+        reply = await self.scripts.call(
+            "heartbeat",
+            keys=[k.prefix, k.worker(worker_id), k.workers, k.active],
+            args=[
+                str(timefmt.now_ms()), worker_id, state or "",
+                "" if visibility_ms is None else str(visibility_ms),
+                str(self.settings.default_visibility_ms),
+                "" if active_count is None else str(active_count), *job_ids,
+            ],
+        )
+        return HeartbeatResult(
+            reply[0].decode(), [x.decode() for x in reply[1]], [x.decode() for x in reply[2]]
+        )
+
+    # --- scheduler step --------------------------------------------------------------------
+
+    async def scheduler_step(self) -> int:
+        """Promote due jobs, expire TTLs, and fail jobs whose lease or timeout has passed.
+
+        Two script calls however many jobs are due: fetch.lua with count 0 does the promotion
+        and expiry; expired_leases.lua lists the overdue active jobs, which one nack.lua call
+        then fails (each guarded by the attempt it was read at, so a job acked in between is
+        left alone).
+        """
+        await self.fetch((), count=0)
+        now = timefmt.now_ms()
+        k = self.keys
+        rows = await self.scripts.call(
+            "expired_leases", keys=[k.prefix, k.active],
+            args=[str(now), str(self.settings.scheduler_step_limit)],
+        )
+        if not rows:
+            return 0
+        items = [self._overdue_failure(row, now) for row in rows]
+        await self.fail_many(items, now_ms=now)
+        return len(items)
+
+    @staticmethod
+    def _overdue_failure(row: list[bytes], now_ms: int) -> Failure:
+        job_id, attempt, worker_id, reason, timeout_ms = (x.decode() for x in row)
+        if reason == "timeout":
+            limit_s = int(timeout_ms) / 1000
+            error = failures.server_error(
+                "timeout", "timeout", f"Job execution exceeded timeout of {timeout_ms} ms", now_ms,
+                timeout_kind="execution", limit_seconds=limit_s,
+            )
+            verdict = "retry"
+        else:
+            error = failures.server_error(
+                "visibility_timeout", "timeout", "Lease expired before the job was acknowledged", now_ms,
+            )
+            verdict = "lease_expired"
+        return Failure(job_id=job_id, verdict=verdict, error=error, worker_id=worker_id, attempt=int(attempt))
+
+    async def ping_ms(self) -> float:
+        start = time.perf_counter()
+        await self.redis.ping()
+        return (time.perf_counter() - start) * 1000

@@ -1,0 +1,227 @@
+"""Cron registrations and firing.
+
+A registration is JSON in the ``crons`` hash; its next fire time is its score in ``cron:next``.
+Every server runs the tick loop; a tick fires through enqueue.lua, which moves ``cron:next`` from
+the tick being fired to the following one in the same script that enqueues the job. Of several
+servers racing on one tick exactly one sees its expected score and fires; the others are told
+the tick was claimed. All state is in Redis and re-read every tick.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+
+from runtime import timefmt
+from runtime.broker.core import Broker
+from runtime.broker.records import build_job
+from runtime.cron_schedule import CronSchedule, parse_cron
+from runtime.envelope import CronRequest, EnqueueRequest
+from runtime.errors import InvalidRequest, NotFound, OJSError
+from runtime.ids import uuid7
+
+logger = logging.getLogger(__name__)
+
+
+class CronEntry(msgspec.Struct, kw_only=True, omit_defaults=False):
+    """A stored registration (what GET returns, less the run state)."""
+
+    name: str
+    expression: str
+    timezone: str
+    overlap_policy: str
+    enabled: bool
+    description: str | None = None
+    job_template: dict[str, Any]
+    created_at: int
+    updated_at: int
+
+
+_entry_decoder = msgspec.json.Decoder(CronEntry)
+_encode = msgspec.json.encode
+
+
+def _normalise(req: CronRequest) -> CronEntry:
+    expression = req.expression or req.cron or req.schedule
+    if not expression:
+        raise InvalidRequest("expression is required")
+    if req.job_template is not None:
+        template = msgspec.to_builtins(req.job_template)
+    elif req.type is not None:
+        template = {"type": req.type, "args": req.args or []}
+        if req.meta is not None:
+            template["meta"] = req.meta
+        if req.options is not None:
+            template["options"] = req.options
+    else:
+        raise InvalidRequest("job_template.type is required")
+    policy = "cancel_previous" if req.overlap_policy == "cancel" else req.overlap_policy
+    now = timefmt.now_ms()
+    return CronEntry(
+        name=req.name, expression=expression, timezone=req.timezone, overlap_policy=policy,
+        enabled=req.enabled, description=req.description, job_template=template,
+        created_at=now, updated_at=now,
+    )
+
+
+def _schedule(entry: CronEntry) -> CronSchedule:
+    try:
+        return parse_cron(entry.expression, entry.timezone)
+    except ValueError as err:
+        raise InvalidRequest(f"Invalid cron: {err}") from None
+
+
+def _template_request(entry: CronEntry, tick_ms: int) -> EnqueueRequest:
+    template = dict(entry.job_template)
+    meta = dict(template.get("meta") or {})
+    meta["cron_name"] = entry.name
+    meta["cron_triggered_at"] = timefmt.format_ms(tick_ms)
+    template["meta"] = meta
+    template.setdefault("args", [])
+    try:
+        return msgspec.json.decode(_encode(template), type=EnqueueRequest)
+    except msgspec.DecodeError as err:
+        raise InvalidRequest(f"Invalid job_template: {err}") from None
+
+
+class Crons:
+    """Register, list and fire cron jobs."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.redis = broker.redis
+        self.keys = broker.keys
+
+    async def register(self, req: CronRequest) -> tuple[dict[str, Any], bool]:
+        """Create or replace (upsert by name). Returns the view and whether it was new."""
+        entry = _normalise(req)
+        schedule = _schedule(entry)
+        # Validate the template now, not at the first tick.
+        build_job(_template_request(entry, 0), {}, job_id=uuid7(), now_ms=entry.created_at)
+        previous = await self.redis.hget(self.keys.crons, entry.name)
+        if previous is not None:
+            entry.created_at = _entry_decoder.decode(previous).created_at
+        next_ms = schedule.next_after_ms(timefmt.now_ms())
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.crons, entry.name, _encode(entry))
+            if entry.enabled:
+                pipe.zadd(self.keys.cron_next, {entry.name: next_ms})
+            else:
+                pipe.zrem(self.keys.cron_next, entry.name)
+            await pipe.execute()
+        return await self.get(entry.name), previous is None
+
+    async def get(self, name: str) -> dict[str, Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.crons, name)
+            pipe.zscore(self.keys.cron_next, name)
+            pipe.hgetall(self.keys.cron_state(name))
+            raw, next_ms, state = await pipe.execute()
+        if raw is None:
+            raise NotFound(f"Cron '{name}' not found.")
+        return self._view(_entry_decoder.decode(raw), next_ms, state)
+
+    async def list(self) -> list[dict[str, Any]]:
+        names = sorted(n.decode() for n in await self.redis.hkeys(self.keys.crons))
+        views = []
+        for name in names:
+            try:
+                views.append(await self.get(name))
+            except NotFound:
+                continue  # deleted meanwhile
+        return views
+
+    async def delete(self, name: str) -> dict[str, Any]:
+        view = await self.get(name)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.keys.crons, name)
+            pipe.zrem(self.keys.cron_next, name)
+            pipe.delete(self.keys.cron_state(name))
+            await pipe.execute()
+        return view
+
+    async def set_enabled(self, name: str, enabled: bool) -> dict[str, Any]:
+        raw = await self.redis.hget(self.keys.crons, name)
+        if raw is None:
+            raise NotFound(f"Cron '{name}' not found.")
+        entry = _entry_decoder.decode(raw)
+        entry.enabled = enabled
+        entry.updated_at = timefmt.now_ms()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.crons, name, _encode(entry))
+            if enabled:
+                pipe.zadd(self.keys.cron_next, {name: _schedule(entry).next_after_ms(timefmt.now_ms())})
+            else:
+                pipe.zrem(self.keys.cron_next, name)
+            await pipe.execute()
+        return await self.get(name)
+
+    @staticmethod
+    def _view(entry: CronEntry, next_ms: float | None, state: dict[bytes, bytes]) -> dict[str, Any]:
+        last_run = state.get(b"last_run_at")
+        view: dict[str, Any] = {
+            "name": entry.name,
+            "expression": entry.expression,
+            "cron": entry.expression,
+            "timezone": entry.timezone,
+            "overlap_policy": entry.overlap_policy,
+            "enabled": entry.enabled,
+            "job_template": entry.job_template,
+            "next_run_at": timefmt.format_ms(int(next_ms)) if next_ms is not None and entry.enabled else None,
+            "last_run_at": timefmt.format_ms(int(last_run)) if last_run else None,
+            "run_count": int(state.get(b"run_count", b"0")),
+            "created_at": timefmt.format_ms(entry.created_at),
+            "updated_at": timefmt.format_ms(entry.updated_at),
+        }
+        if entry.description is not None:
+            view["description"] = entry.description
+        if last_job := state.get(b"last_job_id"):
+            view["last_job_id"] = last_job.decode()
+        return view
+
+    # --- firing ----------------------------------------------------------------------------
+
+    async def tick(self) -> int:
+        """Fire every due cron once. Returns the number of jobs enqueued by this server."""
+        now = timefmt.now_ms()
+        due = await self.redis.zrangebyscore(self.keys.cron_next, "-inf", now, withscores=True)
+        fired = 0
+        for raw_name, score in due:
+            name = raw_name.decode()
+            try:
+                fired += await self._fire(name, int(score), now)
+            except OJSError as err:
+                logger.error("cron %s: cannot fire: %s", name, err.message)
+                await self.redis.zrem(self.keys.cron_next, name)
+        return fired
+
+    async def _fire(self, name: str, tick_ms: int, now_ms: int) -> int:
+        raw = await self.redis.hget(self.keys.crons, name)
+        if raw is None:
+            await self.redis.zrem(self.keys.cron_next, name)  # registration flushed or deleted
+            return 0
+        entry = _entry_decoder.decode(raw)
+        # After downtime only one catch-up firing: the next tick is computed from now.
+        next_ms = _schedule(entry).next_after_ms(max(tick_ms, now_ms))
+        overlap = "skip" if entry.overlap_policy == "skip" else "allow"
+        if entry.overlap_policy == "cancel_previous":
+            await self._cancel_previous(name)
+        job = build_job(_template_request(entry, tick_ms), {}, job_id=uuid7(), now_ms=now_ms)
+        outcome, _ = await self.broker.enqueue_cron_tick(
+            job, cron_name=name, expression=entry.expression, tick_ms=tick_ms, next_ms=next_ms,
+            overlap=overlap, now_ms=now_ms,
+        )
+        if outcome == "skipped":
+            logger.info("cron %s: tick skipped, previous instance still running", name)
+        return 1 if outcome == "fired" else 0
+
+    async def _cancel_previous(self, name: str) -> None:
+        last = await self.redis.hget(self.keys.cron_state(name), "last_job_id")
+        if last is None:
+            return
+        try:
+            await self.broker.cancel(last.decode())
+        except OJSError:
+            pass  # already terminal or gone: nothing to cancel

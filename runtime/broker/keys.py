@@ -1,0 +1,101 @@
+"""The Redis key schema. Every key the broker touches is built here and nowhere else.
+
+All keys share one hash-tagged prefix (``{ojs}:`` by default), so a namespace lives in one Redis
+Cluster slot and every Lua script stays atomic on a cluster. Scripts that must derive a key from
+data they read (a job's queue, for example) receive the prefix as ``KEYS[1]`` and build the key
+with the same suffixes documented below.
+
+Schema (``P`` is the prefix):
+
+=============================  ==========  ======================================================
+key                            type        content
+=============================  ==========  ======================================================
+``P job:<id>``                 hash        one job: scalar fields, JSON fragments, error history
+``P queue:<q>:available``      zset        fetchable jobs; score ``(100 - priority) * 1e13 + seq``
+``P queue:<q>:paused``         string      present while the queue is paused
+``P queue:<q>:counts``         hash        state -> number of jobs of that queue in that state
+``P queues``                   hash        queue name -> creation time (ms)
+``P delayed``                  zset        ``scheduled`` and ``retryable`` jobs; score = due (ms)
+``P active``                   zset        ``active`` jobs; score = earliest of lease and execution
+                                           deadline (ms)
+``P expiring``                 zset        non-terminal jobs with ``expires_at``; score = expiry
+``P dlq``                      zset        dead-lettered jobs; score = time of discard (ms)
+``P seq``                      string      enqueue sequence (INCR): strict FIFO within a priority
+``P events``                   stream      lifecycle events, capped
+``P worker:<id>``              hash        worker registry entry (state, last heartbeat, directive)
+``P workers``                  zset        worker id -> last heartbeat (ms)
+``P crons``                    hash        cron name -> registration (JSON)
+``P cron:next``                zset        cron name -> next fire time (ms); the per-tick claim
+=============================  ==========  ======================================================
+"""
+
+from __future__ import annotations
+
+DEFAULT_PREFIX = "{ojs}:"
+
+
+class Keys:
+    """Builds the key names of one namespace."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = prefix
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    def available(self, queue: str) -> str:
+        return f"{self.prefix}queue:{queue}:available"
+
+    def paused(self, queue: str) -> str:
+        return f"{self.prefix}queue:{queue}:paused"
+
+    def counts(self, queue: str) -> str:
+        return f"{self.prefix}queue:{queue}:counts"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}worker:{worker_id}"
+
+    def cron_state(self, name: str) -> str:
+        return f"{self.prefix}cron:state:{name}"
+
+    @property
+    def queues(self) -> str:
+        return f"{self.prefix}queues"
+
+    @property
+    def delayed(self) -> str:
+        return f"{self.prefix}delayed"
+
+    @property
+    def active(self) -> str:
+        return f"{self.prefix}active"
+
+    @property
+    def expiring(self) -> str:
+        return f"{self.prefix}expiring"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}dlq"
+
+    @property
+    def seq(self) -> str:
+        return f"{self.prefix}seq"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}events"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}workers"
+
+    @property
+    def crons(self) -> str:
+        return f"{self.prefix}crons"
+
+    @property
+    def cron_next(self) -> str:
+        return f"{self.prefix}cron:next"

@@ -1,0 +1,362 @@
+"""A job's Redis hash, both ways: an enqueue request into hash fields, and a hash into an envelope.
+
+The hash keeps scalars the scripts need (state, attempt, deadlines as epoch ms) as plain fields,
+and client JSON (args, meta, result, unknown top-level fields) as untouched JSON text, which is
+spliced back verbatim when the envelope is rendered: Lua never parses client data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from msgspec import Raw
+
+from runtime import timefmt
+from runtime.envelope import (
+    ENVELOPE_FIELDS,
+    NAMED_PRIORITIES,
+    EnqueueOptions,
+    EnqueueRequest,
+    RetryPolicy,
+    State,
+)
+from runtime.errors import EnqueueRejected, InvalidRequest, PolicyValidationError
+
+_encode = msgspec.json.encode
+_retry_decoder = msgspec.json.Decoder(RetryPolicy)
+_extras_decoder = msgspec.json.Decoder(dict[str, Raw])
+HISTORY_LIMIT = 20  # must match HISTORY in nack.lua
+
+_DEFAULT_RETRY_JSON = b'{"max_attempts":3}'
+
+
+class NewJob(msgspec.Struct, kw_only=True):
+    """A validated job ready for enqueue.lua."""
+
+    id: str
+    queue: str
+    state: State
+    priority: int
+    due_ms: int | None
+    expires_ms: int | None
+    fields: dict[str, str | bytes]
+
+    def script_args(self) -> list[str | bytes]:
+        args: list[str | bytes] = [
+            self.id,
+            self.queue,
+            self.state.value,
+            str(self.priority),
+            "" if self.due_ms is None else str(self.due_ms),
+            "" if self.expires_ms is None else str(self.expires_ms),
+            str(len(self.fields)),
+        ]
+        for name, value in self.fields.items():
+            args.append(name)
+            args.append(value)
+        return args
+
+
+class EffectiveRetry(msgspec.Struct, kw_only=True, frozen=True):
+    """A retry policy merged with the defaults, in the units the scripts use."""
+
+    max_attempts: int
+    initial_ms: int
+    coefficient: float
+    max_ms: int
+    jitter: bool
+    strategy: str
+    on_exhaustion: str
+    non_retryable_errors: list[str]
+    display: dict[str, Any]
+
+
+def resolve_retry(raw: Raw | None) -> EffectiveRetry:
+    """Decode and check a retry policy. Any problem is a 422 naming the field."""
+    try:
+        policy = _retry_decoder.decode(raw) if raw is not None else RetryPolicy()
+    except msgspec.DecodeError as err:
+        raise PolicyValidationError(f"Invalid retry policy: {err}") from None
+    initial_ms = _duration_field(policy.initial_interval_ms, policy.initial_interval, "initial_interval", 1_000)
+    max_ms = _duration_field(policy.max_interval_ms, policy.max_interval, "max_interval", 300_000)
+    if initial_ms <= 0:
+        raise PolicyValidationError("Invalid retry policy: initial_interval must be greater than 0")
+    if max_ms < initial_ms:
+        raise PolicyValidationError("Invalid retry policy: max_interval must be >= initial_interval")
+    strategy = policy.backoff_strategy or policy.backoff_type or "exponential"
+    display: dict[str, Any] = {
+        "max_attempts": policy.max_attempts,
+        "initial_interval": policy.initial_interval or _iso_seconds(initial_ms),
+        "backoff_coefficient": policy.backoff_coefficient,
+        "max_interval": policy.max_interval or _iso_seconds(max_ms),
+        "jitter": policy.jitter,
+        "non_retryable_errors": policy.non_retryable_errors,
+        "on_exhaustion": policy.on_exhaustion,
+        "backoff_strategy": strategy,
+    }
+    return EffectiveRetry(
+        max_attempts=policy.max_attempts,
+        initial_ms=initial_ms,
+        coefficient=policy.backoff_coefficient,
+        max_ms=max_ms,
+        jitter=policy.jitter,
+        strategy=strategy,
+        on_exhaustion=policy.on_exhaustion,
+        non_retryable_errors=policy.non_retryable_errors,
+        display=display,
+    )
+
+
+def _duration_field(ms: int | None, text: str | None, name: str, default_ms: int) -> int:
+    if ms is not None:
+        return ms
+    if text is None:
+        return default_ms
+    try:
+        return timefmt.parse_duration_ms(text)
+    except ValueError as err:
+        raise PolicyValidationError(f"Invalid retry policy: {name}: {err}") from None
+
+
+def _iso_seconds(ms: int) -> str:
+    seconds = ms / 1000
+    return f"PT{int(seconds)}S" if seconds == int(seconds) else f"PT{seconds}S"
+
+
+def _when(text: str, now_ms: int, name: str) -> int:
+    try:
+        return timefmt.parse_when_ms(text, now_ms)
+    except ValueError as err:
+        raise InvalidRequest(f"{name}: {err}") from None
+
+
+def _priority(value: int | str | None) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        return NAMED_PRIORITIES[value.lower()]
+    return value
+
+
+def _visibility_ms(value: int | str | None) -> int | None:
+    """The flat `visibility_timeout` is seconds (an int) or an ISO 8601 duration."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value * 1000
+    try:
+        return timefmt.parse_duration_ms(value)
+    except ValueError as err:
+        raise InvalidRequest(f"visibility_timeout: {err}") from None
+
+
+def _check_args(args: Raw) -> bytes:
+    data = bytes(args).strip()
+    if not data.startswith(b"["):
+        raise InvalidRequest("args must be a JSON array")
+    return data
+
+
+def build_job(
+    req: EnqueueRequest,
+    extras: dict[str, Raw],
+    *,
+    job_id: str,
+    now_ms: int,
+    request_id: str | None = None,
+) -> NewJob:
+    """Validate what types cannot express and turn the request into hash fields."""
+    opts = req.options or EnqueueOptions()
+    args = _check_args(req.args)
+    meta = dict(req.meta or {})
+    if opts.metadata:
+        meta.update(opts.metadata)  # openapi: options.metadata is merged into meta
+    if request_id and "request_id" not in meta:
+        meta["request_id"] = request_id
+    if meta.get("ojs_validate") is True and args == b"[]":
+        # The server-side enqueue validation hook: a job that asks to be validated must carry
+        # arguments to validate.
+        raise EnqueueRejected("Enqueue validation failed: args must not be empty")
+    retry = resolve_retry(opts.retry or opts.retry_policy or req.retry)
+    queue = opts.queue or req.queue or "default"
+    priority = _priority(opts.priority if opts.priority is not None else req.priority)
+
+    scheduled_text = opts.scheduled_at or opts.delay_until or req.scheduled_at
+    due_ms: int | None = None
+    scheduled_display: str | None = None
+    if scheduled_text is not None:
+        due_ms = _when(scheduled_text, now_ms, "scheduled_at")
+        scheduled_display = timefmt.format_ms(due_ms) if scheduled_text.startswith("+") else scheduled_text
+    elif opts.delay_ms:
+        due_ms = now_ms + opts.delay_ms
+        scheduled_display = timefmt.format_ms(due_ms)
+
+    expires_text = opts.expires_at or req.expires_at
+    expires_ms: int | None = None
+    if expires_text is not None:
+        expires_ms = _when(expires_text, now_ms, "expires_at")
+
+    if opts.pending:
+        state = State.PENDING
+    elif due_ms is not None and due_ms > now_ms:
+        state = State.SCHEDULED
+    else:
+        state = State.AVAILABLE
+
+    timeout_ms = opts.timeout_ms
+    if timeout_ms is None and (opts.timeout or req.timeout):
+        timeout_ms = int((opts.timeout or req.timeout or 0) * 1000)
+    visibility_ms = opts.visibility_timeout_ms or _visibility_ms(opts.visibility_timeout or req.visibility_timeout)
+
+    fields: dict[str, str | bytes] = {
+        "id": job_id,
+        "type": req.type,
+        "queue": queue,
+        "state": state.value,
+        "priority": str(priority),
+        "attempt": "0",
+        "max_attempts": str(retry.max_attempts),
+        "args": args,
+        "meta": _encode(meta),
+        "created_at": str(now_ms),
+        "retry": _encode(retry.display),
+        "r_initial_ms": str(retry.initial_ms),
+        "r_coef": repr(retry.coefficient),
+        "r_max_ms": str(retry.max_ms),
+        "r_jitter": "1" if retry.jitter else "0",
+        "r_strategy": retry.strategy,
+        "on_exhaustion": retry.on_exhaustion,
+    }
+    if state is State.AVAILABLE:
+        fields["enqueued_at"] = str(now_ms)
+    if scheduled_display is not None:
+        fields["scheduled_at"] = scheduled_display
+    if expires_text is not None and expires_ms is not None:
+        fields["expires_at"] = timefmt.format_ms(expires_ms) if expires_text.startswith("+") else expires_text
+        fields["expires_ms"] = str(expires_ms)
+    if timeout_ms:
+        fields["timeout_ms"] = str(timeout_ms)
+    if visibility_ms:
+        fields["visibility_timeout_ms"] = str(visibility_ms)
+    tags = opts.tags if opts.tags is not None else req.tags
+    if tags is not None:
+        fields["tags"] = _encode(tags)
+    unique = opts.unique if opts.unique is not None else req.unique
+    if unique is not None:
+        fields["unique"] = _encode(unique)
+    if opts.rate_limit is not None:
+        fields["rate_limit"] = _encode(opts.rate_limit)
+    if req.schema is not None:
+        fields["schema"] = req.schema
+    directive = meta.get("test_directive")
+    if isinstance(directive, str) and directive in ("running", "quiet", "terminate"):
+        # Conformance-suite hook (see heartbeat.lua): the heartbeat answers with this directive.
+        fields["test_directive"] = directive
+    if extras:
+        fields["extra"] = _encode(extras)
+    return NewJob(
+        id=job_id,
+        queue=queue,
+        state=state,
+        priority=priority,
+        due_ms=due_ms if state is State.SCHEDULED else None,
+        expires_ms=expires_ms,
+        fields=fields,
+    )
+
+
+def split_extras(top: dict[str, Raw]) -> dict[str, Raw]:
+    """Unknown top-level fields of an enqueue request, kept verbatim."""
+    return {k: v for k, v in top.items() if k not in ENVELOPE_FIELDS}
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+_TIME_FIELDS = (
+    "created_at", "enqueued_at", "started_at", "completed_at", "cancelled_at", "discarded_at",
+    "expired_at", "re_enqueued_at",
+)
+_JSON_FIELDS = ("retry", "unique", "rate_limit", "tags")
+_INT_FIELDS = ("timeout_ms", "visibility_timeout_ms", "retry_delay_ms")
+
+
+def pairs_to_dict(flat: list[bytes]) -> dict[bytes, bytes]:
+    """An HGETALL reply as returned inside a script result (a flat list) into a dict."""
+    it = iter(flat)
+    return dict(zip(it, it))
+
+
+def render_job(h: dict[bytes, bytes]) -> dict[str, Any]:
+    """The job envelope as a dict ready for msgspec; JSON fragments stay Raw (never re-parsed)."""
+
+    def text(name: str) -> str | None:
+        value = h.get(name.encode())
+        return value.decode() if value is not None else None
+
+    env: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": text("id"),
+        "type": text("type"),
+        "queue": text("queue"),
+        "args": Raw(h.get(b"args", b"[]")),
+        "meta": Raw(h.get(b"meta", b"{}")),
+        "priority": int(h.get(b"priority", b"0")),
+        "state": text("state"),
+        "attempt": int(h.get(b"attempt", b"0")),
+        "max_attempts": int(h.get(b"max_attempts", b"3")),
+    }
+    for name in _INT_FIELDS:
+        value = h.get(name.encode())
+        if value is not None:
+            env[name] = int(value)
+    for name in _JSON_FIELDS:
+        value = h.get(name.encode())
+        if value is not None:
+            env[name] = Raw(value)
+    if (schema := text("schema")) is not None:
+        env["schema"] = schema
+    for name in _TIME_FIELDS:
+        value = h.get(name.encode())
+        if value is not None:
+            env[name] = timefmt.format_ms(int(value))
+    for name in ("scheduled_at", "expires_at", "worker_id", "previous_state", "workflow_id"):
+        if (value_text := text(name)) is not None:
+            env[name] = value_text
+    if (next_attempt := h.get(b"next_attempt_at")) is not None:
+        env["next_attempt_at"] = env["next_retry_at"] = timefmt.format_ms(int(next_attempt))
+    if (error := h.get(b"error")) is not None:
+        env["error"] = Raw(error)
+    errors = error_history(h)
+    if errors:
+        env["errors"] = errors
+    if (result := h.get(b"result")) is not None:
+        env["result"] = Raw(result)
+    if (progress := h.get(b"progress")) is not None:
+        env["progress"] = float(progress)
+    if (extra := h.get(b"extra")) is not None:
+        for key, value in _extras_decoder.decode(extra).items():
+            env.setdefault(key, value)
+    return env
+
+
+def error_history(h: dict[bytes, bytes]) -> list[Raw]:
+    count = int(h.get(b"nerr", b"0"))
+    history = []
+    for k in range(max(1, count - HISTORY_LIMIT + 1), count + 1):
+        value = h.get(f"e{k}".encode())
+        if value is not None:
+            history.append(Raw(value))
+    return history
+
+
+def encode_job(h: dict[bytes, bytes]) -> bytes:
+    return _encode(render_job(h))
+
+
+def as_hash(job: NewJob) -> dict[bytes, bytes]:
+    """The hash enqueue.lua writes for this job, to render the reply without reading it back."""
+    return {
+        name.encode(): value if isinstance(value, bytes) else value.encode()
+        for name, value in job.fields.items()
+    }

@@ -1,0 +1,65 @@
+--[[
+  Complete one or more active jobs with their results.
+
+  State transition: active -> completed
+  Pre-conditions (per job; a failing job does not stop the others):
+    - the job exists                                   else status 1
+    - state = active                                   else status 2 (conflict)
+    - the claim matches: the worker id and the attempt, when both sides know them
+                                                       else status 3 (stale claim)
+
+  KEYS[1] prefix (derived keys: queue:<q>:counts)
+  KEYS[2] active    (zset)
+  KEYS[3] expiring  (zset)
+  KEYS[4] events    (stream)
+  KEYS[5..] job:<id> of each job, in ARGV order
+
+  ARGV[1] now_ms
+  ARGV[2] events_maxlen   0 disables events
+  then per job: worker_id|"", attempt|"", result JSON|""  (3 values each)
+
+  Returns: one entry per job: {status, state}; state is the current state on conflicts.
+]]
+local rcall = redis.call
+local prefix = KEYS[1]
+local active_key, expiring_key, events_key = KEYS[2], KEYS[3], KEYS[4]
+local now = ARGV[1]
+local maxlen = tonumber(ARGV[2])
+
+local out = {}
+for j = 5, #KEYS do
+  local job_key = KEYS[j]
+  local a = 3 + (j - 5) * 3
+  local worker_id, attempt, result = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local f = rcall("HMGET", job_key, "state", "worker_id", "attempt", "queue", "type", "started_at", "id")
+  if not f[1] then
+    out[#out + 1] = {1, ""}
+  elseif f[1] ~= "active" then
+    out[#out + 1] = {2, f[1]}
+  elseif (worker_id ~= "" and f[2] and f[2] ~= worker_id) or (attempt ~= "" and attempt ~= f[3]) then
+    out[#out + 1] = {3, f[1]}
+  else
+    local id = f[7]
+    rcall("HSET", job_key, "state", "completed", "completed_at", now)
+    if result ~= "" then
+      rcall("HSET", job_key, "result", result)
+    end
+    rcall("HDEL", job_key, "error", "next_attempt_at", "visible_until", "exec_deadline")
+    if rcall("HEXISTS", job_key, "progress") == 1 then
+      rcall("HSET", job_key, "progress", "1.0")
+    end
+    rcall("ZREM", active_key, id)
+    rcall("ZREM", expiring_key, id)
+    local counts = prefix .. "queue:" .. f[4] .. ":counts"
+    rcall("HINCRBY", counts, "active", -1)
+    rcall("HINCRBY", counts, "completed", 1)
+    if maxlen > 0 then
+      rcall("XADD", events_key, "MAXLEN", "~", maxlen, "*", "type", "job.completed",
+        "subject", id, "time", now, "data", cjson.encode({job_id = id, job_type = f[5],
+          queue = f[4], state = "completed", attempt = tonumber(f[3]),
+          duration_ms = tonumber(now) - tonumber(f[6])}))
+    end
+    out[#out + 1] = {0, "completed"}
+  end
+end
+return out

@@ -1,0 +1,159 @@
+--[[
+  Run the due scheduler step, then claim up to `count` jobs from the given queues.
+
+  State transitions:
+    scheduled | retryable -> available      (due; also run with count 0 by the scheduler loop)
+    available | scheduled | retryable | pending -> discarded   (expires_at passed; no completed_at)
+    available -> active                     (the claim: attempt + 1, started_at, lease)
+  Queues are tried in the order given (strict priority between queues); within a queue the
+  highest job priority first, then FIFO by enqueue sequence. Paused queues are skipped. A worker
+  that reported itself quiet or draining gets nothing.
+
+  KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|paused|counts, worker:<id>)
+  KEYS[2] delayed   (zset)
+  KEYS[3] active    (zset)
+  KEYS[4] expiring  (zset)
+  KEYS[5] events    (stream)
+  KEYS[6] dlq       (zset; unused here, listed so every transition script sees the same set)
+
+  ARGV[1] now_ms
+  ARGV[2] events_maxlen          0 disables events
+  ARGV[3] count                  jobs to claim (0: scheduler step only)
+  ARGV[4] worker_id              "" when anonymous
+  ARGV[5] default_visibility_ms
+  ARGV[6] request_visibility_ms  "" when not given
+  ARGV[7] step_limit             max due entries handled per step
+  ARGV[8] now_iso                now as RFC 3339, for error records
+  ARGV[9..] queue names
+
+  Returns: an array with one flat HGETALL array per claimed job, in claim order.
+]]
+local rcall = redis.call
+local prefix = KEYS[1]
+local delayed_key, active_key, expiring_key, events_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local now = tonumber(ARGV[1])
+local maxlen = tonumber(ARGV[2])
+local count = tonumber(ARGV[3])
+local worker_id = ARGV[4]
+local default_vis = tonumber(ARGV[5])
+local request_vis = tonumber(ARGV[6])
+local step_limit = tonumber(ARGV[7])
+
+local function emit(etype, subject, data)
+  if maxlen > 0 then
+    rcall("XADD", events_key, "MAXLEN", "~", maxlen, "*",
+      "type", etype, "subject", subject, "time", ARGV[1], "data", cjson.encode(data))
+  end
+end
+
+local function move_count(queue, from, to)
+  local counts = prefix .. "queue:" .. queue .. ":counts"
+  rcall("HINCRBY", counts, from, -1)
+  rcall("HINCRBY", counts, to, 1)
+end
+
+local function make_available(job_key, id, queue, priority)
+  local seq = rcall("INCR", prefix .. "seq")
+  rcall("ZADD", prefix .. "queue:" .. queue .. ":available",
+    string.format("%.0f", (100 - priority) * 1e13 + seq), id)
+end
+
+local function promote_due()
+  local due = rcall("ZRANGEBYSCORE", delayed_key, "-inf", now, "LIMIT", 0, step_limit)
+  for _, id in ipairs(due) do
+    rcall("ZREM", delayed_key, id)
+    local job_key = prefix .. "job:" .. id
+    local f = rcall("HMGET", job_key, "state", "queue", "priority")
+    if f[1] == "scheduled" or f[1] == "retryable" then
+      rcall("HSET", job_key, "state", "available", "enqueued_at", ARGV[1])
+      rcall("HDEL", job_key, "next_attempt_at")
+      move_count(f[2], f[1], "available")
+      make_available(job_key, id, f[2], tonumber(f[3]))
+    end
+  end
+end
+
+local EXPIRABLE = {available = true, scheduled = true, retryable = true, pending = true}
+
+local function expire_due()
+  local due = rcall("ZRANGEBYSCORE", expiring_key, "-inf", now, "LIMIT", 0, step_limit)
+  for _, id in ipairs(due) do
+    rcall("ZREM", expiring_key, id)
+    local job_key = prefix .. "job:" .. id
+    local f = rcall("HMGET", job_key, "state", "queue", "type", "created_at", "expires_ms")
+    if EXPIRABLE[f[1]] then
+      rcall("ZREM", prefix .. "queue:" .. f[2] .. ":available", id)
+      rcall("ZREM", delayed_key, id)
+      local err = cjson.encode({code = "expired", type = "expired", retryable = false,
+        message = "Job expired before it could start", occurred_at = ARGV[8], timestamp = ARGV[8]})
+      rcall("HSET", job_key, "state", "discarded", "discarded_at", ARGV[1], "expired_at", ARGV[1],
+        "previous_state", f[1], "error", err)
+      move_count(f[2], f[1], "discarded")
+      emit("job.expired", id, {job_id = id, job_type = f[3], queue = f[2], state = "discarded",
+        created_at = tonumber(f[4]), expired_at = now,
+        ttl_ms = tonumber(f[5]) - tonumber(f[4])})
+    end
+  end
+end
+
+local function claim(id, queue)
+  local job_key = prefix .. "job:" .. id
+  local f = rcall("HMGET", job_key, "state", "type", "visibility_timeout_ms", "timeout_ms")
+  if f[1] ~= "available" then
+    return nil -- a stale index entry (the job was flushed or moved): drop it
+  end
+  local vis = tonumber(f[3]) or request_vis or default_vis
+  local visible_until = now + vis
+  local deadline = visible_until
+  local attempt = rcall("HINCRBY", job_key, "attempt", 1)
+  rcall("HSET", job_key, "state", "active", "started_at", ARGV[1], "visible_until", visible_until)
+  rcall("HDEL", job_key, "progress", "progress_message", "progress_data", "progress_at")
+  if worker_id ~= "" then
+    rcall("HSET", job_key, "worker_id", worker_id)
+  else
+    rcall("HDEL", job_key, "worker_id")
+  end
+  local timeout = tonumber(f[4])
+  if timeout then
+    local exec_deadline = now + timeout
+    rcall("HSET", job_key, "exec_deadline", exec_deadline)
+    if exec_deadline < deadline then deadline = exec_deadline end
+  else
+    rcall("HDEL", job_key, "exec_deadline")
+  end
+  rcall("ZADD", active_key, deadline, id)
+  move_count(queue, "available", "active")
+  emit("job.started", id, {job_id = id, job_type = f[2], queue = queue, state = "active",
+    worker_id = worker_id, attempt = attempt})
+  return rcall("HGETALL", job_key)
+end
+
+promote_due()
+expire_due()
+
+local claimed = {}
+if count <= 0 then
+  return claimed
+end
+if worker_id ~= "" then
+  local wstate = rcall("HGET", prefix .. "worker:" .. worker_id, "state")
+  if wstate == "quiet" or wstate == "terminate" or wstate == "drain" or wstate == "draining" then
+    return claimed
+  end
+end
+
+for q = 9, #ARGV do
+  local queue = ARGV[q]
+  if rcall("EXISTS", prefix .. "queue:" .. queue .. ":paused") == 0 then
+    local available_key = prefix .. "queue:" .. queue .. ":available"
+    while #claimed < count do
+      local head = rcall("ZRANGE", available_key, 0, 0)
+      if #head == 0 then break end
+      rcall("ZREM", available_key, head[1])
+      local job = claim(head[1], queue)
+      if job then claimed[#claimed + 1] = job end
+    end
+  end
+  if #claimed >= count then break end
+end
+return claimed

@@ -1,0 +1,71 @@
+"""Settings: one frozen object built once from defaults, environment and command-line flags."""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+
+from runtime.broker.keys import DEFAULT_PREFIX
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every tunable of the broker and its HTTP endpoint, with units in the names."""
+
+    redis_url: str | None = None  # None: start an embedded Redis
+    data_dir: str | None = None  # embedded Redis data directory (AOF); None: a private temp dir
+    key_prefix: str = DEFAULT_PREFIX
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_key: str | None = None
+    allow_insecure_no_auth: bool = False
+    # Lease length when neither the job nor the fetch names one. Long on purpose: a worker that
+    # never heartbeats must not lose its job to a short default (spec: 1800 s).
+    default_visibility_ms: int = 1_800_000
+    events_maxlen: int = 10_000  # 0 disables the event stream
+    max_body_bytes: int = 1_048_576
+    max_batch_size: int = 1_000
+    max_fetch_count: int = 1_000
+    max_page_size: int = 200
+    scheduler_interval_ms: int = 100  # promoter / reaper cadence
+    cron_interval_ms: int = 500
+    scheduler_step_limit: int = 1_000  # due entries handled per script call
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else None
+
+
+def _env_bool(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def settings_from_env(**overrides: object) -> Settings:
+    """Defaults < environment (OJS_*, REDIS_URL) < explicit overrides (command-line flags)."""
+    values: dict[str, object] = {}
+    if os.environ.get("REDIS_URL"):
+        values["redis_url"] = os.environ["REDIS_URL"]
+    if os.environ.get("OJS_REDIS_URL"):
+        values["redis_url"] = os.environ["OJS_REDIS_URL"]
+    if os.environ.get("OJS_HOST"):
+        values["host"] = os.environ["OJS_HOST"]
+    if (port := _env_int("OJS_PORT")) is not None:
+        values["port"] = port
+    if os.environ.get("OJS_API_KEY"):
+        values["api_key"] = os.environ["OJS_API_KEY"]
+    if os.environ.get("OJS_DATA_DIR"):
+        values["data_dir"] = os.environ["OJS_DATA_DIR"]
+    if os.environ.get("OJS_KEY_PREFIX"):
+        values["key_prefix"] = os.environ["OJS_KEY_PREFIX"]
+    values["allow_insecure_no_auth"] = _env_bool("OJS_ALLOW_INSECURE_NO_AUTH")
+    for field, env in (
+        ("max_body_bytes", "OJS_MAX_BODY_BYTES"),
+        ("max_batch_size", "OJS_MAX_BATCH_SIZE"),
+        ("default_visibility_ms", "OJS_DEFAULT_VISIBILITY_MS"),
+        ("events_maxlen", "OJS_EVENTS_MAXLEN"),
+    ):
+        if (number := _env_int(env)) is not None:
+            values[field] = number
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return msgspec.convert(values, Settings)

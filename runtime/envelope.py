@@ -1,0 +1,196 @@
+"""Every OJS wire object the broker reads, as msgspec Structs, with the spec's exact field names.
+
+Validation that a type can express (patterns, ranges, required fields) lives here, so a bad
+request fails while it is decoded, with a message that names the field.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Raw
+
+TYPE_PATTERN = r"^[a-z][a-z0-9_\-]*(\.[a-z][a-z0-9_\-]*)*$"
+QUEUE_PATTERN = r"^[a-z0-9][a-z0-9\-\.]*$"
+UUID7_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+WORKER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$"
+
+JobType = Annotated[str, Meta(pattern=TYPE_PATTERN, max_length=255)]
+QueueName = Annotated[str, Meta(pattern=QUEUE_PATTERN, max_length=128)]
+JobId = Annotated[str, Meta(pattern=UUID7_PATTERN)]
+WorkerId = Annotated[str, Meta(min_length=1, max_length=256)]
+Priority = Annotated[int, Meta(ge=-100, le=100)]
+NamedPriority = Literal["HIGH", "NORMAL", "LOW", "high", "normal", "low"]
+PositiveMs = Annotated[int, Meta(gt=0, le=10 * 365 * 86_400_000)]
+
+NAMED_PRIORITIES = {"high": 10, "normal": 0, "low": -10}
+
+
+class State(enum.StrEnum):
+    SCHEDULED = "scheduled"
+    AVAILABLE = "available"
+    PENDING = "pending"
+    ACTIVE = "active"
+    RETRYABLE = "retryable"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    DISCARDED = "discarded"
+
+
+TERMINAL_STATES = frozenset({State.COMPLETED, State.CANCELLED, State.DISCARDED})
+ALL_STATES = tuple(State)
+
+
+class RetryPolicy(msgspec.Struct, kw_only=True):
+    """OJS retry policy; partial policies are merged with these defaults."""
+
+    max_attempts: Annotated[int, Meta(ge=0, le=1_000_000)] = 3
+    initial_interval: str | None = None
+    initial_interval_ms: Annotated[int, Meta(ge=1)] | None = None
+    backoff_coefficient: Annotated[float, Meta(ge=1.0, le=1_000.0)] = 2.0
+    max_interval: str | None = None
+    max_interval_ms: Annotated[int, Meta(ge=1)] | None = None
+    jitter: bool = True
+    non_retryable_errors: Annotated[list[Annotated[str, Meta(max_length=256)]], Meta(max_length=100)] = []
+    on_exhaustion: Literal["discard", "dead_letter"] = "discard"
+    backoff_strategy: Literal["exponential", "linear", "constant", "none", "polynomial"] | None = None
+    backoff_type: Literal["exponential", "linear", "constant", "none", "polynomial"] | None = None
+
+
+class EnqueueOptions(msgspec.Struct, kw_only=True):
+    queue: QueueName | None = None
+    priority: Priority | NamedPriority | None = None
+    timeout_ms: PositiveMs | None = None
+    timeout: Annotated[float, Meta(gt=0)] | None = None  # seconds (core/json-format spelling)
+    scheduled_at: str | None = None
+    delay_until: str | None = None
+    delay_ms: Annotated[int, Meta(ge=0)] | None = None
+    expires_at: str | None = None
+    retry: Raw | None = None  # decoded on its own: an invalid policy is a 422, not a 400
+    retry_policy: Raw | None = None
+    unique: dict[str, Any] | None = None
+    tags: Annotated[list[Annotated[str, Meta(max_length=256)]], Meta(max_length=100)] | None = None
+    visibility_timeout_ms: PositiveMs | None = None
+    visibility_timeout: PositiveMs | str | None = None  # seconds, or an ISO 8601 duration
+    metadata: dict[str, Any] | None = None
+    rate_limit: dict[str, Any] | None = None
+    pending: bool = False
+
+
+class EnqueueRequest(msgspec.Struct, kw_only=True):
+    """POST /ojs/v1/jobs. Flat wire-format fields are accepted; options win when both are set."""
+
+    type: JobType
+    args: Raw
+    id: JobId | None = None
+    meta: dict[str, Any] | None = None
+    schema: Annotated[str, Meta(max_length=2048)] | None = None
+    specversion: str | None = None
+    options: EnqueueOptions | None = None
+    queue: QueueName | None = None
+    priority: Priority | NamedPriority | None = None
+    scheduled_at: str | None = None
+    expires_at: str | None = None
+    retry: Raw | None = None
+    unique: dict[str, Any] | None = None
+    tags: Annotated[list[Annotated[str, Meta(max_length=256)]], Meta(max_length=100)] | None = None
+    timeout: Annotated[float, Meta(gt=0)] | None = None
+    visibility_timeout: PositiveMs | str | None = None
+
+
+# Top-level names the envelope owns. Any other top-level field of an enqueue request is kept
+# verbatim and echoed; the system-managed ones a client may send are ignored.
+ENVELOPE_FIELDS = frozenset(EnqueueRequest.__struct_fields__) | {
+    "state", "attempt", "max_attempts", "created_at", "enqueued_at", "started_at", "completed_at",
+    "cancelled_at", "discarded_at", "error", "errors", "result", "retry_delay_ms",
+    "next_attempt_at", "next_retry_at", "worker_id", "previous_state", "progress", "parent_results",
+    "workflow_id", "timeout_ms", "visibility_timeout_ms", "expired_at", "re_enqueued_at",
+}
+
+
+class BatchRequest(msgspec.Struct, kw_only=True):
+    jobs: list[Raw]
+
+
+class FetchRequest(msgspec.Struct, kw_only=True):
+    queues: Annotated[list[QueueName], Meta(min_length=1, max_length=100)]
+    count: Annotated[int, Meta(ge=1)] = 1
+    worker_id: WorkerId | None = None
+    visibility_timeout_ms: PositiveMs | None = None
+
+
+class AckRequest(msgspec.Struct, kw_only=True):
+    job_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    result: Raw | None = None
+    worker_id: WorkerId | None = None
+    attempt: Annotated[int, Meta(ge=1)] | None = None
+
+
+class ErrorInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    message: Annotated[str, Meta(max_length=10_000)] = ""
+    code: Annotated[str, Meta(max_length=256)] | None = None
+    type: Annotated[str, Meta(max_length=256)] | None = None
+    retryable: bool | None = None
+    details: dict[str, Any] | None = None
+    backtrace: list[str] | str | None = None
+    response_code: str | None = None
+
+
+class NackRequest(msgspec.Struct, kw_only=True):
+    job_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    error: ErrorInfo | None = None
+    requeue: bool = False
+    worker_id: WorkerId | None = None
+    attempt: Annotated[int, Meta(ge=1)] | None = None
+
+
+class HeartbeatRequest(msgspec.Struct, kw_only=True):
+    worker_id: WorkerId
+    active_jobs: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=10_000)] | int | None = None
+    active_job_ids: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=10_000)] | None = None
+    job_id: Annotated[str, Meta(max_length=64)] | None = None
+    state: Annotated[str, Meta(max_length=32)] | None = None
+    shutdown: bool | None = None
+    visibility_timeout_ms: PositiveMs | None = None
+    hostname: Annotated[str, Meta(max_length=256)] | None = None
+    pid: int | None = None
+    queues: list[str] | None = None
+    concurrency: int | None = None
+
+
+class CronJobTemplate(msgspec.Struct, kw_only=True):
+    type: JobType
+    args: list[Any] = []
+    meta: dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+
+
+CronName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-\.]*$", max_length=255)]
+
+
+class CronRequest(msgspec.Struct, kw_only=True):
+    """POST /ojs/v1/cron, in the openapi shape; the prose shape's fields are accepted as aliases."""
+
+    name: CronName
+    expression: Annotated[str, Meta(max_length=256)] | None = None
+    cron: Annotated[str, Meta(max_length=256)] | None = None
+    schedule: Annotated[str, Meta(max_length=256)] | None = None
+    timezone: Annotated[str, Meta(max_length=64)] = "UTC"
+    overlap_policy: Literal["skip", "allow", "cancel", "cancel_previous", "enqueue"] = "skip"
+    enabled: bool = True
+    description: Annotated[str, Meta(max_length=1024)] | None = None
+    job_template: CronJobTemplate | None = None
+    type: JobType | None = None
+    args: list[Any] | None = None
+    meta: dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+
+
+class CronPatch(msgspec.Struct, kw_only=True):
+    enabled: bool | None = None
+
+
+class PauseRequest(msgspec.Struct, kw_only=True):
+    reason: str | None = None

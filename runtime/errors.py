@@ -1,0 +1,102 @@
+"""The error hierarchy. Each class carries the OJS error code and HTTP status it maps to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OJSError(Exception):
+    """Base of every error the broker reports to a client."""
+
+    status = 500
+    code = "internal_error"
+    retryable = False
+    error_type: str | None = None
+    hint: str | None = None
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidPayload(OJSError):
+    """The body is missing, not JSON, or not a JSON object."""
+
+    status = 400
+    code = "invalid_payload"
+    hint = "Send a JSON object body with Content-Type application/openjobspec+json."
+
+
+class InvalidRequest(OJSError):
+    """A field is missing, has the wrong type, or is out of range."""
+
+    status = 400
+    code = "invalid_request"
+    hint = "Check the request fields against the OJS HTTP binding."
+
+
+class PolicyValidationError(OJSError):
+    """A retry policy (or similar policy object) is invalid: 422 with type validation_error."""
+
+    status = 422
+    code = "validation_error"
+    error_type = "validation_error"
+    hint = "See the retry policy rules of the OJS retry specification."
+
+
+class EnqueueRejected(OJSError):
+    """A server-side enqueue hook refused the job."""
+
+    status = 422
+    code = "validation_error"
+    error_type = "validation_error"
+
+
+class Unsupported(OJSError):
+    status = 422
+    code = "unsupported"
+
+
+class NotFound(OJSError):
+    status = 404
+    code = "not_found"
+    hint = "Check the identifier; resources may have been deleted or never existed."
+
+
+class Duplicate(OJSError):
+    status = 409
+    code = "duplicate"
+    hint = "A job with this id (or unique key) already exists."
+
+
+class Conflict(OJSError):
+    """The operation is not allowed in the resource's current state."""
+
+    status = 409
+    code = "conflict"
+    hint = "The job is not in a state that allows this operation."
+
+
+class PayloadTooLarge(OJSError):
+    status = 413
+    code = "payload_too_large"
+    hint = "Reduce the request size or raise the server's configured limit."
+
+
+class Unauthorized(OJSError):
+    status = 401
+    code = "unauthorized"
+    hint = "Send Authorization: Bearer <api key>."
+
+
+class MethodNotAllowed(OJSError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class BackendUnavailable(OJSError):
+    status = 503
+    code = "backend_unavailable"
+    retryable = True
+    hint = "The job store is unreachable; retry with backoff."

@@ -1,0 +1,54 @@
+"""The broker's background loops: the scheduler step (promotion, expiry, lease and timeout
+reaping) and cron firing. Both are safe to run in every server process at once: each step is
+atomic in Redis, and a cron tick is claimed by exactly one firing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+from runtime.broker import BACKEND_ERRORS
+from runtime.broker.core import Broker
+from runtime.broker.crons import Crons
+from runtime.config import Settings
+
+logger = logging.getLogger(__name__)
+
+MAX_ERROR_BACKOFF_S = 5.0
+
+
+class Scheduler:
+    def __init__(self, broker: Broker, crons: Crons, settings: Settings) -> None:
+        self.broker = broker
+        self.crons = crons
+        self.settings = settings
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._loop("scheduler", self.broker.scheduler_step, self.settings.scheduler_interval_ms)),
+            asyncio.create_task(self._loop("cron", self.crons.tick, self.settings.cron_interval_ms)),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _loop(self, name: str, step: Callable[[], Awaitable[int]], interval_ms: int) -> None:
+        interval_s = interval_ms / 1000
+        backoff_s = interval_s
+        while True:
+            try:
+                await step()
+                backoff_s = interval_s
+            except BACKEND_ERRORS as err:
+                # Redis is down: keep trying, slower, without flooding the log.
+                logger.warning("%s loop: job store unavailable (%s); retrying in %.1fs", name, err, backoff_s)
+                backoff_s = min(backoff_s * 2, MAX_ERROR_BACKOFF_S)
+            except Exception:
+                logger.exception("%s loop: step failed", name)
+                backoff_s = min(backoff_s * 2, MAX_ERROR_BACKOFF_S)
+            await asyncio.sleep(backoff_s)
