@@ -242,7 +242,9 @@ def _normalise_fields(expression: str, tokens: list[str]) -> list[str]:
             f"day-of-month month day-of-week) or 6 (leading seconds), got {len(tokens)}"
         )
     try:
-        return [_normalise_field(token.lower(), spec) for token, spec in zip(tokens, specs)]
+        return [
+            _normalise_field(token.lower(), spec) for token, spec in zip(tokens, specs, strict=True)
+        ]
     except ValueError as err:
         raise ValueError(f"invalid cron expression {expression!r}: {err}") from None
 
@@ -282,6 +284,8 @@ def _normalise_range(text: str, spec: _FieldSpec) -> str:
     if not dash:
         return str(start)
     end = _value(end_text, spec)
+    if spec is _DOW and end_text == "sun" and start > 0:
+        end = 7  # so "SAT-SUN" means 6-7, as a reader expects, not a reversed 6-0
     if start > end:
         raise ValueError(f"{spec.label}: malformed range {text!r} (start is after end)")
     return f"{start}-{end}"
@@ -318,8 +322,8 @@ def _templates(expression: str, fields: list[str]) -> tuple[croniter, ...]:
     """croniter objects for the schedule; two of them when day fields are ORed."""
     dom_at, dow_at = len(fields) - 3, len(fields) - 1
     if fields[dom_at] != "*" and fields[dow_at] != "*":
-        dom_half = fields[:dow_at] + ["*"]
-        dow_half = fields[:dom_at] + ["*"] + fields[dom_at + 1 :]
+        dom_half = [*fields[:dow_at], "*"]
+        dow_half = [*fields[:dom_at], "*", *fields[dom_at + 1 :]]
         variants = [dom_half, dow_half]
     else:
         variants = [fields]

@@ -68,8 +68,10 @@ class EnqueueOptions(msgspec.Struct, kw_only=True):
     delay_until: str | None = None
     delay_ms: Annotated[int, Meta(ge=0)] | None = None
     expires_at: str | None = None
-    retry: Raw | None = None  # decoded on its own: an invalid policy is a 422, not a 400
-    retry_policy: Raw | None = None
+    # Decoded on their own: an invalid policy is a 422, not a 400. An empty Raw means absent
+    # (msgspec cannot put Raw in a union with None).
+    retry: Raw = Raw()
+    retry_policy: Raw = Raw()
     unique: dict[str, Any] | None = None
     tags: Annotated[list[Annotated[str, Meta(max_length=256)]], Meta(max_length=100)] | None = None
     visibility_timeout_ms: PositiveMs | None = None
@@ -93,7 +95,7 @@ class EnqueueRequest(msgspec.Struct, kw_only=True):
     priority: Priority | NamedPriority | None = None
     scheduled_at: str | None = None
     expires_at: str | None = None
-    retry: Raw | None = None
+    retry: Raw = Raw()
     unique: dict[str, Any] | None = None
     tags: Annotated[list[Annotated[str, Meta(max_length=256)]], Meta(max_length=100)] | None = None
     timeout: Annotated[float, Meta(gt=0)] | None = None
@@ -123,7 +125,7 @@ class FetchRequest(msgspec.Struct, kw_only=True):
 
 class AckRequest(msgspec.Struct, kw_only=True):
     job_id: Annotated[str, Meta(min_length=1, max_length=64)]
-    result: Raw | None = None
+    result: Raw = Raw()
     worker_id: WorkerId | None = None
     attempt: Annotated[int, Meta(ge=1)] | None = None
 

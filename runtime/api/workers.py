@@ -7,7 +7,7 @@ import msgspec
 from runtime import timefmt
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
-from runtime.broker.records import encode_job
+from runtime.broker.records import encode_job, present
 from runtime.envelope import AckRequest, HeartbeatRequest, NackRequest, FetchRequest
 from runtime.errors import InvalidRequest
 
@@ -19,11 +19,8 @@ _heartbeat_decoder = msgspec.json.Decoder(HeartbeatRequest)
 DRAINING_STATES = frozenset({"drain", "draining", "terminate", "shutting_down", "quiet"})
 
 
-def _result_bytes(raw: msgspec.Raw | None) -> bytes | None:
-    if raw is None:
-        return None
-    data = bytes(raw).strip()
-    return None if data == b"null" else data
+def _result_bytes(raw: msgspec.Raw) -> bytes | None:
+    return bytes(raw).strip() if present(raw) else None
 
 
 def register(router: Router, services: Services) -> None:

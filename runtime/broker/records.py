@@ -72,10 +72,15 @@ class EffectiveRetry(msgspec.Struct, kw_only=True, frozen=True):
     display: dict[str, Any]
 
 
-def resolve_retry(raw: Raw | None) -> EffectiveRetry:
+def present(raw: Raw) -> bool:
+    """An optional Raw field was given with a value (not absent, not JSON null)."""
+    return len(raw) > 0 and bytes(raw).strip() != b"null"
+
+
+def resolve_retry(raw: Raw) -> EffectiveRetry:
     """Decode and check a retry policy. Any problem is a 422 naming the field."""
     try:
-        policy = _retry_decoder.decode(raw) if raw is not None else RetryPolicy()
+        policy = _retry_decoder.decode(raw) if present(raw) else RetryPolicy()
     except msgspec.DecodeError as err:
         raise PolicyValidationError(f"Invalid retry policy: {err}") from None
     initial_ms = _duration_field(policy.initial_interval_ms, policy.initial_interval, "initial_interval", 1_000)
@@ -178,7 +183,7 @@ def build_job(
         # The server-side enqueue validation hook: a job that asks to be validated must carry
         # arguments to validate.
         raise EnqueueRejected("Enqueue validation failed: args must not be empty")
-    retry = resolve_retry(opts.retry or opts.retry_policy or req.retry)
+    retry = resolve_retry(next((r for r in (opts.retry, opts.retry_policy, req.retry) if present(r)), Raw()))
     queue = opts.queue or req.queue or "default"
     priority = _priority(opts.priority if opts.priority is not None else req.priority)
 
