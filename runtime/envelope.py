@@ -162,6 +162,16 @@ class HeartbeatRequest(msgspec.Struct, kw_only=True):
     concurrency: int | None = None
 
 
+class ProgressRequest(msgspec.Struct, kw_only=True):
+    """PUT /ojs/v1/jobs/{id}/progress: a fraction in [0, 1] (clamped), or a percent with percent=true."""
+
+    progress: Annotated[float, Meta(ge=-1e9, le=1e9)] | None = None
+    percent: bool = False
+    message: Annotated[str, Meta(max_length=1_000)] | None = None
+    data: Raw = Raw()
+    checkpoint: Raw = Raw()
+
+
 class CronJobTemplate(msgspec.Struct, kw_only=True):
     type: JobType
     args: list[Any] = []

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from msgspec import Raw
 
 from runtime import timefmt
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
-from runtime.broker.records import NewJob, as_hash, build_job, encode_job, split_extras
-from runtime.envelope import BatchRequest, EnqueueRequest
+from runtime.broker.core import Progress
+from runtime.broker.records import NewJob, as_hash, build_job, encode_job, present, split_extras
+from runtime.envelope import BatchRequest, EnqueueRequest, ProgressRequest
 from runtime.errors import InvalidPayload, InvalidRequest, OJSError
 from runtime.ids import uuid7
 
 _top_decoder = msgspec.json.Decoder(dict[str, Raw])
 _request_decoder = msgspec.json.Decoder(EnqueueRequest)
 _batch_decoder = msgspec.json.Decoder(BatchRequest)
+_progress_decoder = msgspec.json.Decoder(ProgressRequest)
 
 
 def parse_enqueue(body: bytes, *, now_ms: int, request_id: str | None) -> NewJob:
@@ -31,6 +35,14 @@ def parse_enqueue(body: bytes, *, now_ms: int, request_id: str | None) -> NewJob
     except msgspec.DecodeError as err:
         raise InvalidRequest(f"Invalid job: {err}") from None
     return build_job(req, split_extras(top), job_id=req.id or uuid7(), now_ms=now_ms, request_id=request_id)
+
+
+def _progress_body(job_id: str, p: Progress) -> dict[str, Any]:
+    return {
+        "job_id": job_id, "state": p.state, "progress": p.progress, "message": p.message,
+        "data": Raw(p.data) if p.data else None,
+        "updated_at": timefmt.format_ms(p.updated_at_ms) if p.updated_at_ms else None,
+    }
 
 
 def _job_reply(h: dict[bytes, bytes]) -> bytes:
@@ -79,7 +91,25 @@ def register(router: Router, services: Services) -> None:
         await broker.cancel(job_id)
         return json_response(200, _job_reply(await broker.get(job_id)))
 
+    async def put_progress(request: Request) -> Response:
+        req: ProgressRequest = request.decode(_progress_decoder)
+        if req.progress is None and req.message is None and not present(req.data) and not present(req.checkpoint):
+            raise InvalidRequest("Send at least one of progress, message, data, checkpoint.")
+        value = req.progress / 100 if req.progress is not None and req.progress > 1 and req.percent else req.progress
+        state = await broker.progress(
+            request.params["job_id"], value=value, message=req.message,
+            data=bytes(req.data) if present(req.data) else None,
+            checkpoint=bytes(req.checkpoint) if present(req.checkpoint) else None,
+        )
+        return json_response(200, _progress_body(request.params["job_id"], state))
+
+    async def get_progress(request: Request) -> Response:
+        state = await broker.read_progress(request.params["job_id"])
+        return json_response(200, _progress_body(request.params["job_id"], state))
+
     router.add("POST", "/ojs/v1/jobs", enqueue)
+    router.add("PUT", "/ojs/v1/jobs/{job_id}/progress", put_progress)
+    router.add("GET", "/ojs/v1/jobs/{job_id}/progress", get_progress)
     router.add("POST", "/ojs/v1/jobs/batch", enqueue_batch)
     router.add("GET", "/ojs/v1/jobs/{job_id}", info)
     router.add("DELETE", "/ojs/v1/jobs/{job_id}", cancel)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import prometheus_client
+
 from runtime.broker import BACKEND_ERRORS
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
@@ -60,7 +62,12 @@ def register(router: Router, services: Services) -> None:
             return json_response(503, {"status": "not_ready", "reason": "backend unreachable"})
         return json_response(200, {"status": "ready"})
 
+    async def metrics(request: Request) -> Response:
+        # Exactly text/plain: scrapers accept it and the observability conformance test asks for it.
+        return Response(200, prometheus_client.generate_latest(), [(b"content-type", b"text/plain")])
+
     router.add("GET", "/ojs/manifest", get_manifest)
+    router.add("GET", "/metrics", metrics)
     router.add("GET", "/ojs/v1/health", health)
     router.add("GET", "/health", health)
     router.add("GET", "/ready", ready)

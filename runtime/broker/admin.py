@@ -79,7 +79,8 @@ class Admin:
         await self.broker.scripts.call(
             "set_paused",
             keys=[k.paused(queue), k.queues, k.events],
-            args=[str(timefmt.now_ms()), str(self.broker.settings.events_maxlen), queue, "1" if paused else "0"],
+            args=[str(timefmt.now_ms()), str(self.broker.settings.events_maxlen), queue, "1" if paused else "0",
+                  k.notify(queue)],
         )
 
     # --- dead letter -----------------------------------------------------------------------

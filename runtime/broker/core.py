@@ -39,6 +39,23 @@ class NackResult(msgspec.Struct, frozen=True, kw_only=True):
     now_ms: int
 
 
+class Completion(msgspec.Struct, frozen=True, kw_only=True):
+    """One job to complete through ack.lua."""
+
+    job_id: str
+    result: bytes = b""  # JSON text; empty when the handler returned nothing
+    worker_id: str = ""
+    attempt: int | None = None
+
+
+class Progress(msgspec.Struct, frozen=True, kw_only=True):
+    state: str
+    progress: float | None
+    message: str | None
+    data: bytes | None
+    updated_at_ms: int | None
+
+
 class Failure(msgspec.Struct, frozen=True, kw_only=True):
     """One job to fail through nack.lua, with the verdict already decided."""
 
@@ -61,6 +78,16 @@ def _conflict_for(job_id: str, status: int, state: str, action: str) -> Exceptio
     if status == Status.STALE_CLAIM:
         return Conflict(f"Job '{job_id}' is held by another claim; this {action} is stale.")
     return Conflict(f"Cannot {action} job '{job_id}' in state '{state}'.", details={"state": state})
+
+
+def _progress_view(reply: list[bytes]) -> Progress:
+    return Progress(
+        state=reply[1].decode(),
+        progress=float(reply[2]) if reply[2] else None,
+        message=reply[3].decode() if reply[3] else None,
+        data=reply[4] or None,
+        updated_at_ms=int(reply[5]) if reply[5] else None,
+    )
 
 
 class Broker:
@@ -147,17 +174,28 @@ class Broker:
         self, job_id: str, result: bytes | None = None, *, worker_id: str | None = None,
         attempt: int | None = None,
     ) -> AckResult:
+        (outcome,) = await self.ack_many([Completion(job_id=job_id, result=result or b"",
+                                                     worker_id=worker_id or "", attempt=attempt)])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def ack_many(self, items: Sequence[Completion]) -> list[AckResult | Exception]:
+        """Complete many jobs in one ack.lua call; each gets its own result or conflict."""
         now = timefmt.now_ms()
         k = self.keys
+        args: list[str | bytes] = [str(now), self._maxlen]
+        for item in items:
+            args += [item.worker_id, "" if item.attempt is None else str(item.attempt), item.result]
         reply = await self.scripts.call(
-            "ack",
-            keys=[k.prefix, k.active, k.expiring, k.events, k.job(job_id)],
-            args=[str(now), self._maxlen, worker_id or "", "" if attempt is None else str(attempt), result or b""],
+            "ack", keys=[k.prefix, k.active, k.expiring, k.events, *(k.job(i.job_id) for i in items)], args=args,
         )
-        status, state = int(reply[0][0]), reply[0][1].decode()
-        if status != Status.OK:
-            raise _conflict_for(job_id, status, state, "acknowledge")
-        return AckResult(job_id, now)
+        out: list[AckResult | Exception] = []
+        for item, row in zip(items, reply):
+            status, state = int(row[0]), row[1].decode()
+            out.append(AckResult(item.job_id, now) if status == Status.OK
+                       else _conflict_for(item.job_id, status, state, "acknowledge"))
+        return out
 
     async def nack(
         self, job_id: str, error: ErrorInfo | None, *, requeue: bool = False,
@@ -237,6 +275,30 @@ class Broker:
         return HeartbeatResult(
             reply[0].decode(), [x.decode() for x in reply[1]], [x.decode() for x in reply[2]]
         )
+
+    async def progress(
+        self, job_id: str, *, value: float | None = None, message: str | None = None,
+        data: bytes | None = None, checkpoint: bytes | None = None,
+    ) -> Progress:
+        """Record progress of an active job (extends its lease); read-only for other states."""
+        k = self.keys
+        reply = await self.scripts.call(
+            "progress", keys=[k.job(job_id), k.active, k.events],
+            args=[str(timefmt.now_ms()), self._maxlen, job_id,
+                  "" if value is None else repr(min(1.0, max(0.0, value))), message or "",
+                  data or b"", checkpoint or b"", str(self.settings.default_visibility_ms)],
+        )
+        if int(reply[0]) == Status.NOT_FOUND:
+            raise NotFound(f"Job '{job_id}' not found.")
+        return _progress_view(reply)
+
+    async def read_progress(self, job_id: str) -> Progress:
+        reply = await self.redis.hmget(
+            self.keys.job(job_id), ["state", "progress", "progress_message", "progress_data", "progress_at"],
+        )
+        if reply[0] is None:
+            raise NotFound(f"Job '{job_id}' not found.")
+        return _progress_view([b"0", *(x or b"" for x in reply)])
 
     # --- scheduler step --------------------------------------------------------------------
 

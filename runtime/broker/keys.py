@@ -24,6 +24,7 @@ key                            type        content
 ``P events``                   stream      lifecycle events, capped
 ``P worker:<id>``              hash        worker registry entry (state, last heartbeat, directive)
 ``P workers``                  zset        worker id -> last heartbeat (ms)
+``P notify:<q>``               channel     pub/sub wake-up: a job became available in queue q
 ``P crons``                    hash        cron name -> registration (JSON)
 ``P cron:next``                zset        cron name -> next fire time (ms); the per-tick claim
 =============================  ==========  ======================================================
@@ -53,6 +54,10 @@ class Keys:
 
     def counts(self, queue: str) -> str:
         return f"{self.prefix}queue:{queue}:counts"
+
+    def notify(self, queue: str) -> str:
+        """Pub/sub channel (not a key): idle workers wait on it instead of polling."""
+        return f"{self.prefix}notify:{queue}"
 
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}worker:{worker_id}"

@@ -36,6 +36,7 @@ rcall("HINCRBY", counts, "available", 1)
 local seq = rcall("INCR", prefix .. "seq")
 rcall("ZADD", prefix .. "queue:" .. f[2] .. ":available",
   string.format("%.0f", (100 - tonumber(f[3])) * 1e13 + seq), id)
+rcall("PUBLISH", prefix .. "notify:" .. f[2], "1")
 if maxlen > 0 then
   rcall("XADD", events_key, "MAXLEN", "~", maxlen, "*", "type", "job.enqueued", "subject", id,
     "time", now, "data", cjson.encode({job_id = id, job_type = f[4], queue = f[2],

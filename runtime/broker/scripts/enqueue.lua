@@ -26,6 +26,8 @@
   then per job: id, queue, state, priority, due_ms|"", expires_ms|"", field count F,
                 F field/value pairs written to the job hash as they are
 
+  Publishes "1" on channel <prefix>notify:<q> once per queue that received available jobs.
+
   Returns:
     {0, id1, id2, ...}   inserted
     {1, index}           duplicate: the job at 1-based index already exists
@@ -93,6 +95,7 @@ if cron_name ~= "" then
 end
 
 local ids = {0}
+local woken = {}
 for j = 1, n do
   local job = jobs[j]
   local job_key = prefix .. "job:" .. job.id
@@ -103,6 +106,10 @@ for j = 1, n do
     local seq = rcall("INCR", seq_key)
     rcall("ZADD", prefix .. "queue:" .. job.queue .. ":available",
       string.format("%.0f", (100 - job.priority) * 1e13 + seq), job.id)
+    if not woken[job.queue] then
+      woken[job.queue] = true
+      rcall("PUBLISH", prefix .. "notify:" .. job.queue, "1")
+    end
   elseif job.state == "scheduled" then
     rcall("ZADD", delayed_key, job.due, job.id)
   end

@@ -56,6 +56,7 @@ local function make_available(job_key, id, queue, priority)
   local seq = rcall("INCR", prefix .. "seq")
   rcall("ZADD", prefix .. "queue:" .. queue .. ":available",
     string.format("%.0f", (100 - priority) * 1e13 + seq), id)
+  rcall("PUBLISH", prefix .. "notify:" .. queue, "1")
 end
 
 local function promote_due()

@@ -90,6 +90,7 @@ local function to_available(job_key, id, f)
   local seq = rcall("INCR", prefix .. "seq")
   rcall("ZADD", prefix .. "queue:" .. f.queue .. ":available",
     string.format("%.0f", (100 - f.priority) * 1e13 + seq), id)
+  rcall("PUBLISH", prefix .. "notify:" .. f.queue, "1")
   return {0, "available", f.attempt, f.max_attempts, "", ""}
 end
 

@@ -11,6 +11,7 @@
   ARGV[2] events_maxlen   0 disables events
   ARGV[3] queue name
   ARGV[4] "1" pause, "0" resume
+  ARGV[5] notify channel of the queue (published on resume, so idle workers look again)
 
   Returns: {changed}   1 when the flag changed, 0 when it already had that value
 ]]
@@ -24,6 +25,9 @@ if pause then
   changed = rcall("SET", paused_key, now, "NX") and 1 or 0
 else
   changed = rcall("DEL", paused_key)
+end
+if changed == 1 and not pause then
+  rcall("PUBLISH", ARGV[5], "1")
 end
 if changed == 1 and maxlen > 0 then
   local etype = pause and "queue.paused" or "queue.resumed"
