@@ -30,6 +30,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     scheduler_interval_ms: int = 100  # promoter / reaper cadence
     cron_interval_ms: int = 500
     scheduler_step_limit: int = 1_000  # due entries handled per script call
+    # A job whose worker process died this many times is dead-lettered instead of retried again:
+    # it is probably what kills the worker.
+    worker_lost_cap: int = 3
 
 
 def _env_int(name: str) -> int | None:

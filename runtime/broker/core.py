@@ -57,7 +57,8 @@ class Progress(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Failure(msgspec.Struct, frozen=True, kw_only=True):
-    """One job to fail through nack.lua, with the verdict already decided."""
+    """One job to fail through nack.lua, with the verdict already decided: requeue, release,
+    worker_lost, lease_expired, retry, nonretryable, discard or dead_letter (see nack.lua)."""
 
     job_id: str
     verdict: str
@@ -154,8 +155,13 @@ class Broker:
         worker_id: str | None = None,
         visibility_ms: int | None = None,
         now_ms: int | None = None,
+        quotas: Sequence[int] | None = None,
     ) -> list[dict[bytes, bytes]]:
-        """Claim up to `count` jobs, trying the queues in order. Returns the claimed job hashes."""
+        """Claim up to `count` jobs, trying the queues in order. Returns the claimed job hashes.
+
+        With `quotas` (one per queue) a first pass takes at most that many from each queue, and a
+        second pass fills the rest in queue order: weighted selection in one call.
+        """
         now = timefmt.now_ms() if now_ms is None else now_ms
         k = self.keys
         reply = await self.scripts.call(
@@ -165,7 +171,8 @@ class Broker:
                 str(now), self._maxlen, str(count), worker_id or "",
                 str(self.settings.default_visibility_ms),
                 "" if visibility_ms is None else str(visibility_ms),
-                str(self.settings.scheduler_step_limit), timefmt.format_ms(now), *queues,
+                str(self.settings.scheduler_step_limit), timefmt.format_ms(now), str(len(queues)),
+                *queues, *(str(q) for q in (quotas or ())),
             ],
         )
         return [pairs_to_dict(flat) for flat in reply]
@@ -222,7 +229,7 @@ class Broker:
     async def fail_many(self, items: Sequence[Failure], *, now_ms: int) -> list[NackResult | Exception]:
         """One nack.lua call for many jobs (the scheduler's timeouts, a dead worker's jobs)."""
         k = self.keys
-        args: list[str | bytes] = [str(now_ms), self._maxlen]
+        args: list[str | bytes] = [str(now_ms), self._maxlen, str(self.settings.worker_lost_cap)]
         for item in items:
             args += [item.verdict, item.error, item.worker_id,
                      "" if item.attempt is None else str(item.attempt), repr(random.uniform(0.5, 1.5))]

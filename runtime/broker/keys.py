@@ -23,6 +23,7 @@ key                            type        content
 ``P seq``                      string      enqueue sequence (INCR): strict FIFO within a priority
 ``P events``                   stream      lifecycle events, capped
 ``P worker:<id>``              hash        worker registry entry (state, last heartbeat, directive)
+``P worker:<id>:jobs``         set         ids of the active jobs a worker holds (for release on death)
 ``P workers``                  zset        worker id -> last heartbeat (ms)
 ``P notify:<q>``               channel     pub/sub wake-up: a job became available in queue q
 ``P crons``                    hash        cron name -> registration (JSON)
@@ -64,6 +65,9 @@ class Keys:
 
     def cron_state(self, name: str) -> str:
         return f"{self.prefix}cron:state:{name}"
+
+    def worker_jobs(self, worker_id: str) -> str:
+        return f"{self.prefix}worker:{worker_id}:jobs"
 
     @property
     def queues(self) -> str:

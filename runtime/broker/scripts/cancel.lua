@@ -8,7 +8,7 @@
     - the job exists                          else status 1
     - the state is not terminal               else status 2 (conflict)
 
-  KEYS[1] prefix (derived keys: queue:<q>:available, queue:<q>:counts)
+  KEYS[1] prefix (derived keys: queue:<q>:available, queue:<q>:counts, worker:<id>:jobs)
   KEYS[2] job:<id>  (hash)
   KEYS[3] active    (zset)
   KEYS[4] delayed   (zset)
@@ -26,7 +26,7 @@ local prefix, job_key = KEYS[1], KEYS[2]
 local active_key, delayed_key, expiring_key, events_key = KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local now, maxlen, id = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 
-local f = rcall("HMGET", job_key, "state", "queue", "type")
+local f = rcall("HMGET", job_key, "state", "queue", "type", "worker_id")
 local state, queue = f[1], f[2]
 if not state then
   return {1, ""}
@@ -38,6 +38,7 @@ rcall("ZREM", prefix .. "queue:" .. queue .. ":available", id)
 rcall("ZREM", active_key, id)
 rcall("ZREM", delayed_key, id)
 rcall("ZREM", expiring_key, id)
+if f[4] then rcall("SREM", prefix .. "worker:" .. f[4] .. ":jobs", id) end
 rcall("HSET", job_key, "state", "cancelled", "cancelled_at", now, "previous_state", state)
 rcall("HDEL", job_key, "visible_until", "exec_deadline", "next_attempt_at")
 local counts = prefix .. "queue:" .. queue .. ":counts"

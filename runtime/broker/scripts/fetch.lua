@@ -9,7 +9,8 @@
   highest job priority first, then FIFO by enqueue sequence. Paused queues are skipped. A worker
   that reported itself quiet or draining gets nothing.
 
-  KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|paused|counts, worker:<id>)
+  KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|paused|counts, worker:<id>,
+                 worker:<id>:jobs)
   KEYS[2] delayed   (zset)
   KEYS[3] active    (zset)
   KEYS[4] expiring  (zset)
@@ -24,7 +25,11 @@
   ARGV[6] request_visibility_ms  "" when not given
   ARGV[7] step_limit             max due entries handled per step
   ARGV[8] now_iso                now as RFC 3339, for error records
-  ARGV[9..] queue names
+  ARGV[9] queue count N
+  ARGV[10 .. 9+N]     queue names, in preference order
+  ARGV[10+N .. 9+2N]  per-queue quota for the first pass (weighted selection); a second pass
+                      fills what is left of `count` from the queues in order, so an empty queue
+                      gives its share to the others
 
   Returns: an array with one flat HGETALL array per claimed job, in claim order.
 ]]
@@ -111,6 +116,7 @@ local function claim(id, queue)
   rcall("HDEL", job_key, "progress", "progress_message", "progress_data", "progress_at")
   if worker_id ~= "" then
     rcall("HSET", job_key, "worker_id", worker_id)
+    rcall("SADD", prefix .. "worker:" .. worker_id .. ":jobs", id)
   else
     rcall("HDEL", job_key, "worker_id")
   end
@@ -143,18 +149,29 @@ if worker_id ~= "" then
   end
 end
 
-for q = 9, #ARGV do
-  local queue = ARGV[q]
-  if rcall("EXISTS", prefix .. "queue:" .. queue .. ":paused") == 0 then
-    local available_key = prefix .. "queue:" .. queue .. ":available"
-    while #claimed < count do
-      local head = rcall("ZRANGE", available_key, 0, 0)
-      if #head == 0 then break end
-      rcall("ZREM", available_key, head[1])
-      local job = claim(head[1], queue)
-      if job then claimed[#claimed + 1] = job end
+local nq = tonumber(ARGV[9])
+
+local function claim_from(queue, limit)
+  if rcall("EXISTS", prefix .. "queue:" .. queue .. ":paused") == 1 then return end
+  local available_key = prefix .. "queue:" .. queue .. ":available"
+  local taken = 0
+  while #claimed < count and taken < limit do
+    local head = rcall("ZRANGE", available_key, 0, 0)
+    if #head == 0 then return end
+    rcall("ZREM", available_key, head[1])
+    local job = claim(head[1], queue)
+    if job then
+      claimed[#claimed + 1] = job
+      taken = taken + 1
     end
   end
+end
+
+for q = 1, nq do
+  claim_from(ARGV[9 + q], tonumber(ARGV[9 + nq + q]) or count)
+end
+for q = 1, nq do
   if #claimed >= count then break end
+  claim_from(ARGV[9 + q], count)
 end
 return claimed

@@ -2,8 +2,10 @@
   Fail one or more active jobs: requeue, schedule a retry, or discard (and dead-letter).
 
   State transitions:
-    active -> available   verdict requeue (no backoff, attempt kept), or lease_expired with
-                          attempts left
+    active -> available   verdict requeue (no backoff, attempt kept); release (a draining
+                          worker hands the job back: the attempt is given back too); lease_expired
+                          with attempts left; worker_lost with attempts left and fewer than
+                          `lost_cap` losses (a job that keeps killing its worker is dead-lettered)
     active -> retryable   verdict retry with attempts left; due at now + backoff
     active -> discarded   verdict discard (never dead-lettered), dead_letter (always), or
                           nonretryable / retry / lease_expired once attempts are spent (dead-lettered
@@ -16,7 +18,7 @@
   The caller decides the verdict from the error (handler codes, retryable flag,
   non_retryable_errors); this script owns everything that depends on the job's stored state.
 
-  KEYS[1] prefix (derived keys: queue:<q>:available, queue:<q>:counts)
+  KEYS[1] prefix (derived keys: queue:<q>:available, queue:<q>:counts, worker:<id>:jobs)
   KEYS[2] active    (zset)
   KEYS[3] delayed   (zset)
   KEYS[4] expiring  (zset)
@@ -26,6 +28,7 @@
 
   ARGV[1] now_ms
   ARGV[2] events_maxlen   0 disables events
+  ARGV[3] lost_cap        worker losses after which a job is dead-lettered
   then per job (5 values): verdict, error JSON object|"", worker_id|"", attempt|"",
                            jitter factor in [0.5, 1.5) (used only when the policy has jitter)
 
@@ -36,6 +39,7 @@ local prefix = KEYS[1]
 local active_key, delayed_key, expiring_key, dlq_key, events_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local now = tonumber(ARGV[1])
 local maxlen = tonumber(ARGV[2])
+local lost_cap = tonumber(ARGV[3])
 local HISTORY = 20
 
 local function emit(etype, subject, data)
@@ -76,6 +80,8 @@ local function record_error(job_key, err, attempt)
 end
 
 local function leave_active(job_key, id, queue, to_state)
+  local holder = rcall("HGET", job_key, "worker_id")
+  if holder then rcall("SREM", prefix .. "worker:" .. holder .. ":jobs", id) end
   rcall("ZREM", active_key, id)
   rcall("HDEL", job_key, "visible_until", "exec_deadline")
   local counts = prefix .. "queue:" .. queue .. ":counts"
@@ -122,7 +128,7 @@ end
 local out = {}
 for j = 7, #KEYS do
   local job_key = KEYS[j]
-  local a = 3 + (j - 7) * 5
+  local a = 4 + (j - 7) * 5
   local verdict, err, worker_id, guard = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local jitter_factor = tonumber(ARGV[a + 4]) or 1
   local r = rcall("HMGET", job_key, "state", "worker_id", "attempt", "queue", "type", "priority",
@@ -146,7 +152,14 @@ for j = 7, #KEYS do
         error = last_error})
     end
     local exhausted = f.attempt >= f.max_attempts
-    if verdict == "requeue" or (verdict == "lease_expired" and not exhausted) then
+    if verdict == "worker_lost" then
+      local lost = rcall("HINCRBY", job_key, "lost", 1)
+      if lost >= lost_cap then verdict = "dead_letter" else verdict = "lease_expired" end
+    end
+    if verdict == "release" then
+      f.attempt = rcall("HINCRBY", job_key, "attempt", -1)
+      out[#out + 1] = to_available(job_key, id, f)
+    elseif verdict == "requeue" or (verdict == "lease_expired" and not exhausted) then
       out[#out + 1] = to_available(job_key, id, f)
     elseif verdict == "discard" then
       out[#out + 1] = to_discarded(job_key, id, f, false, last_error)
