@@ -61,7 +61,10 @@ def register(router: Router, services: Services) -> None:
     async def enqueue(request: Request) -> Response:
         now = timefmt.now_ms()
         job = parse_enqueue(request.body, now_ms=now, request_id=_client_request_id(request))
-        await broker.enqueue([job], now_ms=now)
+        (done,) = await broker.enqueue([job], now_ms=now)
+        if done.deduplicated:
+            existing = encode_job(await broker.get(done.job_id))
+            return json_response(200, b'{"job":' + existing + b',"deduplicated":true}')
         location = f"/ojs/v1/jobs/{job.id}".encode()
         return json_response(201, _job_reply(as_hash(job)), [(b"location", location)])
 
@@ -79,8 +82,12 @@ def register(router: Router, services: Services) -> None:
             except OJSError as err:
                 err.message = f"jobs[{index}]: {err.message}"
                 raise
-        await broker.enqueue(jobs, now_ms=now)
-        body = b'{"jobs":[' + b",".join(encode_job(as_hash(job)) for job in jobs) + b'],"count":'
+        outcomes = await broker.enqueue(jobs, now_ms=now)
+        rendered = [
+            encode_job(await broker.get(done.job_id)) if done.deduplicated else encode_job(as_hash(job))
+            for job, done in zip(jobs, outcomes)
+        ]
+        body = b'{"jobs":[' + b",".join(rendered) + b'],"count":'
         return json_response(201, body + str(len(jobs)).encode() + b"}")
 
     async def info(request: Request) -> Response:

@@ -24,6 +24,11 @@ from runtime.errors import Conflict, Duplicate, NotFound
 _retry_display = msgspec.json.Decoder(dict[str, Any])
 
 
+class Enqueued(msgspec.Struct, frozen=True):
+    job_id: str
+    deduplicated: bool  # an existing unique job returned instead of a new one
+
+
 class AckResult(msgspec.Struct, frozen=True):
     job_id: str
     completed_at_ms: int
@@ -103,16 +108,28 @@ class Broker:
 
     # --- enqueue ---------------------------------------------------------------------------
 
-    async def enqueue(self, jobs: Sequence[NewJob], *, now_ms: int) -> list[str]:
-        """Insert all jobs or none. A client id that exists already is a 409 duplicate."""
+    async def enqueue(self, jobs: Sequence[NewJob], *, now_ms: int) -> list[Enqueued]:
+        """Insert all jobs or none. A client id that exists already, or a unique-job conflict
+        under on_conflict=reject, is a 409 duplicate; under ignore the holder is returned."""
         args: list[str | bytes] = [str(now_ms), self._maxlen, str(len(jobs)), "", "", "", "", ""]
         for job in jobs:
             args.extend(job.script_args())
         reply = await self.scripts.call("enqueue", keys=self._enqueue_keys(), args=args)
-        if int(reply[0]) == 1:
+        status = int(reply[0])
+        if status == 1:
             dup = jobs[int(reply[1]) - 1]
             raise Duplicate(f"Job '{dup.id}' already exists.", details={"job_id": dup.id})
-        return [x.decode() for x in reply[1:]]
+        if status == 4:
+            holder, state, fingerprint = (x.decode() for x in reply[2:5])
+            raise Duplicate(
+                f"A unique job of this kind already exists (job '{holder}', state '{state}').",
+                details={"existing_job_id": holder, "existing_job_state": state, "unique_key": fingerprint},
+            )
+        out = []
+        for raw in reply[1:]:
+            text = raw.decode()
+            out.append(Enqueued(text[1:], True) if text.startswith("=") else Enqueued(text, False))
+        return out
 
     async def enqueue_cron_tick(
         self, job: NewJob, *, cron_name: str, expression: str, tick_ms: int, next_ms: int,
@@ -135,7 +152,7 @@ class Broker:
 
     def _enqueue_keys(self) -> list[str]:
         k = self.keys
-        return [k.prefix, k.seq, k.delayed, k.expiring, k.events, k.queues, k.cron_next]
+        return [k.prefix, k.seq, k.delayed, k.expiring, k.events, k.queues, k.cron_next, k.active]
 
     # --- reads -----------------------------------------------------------------------------
 

@@ -14,6 +14,9 @@ key                            type        content
 ``P queue:<q>:available``      zset        fetchable jobs; score ``(100 - priority) * 1e13 + seq``
 ``P queue:<q>:paused``         string      present while the queue is paused
 ``P queue:<q>:counts``         hash        state -> number of jobs of that queue in that state
+``P queue:<q>:config``         hash        queue settings: rl_max, rl_window_ms (rate limit)
+``P queue:<q>:ratelog``        zset        claims inside the current rate-limit window
+``P unique:<fingerprint>``     string      id of the job holding a unique-job lock
 ``P queues``                   hash        queue name -> creation time (ms)
 ``P delayed``                  zset        ``scheduled`` and ``retryable`` jobs; score = due (ms)
 ``P active``                   zset        ``active`` jobs; score = earliest of lease and execution

@@ -21,6 +21,7 @@ from runtime.envelope import (
     RetryPolicy,
     State,
 )
+from runtime.broker.uniqueness import UniqueLock, unique_lock
 from runtime.errors import EnqueueRejected, InvalidRequest, PolicyValidationError
 
 _encode = msgspec.json.encode
@@ -40,9 +41,11 @@ class NewJob(msgspec.Struct, kw_only=True):
     priority: int
     due_ms: int | None
     expires_ms: int | None
+    unique: UniqueLock | None = None
     fields: dict[str, str | bytes]
 
     def script_args(self) -> list[str | bytes]:
+        lock = self.unique
         args: list[str | bytes] = [
             self.id,
             self.queue,
@@ -50,6 +53,10 @@ class NewJob(msgspec.Struct, kw_only=True):
             str(self.priority),
             "" if self.due_ms is None else str(self.due_ms),
             "" if self.expires_ms is None else str(self.expires_ms),
+            lock.fingerprint if lock else "",
+            lock.states if lock else "",
+            "" if lock is None or lock.period_ms is None else str(lock.period_ms),
+            lock.on_conflict if lock else "",
             str(len(self.fields)),
         ]
         for name, value in self.fields.items():
@@ -248,10 +255,15 @@ def build_job(
     if tags is not None:
         fields["tags"] = _encode(tags)
     unique = opts.unique if opts.unique is not None else req.unique
+    lock = None
     if unique is not None:
         fields["unique"] = _encode(unique)
+        lock = unique_lock(unique, job_type=req.type, queue=queue, args_json=args, meta=meta)
+        fields["unique_key"] = lock.fingerprint
+        fields["unique_states"] = lock.states
     if opts.rate_limit is not None:
         fields["rate_limit"] = _encode(opts.rate_limit)
+        fields.update(_queue_rate_limit(opts.rate_limit))
     if req.schema is not None:
         fields["schema"] = req.schema
     directive = meta.get("test_directive")
@@ -267,8 +279,21 @@ def build_job(
         priority=priority,
         due_ms=due_ms if state is State.SCHEDULED else None,
         expires_ms=expires_ms,
+        unique=lock,
         fields=fields,
     )
+
+
+def _queue_rate_limit(policy: dict[str, Any]) -> dict[str, str | bytes]:
+    """A keyless rate limit applies to the job's queue: at most N claims per window."""
+    if "key" in policy:
+        return {}  # keyed limits are a separate extension
+    per_second = policy.get("max_per_second")
+    if per_second is not None:
+        if not isinstance(per_second, int) or isinstance(per_second, bool) or per_second < 1:
+            raise InvalidRequest("rate_limit.max_per_second must be a positive integer")
+        return {"rl_max": str(per_second), "rl_window_ms": "1000"}
+    return {}
 
 
 def split_extras(top: dict[str, Raw]) -> dict[str, Raw]:

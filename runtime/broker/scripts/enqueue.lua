@@ -1,19 +1,25 @@
 --[[
-  Insert new jobs, all or nothing; optionally as the firing of one cron tick.
+  Insert new jobs, all or nothing; checks unique-job locks in the same step (no window for two
+  duplicates); optionally as the firing of one cron tick.
 
   State transition: (new) -> available | scheduled | pending
+                    a duplicate under on_conflict=replace: its holder -> cancelled
   Pre-conditions:
     - no job of the batch exists yet (client-chosen ids may collide)
+    - unique jobs: no job holds the lock in one of the policy's states within the period, unless
+      on_conflict is ignore (that job is not created; the holder is returned instead) or replace
     - cron guard given: the cron's next fire time is still the tick being fired (the per-tick
       claim: of several servers firing the same tick, exactly one passes)
 
-  KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available, queue:<q>:counts, cron:state:<name>)
+  KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|counts|config|paused,
+                  unique:<fingerprint>, cron:state:<name>)
   KEYS[2] seq         (string, INCR)
   KEYS[3] delayed     (zset)
   KEYS[4] expiring    (zset)
   KEYS[5] events      (stream)
   KEYS[6] queues      (hash)
   KEYS[7] cron:next   (zset)
+  KEYS[8] active      (zset; a replaced active holder leaves it)
 
   ARGV[1] now_ms
   ARGV[2] events_maxlen        0 disables events
@@ -23,22 +29,27 @@
   ARGV[6] cron next_ms         the fire time after it
   ARGV[7] cron overlap policy  skip | allow
   ARGV[8] cron expression      for the event
-  then per job: id, queue, state, priority, due_ms|"", expires_ms|"", field count F,
-                F field/value pairs written to the job hash as they are
+  then per job (11 values + fields): id, queue, state, priority, due_ms|"", expires_ms|"",
+    unique fingerprint|"", unique states (comma-separated), unique period_ms|"",
+    on_conflict (reject|ignore|replace), field count F, then F field/value pairs written to the
+    job hash as they are (a `rl_max`/`rl_window_ms` pair also sets the queue's rate limit)
 
   Publishes "1" on channel <prefix>notify:<q> once per queue that received available jobs.
 
   Returns:
-    {0, id1, id2, ...}   inserted
-    {1, index}           duplicate: the job at 1-based index already exists
-    {2}                  cron tick already claimed by another server (nothing written)
-    {3, existing_id}     cron tick skipped: previous instance still pending (tick consumed)
+    {0, id1, id2, ...}          done; an id written "=<id>" is an existing job returned in place of
+                                a duplicate (on_conflict ignore)
+    {1, index}                  the job at 1-based index already exists (same id)
+    {2}                         cron tick already claimed by another server (nothing written)
+    {3, existing_id}            cron tick skipped: previous instance still pending (tick consumed)
+    {4, index, existing_id, existing_state, fingerprint}   unique conflict, on_conflict reject
 ]]
 local rcall = redis.call
 local prefix = KEYS[1]
 local seq_key, delayed_key, expiring_key = KEYS[2], KEYS[3], KEYS[4]
-local events_key, queues_key, cron_next_key = KEYS[5], KEYS[6], KEYS[7]
+local events_key, queues_key, cron_next_key, active_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local now = ARGV[1]
+local now_ms = tonumber(now)
 local maxlen = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
 local cron_name, cron_tick, cron_next = ARGV[4], ARGV[5], ARGV[6]
@@ -57,21 +68,46 @@ end
 local jobs = {}
 local i = 9
 for j = 1, n do
-  local nf = tonumber(ARGV[i + 6])
+  local nf = tonumber(ARGV[i + 10])
   local job = {id = ARGV[i], queue = ARGV[i + 1], state = ARGV[i + 2], priority = tonumber(ARGV[i + 3]),
-               due = ARGV[i + 4], expires = ARGV[i + 5], fields = {}}
-  for f = i + 7, i + 6 + 2 * nf, 2 do
+               due = ARGV[i + 4], expires = ARGV[i + 5], ukey = ARGV[i + 6], ustates = ARGV[i + 7],
+               uperiod = tonumber(ARGV[i + 8]), on_conflict = ARGV[i + 9], fields = {}}
+  for f = i + 11, i + 10 + 2 * nf, 2 do
     job.fields[#job.fields + 1] = ARGV[f]
     job.fields[#job.fields + 1] = ARGV[f + 1]
-    if ARGV[f] == "type" then job.type = ARGV[f + 1] end
+    if ARGV[f] == "type" then job.type = ARGV[f + 1]
+    elseif ARGV[f] == "rl_max" then job.rl_max = ARGV[f + 1]
+    elseif ARGV[f] == "rl_window_ms" then job.rl_window = ARGV[f + 1] end
   end
   jobs[j] = job
-  i = i + 7 + 2 * nf
+  i = i + 11 + 2 * nf
 end
 
 for j = 1, n do
   if rcall("EXISTS", prefix .. "job:" .. jobs[j].id) == 1 then
     return {1, j}
+  end
+end
+
+-- Unique locks: find the holder of each fingerprint that still counts as a duplicate.
+local function holder_of(job)
+  if job.ukey == "" then return nil end
+  local holder = rcall("GET", prefix .. "unique:" .. job.ukey)
+  if not holder then return nil end
+  local h = rcall("HMGET", prefix .. "job:" .. holder, "state", "created_at")
+  if not h[1] then return nil end
+  if not string.find("," .. job.ustates .. ",", "," .. h[1] .. ",", 1, true) then return nil end
+  if job.uperiod and now_ms >= tonumber(h[2]) + job.uperiod then return nil end
+  return holder, h[1]
+end
+
+for j = 1, n do
+  local holder, holder_state = holder_of(jobs[j])
+  if holder then
+    if jobs[j].on_conflict == "reject" then
+      return {4, j, holder, holder_state, jobs[j].ukey}
+    end
+    jobs[j].holder, jobs[j].holder_state = holder, holder_state
   end
 end
 
@@ -94,40 +130,74 @@ if cron_name ~= "" then
   rcall("HINCRBY", cron_state, "run_count", 1)
 end
 
+-- on_conflict replace: the holder is cancelled, exactly as cancel.lua would.
+local function cancel_holder(id, state)
+  local job_key = prefix .. "job:" .. id
+  local f = rcall("HMGET", job_key, "queue", "type", "worker_id")
+  rcall("ZREM", prefix .. "queue:" .. f[1] .. ":available", id)
+  rcall("ZREM", active_key, id)
+  rcall("ZREM", delayed_key, id)
+  rcall("ZREM", expiring_key, id)
+  if f[3] then rcall("SREM", prefix .. "worker:" .. f[3] .. ":jobs", id) end
+  rcall("HSET", job_key, "state", "cancelled", "cancelled_at", now, "previous_state", state)
+  rcall("HDEL", job_key, "visible_until", "exec_deadline", "next_attempt_at")
+  local counts = prefix .. "queue:" .. f[1] .. ":counts"
+  rcall("HINCRBY", counts, state, -1)
+  rcall("HINCRBY", counts, "cancelled", 1)
+  emit("job.cancelled", id, {job_id = id, job_type = f[2], queue = f[1], state = "cancelled",
+    previous_state = state, reason = "unique_replace"})
+end
+
 local ids = {0}
 local woken = {}
 for j = 1, n do
   local job = jobs[j]
-  local job_key = prefix .. "job:" .. job.id
-  rcall("HSET", job_key, unpack(job.fields))
-  rcall("HSETNX", queues_key, job.queue, now)
-  rcall("HINCRBY", prefix .. "queue:" .. job.queue .. ":counts", job.state, 1)
-  if job.state == "available" then
-    local seq = rcall("INCR", seq_key)
-    rcall("ZADD", prefix .. "queue:" .. job.queue .. ":available",
-      string.format("%.0f", (100 - job.priority) * 1e13 + seq), job.id)
-    if not woken[job.queue] then
-      woken[job.queue] = true
-      rcall("PUBLISH", prefix .. "notify:" .. job.queue, "1")
-    end
-  elseif job.state == "scheduled" then
-    rcall("ZADD", delayed_key, job.due, job.id)
-  end
-  if job.expires ~= "" then
-    rcall("ZADD", expiring_key, job.expires, job.id)
-  end
-  local job_type = job.type
-  if job.state == "scheduled" then
-    emit("job.scheduled", job.id, {job_id = job.id, job_type = job_type, queue = job.queue,
-      state = job.state, scheduled_at = tonumber(job.due)})
+  if job.holder and job.on_conflict == "ignore" then
+    ids[#ids + 1] = "=" .. job.holder
   else
-    emit("job.enqueued", job.id, {job_id = job.id, job_type = job_type, queue = job.queue,
-      state = job.state, priority = job.priority})
+    if job.holder then cancel_holder(job.holder, job.holder_state) end
+    local job_key = prefix .. "job:" .. job.id
+    rcall("HSET", job_key, unpack(job.fields))
+    rcall("HSETNX", queues_key, job.queue, now)
+    rcall("HINCRBY", prefix .. "queue:" .. job.queue .. ":counts", job.state, 1)
+    if job.ukey ~= "" then
+      local lock = prefix .. "unique:" .. job.ukey
+      if job.uperiod then
+        rcall("SET", lock, job.id, "PX", job.uperiod)
+      else
+        rcall("SET", lock, job.id)
+      end
+    end
+    if job.rl_max then
+      rcall("HSET", prefix .. "queue:" .. job.queue .. ":config", "rl_max", job.rl_max,
+        "rl_window_ms", job.rl_window)
+    end
+    if job.state == "available" then
+      local seq = rcall("INCR", seq_key)
+      rcall("ZADD", prefix .. "queue:" .. job.queue .. ":available",
+        string.format("%.0f", (100 - job.priority) * 1e13 + seq), job.id)
+      if not woken[job.queue] then
+        woken[job.queue] = true
+        rcall("PUBLISH", prefix .. "notify:" .. job.queue, "1")
+      end
+    elseif job.state == "scheduled" then
+      rcall("ZADD", delayed_key, job.due, job.id)
+    end
+    if job.expires ~= "" then
+      rcall("ZADD", expiring_key, job.expires, job.id)
+    end
+    if job.state == "scheduled" then
+      emit("job.scheduled", job.id, {job_id = job.id, job_type = job.type, queue = job.queue,
+        state = job.state, scheduled_at = tonumber(job.due)})
+    else
+      emit("job.enqueued", job.id, {job_id = job.id, job_type = job.type, queue = job.queue,
+        state = job.state, priority = job.priority, unique_key = job.ukey ~= "" and job.ukey or nil})
+    end
+    if cron_name ~= "" then
+      emit("cron.triggered", cron_name, {cron_name = cron_name, cron_expr = cron_expr,
+        job_type = job.type, job_id = job.id, scheduled_at = tonumber(cron_tick)})
+    end
+    ids[#ids + 1] = job.id
   end
-  if cron_name ~= "" then
-    emit("cron.triggered", cron_name, {cron_name = cron_name, cron_expr = cron_expr,
-      job_type = job_type, job_id = job.id, scheduled_at = tonumber(cron_tick)})
-  end
-  ids[#ids + 1] = job.id
 end
 return ids

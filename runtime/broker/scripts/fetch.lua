@@ -9,8 +9,8 @@
   highest job priority first, then FIFO by enqueue sequence. Paused queues are skipped. A worker
   that reported itself quiet or draining gets nothing.
 
-  KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|paused|counts, worker:<id>,
-                 worker:<id>:jobs)
+  KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|paused|counts|config|ratelog,
+                 worker:<id>, worker:<id>:jobs)
   KEYS[2] delayed   (zset)
   KEYS[3] active    (zset)
   KEYS[4] expiring  (zset)
@@ -151,8 +151,22 @@ end
 
 local nq = tonumber(ARGV[9])
 
+-- Queue rate limit (sliding window log): at most rl_max claims per rl_window_ms per queue,
+-- across every worker and host, because the check and the claim are one script.
+local function rate_budget(queue)
+  local cfg = rcall("HMGET", prefix .. "queue:" .. queue .. ":config", "rl_max", "rl_window_ms")
+  local max = tonumber(cfg[1])
+  if not max then return nil end
+  local log = prefix .. "queue:" .. queue .. ":ratelog"
+  local window = tonumber(cfg[2])
+  rcall("ZREMRANGEBYSCORE", log, "-inf", now - window)
+  return math.max(0, max - rcall("ZCARD", log)), log, window
+end
+
 local function claim_from(queue, limit)
   if rcall("EXISTS", prefix .. "queue:" .. queue .. ":paused") == 1 then return end
+  local budget, log, window = rate_budget(queue)
+  if budget then limit = math.min(limit, budget) end
   local available_key = prefix .. "queue:" .. queue .. ":available"
   local taken = 0
   while #claimed < count and taken < limit do
@@ -163,6 +177,10 @@ local function claim_from(queue, limit)
     if job then
       claimed[#claimed + 1] = job
       taken = taken + 1
+      if log then
+        rcall("ZADD", log, now, head[1])
+        rcall("PEXPIRE", log, window)
+      end
     end
   end
 end

@@ -1,0 +1,247 @@
+"""Consistency check of one key namespace: do the job hashes, the indexes and the counters agree?
+
+Every state transition is one Lua script, so between two scripts the store must satisfy these
+invariants (the key schema is in :mod:`runtime.broker.keys`):
+
+* every job hash has a valid state, its own id, and a queue;
+* a job sits in exactly the indexes its state calls for: ``available`` in its queue's
+  ``available`` set only, ``scheduled``/``retryable`` in ``delayed`` only, ``active`` in ``active``
+  only, ``pending`` and the terminal states in none of the three;
+* a job with ``expires_ms`` that is neither active nor terminal is in ``expiring`` (an active one
+  may be, a terminal one may not), scored by its expiry; the ``delayed`` score of a retryable job is
+  its ``next_attempt_at``; the ``active`` score is the earlier of lease and execution deadline;
+* ``dlq`` holds exactly the discarded jobs flagged ``dead_lettered``;
+* no index entry points at a missing job;
+* each queue's ``counts`` hash equals the real number of its jobs in every state.
+
+Cost: O(jobs + index entries). It SCANs (never KEYS) and reads in pipelined batches, so it does
+not block the server, but it is meant for tests and for an operator checking a store after a
+crash or a restore, not for a hot path. It is not a snapshot: run it against a quiescent
+namespace, or transitions made while it reads show up as (transient) problems.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from runtime.broker.keys import Keys
+from runtime.envelope import ALL_STATES, TERMINAL_STATES
+
+SCAN_COUNT = 1_000
+READ_BATCH = 500
+
+_VALID_STATES = frozenset(s.value for s in ALL_STATES)
+_TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
+_MUST_EXPIRE = frozenset({"available", "scheduled", "retryable", "pending"})
+_JOB_FIELDS = (
+    "state", "queue", "id", "expires_ms", "next_attempt_at", "visible_until", "exec_deadline",
+    "dead_lettered",
+)
+_AVAILABLE_SUFFIX = ":available"
+_COUNTS_SUFFIX = ":counts"
+
+
+@dataclass(slots=True)
+class _Job:
+    state: str | None
+    queue: str | None
+    stored_id: str | None
+    expires_ms: str | None
+    next_attempt_at: str | None
+    visible_until: str | None
+    exec_deadline: str | None
+    dead_lettered: str | None
+
+
+@dataclass(slots=True)
+class _Store:
+    jobs: dict[str, _Job] = field(default_factory=dict)
+    unreadable: list[str] = field(default_factory=list)
+    # index key -> {job id -> score}
+    indexes: dict[str, dict[str, float]] = field(default_factory=dict)
+    # queue -> counts hash as read
+    counts: dict[str, dict[str, str]] = field(default_factory=dict)
+    queues: set[str] = field(default_factory=set)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _glob_escape(text: str) -> str:
+    """The prefix is data, not a pattern: escape what SCAN MATCH would interpret."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
+async def check_integrity(redis: Redis, keys: Keys) -> list[str]:
+    """Every broken invariant of the namespace, as a readable line; empty when consistent."""
+    store = await _load(redis, keys)
+    problems = list(store.unreadable)
+    problems += _check_jobs(store, keys)
+    problems += _check_dangling(store, keys)
+    problems += _check_counts(store, keys)
+    return sorted(problems)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+async def _load(redis: Redis, keys: Keys) -> _Store:
+    store = _Store()
+    await _load_jobs(redis, keys, store)
+    queue_prefix = f"{keys.prefix}queue:"
+    async for raw in redis.scan_iter(match=_glob_escape(queue_prefix) + "*", count=SCAN_COUNT):
+        name = _text(raw) or ""
+        rest = name[len(queue_prefix):]
+        if rest.endswith(_AVAILABLE_SUFFIX):
+            store.queues.add(rest[: -len(_AVAILABLE_SUFFIX)])
+        elif rest.endswith(_COUNTS_SUFFIX):
+            store.queues.add(rest[: -len(_COUNTS_SUFFIX)])
+    store.queues.update(q for q in (_text(n) for n in await redis.hkeys(keys.queues)) if q)
+    store.queues.update(job.queue for job in store.jobs.values() if job.queue)
+    for queue in sorted(store.queues):
+        store.indexes[keys.available(queue)] = await _zset(redis, keys.available(queue))
+        raw_counts = await redis.hgetall(keys.counts(queue))
+        store.counts[queue] = {_text(k) or "": _text(v) or "" for k, v in raw_counts.items()}
+    for key in (keys.delayed, keys.active, keys.expiring, keys.dlq):
+        store.indexes[key] = await _zset(redis, key)
+    return store
+
+
+async def _load_jobs(redis: Redis, keys: Keys, store: _Store) -> None:
+    job_prefix = keys.job("")
+    batch: list[str] = []
+    async for raw in redis.scan_iter(match=_glob_escape(job_prefix) + "*", count=SCAN_COUNT):
+        batch.append(_text(raw) or "")
+        if len(batch) >= READ_BATCH:
+            await _read_batch(redis, batch, len(job_prefix), store)
+            batch = []
+    if batch:
+        await _read_batch(redis, batch, len(job_prefix), store)
+
+
+async def _read_batch(redis: Redis, job_keys: list[str], cut: int, store: _Store) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in job_keys:
+            pipe.exists(key)
+            pipe.hmget(key, list(_JOB_FIELDS))
+        replies = await pipe.execute(raise_on_error=False)
+    for n, key in enumerate(job_keys):
+        exists, reply = replies[2 * n], replies[2 * n + 1]
+        job_id = key[cut:]
+        if isinstance(reply, Exception):
+            store.unreadable.append(f"job {job_id}: {key} is not a hash ({reply})")
+        elif exists:  # else it was deleted between SCAN and this read
+            store.jobs[job_id] = _Job(*(_text(v) for v in reply))
+
+
+async def _zset(redis: Redis, key: str) -> dict[str, float]:
+    return {_text(member) or "": float(score) async for member, score in redis.zscan_iter(key, count=SCAN_COUNT)}
+
+
+# --- checking --------------------------------------------------------------------------------
+
+
+def _check_jobs(store: _Store, keys: Keys) -> list[str]:
+    where: dict[str, dict[str, float]] = defaultdict(dict)
+    for index, members in store.indexes.items():
+        for job_id, score in members.items():
+            where[job_id][index] = score
+    problems: list[str] = []
+    for job_id, job in store.jobs.items():
+        problems += _check_job(job_id, job, where.get(job_id, {}), keys)
+    return problems
+
+
+def _check_job(job_id: str, job: _Job, found: dict[str, float], keys: Keys) -> list[str]:
+    tag = f"job {job_id}"
+    state = job.state
+    if state not in _VALID_STATES:
+        return [f"{tag}: invalid state {state!r}"]
+    problems: list[str] = []
+    if job.stored_id != job_id:
+        problems.append(f"{tag}: hash field id is {job.stored_id!r}")
+    if not job.queue:
+        return [*problems, f"{tag}: no queue"]
+    main = {
+        "available": {keys.available(job.queue)},
+        "scheduled": {keys.delayed},
+        "retryable": {keys.delayed},
+        "active": {keys.active},
+    }.get(state, set())
+    lifecycle = {k for k in found if k not in (keys.expiring, keys.dlq)}
+    for index in sorted(main - lifecycle):
+        problems.append(f"{tag}: state {state!r} but not in {index}")
+    for index in sorted(lifecycle - main):
+        problems.append(f"{tag}: state {state!r} but also in {index}")
+    problems += _check_scores(tag, state, job, found, keys)
+    problems += _check_expiring(tag, state, job, found.get(keys.expiring))
+    in_dlq = keys.dlq in found
+    should_be_in_dlq = state == "discarded" and job.dead_lettered == "1"
+    if in_dlq and not should_be_in_dlq:
+        problems.append(f"{tag}: in {keys.dlq} but state {state!r}, dead_lettered={job.dead_lettered!r}")
+    elif should_be_in_dlq and not in_dlq:
+        problems.append(f"{tag}: dead-lettered but not in {keys.dlq}")
+    return problems
+
+
+def _check_scores(tag: str, state: str, job: _Job, found: dict[str, float], keys: Keys) -> list[str]:
+    if state == "retryable" and keys.delayed in found:
+        if job.next_attempt_at is None or float(job.next_attempt_at) != found[keys.delayed]:
+            return [f"{tag}: delayed score {found[keys.delayed]:.0f} != next_attempt_at {job.next_attempt_at}"]
+    if state == "active" and keys.active in found:
+        if job.visible_until is None:
+            return [f"{tag}: active without visible_until"]
+        deadline = float(job.visible_until)
+        if job.exec_deadline is not None:
+            deadline = min(deadline, float(job.exec_deadline))
+        if deadline != found[keys.active]:
+            return [f"{tag}: active score {found[keys.active]:.0f} != lease/execution deadline {deadline:.0f}"]
+    return []
+
+
+def _check_expiring(tag: str, state: str, job: _Job, score: float | None) -> list[str]:
+    if job.expires_ms is None:
+        return [] if score is None else [f"{tag}: in expiring without expires_ms"]
+    if state in _TERMINAL and score is not None:
+        return [f"{tag}: state {state!r} but still in expiring"]
+    if state in _MUST_EXPIRE and score is None:
+        return [f"{tag}: state {state!r} with expires_ms {job.expires_ms} but not in expiring"]
+    if score is not None and score != float(job.expires_ms):
+        return [f"{tag}: expiring score {score:.0f} != expires_ms {job.expires_ms}"]
+    return []
+
+
+def _check_dangling(store: _Store, keys: Keys) -> list[str]:
+    problems = []
+    for index, members in store.indexes.items():
+        for job_id in members:
+            if job_id not in store.jobs:
+                problems.append(f"{index} holds {job_id!r} but {keys.job(job_id)} does not exist")
+    return problems
+
+
+def _check_counts(store: _Store, keys: Keys) -> list[str]:
+    real: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for job in store.jobs.values():
+        if job.queue and job.state in _VALID_STATES:
+            real[job.queue][job.state] += 1
+    problems = []
+    for queue in sorted(store.queues):
+        stored = store.counts.get(queue, {})
+        for state in sorted(_VALID_STATES | set(stored)):
+            try:
+                value = int(stored.get(state, "0"))
+            except ValueError:
+                problems.append(f"{keys.counts(queue)}: {state} = {stored[state]!r} is not a number")
+                continue
+            actual = real[queue][state]
+            if value != actual:
+                problems.append(f"{keys.counts(queue)}: {state} = {value}, but {actual} such jobs exist")
+    return problems
