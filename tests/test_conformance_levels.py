@@ -32,6 +32,8 @@ SUITES: dict[str, tuple[str, ...]] = {
     "level-0-core": ("level-0-core",),
     "level-1-reliable": ("level-1-reliable",),
     "level-2-scheduled": ("level-2-scheduled",),
+    "level-3-workflows": ("level-3-workflows",),
+    "level-4-advanced": ("level-4-advanced",),
     "extensions": ("ext-progress", "ext-observability", "ext-middleware", "ext-graceful-shutdown"),
 }
 KNOWN_UNPASSABLE = {

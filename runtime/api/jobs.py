@@ -11,30 +11,12 @@ from runtime import timefmt
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
 from runtime.broker.core import Progress
-from runtime.broker.records import NewJob, as_hash, build_job, encode_job, present, split_extras
-from runtime.envelope import BatchRequest, EnqueueRequest, ProgressRequest
-from runtime.errors import InvalidPayload, InvalidRequest, OJSError
-from runtime.ids import uuid7
+from runtime.broker.records import as_hash, encode_job, job_from_body, present
+from runtime.envelope import BatchRequest, ProgressRequest
+from runtime.errors import InvalidRequest, OJSError
 
-_top_decoder = msgspec.json.Decoder(dict[str, Raw])
-_request_decoder = msgspec.json.Decoder(EnqueueRequest)
 _batch_decoder = msgspec.json.Decoder(BatchRequest)
 _progress_decoder = msgspec.json.Decoder(ProgressRequest)
-
-
-def parse_enqueue(body: bytes, *, now_ms: int, request_id: str | None) -> NewJob:
-    """One enqueue request body into a validated job (400 / 422 on bad input)."""
-    if not body.strip():
-        raise InvalidPayload("Request body is required and must be a JSON object.")
-    try:
-        top = _top_decoder.decode(body)
-    except msgspec.DecodeError as err:
-        raise InvalidPayload(f"Request body must be a JSON object: {err}") from None
-    try:
-        req = _request_decoder.decode(body)
-    except msgspec.DecodeError as err:
-        raise InvalidRequest(f"Invalid job: {err}") from None
-    return build_job(req, split_extras(top), job_id=req.id or uuid7(), now_ms=now_ms, request_id=request_id)
 
 
 def _progress_body(job_id: str, p: Progress) -> dict[str, Any]:
@@ -60,7 +42,7 @@ def register(router: Router, services: Services) -> None:
 
     async def enqueue(request: Request) -> Response:
         now = timefmt.now_ms()
-        job = parse_enqueue(request.body, now_ms=now, request_id=_client_request_id(request))
+        job = job_from_body(request.body, now_ms=now, request_id=_client_request_id(request))
         (done,) = await broker.enqueue([job], now_ms=now)
         if done.deduplicated:
             existing = encode_job(await broker.get(done.job_id))
@@ -78,7 +60,7 @@ def register(router: Router, services: Services) -> None:
         jobs = []
         for index, raw in enumerate(batch.jobs):
             try:
-                jobs.append(parse_enqueue(bytes(raw), now_ms=now, request_id=_client_request_id(request)))
+                jobs.append(job_from_body(bytes(raw), now_ms=now, request_id=_client_request_id(request)))
             except OJSError as err:
                 err.message = f"jobs[{index}]: {err.message}"
                 raise

@@ -7,6 +7,7 @@ import time
 from runtime.broker.admin import Admin
 from runtime.broker.core import Broker
 from runtime.broker.crons import Crons
+from runtime.broker.workflows import Workflows
 from runtime.config import Settings
 
 
@@ -15,6 +16,7 @@ class Services:
         self.broker = broker
         self.admin = Admin(broker)
         self.crons = Crons(broker)
+        self.workflows = Workflows(broker)
         self.settings = settings
         self.started_monotonic = time.monotonic()
         self.draining = False

@@ -11,7 +11,7 @@ from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
 
 IMPLEMENTATION_VERSION = "0.1.0"
-CONFORMANCE_LEVEL = 2
+CONFORMANCE_LEVEL = 4
 
 
 def manifest() -> dict[str, Any]:
@@ -23,10 +23,12 @@ def manifest() -> dict[str, Any]:
         "conformance_tier": "runtime",
         "protocols": ["http"],
         "backend": "redis",
+        "unique_job_strength": "strong",
         "capabilities": {
             "batch_enqueue": True, "cron_jobs": True, "dead_letter": True, "delayed_jobs": True,
-            "job_ttl": True, "priority_queues": True, "rate_limiting": False, "schema_validation": False,
-            "unique_jobs": False, "workflows": False, "pause_resume": True,
+            "job_ttl": True, "priority_queues": True, "rate_limiting": True, "schema_validation": False,
+            "unique_jobs": {"strength": "strong", "mechanism": "atomic check-and-insert in one Lua script"},
+            "workflows": True, "pause_resume": True,
         },
         "extensions": {"events": {"transport": ["http-polling"]}},
         "endpoints": {"base": "/ojs/v1", "manifest": "/ojs/manifest", "health": "/ojs/v1/health"},

@@ -108,12 +108,18 @@ class Broker:
 
     # --- enqueue ---------------------------------------------------------------------------
 
-    async def enqueue(self, jobs: Sequence[NewJob], *, now_ms: int) -> list[Enqueued]:
+    async def enqueue(
+        self, jobs: Sequence[NewJob], *, now_ms: int, workflow: dict[str, str] | None = None
+    ) -> list[Enqueued]:
         """Insert all jobs or none. A client id that exists already, or a unique-job conflict
         under on_conflict=reject, is a 409 duplicate; under ignore the holder is returned."""
         args: list[str | bytes] = [str(now_ms), self._maxlen, str(len(jobs)), "", "", "", "", ""]
         for job in jobs:
             args.extend(job.script_args())
+        if workflow is not None:
+            args += [workflow["id"], str(len(workflow))]
+            for name, value in workflow.items():
+                args += [name, value]
         reply = await self.scripts.call("enqueue", keys=self._enqueue_keys(), args=args)
         status = int(reply[0])
         if status == 1:
@@ -219,6 +225,8 @@ class Broker:
             status, state = int(row[0]), row[1].decode()
             out.append(AckResult(item.job_id, now) if status == Status.OK
                        else _conflict_for(item.job_id, status, state, "acknowledge"))
+        if any(int(row[2]) for row in reply):
+            await self.advance_workflows()
         return out
 
     async def nack(
@@ -266,20 +274,48 @@ class Broker:
                 retry_delay_ms=int(row[4]) if row[4] else None,
                 next_attempt_ms=int(row[5]) if row[5] else None, now_ms=now_ms,
             ))
+        if any(int(row[6]) for row in reply):
+            await self.advance_workflows()
         return out
 
     async def cancel(self, job_id: str) -> str:
         """Cancel a non-terminal job; returns the state it was in."""
+        (outcome,) = await self.cancel_many([job_id])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def cancel_many(self, job_ids: Sequence[str], *, workflow_id: str | None = None) -> list[str | Exception]:
+        """Cancel jobs in one cancel.lua call; with a workflow id, the workflow is cancelled first
+        (and a workflow that is missing or no longer running is an error, with nothing changed)."""
         k = self.keys
         reply = await self.scripts.call(
             "cancel",
-            keys=[k.prefix, k.job(job_id), k.active, k.delayed, k.expiring, k.events],
-            args=[str(timefmt.now_ms()), self._maxlen, job_id],
+            keys=[k.prefix, k.active, k.delayed, k.expiring, k.events,
+                  k.workflow(workflow_id) if workflow_id else k.prefix, *(k.job(i) for i in job_ids)],
+            args=[str(timefmt.now_ms()), self._maxlen, "1" if workflow_id else "0", *job_ids],
         )
-        status, state = int(reply[0]), reply[1].decode()
-        if status != Status.OK:
-            raise _conflict_for(job_id, status, state, "cancel")
-        return state
+        if workflow_id and reply and len(reply[0]) < 3:  # the workflow itself was refused
+            if int(reply[0][0]) == Status.NOT_FOUND:
+                raise NotFound(f"Workflow '{workflow_id}' not found.")
+            state = reply[0][1].decode()
+            raise Conflict(f"Cannot cancel workflow '{workflow_id}' in state '{state}'.", details={"state": state})
+        out: list[str | Exception] = []
+        for job_id, row in zip(job_ids, reply):
+            status, state = int(row[0]), row[1].decode()
+            out.append(state if status == Status.OK else _conflict_for(job_id, status, state, "cancel"))
+        if any(int(row[2]) for row in reply if len(row) > 2):
+            await self.advance_workflows()
+        return out
+
+    async def advance_workflows(self) -> int:
+        """Apply the workflow outbox (advance.lua); returns the number of entries handled."""
+        k = self.keys
+        handled: int = await self.scripts.call(
+            "advance", keys=[k.prefix, k.workflow_outbox, k.seq, k.events],
+            args=[str(timefmt.now_ms()), self._maxlen, str(self.settings.scheduler_step_limit)],
+        )
+        return handled
 
     async def heartbeat(
         self, worker_id: str, job_ids: Sequence[str], *, state: str | None = None,
@@ -335,6 +371,7 @@ class Broker:
         left alone).
         """
         await self.fetch((), count=0)
+        await self.advance_workflows()
         now = timefmt.now_ms()
         k = self.keys
         rows = await self.scripts.call(

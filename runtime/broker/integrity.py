@@ -11,6 +11,7 @@ invariants (the key schema is in :mod:`runtime.broker.keys`):
   may be, a terminal one may not), scored by its expiry; the ``delayed`` score of a retryable job is
   its ``next_attempt_at``; the ``active`` score is the earlier of lease and execution deadline;
 * ``dlq`` holds exactly the discarded jobs flagged ``dead_lettered``;
+* ``worker:<w>:jobs`` holds exactly the active jobs whose ``worker_id`` is ``w``;
 * no index entry points at a missing job;
 * each queue's ``counts`` hash equals the real number of its jobs in every state.
 
@@ -39,10 +40,11 @@ _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
 _MUST_EXPIRE = frozenset({"available", "scheduled", "retryable", "pending"})
 _JOB_FIELDS = (
     "state", "queue", "id", "expires_ms", "next_attempt_at", "visible_until", "exec_deadline",
-    "dead_lettered",
+    "dead_lettered", "worker_id",
 )
 _AVAILABLE_SUFFIX = ":available"
 _COUNTS_SUFFIX = ":counts"
+_WORKER_JOBS_SUFFIX = ":jobs"
 
 
 @dataclass(slots=True)
@@ -55,6 +57,7 @@ class _Job:
     visible_until: str | None
     exec_deadline: str | None
     dead_lettered: str | None
+    worker_id: str | None
 
 
 @dataclass(slots=True)
@@ -66,6 +69,8 @@ class _Store:
     # queue -> counts hash as read
     counts: dict[str, dict[str, str]] = field(default_factory=dict)
     queues: set[str] = field(default_factory=set)
+    # worker id -> ids in its worker:<id>:jobs set
+    held: dict[str, set[str]] = field(default_factory=dict)
 
 
 def _text(value: Any) -> str | None:
@@ -86,6 +91,7 @@ async def check_integrity(redis: Redis, keys: Keys) -> list[str]:
     problems += _check_jobs(store, keys)
     problems += _check_dangling(store, keys)
     problems += _check_counts(store, keys)
+    problems += _check_held(store, keys)
     return sorted(problems)
 
 
@@ -111,7 +117,19 @@ async def _load(redis: Redis, keys: Keys) -> _Store:
         store.counts[queue] = {_text(k) or "": _text(v) or "" for k, v in raw_counts.items()}
     for key in (keys.delayed, keys.active, keys.expiring, keys.dlq):
         store.indexes[key] = await _zset(redis, key)
+    await _load_held(redis, keys, store)
     return store
+
+
+async def _load_held(redis: Redis, keys: Keys, store: _Store) -> None:
+    """The per-worker sets of held jobs (``worker:<id>`` itself is a hash, skipped by type)."""
+    worker_prefix = keys.worker("")
+    match = _glob_escape(worker_prefix) + "*" + _WORKER_JOBS_SUFFIX
+    async for raw in redis.scan_iter(match=match, count=SCAN_COUNT, _type="set"):
+        name = _text(raw) or ""
+        worker_id = name[len(worker_prefix): -len(_WORKER_JOBS_SUFFIX)]
+        members = {_text(m) or "" async for m in redis.sscan_iter(name, count=SCAN_COUNT)}
+        store.held[worker_id] = members
 
 
 async def _load_jobs(redis: Redis, keys: Keys, store: _Store) -> None:
@@ -224,6 +242,21 @@ def _check_dangling(store: _Store, keys: Keys) -> list[str]:
         for job_id in members:
             if job_id not in store.jobs:
                 problems.append(f"{index} holds {job_id!r} but {keys.job(job_id)} does not exist")
+    return problems
+
+
+def _check_held(store: _Store, keys: Keys) -> list[str]:
+    problems = []
+    for job_id, job in store.jobs.items():
+        if job.state == "active" and job.worker_id and job_id not in store.held.get(job.worker_id, ()):
+            problems.append(f"job {job_id}: active, held by {job.worker_id!r}, "
+                            f"but not in {keys.worker_jobs(job.worker_id)}")
+    for worker_id, members in store.held.items():
+        for job_id in members:
+            job = store.jobs.get(job_id)
+            if job is None or job.state != "active" or job.worker_id != worker_id:
+                what = "missing" if job is None else f"state {job.state!r}, worker_id {job.worker_id!r}"
+                problems.append(f"{keys.worker_jobs(worker_id)} holds {job_id!r} ({what})")
     return problems
 
 

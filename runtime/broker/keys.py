@@ -29,6 +29,9 @@ key                            type        content
 ``P worker:<id>:jobs``         set         ids of the active jobs a worker holds (for release on death)
 ``P workers``                  zset        worker id -> last heartbeat (ms)
 ``P notify:<q>``               channel     pub/sub wake-up: a job became available in queue q
+``P workflow:<id>``            hash        a workflow: state, counters, member ids (j<i>), dependents
+                                           (d<i>), labels (s<i>), results (r<i>)
+``P workflow:advance``         list        outbox: ids of workflow jobs that ended, for advance.lua
 ``P crons``                    hash        cron name -> registration (JSON)
 ``P cron:next``                zset        cron name -> next fire time (ms); the per-tick claim
 =============================  ==========  ======================================================
@@ -71,6 +74,13 @@ class Keys:
 
     def worker_jobs(self, worker_id: str) -> str:
         return f"{self.prefix}worker:{worker_id}:jobs"
+
+    def workflow(self, workflow_id: str) -> str:
+        return f"{self.prefix}workflow:{workflow_id}"
+
+    @property
+    def workflow_outbox(self) -> str:
+        return f"{self.prefix}workflow:advance"
 
     @property
     def queues(self) -> str:

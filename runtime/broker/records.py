@@ -22,11 +22,14 @@ from runtime.envelope import (
     State,
 )
 from runtime.broker.uniqueness import UniqueLock, unique_lock
-from runtime.errors import EnqueueRejected, InvalidRequest, PolicyValidationError
+from runtime.errors import EnqueueRejected, InvalidPayload, InvalidRequest, PolicyValidationError
+from runtime.ids import uuid7
 
 _encode = msgspec.json.encode
 _retry_decoder = msgspec.json.Decoder(RetryPolicy)
 _extras_decoder = msgspec.json.Decoder(dict[str, Raw])
+_top_decoder = msgspec.json.Decoder(dict[str, Raw])
+_request_decoder = msgspec.json.Decoder(EnqueueRequest)
 HISTORY_LIMIT = 20  # must match HISTORY in nack.lua
 
 _DEFAULT_RETRY_JSON = b'{"max_attempts":3}'
@@ -37,7 +40,7 @@ class NewJob(msgspec.Struct, kw_only=True):
 
     id: str
     queue: str
-    state: State
+    state: str  # an OJS State, or "waiting" for a workflow step not enqueued yet
     priority: int
     due_ms: int | None
     expires_ms: int | None
@@ -49,7 +52,7 @@ class NewJob(msgspec.Struct, kw_only=True):
         args: list[str | bytes] = [
             self.id,
             self.queue,
-            self.state.value,
+            self.state,
             str(self.priority),
             "" if self.due_ms is None else str(self.due_ms),
             "" if self.expires_ms is None else str(self.expires_ms),
@@ -275,7 +278,7 @@ def build_job(
     return NewJob(
         id=job_id,
         queue=queue,
-        state=state,
+        state=state.value,
         priority=priority,
         due_ms=due_ms if state is State.SCHEDULED else None,
         expires_ms=expires_ms,
@@ -299,6 +302,21 @@ def _queue_rate_limit(policy: dict[str, Any]) -> dict[str, str | bytes]:
 def split_extras(top: dict[str, Raw]) -> dict[str, Raw]:
     """Unknown top-level fields of an enqueue request, kept verbatim."""
     return {k: v for k, v in top.items() if k not in ENVELOPE_FIELDS}
+
+
+def job_from_body(body: bytes, *, now_ms: int, request_id: str | None = None) -> NewJob:
+    """One enqueue request body (JSON) into a validated job: 400 / 422 on bad input."""
+    if not body.strip():
+        raise InvalidPayload("Request body is required and must be a JSON object.")
+    try:
+        top = _top_decoder.decode(body)
+    except msgspec.DecodeError as err:
+        raise InvalidPayload(f"Request body must be a JSON object: {err}") from None
+    try:
+        req = _request_decoder.decode(body)
+    except msgspec.DecodeError as err:
+        raise InvalidRequest(f"Invalid job: {err}") from None
+    return build_job(req, split_extras(top), job_id=req.id or uuid7(), now_ms=now_ms, request_id=request_id)
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -350,6 +368,8 @@ def render_job(h: dict[bytes, bytes]) -> dict[str, Any]:
         value = h.get(name.encode())
         if value is not None:
             env[name] = timefmt.format_ms(int(value))
+    if (parents := h.get(b"parent_results")) is not None:
+        env["parent_results"] = Raw(parents)
     for name in ("scheduled_at", "expires_at", "worker_id", "previous_state", "workflow_id"):
         if (value_text := text(name)) is not None:
             env[name] = value_text

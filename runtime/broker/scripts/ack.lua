@@ -8,7 +8,7 @@
     - the claim matches: the worker id and the attempt, when both sides know them
                                                        else status 3 (stale claim)
 
-  KEYS[1] prefix (derived keys: queue:<q>:counts, worker:<id>:jobs)
+  KEYS[1] prefix (derived keys: queue:<q>:counts, worker:<id>:jobs, unique:<fp>, workflow:advance)
   KEYS[2] active    (zset)
   KEYS[3] expiring  (zset)
   KEYS[4] events    (stream)
@@ -18,13 +18,29 @@
   ARGV[2] events_maxlen   0 disables events
   then per job: worker_id|"", attempt|"", result JSON|""  (3 values each)
 
-  Returns: one entry per job: {status, state}; state is the current state on conflicts.
+  Returns: one entry per job: {status, state, workflow}; state is the current state on conflicts;
+           workflow is 1 when the job's workflow was queued for advance.lua.
 ]]
 local rcall = redis.call
 local prefix = KEYS[1]
 local active_key, expiring_key, events_key = KEYS[2], KEYS[3], KEYS[4]
 local now = ARGV[1]
 local maxlen = tonumber(ARGV[2])
+
+-- Ending a job: release its unique lock unless the policy still counts the new state, and queue
+-- its workflow (if any) for advance.lua (the outbox is written in this same atomic step).
+local function on_end(job_key, id, state)
+  local u = rcall("HMGET", job_key, "unique_key", "unique_states", "workflow_id")
+  if u[1] and not string.find("," .. (u[2] or "") .. ",", "," .. state .. ",", 1, true) then
+    local lock = prefix .. "unique:" .. u[1]
+    if rcall("GET", lock) == id then rcall("DEL", lock) end
+  end
+  if u[3] then
+    rcall("RPUSH", prefix .. "workflow:advance", id)
+    return 1
+  end
+  return 0
+end
 
 local out = {}
 for j = 5, #KEYS do
@@ -33,11 +49,11 @@ for j = 5, #KEYS do
   local worker_id, attempt, result = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local f = rcall("HMGET", job_key, "state", "worker_id", "attempt", "queue", "type", "started_at", "id")
   if not f[1] then
-    out[#out + 1] = {1, ""}
+    out[#out + 1] = {1, "", 0}
   elseif f[1] ~= "active" then
-    out[#out + 1] = {2, f[1]}
+    out[#out + 1] = {2, f[1], 0}
   elseif (worker_id ~= "" and f[2] and f[2] ~= worker_id) or (attempt ~= "" and attempt ~= f[3]) then
-    out[#out + 1] = {3, f[1]}
+    out[#out + 1] = {3, f[1], 0}
   else
     local id = f[7]
     rcall("HSET", job_key, "state", "completed", "completed_at", now)
@@ -60,7 +76,7 @@ for j = 5, #KEYS do
           queue = f[4], state = "completed", attempt = tonumber(f[3]),
           duration_ms = tonumber(now) - tonumber(f[6])}))
     end
-    out[#out + 1] = {0, "completed"}
+    out[#out + 1] = {0, "completed", on_end(job_key, id, "completed")}
   end
 end
 return out

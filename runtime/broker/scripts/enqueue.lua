@@ -2,7 +2,8 @@
   Insert new jobs, all or nothing; checks unique-job locks in the same step (no window for two
   duplicates); optionally as the firing of one cron tick.
 
-  State transition: (new) -> available | scheduled | pending
+  State transition: (new) -> available | scheduled | pending | waiting (a workflow step that
+                    advance.lua enqueues later: stored, not indexed, not counted)
                     a duplicate under on_conflict=replace: its holder -> cancelled
   Pre-conditions:
     - no job of the batch exists yet (client-chosen ids may collide)
@@ -12,7 +13,7 @@
       claim: of several servers firing the same tick, exactly one passes)
 
   KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|counts|config|paused,
-                  unique:<fingerprint>, cron:state:<name>)
+                  unique:<fingerprint>, cron:state:<name>, workflow:<id>, workflow:advance)
   KEYS[2] seq         (string, INCR)
   KEYS[3] delayed     (zset)
   KEYS[4] expiring    (zset)
@@ -33,6 +34,7 @@
     unique fingerprint|"", unique states (comma-separated), unique period_ms|"",
     on_conflict (reject|ignore|replace), field count F, then F field/value pairs written to the
     job hash as they are (a `rl_max`/`rl_window_ms` pair also sets the queue's rate limit)
+  then the workflow record: workflow id|"", field count W, W field/value pairs for workflow:<id>
 
   Publishes "1" on channel <prefix>notify:<q> once per queue that received available jobs.
 
@@ -56,6 +58,21 @@ local cron_name, cron_tick, cron_next = ARGV[4], ARGV[5], ARGV[6]
 local cron_policy, cron_expr = ARGV[7], ARGV[8]
 
 local TERMINAL = {completed = true, cancelled = true, discarded = true}
+
+-- Ending a job: release its unique lock unless the policy still counts the new state, and queue
+-- its workflow (if any) for advance.lua (the outbox is written in this same atomic step).
+local function on_end(job_key, id, state)
+  local u = rcall("HMGET", job_key, "unique_key", "unique_states", "workflow_id")
+  if u[1] and not string.find("," .. (u[2] or "") .. ",", "," .. state .. ",", 1, true) then
+    local lock = prefix .. "unique:" .. u[1]
+    if rcall("GET", lock) == id then rcall("DEL", lock) end
+  end
+  if u[3] then
+    rcall("RPUSH", prefix .. "workflow:advance", id)
+    return 1
+  end
+  return 0
+end
 
 local function emit(etype, subject, data)
   if maxlen > 0 then
@@ -81,6 +98,13 @@ for j = 1, n do
   end
   jobs[j] = job
   i = i + 11 + 2 * nf
+end
+local wf_id = ARGV[i] or ""
+local wf_fields = {}
+if wf_id ~= "" then
+  for f = i + 2, i + 1 + 2 * tonumber(ARGV[i + 1]) do
+    wf_fields[#wf_fields + 1] = ARGV[f]
+  end
 end
 
 for j = 1, n do
@@ -144,6 +168,7 @@ local function cancel_holder(id, state)
   local counts = prefix .. "queue:" .. f[1] .. ":counts"
   rcall("HINCRBY", counts, state, -1)
   rcall("HINCRBY", counts, "cancelled", 1)
+  on_end(job_key, id, "cancelled")
   emit("job.cancelled", id, {job_id = id, job_type = f[2], queue = f[1], state = "cancelled",
     previous_state = state, reason = "unique_replace"})
 end
@@ -154,6 +179,9 @@ for j = 1, n do
   local job = jobs[j]
   if job.holder and job.on_conflict == "ignore" then
     ids[#ids + 1] = "=" .. job.holder
+  elseif job.state == "waiting" then
+    rcall("HSET", prefix .. "job:" .. job.id, unpack(job.fields))
+    ids[#ids + 1] = job.id
   else
     if job.holder then cancel_holder(job.holder, job.holder_state) end
     local job_key = prefix .. "job:" .. job.id
@@ -199,5 +227,11 @@ for j = 1, n do
     end
     ids[#ids + 1] = job.id
   end
+end
+if wf_id ~= "" then
+  rcall("HSET", prefix .. "workflow:" .. wf_id, unpack(wf_fields))
+  emit("workflow.started", wf_id, {workflow_id = wf_id,
+    workflow_name = rcall("HGET", prefix .. "workflow:" .. wf_id, "name"),
+    total_steps = tonumber(rcall("HGET", prefix .. "workflow:" .. wf_id, "total"))})
 end
 return ids

@@ -10,7 +10,7 @@
   that reported itself quiet or draining gets nothing.
 
   KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|paused|counts|config|ratelog,
-                 worker:<id>, worker:<id>:jobs)
+                 worker:<id>, worker:<id>:jobs, unique:<fp>, workflow:advance)
   KEYS[2] delayed   (zset)
   KEYS[3] active    (zset)
   KEYS[4] expiring  (zset)
@@ -43,6 +43,21 @@ local worker_id = ARGV[4]
 local default_vis = tonumber(ARGV[5])
 local request_vis = tonumber(ARGV[6])
 local step_limit = tonumber(ARGV[7])
+
+-- Ending a job: release its unique lock unless the policy still counts the new state, and queue
+-- its workflow (if any) for advance.lua (the outbox is written in this same atomic step).
+local function on_end(job_key, id, state)
+  local u = rcall("HMGET", job_key, "unique_key", "unique_states", "workflow_id")
+  if u[1] and not string.find("," .. (u[2] or "") .. ",", "," .. state .. ",", 1, true) then
+    local lock = prefix .. "unique:" .. u[1]
+    if rcall("GET", lock) == id then rcall("DEL", lock) end
+  end
+  if u[3] then
+    rcall("RPUSH", prefix .. "workflow:advance", id)
+    return 1
+  end
+  return 0
+end
 
 local function emit(etype, subject, data)
   if maxlen > 0 then
@@ -95,6 +110,7 @@ local function expire_due()
       rcall("HSET", job_key, "state", "discarded", "discarded_at", ARGV[1], "expired_at", ARGV[1],
         "previous_state", f[1], "error", err)
       move_count(f[2], f[1], "discarded")
+      on_end(job_key, id, "discarded")
       emit("job.expired", id, {job_id = id, job_type = f[3], queue = f[2], state = "discarded",
         created_at = tonumber(f[4]), expired_at = now,
         ttl_ms = tonumber(f[5]) - tonumber(f[4])})

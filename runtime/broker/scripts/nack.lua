@@ -18,7 +18,8 @@
   The caller decides the verdict from the error (handler codes, retryable flag,
   non_retryable_errors); this script owns everything that depends on the job's stored state.
 
-  KEYS[1] prefix (derived keys: queue:<q>:available, queue:<q>:counts, worker:<id>:jobs)
+  KEYS[1] prefix (derived keys: queue:<q>:available|counts, worker:<id>:jobs, unique:<fp>,
+                 workflow:advance)
   KEYS[2] active    (zset)
   KEYS[3] delayed   (zset)
   KEYS[4] expiring  (zset)
@@ -32,7 +33,8 @@
   then per job (5 values): verdict, error JSON object|"", worker_id|"", attempt|"",
                            jitter factor in [0.5, 1.5) (used only when the policy has jitter)
 
-  Returns: one entry per job: {status, state, attempt, max_attempts, retry_delay_ms, next_attempt_ms}
+  Returns: one entry per job: {status, state, attempt, max_attempts, retry_delay_ms, next_attempt_ms,
+           workflow (1 when the job's workflow was queued for advance.lua)}
 ]]
 local rcall = redis.call
 local prefix = KEYS[1]
@@ -41,6 +43,21 @@ local now = tonumber(ARGV[1])
 local maxlen = tonumber(ARGV[2])
 local lost_cap = tonumber(ARGV[3])
 local HISTORY = 20
+
+-- Ending a job: release its unique lock unless the policy still counts the new state, and queue
+-- its workflow (if any) for advance.lua (the outbox is written in this same atomic step).
+local function on_end(job_key, id, state)
+  local u = rcall("HMGET", job_key, "unique_key", "unique_states", "workflow_id")
+  if u[1] and not string.find("," .. (u[2] or "") .. ",", "," .. state .. ",", 1, true) then
+    local lock = prefix .. "unique:" .. u[1]
+    if rcall("GET", lock) == id then rcall("DEL", lock) end
+  end
+  if u[3] then
+    rcall("RPUSH", prefix .. "workflow:advance", id)
+    return 1
+  end
+  return 0
+end
 
 local function emit(etype, subject, data)
   if maxlen > 0 then
@@ -97,7 +114,7 @@ local function to_available(job_key, id, f)
   rcall("ZADD", prefix .. "queue:" .. f.queue .. ":available",
     string.format("%.0f", (100 - f.priority) * 1e13 + seq), id)
   rcall("PUBLISH", prefix .. "notify:" .. f.queue, "1")
-  return {0, "available", f.attempt, f.max_attempts, "", ""}
+  return {0, "available", f.attempt, f.max_attempts, "", "", 0}
 end
 
 local function to_discarded(job_key, id, f, dead_letter, last_error)
@@ -110,7 +127,7 @@ local function to_discarded(job_key, id, f, dead_letter, last_error)
   end
   emit("job.discarded", id, {job_id = id, job_type = f.type, queue = f.queue, state = "discarded",
     total_attempts = f.attempt, dead_letter = dead_letter, last_error = last_error})
-  return {0, "discarded", f.attempt, f.max_attempts, "", ""}
+  return {0, "discarded", f.attempt, f.max_attempts, "", "", on_end(job_key, id, "discarded")}
 end
 
 local function to_retryable(job_key, id, f, jitter_factor)
@@ -122,7 +139,7 @@ local function to_retryable(job_key, id, f, jitter_factor)
   rcall("ZADD", delayed_key, due, id)
   emit("job.retrying", id, {job_id = id, job_type = f.type, queue = f.queue, state = "retryable",
     attempt = f.attempt, max_attempts = f.max_attempts, next_retry_at = due, retry_delay_ms = delay})
-  return {0, "retryable", f.attempt, f.max_attempts, delay, due}
+  return {0, "retryable", f.attempt, f.max_attempts, delay, due, 0}
 end
 
 local out = {}
@@ -134,11 +151,11 @@ for j = 7, #KEYS do
   local r = rcall("HMGET", job_key, "state", "worker_id", "attempt", "queue", "type", "priority",
     "max_attempts", "on_exhaustion", "id")
   if not r[1] then
-    out[#out + 1] = {1, "", "", "", "", ""}
+    out[#out + 1] = {1, "", "", "", "", "", 0}
   elseif r[1] ~= "active" then
-    out[#out + 1] = {2, r[1], "", "", "", ""}
+    out[#out + 1] = {2, r[1], "", "", "", "", 0}
   elseif (worker_id ~= "" and r[2] and r[2] ~= worker_id) or (guard ~= "" and guard ~= r[3]) then
-    out[#out + 1] = {3, r[1], "", "", "", ""}
+    out[#out + 1] = {3, r[1], "", "", "", "", 0}
   else
     local f = {attempt = tonumber(r[3]), queue = r[4], type = r[5], priority = tonumber(r[6]),
                max_attempts = tonumber(r[7]), dlq = r[8] == "dead_letter"}
