@@ -100,3 +100,24 @@ class BackendUnavailable(OJSError):
     code = "backend_unavailable"
     retryable = True
     hint = "The job store is unreachable; retry with backoff."
+
+
+# --- handler control flow (raised by job handlers, never sent to an HTTP client) ----------------
+
+
+class Retry(Exception):
+    """Raised by a handler: fail this attempt and run the job again, after `delay_s` when given,
+    else after the retry policy's backoff. The attempt counts; a job out of attempts is discarded."""
+
+    def __init__(self, message: str = "retry requested by the handler", *, delay_s: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.delay_s = delay_s
+
+
+class Discard(Exception):
+    """Raised by a handler: give up on this job now. It is discarded and never retried."""
+
+    def __init__(self, reason: str = "discarded by the handler") -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -22,6 +22,7 @@ from runtime.envelope import ErrorInfo
 from runtime.errors import Conflict, Duplicate, NotFound
 
 _retry_display = msgspec.json.Decoder(dict[str, Any])
+_pack = msgspec.msgpack.Encoder().encode
 
 
 class Enqueued(msgspec.Struct, frozen=True):
@@ -114,12 +115,9 @@ class Broker:
         """Insert all jobs or none. A client id that exists already, or a unique-job conflict
         under on_conflict=reject, is a 409 duplicate; under ignore the holder is returned."""
         args: list[str | bytes] = [str(now_ms), self._maxlen, str(len(jobs)), "", "", "", "", ""]
-        for job in jobs:
-            args.extend(job.script_args())
+        args += [job.script_arg() for job in jobs]
         if workflow is not None:
-            args += [workflow["id"], str(len(workflow))]
-            for name, value in workflow.items():
-                args += [name, value]
+            args.append(_pack([x for pair in workflow.items() for x in pair]))
         reply = await self.scripts.call("enqueue", keys=self._enqueue_keys(), args=args)
         status = int(reply[0])
         if status == 1:
@@ -144,8 +142,8 @@ class Broker:
         """Fire one cron tick: ('fired', id), ('claimed', None) or ('skipped', existing id)."""
         args: list[str | bytes] = [
             str(now_ms), self._maxlen, "1", cron_name, str(tick_ms), str(next_ms), overlap, expression,
+            job.script_arg(),
         ]
-        args.extend(job.script_args())
         reply = await self.scripts.call("enqueue", keys=self._enqueue_keys(), args=args)
         status = int(reply[0])
         if status == 0:

@@ -7,6 +7,8 @@ spliced back verbatim when the envelope is rendered: Lua never parses client dat
 
 from __future__ import annotations
 
+import functools
+from itertools import chain
 from typing import Any
 
 import msgspec
@@ -26,6 +28,7 @@ from runtime.errors import EnqueueRejected, InvalidPayload, InvalidRequest, Poli
 from runtime.ids import uuid7
 
 _encode = msgspec.json.encode
+_pack = msgspec.msgpack.Encoder().encode
 _retry_decoder = msgspec.json.Decoder(RetryPolicy)
 _extras_decoder = msgspec.json.Decoder(dict[str, Raw])
 _top_decoder = msgspec.json.Decoder(dict[str, Raw])
@@ -45,11 +48,15 @@ class NewJob(msgspec.Struct, kw_only=True):
     due_ms: int | None
     expires_ms: int | None
     unique: UniqueLock | None = None
-    fields: dict[str, str | bytes]
+    client_id: bool = False  # the id came from the client (and may collide)
+    # Values are str: the Lua msgpack decoder has no bin type, and every value is valid UTF-8
+    # (JSON text that was decoded, or our own strings).
+    fields: dict[str, str]
 
-    def script_args(self) -> list[str | bytes]:
+    def script_arg(self) -> bytes:
+        """The job's block for enqueue.lua: one msgpack array of strings (see its header)."""
         lock = self.unique
-        args: list[str | bytes] = [
+        flat: list[str] = [
             self.id,
             self.queue,
             self.state,
@@ -60,18 +67,17 @@ class NewJob(msgspec.Struct, kw_only=True):
             lock.states if lock else "",
             "" if lock is None or lock.period_ms is None else str(lock.period_ms),
             lock.on_conflict if lock else "",
-            str(len(self.fields)),
+            "1" if self.client_id else "",
         ]
-        for name, value in self.fields.items():
-            args.append(name)
-            args.append(value)
-        return args
+        flat.extend(chain.from_iterable(self.fields.items()))
+        return _pack(flat)
 
 
 class EffectiveRetry(msgspec.Struct, kw_only=True, frozen=True):
     """A retry policy merged with the defaults, in the units the scripts use."""
 
     max_attempts: int
+    display_json: str
     initial_ms: int
     coefficient: float
     max_ms: int
@@ -89,8 +95,14 @@ def present(raw: Raw) -> bool:
 
 def resolve_retry(raw: Raw) -> EffectiveRetry:
     """Decode and check a retry policy. Any problem is a 422 naming the field."""
+    return _resolve_retry_text(bytes(raw) if present(raw) else b"")
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve_retry_text(text: bytes) -> EffectiveRetry:
+    # Cached: most jobs carry no policy or one of a few, and the result is immutable.
     try:
-        policy = _retry_decoder.decode(raw) if present(raw) else RetryPolicy()
+        policy = _retry_decoder.decode(text) if text else RetryPolicy()
     except msgspec.DecodeError as err:
         raise PolicyValidationError(f"Invalid retry policy: {err}") from None
     initial_ms = _duration_field(policy.initial_interval_ms, policy.initial_interval, "initial_interval", 1_000)
@@ -112,6 +124,7 @@ def resolve_retry(raw: Raw) -> EffectiveRetry:
     }
     return EffectiveRetry(
         max_attempts=policy.max_attempts,
+        display_json=_encode(display).decode(),
         initial_ms=initial_ms,
         coefficient=policy.backoff_coefficient,
         max_ms=max_ms,
@@ -166,11 +179,11 @@ def _visibility_ms(value: int | str | None) -> int | None:
         raise InvalidRequest(f"visibility_timeout: {err}") from None
 
 
-def _check_args(args: Raw) -> bytes:
+def _check_args(args: Raw) -> str:
     data = bytes(args).strip()
     if not data.startswith(b"["):
         raise InvalidRequest("args must be a JSON array")
-    return data
+    return data.decode()
 
 
 def build_job(
@@ -189,7 +202,7 @@ def build_job(
         meta.update(opts.metadata)  # openapi: options.metadata is merged into meta
     if request_id and "request_id" not in meta:
         meta["request_id"] = request_id
-    if meta.get("ojs_validate") is True and args == b"[]":
+    if meta.get("ojs_validate") is True and args == "[]":
         # The server-side enqueue validation hook: a job that asks to be validated must carry
         # arguments to validate.
         raise EnqueueRejected("Enqueue validation failed: args must not be empty")
@@ -224,7 +237,7 @@ def build_job(
         timeout_ms = int((opts.timeout or req.timeout or 0) * 1000)
     visibility_ms = opts.visibility_timeout_ms or _visibility_ms(opts.visibility_timeout or req.visibility_timeout)
 
-    fields: dict[str, str | bytes] = {
+    fields: dict[str, str] = {
         "id": job_id,
         "type": req.type,
         "queue": queue,
@@ -233,9 +246,9 @@ def build_job(
         "attempt": "0",
         "max_attempts": str(retry.max_attempts),
         "args": args,
-        "meta": _encode(meta),
+        "meta": _encode(meta).decode(),
         "created_at": str(now_ms),
-        "retry": _encode(retry.display),
+        "retry": retry.display_json,
         "r_initial_ms": str(retry.initial_ms),
         "r_coef": repr(retry.coefficient),
         "r_max_ms": str(retry.max_ms),
@@ -256,16 +269,16 @@ def build_job(
         fields["visibility_timeout_ms"] = str(visibility_ms)
     tags = opts.tags if opts.tags is not None else req.tags
     if tags is not None:
-        fields["tags"] = _encode(tags)
+        fields["tags"] = _encode(tags).decode()
     unique = opts.unique if opts.unique is not None else req.unique
     lock = None
     if unique is not None:
-        fields["unique"] = _encode(unique)
+        fields["unique"] = _encode(unique).decode()
         lock = unique_lock(unique, job_type=req.type, queue=queue, args_json=args, meta=meta)
         fields["unique_key"] = lock.fingerprint
         fields["unique_states"] = lock.states
     if opts.rate_limit is not None:
-        fields["rate_limit"] = _encode(opts.rate_limit)
+        fields["rate_limit"] = _encode(opts.rate_limit).decode()
         fields.update(_queue_rate_limit(opts.rate_limit))
     if req.schema is not None:
         fields["schema"] = req.schema
@@ -274,7 +287,7 @@ def build_job(
         # Conformance-suite hook (see heartbeat.lua): the heartbeat answers with this directive.
         fields["test_directive"] = directive
     if extras:
-        fields["extra"] = _encode(extras)
+        fields["extra"] = _encode(extras).decode()
     return NewJob(
         id=job_id,
         queue=queue,
@@ -287,7 +300,7 @@ def build_job(
     )
 
 
-def _queue_rate_limit(policy: dict[str, Any]) -> dict[str, str | bytes]:
+def _queue_rate_limit(policy: dict[str, Any]) -> dict[str, str]:
     """A keyless rate limit applies to the job's queue: at most N claims per window."""
     if "key" in policy:
         return {}  # keyed limits are a separate extension
@@ -316,7 +329,9 @@ def job_from_body(body: bytes, *, now_ms: int, request_id: str | None = None) ->
         req = _request_decoder.decode(body)
     except msgspec.DecodeError as err:
         raise InvalidRequest(f"Invalid job: {err}") from None
-    return build_job(req, split_extras(top), job_id=req.id or uuid7(), now_ms=now_ms, request_id=request_id)
+    job = build_job(req, split_extras(top), job_id=req.id or uuid7(), now_ms=now_ms, request_id=request_id)
+    job.client_id = req.id is not None
+    return job
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -406,7 +421,4 @@ def encode_job(h: dict[bytes, bytes]) -> bytes:
 
 def as_hash(job: NewJob) -> dict[bytes, bytes]:
     """The hash enqueue.lua writes for this job, to render the reply without reading it back."""
-    return {
-        name.encode(): value if isinstance(value, bytes) else value.encode()
-        for name, value in job.fields.items()
-    }
+    return {name.encode(): value.encode() for name, value in job.fields.items()}

@@ -60,7 +60,7 @@ def _selected_args(args: list[Any], names: list[str]) -> dict[str, Any]:
 
 
 def unique_lock(
-    raw_policy: dict[str, Any], *, job_type: str, queue: str, args_json: bytes, meta: dict[str, Any]
+    raw_policy: dict[str, Any], *, job_type: str, queue: str, args_json: str, meta: dict[str, Any]
 ) -> UniqueLock:
     try:
         policy = msgspec.convert(raw_policy, UniquePolicy)

@@ -30,11 +30,13 @@
   ARGV[6] cron next_ms         the fire time after it
   ARGV[7] cron overlap policy  skip | allow
   ARGV[8] cron expression      for the event
-  then per job (11 values + fields): id, queue, state, priority, due_ms|"", expires_ms|"",
-    unique fingerprint|"", unique states (comma-separated), unique period_ms|"",
-    on_conflict (reject|ignore|replace), field count F, then F field/value pairs written to the
-    job hash as they are (a `rl_max`/`rl_window_ms` pair also sets the queue's rate limit)
-  then the workflow record: workflow id|"", field count W, W field/value pairs for workflow:<id>
+  ARGV[8 + j] job j, one msgpack array of strings: id, queue, state, priority, due_ms|"",
+    expires_ms|"", unique fingerprint|"", unique states (comma-separated), unique period_ms|"",
+    on_conflict (reject|ignore|replace)|"", client id "1"|"" (only a client-chosen id can
+    collide, so only those are checked), then field/value pairs written to the job hash as they
+    are (a `rl_max`/`rl_window_ms` pair also sets the queue's rate limit)
+  ARGV[9 + N] optional workflow record: one msgpack array of field/value pairs for workflow:<id>
+    (its `id` field names the workflow)
 
   Publishes "1" on channel <prefix>notify:<q> once per queue that received available jobs.
 
@@ -81,34 +83,31 @@ local function emit(etype, subject, data)
   end
 end
 
--- Parse the per-job blocks once.
+-- Decode the per-job blocks once (each is one msgpack array, to keep ARGV short).
 local jobs = {}
-local i = 9
 for j = 1, n do
-  local nf = tonumber(ARGV[i + 10])
-  local job = {id = ARGV[i], queue = ARGV[i + 1], state = ARGV[i + 2], priority = tonumber(ARGV[i + 3]),
-               due = ARGV[i + 4], expires = ARGV[i + 5], ukey = ARGV[i + 6], ustates = ARGV[i + 7],
-               uperiod = tonumber(ARGV[i + 8]), on_conflict = ARGV[i + 9], fields = {}}
-  for f = i + 11, i + 10 + 2 * nf, 2 do
-    job.fields[#job.fields + 1] = ARGV[f]
-    job.fields[#job.fields + 1] = ARGV[f + 1]
-    if ARGV[f] == "type" then job.type = ARGV[f + 1]
-    elseif ARGV[f] == "rl_max" then job.rl_max = ARGV[f + 1]
-    elseif ARGV[f] == "rl_window_ms" then job.rl_window = ARGV[f + 1] end
+  local t = cmsgpack.unpack(ARGV[8 + j])
+  local job = {id = t[1], queue = t[2], state = t[3], priority = tonumber(t[4]), due = t[5],
+               expires = t[6], ukey = t[7], ustates = t[8], uperiod = tonumber(t[9]),
+               on_conflict = t[10], client_id = t[11] == "1", t = t}
+  for f = 12, #t, 2 do
+    local name = t[f]
+    if name == "type" then job.type = t[f + 1]
+    elseif name == "rl_max" then job.rl_max = t[f + 1]
+    elseif name == "rl_window_ms" then job.rl_window = t[f + 1] end
   end
   jobs[j] = job
-  i = i + 11 + 2 * nf
 end
-local wf_id = ARGV[i] or ""
-local wf_fields = {}
-if wf_id ~= "" then
-  for f = i + 2, i + 1 + 2 * tonumber(ARGV[i + 1]) do
-    wf_fields[#wf_fields + 1] = ARGV[f]
+local wf_fields = ARGV[9 + n] and cmsgpack.unpack(ARGV[9 + n]) or nil
+local wf_id = ""
+if wf_fields then
+  for f = 1, #wf_fields, 2 do
+    if wf_fields[f] == "id" then wf_id = wf_fields[f + 1] end
   end
 end
 
 for j = 1, n do
-  if rcall("EXISTS", prefix .. "job:" .. jobs[j].id) == 1 then
+  if jobs[j].client_id and rcall("EXISTS", prefix .. "job:" .. jobs[j].id) == 1 then
     return {1, j}
   end
 end
@@ -173,21 +172,39 @@ local function cancel_holder(id, state)
     previous_state = state, reason = "unique_replace"})
 end
 
+-- Insert. Per job only the hash write (and its event) is a call of its own; counters, queue
+-- registration, the sequence and the index writes are gathered and done once per queue.
 local ids = {0}
-local woken = {}
+local per_queue = {}   -- queue -> {counts = {state -> n}, available = {score, id, ...}}
+local n_available = 0
+for j = 1, n do
+  if jobs[j].state == "available" and not (jobs[j].holder and jobs[j].on_conflict == "ignore") then
+    n_available = n_available + 1
+  end
+end
+local seq = n_available > 0 and (rcall("INCRBY", seq_key, n_available) - n_available) or 0
+
+local function queue_batch(queue)
+  local b = per_queue[queue]
+  if not b then
+    b = {counts = {}, available = {}}
+    per_queue[queue] = b
+  end
+  return b
+end
+
 for j = 1, n do
   local job = jobs[j]
   if job.holder and job.on_conflict == "ignore" then
     ids[#ids + 1] = "=" .. job.holder
   elseif job.state == "waiting" then
-    rcall("HSET", prefix .. "job:" .. job.id, unpack(job.fields))
+    rcall("HSET", prefix .. "job:" .. job.id, unpack(job.t, 12))
     ids[#ids + 1] = job.id
   else
     if job.holder then cancel_holder(job.holder, job.holder_state) end
-    local job_key = prefix .. "job:" .. job.id
-    rcall("HSET", job_key, unpack(job.fields))
-    rcall("HSETNX", queues_key, job.queue, now)
-    rcall("HINCRBY", prefix .. "queue:" .. job.queue .. ":counts", job.state, 1)
+    rcall("HSET", prefix .. "job:" .. job.id, unpack(job.t, 12))
+    local b = queue_batch(job.queue)
+    b.counts[job.state] = (b.counts[job.state] or 0) + 1
     if job.ukey ~= "" then
       local lock = prefix .. "unique:" .. job.ukey
       if job.uperiod then
@@ -201,13 +218,9 @@ for j = 1, n do
         "rl_window_ms", job.rl_window)
     end
     if job.state == "available" then
-      local seq = rcall("INCR", seq_key)
-      rcall("ZADD", prefix .. "queue:" .. job.queue .. ":available",
-        string.format("%.0f", (100 - job.priority) * 1e13 + seq), job.id)
-      if not woken[job.queue] then
-        woken[job.queue] = true
-        rcall("PUBLISH", prefix .. "notify:" .. job.queue, "1")
-      end
+      seq = seq + 1
+      b.available[#b.available + 1] = string.format("%.0f", (100 - job.priority) * 1e13 + seq)
+      b.available[#b.available + 1] = job.id
     elseif job.state == "scheduled" then
       rcall("ZADD", delayed_key, job.due, job.id)
     end
@@ -226,6 +239,22 @@ for j = 1, n do
         job_type = job.type, job_id = job.id, scheduled_at = tonumber(cron_tick)})
     end
     ids[#ids + 1] = job.id
+  end
+end
+
+local CHUNK = 2000  -- ZADD arguments per call (Lua's unpack has a stack limit)
+for queue, b in pairs(per_queue) do
+  rcall("HSETNX", queues_key, queue, now)
+  local counts_key = prefix .. "queue:" .. queue .. ":counts"
+  for state, count in pairs(b.counts) do
+    rcall("HINCRBY", counts_key, state, count)
+  end
+  if #b.available > 0 then
+    local available_key = prefix .. "queue:" .. queue .. ":available"
+    for first = 1, #b.available, CHUNK do
+      rcall("ZADD", available_key, unpack(b.available, first, math.min(first + CHUNK - 1, #b.available)))
+    end
+    rcall("PUBLISH", prefix .. "notify:" .. queue, "1")
   end
 end
 if wf_id ~= "" then

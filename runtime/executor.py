@@ -1,0 +1,239 @@
+"""One job: JobContext -> middleware chain -> handler under its timeout -> an Outcome value.
+
+The executor never talks to the broker. It returns what happened, and :func:`settle` turns that
+into the one ack or nack item the pool sends (or nothing, for a job that was cancelled).
+
+Timeouts. The job's ``timeout_ms`` (else the handler's ``timeout_s``) bounds the handler call,
+innermost in the chain, so middleware sees the :class:`JobTimeout` raised by ``call_next``:
+
+* an async handler is cancelled (``asyncio.timeout``) and the job fails with a timeout error;
+* a sync handler cannot be interrupted: it is asked to stop (``ctx.cancelled`` turns true) and
+  given ``grace_s`` more. If it returns, the job fails with a timeout error. If not, the outcome
+  is :class:`Stuck`: the job fails with the same timeout error, and the pool process must be
+  replaced because one of its threads will not come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import traceback
+from collections.abc import Awaitable, Callable, Container
+from concurrent.futures import Executor
+from typing import Any
+
+import msgspec
+
+from runtime.broker import failures
+from runtime.broker.core import Completion, Failure
+from runtime.context import CANCELLED, SHUTDOWN, TIMEOUT, JobContext
+from runtime.envelope import ErrorInfo
+from runtime.errors import Discard, Retry
+from runtime.handlers import HandlerSpec, Registry
+
+MAX_MESSAGE_CHARS = 10_000
+
+
+class Completed(msgspec.Struct, frozen=True, tag=True):
+    result: bytes = b""  # JSON text; empty when the handler returned None
+
+
+class Failed(msgspec.Struct, frozen=True, tag=True):
+    error: ErrorInfo
+
+
+class RetryLater(msgspec.Struct, frozen=True, tag=True):
+    error: ErrorInfo
+    delay_ms: int | None = None  # None: the retry policy's backoff
+
+
+class Discarded(msgspec.Struct, frozen=True, tag=True):
+    error: ErrorInfo
+
+
+class Cancelled(msgspec.Struct, frozen=True, tag=True):
+    """The job was cancelled through the broker while it ran: nothing to report."""
+
+
+class Released(msgspec.Struct, frozen=True, tag=True):
+    """The pool stopped before the job finished: hand it back without spending the attempt."""
+
+
+class Stuck(msgspec.Struct, frozen=True, tag=True):
+    """A sync handler ran past its timeout and would not stop."""
+
+    error: ErrorInfo
+
+
+Outcome = Completed | Failed | RetryLater | Discarded | Cancelled | Released | Stuck
+
+
+class JobTimeout(TimeoutError):
+    """The job ran past its timeout (raised through the middleware chain)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"Job execution exceeded timeout of {timeout_s:g} s")
+        self.timeout_s = timeout_s
+
+
+class HandlerStuck(JobTimeout):
+    """A sync handler was asked to stop at its timeout and did not within the grace period."""
+
+
+class Terminal:
+    """The innermost call of the chain: the handler for ``ctx.job.type`` under its timeout."""
+
+    def __init__(self, registry: Registry, *, threads: Executor, grace_s: float) -> None:
+        self._handlers = registry.handlers
+        self._threads = threads
+        self._grace_s = grace_s
+        self._limits = {
+            name: asyncio.Semaphore(spec.concurrency)
+            for name, spec in registry.handlers.items() if spec.concurrency
+        }
+
+    async def __call__(self, ctx: JobContext) -> Any:
+        spec = self._handlers[ctx.job.type]
+        limit = self._limits.get(spec.job_type)
+        if limit is None:
+            return await self._run(spec, ctx)
+        async with limit:
+            return await self._run(spec, ctx)
+
+    async def _run(self, spec: HandlerSpec, ctx: JobContext) -> Any:
+        if spec.is_async:
+            scope = asyncio.timeout(ctx.timeout_s)
+            try:
+                async with scope:
+                    return await spec.fn(ctx, *ctx.job.args)
+            except TimeoutError:
+                if not scope.expired():
+                    raise
+                ctx.request_stop(TIMEOUT)
+                raise JobTimeout(ctx.timeout_s or 0) from None
+        return await self._run_in_thread(spec, ctx)
+
+    async def _run_in_thread(self, spec: HandlerSpec, ctx: JobContext) -> Any:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._threads, functools.partial(spec.fn, ctx, *ctx.job.args))
+        scope = asyncio.timeout(ctx.timeout_s)
+        try:
+            async with scope:
+                # shield: a timeout or a cancellation must not forget the thread's future
+                return await asyncio.shield(future)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+        ctx.request_stop(TIMEOUT)
+        grace = asyncio.timeout(self._grace_s)
+        try:
+            async with grace:
+                await asyncio.shield(future)
+        except TimeoutError:
+            if grace.expired():
+                raise HandlerStuck(ctx.timeout_s or 0) from None
+        except Exception:
+            pass  # it stopped, by raising: still a timeout
+        raise JobTimeout(ctx.timeout_s or 0)
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+Chain = Callable[[JobContext], Awaitable[Any]]
+
+
+async def execute(ctx: JobContext, chain: Chain, handlers: Container[str]) -> Outcome:
+    """Run one job through the composed chain; every way it can end becomes an Outcome."""
+    if ctx.job.type not in handlers:
+        return Failed(ErrorInfo(
+            code="handler_error", type="UnknownJobType", retryable=False,
+            message=f"No handler is registered for job type '{ctx.job.type}'.",
+        ))
+    try:
+        value = await chain(ctx)
+    except asyncio.CancelledError:
+        if ctx.stop_reason == CANCELLED:
+            _uncancel()
+            return Cancelled()
+        if ctx.stop_reason == SHUTDOWN:
+            _uncancel()
+            return Released()
+        raise
+    except HandlerStuck as err:
+        return Stuck(timeout_error(err.timeout_s))
+    except JobTimeout as err:
+        return Failed(timeout_error(err.timeout_s))
+    except Retry as err:
+        delay_ms = None if err.delay_s is None else max(0, round(err.delay_s * 1000))
+        return RetryLater(ErrorInfo(code="RETRY", type="Retry", message=err.message, retryable=True), delay_ms)
+    except Discard as err:
+        return Discarded(ErrorInfo(
+            code="DISCARD", type="Discard", message=err.reason, retryable=False, response_code="DISCARD",
+        ))
+    except Exception as err:
+        return Cancelled() if ctx.stop_reason == CANCELLED else Failed(error_info(err))
+    if ctx.stop_reason == CANCELLED:
+        return Cancelled()
+    return _completed(value)
+
+
+def _completed(value: Any) -> Outcome:
+    if value is None:
+        return Completed()
+    try:
+        return Completed(msgspec.json.encode(value))
+    except (TypeError, ValueError, OverflowError) as err:
+        return Failed(ErrorInfo(
+            code="handler_error", type="ResultNotSerializable", retryable=False,
+            message=f"The handler's result is not JSON-serializable: {err}",
+        ))
+
+
+def error_info(err: BaseException) -> ErrorInfo:
+    """A handler exception as the OJS error object: its type, message and traceback."""
+    cls = type(err)
+    retryable = getattr(err, "retryable", None)
+    return ErrorInfo(
+        code="handler_error",
+        type=cls.__name__,
+        message=(str(err) or cls.__name__)[:MAX_MESSAGE_CHARS],
+        retryable=retryable if isinstance(retryable, bool) else None,
+        details={"error_class": f"{cls.__module__}.{cls.__qualname__}"},
+        backtrace=[frame.rstrip("\n") for frame in traceback.format_exception(err)],
+    )
+
+
+def timeout_error(timeout_s: float) -> ErrorInfo:
+    return ErrorInfo(
+        code="timeout", type="timeout", retryable=True,
+        message=f"Job execution exceeded timeout of {timeout_s:g} s",
+        details={"timeout_kind": "execution", "limit_seconds": timeout_s},
+    )
+
+
+def settle(outcome: Outcome, ctx: JobContext, *, worker_id: str, now_ms: int) -> Completion | Failure | None:
+    """The ack or nack item for an outcome, carrying the claim (worker id and attempt), so a
+    stale worker cannot settle a job that was reclaimed meanwhile."""
+    job = ctx.job
+    if isinstance(outcome, Completed):
+        return Completion(job_id=job.id, result=outcome.result, worker_id=worker_id, attempt=job.attempt)
+    if isinstance(outcome, Cancelled):
+        return None
+    if isinstance(outcome, Released):
+        verdict, error = "release", failures.server_error(
+            "shutdown", "shutdown", "The worker stopped before the job finished; released without "
+            "spending an attempt", now_ms,
+        )
+    elif isinstance(outcome, RetryLater):
+        verdict, error = "retry", failures.error_record(outcome.error, now_ms)
+    elif isinstance(outcome, Discarded):
+        verdict, error = "discard", failures.error_record(outcome.error, now_ms)
+    else:  # Failed, Stuck: the job's retry policy decides
+        non_retryable = (job.retry or {}).get("non_retryable_errors") or []
+        verdict = failures.verdict(outcome.error, requeue=False, non_retryable=list(non_retryable))
+        error = failures.error_record(outcome.error, now_ms)
+    return Failure(job_id=job.id, verdict=verdict, error=error, worker_id=worker_id, attempt=job.attempt)

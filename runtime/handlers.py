@@ -1,0 +1,111 @@
+"""The handler registry: job type -> handler, the ``@handler`` decorator, and loading the module.
+
+A handlers module registers at import time::
+
+    from runtime import handler, execution_middleware, JobContext
+
+    @handler("email.send", queue="email", timeout_s=30)
+    async def send_email(ctx: JobContext, to: str, subject: str) -> dict: ...
+
+    @execution_middleware.add
+    async def timing(ctx, call_next): ...
+
+Each pool process imports the module itself, after the fork, so nothing a module does at import
+time (a connection, a thread) is shared between processes or held by the supervisor.
+
+The registry and the two chains are the only module globals of the runtime (conventions §3.12):
+a decorator has nowhere else to put what it registers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import msgspec
+
+from runtime.envelope import TYPE_PATTERN
+from runtime.middleware import Chain, Middleware, Observer
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+class HandlerSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One registered handler and its options."""
+
+    job_type: str
+    fn: Callable[..., Any]
+    is_async: bool
+    queue: str | None = None  # default queue for Client.enqueue; also served when --queues is not given
+    timeout_s: float | None = None  # used when the job itself sets no timeout
+    retry: dict[str, Any] | None = None  # default retry policy for Client.enqueue
+    concurrency: int | None = None  # most jobs of this type at once in one pool process
+
+
+class Registry(msgspec.Struct, frozen=True, kw_only=True):
+    """What a pool process serves: a snapshot taken after importing the handlers module."""
+
+    module: str
+    handlers: Mapping[str, HandlerSpec]
+    middleware: tuple[Middleware, ...] = ()
+    observers: tuple[Observer, ...] = ()
+
+    def queues(self) -> list[str]:
+        """The queues named by handlers, in registration order, then ``default``."""
+        names = [spec.queue for spec in self.handlers.values() if spec.queue]
+        return list(dict.fromkeys([*names, "default"]))
+
+
+_HANDLERS: dict[str, HandlerSpec] = {}
+execution_middleware: Chain[Middleware] = Chain()
+observers: Chain[Observer] = Chain()
+
+
+class HandlerError(ValueError):
+    """A handler registration is invalid."""
+
+
+def handler(
+    job_type: str, *, queue: str | None = None, timeout_s: float | None = None,
+    retry: dict[str, Any] | None = None, concurrency: int | None = None,
+) -> Callable[[F], F]:
+    """Register `fn(ctx, *args)` for jobs of `job_type`. Async functions run as tasks on the pool's
+    event loop; plain functions run in the pool's thread pool."""
+    if not re.fullmatch(TYPE_PATTERN, job_type):
+        raise HandlerError(f"invalid job type {job_type!r} (dot-separated lowercase segments)")
+    if timeout_s is not None and timeout_s <= 0:
+        raise HandlerError(f"{job_type}: timeout_s must be positive")
+    if concurrency is not None and concurrency < 1:
+        raise HandlerError(f"{job_type}: concurrency must be at least 1")
+
+    def register(fn: F) -> F:
+        if job_type in _HANDLERS and _HANDLERS[job_type].fn is not fn:
+            raise HandlerError(f"a handler for {job_type!r} is registered already")
+        _HANDLERS[job_type] = HandlerSpec(
+            job_type=job_type, fn=fn, is_async=inspect.iscoroutinefunction(fn), queue=queue,
+            timeout_s=timeout_s, retry=retry, concurrency=concurrency,
+        )
+        return fn
+
+    return register
+
+
+def registered(job_type: str) -> HandlerSpec | None:
+    """The handler registered for `job_type` in this process, if any (the client's defaults)."""
+    return _HANDLERS.get(job_type)
+
+
+def load(module: str) -> Registry:
+    """Import the handlers module and freeze what it registered. Import errors propagate: the
+    caller turns them into a boot error."""
+    importlib.import_module(module)
+    return snapshot(module)
+
+
+def snapshot(module: str = "") -> Registry:
+    return Registry(
+        module=module, handlers=dict(_HANDLERS),
+        middleware=execution_middleware.freeze(), observers=observers.freeze(),
+    )
