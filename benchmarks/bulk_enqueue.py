@@ -1,6 +1,6 @@
 """Bulk enqueue throughput through the Python broker API (no HTTP), in batches of 1,000.
 
-    python -m benchmarks.bulk_enqueue [--redis URL] [--batches 20] [--batch-size 1000]
+    python -m benchmarks.bulk_enqueue [--redis URL] [--batches 20] [--batch-size 1000] [--no-events]
 
 Without --redis a private Redis (no persistence) is started. Prints jobs/s and the time of one
 batch (p50/p99); every batch is one enqueue.lua call, one round trip.
@@ -23,9 +23,9 @@ from runtime.config import Settings
 from runtime.embedded_redis import EmbeddedRedis
 
 
-async def run(url: str, batches: int, size: int) -> None:
+async def run(url: str, batches: int, size: int, events: bool) -> None:
     conn = Redis.from_url(url)
-    broker = Broker(conn, Settings(redis_url=url, key_prefix="{bench}:", events_maxlen=int(__import__("os").environ.get("EV", "10000"))))
+    broker = Broker(conn, Settings(redis_url=url, key_prefix="{bench}:", events_maxlen=10_000 if events else 0))
     await conn.flushdb()
     bodies = [msgspec.json.encode({"type": "bench.noop", "args": [i], "options": {"queue": "bulk"}}) for i in range(size)]
     durations = []
@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--redis")
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--no-events", action="store_true", help="disable the event stream")
     args = parser.parse_args()
     server = None
     url = args.redis
@@ -59,7 +60,7 @@ def main() -> None:
         server = EmbeddedRedis(persistence=False)
         url = server.start()
     try:
-        asyncio.run(run(url, args.batches, args.batch_size))
+        asyncio.run(run(url, args.batches, args.batch_size, not args.no_events))
     finally:
         if server is not None:
             server.stop()
