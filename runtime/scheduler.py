@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from runtime.broker import BACKEND_ERRORS
 from runtime.broker.core import Broker

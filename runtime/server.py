@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import uvicorn
 import uvloop

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from runtime.broker import BACKEND_ERRORS
 from runtime.api.routing import Request, Response, Router, json_response
+from runtime.broker import BACKEND_ERRORS
 from runtime.errors import (
     BackendUnavailable,
     MethodNotAllowed,
@@ -101,8 +102,7 @@ class App:
             response = json_response(err.status, error_body(err, request_id))
         except Exception:
             logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            err = OJSError("Internal server error.")
-            response = json_response(500, error_body(err, request_id))
+            response = json_response(500, error_body(OJSError("Internal server error."), request_id))
         response.headers.append((b"ojs-version", b"1.0"))
         response.headers.append((b"x-request-id", request_id.encode("latin-1")))
         response.headers.append((b"content-length", str(len(response.body)).encode()))

@@ -67,7 +67,7 @@ def register(router: Router, services: Services) -> None:
         outcomes = await broker.enqueue(jobs, now_ms=now)
         rendered = [
             encode_job(await broker.get(done.job_id)) if done.deduplicated else encode_job(as_hash(job))
-            for job, done in zip(jobs, outcomes)
+            for job, done in zip(jobs, outcomes, strict=False)
         ]
         body = b'{"jobs":[' + b",".join(rendered) + b'],"count":'
         return json_response(201, body + str(len(jobs)).encode() + b"}")

@@ -6,9 +6,9 @@ from typing import Any
 
 import prometheus_client
 
-from runtime.broker import BACKEND_ERRORS
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
+from runtime.broker import BACKEND_ERRORS
 
 IMPLEMENTATION_VERSION = "0.1.0"
 CONFORMANCE_LEVEL = 4

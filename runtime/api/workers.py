@@ -8,7 +8,7 @@ from runtime import timefmt
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
 from runtime.broker.records import encode_job, present
-from runtime.envelope import AckRequest, HeartbeatRequest, NackRequest, FetchRequest
+from runtime.envelope import AckRequest, FetchRequest, HeartbeatRequest, NackRequest
 from runtime.errors import InvalidRequest
 
 _fetch_decoder = msgspec.json.Decoder(FetchRequest)

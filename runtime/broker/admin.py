@@ -61,7 +61,7 @@ class Admin:
         return [
             {"name": name, "status": "paused" if p else "active", "paused": bool(p),
              "created_at": timefmt.format_ms(int(created[name.encode()]))}
-            for name, p in zip(names, paused)
+            for name, p in zip(names, paused, strict=False)
         ]
 
     async def queue_counts(self, queue: str) -> tuple[dict[str, int], bool]:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
@@ -219,7 +220,7 @@ class Broker:
             "ack", keys=[k.prefix, k.active, k.expiring, k.events, *(k.job(i.job_id) for i in items)], args=args,
         )
         out: list[AckResult | Exception] = []
-        for item, row in zip(items, reply):
+        for item, row in zip(items, reply, strict=False):
             status, state = int(row[0]), row[1].decode()
             out.append(AckResult(item.job_id, now) if status == Status.OK
                        else _conflict_for(item.job_id, status, state, "acknowledge"))
@@ -262,7 +263,7 @@ class Broker:
             args=args,
         )
         out: list[NackResult | Exception] = []
-        for item, row in zip(items, reply):
+        for item, row in zip(items, reply, strict=False):
             status, state = int(row[0]), row[1].decode()
             if status != Status.OK:
                 out.append(_conflict_for(item.job_id, status, state, "fail"))
@@ -299,7 +300,7 @@ class Broker:
             state = reply[0][1].decode()
             raise Conflict(f"Cannot cancel workflow '{workflow_id}' in state '{state}'.", details={"state": state})
         out: list[str | Exception] = []
-        for job_id, row in zip(job_ids, reply):
+        for job_id, row in zip(job_ids, reply, strict=False):
             status, state = int(row[0]), row[1].decode()
             out.append(state if status == Status.OK else _conflict_for(job_id, status, state, "cancel"))
         if any(int(row[2]) for row in reply if len(row) > 2):

@@ -15,6 +15,7 @@ import msgspec
 from msgspec import Raw
 
 from runtime import timefmt
+from runtime.broker.uniqueness import UniqueLock, unique_lock
 from runtime.envelope import (
     ENVELOPE_FIELDS,
     NAMED_PRIORITIES,
@@ -23,7 +24,6 @@ from runtime.envelope import (
     RetryPolicy,
     State,
 )
-from runtime.broker.uniqueness import UniqueLock, unique_lock
 from runtime.errors import EnqueueRejected, InvalidPayload, InvalidRequest, PolicyValidationError
 from runtime.ids import uuid7
 
@@ -347,7 +347,7 @@ _INT_FIELDS = ("timeout_ms", "visibility_timeout_ms", "retry_delay_ms")
 def pairs_to_dict(flat: list[bytes]) -> dict[bytes, bytes]:
     """An HGETALL reply as returned inside a script result (a flat list) into a dict."""
     it = iter(flat)
-    return dict(zip(it, it))
+    return dict(zip(it, it, strict=False))
 
 
 def render_job(h: dict[bytes, bytes]) -> dict[str, Any]:

@@ -8,8 +8,9 @@ script on NOSCRIPT, so a Redis restart or a SCRIPT FLUSH is harmless.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript

@@ -196,7 +196,7 @@ def _view(w: dict[str, str], ids: list[str], rows: list[list[bytes | None]]) -> 
     labels = [w[f"s{i}"] for i in range(len(ids))]
     steps: list[dict[str, Any]] = []
     callbacks: dict[str, dict[str, Any]] = {}
-    for i, (job_id, row) in enumerate(zip(ids, rows)):
+    for i, (job_id, row) in enumerate(zip(ids, rows, strict=False)):
         state = (row[0] or b"").decode() or "unknown"
         deps = [labels[int(d)] for d in (row[2] or b"").decode().split(",") if d]
         entry = {
