@@ -23,7 +23,10 @@ JobId = Annotated[str, Meta(pattern=UUID7_PATTERN)]
 WorkerId = Annotated[str, Meta(min_length=1, max_length=256)]
 Priority = Annotated[int, Meta(ge=-100, le=100)]
 NamedPriority = Literal["HIGH", "NORMAL", "LOW", "high", "normal", "low"]
-PositiveMs = Annotated[int, Meta(gt=0, le=10 * 365 * 86_400_000)]
+# Durations are bounded so that now + duration stays a representable timestamp.
+MAX_DURATION_MS = 100 * 365 * 86_400_000
+PositiveMs = Annotated[int, Meta(gt=0, le=MAX_DURATION_MS)]
+IntervalMs = Annotated[int, Meta(ge=1, le=MAX_DURATION_MS)]
 
 NAMED_PRIORITIES = {"high": 10, "normal": 0, "low": -10}
 
@@ -48,10 +51,10 @@ class RetryPolicy(msgspec.Struct, kw_only=True):
 
     max_attempts: Annotated[int, Meta(ge=0, le=1_000_000)] = 3
     initial_interval: str | None = None
-    initial_interval_ms: Annotated[int, Meta(ge=1)] | None = None
+    initial_interval_ms: IntervalMs | None = None
     backoff_coefficient: Annotated[float, Meta(ge=1.0, le=1_000.0)] = 2.0
     max_interval: str | None = None
-    max_interval_ms: Annotated[int, Meta(ge=1)] | None = None
+    max_interval_ms: IntervalMs | None = None
     jitter: bool = True
     non_retryable_errors: Annotated[list[Annotated[str, Meta(max_length=256)]], Meta(max_length=100)] = []
     on_exhaustion: Literal["discard", "dead_letter"] = "discard"
@@ -63,10 +66,10 @@ class EnqueueOptions(msgspec.Struct, kw_only=True):
     queue: QueueName | None = None
     priority: Priority | NamedPriority | None = None
     timeout_ms: PositiveMs | None = None
-    timeout: Annotated[float, Meta(gt=0)] | None = None  # seconds (core/json-format spelling)
+    timeout: Annotated[float, Meta(gt=0, le=MAX_DURATION_MS / 1000)] | None = None  # seconds
     scheduled_at: str | None = None
     delay_until: str | None = None
-    delay_ms: Annotated[int, Meta(ge=0)] | None = None
+    delay_ms: Annotated[int, Meta(ge=0, le=MAX_DURATION_MS)] | None = None
     expires_at: str | None = None
     # Decoded on their own: an invalid policy is a 422, not a 400. An empty Raw means absent
     # (msgspec cannot put Raw in a union with None).
@@ -98,7 +101,7 @@ class EnqueueRequest(msgspec.Struct, kw_only=True):
     retry: Raw = Raw()
     unique: dict[str, Any] | None = None
     tags: Annotated[list[Annotated[str, Meta(max_length=256)]], Meta(max_length=100)] | None = None
-    timeout: Annotated[float, Meta(gt=0)] | None = None
+    timeout: Annotated[float, Meta(gt=0, le=MAX_DURATION_MS / 1000)] | None = None
     visibility_timeout: PositiveMs | str | None = None
 
 

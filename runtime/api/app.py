@@ -14,6 +14,7 @@ from runtime.api.routing import Request, Response, Router, json_response
 from runtime.broker import BACKEND_ERRORS
 from runtime.errors import (
     BackendUnavailable,
+    InvalidPayload,
     MethodNotAllowed,
     NotFound,
     OJSError,
@@ -123,6 +124,10 @@ class App:
                 raise MethodNotAllowed(f"Method {method} is not allowed on {path}.")
             raise NotFound(f"No endpoint at {path}.")
         body = await self._read_body(receive, headers)
+        try:
+            body.decode("utf-8")  # once per body: every JSON string below is then valid UTF-8
+        except UnicodeDecodeError:
+            raise InvalidPayload("Request body is not valid UTF-8.") from None
         request = Request(
             method=method, path=path, query_string=scope.get("query_string", b""), headers=headers,
             body=body, request_id=request_id,
@@ -130,6 +135,8 @@ class App:
         request.params = params
         try:
             return await handler(request)
+        except RecursionError:
+            raise InvalidPayload("Request body is nested too deeply.") from None
         except BACKEND_ERRORS as err:
             raise BackendUnavailable(f"Job store unavailable: {err}") from None
 

@@ -16,6 +16,19 @@ from runtime.errors import InvalidRequest
 
 _queue_name = re.compile(QUEUE_PATTERN)
 NON_TERMINAL = ("available", "active", "scheduled", "retryable", "pending")
+MAX_OFFSET = 10_000_000
+_stream_id = re.compile(r"^[0-9]{1,20}(-[0-9]{1,20})?$")
+_UINT64_MAX = 2**64 - 1
+
+
+def _event_cursor(request: Request) -> str | None:
+    """The events cursor is a stream entry id (`ms-seq`, as returned in `cursor`)."""
+    value = request.query("after") or request.query("cursor")
+    if value is None or value == "":
+        return None
+    if not _stream_id.match(value) or any(int(p) > _UINT64_MAX for p in value.split("-")):
+        raise InvalidRequest("Query parameter 'after' must be a cursor returned by this endpoint.")
+    return value
 
 
 def _checked_queue(request: Request) -> str:
@@ -39,9 +52,9 @@ def register(router: Router, services: Services) -> None:
 
     def page_args(request: Request, default: int) -> tuple[int, int]:
         limit = request.query_int("limit", default=default, minimum=1, maximum=max_page)
-        cursor = request.query("cursor")
-        offset_default = int(cursor) if cursor and cursor.isdigit() else 0
-        offset = request.query_int("offset", default=offset_default, minimum=0, maximum=10_000_000)
+        # The cursor of these lists is an offset, bounded like one.
+        cursor = request.query_int("cursor", default=0, minimum=0, maximum=MAX_OFFSET)
+        offset = request.query_int("offset", default=cursor, minimum=0, maximum=MAX_OFFSET)
         return limit, offset
 
     async def list_queues(request: Request) -> Response:
@@ -97,7 +110,7 @@ def register(router: Router, services: Services) -> None:
     async def events(request: Request) -> Response:
         limit = request.query_int("limit", default=100, minimum=1, maximum=1000)
         found, cursor, has_more = await admin.events(
-            after=request.query("after") or request.query("cursor"), limit=limit,
+            after=_event_cursor(request), limit=limit,
             types=request.query_list("types") or request.query_list("type"),
             queues=request.query_list("queues") or request.query_list("queue"),
             job_types=request.query_list("job_types"),

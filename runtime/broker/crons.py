@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from runtime import timefmt
+from runtime.broker import BACKEND_ERRORS
 from runtime.broker.core import Broker
 from runtime.broker.records import build_job
 from runtime.cron_schedule import CronSchedule, parse_cron
@@ -23,6 +24,8 @@ from runtime.errors import InvalidRequest, NotFound, OJSError
 from runtime.ids import uuid7
 
 logger = logging.getLogger(__name__)
+
+RETRY_BROKEN_S = 60
 
 
 class CronEntry(msgspec.Struct, kw_only=True, omit_defaults=False):
@@ -195,6 +198,12 @@ class Crons:
             except OJSError as err:
                 logger.error("cron %s: cannot fire: %s", name, err.message)
                 await self.redis.zrem(self.keys.cron_next, name)
+            except BACKEND_ERRORS:
+                raise  # Redis is down: the scheduler loop backs off and retries
+            except Exception:
+                # One broken registration must not stall the others behind it: try it again later.
+                logger.exception("cron %s: firing failed; retrying in %s s", name, RETRY_BROKEN_S)
+                await self.redis.zadd(self.keys.cron_next, {name: now + RETRY_BROKEN_S * 1000})
         return fired
 
     async def _fire(self, name: str, tick_ms: int, now_ms: int) -> int:

@@ -18,6 +18,7 @@ from runtime import timefmt
 from runtime.broker.uniqueness import UniqueLock, unique_lock
 from runtime.envelope import (
     ENVELOPE_FIELDS,
+    MAX_DURATION_MS,
     NAMED_PRIORITIES,
     EnqueueOptions,
     EnqueueRequest,
@@ -142,9 +143,12 @@ def _duration_field(ms: int | None, text: str | None, name: str, default_ms: int
     if text is None:
         return default_ms
     try:
-        return timefmt.parse_duration_ms(text)
+        value = timefmt.parse_duration_ms(text)
     except ValueError as err:
         raise PolicyValidationError(f"Invalid retry policy: {name}: {err}") from None
+    if value > MAX_DURATION_MS:
+        raise PolicyValidationError(f"Invalid retry policy: {name} must be at most 100 years")
+    return value
 
 
 def _iso_seconds(ms: int) -> str:
@@ -325,6 +329,8 @@ def job_from_body(body: bytes, *, now_ms: int, request_id: str | None = None) ->
         top = _top_decoder.decode(body)
     except msgspec.DecodeError as err:
         raise InvalidPayload(f"Request body must be a JSON object: {err}") from None
+    except RecursionError:
+        raise InvalidPayload("Request body is nested too deeply.") from None
     try:
         req = _request_decoder.decode(body)
     except msgspec.DecodeError as err:

@@ -87,6 +87,8 @@ def unique_lock(
             period_ms = timefmt.parse_duration_ms(policy.period)
         except ValueError as err:
             raise InvalidRequest(f"Invalid unique policy: period: {err}") from None
+        if period_ms < 1:
+            raise InvalidRequest("Invalid unique policy: period must be at least 1 ms")
     states = [s.value for s in policy.states] if policy.states else list(DEFAULT_STATES)
     on_conflict = {"use_existing": "ignore", "replace_except_schedule": "replace"}.get(
         policy.on_conflict, policy.on_conflict
