@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 
 import uvicorn
 import uvloop
@@ -45,22 +45,22 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-@contextlib.asynccontextmanager
-async def redis_connection(settings: Settings) -> AsyncIterator[tuple[Redis, str]]:
-    """The configured Redis, or a private embedded one (stopped on exit)."""
-    embedded: EmbeddedRedis | None = None
-    url = settings.redis_url
-    if url is None:
-        embedded = EmbeddedRedis(data_dir=settings.data_dir, persistence=True)
-        url = await asyncio.to_thread(embedded.start)
-        logger.info("using embedded Redis at %s", url)
-    redis = Redis.from_url(url, decode_responses=False, health_check_interval=30)
+@contextlib.contextmanager
+def redis_url_for(settings: Settings) -> Iterator[str]:
+    """The configured Redis URL, or a private embedded Redis for the duration (stopped on exit).
+
+    Called from the main thread before any event loop exists: the embedded server is tied to the
+    thread that starts it (it is told to exit when that thread's process dies)."""
+    if settings.redis_url is not None:
+        yield settings.redis_url
+        return
+    embedded = EmbeddedRedis(data_dir=settings.data_dir, persistence=True)
+    url = embedded.start()
+    logger.info("using embedded Redis at %s", url)
     try:
-        yield redis, url
+        yield url
     finally:
-        await redis.aclose()
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+        embedded.stop()
 
 
 def build_app(broker: Broker, settings: Settings) -> tuple[App, Services]:
@@ -73,9 +73,9 @@ def build_app(broker: Broker, settings: Settings) -> tuple[App, Services]:
     return app, services
 
 
-async def serve(settings: Settings) -> None:
-    check_binding(settings)
-    async with redis_connection(settings) as (redis, _url):
+async def serve(settings: Settings, redis_url: str) -> None:
+    redis = Redis.from_url(redis_url, decode_responses=False, health_check_interval=30)
+    try:
         app, _services = build_app(Broker(redis, settings), settings)
         config = uvicorn.Config(
             app, host=settings.host, port=settings.port, loop="none", http="httptools",
@@ -84,8 +84,11 @@ async def serve(settings: Settings) -> None:
         )
         logger.info("OJS endpoint on http://%s:%s", settings.host, settings.port)
         await uvicorn.Server(config).serve()
+    finally:
+        await redis.aclose()
 
 
 def run(settings: Settings) -> None:
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(settings))
+    check_binding(settings)
+    with redis_url_for(settings) as url, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(settings, url))

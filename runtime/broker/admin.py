@@ -105,7 +105,7 @@ class Admin:
     async def dead_letter_retry(self, job_id: str) -> None:
         k = self.keys
         reply = await self.broker.scripts.call(
-            "dlq_retry", keys=[k.prefix, k.job(job_id), k.dlq, k.events],
+            "dlq_retry", keys=[k.prefix, k.job(job_id), k.dlq, k.events, k.expiring],
             args=[str(timefmt.now_ms()), str(self.broker.settings.events_maxlen), job_id],
         )
         if int(reply[0]) != Status.OK:

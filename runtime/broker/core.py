@@ -311,7 +311,7 @@ class Broker:
         """Apply the workflow outbox (advance.lua); returns the number of entries handled."""
         k = self.keys
         handled: int = await self.scripts.call(
-            "advance", keys=[k.prefix, k.workflow_outbox, k.seq, k.events],
+            "advance", keys=[k.prefix, k.workflow_outbox, k.seq, k.events, k.expiring],
             args=[str(timefmt.now_ms()), self._maxlen, str(self.settings.scheduler_step_limit)],
         )
         return handled

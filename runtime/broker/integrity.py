@@ -6,14 +6,16 @@ invariants (the key schema is in :mod:`runtime.broker.keys`):
 * every job hash has a valid state, its own id, and a queue;
 * a job sits in exactly the indexes its state calls for: ``available`` in its queue's
   ``available`` set only, ``scheduled``/``retryable`` in ``delayed`` only, ``active`` in ``active``
-  only, ``pending`` and the terminal states in none of the three;
+  only, ``pending``, the terminal states and ``waiting`` (a workflow step not enqueued yet, which
+  is stored but neither indexed nor counted) in none of the three;
 * a job with ``expires_ms`` that is neither active nor terminal is in ``expiring`` (an active one
   may be, a terminal one may not), scored by its expiry; the ``delayed`` score of a retryable job is
   its ``next_attempt_at``; the ``active`` score is the earlier of lease and execution deadline;
 * ``dlq`` holds exactly the discarded jobs flagged ``dead_lettered``;
-* ``worker:<w>:jobs`` holds exactly the active jobs whose ``worker_id`` is ``w``;
+* ``worker-jobs:<w>`` holds exactly the active jobs whose ``worker_id`` is ``w``;
 * no index entry points at a missing job;
-* each queue's ``counts`` hash equals the real number of its jobs in every state.
+* each queue's ``counts`` hash equals the real number of its jobs in every OJS state (and has no
+  other non-zero field: ``waiting`` jobs are not counted).
 
 Cost: O(jobs + index entries). It SCANs (never KEYS) and reads in pipelined batches, so it does
 not block the server, but it is meant for tests and for an operator checking a store after a
@@ -35,7 +37,8 @@ from runtime.envelope import ALL_STATES, TERMINAL_STATES
 SCAN_COUNT = 1_000
 READ_BATCH = 500
 
-_VALID_STATES = frozenset(s.value for s in ALL_STATES)
+_COUNTED_STATES = frozenset(s.value for s in ALL_STATES)
+_VALID_STATES = _COUNTED_STATES | {"waiting"}
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
 _MUST_EXPIRE = frozenset({"available", "scheduled", "retryable", "pending"})
 _JOB_FIELDS = (
@@ -44,7 +47,6 @@ _JOB_FIELDS = (
 )
 _AVAILABLE_SUFFIX = ":available"
 _COUNTS_SUFFIX = ":counts"
-_WORKER_JOBS_SUFFIX = ":jobs"
 
 
 @dataclass(slots=True)
@@ -69,7 +71,7 @@ class _Store:
     # queue -> counts hash as read
     counts: dict[str, dict[str, str]] = field(default_factory=dict)
     queues: set[str] = field(default_factory=set)
-    # worker id -> ids in its worker:<id>:jobs set
+    # worker id -> ids in its worker-jobs:<id> set
     held: dict[str, set[str]] = field(default_factory=dict)
 
 
@@ -122,12 +124,12 @@ async def _load(redis: Redis, keys: Keys) -> _Store:
 
 
 async def _load_held(redis: Redis, keys: Keys, store: _Store) -> None:
-    """The per-worker sets of held jobs (``worker:<id>`` itself is a hash, skipped by type)."""
-    worker_prefix = keys.worker("")
-    match = _glob_escape(worker_prefix) + "*" + _WORKER_JOBS_SUFFIX
+    """The per-worker sets of held jobs (``worker-jobs:<id>``)."""
+    worker_prefix = keys.worker_jobs("")
+    match = _glob_escape(worker_prefix) + "*"
     async for raw in redis.scan_iter(match=match, count=SCAN_COUNT, _type="set"):
         name = _text(raw) or ""
-        worker_id = name[len(worker_prefix): -len(_WORKER_JOBS_SUFFIX)]
+        worker_id = name[len(worker_prefix):]
         members = {_text(m) or "" async for m in redis.sscan_iter(name, count=SCAN_COUNT)}
         store.held[worker_id] = members
 
@@ -160,7 +162,8 @@ async def _read_batch(redis: Redis, job_keys: list[str], cut: int, store: _Store
 
 
 async def _zset(redis: Redis, key: str) -> dict[str, float]:
-    return {_text(member) or "": float(score) async for member, score in redis.zscan_iter(key, count=SCAN_COUNT)}
+    members = redis.zscan_iter(key, count=SCAN_COUNT)
+    return {_text(member) or "": float(score) async for member, score in members}
 
 
 # --- checking --------------------------------------------------------------------------------
@@ -203,16 +206,21 @@ def _check_job(job_id: str, job: _Job, found: dict[str, float], keys: Keys) -> l
     in_dlq = keys.dlq in found
     should_be_in_dlq = state == "discarded" and job.dead_lettered == "1"
     if in_dlq and not should_be_in_dlq:
-        problems.append(f"{tag}: in {keys.dlq} but state {state!r}, dead_lettered={job.dead_lettered!r}")
+        problems.append(
+            f"{tag}: in {keys.dlq} but state {state!r}, dead_lettered={job.dead_lettered!r}"
+        )
     elif should_be_in_dlq and not in_dlq:
         problems.append(f"{tag}: dead-lettered but not in {keys.dlq}")
     return problems
 
 
-def _check_scores(tag: str, state: str, job: _Job, found: dict[str, float], keys: Keys) -> list[str]:
+def _check_scores(
+    tag: str, state: str, job: _Job, found: dict[str, float], keys: Keys
+) -> list[str]:
     if state == "retryable" and keys.delayed in found:
-        if job.next_attempt_at is None or float(job.next_attempt_at) != found[keys.delayed]:
-            return [f"{tag}: delayed score {found[keys.delayed]:.0f} != next_attempt_at {job.next_attempt_at}"]
+        due = found[keys.delayed]
+        if job.next_attempt_at is None or float(job.next_attempt_at) != due:
+            return [f"{tag}: delayed score {due:.0f} != next_attempt_at {job.next_attempt_at}"]
     if state == "active" and keys.active in found:
         if job.visible_until is None:
             return [f"{tag}: active without visible_until"]
@@ -220,7 +228,10 @@ def _check_scores(tag: str, state: str, job: _Job, found: dict[str, float], keys
         if job.exec_deadline is not None:
             deadline = min(deadline, float(job.exec_deadline))
         if deadline != found[keys.active]:
-            return [f"{tag}: active score {found[keys.active]:.0f} != lease/execution deadline {deadline:.0f}"]
+            return [
+                f"{tag}: active score {found[keys.active]:.0f} != lease/execution deadline "
+                f"{deadline:.0f}"
+            ]
     return []
 
 
@@ -229,6 +240,8 @@ def _check_expiring(tag: str, state: str, job: _Job, score: float | None) -> lis
         return [] if score is None else [f"{tag}: in expiring without expires_ms"]
     if state in _TERMINAL and score is not None:
         return [f"{tag}: state {state!r} but still in expiring"]
+    if state == "waiting" and score is not None:
+        return [f"{tag}: state 'waiting' but in expiring (expiry does not handle it)"]
     if state in _MUST_EXPIRE and score is None:
         return [f"{tag}: state {state!r} with expires_ms {job.expires_ms} but not in expiring"]
     if score is not None and score != float(job.expires_ms):
@@ -248,14 +261,19 @@ def _check_dangling(store: _Store, keys: Keys) -> list[str]:
 def _check_held(store: _Store, keys: Keys) -> list[str]:
     problems = []
     for job_id, job in store.jobs.items():
-        if job.state == "active" and job.worker_id and job_id not in store.held.get(job.worker_id, ()):
-            problems.append(f"job {job_id}: active, held by {job.worker_id!r}, "
-                            f"but not in {keys.worker_jobs(job.worker_id)}")
+        holder = job.worker_id
+        if job.state == "active" and holder and job_id not in store.held.get(holder, ()):
+            problems.append(
+                f"job {job_id}: active, held by {holder!r}, but not in {keys.worker_jobs(holder)}"
+            )
     for worker_id, members in store.held.items():
         for job_id in members:
             job = store.jobs.get(job_id)
             if job is None or job.state != "active" or job.worker_id != worker_id:
-                what = "missing" if job is None else f"state {job.state!r}, worker_id {job.worker_id!r}"
+                what = (
+                    "missing" if job is None
+                    else f"state {job.state!r}, worker_id {job.worker_id!r}"
+                )
                 problems.append(f"{keys.worker_jobs(worker_id)} holds {job_id!r} ({what})")
     return problems
 
@@ -263,18 +281,22 @@ def _check_held(store: _Store, keys: Keys) -> list[str]:
 def _check_counts(store: _Store, keys: Keys) -> list[str]:
     real: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for job in store.jobs.values():
-        if job.queue and job.state in _VALID_STATES:
+        if job.queue and job.state in _COUNTED_STATES:
             real[job.queue][job.state] += 1
     problems = []
     for queue in sorted(store.queues):
         stored = store.counts.get(queue, {})
-        for state in sorted(_VALID_STATES | set(stored)):
+        for state in sorted(_COUNTED_STATES | set(stored)):
             try:
                 value = int(stored.get(state, "0"))
             except ValueError:
-                problems.append(f"{keys.counts(queue)}: {state} = {stored[state]!r} is not a number")
+                problems.append(
+                    f"{keys.counts(queue)}: {state} = {stored[state]!r} is not a number"
+                )
                 continue
             actual = real[queue][state]
             if value != actual:
-                problems.append(f"{keys.counts(queue)}: {state} = {value}, but {actual} such jobs exist")
+                problems.append(
+                    f"{keys.counts(queue)}: {state} = {value}, but {actual} such jobs exist"
+                )
     return problems

@@ -26,7 +26,7 @@ key                            type        content
 ``P seq``                      string      enqueue sequence (INCR): strict FIFO within a priority
 ``P events``                   stream      lifecycle events, capped
 ``P worker:<id>``              hash        worker registry entry (state, last heartbeat, directive)
-``P worker:<id>:jobs``         set         ids of the active jobs a worker holds (for release on death)
+``P worker-jobs:<id>``         set         ids of the active jobs a worker holds (for release on death)
 ``P workers``                  zset        worker id -> last heartbeat (ms)
 ``P notify:<q>``               channel     pub/sub wake-up: a job became available in queue q
 ``P workflow:<id>``            hash        a workflow: state, counters, member ids (j<i>), dependents
@@ -73,7 +73,9 @@ class Keys:
         return f"{self.prefix}cron:state:{name}"
 
     def worker_jobs(self, worker_id: str) -> str:
-        return f"{self.prefix}worker:{worker_id}:jobs"
+        # Its own namespace: worker ids may contain ':', so `worker:<id>:jobs` could collide
+        # with another worker's `worker:<id>` hash.
+        return f"{self.prefix}worker-jobs:{worker_id}"
 
     def workflow(self, workflow_id: str) -> str:
         return f"{self.prefix}workflow:{workflow_id}"

@@ -2,6 +2,8 @@
 
 * :class:`Batcher` collects acks and nacks for a few milliseconds and sends each kind in one
   ``ack_many`` / ``fail_many`` call (one script call for many jobs).
+* :func:`listen_for_work` subscribes to the queues' notify channels on a dedicated connection and
+  calls back on every message (the scripts publish whenever a job becomes available).
 * :func:`release_worker` fails every job a pool process held (``worker:<id>:jobs``) with one
   verdict: ``worker_lost`` after a crash, ``release`` when it was stopped on purpose.
 * :func:`set_retry_delay` applies a handler's ``Retry(delay_s=...)``: nack.lua schedules the
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from redis.asyncio import Redis
@@ -35,6 +37,7 @@ R = TypeVar("R")
 
 SEND_ATTEMPTS = 5
 FIRST_BACKOFF_S = 0.1
+MAX_BACKOFF_S = 5.0
 
 
 class _Batch(Generic[T, R]):
@@ -116,9 +119,34 @@ async def _deliver(batch: _Batch[T, R], call: Callable[[], Awaitable[list[R | Ex
             await asyncio.sleep(backoff_s)
             backoff_s *= 2
     results = outcome if isinstance(outcome, list) else [outcome] * len(batch.items)
-    for future, result in zip(batch.futures, results):
+    for future, result in zip(batch.futures, results, strict=False):
         if not future.done():
             future.set_result(result)
+
+
+async def listen_for_work(broker: Broker, queues: Sequence[str], wake: Callable[[], None]) -> None:
+    """Call `wake` whenever a job becomes available in one of `queues`; runs until cancelled.
+    A lost connection is re-subscribed with backoff (and `wake` is called, as jobs may have
+    arrived meanwhile)."""
+    channels = [broker.keys.notify(queue) for queue in queues]
+    backoff_s = FIRST_BACKOFF_S
+    while True:
+        pubsub = broker.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(*channels)
+            wake()
+            backoff_s = FIRST_BACKOFF_S
+            async for _message in pubsub.listen():
+                wake()
+        except Exception as err:
+            if isinstance(err, BACKEND_ERRORS):
+                logger.warning("notifications lost (%s); subscribing again in %.1fs", err, backoff_s)
+            else:
+                logger.exception("notifications failed; subscribing again in %.1fs", backoff_s)
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+        finally:
+            await pubsub.aclose()
 
 
 async def release_worker(broker: Broker, worker_id: str, *, verdict: str, error: bytes) -> list[str]:
@@ -172,7 +200,7 @@ async def set_retry_delay(broker: Broker, job_id: str, *, attempt: int, delay_ms
             if state != b"retryable" or current != str(attempt).encode():
                 return False
             due_ms = timefmt.now_ms() + delay_ms
-            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.multi()  # type: ignore[no-untyped-call,unused-ignore]
             pipe.zadd(broker.keys.delayed, {job_id: due_ms}, xx=True)
             pipe.hset(job_key, mapping={"next_attempt_at": due_ms, "retry_delay_ms": delay_ms})
             await pipe.execute()

@@ -8,7 +8,7 @@
     - the claim matches: the worker id and the attempt, when both sides know them
                                                        else status 3 (stale claim)
 
-  KEYS[1] prefix (derived keys: queue:<q>:counts, worker:<id>:jobs, unique:<fp>, workflow:advance)
+  KEYS[1] prefix (derived keys: queue:<q>:counts, worker-jobs:<id>, unique:<fp>, workflow:advance)
   KEYS[2] active    (zset)
   KEYS[3] expiring  (zset)
   KEYS[4] events    (stream)
@@ -66,7 +66,7 @@ for j = 5, #KEYS do
     end
     rcall("ZREM", active_key, id)
     rcall("ZREM", expiring_key, id)
-    if f[2] then rcall("SREM", prefix .. "worker:" .. f[2] .. ":jobs", id) end
+    if f[2] then rcall("SREM", prefix .. "worker-jobs:" .. f[2], id) end
     local counts = prefix .. "queue:" .. f[4] .. ":counts"
     rcall("HINCRBY", counts, "active", -1)
     rcall("HINCRBY", counts, "completed", 1)

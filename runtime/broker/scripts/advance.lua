@@ -21,6 +21,7 @@
   KEYS[2] workflow:advance (list, the outbox)
   KEYS[3] seq      (string)
   KEYS[4] events   (stream)
+  KEYS[5] expiring (zset; an enqueued step with expires_at must expire)
 
   ARGV[1] now_ms
   ARGV[2] events_maxlen   0 disables events
@@ -29,7 +30,7 @@
   Returns: number of outbox entries handled
 ]]
 local rcall = redis.call
-local prefix, outbox_key, seq_key, events_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local prefix, outbox_key, seq_key, events_key, expiring_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now, maxlen, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 
 local function emit(etype, subject, data)
@@ -60,7 +61,7 @@ end
 local function enqueue_member(wf_key, wf_type, index)
   local id = rcall("HGET", wf_key, "j" .. index)
   local job_key = prefix .. "job:" .. id
-  local f = rcall("HMGET", job_key, "queue", "priority", "type", "wf_deps")
+  local f = rcall("HMGET", job_key, "queue", "priority", "type", "wf_deps", "expires_ms")
   rcall("HSET", job_key, "state", "available", "enqueued_at", now,
     "parent_results", parent_results(wf_key, wf_type, index, split(f[4])))
   rcall("HINCRBY", prefix .. "queue:" .. f[1] .. ":counts", "available", 1)
@@ -68,6 +69,7 @@ local function enqueue_member(wf_key, wf_type, index)
   rcall("ZADD", prefix .. "queue:" .. f[1] .. ":available",
     string.format("%.0f", (100 - tonumber(f[2])) * 1e13 + seq), id)
   rcall("PUBLISH", prefix .. "notify:" .. f[1], "1")
+  if f[5] then rcall("ZADD", expiring_key, f[5], id) end
   emit("job.enqueued", id, {job_id = id, job_type = f[3], queue = f[1], state = "available",
     workflow_id = rcall("HGET", wf_key, "id")})
 end

@@ -14,7 +14,7 @@
   Workflow pre-condition: it exists and is running, else nothing at all is changed and the reply
   is {{1}} (not found) or {{2, state}} (conflict).
 
-  KEYS[1] prefix (derived keys: queue:<q>:available|counts, worker:<id>:jobs, unique:<fp>,
+  KEYS[1] prefix (derived keys: queue:<q>:available|counts, worker-jobs:<id>, unique:<fp>,
                  workflow:advance)
   KEYS[2] active    (zset)
   KEYS[3] delayed   (zset)
@@ -79,7 +79,7 @@ for j = 7, #KEYS do
       rcall("ZREM", active_key, id)
       rcall("ZREM", delayed_key, id)
       rcall("ZREM", expiring_key, id)
-      if f[4] then rcall("SREM", prefix .. "worker:" .. f[4] .. ":jobs", id) end
+      if f[4] then rcall("SREM", prefix .. "worker-jobs:" .. f[4], id) end
       rcall("HINCRBY", counts, state, -1)
     end
     rcall("HINCRBY", counts, "cancelled", 1)

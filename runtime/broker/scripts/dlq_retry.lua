@@ -11,6 +11,7 @@
   KEYS[2] job:<id>  (hash)
   KEYS[3] dlq       (zset)
   KEYS[4] events    (stream)
+  KEYS[5] expiring  (zset; a job with expires_at must still expire)
 
   ARGV[1] now_ms
   ARGV[2] events_maxlen   0 disables events
@@ -19,14 +20,15 @@
   Returns: {status}
 ]]
 local rcall = redis.call
-local prefix, job_key, dlq_key, events_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local prefix, job_key, dlq_key, events_key, expiring_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now, maxlen, id = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 
-local f = rcall("HMGET", job_key, "state", "queue", "priority", "type")
+local f = rcall("HMGET", job_key, "state", "queue", "priority", "type", "expires_ms")
 if rcall("ZSCORE", dlq_key, id) == false or f[1] ~= "discarded" then
   return {1}
 end
 rcall("ZREM", dlq_key, id)
+if f[5] then rcall("ZADD", expiring_key, f[5], id) end
 rcall("HSET", job_key, "state", "available", "attempt", 0, "enqueued_at", now, "re_enqueued_at", now)
 rcall("HDEL", job_key, "error", "completed_at", "discarded_at", "retry_delay_ms", "next_attempt_at",
   "started_at", "worker_id", "dead_lettered")

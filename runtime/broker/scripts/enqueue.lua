@@ -106,10 +106,13 @@ if wf_fields then
   end
 end
 
+local seen_ids = {}
 for j = 1, n do
-  if jobs[j].client_id and rcall("EXISTS", prefix .. "job:" .. jobs[j].id) == 1 then
+  local id = jobs[j].id
+  if seen_ids[id] or (jobs[j].client_id and rcall("EXISTS", prefix .. "job:" .. id) == 1) then
     return {1, j}
   end
+  seen_ids[id] = true
 end
 
 -- Unique locks: find the holder of each fingerprint that still counts as a duplicate.
@@ -124,13 +127,33 @@ local function holder_of(job)
   return holder, h[1]
 end
 
+-- Twins inside the batch count too: a later job with the fingerprint of an earlier one meets
+-- that earlier job as its holder (reject: 409; ignore: the earlier one is returned; replace:
+-- the later one is created instead of the earlier one).
+local batch_holder = {}  -- fingerprint -> index of the batch job that will hold it
+local cancelled_holders = {}
 for j = 1, n do
-  local holder, holder_state = holder_of(jobs[j])
-  if holder then
-    if jobs[j].on_conflict == "reject" then
-      return {4, j, holder, holder_state, jobs[j].ukey}
+  local job = jobs[j]
+  local earlier = job.ukey ~= "" and batch_holder[job.ukey]
+  if earlier then
+    if job.on_conflict == "reject" then
+      return {4, j, jobs[earlier].id, "available", job.ukey}
+    elseif job.on_conflict == "ignore" then
+      job.twin_of = earlier
+    else
+      jobs[earlier].replaced_by = j
+      job.holder, job.holder_state = jobs[earlier].holder, jobs[earlier].holder_state
+      batch_holder[job.ukey] = j
     end
-    jobs[j].holder, jobs[j].holder_state = holder, holder_state
+  else
+    local holder, holder_state = holder_of(job)
+    if holder then
+      if job.on_conflict == "reject" then
+        return {4, j, holder, holder_state, job.ukey}
+      end
+      job.holder, job.holder_state = holder, holder_state
+    end
+    if job.ukey ~= "" then batch_holder[job.ukey] = j end
   end
 end
 
@@ -161,7 +184,7 @@ local function cancel_holder(id, state)
   rcall("ZREM", active_key, id)
   rcall("ZREM", delayed_key, id)
   rcall("ZREM", expiring_key, id)
-  if f[3] then rcall("SREM", prefix .. "worker:" .. f[3] .. ":jobs", id) end
+  if f[3] then rcall("SREM", prefix .. "worker-jobs:" .. f[3], id) end
   rcall("HSET", job_key, "state", "cancelled", "cancelled_at", now, "previous_state", state)
   rcall("HDEL", job_key, "visible_until", "exec_deadline", "next_attempt_at")
   local counts = prefix .. "queue:" .. f[1] .. ":counts"
@@ -177,8 +200,11 @@ end
 local ids = {0}
 local per_queue = {}   -- queue -> {counts = {state -> n}, available = {score, id, ...}}
 local n_available = 0
+local function skipped(job)
+  return (job.holder and job.on_conflict == "ignore") or job.twin_of or job.replaced_by
+end
 for j = 1, n do
-  if jobs[j].state == "available" and not (jobs[j].holder and jobs[j].on_conflict == "ignore") then
+  if jobs[j].state == "available" and not skipped(jobs[j]) then
     n_available = n_available + 1
   end
 end
@@ -197,11 +223,20 @@ for j = 1, n do
   local job = jobs[j]
   if job.holder and job.on_conflict == "ignore" then
     ids[#ids + 1] = "=" .. job.holder
+  elseif job.twin_of then
+    ids[#ids + 1] = "=" .. jobs[job.twin_of].id
+  elseif job.replaced_by then
+    local last = job.replaced_by
+    while jobs[last].replaced_by do last = jobs[last].replaced_by end
+    ids[#ids + 1] = "=" .. jobs[last].id
   elseif job.state == "waiting" then
     rcall("HSET", prefix .. "job:" .. job.id, unpack(job.t, 12))
     ids[#ids + 1] = job.id
   else
-    if job.holder then cancel_holder(job.holder, job.holder_state) end
+    if job.holder and not cancelled_holders[job.holder] then
+      cancelled_holders[job.holder] = true
+      cancel_holder(job.holder, job.holder_state)
+    end
     rcall("HSET", prefix .. "job:" .. job.id, unpack(job.t, 12))
     local b = queue_batch(job.queue)
     b.counts[job.state] = (b.counts[job.state] or 0) + 1

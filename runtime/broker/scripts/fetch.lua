@@ -10,7 +10,7 @@
   that reported itself quiet or draining gets nothing.
 
   KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|paused|counts|config|ratelog,
-                 worker:<id>, worker:<id>:jobs, unique:<fp>, workflow:advance)
+                 worker:<id>, worker-jobs:<id>, unique:<fp>, workflow:advance)
   KEYS[2] delayed   (zset)
   KEYS[3] active    (zset)
   KEYS[4] expiring  (zset)
@@ -96,33 +96,43 @@ end
 
 local EXPIRABLE = {available = true, scheduled = true, retryable = true, pending = true}
 
+-- TTL passed: the job never starts. An active job is left alone (it started in time); nack.lua
+-- puts it back in `expiring` if it is handed back, so it cannot start again after its expiry.
+local function expire_job(id)
+  local job_key = prefix .. "job:" .. id
+  local f = rcall("HMGET", job_key, "state", "queue", "type", "created_at", "expires_ms")
+  if not EXPIRABLE[f[1]] then return end
+  rcall("ZREM", prefix .. "queue:" .. f[2] .. ":available", id)
+  rcall("ZREM", delayed_key, id)
+  rcall("ZREM", expiring_key, id)
+  local err = cjson.encode({code = "expired", type = "expired", retryable = false,
+    message = "Job expired before it could start", occurred_at = ARGV[8], timestamp = ARGV[8]})
+  rcall("HSET", job_key, "state", "discarded", "discarded_at", ARGV[1], "expired_at", ARGV[1],
+    "previous_state", f[1], "error", err)
+  move_count(f[2], f[1], "discarded")
+  on_end(job_key, id, "discarded")
+  emit("job.expired", id, {job_id = id, job_type = f[3], queue = f[2], state = "discarded",
+    created_at = tonumber(f[4]), expired_at = now, ttl_ms = tonumber(f[5]) - tonumber(f[4])})
+end
+
 local function expire_due()
   local due = rcall("ZRANGEBYSCORE", expiring_key, "-inf", now, "LIMIT", 0, step_limit)
   for _, id in ipairs(due) do
     rcall("ZREM", expiring_key, id)
-    local job_key = prefix .. "job:" .. id
-    local f = rcall("HMGET", job_key, "state", "queue", "type", "created_at", "expires_ms")
-    if EXPIRABLE[f[1]] then
-      rcall("ZREM", prefix .. "queue:" .. f[2] .. ":available", id)
-      rcall("ZREM", delayed_key, id)
-      local err = cjson.encode({code = "expired", type = "expired", retryable = false,
-        message = "Job expired before it could start", occurred_at = ARGV[8], timestamp = ARGV[8]})
-      rcall("HSET", job_key, "state", "discarded", "discarded_at", ARGV[1], "expired_at", ARGV[1],
-        "previous_state", f[1], "error", err)
-      move_count(f[2], f[1], "discarded")
-      on_end(job_key, id, "discarded")
-      emit("job.expired", id, {job_id = id, job_type = f[3], queue = f[2], state = "discarded",
-        created_at = tonumber(f[4]), expired_at = now,
-        ttl_ms = tonumber(f[5]) - tonumber(f[4])})
-    end
+    expire_job(id)
   end
 end
 
 local function claim(id, queue)
   local job_key = prefix .. "job:" .. id
-  local f = rcall("HMGET", job_key, "state", "type", "visibility_timeout_ms", "timeout_ms")
+  local f = rcall("HMGET", job_key, "state", "type", "visibility_timeout_ms", "timeout_ms", "expires_ms")
   if f[1] ~= "available" then
     return nil -- a stale index entry (the job was flushed or moved): drop it
+  end
+  if f[5] and tonumber(f[5]) <= now then
+    -- Past its TTL but not yet reached by expire_due (more were due than one step handles).
+    expire_job(id)
+    return nil
   end
   local vis = tonumber(f[3]) or request_vis or default_vis
   local visible_until = now + vis
@@ -132,7 +142,7 @@ local function claim(id, queue)
   rcall("HDEL", job_key, "progress", "progress_message", "progress_data", "progress_at")
   if worker_id ~= "" then
     rcall("HSET", job_key, "worker_id", worker_id)
-    rcall("SADD", prefix .. "worker:" .. worker_id .. ":jobs", id)
+    rcall("SADD", prefix .. "worker-jobs:" .. worker_id, id)
   else
     rcall("HDEL", job_key, "worker_id")
   end

@@ -18,7 +18,7 @@
   The caller decides the verdict from the error (handler codes, retryable flag,
   non_retryable_errors); this script owns everything that depends on the job's stored state.
 
-  KEYS[1] prefix (derived keys: queue:<q>:available|counts, worker:<id>:jobs, unique:<fp>,
+  KEYS[1] prefix (derived keys: queue:<q>:available|counts, worker-jobs:<id>, unique:<fp>,
                  workflow:advance)
   KEYS[2] active    (zset)
   KEYS[3] delayed   (zset)
@@ -98,7 +98,7 @@ end
 
 local function leave_active(job_key, id, queue, to_state)
   local holder = rcall("HGET", job_key, "worker_id")
-  if holder then rcall("SREM", prefix .. "worker:" .. holder .. ":jobs", id) end
+  if holder then rcall("SREM", prefix .. "worker-jobs:" .. holder, id) end
   rcall("ZREM", active_key, id)
   rcall("HDEL", job_key, "visible_until", "exec_deadline")
   local counts = prefix .. "queue:" .. queue .. ":counts"
@@ -106,8 +106,15 @@ local function leave_active(job_key, id, queue, to_state)
   rcall("HINCRBY", counts, to_state, 1)
 end
 
+-- A job handed back must still expire on time (fetch.lua drops active jobs from `expiring`).
+local function keep_expiry(job_key, id)
+  local expires = rcall("HGET", job_key, "expires_ms")
+  if expires then rcall("ZADD", expiring_key, expires, id) end
+end
+
 local function to_available(job_key, id, f)
   leave_active(job_key, id, f.queue, "available")
+  keep_expiry(job_key, id)
   rcall("HSET", job_key, "state", "available", "enqueued_at", ARGV[1])
   rcall("HDEL", job_key, "started_at", "worker_id")
   local seq = rcall("INCR", prefix .. "seq")
@@ -135,6 +142,7 @@ local function to_retryable(job_key, id, f, jitter_factor)
   local delay = backoff_ms(policy, f.attempt, jitter_factor)
   local due = now + delay
   leave_active(job_key, id, f.queue, "retryable")
+  keep_expiry(job_key, id)
   rcall("HSET", job_key, "state", "retryable", "retry_delay_ms", delay, "next_attempt_at", due)
   rcall("ZADD", delayed_key, due, id)
   emit("job.retrying", id, {job_id = id, job_type = f.type, queue = f.queue, state = "retryable",
