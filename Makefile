@@ -40,3 +40,9 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
+
+## ojs side by side with BullMQ, dramatiq, arq, SAQ, Celery and RQ (installs the peers under
+## ~/.cache/ojs-bench; minutes; never part of `make test`). ARGS="--jobs 2000 --reps 1" to shorten.
+.PHONY: bench-peers
+bench-peers: install
+	$(BIN)/python -m benchmarks run $(ARGS)

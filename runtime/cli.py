@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import sys
+from collections.abc import Callable
 
+from runtime import fairness
 from runtime.config import settings_from_env
+from runtime.envelope import QUEUE_PATTERN
 from runtime.server import InsecureBinding, run
+from runtime.supervisor import Supervisor, SupervisorConfig
+from runtime.worker import PoolConfig
 
 
 def _broker_parser(prog: str) -> argparse.ArgumentParser:
@@ -37,13 +44,105 @@ def server_main(argv: list[str] | None = None) -> int:
     return _start(_broker_parser("ojs-server").parse_args(argv))
 
 
+def _env(name: str, *aliases: str) -> str | None:
+    for key in (name, *aliases):
+        if os.environ.get(key):
+            return os.environ[key]
+    return None
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _queues(text: str) -> tuple[tuple[str, int], ...]:
+    try:
+        queues = fairness.parse_queues(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    for name, _weight in queues:
+        if not re.fullmatch(QUEUE_PATTERN, name):
+            raise argparse.ArgumentTypeError(f"invalid queue name {name!r} (lowercase, digits, '-' and '.')")
+    return queues
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ojs-run", description="Run job handlers: a supervisor, N pool processes, the HTTP "
+        "endpoint and the scheduler loops (and an embedded Redis when no --redis is given).",
+    )
+    p.add_argument("module", help="the handlers module to import in each pool, e.g. handlers_example")
+    p.add_argument("--queues", type=_queues, metavar="Q:W,...", default=_env("OJS_QUEUES"),
+                   help="weighted queues, e.g. default:1,email:3 (env OJS_QUEUES; default: the "
+                   "handlers' queues and default, weight 1)")
+    p.add_argument("--strategy", choices=fairness.STRATEGIES, default=_env("OJS_STRATEGY") or fairness.WEIGHTED,
+                   help="weighted (smooth weighted round robin) or strict (queue order) (env OJS_STRATEGY)")
+    p.add_argument("--processes", type=_positive(int), metavar="N", default=_env("OJS_PROCESSES") or str(os.cpu_count() or 1),
+                   help="pool processes (env OJS_PROCESSES; default: CPU count)")
+    p.add_argument("--concurrency", type=_positive(int), metavar="C", default=_env("OJS_CONCURRENCY") or "10",
+                   help="jobs in flight per pool process (env OJS_CONCURRENCY; default 10)")
+    p.add_argument("--redis", dest="redis_url", metavar="URL", help="Redis URL (env OJS_REDIS_URL, REDIS_URL); default: embedded")
+    p.add_argument("--data-dir", help="embedded Redis data directory (env OJS_DATA_DIR)")
+    http = p.add_mutually_exclusive_group()
+    http.add_argument("--http", type=_address, metavar="HOST:PORT", default=_env("OJS_HTTP"),
+                      help="HTTP endpoint HOST:PORT (env OJS_HTTP; default OJS_HOST:OJS_PORT, 127.0.0.1:8080)")
+    http.add_argument("--no-http", action="store_true", default=_env("OJS_NO_HTTP") in ("1", "true", "yes"),
+                      help="no HTTP endpoint and no scheduler loops (run ojs-server elsewhere)")
+    p.add_argument("--max-jobs-per-child", type=_positive(int), metavar="N", default=_env("OJS_MAX_JOBS_PER_CHILD"),
+                   help="recycle a pool process after this many jobs (env OJS_MAX_JOBS_PER_CHILD)")
+    p.add_argument("--max-memory-mb", type=_positive(int), metavar="M", default=_env("OJS_MAX_MEMORY_MB"),
+                   help="recycle a pool process above this RSS (env OJS_MAX_MEMORY_MB)")
+    p.add_argument("--drain-timeout", type=_positive(float), metavar="S", default=_env("OJS_DRAIN_TIMEOUT", "OJS_SHUTDOWN_TIMEOUT") or "25",
+                   help="seconds running jobs get to finish on shutdown (env OJS_DRAIN_TIMEOUT; default 25)")
+    p.add_argument("--timeout-grace", type=_positive(float), metavar="S", default=_env("OJS_TIMEOUT_GRACE") or "5",
+                   help="seconds a sync handler past its timeout gets before its process is replaced "
+                   "(env OJS_TIMEOUT_GRACE; default 5)")
+    p.add_argument("--liveness-timeout", type=_positive(float), metavar="S", default=_env("OJS_LIVENESS_TIMEOUT") or "30",
+                   help="seconds a pool's event loop may be blocked before it is killed "
+                   "(env OJS_LIVENESS_TIMEOUT; default 30)")
+    p.add_argument("--heartbeat-interval", type=_positive(float), metavar="S", default=_env("OJS_HEARTBEAT_INTERVAL") or "5",
+                   help="seconds between heartbeats (env OJS_HEARTBEAT_INTERVAL; default 5)")
+    p.add_argument("--lease", type=_positive(float), metavar="S", default=_env("OJS_LEASE") or "60",
+                   help="seconds a claimed job stays leased without a heartbeat; heartbeats come at "
+                   "least 3 times per lease (env OJS_LEASE; default 60)")
+    p.add_argument("--log-level", default=(_env("OJS_LOG_LEVEL") or "info").lower(),
+                   choices=["debug", "info", "warning", "error"])
+    return p
+
+
 def run_main(argv: list[str] | None = None) -> int:
-    """`ojs-run MODULE`: until the worker runtime lands, imports MODULE and serves the broker."""
-    parser = _broker_parser("ojs-run")
-    parser.add_argument("module", help="the handlers module, e.g. handlers_example")
-    args = parser.parse_args(argv)
-    __import__(args.module)
-    return _start(args)
+    """`ojs-run MODULE`: the supervisor, its pool processes and (unless --no-http) the broker."""
+    args = _run_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+    )
+    sys.path.insert(0, os.getcwd())  # like uvicorn and gunicorn: the app's modules are found from here
+    host, port = args.http if args.http else (None, None)
+    settings = settings_from_env(host=host, port=port, redis_url=args.redis_url, data_dir=args.data_dir)
+    pool = PoolConfig(
+        module=args.module, settings=settings, queues=args.queues or (), strategy=args.strategy,
+        concurrency=int(args.concurrency), max_jobs=int(args.max_jobs_per_child or 0),
+        drain_timeout_s=args.drain_timeout, timeout_grace_s=args.timeout_grace,
+        heartbeat_interval_s=args.heartbeat_interval, lease_ms=round(args.lease * 1000),
+    )
+    config = SupervisorConfig(
+        processes=int(args.processes), http=not args.no_http, max_memory_mb=int(args.max_memory_mb or 0),
+        liveness_timeout_s=args.liveness_timeout,
+    )
+    return Supervisor(pool, config=config).run()
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ ProgressSink = Callable[[str, ProgressUpdate], Awaitable[None]]
 class ProgressThrottle:
     """At most one progress write per interval for one job; the latest value always wins."""
 
-    def __init__(self, job_id: str, sink: ProgressSink, *, interval_s: float) -> None:
+    def __init__(self, job_id: str, *, sink: ProgressSink, interval_s: float) -> None:
         self._job_id = job_id
         self._sink = sink
         self._interval_s = interval_s

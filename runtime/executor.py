@@ -229,7 +229,8 @@ def settle(outcome: Outcome, ctx: JobContext, *, worker_id: str, now_ms: int) ->
             "spending an attempt", now_ms,
         )
     elif isinstance(outcome, RetryLater):
-        verdict, error = "retry", failures.error_record(outcome.error, now_ms)
+        return Failure(job_id=job.id, verdict="retry", error=failures.error_record(outcome.error, now_ms),
+                       worker_id=worker_id, attempt=job.attempt, delay_ms=outcome.delay_ms)
     elif isinstance(outcome, Discarded):
         verdict, error = "discard", failures.error_record(outcome.error, now_ms)
     else:  # Failed, Stuck: the job's retry policy decides

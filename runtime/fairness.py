@@ -57,7 +57,7 @@ def initial_scores(count: int) -> tuple[int, ...]:
 
 def pick(weights: Sequence[int], scores: Sequence[int]) -> tuple[int, tuple[int, ...]]:
     """One smooth-weighted-round-robin pick: the chosen index and the scores after it."""
-    raised = [score + weight for score, weight in zip(scores, weights)]
+    raised = [score + weight for score, weight in zip(scores, weights, strict=True)]
     chosen = max(range(len(raised)), key=raised.__getitem__)  # first of equals: stable order
     raised[chosen] -= sum(weights)
     return chosen, tuple(raised)

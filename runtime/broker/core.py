@@ -72,6 +72,7 @@ class Failure(msgspec.Struct, frozen=True, kw_only=True):
     error: bytes = b""
     worker_id: str = ""
     attempt: int | None = None
+    delay_ms: int | None = None  # a handler's own retry delay (verdict retry), instead of the backoff
 
 
 class HeartbeatResult(msgspec.Struct, frozen=True):
@@ -256,7 +257,8 @@ class Broker:
         args: list[str | bytes] = [str(now_ms), self._maxlen, str(self.settings.worker_lost_cap)]
         for item in items:
             args += [item.verdict, item.error, item.worker_id,
-                     "" if item.attempt is None else str(item.attempt), repr(random.uniform(0.5, 1.5))]
+                     "" if item.attempt is None else str(item.attempt), repr(random.uniform(0.5, 1.5)),
+                     "" if item.delay_ms is None else str(item.delay_ms)]
         reply = await self.scripts.call(
             "nack",
             keys=[k.prefix, k.active, k.delayed, k.expiring, k.dlq, k.events, *(k.job(i.job_id) for i in items)],

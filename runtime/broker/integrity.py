@@ -268,11 +268,11 @@ def _check_held(store: _Store, keys: Keys) -> list[str]:
             )
     for worker_id, members in store.held.items():
         for job_id in members:
-            job = store.jobs.get(job_id)
-            if job is None or job.state != "active" or job.worker_id != worker_id:
+            held = store.jobs.get(job_id)
+            if held is None or held.state != "active" or held.worker_id != worker_id:
                 what = (
-                    "missing" if job is None
-                    else f"state {job.state!r}, worker_id {job.worker_id!r}"
+                    "missing" if held is None
+                    else f"state {held.state!r}, worker_id {held.worker_id!r}"
                 )
                 problems.append(f"{keys.worker_jobs(worker_id)} holds {job_id!r} ({what})")
     return problems

@@ -6,10 +6,6 @@
   calls back on every message (the scripts publish whenever a job becomes available).
 * :func:`release_worker` fails every job a pool process held (``worker:<id>:jobs``) with one
   verdict: ``worker_lost`` after a crash, ``release`` when it was stopped on purpose.
-* :func:`set_retry_delay` applies a handler's ``Retry(delay_s=...)``: nack.lua schedules the
-  retry with the policy's backoff, and this moves the due time. It is a WATCH/MULTI transaction
-  on the job hash, so it only touches the retry it was asked about (gap: see the report; nack.lua
-  taking a delay override would make it one script call).
 * :func:`release_worker_blocking` is :func:`release_worker` for the supervisor, which has no
   event loop: a short-lived loop and connection, both gone when it returns (nothing survives to
   the next fork).
@@ -23,7 +19,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
 
 from runtime import timefmt
 from runtime.broker import BACKEND_ERRORS, failures
@@ -190,20 +185,3 @@ def release_worker_blocking(settings: Settings, worker_id: str, *, crashed: bool
     return asyncio.run(go())
 
 
-async def set_retry_delay(broker: Broker, job_id: str, *, attempt: int, delay_ms: int) -> bool:
-    """Move a retryable job's due time to now + `delay_ms` if it is still the retry of `attempt`."""
-    job_key = broker.keys.job(job_id)
-    async with broker.redis.pipeline(transaction=True) as pipe:
-        try:
-            await pipe.watch(job_key)
-            state, current = await pipe.hmget(job_key, ["state", "attempt"])
-            if state != b"retryable" or current != str(attempt).encode():
-                return False
-            due_ms = timefmt.now_ms() + delay_ms
-            pipe.multi()  # type: ignore[no-untyped-call,unused-ignore]
-            pipe.zadd(broker.keys.delayed, {job_id: due_ms}, xx=True)
-            pipe.hset(job_key, mapping={"next_attempt_at": due_ms, "retry_delay_ms": delay_ms})
-            await pipe.execute()
-            return True
-        except WatchError:
-            return False

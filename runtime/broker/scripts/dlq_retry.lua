@@ -2,8 +2,8 @@
   Put a dead-lettered job back to work, same id, a fresh attempt budget.
 
   State transition: discarded (in the dead letter set) -> available
-  attempt = 0, new enqueued_at; error, completed_at, discarded_at, retry_delay_ms and
-  next_attempt_at cleared; the error history and the retry policy are kept.
+  attempt = 0, new enqueued_at; error, completed_at, discarded_at, retry_delay_ms,
+  next_attempt_at and the worker-loss count cleared; the error history and the retry policy are kept.
   Pre-conditions:
     - the job is in the dead letter set and exists    else status 1
 
@@ -31,7 +31,7 @@ rcall("ZREM", dlq_key, id)
 if f[5] then rcall("ZADD", expiring_key, f[5], id) end
 rcall("HSET", job_key, "state", "available", "attempt", 0, "enqueued_at", now, "re_enqueued_at", now)
 rcall("HDEL", job_key, "error", "completed_at", "discarded_at", "retry_delay_ms", "next_attempt_at",
-  "started_at", "worker_id", "dead_lettered")
+  "started_at", "worker_id", "dead_lettered", "lost")
 local counts = prefix .. "queue:" .. f[2] .. ":counts"
 rcall("HINCRBY", counts, "discarded", -1)
 rcall("HINCRBY", counts, "available", 1)

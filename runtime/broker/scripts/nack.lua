@@ -30,8 +30,9 @@
   ARGV[1] now_ms
   ARGV[2] events_maxlen   0 disables events
   ARGV[3] lost_cap        worker losses after which a job is dead-lettered
-  then per job (5 values): verdict, error JSON object|"", worker_id|"", attempt|"",
-                           jitter factor in [0.5, 1.5) (used only when the policy has jitter)
+  then per job (6 values): verdict, error JSON object|"", worker_id|"", attempt|"",
+                           jitter factor in [0.5, 1.5) (used only when the policy has jitter),
+                           delay_ms|"" (a handler's own retry delay, instead of the backoff)
 
   Returns: one entry per job: {status, state, attempt, max_attempts, retry_delay_ms, next_attempt_ms,
            workflow (1 when the job's workflow was queued for advance.lua)}
@@ -137,9 +138,12 @@ local function to_discarded(job_key, id, f, dead_letter, last_error)
   return {0, "discarded", f.attempt, f.max_attempts, "", "", on_end(job_key, id, "discarded")}
 end
 
-local function to_retryable(job_key, id, f, jitter_factor)
-  local policy = rcall("HMGET", job_key, "r_initial_ms", "r_coef", "r_max_ms", "r_strategy", "r_jitter")
-  local delay = backoff_ms(policy, f.attempt, jitter_factor)
+local function to_retryable(job_key, id, f, jitter_factor, delay_override)
+  local delay = delay_override
+  if not delay then
+    local policy = rcall("HMGET", job_key, "r_initial_ms", "r_coef", "r_max_ms", "r_strategy", "r_jitter")
+    delay = backoff_ms(policy, f.attempt, jitter_factor)
+  end
   local due = now + delay
   leave_active(job_key, id, f.queue, "retryable")
   keep_expiry(job_key, id)
@@ -153,9 +157,10 @@ end
 local out = {}
 for j = 7, #KEYS do
   local job_key = KEYS[j]
-  local a = 4 + (j - 7) * 5
+  local a = 4 + (j - 7) * 6
   local verdict, err, worker_id, guard = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local jitter_factor = tonumber(ARGV[a + 4]) or 1
+  local delay_override = tonumber(ARGV[a + 5])
   local r = rcall("HMGET", job_key, "state", "worker_id", "attempt", "queue", "type", "priority",
     "max_attempts", "on_exhaustion", "id")
   if not r[1] then
@@ -191,7 +196,7 @@ for j = 7, #KEYS do
     elseif verdict == "dead_letter" then
       out[#out + 1] = to_discarded(job_key, id, f, true, last_error)
     elseif verdict == "retry" and not exhausted then
-      out[#out + 1] = to_retryable(job_key, id, f, jitter_factor)
+      out[#out + 1] = to_retryable(job_key, id, f, jitter_factor, delay_override)
     else
       out[#out + 1] = to_discarded(job_key, id, f, f.dlq, last_error)
     end

@@ -1,0 +1,141 @@
+"""The Python producer API: enqueue, read and cancel jobs through the broker core, as the HTTP
+binding does (same validation, same scripts), without an HTTP hop::
+
+    async with Client("redis://127.0.0.1:6379/0") as client:
+        job_id = await client.enqueue("email.send", ["a@example.com", "Hi"], queue="email")
+        ids = await client.enqueue_many([Draft(type="report.build", args=["2024-06-01"])])
+        job = await client.get(job_id)        # the OJS envelope, JSON-native
+
+Options are the OJS enqueue option names (``queue``, ``priority``, ``timeout_ms``,
+``scheduled_at``, ``delay_ms``, ``expires_at``, ``retry``, ``unique``, ``tags``, ...). When the job
+type has a handler registered in this process, its ``queue`` and ``retry`` are the defaults.
+
+Enqueue middleware, ``async def mw(draft, call_next)``, sees each job before it is inserted (OJS
+middleware spec §3): it returns ``await call_next()`` (the draft, possibly changed in place), or
+``None`` to drop the job silently, or raises to abort the whole call. A draft's ``id`` must not
+change. Batches are all or nothing: one rejection rejects them all, nothing is inserted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import msgspec
+from redis.asyncio import Redis
+
+from runtime import timefmt
+from runtime.broker.core import Broker
+from runtime.broker.records import encode_job, job_from_body
+from runtime.config import Settings, settings_from_env
+from runtime.envelope import EnqueueOptions
+from runtime.handlers import registered
+from runtime.ids import uuid7
+from runtime.middleware import CallNext, compose
+
+OPTION_NAMES = frozenset(EnqueueOptions.__struct_fields__)
+_envelope = msgspec.json.Decoder(dict[str, Any])
+
+
+class Draft(msgspec.Struct, kw_only=True):
+    """A job about to be enqueued; enqueue middleware may change everything but ``id``."""
+
+    type: str
+    args: list[Any] = []
+    meta: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    id: str | None = None
+
+
+EnqueueMiddleware = Callable[[Draft, CallNext], Awaitable[Any]]
+
+
+async def _insert_as_is(draft: Draft) -> Draft:
+    return draft
+
+
+class Client:
+    """Producer side of the runtime. Async; one Redis connection pool per client."""
+
+    def __init__(
+        self, redis_url: str, *, settings: Settings | None = None,
+        middleware: Sequence[EnqueueMiddleware] = (),
+    ) -> None:
+        self.settings = settings or settings_from_env(redis_url=redis_url)
+        self._redis = Redis.from_url(redis_url)
+        self._broker = Broker(self._redis, self.settings)
+        self._chain = compose(list(middleware), _insert_as_is)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def enqueue(
+        self, type: str, args: Sequence[Any] = (), *, meta: dict[str, Any] | None = None,
+        id: str | None = None, **options: Any,
+    ) -> str | None:
+        """Enqueue one job; returns its id (an existing job's id when a unique policy says so),
+        or None when enqueue middleware dropped it."""
+        (job_id,) = await self.enqueue_many([Draft(type=type, args=list(args), meta=meta or {}, options=options, id=id)])
+        return job_id
+
+    async def enqueue_many(self, drafts: Sequence[Draft]) -> list[str | None]:
+        """Enqueue all the jobs or none (one script call); None for each job middleware dropped."""
+        now = timefmt.now_ms()
+        bodies: list[bytes] = []
+        slots: list[int | None] = []
+        for draft in drafts:
+            draft = _with_defaults(draft)
+            given_id = draft.id
+            kept = await self._chain(draft)
+            if kept is None:
+                slots.append(None)
+                continue
+            if not isinstance(kept, Draft) or kept.id != given_id:
+                raise ValueError("enqueue middleware must return the draft (or None) and keep its id")
+            slots.append(len(bodies))
+            bodies.append(_body(kept))
+        jobs = [job_from_body(body, now_ms=now) for body in bodies]
+        done = await self._broker.enqueue(jobs, now_ms=now) if jobs else []
+        return [None if slot is None else done[slot].job_id for slot in slots]
+
+    async def get(self, job_id: str) -> dict[str, Any]:
+        """The job envelope (OJS field names, JSON-native values)."""
+        return _envelope.decode(encode_job(await self._broker.get(job_id)))
+
+    async def cancel(self, job_id: str) -> str:
+        """Cancel a job that has not finished; returns the state it was in. A running job's
+        handler learns it at its pool's next heartbeat (``ctx.cancelled``)."""
+        return await self._broker.cancel(job_id)
+
+
+def _with_defaults(draft: Draft) -> Draft:
+    unknown = set(draft.options) - OPTION_NAMES
+    if unknown:
+        raise TypeError(f"unknown enqueue option(s): {', '.join(sorted(unknown))}")
+    options = dict(draft.options)
+    spec = registered(draft.type)
+    if spec is not None:
+        if spec.queue and "queue" not in options:
+            options["queue"] = spec.queue
+        if spec.retry and "retry" not in options:
+            options["retry"] = spec.retry
+    return Draft(type=draft.type, args=list(draft.args), meta=dict(draft.meta), options=options,
+                 id=draft.id or uuid7())
+
+
+def _body(draft: Draft) -> bytes:
+    body: dict[str, Any] = {"type": draft.type, "args": draft.args, "id": draft.id}
+    if draft.meta:
+        body["meta"] = draft.meta
+    if draft.options:
+        body["options"] = draft.options
+    return msgspec.json.encode(body)

@@ -1,0 +1,379 @@
+"""The pre-fork supervisor: keeps N pool processes (and one HTTP process) alive, and stops them.
+
+Before the first fork it binds the HTTP socket and starts the embedded Redis; it never holds a
+Redis client, an event loop or a thread while it forks (conventions §3.4). Its loop waits on a
+self-pipe for signals (the handlers only record them) with a short tick, then reaps, checks the
+children's liveness records, and forks what is missing:
+
+* a pool process that dies is replaced, and the jobs it held are failed at once through
+  ``worker:<id>:jobs``: ``worker_lost`` when it crashed (a job that keeps killing its process is
+  dead-lettered after a few losses), ``release`` when the supervisor stopped it;
+* a pool that reports itself stuck (a sync handler past its timeout) is killed and replaced; it has
+  failed that job with a timeout itself, and its other jobs are released (they did nothing wrong);
+* a pool whose liveness record goes stale (its event loop is blocked) is killed: ``worker_lost``;
+* a pool above ``--max-memory-mb`` is recycled gracefully (SIGTERM: it drains and exits);
+* a process that cannot boot (exit code 3, the handlers module does not import) stops everything
+  with exit code 3 instead of crash-looping.
+
+SIGTERM or SIGINT: pools stop fetching and drain up to ``drain_timeout_s``, hand back what is
+left and exit; then the HTTP process stops, then the embedded Redis; exit code 0. A second signal
+kills the children at once (their jobs are released) and exits with code 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ctypes
+import functools
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import msgspec
+import psutil  # type: ignore[import-untyped,unused-ignore]
+import uvicorn
+import uvloop
+from redis.asyncio import Redis
+
+from runtime import worker
+from runtime.broker.core import Broker
+from runtime.broker.pool_ops import release_worker_blocking
+from runtime.config import Settings
+from runtime.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from runtime.ids import uuid7
+from runtime.liveness import EXIT_BOOT_ERROR, EXIT_OK, Liveness, Phase
+from runtime.server import InsecureBinding, build_app, check_binding
+
+logger = logging.getLogger(__name__)
+
+EXIT_FORCED = 1
+STOP_MARGIN_S = 5.0  # beyond a pool's own drain + cancel deadline, before it is killed
+HTTP_STOP_S = 10.0
+MIN_UPTIME_S = 1.0  # a pool dying sooner than this is crash-looping: respawn with backoff
+MAX_BACKOFF_S = 10.0
+_PR_SET_PDEATHSIG = 1
+
+
+class SupervisorConfig(msgspec.Struct, frozen=True, kw_only=True):
+    processes: int
+    http: bool = True  # serve the HTTP endpoint and the scheduler loops from a child process
+    max_memory_mb: int = 0  # 0: no limit
+    liveness_timeout_s: float = 30.0
+    boot_timeout_s: float = 60.0
+    tick_s: float = 0.5
+
+
+class _Child:
+    __slots__ = ("pid", "kind", "worker_id", "liveness", "started", "retiring", "deadline", "kill_reason")
+
+    def __init__(self, pid: int, kind: str, worker_id: str, liveness: Liveness | None) -> None:
+        self.pid, self.kind, self.worker_id, self.liveness = pid, kind, worker_id, liveness
+        self.started = time.monotonic()
+        self.retiring = False  # asked to stop (or stopping by itself): a replacement may start
+        self.deadline: float | None = None  # when SIGTERM turns into SIGKILL
+        self.kill_reason: str | None = None  # stuck | unresponsive | shutdown
+
+
+class Supervisor:
+    """Pre-fork parent. ``run()`` returns the process exit code."""
+
+    def __init__(self, pool: worker.PoolConfig, *, config: SupervisorConfig) -> None:
+        self.pool, self.config = pool, config
+        self.children: dict[int, _Child] = {}
+        self.signals: collections.deque[int] = collections.deque()
+        self.stopping = False
+        self.exit_code = EXIT_OK
+        self.embedded: EmbeddedRedis | None = None
+        self.listener: socket.socket | None = None
+        self.pending_releases: list[tuple[str, bool]] = []
+        self.backoff_s = 0.0
+        self.respawn_at = 0.0
+        self._wake_r, self._wake_w = os.pipe()
+
+    def run(self) -> int:
+        self._install_signals()
+        try:
+            self._boot()
+        except (OSError, InsecureBinding, EmbeddedRedisError) as err:
+            logger.critical("cannot start: %s", err)
+            self._cleanup()
+            return EXIT_BOOT_ERROR
+        try:
+            while not (self.stopping and not self.children):
+                self._spawn_missing()
+                self._wait(self.config.tick_s)
+                self._handle_signals()
+                self._reap()
+                self._check_children()
+                self._retry_releases()
+        finally:
+            self._cleanup()
+        logger.info("supervisor exits with code %d", self.exit_code)
+        return self.exit_code
+
+    # --- boot and signals --------------------------------------------------------------------
+
+    def _boot(self) -> None:
+        settings = self.pool.settings
+        if self.config.http:
+            check_binding(settings)
+            self.listener = socket.create_server((settings.host, settings.port))
+            logger.info("OJS endpoint on http://%s:%s", settings.host, self.listener.getsockname()[1])
+        if settings.redis_url is None:
+            if not self.config.http:
+                logger.warning("--no-http with the embedded Redis: no scheduler loops run, so "
+                               "expired leases and timeouts are not reaped")
+            self.embedded = EmbeddedRedis(data_dir=settings.data_dir, persistence=True)
+            url = self.embedded.start()
+            logger.info("using embedded Redis at %s", url)
+            settings = msgspec.structs.replace(settings, redis_url=url)
+            self.pool = msgspec.structs.replace(self.pool, settings=settings)
+
+    def _install_signals(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._wake_w)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGTSTP, signal.SIGCONT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.signals.append(signum)  # record only: the loop acts (conventions §3.2)
+
+    def _wait(self, timeout_s: float) -> None:
+        select.select([self._wake_r], [], [], timeout_s)
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _handle_signals(self) -> None:
+        while self.signals:
+            sig = self.signals.popleft()
+            if sig in (signal.SIGTERM, signal.SIGINT) and self.stopping:
+                self._force()
+            elif sig in (signal.SIGTERM, signal.SIGINT):
+                self._begin_stop(signal.Signals(sig).name)
+            elif sig in (signal.SIGTSTP, signal.SIGCONT):
+                for child in self._pools():
+                    _send(child.pid, sig)  # quiet / resume: the pools stop or restart fetching
+
+    # --- stopping ------------------------------------------------------------------------------
+
+    def _begin_stop(self, why: str) -> None:
+        logger.info("%s: stopping; pools drain for up to %.0fs", why, self.pool.drain_timeout_s)
+        self.stopping = True
+        deadline = time.monotonic() + self.pool.drain_timeout_s + self.pool.cancel_deadline_s + STOP_MARGIN_S
+        for child in self._pools():
+            self._terminate(child, deadline)
+
+    def _force(self) -> None:
+        logger.warning("second signal: killing every process now")
+        self.exit_code = self.exit_code or EXIT_FORCED
+        for child in self.children.values():
+            self._kill(child, "shutdown")
+
+    def _terminate(self, child: _Child, deadline: float) -> None:
+        if child.deadline is None:
+            _send(child.pid, signal.SIGTERM)
+            child.retiring, child.deadline = True, deadline
+
+    def _kill(self, child: _Child, reason: str) -> None:
+        if child.kill_reason is None:
+            child.kill_reason = reason
+            _send(child.pid, signal.SIGKILL)
+
+    # --- children ------------------------------------------------------------------------------
+
+    def _pools(self) -> list[_Child]:
+        return [c for c in self.children.values() if c.kind == "pool"]
+
+    def _spawn_missing(self) -> None:
+        if self.stopping:
+            return
+        if self.listener is not None and not any(c.kind == "http" for c in self.children.values()):
+            listener = self.listener
+            self._fork("http", "http", None, lambda: _serve_http(self.pool.settings, listener))
+        while sum(not c.retiring for c in self._pools()) < self.config.processes:
+            if time.monotonic() < self.respawn_at:
+                return
+            worker_id = f"worker_{uuid7()}"
+            liveness = Liveness()
+            config = msgspec.structs.replace(self.pool, worker_id=worker_id)
+            self._fork("pool", worker_id, liveness, functools.partial(worker.main, config, liveness))
+
+    def _fork(self, kind: str, worker_id: str, liveness: Liveness | None, target: Callable[[], int]) -> None:
+        if threading.active_count() > 1:
+            logger.warning("forking with %d threads alive", threading.active_count())
+        pid = os.fork()
+        if pid == 0:
+            code = EXIT_FORCED
+            try:
+                self._become_child(kind)
+                code = target()
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else EXIT_FORCED
+            except BaseException:
+                logger.exception("%s process failed", kind)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.children[pid] = _Child(pid, kind, worker_id, liveness)
+        logger.info("started %s process %s (pid %d)", kind, worker_id, pid)
+
+    def _become_child(self, kind: str) -> None:
+        parent = os.getppid()
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGTSTP, signal.SIGCONT):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        os.setpgid(0, 0)  # out of the terminal's process group: only the supervisor gets Ctrl-C
+        if sys.platform.startswith("linux"):  # die with the supervisor, even if it is SIGKILLed
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(EXIT_FORCED)
+        if kind == "pool" and self.listener is not None:
+            self.listener.close()
+        for other in self.children.values():
+            if other.liveness is not None:
+                other.liveness.close()
+
+    def _reap(self) -> None:
+        # Only our own pids: the embedded Redis is a child too, and belongs to its Popen object.
+        for pid in list(self.children):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                self._on_exit(self.children.pop(pid), status)
+
+    def _on_exit(self, child: _Child, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        level = logging.INFO if code == 0 or child.kill_reason == "shutdown" else logging.WARNING
+        logger.log(level, "%s process %s (pid %d) ended: %s", child.kind, child.worker_id, child.pid, how)
+        if child.liveness is not None:
+            child.liveness.close()
+        if child.kind == "pool":
+            self._release(child.worker_id, crashed=code != 0 and child.kill_reason in (None, "unresponsive"))
+        if code == EXIT_BOOT_ERROR:
+            logger.critical("%s process could not boot (see the error above): stopping", child.kind)
+            self.exit_code = EXIT_BOOT_ERROR
+            if not self.stopping:
+                self._begin_stop("boot error")
+        elif code != 0 and not self.stopping and time.monotonic() - child.started < MIN_UPTIME_S:
+            self.backoff_s = min(max(0.5, self.backoff_s * 2), MAX_BACKOFF_S)
+            self.respawn_at = time.monotonic() + self.backoff_s
+            logger.warning("%s process died right after starting: respawning in %.1fs", child.kind, self.backoff_s)
+        elif code == 0 or time.monotonic() - child.started >= MIN_UPTIME_S:
+            self.backoff_s = 0.0
+
+    def _check_children(self) -> None:
+        now = time.monotonic()
+        for child in list(self.children.values()):
+            if child.kill_reason is not None:
+                continue
+            if child.deadline is not None and now > child.deadline:
+                logger.warning("%s process %s did not stop in time: killing it", child.kind, child.worker_id)
+                self._kill(child, "shutdown")
+            elif child.liveness is not None:
+                self._check_pool(child, now)
+        if self.stopping and not self._pools():
+            for child in self.children.values():  # the HTTP process goes last
+                self._terminate(child, now + HTTP_STOP_S)
+
+    def _check_pool(self, child: _Child, now: float) -> None:
+        assert child.liveness is not None
+        beat = child.liveness.read()
+        if beat is None:
+            return
+        if beat.phase is Phase.STUCK:
+            logger.warning("pool %s has a handler that ignored its timeout: replacing it", child.worker_id)
+            self._kill(child, "stuck")
+        elif beat.phase is Phase.BOOT and now - child.started > self.config.boot_timeout_s:
+            logger.warning("pool %s did not boot in %.0fs: killing it", child.worker_id, self.config.boot_timeout_s)
+            self._kill(child, "unresponsive")
+        elif beat.phase is not Phase.BOOT and now - beat.at_monotonic > self.config.liveness_timeout_s:
+            logger.warning("pool %s unresponsive for %.0fs (its event loop is blocked): killing it",
+                           child.worker_id, now - beat.at_monotonic)
+            self._kill(child, "unresponsive")
+        elif beat.phase is Phase.DRAINING:
+            child.retiring = True  # recycling itself (job limit, terminate directive): replace it now
+        elif self.config.max_memory_mb and not self.stopping and _rss_mb(child.pid) > self.config.max_memory_mb:
+            logger.info("pool %s is above %d MB: recycling it", child.worker_id, self.config.max_memory_mb)
+            self._terminate(child, now + self.pool.drain_timeout_s + self.pool.cancel_deadline_s + STOP_MARGIN_S)
+
+    # --- job release ---------------------------------------------------------------------------
+
+    def _release(self, worker_id: str, *, crashed: bool) -> None:
+        try:
+            ids = release_worker_blocking(self.pool.settings, worker_id, crashed=crashed)
+        except Exception as err:
+            logger.warning("could not release the jobs of %s yet (%s); retrying", worker_id, err)
+            self.pending_releases.append((worker_id, crashed))
+            return
+        if ids:
+            logger.warning("%s the %d job(s) of %s: %s", "failed (worker_lost)" if crashed else "released",
+                           len(ids), worker_id, ", ".join(ids))
+
+    def _retry_releases(self) -> None:
+        pending, self.pending_releases = self.pending_releases, []
+        for worker_id, crashed in pending:
+            self._release(worker_id, crashed=crashed)
+
+    def _cleanup(self) -> None:
+        for child in self.children.values():
+            self._kill(child, "shutdown")
+        for pid in list(self.children):
+            _, status = os.waitpid(pid, 0)
+            self._on_exit(self.children.pop(pid), status)
+        if self.listener is not None:
+            self.listener.close()
+        if self.embedded is not None:
+            self.embedded.stop()
+        signal.set_wakeup_fd(-1)
+
+
+def _send(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        return float(psutil.Process(pid).memory_info().rss) / 1_048_576
+    except psutil.Error:
+        return 0.0
+
+
+def _serve_http(settings: Settings, listener: socket.socket) -> int:
+    """The HTTP child: the broker endpoint and the scheduler loops on the inherited socket."""
+    # uvicorn re-raises the signal it stopped on; ignored, the process exits with code 0.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    async def serve() -> None:
+        redis = Redis.from_url(settings.redis_url or "", health_check_interval=30)
+        try:
+            app, _services = build_app(Broker(redis, settings), settings)
+            config = uvicorn.Config(
+                app, loop="none", http="httptools", lifespan="on", log_level="warning",
+                access_log=False, server_header=False, timeout_graceful_shutdown=5,
+            )
+            await uvicorn.Server(config).serve(sockets=[listener])
+        finally:
+            await redis.aclose()
+
+    asyncio.Runner(loop_factory=uvloop.new_event_loop).run(serve())
+    return EXIT_OK

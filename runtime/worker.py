@@ -1,0 +1,367 @@
+"""One pool process: a uvloop event loop running up to `concurrency` jobs at once.
+
+Forked by the supervisor, it builds everything itself (conventions §3.4): it imports the handlers
+module, connects to Redis, composes the middleware chain once, and then
+
+* fetches for free slots only (no prefetch), with per-queue quotas from :mod:`runtime.fairness`,
+  in one fetch call, whenever it is woken: by a message on its queues' notify channels (an idle
+  pool starts a new job within milliseconds), when a job frees a slot, and by a safety re-check
+  every second; it never polls in a sleep loop;
+* runs async handlers as tasks, sync handlers in a thread pool (:mod:`runtime.executor`);
+* heartbeats once per interval for all its jobs, from the event loop thread: the leases move
+  forward and cancelled jobs are stopped. A CPU-bound pure-Python sync handler cannot starve
+  the loop, since the GIL changes hands every ``sys.getswitchinterval()`` (5 ms). A C extension
+  that holds the GIL for long can; the liveness record then goes stale, and the supervisor kills
+  the process after ``--liveness-timeout`` and releases its jobs;
+* settles outcomes through the batcher: acks and nacks of the same few milliseconds go to Redis
+  in one call each;
+* on SIGTERM, a ``terminate`` directive or after ``max_jobs`` jobs: stops fetching, gives its
+  running jobs ``drain_timeout_s`` to finish, then cancels them and hands them back without
+  spending their attempt. SIGTSTP / SIGCONT switch to ``quiet`` (no fetches) and back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import msgspec
+import uvloop
+from redis.asyncio import Redis
+
+from runtime import fairness, handlers, timefmt
+from runtime.broker import BACKEND_ERRORS, failures
+from runtime.broker.core import Broker, Completion, Failure
+from runtime.broker.pool_ops import Batcher, listen_for_work, release_worker
+from runtime.broker.records import encode_job
+from runtime.config import Settings
+from runtime.context import CANCELLED, SHUTDOWN, Job, JobContext, ProgressThrottle, ProgressUpdate
+from runtime.envelope import ErrorInfo
+from runtime.executor import (
+    Completed,
+    Failed,
+    Outcome,
+    Stuck,
+    Terminal,
+    execute,
+    settle,
+)
+from runtime.handlers import Registry
+from runtime.liveness import EXIT_BOOT_ERROR, EXIT_OK, Liveness, Phase
+from runtime.middleware import compose, notify
+
+logger = logging.getLogger(__name__)
+
+_job_decoder = msgspec.json.Decoder(Job)
+EXIT_CRASH = 1
+
+
+class PoolConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """What a pool process needs. Built once from the command line; the supervisor copies it for
+    each process it forks, with that process's worker id."""
+
+    module: str
+    settings: Settings
+    worker_id: str = ""
+    queues: tuple[tuple[str, int], ...] = ()  # (name, weight); empty: the handlers' queues + default
+    strategy: str = fairness.WEIGHTED
+    concurrency: int = 10
+    max_jobs: int = 0  # recycle the process after this many jobs; 0: never
+    drain_timeout_s: float = 25.0
+    cancel_deadline_s: float = 5.0  # after the drain: how long cancelled handlers get to unwind
+    timeout_grace_s: float = 5.0  # a sync handler past its timeout, before the process is replaced
+    heartbeat_interval_s: float = 5.0
+    lease_ms: int = 60_000
+    recheck_interval_s: float = 1.0
+    progress_interval_s: float = 1.0
+    ack_window_s: float = 0.002
+
+
+class _Running:
+    __slots__ = ("ctx", "task", "interruptible", "executing")
+
+    def __init__(self, ctx: JobContext, task: asyncio.Task[None], interruptible: bool) -> None:
+        self.ctx, self.task, self.interruptible, self.executing = ctx, task, interruptible, True
+
+
+def main(config: PoolConfig, liveness: Liveness) -> int:
+    """Entry point of a forked pool process; returns its exit code."""
+    liveness.notify(Phase.BOOT)
+    try:
+        registry = handlers.load(config.module)
+    except Exception:
+        logger.critical("cannot import the handlers module %r", config.module, exc_info=True)
+        return EXIT_BOOT_ERROR
+    # Not closed on purpose: the process ends with os._exit right after, and closing the loop
+    # would wait forever on a handler that swallows its cancellation.
+    runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    try:
+        return runner.run(Pool(config, registry=registry, liveness=liveness).run())
+    except Exception:
+        logger.exception("pool process %s crashed", config.worker_id)
+        return EXIT_CRASH
+
+
+class Pool:
+    """The fetch loop, the running jobs and the background loops of one pool process."""
+
+    def __init__(self, config: PoolConfig, *, registry: Registry, liveness: Liveness) -> None:
+        self.config, self.registry, self.liveness = config, registry, liveness
+        self.worker_id = config.worker_id
+        named = config.queues or tuple((name, 1) for name in registry.queues())
+        self.queues = [name for name, _ in named]
+        self.weights = [weight for _, weight in named]
+        self.scores = fairness.initial_scores(len(named))
+        self.active: dict[str, _Running] = {}
+        self.state = "running"  # reported in heartbeats: running | quiet | terminate
+        self.phase = Phase.READY
+        self.started = 0
+        self.wake = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.beat_soon = asyncio.Event()
+        self.threads = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="ojs-job")
+        self.redis = Redis.from_url(config.settings.redis_url or "")
+        self.broker = Broker(self.redis, config.settings)
+        self.batcher = Batcher(self.broker, window_s=config.ack_window_s)
+        terminal = Terminal(registry, threads=self.threads, grace_s=config.timeout_grace_s)
+        self.chain = compose(registry.middleware, terminal)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGTSTP, self.quiet)
+        loop.add_signal_handler(signal.SIGCONT, self.resume)
+        notify(self.registry.observers, "on_worker_boot", self.worker_id)
+        background = [loop.create_task(c) for c in (self._notifications(), self._ticks(), self._heartbeats())]
+        logger.info("pool %s ready: queues %s (%s), concurrency %d", self.worker_id,
+                    ",".join(f"{q}:{w}" for q, w in zip(self.queues, self.weights, strict=True)),
+                    self.config.strategy, self.config.concurrency)
+        try:
+            await self._fetch_loop()
+            await self._drain()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self.batcher.close()
+            notify(self.registry.observers, "on_worker_shutdown", self.worker_id)
+            await self._deregister()
+            await self.redis.aclose()
+        return EXIT_OK
+
+    # --- control (also the signal handlers: they only set state and events) ------------------
+
+    def request_stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    def quiet(self) -> None:
+        if self.state == "running":
+            self.state = "quiet"
+
+    def resume(self) -> None:
+        if self.state == "quiet":
+            self.state = "running"
+            self.wake.set()
+
+    # --- fetching ------------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        while not self.stopping.is_set():
+            await self.wake.wait()
+            self.wake.clear()  # before the fetch: a wake-up during the fetch is not lost
+            free = self._free_slots()
+            if free > 0 and self.state == "running" and not self.stopping.is_set():
+                await self._fetch(free)
+
+    def _free_slots(self) -> int:
+        free = self.config.concurrency - len(self.active)
+        if self.config.max_jobs:
+            free = min(free, self.config.max_jobs - self.started)
+        return free
+
+    async def _fetch(self, count: int) -> None:
+        quotas = None
+        if self.config.strategy == fairness.WEIGHTED and len(self.queues) > 1:
+            quotas, self.scores = fairness.quotas(self.weights, self.scores, count)
+        try:
+            claimed = await self.broker.fetch(
+                self.queues, count=count, worker_id=self.worker_id, visibility_ms=self.config.lease_ms,
+                quotas=quotas,
+            )
+        except BACKEND_ERRORS as err:
+            logger.warning("fetch failed (%s); the next re-check tries again", err)
+            return
+        except Exception:
+            logger.exception("fetch failed; the next re-check tries again")
+            return
+        for fields in claimed:
+            self._start(fields)
+
+    def _start(self, fields: dict[bytes, bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            job = _job_decoder.decode(encode_job(fields))
+        except msgspec.ValidationError as err:  # a hand-written hash, not something enqueue makes
+            self._reject(fields, str(err))
+            return
+        spec = self.registry.handlers.get(job.type)
+        timeout_s = job.timeout_ms / 1000 if job.timeout_ms else (spec.timeout_s if spec else None)
+        checkpoint = fields.get(b"checkpoint")
+        ctx = JobContext(
+            job, worker_id=self.worker_id, loop=loop, timeout_s=timeout_s,
+            progress=ProgressThrottle(job.id, sink=self._write_progress, interval_s=self.config.progress_interval_s),
+            last_checkpoint=msgspec.json.decode(checkpoint) if checkpoint else None,
+        )
+        task = loop.create_task(self._run_job(ctx), name=f"job:{job.id}")
+        self.active[job.id] = _Running(ctx, task, interruptible=spec is None or spec.is_async)
+        self.started += 1
+        if job.visibility_timeout_ms and job.visibility_timeout_ms < 3000 * self.config.heartbeat_interval_s:
+            self.beat_soon.set()
+        if self.config.max_jobs and self.started >= self.config.max_jobs:
+            logger.info("pool %s started %d jobs: recycling", self.worker_id, self.started)
+            self.request_stop()
+
+    # --- running and settling ------------------------------------------------------------------
+
+    async def _run_job(self, ctx: JobContext) -> None:
+        try:
+            outcome = await execute(ctx, self.chain, self.registry.handlers)
+            self.active[ctx.job.id].executing = False
+            await ctx.flush_progress()
+            await self._settle(ctx, outcome)
+        finally:
+            self.active.pop(ctx.job.id, None)
+            self.wake.set()
+        if isinstance(outcome, Stuck):
+            logger.error("job %s: its sync handler ignored the timeout; this process will be replaced",
+                         ctx.job.id, extra=_job_extra(ctx))
+            self.phase = Phase.STUCK
+            self.liveness.notify(Phase.STUCK)
+            self.state = "terminate"  # no more fetches; the supervisor kills us within a tick
+
+    async def _settle(self, ctx: JobContext, outcome: Outcome) -> None:
+        _log_outcome(ctx, outcome)
+        item = settle(outcome, ctx, worker_id=self.worker_id, now_ms=timefmt.now_ms())
+        if item is None:
+            return
+        result = await (self.batcher.ack(item) if isinstance(item, Completion) else self.batcher.fail(item))
+        if isinstance(result, Exception):
+            # Typically a conflict: the job was cancelled, or the reaper failed it on its timeout.
+            logger.info("job %s not settled by this worker: %s", ctx.job.id, result, extra=_job_extra(ctx))
+
+    def _reject(self, fields: dict[bytes, bytes], why: str) -> None:
+        job_id, attempt = fields.get(b"id", b"").decode(), int(fields.get(b"attempt", b"0"))
+        logger.error("job %s is not a valid envelope (%s): failing it", job_id, why)
+        error = failures.error_record(ErrorInfo(code="handler_error", type="InvalidJob", message=why,
+                                                retryable=False), timefmt.now_ms())
+        self.batcher.fail(Failure(job_id=job_id, verdict="nonretryable", error=error,
+                                  worker_id=self.worker_id, attempt=attempt))
+
+    async def _write_progress(self, job_id: str, update: ProgressUpdate) -> None:
+        await self.broker.progress(
+            job_id, value=update.value, message=update.message, data=update.data, checkpoint=update.checkpoint,
+        )
+
+    def _cancel(self, job_id: str) -> None:
+        run = self.active.get(job_id)
+        if run is None or not run.executing:
+            return
+        logger.info("job %s was cancelled; stopping its handler", job_id, extra=_job_extra(run.ctx))
+        run.ctx.request_stop(CANCELLED)
+        if run.interruptible:
+            run.task.cancel()
+
+    # --- background loops ----------------------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await self._beat()
+            leases = [r.ctx.job.visibility_timeout_ms or self.config.lease_ms for r in self.active.values()]
+            interval_s = min(self.config.heartbeat_interval_s, min([self.config.lease_ms, *leases]) / 3000)
+            self.beat_soon.clear()
+            try:
+                await asyncio.wait_for(self.beat_soon.wait(), max(0.05, interval_s))
+            except TimeoutError:
+                pass
+
+    async def _beat(self) -> None:
+        try:
+            beat = await self.broker.heartbeat(
+                self.worker_id, list(self.active), state=self.state, visibility_ms=self.config.lease_ms,
+                active_count=len(self.active),
+            )
+        except BACKEND_ERRORS as err:
+            logger.warning("heartbeat failed (%s); retrying at the next interval", err)
+            return
+        except Exception:
+            logger.exception("heartbeat failed; retrying at the next interval")
+            return
+        for job_id in beat.cancelled:
+            self._cancel(job_id)
+        if beat.directive == "terminate":
+            self.request_stop()
+        elif beat.directive == "quiet":
+            self.quiet()
+
+    async def _ticks(self) -> None:
+        while True:
+            self.liveness.notify(self.phase)
+            self.wake.set()  # the safety re-check: a lost notification costs one interval at most
+            await asyncio.sleep(self.config.recheck_interval_s)
+
+    async def _notifications(self) -> None:
+        await listen_for_work(self.broker, self.queues, self.wake.set)
+
+    # --- stopping ------------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        if self.phase is Phase.READY:
+            self.phase = Phase.DRAINING
+        self.liveness.notify(self.phase)
+        self.state = "terminate"
+        await self._beat()  # the broker refuses further fetches for this worker from now on
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        while self.active and (left_s := deadline - time.monotonic()) > 0:
+            logger.info("pool %s draining: %d job(s) running, %.0fs left", self.worker_id, len(self.active), left_s)
+            await asyncio.wait([r.task for r in self.active.values()], timeout=min(left_s, 5.0))
+        if not self.active:
+            return
+        logger.warning("pool %s: drain timeout, handing back %d job(s)", self.worker_id, len(self.active))
+        for run in list(self.active.values()):
+            if run.executing:
+                run.ctx.request_stop(SHUTDOWN)
+                run.task.cancel()
+        _done, pending = await asyncio.wait(
+            [r.task for r in self.active.values()], timeout=self.config.cancel_deadline_s,
+        )
+        if pending:
+            logger.warning("%d handler(s) ignored cancellation; their jobs are released", len(pending))
+
+    async def _deregister(self) -> None:
+        """Hand back anything still held (normally nothing) and remove the worker entry."""
+        try:
+            await release_worker(self.broker, self.worker_id, verdict="release", error=b"")
+        except BACKEND_ERRORS as err:
+            logger.warning("could not deregister %s: %s", self.worker_id, err)
+
+
+def _job_extra(ctx: JobContext) -> dict[str, str]:
+    return {"job_id": ctx.job.id, "queue": ctx.job.queue, "type": ctx.job.type}
+
+
+def _log_outcome(ctx: JobContext, outcome: Outcome) -> None:
+    extra = _job_extra(ctx)
+    if isinstance(outcome, Completed):
+        logger.debug("job %s (%s) completed", ctx.job.id, ctx.job.type, extra=extra)
+    elif isinstance(outcome, (Failed, Stuck)):
+        error = outcome.error
+        trace = "\n" + "\n".join(error.backtrace) if isinstance(error.backtrace, list) else ""
+        logger.error("job %s (%s) attempt %d failed: %s: %s%s", ctx.job.id, ctx.job.type, ctx.job.attempt,
+                     error.type, error.message, trace, extra=extra)
+    else:
+        logger.info("job %s (%s) attempt %d: %s", ctx.job.id, ctx.job.type, ctx.job.attempt,
+                    type(outcome).__name__, extra=extra)

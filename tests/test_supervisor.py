@@ -1,0 +1,191 @@
+"""The supervisor with real processes: crashes, kills, drains, stuck handlers, boot errors and
+recycling. Every test waits on a job state or a record, with a deadline."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+import redis
+
+from runtime import Draft
+from runtime.liveness import EXIT_BOOT_ERROR
+from tests.fixtures.procs import KEYS, Runtime, integrity_problems, job, states, wait_until
+from tests.test_worker_runtime import HANDLERS, completed, enqueue
+
+pytestmark = pytest.mark.slow
+
+Start = Callable[..., Runtime]
+
+
+@pytest.fixture
+def start(redis_url: str, tmp_path: Path) -> Iterator[Start]:
+    started: list[Runtime] = []
+
+    def go(*args: str, module: str = HANDLERS) -> Runtime:
+        runtime = Runtime(redis_url, module, *args, log_path=tmp_path / f"ojs-run-{len(started)}.log")
+        started.append(runtime)
+        return runtime
+
+    yield go
+    for runtime in started:
+        runtime.stop()
+        print(f"--- {runtime.log_path.name}\n{runtime.log()}")  # shown when the test failed
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_supervisor_sigkill_of_a_pool_mid_load_loses_no_job(redis_url: str, redis_client: redis.Redis, start: Start) -> None:
+    # Given a backlog being worked on by two pools
+    ids = enqueue(redis_url, *(Draft(type="count.job", args=[0.05]) for _ in range(150)))
+    runtime = start("--processes", "2", "--concurrency", "4", "--no-http")
+    wait_until(lambda: redis_client.hlen("pooltest:done") >= 30, what="30 jobs done")
+    # When one pool process is killed while it runs jobs
+    victim = runtime.pool_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    # Then it is replaced, its jobs go back at once, and every job completes
+    wait_until(lambda: len(runtime.pool_pids()) >= 3, what="a replacement pool")
+    wait_until(lambda: completed(redis_client, ids), timeout_s=40, what="all jobs to complete")
+    done = {k.decode(): int(v) for k, v in redis_client.hgetall("pooltest:done").items()}
+    assert max(done.values()) == 1  # no attempt ran to completion twice
+    for job_id in ids:  # the attempt that was acked ran to completion exactly once
+        assert done[f"{job_id}:{job(redis_client, job_id)['attempt']}"] == 1
+    lost = [i for i in ids if "worker_death" in job(redis_client, i).get("e1", "")]
+    assert lost, "the killed pool held jobs, which were failed as worker_lost and retried"
+    assert "failed (worker_lost)" in runtime.log()
+    assert integrity_problems(redis_url) == []
+
+
+def test_supervisor_sigterm_drains_then_hands_back_what_is_left(redis_url: str, redis_client: redis.Redis, start: Start) -> None:
+    # Given two short and two long jobs running
+    short = enqueue(redis_url, *(Draft(type="sleep.job", args=[1.5]) for _ in range(2)))
+    long = enqueue(redis_url, *(Draft(type="sleep.job", args=[60]) for _ in range(2)))
+    runtime = start("--processes", "1", "--concurrency", "4", "--no-http", "--drain-timeout", "3")
+    wait_until(lambda: redis_client.scard("pooltest:started") == 4, what="4 jobs running")
+    # When
+    runtime.send(signal.SIGTERM)
+    signalled_ms = time.time() * 1000
+    later = enqueue(redis_url, Draft(type="sleep.job", args=[0]))
+    # Then: exit 0; in-flight jobs finished; the rest is back, attempt unchanged; nothing new ran
+    assert runtime.wait_exit(30) == 0
+    assert states(redis_client, short) == ["completed", "completed"]
+    assert all(int(job(redis_client, i)["completed_at"]) > signalled_ms for i in short)
+    for job_id in long:
+        held = job(redis_client, job_id)
+        assert (held["state"], held["attempt"]) == ("available", "0")
+        assert msgspec.json.decode(held["error"])["type"] == "shutdown"
+    assert (job(redis_client, later[0])["state"], job(redis_client, later[0])["attempt"]) == ("available", "0")
+    assert redis_client.zcard(KEYS.workers) == 0  # the pool deregistered itself
+    assert integrity_problems(redis_url) == []
+
+
+def test_supervisor_replaces_a_pool_whose_sync_handler_ignores_its_timeout(
+    redis_url: str, redis_client: redis.Redis, start: Start,
+) -> None:
+    # Given a CPU-bound sync job that will not stop at its timeout, and a long job beside it
+    quick_retry = {"initial_interval": "PT0.1S", "jitter": False}
+    (stuck,) = enqueue(redis_url, Draft(type="cpu.spin", args=[60], options={"timeout_ms": 500, "retry": quick_retry}))
+    (sibling,) = enqueue(redis_url, Draft(type="sleep.job", args=[60]))
+    runtime = start("--processes", "1", "--concurrency", "2", "--no-http", "--timeout-grace", "0.5",
+                    "--drain-timeout", "1")
+    # When its timeout and the grace after it pass
+    wait_until(lambda: completed(redis_client, [stuck]), timeout_s=30, what="the stuck job's retry to complete")
+    # Then the process was replaced; the job failed with a timeout and its retry completed
+    assert not alive(runtime.pool_pids()[0])
+    assert len(runtime.pool_pids()) >= 2
+    stuck_job = job(redis_client, stuck)
+    assert (stuck_job["attempt"], stuck_job["result"]) == ("2", '"attempt 2"')
+    assert msgspec.json.decode(stuck_job["e1"])["type"] == "timeout"
+    assert "ignored its timeout: replacing it" in runtime.log()
+    # The job beside it was handed back without spending an attempt, and runs again
+    wait_until(lambda: job(redis_client, sibling).get("state") == "active", what="the sibling to run again")
+    sibling_job = job(redis_client, sibling)
+    assert sibling_job["attempt"] == "1"
+    assert msgspec.json.decode(sibling_job["e1"])["type"] == "shutdown"
+    assert integrity_problems(redis_url) == []
+
+
+def test_supervisor_job_that_kills_its_worker_three_times_is_dead_lettered(
+    redis_url: str, redis_client: redis.Redis, start: Start,
+) -> None:
+    # Given a job whose handler calls os._exit
+    (job_id,) = enqueue(redis_url, Draft(type="crash.exit", options={"retry": {"max_attempts": 10}}))
+    # When it runs
+    runtime = start("--processes", "1", "--no-http")
+    # Then after three lost workers it is discarded into the dead letter queue, not looped on
+    wait_until(lambda: states(redis_client, [job_id]) == ["discarded"], timeout_s=40, what="the job to be discarded")
+    assert redis_client.zscore(KEYS.dlq, job_id) is not None
+    dead = job(redis_client, job_id)
+    assert dead["attempt"] == "3" and int(redis_client.get("pooltest:crashes") or 0) == 3
+    assert [msgspec.json.decode(dead[f"e{n}"])["type"] for n in (1, 2, 3)] == ["worker_death"] * 3
+    assert runtime.proc.poll() is None  # the supervisor kept going
+    assert integrity_problems(redis_url) == []
+
+
+def test_supervisor_stops_with_a_boot_error_when_handlers_do_not_import(start: Start) -> None:
+    # Given a handlers module that raises at import
+    runtime = start("--processes", "2", "--no-http", module="tests.fixtures.broken_handlers")
+    # When, Then: a clear message, exit code 3, and no crash loop
+    assert runtime.wait_exit(30) == EXIT_BOOT_ERROR
+    log = runtime.log()
+    assert "cannot import the handlers module 'tests.fixtures.broken_handlers'" in log
+    assert "boom: this handlers module is broken on purpose" in log
+    assert "could not boot" in log
+    assert len(runtime.pool_pids()) == 2  # the first two only: nothing was respawned
+
+
+def test_supervisor_recycles_a_pool_after_max_jobs_per_child(redis_url: str, redis_client: redis.Redis, start: Start) -> None:
+    # Given
+    ids = enqueue(redis_url, *(Draft(type="pid.job") for _ in range(7)))
+    # When
+    runtime = start("--processes", "1", "--concurrency", "1", "--max-jobs-per-child", "3", "--no-http")
+    # Then each process ran at most 3 jobs before it was replaced
+    wait_until(lambda: completed(redis_client, ids), timeout_s=30, what="all jobs to complete")
+    per_pid = Counter(int(p) for p in redis_client.lrange("pooltest:pids", 0, -1))
+    assert sum(per_pid.values()) == 7
+    assert len(per_pid) >= 3 and max(per_pid.values()) <= 3
+    assert "recycling" in runtime.log()
+    assert runtime.proc.poll() is None
+
+
+
+def test_supervisor_second_signal_forces_exit_and_releases_jobs(
+    redis_url: str, redis_client: redis.Redis, start: Start,
+) -> None:
+    # Given a job that would outlive a long drain
+    (job_id,) = enqueue(redis_url, Draft(type="sleep.job", args=[60]))
+    runtime = start("--processes", "1", "--no-http", "--drain-timeout", "60")
+    wait_until(lambda: redis_client.sismember("pooltest:started", job_id), what="the job to start")
+    # When the operator insists
+    runtime.send(signal.SIGTERM)
+    wait_until(lambda: "stopping; pools drain" in runtime.log(), what="the drain to begin")
+    runtime.send(signal.SIGINT)
+    # Then the supervisor exits at once, non-zero, and the job is back without a spent attempt
+    assert runtime.wait_exit(15) == 1
+    held = job(redis_client, job_id)
+    assert (held["state"], held["attempt"]) == ("available", "0")
+    assert integrity_problems(redis_url) == []
+
+
+def test_supervisor_recycles_a_pool_above_max_memory(redis_url: str, redis_client: redis.Redis, start: Start) -> None:
+    # Given a limit every process exceeds
+    ids = enqueue(redis_url, *(Draft(type="pid.job") for _ in range(3)))
+    # When
+    runtime = start("--processes", "1", "--no-http", "--max-memory-mb", "1")
+    # Then pools are replaced gracefully (SIGTERM, drain, exit 0) and the work still gets done
+    wait_until(lambda: runtime.log().count("ended: exit code 0") >= 2, what="two graceful recycles")
+    wait_until(lambda: completed(redis_client, ids), what="all jobs to complete")
+    assert "is above 1 MB: recycling it" in runtime.log()
+    assert "SIGKILL" not in runtime.log()

@@ -1,0 +1,199 @@
+"""The worker runtime end to end: real `ojs-run` processes, a real Redis, no mocks.
+
+Handlers live in tests/fixtures/pool_handlers.py and record what they do under ``pooltest:*``
+keys; tests wait on those records (or on job states) with deadlines, never on bare sleeps.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+import redis
+
+from runtime import Client, Draft
+from tests.fixtures.procs import (
+    KEYS,
+    Runtime,
+    free_port,
+    integrity_problems,
+    job,
+    run,
+    states,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+HANDLERS = "tests.fixtures.pool_handlers"
+Start = Callable[..., Runtime]
+
+
+@pytest.fixture
+def start(redis_url: str, tmp_path: Path) -> Iterator[Start]:
+    """``start(*args)``: an ojs-run process serving the fixture handlers; stopped after the test."""
+    started: list[Runtime] = []
+
+    def go(*args: str, module: str = HANDLERS) -> Runtime:
+        runtime = Runtime(redis_url, module, *args, log_path=tmp_path / f"ojs-run-{len(started)}.log")
+        started.append(runtime)
+        return runtime
+
+    yield go
+    for runtime in started:
+        runtime.stop()
+        print(f"--- {runtime.log_path.name}\n{runtime.log()}")  # shown when the test failed
+
+
+def enqueue(redis_url: str, *drafts: Draft) -> list[str]:
+    async def go() -> list[str]:
+        async with Client(redis_url) as client:
+            ids = await client.enqueue_many(drafts)
+        return [i for i in ids if i is not None]
+
+    ids: list[str] = run(go())
+    return ids
+
+
+def completed(client: redis.Redis, ids: list[str]) -> bool:
+    return all(state == "completed" for state in states(client, ids))
+
+
+def test_client_enqueue_get_cancel_and_enqueue_middleware(redis_url: str) -> None:
+    async def drop_spam(draft: Draft, call_next: Any) -> Any:
+        if draft.meta.get("spam"):
+            return None
+        draft.meta["stamped"] = True
+        return await call_next()
+
+    async def scenario() -> tuple[list[str | None], dict[str, Any], str]:
+        async with Client(redis_url, middleware=[drop_spam]) as client:
+            ids = await client.enqueue_many([
+                Draft(type="count.job", args=[0], options={"queue": "q1", "priority": 5}),
+                Draft(type="count.job", meta={"spam": True}),
+            ])
+            assert ids[0] is not None
+            envelope = await client.get(ids[0])
+            previous = await client.cancel(ids[0])
+            with pytest.raises(TypeError, match="unknown enqueue option"):
+                await client.enqueue("count.job", [], queueu="typo")
+        return ids, envelope, previous
+
+    ids, envelope, previous = run(scenario())
+    assert ids[1] is None  # dropped by the middleware, not an error
+    assert (envelope["queue"], envelope["priority"], envelope["args"], envelope["meta"]) == ("q1", 5, [0], {"stamped": True})
+    assert previous == "available"
+
+
+def test_pool_runs_jobs_and_middleware_wraps_them_like_an_onion(redis_url: str, redis_client: redis.Redis, start: Start) -> None:
+    # Given
+    runtime = start("--processes", "1", "--no-http")
+    runtime.wait_ready(1)
+    # When
+    (job_id,) = enqueue(redis_url, Draft(type="ctl.ok"))
+    # Then
+    wait_until(lambda: completed(redis_client, [job_id]), what="the job to complete")
+    assert job(redis_client, job_id)["result"] == '"ok"'
+    trace = [x.decode() for x in redis_client.lrange(f"pooltest:trace:{job_id}", 0, -1)]
+    assert trace == ["outer:before", "inner:before", "handler", "inner:after", "outer:after"]
+
+
+def test_pool_retry_with_delay_discard_and_failure(redis_url: str, redis_client: redis.Redis, start: Start) -> None:
+    # Given: a retry policy whose own backoff (an hour) would never let the test finish
+    slow_policy = {"initial_interval": "PT1H", "max_interval": "PT1H", "jitter": False}
+    runtime = start("--processes", "1", "--no-http")
+    runtime.wait_ready(1)
+    # When
+    retry_id, discard_id, fail_id = enqueue(
+        redis_url,
+        Draft(type="ctl.retry", args=[0.2], options={"retry": slow_policy}),
+        Draft(type="ctl.discard", options={"retry": {"on_exhaustion": "dead_letter"}}),
+        Draft(type="ctl.fail", options={"retry": {**slow_policy, "non_retryable_errors": ["LookupError"]}}),
+    )
+    # Then: Retry(delay_s=0.2) overrides the policy's backoff; the second attempt completes
+    wait_until(lambda: completed(redis_client, [retry_id]), what="the retried job to complete")
+    retried = job(redis_client, retry_id)
+    assert (retried["attempt"], retried["result"]) == ("2", "2")
+    assert msgspec.json.decode(retried["e1"])["type"] == "Retry"
+    # Discard: discarded at once, never dead-lettered
+    wait_until(lambda: states(redis_client, [discard_id, fail_id]) == ["discarded", "discarded"], what="discards")
+    discarded = job(redis_client, discard_id)
+    assert discarded["attempt"] == "1"
+    assert msgspec.json.decode(discarded["error"])["code"] == "DISCARD"
+    assert redis_client.zscore(KEYS.dlq, discard_id) is None
+    # A raised exception is recorded with its type, message and traceback; the policy decides
+    failed = msgspec.json.decode(job(redis_client, fail_id)["error"])
+    assert (failed["type"], failed["message"]) == ("LookupError", "the thing is missing")
+    assert any("ctl_fail" in frame for frame in failed["backtrace"])
+    assert integrity_problems(redis_url) == []
+
+
+def test_pool_progress_is_visible_over_http(redis_url: str, redis_client: redis.Redis, start: Start) -> None:
+    # Given
+    port = free_port()
+    runtime = start("--processes", "1", "--http", f"127.0.0.1:{port}")
+    runtime.wait_ready(1)
+    base = f"http://127.0.0.1:{port}/ojs/v1/jobs"
+    (job_id,) = enqueue(redis_url, Draft(type="progress.wait"))
+    # When the handler has reported half way
+    body = wait_until(lambda: _progress_at(f"{base}/{job_id}", 0.5), what="progress 0.5 on GET /jobs/{id}")
+    # Then
+    assert body["job"]["state"] == "active"
+    progress = httpx.get(f"{base}/{job_id}/progress").json()
+    assert (progress["progress"], progress["message"], progress["data"]) == (0.5, "half way", {"step": 1})
+    redis_client.rpush(f"pooltest:go:{job_id}", "1")
+    wait_until(lambda: completed(redis_client, [job_id]), what="the job to complete")
+    assert httpx.get(f"{base}/{job_id}").json()["job"]["progress"] == 1.0
+
+
+def _progress_at(url: str, value: float) -> dict[str, Any] | None:
+    try:
+        body: dict[str, Any] = httpx.get(url).json()
+    except httpx.HTTPError:
+        return None
+    return body if body.get("job", {}).get("progress") == value else None
+
+
+def test_pool_cancelled_job_stops_its_handler(redis_url: str, redis_client: redis.Redis, start: Start) -> None:
+    # Given a running job
+    runtime = start("--processes", "1", "--no-http", "--heartbeat-interval", "0.2")
+    runtime.wait_ready(1)
+    (job_id,) = enqueue(redis_url, Draft(type="sleep.job", args=[60]))
+    wait_until(lambda: redis_client.sismember("pooltest:started", job_id), what="the job to start")
+    # When it is cancelled through the broker
+    async def cancel() -> str:
+        async with Client(redis_url) as client:
+            return await client.cancel(job_id)
+
+    assert run(cancel()) == "active"
+    # Then the next heartbeat tells the pool, which cancels the handler (ctx.cancelled is true)
+    wait_until(lambda: redis_client.sismember("pooltest:interrupted", f"{job_id}:True"), what="the handler to stop")
+    assert job(redis_client, job_id)["state"] == "cancelled"
+    assert integrity_problems(redis_url) == []
+
+
+def test_pool_weighted_fairness_on_a_full_backlog(redis_url: str, redis_client: redis.Redis, start: Start) -> None:
+    # Given both queues full before any worker starts
+    enqueue(redis_url, *(Draft(type="record.queue", options={"queue": q}) for q in ("a", "b") for _ in range(120)))
+    # When a 3:1 pool drains them
+    start("--processes", "2", "--concurrency", "4", "--queues", "a:3,b:1", "--no-http")
+    wait_until(lambda: redis_client.llen("pooltest:order") >= 120, what="120 jobs done")
+    # Then about 3 jobs of a ran for each job of b while both had work
+    first = Counter(x.decode() for x in redis_client.lrange("pooltest:order", 0, 99))
+    assert 0.65 <= first["a"] / 100 <= 0.85, first
+
+
+def test_pool_heartbeats_keep_a_cpu_bound_sync_job_leased(redis_url: str, redis_client: redis.Redis, start: Start) -> None:
+    # Given a 2 s lease, the reaper running (HTTP process), and a sync job burning CPU for 3 s
+    start("--processes", "1", "--http", f"127.0.0.1:{free_port()}", "--lease", "2")
+    (job_id,) = enqueue(redis_url, Draft(type="cpu.burn", args=[3]))
+    # When it runs, the event loop thread still gets the GIL and heartbeats every ~0.7 s
+    wait_until(lambda: completed(redis_client, [job_id]), what="the job to complete")
+    # Then the lease never expired: one attempt, no error
+    done = job(redis_client, job_id)
+    assert done["attempt"] == "1" and "error" not in done and "e1" not in done
