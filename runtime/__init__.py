@@ -7,7 +7,7 @@ The public surface for handler modules and producers::
 
 from __future__ import annotations
 
-from runtime.client import Client, Draft
+from runtime.client import Client, Draft, Step
 from runtime.context import Job, JobContext
 from runtime.errors import Discard, Retry
 from runtime.handlers import execution_middleware, handler, observers
@@ -19,6 +19,7 @@ __all__ = [
     "Client",
     "Discard",
     "Draft",
+    "Step",
     "Job",
     "JobContext",
     "Middleware",

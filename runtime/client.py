@@ -5,6 +5,7 @@ binding does (same validation, same scripts), without an HTTP hop::
         job_id = await client.enqueue("email.send", ["a@example.com", "Hi"], queue="email")
         ids = await client.enqueue_many([Draft(type="report.build", args=["2024-06-01"])])
         job = await client.get(job_id)        # the OJS envelope, JSON-native
+        flow = await client.chain([Draft(type="a"), Draft(type="b")])   # also group, batch, workflow
 
 Options are the OJS enqueue option names (``queue``, ``priority``, ``timeout_ms``,
 ``scheduled_at``, ``delay_ms``, ``expires_at``, ``retry``, ``unique``, ``tags``, ...). When the job
@@ -28,6 +29,7 @@ from redis.asyncio import Redis
 from runtime import timefmt
 from runtime.broker.core import Broker
 from runtime.broker.records import encode_job, job_from_body
+from runtime.broker.workflows import WorkflowRequest, Workflows
 from runtime.config import Settings, settings_from_env
 from runtime.envelope import EnqueueOptions
 from runtime.handlers import registered
@@ -48,6 +50,14 @@ class Draft(msgspec.Struct, kw_only=True):
     id: str | None = None
 
 
+class Step(msgspec.Struct, kw_only=True):
+    """A workflow step for :meth:`Client.workflow`: a job, its step id and what it waits for."""
+
+    id: str
+    job: Draft
+    depends_on: Sequence[str] = ()
+
+
 EnqueueMiddleware = Callable[[Draft, CallNext], Awaitable[Any]]
 
 
@@ -65,6 +75,7 @@ class Client:
         self.settings = settings or settings_from_env(redis_url=redis_url)
         self._redis = Redis.from_url(redis_url)
         self._broker = Broker(self._redis, self.settings)
+        self._workflows = Workflows(self._broker)
         self._chain = compose(list(middleware), _insert_as_is)
 
     async def __aenter__(self) -> Self:
@@ -106,6 +117,61 @@ class Client:
         jobs = [job_from_body(body, now_ms=now) for body in bodies]
         done = await self._broker.enqueue(jobs, now_ms=now) if jobs else []
         return [None if slot is None else done[slot].job_id for slot in slots]
+
+    # --- workflows -------------------------------------------------------------------------
+
+    async def chain(self, steps: Sequence[Draft], *, name: str | None = None) -> dict[str, Any]:
+        """Run the steps one after another; each sees the earlier results as `parent_results`.
+        Returns the workflow (its `id`, `state`, counters and steps)."""
+        return await self._workflow({"type": "chain", "name": name, "steps": await self._members(steps)})
+
+    async def group(self, jobs: Sequence[Draft], *, name: str | None = None) -> dict[str, Any]:
+        """Run the jobs in parallel; the workflow completes when all have finished."""
+        return await self._workflow({"type": "group", "name": name, "jobs": await self._members(jobs)})
+
+    async def batch(
+        self, jobs: Sequence[Draft], *, on_complete: Draft | None = None, on_success: Draft | None = None,
+        on_failure: Draft | None = None, name: str | None = None,
+    ) -> dict[str, Any]:
+        """A group plus callbacks, each enqueued exactly once when every job has finished:
+        `on_complete` always, `on_success` if none failed, `on_failure` if any failed."""
+        named = {"on_complete": on_complete, "on_success": on_success, "on_failure": on_failure}
+        callbacks = {k: (await self._members([v]))[0] for k, v in named.items() if v is not None}
+        return await self._workflow(
+            {"type": "batch", "name": name, "jobs": await self._members(jobs), "callbacks": callbacks}
+        )
+
+    async def workflow(self, steps: Sequence[Step], *, name: str | None = None) -> dict[str, Any]:
+        """A graph of steps: each runs once every step it `depends_on` has completed."""
+        members = await self._members([step.job for step in steps])
+        for member, step in zip(members, steps):
+            member["id"] = step.id
+            member["depends_on"] = list(step.depends_on)
+        return await self._workflow({"name": name, "steps": members})
+
+    async def get_workflow(self, workflow_id: str) -> dict[str, Any]:
+        return await self._workflows.get(workflow_id)
+
+    async def cancel_workflow(self, workflow_id: str) -> dict[str, Any]:
+        """Cancel the workflow and its jobs that have not finished."""
+        return await self._workflows.cancel(workflow_id)
+
+    async def _members(self, drafts: Sequence[Draft]) -> list[dict[str, Any]]:
+        """Workflow jobs go through the enqueue middleware like any job; dropping one is an
+        error, since a workflow cannot run with a hole in it."""
+        members = []
+        for draft in drafts:
+            draft = _with_defaults(draft)
+            given_id = draft.id
+            kept = await self._chain(draft)
+            if not isinstance(kept, Draft) or kept.id != given_id:
+                raise ValueError("enqueue middleware may not drop or re-identify a workflow job")
+            members.append(msgspec.json.decode(_body(kept)))
+        return members
+
+    async def _workflow(self, request: dict[str, Any]) -> dict[str, Any]:
+        body = {k: v for k, v in request.items() if v is not None}
+        return await self._workflows.create(msgspec.convert(body, WorkflowRequest))
 
     async def get(self, job_id: str) -> dict[str, Any]:
         """The job envelope (OJS field names, JSON-native values)."""
