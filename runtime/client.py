@@ -28,7 +28,8 @@ from redis.asyncio import Redis
 
 from runtime import timefmt
 from runtime.broker.core import Broker
-from runtime.broker.records import encode_job, job_from_body
+from runtime.broker.records import job_from_body
+from runtime.broker.render import encode_job
 from runtime.broker.workflows import WorkflowRequest, Workflows
 from runtime.config import Settings, settings_from_env
 from runtime.envelope import EnqueueOptions
@@ -144,7 +145,7 @@ class Client:
     async def workflow(self, steps: Sequence[Step], *, name: str | None = None) -> dict[str, Any]:
         """A graph of steps: each runs once every step it `depends_on` has completed."""
         members = await self._members([step.job for step in steps])
-        for member, step in zip(members, steps):
+        for member, step in zip(members, steps, strict=True):
             member["id"] = step.id
             member["depends_on"] = list(step.depends_on)
         return await self._workflow({"name": name, "steps": members})

@@ -36,7 +36,7 @@ from runtime import fairness, handlers, timefmt
 from runtime.broker import BACKEND_ERRORS, failures
 from runtime.broker.core import Broker, Completion, Failure
 from runtime.broker.pool_ops import Batcher, listen_for_work, release_worker
-from runtime.broker.records import encode_job
+from runtime.broker.render import encode_job
 from runtime.config import Settings
 from runtime.context import CANCELLED, SHUTDOWN, Job, JobContext, ProgressThrottle, ProgressUpdate
 from runtime.envelope import ErrorInfo

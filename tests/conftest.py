@@ -171,3 +171,10 @@ def make_embedded_redis() -> Iterator[Callable[..., EmbeddedRedis]]:
     finally:
         for server in servers:
             server.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Conformance tests go last: their suites run in background threads from the start of the
+    session (see test_conformance_levels.py), so the rest of the tests overlap their minutes of
+    waiting instead of queueing behind them."""
+    items.sort(key=lambda item: item.get_closest_marker("conformance") is not None)

@@ -11,7 +11,8 @@ from runtime import timefmt
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
 from runtime.broker.core import Progress
-from runtime.broker.records import as_hash, encode_job, job_from_body, present
+from runtime.broker.records import job_from_body, present
+from runtime.broker.render import as_hash, encode_job
 from runtime.envelope import BatchRequest, ProgressRequest
 from runtime.errors import InvalidRequest, OJSError
 

@@ -10,7 +10,7 @@ import msgspec
 from runtime import timefmt
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
-from runtime.broker.records import encode_job
+from runtime.broker.render import encode_job
 from runtime.envelope import QUEUE_PATTERN
 from runtime.errors import InvalidRequest
 

@@ -7,7 +7,8 @@ import msgspec
 from runtime import timefmt
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
-from runtime.broker.records import encode_job, present
+from runtime.broker.records import present
+from runtime.broker.render import encode_job
 from runtime.envelope import AckRequest, FetchRequest, HeartbeatRequest, NackRequest
 from runtime.errors import InvalidRequest
 

@@ -16,7 +16,8 @@ from redis.asyncio import Redis
 from runtime import timefmt
 from runtime.broker import failures
 from runtime.broker.keys import Keys
-from runtime.broker.records import NewJob, pairs_to_dict
+from runtime.broker.records import NewJob
+from runtime.broker.render import pairs_to_dict
 from runtime.broker.scripts import Scripts, Status
 from runtime.config import Settings
 from runtime.envelope import ErrorInfo

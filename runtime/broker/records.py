@@ -1,4 +1,4 @@
-"""A job's Redis hash, both ways: an enqueue request into hash fields, and a hash into an envelope.
+"""An enqueue request into a job's Redis hash fields (validated); render.py goes the other way.
 
 The hash keeps scalars the scripts need (state, attempt, deadlines as epoch ms) as plain fields,
 and client JSON (args, meta, result, unknown top-level fields) as untouched JSON text, which is
@@ -31,12 +31,8 @@ from runtime.ids import uuid7
 _encode = msgspec.json.encode
 _pack = msgspec.msgpack.Encoder().encode
 _retry_decoder = msgspec.json.Decoder(RetryPolicy)
-_extras_decoder = msgspec.json.Decoder(dict[str, Raw])
 _top_decoder = msgspec.json.Decoder(dict[str, Raw])
 _request_decoder = msgspec.json.Decoder(EnqueueRequest)
-HISTORY_LIMIT = 20  # must match HISTORY in nack.lua
-
-_DEFAULT_RETRY_JSON = b'{"max_attempts":3}'
 
 
 class NewJob(msgspec.Struct, kw_only=True):
@@ -338,93 +334,3 @@ def job_from_body(body: bytes, *, now_ms: int, request_id: str | None = None) ->
     job = build_job(req, split_extras(top), job_id=req.id or uuid7(), now_ms=now_ms, request_id=request_id)
     job.client_id = req.id is not None
     return job
-
-
-# --- rendering ---------------------------------------------------------------------------------
-
-_TIME_FIELDS = (
-    "created_at", "enqueued_at", "started_at", "completed_at", "cancelled_at", "discarded_at",
-    "expired_at", "re_enqueued_at",
-)
-_JSON_FIELDS = ("retry", "unique", "rate_limit", "tags")
-_INT_FIELDS = ("timeout_ms", "visibility_timeout_ms", "retry_delay_ms")
-
-
-def pairs_to_dict(flat: list[bytes]) -> dict[bytes, bytes]:
-    """An HGETALL reply as returned inside a script result (a flat list) into a dict."""
-    it = iter(flat)
-    return dict(zip(it, it, strict=False))
-
-
-def render_job(h: dict[bytes, bytes]) -> dict[str, Any]:
-    """The job envelope as a dict ready for msgspec; JSON fragments stay Raw (never re-parsed)."""
-
-    def text(name: str) -> str | None:
-        value = h.get(name.encode())
-        return value.decode() if value is not None else None
-
-    env: dict[str, Any] = {
-        "specversion": "1.0",
-        "id": text("id"),
-        "type": text("type"),
-        "queue": text("queue"),
-        "args": Raw(h.get(b"args", b"[]")),
-        "meta": Raw(h.get(b"meta", b"{}")),
-        "priority": int(h.get(b"priority", b"0")),
-        "state": text("state"),
-        "attempt": int(h.get(b"attempt", b"0")),
-        "max_attempts": int(h.get(b"max_attempts", b"3")),
-    }
-    for name in _INT_FIELDS:
-        value = h.get(name.encode())
-        if value is not None:
-            env[name] = int(value)
-    for name in _JSON_FIELDS:
-        value = h.get(name.encode())
-        if value is not None:
-            env[name] = Raw(value)
-    if (schema := text("schema")) is not None:
-        env["schema"] = schema
-    for name in _TIME_FIELDS:
-        value = h.get(name.encode())
-        if value is not None:
-            env[name] = timefmt.format_ms(int(value))
-    if (parents := h.get(b"parent_results")) is not None:
-        env["parent_results"] = Raw(parents)
-    for name in ("scheduled_at", "expires_at", "worker_id", "previous_state", "workflow_id"):
-        if (value_text := text(name)) is not None:
-            env[name] = value_text
-    if (next_attempt := h.get(b"next_attempt_at")) is not None:
-        env["next_attempt_at"] = env["next_retry_at"] = timefmt.format_ms(int(next_attempt))
-    if (error := h.get(b"error")) is not None:
-        env["error"] = Raw(error)
-    errors = error_history(h)
-    if errors:
-        env["errors"] = errors
-    if (result := h.get(b"result")) is not None:
-        env["result"] = Raw(result)
-    if (progress := h.get(b"progress")) is not None:
-        env["progress"] = float(progress)
-    if (extra := h.get(b"extra")) is not None:
-        for key, value in _extras_decoder.decode(extra).items():
-            env.setdefault(key, value)
-    return env
-
-
-def error_history(h: dict[bytes, bytes]) -> list[Raw]:
-    count = int(h.get(b"nerr", b"0"))
-    history = []
-    for k in range(max(1, count - HISTORY_LIMIT + 1), count + 1):
-        value = h.get(f"e{k}".encode())
-        if value is not None:
-            history.append(Raw(value))
-    return history
-
-
-def encode_job(h: dict[bytes, bytes]) -> bytes:
-    return _encode(render_job(h))
-
-
-def as_hash(job: NewJob) -> dict[bytes, bytes]:
-    """The hash enqueue.lua writes for this job, to render the reply without reading it back."""
-    return {name.encode(): value.encode() for name, value in job.fields.items()}

@@ -12,7 +12,7 @@ from runtime.broker.admin import Admin
 from runtime.broker.core import Broker
 from runtime.broker.integrity import check_integrity
 from runtime.broker.keys import Keys
-from runtime.broker.records import error_history
+from runtime.broker.render import error_history
 from runtime.envelope import ErrorInfo
 from runtime.errors import NotFound
 from runtime.ids import uuid7

@@ -13,7 +13,7 @@ from runtime import timefmt
 from runtime.broker.core import Broker, Failure, NackResult
 from runtime.broker.integrity import check_integrity
 from runtime.broker.keys import Keys
-from runtime.broker.records import error_history
+from runtime.broker.render import error_history
 from runtime.envelope import ErrorInfo
 from runtime.errors import Conflict, NotFound
 from runtime.ids import uuid7
