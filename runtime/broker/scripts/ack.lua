@@ -42,12 +42,16 @@ local function on_end(job_key, id, state)
   return 0
 end
 
+-- Counter moves are gathered per queue and written once per call.
+local completed_per_queue = {}
+
 local out = {}
 for j = 5, #KEYS do
   local job_key = KEYS[j]
   local a = 3 + (j - 5) * 3
   local worker_id, attempt, result = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  local f = rcall("HMGET", job_key, "state", "worker_id", "attempt", "queue", "type", "started_at", "id")
+  local f = rcall("HMGET", job_key, "state", "worker_id", "attempt", "queue", "type", "started_at", "id",
+    "progress", "expires_ms", "unique_key", "workflow_id")
   if not f[1] then
     out[#out + 1] = {1, "", 0}
   elseif f[1] ~= "active" then
@@ -55,28 +59,36 @@ for j = 5, #KEYS do
   elseif (worker_id ~= "" and f[2] and f[2] ~= worker_id) or (attempt ~= "" and attempt ~= f[3]) then
     out[#out + 1] = {3, f[1], 0}
   else
-    local id = f[7]
-    rcall("HSET", job_key, "state", "completed", "completed_at", now)
+    local id, queue = f[7], f[4]
+    local fields = {"state", "completed", "completed_at", now}
     if result ~= "" then
-      rcall("HSET", job_key, "result", result)
+      fields[#fields + 1] = "result"
+      fields[#fields + 1] = result
     end
+    if f[8] then  -- progress was reported: a completed job is done
+      fields[#fields + 1] = "progress"
+      fields[#fields + 1] = "1.0"
+    end
+    rcall("HSET", job_key, unpack(fields))
     rcall("HDEL", job_key, "error", "next_attempt_at", "visible_until", "exec_deadline")
-    if rcall("HEXISTS", job_key, "progress") == 1 then
-      rcall("HSET", job_key, "progress", "1.0")
-    end
     rcall("ZREM", active_key, id)
-    rcall("ZREM", expiring_key, id)
+    if f[9] then rcall("ZREM", expiring_key, id) end
     if f[2] then rcall("SREM", prefix .. "worker-jobs:" .. f[2], id) end
-    local counts = prefix .. "queue:" .. f[4] .. ":counts"
-    rcall("HINCRBY", counts, "active", -1)
-    rcall("HINCRBY", counts, "completed", 1)
+    completed_per_queue[queue] = (completed_per_queue[queue] or 0) + 1
     if maxlen > 0 then
       rcall("XADD", events_key, "MAXLEN", "~", maxlen, "*", "type", "job.completed",
         "subject", id, "time", now, "data", cjson.encode({job_id = id, job_type = f[5],
-          queue = f[4], state = "completed", attempt = tonumber(f[3]),
+          queue = queue, state = "completed", attempt = tonumber(f[3]),
           duration_ms = tonumber(now) - tonumber(f[6])}))
     end
-    out[#out + 1] = {0, "completed", on_end(job_key, id, "completed")}
+    local queued = 0
+    if f[10] or f[11] then queued = on_end(job_key, id, "completed") end
+    out[#out + 1] = {0, "completed", queued}
   end
+end
+for queue, count in pairs(completed_per_queue) do
+  local counts = prefix .. "queue:" .. queue .. ":counts"
+  rcall("HINCRBY", counts, "active", -count)
+  rcall("HINCRBY", counts, "completed", count)
 end
 return out

@@ -123,6 +123,8 @@ local function expire_due()
   end
 end
 
+local claimed_per_queue = {}
+
 local function claim(id, queue)
   local job_key = prefix .. "job:" .. id
   local f = rcall("HMGET", job_key, "state", "type", "visibility_timeout_ms", "timeout_ms", "expires_ms")
@@ -138,24 +140,28 @@ local function claim(id, queue)
   local visible_until = now + vis
   local deadline = visible_until
   local attempt = rcall("HINCRBY", job_key, "attempt", 1)
-  rcall("HSET", job_key, "state", "active", "started_at", ARGV[1], "visible_until", visible_until)
-  rcall("HDEL", job_key, "progress", "progress_message", "progress_data", "progress_at")
+  local set = {"state", "active", "started_at", ARGV[1], "visible_until", visible_until}
+  local drop = {"progress", "progress_message", "progress_data", "progress_at"}
   if worker_id ~= "" then
-    rcall("HSET", job_key, "worker_id", worker_id)
+    set[#set + 1] = "worker_id"
+    set[#set + 1] = worker_id
     rcall("SADD", prefix .. "worker-jobs:" .. worker_id, id)
   else
-    rcall("HDEL", job_key, "worker_id")
+    drop[#drop + 1] = "worker_id"
   end
   local timeout = tonumber(f[4])
   if timeout then
     local exec_deadline = now + timeout
-    rcall("HSET", job_key, "exec_deadline", exec_deadline)
+    set[#set + 1] = "exec_deadline"
+    set[#set + 1] = exec_deadline
     if exec_deadline < deadline then deadline = exec_deadline end
   else
-    rcall("HDEL", job_key, "exec_deadline")
+    drop[#drop + 1] = "exec_deadline"
   end
+  rcall("HSET", job_key, unpack(set))
+  rcall("HDEL", job_key, unpack(drop))
   rcall("ZADD", active_key, deadline, id)
-  move_count(queue, "available", "active")
+  claimed_per_queue[queue] = (claimed_per_queue[queue] or 0) + 1
   emit("job.started", id, {job_id = id, job_type = f[2], queue = queue, state = "active",
     worker_id = worker_id, attempt = attempt})
   return rcall("HGETALL", job_key)
@@ -196,9 +202,8 @@ local function claim_from(queue, limit)
   local available_key = prefix .. "queue:" .. queue .. ":available"
   local taken = 0
   while #claimed < count and taken < limit do
-    local head = rcall("ZRANGE", available_key, 0, 0)
+    local head = rcall("ZPOPMIN", available_key)
     if #head == 0 then return end
-    rcall("ZREM", available_key, head[1])
     local job = claim(head[1], queue)
     if job then
       claimed[#claimed + 1] = job
@@ -217,5 +222,10 @@ end
 for q = 1, nq do
   if #claimed >= count then break end
   claim_from(ARGV[9 + q], count)
+end
+for queue, n in pairs(claimed_per_queue) do
+  local counts = prefix .. "queue:" .. queue .. ":counts"
+  rcall("HINCRBY", counts, "available", -n)
+  rcall("HINCRBY", counts, "active", n)
 end
 return claimed
