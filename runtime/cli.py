@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import re
 import sys
 from collections.abc import Callable
 
-from runtime import fairness
+from runtime import fairness, logs
 from runtime.config import settings_from_env
 from runtime.envelope import QUEUE_PATTERN
 from runtime.server import InsecureBinding, run
@@ -24,11 +23,17 @@ def _broker_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--redis", dest="redis_url", help="Redis URL (env REDIS_URL); default: embedded Redis")
     parser.add_argument("--data-dir", help="embedded Redis data directory (env OJS_DATA_DIR)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _log_format_option(parser)
     return parser
 
 
+def _log_format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-format", choices=logs.FORMATS, default=logs.default_format(),
+                        help="text, or json: one JSON object per line (env OJS_LOG_FORMAT; default text)")
+
+
 def _start(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level, args.log_format, text_format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from_env(host=args.host, port=args.port, redis_url=args.redis_url, data_dir=args.data_dir)
     try:
         run(settings)
@@ -118,17 +123,23 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease", type=_positive(float), metavar="S", default=_env("OJS_LEASE") or "60",
                    help="seconds a claimed job stays leased without a heartbeat; heartbeats come at "
                    "least 3 times per lease (env OJS_LEASE; default 60)")
+    p.add_argument("--metrics-port", type=_positive(int), metavar="PORT", default=_env("OJS_METRICS_PORT"),
+                   help="also serve /metrics, /health and /ready on this port of the HTTP host, e.g. "
+                   "with --no-http (env OJS_METRICS_PORT)")
+    p.add_argument("--stall-timeout", type=_positive(float), metavar="S", default=_env("OJS_STALL_TIMEOUT") or "60",
+                   help="/ready fails when no pool has fetched for this long; a pool with every slot "
+                   "busy counts as fetching (env OJS_STALL_TIMEOUT; default 60)")
     p.add_argument("--log-level", default=(_env("OJS_LOG_LEVEL") or "info").lower(),
                    choices=["debug", "info", "warning", "error"])
+    _log_format_option(p)
     return p
 
 
 def run_main(argv: list[str] | None = None) -> int:
     """`ojs-run MODULE`: the supervisor, its pool processes and (unless --no-http) the broker."""
     args = _run_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-    )
+    logs.configure(args.log_level, args.log_format,
+                   text_format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
     sys.path.insert(0, os.getcwd())  # like uvicorn and gunicorn: the app's modules are found from here
     host, port = args.http if args.http else (None, None)
     settings = settings_from_env(host=host, port=port, redis_url=args.redis_url, data_dir=args.data_dir)
@@ -141,6 +152,7 @@ def run_main(argv: list[str] | None = None) -> int:
     config = SupervisorConfig(
         processes=int(args.processes), http=not args.no_http, max_memory_mb=int(args.max_memory_mb or 0),
         liveness_timeout_s=args.liveness_timeout,
+        metrics_port=int(args.metrics_port) if args.metrics_port else None, stall_s=args.stall_timeout,
     )
     return Supervisor(pool, config=config).run()
 

@@ -27,6 +27,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_batch_size: int = 1_000
     max_fetch_count: int = 1_000
     max_page_size: int = 200
+    metrics_max_queues: int = 100  # queues whose depth and oldest-job age /metrics reads from Redis
     scheduler_interval_ms: int = 100  # promoter / reaper cadence
     cron_interval_ms: int = 500
     scheduler_step_limit: int = 1_000  # due entries handled per script call
@@ -67,6 +68,7 @@ def settings_from_env(**overrides: object) -> Settings:
         ("max_batch_size", "OJS_MAX_BATCH_SIZE"),
         ("default_visibility_ms", "OJS_DEFAULT_VISIBILITY_MS"),
         ("events_maxlen", "OJS_EVENTS_MAXLEN"),
+        ("metrics_max_queues", "OJS_METRICS_MAX_QUEUES"),
     ):
         if (number := _env_int(env)) is not None:
             values[field] = number

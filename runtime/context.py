@@ -140,9 +140,10 @@ class JobContext:
         self.timeout_s = timeout_s
         self.last_checkpoint = last_checkpoint
         self.metadata: dict[str, Any] = {}  # scoped to this execution, shared by the middleware
-        self.logger = logging.LoggerAdapter(
-            logging.getLogger("runtime.job"), {"job_id": job.id, "queue": job.queue, "type": job.type}
-        )
+        self.logger = logging.LoggerAdapter(logging.getLogger("runtime.job"), {
+            "job_id": job.id, "queue": job.queue, "type": job.type, "attempt": job.attempt, "worker_id": worker_id,
+        })
+        self.started_s = time.monotonic()
         self._progress = progress
         self._loop = loop
         self.stop_reason: str | None = None  # CANCELLED, SHUTDOWN or TIMEOUT once asked to stop
@@ -158,6 +159,13 @@ class JobContext:
     @property
     def job_id(self) -> str:
         return self.job.id
+
+    @property
+    def traceparent(self) -> str | None:
+        """The producer's W3C trace context (``meta.traceparent``), if any. While the handler
+        runs, :data:`runtime.tracing.TRACEPARENT` holds the context to propagate further."""
+        value = self.job.meta.get("traceparent")
+        return value if isinstance(value, str) else None
 
     @property
     def cancelled(self) -> bool:

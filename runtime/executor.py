@@ -1,7 +1,9 @@
 """One job: JobContext -> middleware chain -> handler under its timeout -> an Outcome value.
 
 The executor never talks to the broker. It returns what happened, and :func:`settle` turns that
-into the one ack or nack item the pool sends (or nothing, for a job that was cancelled).
+into the one ack or nack item the pool sends (or nothing, for a job that was cancelled); once
+that is answered, :func:`observe` records the attempt's metrics. The chain runs inside the job's
+trace context (:func:`runtime.tracing.job_span`).
 
 Timeouts. The job's ``timeout_ms`` (else the handler's ``timeout_s``) bounds the handler call,
 innermost in the chain, so middleware sees the :class:`JobTimeout` raised by ``call_next``:
@@ -16,7 +18,9 @@ innermost in the chain, so middleware sees the :class:`JobTimeout` raised by ``c
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Container
 from concurrent.futures import Executor
@@ -24,8 +28,9 @@ from typing import Any
 
 import msgspec
 
+from runtime import metrics, tracing
 from runtime.broker import failures
-from runtime.broker.core import Completion, Failure
+from runtime.broker.core import Completion, Failure, NackResult
 from runtime.context import CANCELLED, SHUTDOWN, TIMEOUT, JobContext
 from runtime.envelope import ErrorInfo
 from runtime.errors import Discard, Retry
@@ -115,7 +120,9 @@ class Terminal:
 
     async def _run_in_thread(self, spec: HandlerSpec, ctx: JobContext) -> Any:
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._threads, functools.partial(spec.fn, ctx, *ctx.job.args))
+        # In a copy of this task's context: the trace context and the job's log fields go along.
+        call = functools.partial(contextvars.copy_context().run, spec.fn, ctx, *ctx.job.args)
+        future = loop.run_in_executor(self._threads, call)
         scope = asyncio.timeout(ctx.timeout_s)
         try:
             async with scope:
@@ -154,7 +161,8 @@ async def execute(ctx: JobContext, chain: Chain, handlers: Container[str]) -> Ou
             message=f"No handler is registered for job type '{ctx.job.type}'.",
         ))
     try:
-        value = await chain(ctx)
+        with tracing.job_span(ctx.job, worker_id=ctx.worker_id):
+            value = await chain(ctx)
     except asyncio.CancelledError:
         if ctx.stop_reason == CANCELLED:
             _uncancel()
@@ -238,3 +246,22 @@ def settle(outcome: Outcome, ctx: JobContext, *, worker_id: str, now_ms: int) ->
         verdict = failures.verdict(outcome.error, requeue=False, non_retryable=list(non_retryable))
         error = failures.error_record(outcome.error, now_ms)
     return Failure(job_id=job.id, verdict=verdict, error=error, worker_id=worker_id, attempt=job.attempt)
+
+
+def observe(ctx: JobContext, outcome: Outcome, item: Completion | Failure | None, result: object) -> None:
+    """Metrics of one finished attempt, once its ack or nack returned `result` (an exception
+    when the job was cancelled or reaped meanwhile: then it is counted where that happened)."""
+    job = ctx.job
+    if isinstance(result, Exception):
+        return
+    if isinstance(outcome, (Failed, Stuck)) and outcome.error.code == "timeout":
+        metrics.JOBS_TIMED_OUT.labels(job.queue, job.type).inc()
+    if isinstance(outcome, Completed):
+        name = "completed"
+    elif isinstance(outcome, Cancelled):
+        name = "cancelled"
+    elif isinstance(item, Failure) and isinstance(result, NackResult):
+        name = failures.settled_outcome(item.verdict, result.state, on_exhaustion=(job.retry or {}).get("on_exhaustion"))
+    else:
+        return
+    metrics.job_outcome(job.queue, job.type, name, time.monotonic() - ctx.started_s)

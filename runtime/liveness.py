@@ -8,13 +8,20 @@ extension holding the GIL, say) stops renewing the time and is killed after a ti
 that knows it is broken (a handler thread that will not stop) says so with :data:`STUCK` and is
 replaced at once. gunicorn's ``WorkerTmp`` does the same with a file's mtime.
 
+:class:`Board` is the other direction, for readiness: one small shared memory page the supervisor
+maps before its first fork, so every child (the HTTP process and pools forked later alike) sees
+the same page. The supervisor writes whether the runtime is quiet or draining; each pool writes
+the time of its last successful fetch; the HTTP process reads both to answer ``/ready``.
+
 ``CLOCK_MONOTONIC`` is system-wide on Linux, so both processes read the same clock.
 """
 
 from __future__ import annotations
 
 import enum
+import mmap
 import os
+import struct
 import tempfile
 import time
 
@@ -68,3 +75,38 @@ class Liveness:
             os.close(self._fd)
         except OSError:
             pass
+
+
+class Board:
+    """Runtime state the HTTP process reports on ``/ready``. Written by the supervisor (quiet,
+    draining) and the pools (last successful fetch); an 8-byte aligned store, so a reader sees
+    one value or the other, and at worst one probe answers from a stale value."""
+
+    _LAYOUT = struct.Struct("<I4xd")  # flags, last successful fetch (time.monotonic(); 0: never)
+    QUIET, DRAINING = 1, 2
+
+    def __init__(self, *, stall_s: float) -> None:
+        self.stall_s = stall_s
+        self._page = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_SHARED)
+
+    def fetched(self) -> None:
+        """A pool fetched (or had every slot busy, so had no reason to)."""
+        struct.pack_into("<d", self._page, 8, time.monotonic())
+
+    def set_flag(self, flag: int, on: bool) -> None:
+        flags, _ = self._LAYOUT.unpack_from(self._page, 0)
+        struct.pack_into("<I", self._page, 0, flags | flag if on else flags & ~flag)
+
+    def not_ready(self) -> str | None:
+        """Why the runtime is not ready, or None."""
+        flags, last = self._LAYOUT.unpack_from(self._page, 0)
+        if flags & self.DRAINING:
+            return "draining"
+        if flags & self.QUIET:
+            return "quiet"
+        if last == 0:
+            return "starting: no pool has fetched yet"
+        idle_s = time.monotonic() - last
+        if idle_s > self.stall_s:
+            return f"stalled: no pool has fetched for {idle_s:.0f}s"
+        return None

@@ -12,12 +12,16 @@ import uvicorn
 import uvloop
 from redis.asyncio import Redis
 
+from runtime import metrics, sdnotify
+from runtime.api import system
 from runtime.api.app import App
 from runtime.api.routes import build_router
+from runtime.api.routing import Router
 from runtime.api.services import Services
 from runtime.broker.core import Broker
 from runtime.config import Settings
 from runtime.embedded_redis import EmbeddedRedis
+from runtime.liveness import Board
 from runtime.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
@@ -63,8 +67,16 @@ def redis_url_for(settings: Settings) -> Iterator[str]:
         embedded.stop()
 
 
-def build_app(broker: Broker, settings: Settings) -> tuple[App, Services]:
-    services = Services(broker, settings)
+def build_app(
+    broker: Broker, settings: Settings, *, board: Board | None = None, probes_only: bool = False,
+) -> tuple[App, Services]:
+    """The OJS endpoint with its scheduler loops; with `probes_only`, just /health, /ready and
+    /metrics and no loops (``ojs-run --metrics-port``)."""
+    services = Services(broker, settings, board=board)
+    if probes_only:
+        router = Router()
+        system.register(router, services, probes_only=True)
+        return App(router, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes), services
     scheduler = Scheduler(broker, services.crons, settings)
     app = App(
         build_router(services), api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
@@ -83,12 +95,38 @@ async def serve(settings: Settings, redis_url: str) -> None:
             timeout_graceful_shutdown=30,
         )
         logger.info("OJS endpoint on http://%s:%s", settings.host, settings.port)
-        await uvicorn.Server(config).serve()
+        server = uvicorn.Server(config)
+        notifier = sdnotify.Notifier()
+
+        async def stopping() -> None:  # first of the shutdown hooks, for a stop too quick to poll
+            notifier.stopping("stopping")
+
+        app.shutdown.insert(0, stopping)
+        pings = asyncio.get_running_loop().create_task(_tell_systemd(server, notifier))
+        try:
+            await server.serve()
+        finally:
+            pings.cancel()
     finally:
         await redis.aclose()
 
 
+async def _tell_systemd(server: uvicorn.Server, notifier: sdnotify.Notifier) -> None:
+    """sd_notify for ``ojs-server`` under ``Type=notify``: READY=1 once uvicorn listens, WATCHDOG=1
+    from the event loop (so a blocked loop stops the pings), STOPPING=1 when a stop begins."""
+    if not notifier.enabled:
+        return
+    while not server.should_exit:
+        if server.started:
+            notifier.ready(f"serving on {server.config.host}:{server.config.port}")
+        notifier.watchdog()
+        await asyncio.sleep(min(notifier.interval_s or 0.2, 0.2))
+    notifier.stopping("finishing in-flight requests")
+
+
 def run(settings: Settings) -> None:
     check_binding(settings)
+    if metrics.multiprocess_enabled():  # set in the environment: start from an empty directory
+        metrics.enable_multiprocess()
     with redis_url_for(settings) as url, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve(settings, url))

@@ -18,6 +18,11 @@ children's liveness records, and forks what is missing:
 SIGTERM or SIGINT: pools stop fetching and drain up to ``drain_timeout_s``, hand back what is
 left and exit; then the HTTP process stops, then the embedded Redis; exit code 0. A second signal
 kills the children at once (their jobs are released) and exits with code 1.
+
+Operations: before the first fork it prepares the Prometheus multiprocess directory (and marks
+reaped children dead in it) and maps the readiness :class:`Board`; under systemd it sends
+READY=1 once every pool is up, WATCHDOG=1 from its loop and STOPPING=1 when the drain begins. With
+``metrics_port``, a second small HTTP process serves /metrics, /health and /ready there.
 """
 
 from __future__ import annotations
@@ -42,13 +47,13 @@ import uvicorn
 import uvloop
 from redis.asyncio import Redis
 
-from runtime import worker
+from runtime import metrics, sdnotify, worker
 from runtime.broker.core import Broker
 from runtime.broker.pool_ops import release_worker_blocking
 from runtime.config import Settings
 from runtime.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from runtime.ids import uuid7
-from runtime.liveness import EXIT_BOOT_ERROR, EXIT_OK, Liveness, Phase
+from runtime.liveness import EXIT_BOOT_ERROR, EXIT_OK, Board, Liveness, Phase
 from runtime.server import InsecureBinding, build_app, check_binding
 
 logger = logging.getLogger(__name__)
@@ -68,6 +73,8 @@ class SupervisorConfig(msgspec.Struct, frozen=True, kw_only=True):
     liveness_timeout_s: float = 30.0
     boot_timeout_s: float = 60.0
     tick_s: float = 0.5
+    metrics_port: int | None = None  # a separate /metrics, /health, /ready endpoint on the HTTP host
+    stall_s: float = 60.0  # /ready fails when no pool has fetched for this long
 
 
 class _Child:
@@ -92,6 +99,10 @@ class Supervisor:
         self.exit_code = EXIT_OK
         self.embedded: EmbeddedRedis | None = None
         self.listener: socket.socket | None = None
+        self.metrics_listener: socket.socket | None = None
+        self.metrics_dir = ("", False)
+        self.board = Board(stall_s=config.stall_s)
+        self.notifier = sdnotify.Notifier()
         self.pending_releases: list[tuple[str, bool]] = []
         self.backoff_s = 0.0
         self.respawn_at = 0.0
@@ -113,6 +124,7 @@ class Supervisor:
                 self._reap()
                 self._check_children()
                 self._retry_releases()
+                self._tell_systemd()
         finally:
             self._cleanup()
         logger.info("supervisor exits with code %d", self.exit_code)
@@ -122,10 +134,14 @@ class Supervisor:
 
     def _boot(self) -> None:
         settings = self.pool.settings
+        self.metrics_dir = metrics.enable_multiprocess()
         if self.config.http:
             check_binding(settings)
             self.listener = socket.create_server((settings.host, settings.port))
             logger.info("OJS endpoint on http://%s:%s", settings.host, self.listener.getsockname()[1])
+        if self.config.metrics_port is not None:  # only open paths (no job data): no API key needed
+            self.metrics_listener = socket.create_server((settings.host, self.config.metrics_port))
+            logger.info("metrics on http://%s:%s/metrics", settings.host, self.metrics_listener.getsockname()[1])
         if settings.redis_url is None:
             if not self.config.http:
                 logger.warning("--no-http with the embedded Redis: no scheduler loops run, so "
@@ -162,6 +178,7 @@ class Supervisor:
             elif sig in (signal.SIGTERM, signal.SIGINT):
                 self._begin_stop(signal.Signals(sig).name)
             elif sig in (signal.SIGTSTP, signal.SIGCONT):
+                self.board.set_flag(Board.QUIET, sig == signal.SIGTSTP)
                 for child in self._pools():
                     _send(child.pid, sig)  # quiet / resume: the pools stop or restart fetching
 
@@ -170,6 +187,8 @@ class Supervisor:
     def _begin_stop(self, why: str) -> None:
         logger.info("%s: stopping; pools drain for up to %.0fs", why, self.pool.drain_timeout_s)
         self.stopping = True
+        self.board.set_flag(Board.DRAINING, True)
+        self.notifier.stopping(f"draining for up to {self.pool.drain_timeout_s:.0f}s")
         deadline = time.monotonic() + self.pool.drain_timeout_s + self.pool.cancel_deadline_s + STOP_MARGIN_S
         for child in self._pools():
             self._terminate(child, deadline)
@@ -200,14 +219,18 @@ class Supervisor:
             return
         if self.listener is not None and not any(c.kind == "http" for c in self.children.values()):
             listener = self.listener
-            self._fork("http", "http", None, lambda: _serve_http(self.pool.settings, listener))
+            self._fork("http", "http", None, lambda: _serve_http(self.pool.settings, listener, self.board))
+        if self.metrics_listener is not None and not any(c.kind == "metrics" for c in self.children.values()):
+            probes = self.metrics_listener
+            self._fork("metrics", "metrics", None,
+                       lambda: _serve_http(self.pool.settings, probes, self.board, probes_only=True))
         while sum(not c.retiring for c in self._pools()) < self.config.processes:
             if time.monotonic() < self.respawn_at:
                 return
             worker_id = f"worker_{uuid7()}"
             liveness = Liveness()
             config = msgspec.structs.replace(self.pool, worker_id=worker_id)
-            self._fork("pool", worker_id, liveness, functools.partial(worker.main, config, liveness))
+            self._fork("pool", worker_id, liveness, functools.partial(worker.main, config, liveness, self.board))
 
     def _fork(self, kind: str, worker_id: str, liveness: Liveness | None, target: Callable[[], int]) -> None:
         if threading.active_count() > 1:
@@ -241,8 +264,9 @@ class Supervisor:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         if os.getppid() != parent:
             os._exit(EXIT_FORCED)
-        if kind == "pool" and self.listener is not None:
-            self.listener.close()
+        for owner, sock in (("http", self.listener), ("metrics", self.metrics_listener)):
+            if sock is not None and kind != owner:
+                sock.close()
         for other in self.children.values():
             if other.liveness is not None:
                 other.liveness.close()
@@ -264,7 +288,12 @@ class Supervisor:
         logger.log(level, "%s process %s (pid %d) ended: %s", child.kind, child.worker_id, child.pid, how)
         if child.liveness is not None:
             child.liveness.close()
+        metrics.mark_process_dead(child.pid)
         if child.kind == "pool":
+            if child.kill_reason in ("stuck", "unresponsive") or (
+                child.kill_reason is None and child.deadline is None and code not in (0, EXIT_BOOT_ERROR)
+            ):  # not asked to stop, yet it ended: unplanned
+                metrics.POOL_RESTARTS.labels(child.kill_reason or "crashed").inc()
             self._release(child.worker_id, crashed=code != 0 and child.kill_reason in (None, "unresponsive"))
         if code == EXIT_BOOT_ERROR:
             logger.critical("%s process could not boot (see the error above): stopping", child.kind)
@@ -311,6 +340,7 @@ class Supervisor:
             child.retiring = True  # recycling itself (job limit, terminate directive): replace it now
         elif self.config.max_memory_mb and not self.stopping and _rss_mb(child.pid) > self.config.max_memory_mb:
             logger.info("pool %s is above %d MB: recycling it", child.worker_id, self.config.max_memory_mb)
+            metrics.POOL_RECYCLES.labels("max_memory").inc()
             self._terminate(child, now + self.pool.drain_timeout_s + self.pool.cancel_deadline_s + STOP_MARGIN_S)
 
     # --- job release ---------------------------------------------------------------------------
@@ -326,6 +356,16 @@ class Supervisor:
             logger.warning("%s the %d job(s) of %s: %s", "failed (worker_lost)" if crashed else "released",
                            len(ids), worker_id, ", ".join(ids))
 
+    def _tell_systemd(self) -> None:
+        """READY=1 once every pool has booted (the first time only), and the watchdog ping."""
+        self.notifier.watchdog()
+        if self.stopping or not self.notifier.enabled or self.notifier.ready_sent:
+            return
+        beats = [c.liveness.read() for c in self._pools() if c.liveness is not None]
+        up = sum(beat is not None and beat.phase is Phase.READY for beat in beats)
+        if up >= self.config.processes:
+            self.notifier.ready(f"{up} pool process(es) ready")
+
     def _retry_releases(self) -> None:
         pending, self.pending_releases = self.pending_releases, []
         for worker_id, crashed in pending:
@@ -337,10 +377,13 @@ class Supervisor:
         for pid in list(self.children):
             _, status = os.waitpid(pid, 0)
             self._on_exit(self.children.pop(pid), status)
-        if self.listener is not None:
-            self.listener.close()
+        for sock in (self.listener, self.metrics_listener):
+            if sock is not None:
+                sock.close()
         if self.embedded is not None:
             self.embedded.stop()
+        path, created = self.metrics_dir
+        metrics.disable_multiprocess(path, created=created)
         signal.set_wakeup_fd(-1)
 
 
@@ -358,15 +401,16 @@ def _rss_mb(pid: int) -> float:
         return 0.0
 
 
-def _serve_http(settings: Settings, listener: socket.socket) -> int:
-    """The HTTP child: the broker endpoint and the scheduler loops on the inherited socket."""
+def _serve_http(settings: Settings, listener: socket.socket, board: Board, *, probes_only: bool = False) -> int:
+    """The HTTP child: the broker endpoint and the scheduler loops on the inherited socket (or,
+    `probes_only`, the /metrics, /health and /ready endpoint of ``--metrics-port``)."""
     # uvicorn re-raises the signal it stopped on; ignored, the process exits with code 0.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     async def serve() -> None:
         redis = Redis.from_url(settings.redis_url or "", health_check_interval=30)
         try:
-            app, _services = build_app(Broker(redis, settings), settings)
+            app, _services = build_app(Broker(redis, settings), settings, board=board, probes_only=probes_only)
             config = uvicorn.Config(
                 app, loop="none", http="httptools", lifespan="on", log_level="warning",
                 access_log=False, server_header=False, timeout_graceful_shutdown=5,

@@ -32,7 +32,7 @@ import msgspec
 import uvloop
 from redis.asyncio import Redis
 
-from runtime import fairness, handlers, timefmt
+from runtime import fairness, handlers, logs, metrics, timefmt
 from runtime.broker import BACKEND_ERRORS, failures
 from runtime.broker.core import Broker, Completion, Failure
 from runtime.broker.pool_ops import Batcher, listen_for_work, release_worker
@@ -47,10 +47,11 @@ from runtime.executor import (
     Stuck,
     Terminal,
     execute,
+    observe,
     settle,
 )
 from runtime.handlers import Registry
-from runtime.liveness import EXIT_BOOT_ERROR, EXIT_OK, Liveness, Phase
+from runtime.liveness import EXIT_BOOT_ERROR, EXIT_OK, Board, Liveness, Phase
 from runtime.middleware import compose, notify
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class _Running:
         self.ctx, self.task, self.interruptible, self.executing = ctx, task, interruptible, True
 
 
-def main(config: PoolConfig, liveness: Liveness) -> int:
+def main(config: PoolConfig, liveness: Liveness, board: Board | None = None) -> int:
     """Entry point of a forked pool process; returns its exit code."""
     liveness.notify(Phase.BOOT)
     try:
@@ -99,7 +100,7 @@ def main(config: PoolConfig, liveness: Liveness) -> int:
     # would wait forever on a handler that swallows its cancellation.
     runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     try:
-        return runner.run(Pool(config, registry=registry, liveness=liveness).run())
+        return runner.run(Pool(config, registry=registry, liveness=liveness, board=board).run())
     except Exception:
         logger.exception("pool process %s crashed", config.worker_id)
         return EXIT_CRASH
@@ -108,8 +109,11 @@ def main(config: PoolConfig, liveness: Liveness) -> int:
 class Pool:
     """The fetch loop, the running jobs and the background loops of one pool process."""
 
-    def __init__(self, config: PoolConfig, *, registry: Registry, liveness: Liveness) -> None:
+    def __init__(
+        self, config: PoolConfig, *, registry: Registry, liveness: Liveness, board: Board | None = None,
+    ) -> None:
         self.config, self.registry, self.liveness = config, registry, liveness
+        self.board = board  # where the HTTP process reads when a pool last fetched (for /ready)
         self.worker_id = config.worker_id
         named = config.queues or tuple((name, 1) for name in registry.queues())
         self.queues = [name for name, _ in named]
@@ -198,6 +202,8 @@ class Pool:
         except Exception:
             logger.exception("fetch failed; the next re-check tries again")
             return
+        if self.board is not None:
+            self.board.fetched()
         for fields in claimed:
             self._start(fields)
 
@@ -216,6 +222,7 @@ class Pool:
             progress=ProgressThrottle(job.id, sink=self._write_progress, interval_s=self.config.progress_interval_s),
             last_checkpoint=msgspec.json.decode(checkpoint) if checkpoint else None,
         )
+        metrics.job_started(job.queue, job.type, fields)
         task = loop.create_task(self._run_job(ctx), name=f"job:{job.id}")
         self.active[job.id] = _Running(ctx, task, interruptible=spec is None or spec.is_async)
         self.started += 1
@@ -223,11 +230,15 @@ class Pool:
             self.beat_soon.set()
         if self.config.max_jobs and self.started >= self.config.max_jobs:
             logger.info("pool %s started %d jobs: recycling", self.worker_id, self.started)
+            metrics.POOL_RECYCLES.labels("max_jobs").inc()
             self.request_stop()
 
     # --- running and settling ------------------------------------------------------------------
 
     async def _run_job(self, ctx: JobContext) -> None:
+        job = ctx.job  # this task's log lines (the handler's too) carry the job's fields
+        logs.JOB.set(logs.JobFields(job_id=job.id, type=job.type, queue=job.queue, attempt=job.attempt,
+                                    worker_id=self.worker_id, traceparent=ctx.traceparent))
         try:
             outcome = await execute(ctx, self.chain, self.registry.handlers)
             self.active[ctx.job.id].executing = False
@@ -246,9 +257,10 @@ class Pool:
     async def _settle(self, ctx: JobContext, outcome: Outcome) -> None:
         _log_outcome(ctx, outcome)
         item = settle(outcome, ctx, worker_id=self.worker_id, now_ms=timefmt.now_ms())
-        if item is None:
-            return
-        result = await (self.batcher.ack(item) if isinstance(item, Completion) else self.batcher.fail(item))
+        result = None
+        if item is not None:
+            result = await (self.batcher.ack(item) if isinstance(item, Completion) else self.batcher.fail(item))
+        observe(ctx, outcome, item, result)
         if isinstance(result, Exception):
             # Typically a conflict: the job was cancelled, or the reaper failed it on its timeout.
             logger.info("job %s not settled by this worker: %s", ctx.job.id, result, extra=_job_extra(ctx))
@@ -303,6 +315,8 @@ class Pool:
         for job_id in beat.cancelled:
             self._cancel(job_id)
         if beat.directive == "terminate":
+            if not self.stopping.is_set():
+                metrics.POOL_RECYCLES.labels("directive").inc()
             self.request_stop()
         elif beat.directive == "quiet":
             self.quiet()
@@ -310,8 +324,19 @@ class Pool:
     async def _ticks(self) -> None:
         while True:
             self.liveness.notify(self.phase)
+            self._report_slots()
             self.wake.set()  # the safety re-check: a lost notification costs one interval at most
             await asyncio.sleep(self.config.recheck_interval_s)
+
+    def _report_slots(self) -> None:
+        """Busy and free slots for the metrics; and for /ready, a pool with every slot busy has no
+        reason to fetch, so it is not stalled."""
+        fetching = self.state == "running" and not self.stopping.is_set()
+        free = self._free_slots()
+        metrics.POOL_SLOTS.labels("busy").set(len(self.active))
+        metrics.POOL_SLOTS.labels("free").set(max(0, free) if fetching else 0)
+        if fetching and free <= 0 and self.board is not None:
+            self.board.fetched()
 
     async def _notifications(self) -> None:
         await listen_for_work(self.broker, self.queues, self.wake.set)
@@ -349,8 +374,9 @@ class Pool:
             logger.warning("could not deregister %s: %s", self.worker_id, err)
 
 
-def _job_extra(ctx: JobContext) -> dict[str, str]:
-    return {"job_id": ctx.job.id, "queue": ctx.job.queue, "type": ctx.job.type}
+def _job_extra(ctx: JobContext) -> dict[str, str | int]:
+    job = ctx.job
+    return {"job_id": job.id, "queue": job.queue, "type": job.type, "attempt": job.attempt, "worker_id": ctx.worker_id}
 
 
 def _log_outcome(ctx: JobContext, outcome: Outcome) -> None:

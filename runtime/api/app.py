@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from runtime import logs
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.broker import BACKEND_ERRORS
 from runtime.errors import (
@@ -97,6 +98,7 @@ class App:
         headers = {name.lower(): value for name, value in scope["headers"]}
         given_id = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = given_id if 0 < len(given_id) <= MAX_REQUEST_ID else f"req_{uuid7()}"
+        token = logs.REQUEST_ID.set(request_id)  # on every log line of this request
         try:
             response = await self._dispatch(scope, receive, headers, request_id)
         except OJSError as err:
@@ -104,6 +106,8 @@ class App:
         except Exception:
             logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
             response = json_response(500, error_body(OJSError("Internal server error."), request_id))
+        finally:
+            logs.REQUEST_ID.reset(token)
         response.headers.append((b"ojs-version", b"1.0"))
         response.headers.append((b"x-request-id", request_id.encode("latin-1")))
         response.headers.append((b"content-length", str(len(response.body)).encode()))

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 from msgspec import Raw
 
-from runtime import timefmt
+from runtime import metrics, timefmt, tracing
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
 from runtime.broker.core import Progress
@@ -37,13 +37,20 @@ def _client_request_id(request: Request) -> str | None:
     return given.decode("latin-1") if given else None
 
 
+def _trace_context(request: Request) -> dict[str, str]:
+    """W3C trace headers, stored in meta when the job carries no traceparent of its own."""
+    return tracing.header_context(request.headers.get(b"traceparent"), request.headers.get(b"tracestate"))
+
+
 def register(router: Router, services: Services) -> None:
     broker = services.broker
     settings = services.settings
 
     async def enqueue(request: Request) -> Response:
         now = timefmt.now_ms()
-        job = job_from_body(request.body, now_ms=now, request_id=_client_request_id(request))
+        job = job_from_body(
+            request.body, now_ms=now, request_id=_client_request_id(request), trace_context=_trace_context(request),
+        )
         (done,) = await broker.enqueue([job], now_ms=now)
         if done.deduplicated:
             existing = encode_job(await broker.get(done.job_id))
@@ -59,9 +66,11 @@ def register(router: Router, services: Services) -> None:
             raise InvalidRequest(f"A batch holds at most {settings.max_batch_size} jobs.")
         now = timefmt.now_ms()
         jobs = []
+        trace_context = _trace_context(request)
         for index, raw in enumerate(batch.jobs):
             try:
-                jobs.append(job_from_body(bytes(raw), now_ms=now, request_id=_client_request_id(request)))
+                jobs.append(job_from_body(bytes(raw), now_ms=now, request_id=_client_request_id(request),
+                                          trace_context=trace_context))
             except OJSError as err:
                 err.message = f"jobs[{index}]: {err.message}"
                 raise
@@ -79,7 +88,9 @@ def register(router: Router, services: Services) -> None:
     async def cancel(request: Request) -> Response:
         job_id = request.params["job_id"]
         await broker.cancel(job_id)
-        return json_response(200, _job_reply(await broker.get(job_id)))
+        fields = await broker.get(job_id)
+        metrics.JOBS_CANCELLED.labels(fields.get(b"queue", b"").decode(), fields.get(b"type", b"").decode()).inc()
+        return json_response(200, _job_reply(fields))
 
     async def put_progress(request: Request) -> Response:
         req: ProgressRequest = request.decode(_progress_decoder)

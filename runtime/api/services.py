@@ -9,10 +9,11 @@ from runtime.broker.core import Broker
 from runtime.broker.crons import Crons
 from runtime.broker.workflows import Workflows
 from runtime.config import Settings
+from runtime.liveness import Board
 
 
 class Services:
-    def __init__(self, broker: Broker, settings: Settings) -> None:
+    def __init__(self, broker: Broker, settings: Settings, *, board: Board | None = None) -> None:
         self.broker = broker
         self.admin = Admin(broker)
         self.crons = Crons(broker)
@@ -20,6 +21,7 @@ class Services:
         self.settings = settings
         self.started_monotonic = time.monotonic()
         self.draining = False
+        self.board = board  # under ojs-run: the pools' fetch progress, quiet and draining
 
     @property
     def uptime_s(self) -> int:

@@ -1,17 +1,31 @@
-"""Manifest, health and readiness."""
+"""Manifest, health, readiness and metrics.
+
+* ``/health``: 200 ``ok`` with the Redis round-trip time; 200 ``degraded`` when Redis is slow
+  (above ``DEGRADED_LATENCY_MS``) or the worker pools have stalled; 503 ``unhealthy`` when Redis
+  does not answer within ``PROBE_TIMEOUT_S``.
+* ``/ready``: 503 while draining or quiet, while Redis does not answer, and (under ``ojs-run``)
+  until a pool has fetched and whenever no pool has fetched for ``--stall-timeout``.
+* ``/metrics``: the Prometheus exposition (summed over every process under ``ojs-run``), with the
+  queue gauges read from Redis at scrape time; without Redis, the rest is still served.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
-import prometheus_client
-
+from runtime import metrics, timefmt
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
 from runtime.broker import BACKEND_ERRORS
 
+logger = logging.getLogger(__name__)
+
 IMPLEMENTATION_VERSION = "0.1.0"
 CONFORMANCE_LEVEL = 4
+PROBE_TIMEOUT_S = 2.0  # a Redis that does not answer a PING in this long counts as unreachable
+DEGRADED_LATENCY_MS = 100.0
 
 
 def manifest() -> dict[str, Any]:
@@ -35,41 +49,64 @@ def manifest() -> dict[str, Any]:
     }
 
 
-def register(router: Router, services: Services) -> None:
+def register(router: Router, services: Services, *, probes_only: bool = False) -> None:
+    """The system routes; `probes_only` leaves out the manifest (the ``--metrics-port`` app)."""
     broker = services.broker
     body = manifest()
+
+    async def ping_ms() -> float:
+        return await asyncio.wait_for(broker.ping_ms(), PROBE_TIMEOUT_S)
 
     async def get_manifest(request: Request) -> Response:
         return json_response(200, body)
 
     async def health(request: Request) -> Response:
+        reply: dict[str, Any] = {"status": "ok", "version": "1.0", "uptime_seconds": services.uptime_s}
         try:
-            latency = await broker.ping_ms()
+            latency = await ping_ms()
         except BACKEND_ERRORS as err:
-            return json_response(503, {
-                "status": "degraded", "version": "1.0", "uptime_seconds": services.uptime_s,
-                "backend": {"type": "redis", "status": "unhealthy", "error": str(err)},
-            })
-        return json_response(200, {
-            "status": "ok", "version": "1.0", "uptime_seconds": services.uptime_s,
-            "backend": {"type": "redis", "status": "ok", "latency_ms": round(latency, 3)},
-        })
+            reply["status"] = "unhealthy"
+            reply["backend"] = {"type": "redis", "status": "unhealthy", "error": str(err) or type(err).__name__}
+            return json_response(503, reply)
+        reply["backend"] = {"type": "redis", "status": "ok", "latency_ms": round(latency, 3)}
+        problems = [f"redis latency {latency:.0f} ms"] if latency > DEGRADED_LATENCY_MS else []
+        if latency > DEGRADED_LATENCY_MS:
+            reply["backend"]["status"] = "degraded"
+        if services.board is not None:
+            why = services.board.not_ready()
+            reply["runtime"] = {"status": why or "ok"}
+            if why is not None and why.startswith("stalled"):
+                problems.append(why)
+        if problems:
+            reply["status"], reply["problems"] = "degraded", problems
+        return json_response(200, reply)
 
     async def ready(request: Request) -> Response:
-        if services.draining:
-            return json_response(503, {"status": "not_ready", "reason": "draining"})
+        why = services.board.not_ready() if services.board is not None else None
+        if services.draining or why in ("draining", "quiet"):
+            return json_response(503, {"status": "not_ready", "reason": why or "draining"})
         try:
-            await broker.ping_ms()
+            await ping_ms()
         except BACKEND_ERRORS:
             return json_response(503, {"status": "not_ready", "reason": "backend unreachable"})
+        if why is not None:
+            return json_response(503, {"status": "not_ready", "reason": why})
         return json_response(200, {"status": "ready"})
 
-    async def metrics(request: Request) -> Response:
+    async def get_metrics(request: Request) -> Response:
+        try:
+            queues = await asyncio.wait_for(services.admin.queue_samples(
+                limit=services.settings.metrics_max_queues, now_ms=timefmt.now_ms(),
+            ), PROBE_TIMEOUT_S)
+        except BACKEND_ERRORS as err:
+            logger.warning("/metrics without the queue gauges: %s", err or type(err).__name__)
+            queues = []
         # Exactly text/plain: scrapers accept it and the observability conformance test asks for it.
-        return Response(200, prometheus_client.generate_latest(), [(b"content-type", b"text/plain")])
+        return Response(200, metrics.render(queues), [(b"content-type", b"text/plain")])
 
-    router.add("GET", "/ojs/manifest", get_manifest)
-    router.add("GET", "/metrics", metrics)
+    if not probes_only:
+        router.add("GET", "/ojs/manifest", get_manifest)
+    router.add("GET", "/metrics", get_metrics)
     router.add("GET", "/ojs/v1/health", health)
     router.add("GET", "/health", health)
     router.add("GET", "/ready", ready)

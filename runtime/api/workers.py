@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from runtime import timefmt
+from runtime import metrics, timefmt
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
 from runtime.broker.records import present
@@ -35,6 +35,8 @@ def register(router: Router, services: Services) -> None:
         jobs = await broker.fetch(
             req.queues, count=req.count, worker_id=req.worker_id, visibility_ms=req.visibility_timeout_ms,
         )
+        for fields in jobs:
+            metrics.job_started(fields.get(b"queue", b"").decode(), fields.get(b"type", b"").decode(), fields)
         encoded = [encode_job(h) for h in jobs]
         body = b'{"jobs":[' + b",".join(encoded) + b"]"
         if encoded:
@@ -44,6 +46,7 @@ def register(router: Router, services: Services) -> None:
     async def ack(request: Request) -> Response:
         req: AckRequest = request.decode(_ack_decoder)
         done = await broker.ack(req.job_id, _result_bytes(req.result), worker_id=req.worker_id, attempt=req.attempt)
+        metrics.job_outcome(*await broker.labels(req.job_id), "completed")
         return json_response(200, {
             "acknowledged": True, "id": req.job_id, "job_id": req.job_id, "state": "completed",
             "completed_at": timefmt.format_ms(done.completed_at_ms),
@@ -54,6 +57,7 @@ def register(router: Router, services: Services) -> None:
         out = await broker.nack(
             req.job_id, req.error, requeue=req.requeue, worker_id=req.worker_id, attempt=req.attempt,
         )
+        metrics.job_outcome(out.queue, out.type, out.outcome)
         body: dict[str, object] = {
             "id": out.job_id, "job_id": out.job_id, "state": out.state, "attempt": out.attempt,
             "max_attempts": out.max_attempts,

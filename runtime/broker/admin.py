@@ -11,6 +11,7 @@ from runtime.broker.core import Broker
 from runtime.broker.scripts import Status
 from runtime.envelope import ALL_STATES, TERMINAL_STATES
 from runtime.errors import NotFound
+from runtime.metrics import QueueSample
 
 _json = msgspec.json.Decoder()
 
@@ -73,6 +74,31 @@ class Admin:
         for state, value in raw.items():
             counts[state.decode()] = max(0, int(value))
         return counts, bool(paused)
+
+    async def queue_samples(self, *, limit: int, now_ms: int) -> list[QueueSample]:
+        """Per-queue state counts and the age of each queue's next available job (the head of
+        its available set: with priorities, the next job a worker would get, not always the
+        oldest one), for /metrics. At most `limit` queues, by name. Two round trips."""
+        names = sorted(n.decode() for n in await self.redis.hkeys(self.keys.queues))[:limit]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(self.keys.counts(name))
+                pipe.zrange(self.keys.available(name), 0, 0)
+            replies = await pipe.execute()
+        heads = [head[0].decode() if head else None for head in replies[1::2]]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for head in heads:
+                if head is not None:
+                    pipe.hget(self.keys.job(head), "enqueued_at")
+            enqueued = iter(await pipe.execute())
+        samples = []
+        for name, raw, head in zip(names, replies[0::2], heads, strict=True):
+            counts = {state.value: 0 for state in ALL_STATES}
+            counts.update({state.decode(): max(0, int(value)) for state, value in raw.items()})
+            at = next(enqueued) if head is not None else None
+            age_s = max(0.0, (now_ms - int(at)) / 1000) if at and at.isdigit() else None
+            samples.append(QueueSample(queue=name, counts=counts, oldest_age_s=age_s))
+        return samples
 
     async def set_paused(self, queue: str, paused: bool) -> None:
         k = self.keys

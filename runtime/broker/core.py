@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from runtime import timefmt
+from runtime import metrics, timefmt
 from runtime.broker import failures
 from runtime.broker.keys import Keys
 from runtime.broker.records import NewJob
@@ -45,6 +45,10 @@ class NackResult(msgspec.Struct, frozen=True, kw_only=True):
     retry_delay_ms: int | None = None
     next_attempt_ms: int | None = None
     now_ms: int
+    # Filled by `nack` only (its read comes first anyway), for metric labels:
+    queue: str = ""
+    type: str = ""
+    outcome: str = ""  # retried | failed | dead_lettered | released (failures.settled_outcome)
 
 
 class Completion(msgspec.Struct, frozen=True, kw_only=True):
@@ -133,9 +137,11 @@ class Broker:
                 details={"existing_job_id": holder, "existing_job_state": state, "unique_key": fingerprint},
             )
         out = []
-        for raw in reply[1:]:
+        for job, raw in zip(jobs, reply[1:], strict=False):
             text = raw.decode()
             out.append(Enqueued(text[1:], True) if text.startswith("=") else Enqueued(text, False))
+            if not text.startswith("="):
+                metrics.JOBS_ENQUEUED.labels(job.queue, job.fields.get("type", "")).inc()
         return out
 
     async def enqueue_cron_tick(
@@ -150,6 +156,7 @@ class Broker:
         reply = await self.scripts.call("enqueue", keys=self._enqueue_keys(), args=args)
         status = int(reply[0])
         if status == 0:
+            metrics.JOBS_ENQUEUED.labels(job.queue, job.fields.get("type", "")).inc()
             return "fired", reply[1].decode()
         if status == 2:
             return "claimed", None
@@ -168,6 +175,11 @@ class Broker:
         if not fields:
             raise NotFound(f"Job '{job_id}' not found.")
         return fields
+
+    async def labels(self, job_id: str) -> tuple[str, str]:
+        """(queue, type) of a job, for metric labels ("" for a job that is gone)."""
+        queue, job_type = await self.redis.hmget(self.keys.job(job_id), ["queue", "type"])
+        return (queue or b"").decode(), (job_type or b"").decode()
 
     # --- worker protocol -------------------------------------------------------------------
 
@@ -235,10 +247,11 @@ class Broker:
         worker_id: str | None = None, attempt: int | None = None,
     ) -> NackResult:
         """Fail an active job; the verdict needs the job's non-retryable list, read first."""
-        stored = await self.redis.hmget(self.keys.job(job_id), ["state", "retry"])
+        stored = await self.redis.hmget(self.keys.job(job_id), ["state", "retry", "queue", "type"])
         if stored[0] is None:
             raise NotFound(f"Job '{job_id}' not found.")
-        non_retryable = _retry_display.decode(stored[1]).get("non_retryable_errors", []) if stored[1] else []
+        policy = _retry_display.decode(stored[1]) if stored[1] else {}
+        non_retryable = policy.get("non_retryable_errors", [])
         now = timefmt.now_ms()
         failure = Failure(
             job_id=job_id,
@@ -250,7 +263,10 @@ class Broker:
         (result,) = await self.fail_many([failure], now_ms=now)
         if isinstance(result, Exception):
             raise result
-        return result
+        outcome = failures.settled_outcome(failure.verdict, result.state, on_exhaustion=policy.get("on_exhaustion"))
+        return msgspec.structs.replace(
+            result, queue=(stored[2] or b"").decode(), type=(stored[3] or b"").decode(), outcome=outcome,
+        )
 
     async def fail_many(self, items: Sequence[Failure], *, now_ms: int) -> list[NackResult | Exception]:
         """One nack.lua call for many jobs (the scheduler's timeouts, a dead worker's jobs)."""
@@ -383,8 +399,31 @@ class Broker:
         if not rows:
             return 0
         items = [self._overdue_failure(row, now) for row in rows]
-        await self.fail_many(items, now_ms=now)
+        results = await self.fail_many(items, now_ms=now)
+        await self.count_failures(items, results)
         return len(items)
+
+    async def count_failures(self, items: Sequence[Failure], results: Sequence[NackResult | Exception]) -> None:
+        """Metrics for failures the broker decided itself (reaped leases and timeouts, a dead
+        pool's jobs): their queue, type and whether they were dead-lettered are read back."""
+        done = [(item, r) for item, r in zip(items, results, strict=False) if not isinstance(r, Exception)]
+        if not done:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for item, _ in done:
+                pipe.hmget(self.keys.job(item.job_id), ["queue", "type", "dead_lettered"])
+            rows = await pipe.execute()
+        for (item, result), (queue, job_type, dead) in zip(done, rows, strict=False):
+            labels = ((queue or b"").decode(), (job_type or b"").decode())
+            if item.verdict in ("lease_expired", "retry"):  # the reaper's two verdicts
+                reason = "lease" if item.verdict == "lease_expired" else "timeout"
+                metrics.LEASES_EXPIRED.labels(reason).inc()
+                if reason == "timeout":
+                    metrics.JOBS_TIMED_OUT.labels(*labels).inc()
+            if item.verdict == "release":
+                continue
+            discarded = result.state == "discarded"
+            metrics.job_outcome(*labels, ("dead_lettered" if dead else "failed") if discarded else "retried")
 
     @staticmethod
     def _overdue_failure(row: list[bytes], now_ms: int) -> Failure:

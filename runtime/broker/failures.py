@@ -62,6 +62,20 @@ def verdict(error: ErrorInfo | None, *, requeue: bool, non_retryable: list[str])
     return "retry"
 
 
+def settled_outcome(verdict: str, state: str, *, on_exhaustion: str | None) -> str:
+    """What a nack did, in metric terms (runtime.metrics.job_outcome), from its verdict and the
+    state the job is in afterwards: released, retried, failed or dead_lettered. Mirrors nack.lua:
+    an exhausted retry, a non-retryable error or a spent lease follow the policy's on_exhaustion;
+    discard never dead-letters and dead_letter always does."""
+    if verdict == "release":
+        return "released"
+    if state != "discarded":
+        return "retried"
+    if verdict == "dead_letter" or (verdict != "discard" and on_exhaustion == "dead_letter"):
+        return "dead_lettered"
+    return "failed"
+
+
 def _backtrace(value: list[str] | str | None) -> list[str] | None:
     if value is None:
         return None

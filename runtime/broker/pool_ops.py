@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 
 from redis.asyncio import Redis
 
-from runtime import timefmt
+from runtime import metrics, timefmt
 from runtime.broker import BACKEND_ERRORS, failures
 from runtime.broker.core import AckResult, Broker, Completion, Failure, NackResult
 from runtime.config import Settings
@@ -151,7 +151,10 @@ async def release_worker(broker: Broker, worker_id: str, *, verdict: str, error:
     ids = sorted(x.decode() if isinstance(x, bytes) else x for x in held)
     if ids:
         items = [Failure(job_id=i, verdict=verdict, error=error, worker_id=worker_id) for i in ids]
-        await broker.fail_many(items, now_ms=timefmt.now_ms())
+        results = await broker.fail_many(items, now_ms=timefmt.now_ms())
+        taken = sum(not isinstance(r, Exception) for r in results)
+        metrics.JOBS_RECOVERED.labels("released" if verdict == "release" else "worker_lost").inc(taken)
+        await broker.count_failures(items, results)
     async with broker.redis.pipeline(transaction=True) as pipe:
         pipe.delete(k.worker(worker_id))
         pipe.zrem(k.workers, worker_id)

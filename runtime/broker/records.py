@@ -193,6 +193,7 @@ def build_job(
     job_id: str,
     now_ms: int,
     request_id: str | None = None,
+    trace_context: dict[str, str] | None = None,
 ) -> NewJob:
     """Validate what types cannot express and turn the request into hash fields."""
     opts = req.options or EnqueueOptions()
@@ -202,6 +203,8 @@ def build_job(
         meta.update(opts.metadata)  # openapi: options.metadata is merged into meta
     if request_id and "request_id" not in meta:
         meta["request_id"] = request_id
+    if trace_context and "traceparent" not in meta:  # the request's trace headers
+        meta.update(trace_context)
     if meta.get("ojs_validate") is True and args == "[]":
         # The server-side enqueue validation hook: a job that asks to be validated must carry
         # arguments to validate.
@@ -317,7 +320,9 @@ def split_extras(top: dict[str, Raw]) -> dict[str, Raw]:
     return {k: v for k, v in top.items() if k not in ENVELOPE_FIELDS}
 
 
-def job_from_body(body: bytes, *, now_ms: int, request_id: str | None = None) -> NewJob:
+def job_from_body(
+    body: bytes, *, now_ms: int, request_id: str | None = None, trace_context: dict[str, str] | None = None,
+) -> NewJob:
     """One enqueue request body (JSON) into a validated job: 400 / 422 on bad input."""
     if not body.strip():
         raise InvalidPayload("Request body is required and must be a JSON object.")
@@ -331,6 +336,9 @@ def job_from_body(body: bytes, *, now_ms: int, request_id: str | None = None) ->
         req = _request_decoder.decode(body)
     except msgspec.DecodeError as err:
         raise InvalidRequest(f"Invalid job: {err}") from None
-    job = build_job(req, split_extras(top), job_id=req.id or uuid7(), now_ms=now_ms, request_id=request_id)
+    job = build_job(
+        req, split_extras(top), job_id=req.id or uuid7(), now_ms=now_ms, request_id=request_id,
+        trace_context=trace_context,
+    )
     job.client_id = req.id is not None
     return job

@@ -1,0 +1,199 @@
+"""Every Prometheus metric of ojs-runtime, defined once, and how they are exposed at /metrics.
+
+Names follow the OJS observability extension (``ojs_job_enqueued_total``,
+``ojs_job_duration_seconds``, ``ojs_queue_depth``) with a unit suffix. Labels are bounded:
+``queue``, ``type``, ``outcome``, ``state``, ``reason``; never a job id, an argument or an error
+message. Other modules import the objects below (or the small recording helpers) and never
+create metrics themselves (conventions §3.13).
+
+Multiprocess mode. ``ojs-run`` forks pool processes; each one writes its samples to files of its
+own in ``PROMETHEUS_MULTIPROC_DIR``, and the process that serves ``/metrics`` sums them
+(prometheus_client's multiprocess mode). The supervisor calls :func:`enable_multiprocess` before
+the first fork: it wipes the directory (or creates a private one) and switches prometheus_client
+to file-backed values. prometheus_client picks its value class when it is first imported, which
+in ``ojs-run`` happens before the command line is parsed, so the switch is made afterwards; that
+is safe because every metric here has labels, so no value exists before the first
+``.labels(...)`` call (a test checks this). When a child is reaped, :func:`mark_process_dead`
+drops its live gauges; its counters and histograms stay in the sums.
+
+Queue gauges (``ojs_queue_depth``, ``ojs_queue_oldest_job_age_seconds``) are kept in no process:
+the ``/metrics`` handler reads them from Redis at scrape time (:class:`QueueSample`) and
+:func:`render` adds them to the exposition.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+
+import msgspec
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+QUEUE_TIME_BUCKETS_S = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 600, 1800, 3600)
+JOB_LABELS = ("queue", "type")
+
+# --- job lifecycle (labels: queue, type) ------------------------------------------------------
+
+JOBS_ENQUEUED = Counter("ojs_job_enqueued_total", "Jobs created (a deduplicated enqueue is not counted)", JOB_LABELS)
+JOBS_STARTED = Counter("ojs_job_started_total", "Attempts started (claimed by a pool or an HTTP fetch)", JOB_LABELS)
+JOBS_COMPLETED = Counter("ojs_job_completed_total", "Jobs that reached completed", JOB_LABELS)
+JOBS_FAILED = Counter("ojs_job_failed_total", "Jobs that reached discarded after a failure (dead-lettered included)", JOB_LABELS)
+JOBS_RETRIED = Counter("ojs_job_retried_total", "Failed attempts that will be retried", JOB_LABELS)
+JOBS_DEAD_LETTERED = Counter("ojs_job_dead_lettered_total", "Jobs moved to the dead letter queue", JOB_LABELS)
+JOBS_CANCELLED = Counter("ojs_job_cancelled_total", "Jobs cancelled through the API", JOB_LABELS)
+JOBS_TIMED_OUT = Counter("ojs_job_timed_out_total", "Attempts that ran past their timeout (in a pool, or reaped by the scheduler)", JOB_LABELS)
+JOB_DURATION = Histogram(
+    "ojs_job_duration_seconds", "Handler run time of an attempt, by outcome (completed, retried, failed, "
+    "dead_lettered, cancelled, released)", (*JOB_LABELS, "outcome"), buckets=DURATION_BUCKETS_S,
+)
+JOB_QUEUE_TIME = Histogram(
+    "ojs_job_queue_time_seconds", "Wait from becoming available (enqueue, retry, requeue) to the start of "
+    "the attempt", JOB_LABELS, buckets=QUEUE_TIME_BUCKETS_S,
+)
+
+# --- recovery (label: reason) -------------------------------------------------------------------
+
+LEASES_EXPIRED = Counter(
+    "ojs_leases_expired_total", "Active jobs failed by the reaper: lease (no heartbeat) or timeout "
+    "(execution deadline)", ("reason",),
+)
+JOBS_RECOVERED = Counter(
+    "ojs_jobs_recovered_total", "Jobs taken back from a pool process that ended while holding them: "
+    "worker_lost (it died) or released (it was stopped)", ("reason",),
+)
+
+# --- pool processes ---------------------------------------------------------------------------
+
+POOL_SLOTS = Gauge(
+    "ojs_pool_slots", "Job slots of each pool process: busy (jobs in flight) or free (it would fetch "
+    "for them now)", ("state",), multiprocess_mode="liveall",
+)
+POOL_RESTARTS = Counter(
+    "ojs_pool_restarts_total", "Pool processes replaced after an unplanned end: crashed, unresponsive, stuck",
+    ("reason",),
+)
+POOL_RECYCLES = Counter(
+    "ojs_pool_recycles_total", "Pool processes replaced on purpose: max_jobs, max_memory, directive",
+    ("reason",),
+)
+
+ALL = (
+    JOBS_ENQUEUED, JOBS_STARTED, JOBS_COMPLETED, JOBS_FAILED, JOBS_RETRIED, JOBS_DEAD_LETTERED,
+    JOBS_CANCELLED, JOBS_TIMED_OUT, JOB_DURATION, JOB_QUEUE_TIME, LEASES_EXPIRED, JOBS_RECOVERED,
+    POOL_SLOTS, POOL_RESTARTS, POOL_RECYCLES,
+)
+
+# --- recording helpers --------------------------------------------------------------------------
+
+
+def job_outcome(queue: str, job_type: str, outcome: str, duration_s: float | None = None) -> None:
+    """Count how an attempt ended: completed, retried, failed, dead_lettered, cancelled or
+    released (the last two are counted elsewhere or not at all; they only get a duration)."""
+    if outcome == "completed":
+        JOBS_COMPLETED.labels(queue, job_type).inc()
+    elif outcome == "retried":
+        JOBS_RETRIED.labels(queue, job_type).inc()
+    elif outcome in ("failed", "dead_lettered"):
+        JOBS_FAILED.labels(queue, job_type).inc()
+        if outcome == "dead_lettered":
+            JOBS_DEAD_LETTERED.labels(queue, job_type).inc()
+    if duration_s is not None:
+        JOB_DURATION.labels(queue, job_type, outcome).observe(max(0.0, duration_s))
+
+
+def job_started(queue: str, job_type: str, fields: dict[bytes, bytes]) -> None:
+    """Count a claimed job; its wait comes from the hash's ``enqueued_at`` and ``started_at`` (ms)."""
+    JOBS_STARTED.labels(queue, job_type).inc()
+    enqueued, started = fields.get(b"enqueued_at"), fields.get(b"started_at")
+    if enqueued and started and enqueued.isdigit() and started.isdigit():
+        JOB_QUEUE_TIME.labels(queue, job_type).observe(max(0, int(started) - int(enqueued)) / 1000)
+
+
+# --- multiprocess mode --------------------------------------------------------------------------
+
+
+def enable_multiprocess() -> tuple[str, bool]:
+    """Prepare ``PROMETHEUS_MULTIPROC_DIR`` (a private temp dir when it is not set) and wipe what a
+    previous run left there. Call before the first fork. Returns (path, created)."""
+    path = os.environ.get(MULTIPROC_ENV)
+    created = not path
+    if not path:
+        path = tempfile.mkdtemp(prefix="ojs-metrics-")
+        os.environ[MULTIPROC_ENV] = path
+    os.makedirs(path, exist_ok=True)
+    for stale in glob.glob(os.path.join(path, "*.db")):
+        os.unlink(stale)
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call,unused-ignore]
+    return path, created
+
+
+def disable_multiprocess(path: str, *, created: bool) -> None:
+    """Remove the private directory :func:`enable_multiprocess` created (at supervisor exit)."""
+    if created:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop the live gauges of a reaped child (its counters stay in the sums)."""
+    if multiprocess_enabled():
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call,unused-ignore]
+
+
+# --- exposition -------------------------------------------------------------------------------------
+
+
+class QueueSample(msgspec.Struct, frozen=True, kw_only=True):
+    """One queue as read from Redis at scrape time."""
+
+    queue: str
+    counts: dict[str, int]  # state -> jobs of the queue in that state
+    oldest_age_s: float | None = None  # age of the next available job; None when there is none
+
+
+class _QueueCollector:
+    def __init__(self, samples: Sequence[QueueSample]) -> None:
+        self._samples = samples
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("ojs_queue_depth", "Jobs per queue per state (read from Redis at scrape "
+                                  "time)", labels=("queue", "state"))
+        age = GaugeMetricFamily("ojs_queue_oldest_job_age_seconds", "How long the next available job of "
+                                "each queue has waited (0 when none is available)", labels=("queue",))
+        for sample in self._samples:
+            for state, count in sample.counts.items():
+                depth.add_metric((sample.queue, state), count)
+            age.add_metric((sample.queue,), sample.oldest_age_s or 0.0)
+        yield depth
+        yield age
+
+
+def render(queues: Sequence[QueueSample] = ()) -> bytes:
+    """The Prometheus text exposition: this process's metrics, or the sums over every process in
+    multiprocess mode, then the queue gauges."""
+    if multiprocess_enabled():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call,unused-ignore]
+        body: bytes = generate_latest(registry)
+    else:
+        body = generate_latest()
+    queue_registry = CollectorRegistry(auto_describe=False)
+    queue_registry.register(_QueueCollector(queues))
+    return body + generate_latest(queue_registry)
