@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import DB_RESERVED_FOR_CONFORMANCE, RedisServer, skip_or_fail
 from tests.conformance.runner import Report, run_suites
+from tests.conftest import DB_RESERVED_FOR_CONFORMANCE, RedisServer, skip_or_fail
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,11 +8,11 @@ import msgspec
 import redis
 from redis.asyncio import Redis
 
+from runtime import timefmt
 from runtime.broker.core import Broker
 from runtime.broker.records import job_from_body
 from runtime.config import Settings
 from runtime.errors import Duplicate
-from runtime import timefmt
 
 CLIENTS = 8
 ATTEMPTS_PER_CLIENT = 500
