@@ -19,6 +19,7 @@ import itertools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 import pytest
@@ -31,6 +32,7 @@ from runtime.embedded_redis import (
     find_server_binary,
     with_db,
 )
+from tests.fixtures.procs import Runtime, Start
 
 # These DBs are for the conformance level servers: each level's server gets its
 # own DB, so it never shares a keyspace with a unit test. redis_url never hands
@@ -171,6 +173,26 @@ def make_embedded_redis() -> Iterator[Callable[..., EmbeddedRedis]]:
     finally:
         for server in servers:
             server.stop()
+
+
+POOL_HANDLERS = "tests.fixtures.pool_handlers"
+
+
+@pytest.fixture
+def start(redis_url: str, tmp_path: Path) -> Iterator[Start]:
+    """``start(*args, module=...)``: an ``ojs-run`` process against this test's Redis DB, serving
+    the fixture handlers; stopped after the test, its log printed (pytest shows it on failure)."""
+    started: list[Runtime] = []
+
+    def go(*args: str, module: str = POOL_HANDLERS) -> Runtime:
+        runtime = Runtime(redis_url, module, *args, log_path=tmp_path / f"ojs-run-{len(started)}.log")
+        started.append(runtime)
+        return runtime
+
+    yield go
+    for runtime in started:
+        runtime.stop()
+        print(f"--- {runtime.log_path.name}\n{runtime.log()}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -9,20 +9,16 @@ suite's report, so the other tests of the session run meanwhile.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conformance.runner import Report, run_suites
 from tests.conftest import DB_RESERVED_FOR_CONFORMANCE, RedisServer, skip_or_fail
+from tests.fixtures.broker_process import BrokerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +37,6 @@ KNOWN_UNPASSABLE = {
     # heuristic on the message text would pass it, and we do not add one.
     "L1-RTR-014": "expected error types not derivable from the nack bodies",
 }
-SERVER_START_TIMEOUT_S = 30.0
 SUITE_TIMEOUT_S = 900.0
 
 
@@ -50,68 +45,19 @@ def suites_root() -> Path:
     return Path(configured) if configured else ROOT.parent / "shared" / "ojs-conformance" / "suites"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class SuiteServer:
-    """One `ojs-server` process on a private port and Redis DB."""
-
-    def __init__(self, redis_url: str, log_dir: Path) -> None:
-        self.redis_url = redis_url
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"server-{self.port}.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime", "--port", str(self.port), "--redis", redis_url,
-             "--log-level", "warning"],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self) -> None:
-        # Startup is the one place a poll is right: there is nothing to subscribe to yet.
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ojs-server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/ojs/v1/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"ojs-server did not become healthy:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 40) -> str:
-        self._log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
-
-
-def _run_one(suite: str, server: SuiteServer) -> list[Report]:
+def _run_one(suite: str, server: BrokerProcess) -> list[Report]:
     server.wait_ready()
     return [run_suites(server.url, suites_root() / name, redis_url=server.redis_url) for name in SUITES[suite]]
 
 
 @pytest.fixture(scope="session")
-def conformance_reports(redis_server: RedisServer) -> Iterator[dict[str, tuple[Future[list[Report]], SuiteServer]]]:
+def conformance_reports(redis_server: RedisServer) -> Iterator[dict[str, tuple[Future[list[Report]], BrokerProcess]]]:
     root = suites_root()
     if not root.is_dir():
         skip_or_fail(f"conformance suites not found at {root} (set OJS_CONFORMANCE_SUITES)")
     dbs = iter(DB_RESERVED_FOR_CONFORMANCE)
     log_dir = Path(tempfile.mkdtemp(prefix="ojs-conformance-"))
-    servers = {suite: SuiteServer(redis_server.url_for_db(next(dbs)), log_dir) for suite in SUITES}
+    servers = {suite: BrokerProcess(redis_server.url_for_db(next(dbs)), log_dir) for suite in SUITES}
     pool = ThreadPoolExecutor(max_workers=len(SUITES), thread_name_prefix="conformance")
     futures = {suite: (pool.submit(_run_one, suite, server), server) for suite, server in servers.items()}
     try:
@@ -133,7 +79,7 @@ def _start_conformance_early(request: pytest.FixtureRequest) -> None:
 @pytest.mark.conformance
 @pytest.mark.parametrize("suite", list(SUITES))
 def test_conformance_suite_passes(
-    suite: str, conformance_reports: dict[str, tuple[Future[list[Report]], SuiteServer]]
+    suite: str, conformance_reports: dict[str, tuple[Future[list[Report]], BrokerProcess]]
 ) -> None:
     future, server = conformance_reports[suite]
     results = [r for report in future.result(timeout=SUITE_TIMEOUT_S) for r in report.results]

@@ -10,13 +10,9 @@ test the server must still answer `GET /ojs/v1/health` with 200 and its process 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,13 +27,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import RedisServer
+from tests.fixtures.broker_process import BrokerProcess
 
-ROOT = Path(__file__).resolve().parent.parent
 JSON_TYPE = "application/openjobspec+json"
 MAX_BODY = 32_768  # big enough for 5000-deep nesting (`[` * 5000 is 10 kB, `{"a":` * 5000 is 25 kB)
 MAX_BATCH = 5
 API_KEY = "fuzz-secret-key"
-START_TIMEOUT_S = 30.0
 HTTP_TIMEOUT_S = 15.0
 
 FUZZ = settings(
@@ -62,12 +57,6 @@ def fuzz(max_examples: int) -> settings:
 # --- the server under test -------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Sent:
     """What was sent, for assertion messages."""
@@ -83,60 +72,18 @@ class Sent:
         return f"{self.method} {self.path[:400]}{hdrs}{body}"
 
 
-class FuzzServer:
-    """One `python -m runtime` process with a private port, Redis DB and log file."""
+class FuzzServer(BrokerProcess):
+    """A server with small limits, so the bounds are exercised cheaply, and one keep-alive client."""
 
     def __init__(self, redis_url: str, log_dir: Path, *, api_key: str | None = None) -> None:
-        self.redis_url = redis_url
-        self.api_key = api_key
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"server-{self.port}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OJS_") and k != "REDIS_URL"}
-        env.update(
-            OJS_MAX_BODY_BYTES=str(MAX_BODY),
-            OJS_MAX_BATCH_SIZE=str(MAX_BATCH),
-            OJS_EVENTS_MAXLEN="300",
-        )
+        env = {"OJS_MAX_BODY_BYTES": str(MAX_BODY), "OJS_MAX_BATCH_SIZE": str(MAX_BATCH),
+               "OJS_EVENTS_MAXLEN": "300"}
         if api_key:
             env["OJS_API_KEY"] = api_key
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "runtime",
-                "--port",
-                str(self.port),
-                "--redis",
-                redis_url,
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        super().__init__(redis_url, log_dir, env=env)
+        self.api_key = api_key
         self.client = httpx.Client(base_url=self.url, timeout=HTTP_TIMEOUT_S)
         self.auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if self.client.get("/ojs/v1/health").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"server did not become healthy:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 40) -> str:
-        self._log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def log_size(self) -> int:
         self._log.flush()
@@ -185,13 +132,7 @@ class FuzzServer:
 
     def stop(self) -> None:
         self.client.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
+        super().stop()
 
 
 # Methods the HTTP parser (llhttp, via uvicorn's httptools) knows; any other method is refused by

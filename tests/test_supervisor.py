@@ -7,8 +7,6 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -16,27 +14,11 @@ import redis
 
 from runtime import Draft
 from runtime.liveness import EXIT_BOOT_ERROR
-from tests.fixtures.procs import KEYS, Runtime, integrity_problems, job, states, wait_until
-from tests.test_worker_runtime import HANDLERS, completed, enqueue
+from tests.fixtures.procs import KEYS, Start, integrity_problems, job, states, wait_until
+from tests.test_worker_runtime import completed, enqueue
 
 pytestmark = pytest.mark.slow
 
-Start = Callable[..., Runtime]
-
-
-@pytest.fixture
-def start(redis_url: str, tmp_path: Path) -> Iterator[Start]:
-    started: list[Runtime] = []
-
-    def go(*args: str, module: str = HANDLERS) -> Runtime:
-        runtime = Runtime(redis_url, module, *args, log_path=tmp_path / f"ojs-run-{len(started)}.log")
-        started.append(runtime)
-        return runtime
-
-    yield go
-    for runtime in started:
-        runtime.stop()
-        print(f"--- {runtime.log_path.name}\n{runtime.log()}")  # shown when the test failed
 
 
 def alive(pid: int) -> bool:

@@ -7,8 +7,6 @@ keys; tests wait on those records (or on job states) with deadlines, never on ba
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +17,7 @@ import redis
 from runtime import Client, Draft
 from tests.fixtures.procs import (
     KEYS,
-    Runtime,
+    Start,
     free_port,
     integrity_problems,
     job,
@@ -31,23 +29,6 @@ from tests.fixtures.procs import (
 pytestmark = pytest.mark.slow
 
 HANDLERS = "tests.fixtures.pool_handlers"
-Start = Callable[..., Runtime]
-
-
-@pytest.fixture
-def start(redis_url: str, tmp_path: Path) -> Iterator[Start]:
-    """``start(*args)``: an ojs-run process serving the fixture handlers; stopped after the test."""
-    started: list[Runtime] = []
-
-    def go(*args: str, module: str = HANDLERS) -> Runtime:
-        runtime = Runtime(redis_url, module, *args, log_path=tmp_path / f"ojs-run-{len(started)}.log")
-        started.append(runtime)
-        return runtime
-
-    yield go
-    for runtime in started:
-        runtime.stop()
-        print(f"--- {runtime.log_path.name}\n{runtime.log()}")  # shown when the test failed
 
 
 def enqueue(redis_url: str, *drafts: Draft) -> list[str]:
