@@ -46,7 +46,7 @@ def register(router: Router, services: Services) -> None:
     async def ack(request: Request) -> Response:
         req: AckRequest = request.decode(_ack_decoder)
         done = await broker.ack(req.job_id, _result_bytes(req.result), worker_id=req.worker_id, attempt=req.attempt)
-        metrics.job_outcome(*await broker.labels(req.job_id), "completed")
+        metrics.job_outcome(done.queue, done.type, "completed")
         return json_response(200, {
             "acknowledged": True, "id": req.job_id, "job_id": req.job_id, "state": "completed",
             "completed_at": timefmt.format_ms(done.completed_at_ms),

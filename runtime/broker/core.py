@@ -35,6 +35,8 @@ class Enqueued(msgspec.Struct, frozen=True):
 class AckResult(msgspec.Struct, frozen=True):
     job_id: str
     completed_at_ms: int
+    queue: str = ""
+    type: str = ""
 
 
 class NackResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -176,11 +178,6 @@ class Broker:
             raise NotFound(f"Job '{job_id}' not found.")
         return fields
 
-    async def labels(self, job_id: str) -> tuple[str, str]:
-        """(queue, type) of a job, for metric labels ("" for a job that is gone)."""
-        queue, job_type = await self.redis.hmget(self.keys.job(job_id), ["queue", "type"])
-        return (queue or b"").decode(), (job_type or b"").decode()
-
     # --- worker protocol -------------------------------------------------------------------
 
     async def fetch(
@@ -236,7 +233,7 @@ class Broker:
         out: list[AckResult | Exception] = []
         for item, row in zip(items, reply, strict=False):
             status, state = int(row[0]), row[1].decode()
-            out.append(AckResult(item.job_id, now) if status == Status.OK
+            out.append(AckResult(item.job_id, now, row[3].decode(), row[4].decode()) if status == Status.OK
                        else _conflict_for(item.job_id, status, state, "acknowledge"))
         if any(int(row[2]) for row in reply):
             await self.advance_workflows()

@@ -41,7 +41,7 @@ def test_ack_completes_active_job_with_result(
     done = run(broker.ack(job_id, b'{"rows": [1, 2.50, "x"]}', worker_id="w1", attempt=1))
     # Then
     job = read_job(redis_client, keys, job_id)
-    assert done == AckResult(job_id, int(job["completed_at"]))
+    assert done == AckResult(job_id, int(job["completed_at"]), job["queue"], job["type"])
     assert job["state"] == "completed"
     assert job["result"] == '{"rows": [1, 2.50, "x"]}'  # stored exactly as sent
     assert job["progress"] == "1.0"

@@ -18,8 +18,9 @@
   ARGV[2] events_maxlen   0 disables events
   then per job: worker_id|"", attempt|"", result JSON|""  (3 values each)
 
-  Returns: one entry per job: {status, state, workflow}; state is the current state on conflicts;
-           workflow is 1 when the job's workflow was queued for advance.lua.
+  Returns: one entry per job: {status, state, workflow, queue, type}; state is the current state
+           on conflicts; workflow is 1 when the job's workflow was queued for advance.lua; queue
+           and type (for metric labels) are "" on conflicts.
 ]]
 local rcall = redis.call
 local prefix = KEYS[1]
@@ -53,11 +54,11 @@ for j = 5, #KEYS do
   local f = rcall("HMGET", job_key, "state", "worker_id", "attempt", "queue", "type", "started_at", "id",
     "progress", "expires_ms", "unique_key", "workflow_id")
   if not f[1] then
-    out[#out + 1] = {1, "", 0}
+    out[#out + 1] = {1, "", 0, "", ""}
   elseif f[1] ~= "active" then
-    out[#out + 1] = {2, f[1], 0}
+    out[#out + 1] = {2, f[1], 0, "", ""}
   elseif (worker_id ~= "" and f[2] and f[2] ~= worker_id) or (attempt ~= "" and attempt ~= f[3]) then
-    out[#out + 1] = {3, f[1], 0}
+    out[#out + 1] = {3, f[1], 0, "", ""}
   else
     local id, queue = f[7], f[4]
     local fields = {"state", "completed", "completed_at", now}
@@ -83,7 +84,7 @@ for j = 5, #KEYS do
     end
     local queued = 0
     if f[10] or f[11] then queued = on_end(job_key, id, "completed") end
-    out[#out + 1] = {0, "completed", queued}
+    out[#out + 1] = {0, "completed", queued, queue, f[5]}
   end
 end
 for queue, count in pairs(completed_per_queue) do
