@@ -64,6 +64,7 @@ HTTP_STOP_S = 10.0
 MIN_UPTIME_S = 1.0  # a pool dying sooner than this is crash-looping: respawn with backoff
 MAX_BACKOFF_S = 10.0
 _PR_SET_PDEATHSIG = 1
+_HELD_ACROSS_FORK = {signal.SIGTERM}  # not SIGTSTP: its default action would freeze the child
 
 
 class SupervisorConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -235,11 +236,16 @@ class Supervisor:
     def _fork(self, kind: str, worker_id: str, liveness: Liveness | None, target: Callable[[], int]) -> None:
         if threading.active_count() > 1:
             logger.warning("forking with %d threads alive", threading.active_count())
+        # Stop signals are held across the fork: one that reaches the child before it has reset
+        # the supervisor's handlers (which only record) would otherwise be lost, and the child
+        # would run on until the drain deadline. Held, it is delivered once the child is itself.
+        saved_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_ACROSS_FORK)
         pid = os.fork()
         if pid == 0:
             code = EXIT_FORCED
             try:
                 self._become_child(kind)
+                signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
                 code = target()
             except SystemExit as exit_:
                 code = exit_.code if isinstance(exit_.code, int) else EXIT_FORCED
@@ -248,6 +254,7 @@ class Supervisor:
             finally:
                 logging.shutdown()
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
         self.children[pid] = _Child(pid, kind, worker_id, liveness)
         logger.info("started %s process %s (pid %d)", kind, worker_id, pid)
 
