@@ -9,7 +9,7 @@ import msgspec
 from runtime import timefmt
 from runtime.broker.core import Broker
 from runtime.broker.scripts import Status
-from runtime.envelope import ALL_STATES, TERMINAL_STATES
+from runtime.envelope import ALL_STATES
 from runtime.errors import NotFound
 from runtime.metrics import QueueSample
 
@@ -171,7 +171,7 @@ class Admin:
             out.append(Event(
                 id=event_id(sid), type=etype, source=self.source,
                 time=timefmt.format_ms(int(fields[b"time"])), subject=fields[b"subject"].decode(),
-                data=msgspec.Raw(data if data != b"[]" else b"{}"),
+                data=msgspec.Raw(data),
             ))
             if len(out) >= limit:
                 break
@@ -198,6 +198,3 @@ class Admin:
             await pipe.execute()
         return now
 
-
-def is_terminal(state: str) -> bool:
-    return state in TERMINAL_STATES
