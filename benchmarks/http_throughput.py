@@ -473,7 +473,7 @@ class Bench:
         remaining = max(1.0, deadline - time.perf_counter())
         try:
             await asyncio.wait_for(asyncio.gather(*coros), timeout=remaining)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise SystemExit(f"benchmark stopped: the time limit of {self.args.timeout:.0f} s ran out") from None
 
     # -- workloads ---------------------------------------------------------------------------

@@ -88,6 +88,7 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
+        await self._broker.close()
         await self._redis.aclose()
 
     async def enqueue(

@@ -87,8 +87,9 @@ def build_app(
 
 async def serve(settings: Settings, redis_url: str) -> None:
     redis = Redis.from_url(redis_url, decode_responses=False, health_check_interval=30)
+    broker = Broker(redis, settings)
     try:
-        app, _services = build_app(Broker(redis, settings), settings)
+        app, _services = build_app(broker, settings)
         config = uvicorn.Config(
             app, host=settings.host, port=settings.port, loop="none", http="httptools",
             lifespan="on", log_level="warning", access_log=False, server_header=False,
@@ -108,6 +109,7 @@ async def serve(settings: Settings, redis_url: str) -> None:
         finally:
             pings.cancel()
     finally:
+        await broker.close()
         await redis.aclose()
 
 

@@ -416,14 +416,16 @@ def _serve_http(settings: Settings, listener: socket.socket, board: Board, *, pr
 
     async def serve() -> None:
         redis = Redis.from_url(settings.redis_url or "", health_check_interval=30)
+        broker = Broker(redis, settings)
         try:
-            app, _services = build_app(Broker(redis, settings), settings, board=board, probes_only=probes_only)
+            app, _services = build_app(broker, settings, board=board, probes_only=probes_only)
             config = uvicorn.Config(
                 app, loop="none", http="httptools", lifespan="on", log_level="warning",
                 access_log=False, server_header=False, timeout_graceful_shutdown=5,
             )
             await uvicorn.Server(config).serve(sockets=[listener])
         finally:
+            await broker.close()
             await redis.aclose()
 
     asyncio.Runner(loop_factory=uvloop.new_event_loop).run(serve())

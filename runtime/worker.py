@@ -153,6 +153,7 @@ class Pool:
             await self.batcher.close()
             notify(self.registry.observers, "on_worker_shutdown", self.worker_id)
             await self._deregister()
+            await self.broker.close()
             await self.redis.aclose()
         return EXIT_OK
 

@@ -36,6 +36,7 @@ async def _client(url: str, prefix: str) -> tuple[int, int]:
             except Duplicate:
                 rejected += 1
     finally:
+        await broker.close()
         await conn.aclose()
     return accepted, rejected
 

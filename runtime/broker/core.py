@@ -439,6 +439,10 @@ class Broker:
             verdict = "lease_expired"
         return Failure(job_id=job_id, verdict=verdict, error=error, worker_id=worker_id, attempt=int(attempt))
 
+    async def close(self) -> None:
+        """Close the lean script connection (the redis-py client is its owner's to close)."""
+        await self.scripts.close()
+
     async def ping_ms(self) -> float:
         start = time.perf_counter()
         await self.redis.ping()

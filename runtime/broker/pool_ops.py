@@ -21,7 +21,7 @@ from typing import Generic, TypeVar
 from redis.asyncio import Redis
 
 from runtime import metrics, timefmt
-from runtime.broker import BACKEND_ERRORS, failures
+from runtime.broker import BACKEND_ERRORS, failures, wire
 from runtime.broker.core import AckResult, Broker, Completion, Failure, NackResult
 from runtime.config import Settings
 
@@ -124,15 +124,20 @@ async def listen_for_work(broker: Broker, queues: Sequence[str], wake: Callable[
     A lost connection is re-subscribed with backoff (and `wake` is called, as jobs may have
     arrived meanwhile)."""
     channels = [broker.keys.notify(queue) for queue in queues]
+    address = broker.scripts.wire.address if broker.scripts.wire is not None else None
     backoff_s = FIRST_BACKOFF_S
+
+    def subscribed() -> None:
+        nonlocal backoff_s
+        backoff_s = FIRST_BACKOFF_S
+        wake()
+
     while True:
-        pubsub = broker.redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(*channels)
-            wake()
-            backoff_s = FIRST_BACKOFF_S
-            async for _message in pubsub.listen():
-                wake()
+            if address is not None:
+                await wire.subscribe(address, channels, lambda _channel, _data: wake(), on_ready=subscribed)
+            else:
+                await _subscribe_through_client(broker, channels, wake, subscribed)
         except Exception as err:
             if isinstance(err, BACKEND_ERRORS):
                 logger.warning("notifications lost (%s); subscribing again in %.1fs", err, backoff_s)
@@ -140,8 +145,20 @@ async def listen_for_work(broker: Broker, queues: Sequence[str], wake: Callable[
                 logger.exception("notifications failed; subscribing again in %.1fs", backoff_s)
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
-        finally:
-            await pubsub.aclose()
+
+
+async def _subscribe_through_client(
+    broker: Broker, channels: Sequence[str], wake: Callable[[], None], subscribed: Callable[[], None],
+) -> None:
+    """The same through redis-py, where the lean connection does not apply (TLS)."""
+    pubsub = broker.redis.pubsub(ignore_subscribe_messages=True)
+    try:
+        await pubsub.subscribe(*channels)
+        subscribed()
+        async for _message in pubsub.listen():
+            wake()
+    finally:
+        await pubsub.aclose()
 
 
 async def release_worker(broker: Broker, worker_id: str, *, verdict: str, error: bytes) -> list[str]:
@@ -178,11 +195,13 @@ def release_worker_blocking(settings: Settings, worker_id: str, *, crashed: bool
 
     async def go() -> list[str]:
         redis = Redis.from_url(settings.redis_url or "", socket_timeout=timeout_s)
+        broker = Broker(redis, settings)
         try:
             return await asyncio.wait_for(
-                release_worker(Broker(redis, settings), worker_id, verdict=verdict, error=error), timeout_s,
+                release_worker(broker, worker_id, verdict=verdict, error=error), timeout_s,
             )
         finally:
+            await broker.close()
             await redis.aclose()
 
     return asyncio.run(go())

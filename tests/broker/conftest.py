@@ -78,9 +78,11 @@ def keys() -> Keys:
 @pytest.fixture
 def broker(redis_url: str, run: Run[Any]) -> Iterator[Broker]:
     client = Redis.from_url(redis_url)
+    broker = Broker(client, Settings(redis_url=redis_url, key_prefix=TEST_PREFIX))
     try:
-        yield Broker(client, Settings(redis_url=redis_url, key_prefix=TEST_PREFIX))
+        yield broker
     finally:
+        run(broker.close())
         run(client.aclose())
 
 

@@ -1,0 +1,266 @@
+"""A lean Redis connection for the hot paths: script calls, notifications, handlers' commands.
+
+One socket per process (per event loop) carries every coroutine's commands. Requests are
+pipelined: each caller appends its packed command and a future, the replies come back in order,
+and the commands queued during one loop iteration leave in one write (ten handlers finishing
+together cost one system call, not ten). Packing and parsing are hiredis's C code.
+
+This is what makes a round trip cost tens of microseconds of CPU instead of a hundred or more; the
+general-purpose client (redis-py) stays for everything else (admin reads, pipelines, health).
+Errors are redis-py's exception classes, so callers catch one family either way.
+
+A connection that is found closed before a command is sent is opened again transparently (a
+restarted Redis costs nothing). A command in flight when the connection drops fails with
+ConnectionError and is not re-sent: a script may have run, and only its caller knows whether a
+second run is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import hiredis
+from redis import exceptions as rx
+
+CONNECT_ATTEMPTS = 3
+CONNECT_BACKOFF_S = 0.05
+
+# Error prefixes that redis-py maps to classes of their own; anything else is a ResponseError.
+_ERRORS: dict[str, type[rx.RedisError]] = {
+    "NOSCRIPT": rx.NoScriptError,
+    "LOADING": rx.BusyLoadingError,
+    "READONLY": rx.ReadOnlyError,
+    "NOAUTH": rx.AuthenticationError,
+    "WRONGPASS": rx.AuthenticationError,
+    "NOPERM": rx.NoPermissionError,
+}
+
+
+def _pack(command: tuple[Any, ...]) -> bytes:
+    # hiredis's stub types the tuple as having one element; any length is accepted.
+    packed: bytes = hiredis.pack_command(command)  # type: ignore[arg-type]
+    return packed
+
+
+def _error(reply: hiredis.ReplyError) -> rx.RedisError:
+    message = str(reply)
+    return _ERRORS.get(message.split(" ", 1)[0], rx.ResponseError)(message)
+
+
+class Address:
+    """Where and how to connect: TCP host/port or a Unix socket path; credentials; database."""
+
+    __slots__ = ("host", "port", "path", "db", "username", "password")
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, path: str = "", db: int = 0,
+                 username: str | None = None, password: str | None = None) -> None:
+        self.host, self.port, self.path, self.db = host, port, path, db
+        self.username, self.password = username, password
+
+    @classmethod
+    def from_url(cls, url: str) -> Address | None:
+        """redis:// and unix:// URLs; None for what this connection does not speak (TLS)."""
+        parts = urlsplit(url)
+        query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+        username = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password else None
+        if parts.scheme == "unix":
+            return cls(path=unquote(parts.path), db=int(query.get("db", 0)), username=username, password=password)
+        if parts.scheme != "redis":
+            return None
+        db = parts.path.lstrip("/") or query.get("db", "0")
+        return cls(host=parts.hostname or "127.0.0.1", port=parts.port or 6379, db=int(db),
+                   username=username, password=password)
+
+    @classmethod
+    def of_client(cls, redis: Any) -> Address | None:
+        """The address a redis-py asyncio client connects to; None when it is not plain TCP or a
+        Unix socket (TLS, a custom connection class)."""
+        pool = redis.connection_pool
+        kwargs = pool.connection_kwargs
+        kind = pool.connection_class.__name__
+        common = {"db": int(kwargs.get("db") or 0), "username": kwargs.get("username"),
+                  "password": kwargs.get("password")}
+        if kind == "Connection":
+            return cls(host=kwargs.get("host", "127.0.0.1"), port=int(kwargs.get("port", 6379)), **common)
+        if kind == "UnixDomainSocketConnection":
+            return cls(path=kwargs["path"], **common)
+        return None
+
+
+class _Protocol(asyncio.Protocol):
+    """One connection: a FIFO of waiting futures matched to replies as they arrive. Replies no
+    request waits for (a subscribed connection's messages) go to `on_push`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_push: Callable[[Any], None] | None = None) -> None:
+        self.loop = loop
+        self.reader = hiredis.Reader()
+        self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.outgoing: list[bytes] = []
+        self.transport: Any = None
+        self.closed = loop.create_future()
+        self.on_push = on_push
+
+    def connection_made(self, transport: Any) -> None:  # uvloop's transports are not asyncio's classes
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            if not self.waiters:  # a subscribed connection's messages
+                if self.on_push is not None:
+                    self.on_push(reply)
+                continue
+            waiter = self.waiters.popleft()
+            if waiter.done():  # its caller was cancelled; the reply is dropped, the order kept
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                waiter.set_exception(_error(reply))
+            else:
+                waiter.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        error = rx.ConnectionError(f"Connection to Redis lost: {exc}" if exc else "Connection closed by server.")
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def is_open(self) -> bool:
+        return self.transport is not None and not self.closed.done() and not self.transport.is_closing()
+
+    def request(self, packed: bytes) -> asyncio.Future[Any]:
+        waiter = self.loop.create_future()
+        self.waiters.append(waiter)
+        if not self.outgoing:
+            self.loop.call_soon(self._flush)
+        self.outgoing.append(packed)
+        return waiter
+
+    def _flush(self) -> None:
+        data, self.outgoing = b"".join(self.outgoing), []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+
+async def _open(address: Address, timeout_s: float = 5.0) -> _Protocol:
+    """Connect, authenticate and select the database; retried briefly (a Redis that is starting)."""
+    loop = asyncio.get_running_loop()
+    delay_s = CONNECT_BACKOFF_S
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        try:
+            if address.path:
+                connect = loop.create_unix_connection(lambda: _Protocol(loop), address.path)
+            else:
+                connect = loop.create_connection(lambda: _Protocol(loop), address.host, address.port)
+            _transport, proto = await asyncio.wait_for(connect, timeout_s)
+            break
+        except (OSError, TimeoutError) as err:
+            if attempt == CONNECT_ATTEMPTS:
+                where = address.path or f"{address.host}:{address.port}"
+                raise rx.ConnectionError(f"Cannot connect to Redis at {where}: {err}") from err
+            await asyncio.sleep(delay_s)
+            delay_s *= 2
+    handshake: list[asyncio.Future[Any]] = []
+    if address.password is not None:
+        auth = (address.username, address.password) if address.username else (address.password,)
+        handshake.append(proto.request(_pack(("AUTH", *auth))))
+    if address.db:
+        handshake.append(proto.request(_pack(("SELECT", address.db))))
+    try:
+        await asyncio.gather(*handshake)
+    except BaseException:
+        if proto.transport is not None:
+            proto.transport.close()
+        raise
+    return proto
+
+
+class Wire:
+    """A pipelined connection shared by every coroutine of one event loop (see the module text).
+    Opened on first use and again after it was lost; a new event loop (a forked child, a test's
+    fresh loop) gets a new connection, the old one is left to its own loop."""
+
+    def __init__(self, address: Address) -> None:
+        self.address = address
+        self._proto: _Protocol | None = None
+        self._opening: asyncio.Task[_Protocol] | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> Wire:
+        address = Address.from_url(url)
+        if address is None:
+            raise ValueError(f"unsupported Redis URL for the lean connection: {url!r}")
+        return cls(address)
+
+    async def execute(self, *args: Any) -> Any:
+        """Send one command; return its reply (bytes, int, list, None) or raise its error."""
+        proto = self._proto
+        if proto is None or proto.loop is not asyncio.get_running_loop() or not proto.is_open():
+            proto = await self._connection()
+        return await proto.request(_pack(args))
+
+    async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Several commands in one write; every reply, in order (errors as exception objects)."""
+        proto = self._proto
+        if proto is None or proto.loop is not asyncio.get_running_loop() or not proto.is_open():
+            proto = await self._connection()
+        waiters = [proto.request(_pack(tuple(c))) for c in commands]
+        return list(await asyncio.gather(*waiters, return_exceptions=True))
+
+    async def _connection(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        if self._opening is None or self._opening.get_loop() is not loop or self._opening.done():
+            self._opening = loop.create_task(_open(self.address))
+        try:
+            proto = await asyncio.shield(self._opening)
+        except BaseException:
+            self._opening = None
+            raise
+        self._proto = proto
+        return proto
+
+    async def close(self) -> None:
+        proto, self._proto = self._proto, None
+        if proto is None or proto.transport is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if proto.loop is running and not proto.closed.done():
+            proto.transport.close()
+            await proto.closed
+
+
+async def subscribe(
+    address: Address, channels: Sequence[str], on_message: Callable[[bytes, bytes], None], *,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Listen on `channels` until the connection is lost (then raise ConnectionError) or the
+    caller is cancelled; `on_message(channel, data)` runs for every published message, and
+    `on_ready()` once the subscription holds (what was published before it was missed)."""
+
+    def on_push(reply: Any) -> None:
+        if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+            on_message(reply[1], reply[2])
+
+    proto = await _open(address)
+    try:
+        # SUBSCRIBE answers once per channel: the first answer goes to the waiter, the rest (and
+        # every message) to on_push.
+        proto.on_push = on_push
+        await proto.request(_pack(("SUBSCRIBE", *channels)))
+        if on_ready is not None:
+            on_ready()
+        await proto.closed
+        raise rx.ConnectionError("Subscription connection closed by server.")
+    finally:
+        if proto.transport is not None:
+            proto.transport.close()
