@@ -119,7 +119,8 @@ class Pool:
         self.queues = [name for name, _ in named]
         self.weights = [weight for _, weight in named]
         self.scores = fairness.initial_scores(len(named))
-        self.active: dict[str, _Running] = {}
+        self.active: dict[str, _Running] = {}  # claimed and not yet settled (heartbeats keep their leases)
+        self.executing = 0  # of those, the ones whose handler still runs: what takes a slot
         self.state = "running"  # reported in heartbeats: running | quiet | terminate
         self.phase = Phase.READY
         self.started = 0
@@ -183,7 +184,7 @@ class Pool:
                 await self._fetch(free)
 
     def _free_slots(self) -> int:
-        free = self.config.concurrency - len(self.active)
+        free = self.config.concurrency - self.executing
         if self.config.max_jobs:
             free = min(free, self.config.max_jobs - self.started)
         return free
@@ -226,6 +227,7 @@ class Pool:
         metrics.job_started(job.queue, job.type, fields)
         task = loop.create_task(self._run_job(ctx), name=f"job:{job.id}")
         self.active[job.id] = _Running(ctx, task, interruptible=spec is None or spec.is_async)
+        self.executing += 1
         self.started += 1
         if job.visibility_timeout_ms and job.visibility_timeout_ms < 3000 * self.config.heartbeat_interval_s:
             self.beat_soon.set()
@@ -240,20 +242,27 @@ class Pool:
         job = ctx.job  # this task's log lines (the handler's too) carry the job's fields
         logs.JOB.set(logs.JobFields(job_id=job.id, type=job.type, queue=job.queue, attempt=job.attempt,
                                     worker_id=self.worker_id, traceparent=ctx.traceparent))
+        run = self.active[job.id]
         try:
             outcome = await execute(ctx, self.chain, self.registry.handlers)
-            self.active[ctx.job.id].executing = False
+            self._slot_freed(run)  # the next job starts while this one's ack is on its way
             await ctx.flush_progress()
             await self._settle(ctx, outcome)
         finally:
+            self._slot_freed(run)
             self.active.pop(ctx.job.id, None)
-            self.wake.set()
         if isinstance(outcome, Stuck):
             logger.error("job %s: its sync handler ignored the timeout; this process will be replaced",
                          ctx.job.id, extra=_job_extra(ctx))
             self.phase = Phase.STUCK
             self.liveness.notify(Phase.STUCK)
             self.state = "terminate"  # no more fetches; the supervisor kills us within a tick
+
+    def _slot_freed(self, run: _Running) -> None:
+        if run.executing:
+            run.executing = False
+            self.executing -= 1
+            self.wake.set()
 
     async def _settle(self, ctx: JobContext, outcome: Outcome) -> None:
         _log_outcome(ctx, outcome)
@@ -334,7 +343,7 @@ class Pool:
         reason to fetch, so it is not stalled."""
         fetching = self.state == "running" and not self.stopping.is_set()
         free = self._free_slots()
-        metrics.POOL_SLOTS.labels("busy").set(len(self.active))
+        metrics.POOL_SLOTS.labels("busy").set(self.executing)
         metrics.POOL_SLOTS.labels("free").set(max(0, free) if fetching else 0)
         if fetching and free <= 0 and self.board is not None:
             self.board.fetched()

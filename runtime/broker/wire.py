@@ -42,7 +42,7 @@ _ERRORS: dict[str, type[rx.RedisError]] = {
 
 def _pack(command: tuple[Any, ...]) -> bytes:
     # hiredis's stub types the tuple as having one element; any length is accepted.
-    packed: bytes = hiredis.pack_command(command)  # type: ignore[arg-type]
+    packed: bytes = hiredis.pack_command(command)
     return packed
 
 
