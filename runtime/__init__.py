@@ -4,8 +4,8 @@ The public surface for handler modules and producers::
 
     from runtime import handler, JobContext, Retry, Discard, Client, execution_middleware
 
-``RedisConnection`` is the runtime's own pipelined Redis connection, for handlers that run quick
-commands of their own: ``conn = RedisConnection.from_url(url)`` at import time, then
+``RedisConnection`` is the runtime's own pipelined Redis connection (redis:// and unix:// URLs),
+for handlers that run quick commands of their own: ``conn = RedisConnection.from_url(url)`` at import time, then
 ``await conn.execute("INCR", key)`` in the handler. One socket serves every coroutine of the
 process (a forked pool opens its own on first use); a blocking command (BLPOP, XREAD BLOCK)
 would hold it for all of them, so use redis-py for those.
