@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -139,11 +140,16 @@ class Broker:
                 details={"existing_job_id": holder, "existing_job_state": state, "unique_key": fingerprint},
             )
         out = []
+        created: Counter[tuple[str, str]] = Counter()  # one metric write per label pair, not per job
         for job, raw in zip(jobs, reply[1:], strict=False):
             text = raw.decode()
-            out.append(Enqueued(text[1:], True) if text.startswith("=") else Enqueued(text, False))
-            if not text.startswith("="):
-                metrics.JOBS_ENQUEUED.labels(job.queue, job.fields.get("type", "")).inc()
+            if text.startswith("="):
+                out.append(Enqueued(text[1:], True))
+            else:
+                out.append(Enqueued(text, False))
+                created[job.queue, job.fields.get("type", "")] += 1
+        for (queue, job_type), count in created.items():
+            metrics.JOBS_ENQUEUED.labels(queue, job_type).inc(count)
         return out
 
     async def enqueue_cron_tick(
