@@ -84,6 +84,13 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
     return parse
 
 
+def _not_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ojs-run", description="Run job handlers: a supervisor, N pool processes, the HTTP "
@@ -99,6 +106,9 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="pool processes (env OJS_PROCESSES; default: CPU count)")
     p.add_argument("--concurrency", type=_positive(int), metavar="C", default=_env("OJS_CONCURRENCY") or "10",
                    help="jobs in flight per pool process (env OJS_CONCURRENCY; default 10)")
+    p.add_argument("--prefetch", type=_not_negative, metavar="N", default=_env("OJS_PREFETCH"),
+                   help="jobs a pool claims ahead of its free slots while its jobs are short (mean run "
+                   "under 50 ms); 0: never (env OJS_PREFETCH; default: the concurrency)")
     p.add_argument("--redis", dest="redis_url", metavar="URL", help="Redis URL (env OJS_REDIS_URL, REDIS_URL); default: embedded")
     p.add_argument("--data-dir", help="embedded Redis data directory (env OJS_DATA_DIR)")
     http = p.add_mutually_exclusive_group()
@@ -148,6 +158,7 @@ def run_main(argv: list[str] | None = None) -> int:
         concurrency=int(args.concurrency), max_jobs=int(args.max_jobs_per_child or 0),
         drain_timeout_s=args.drain_timeout, timeout_grace_s=args.timeout_grace,
         heartbeat_interval_s=args.heartbeat_interval, lease_ms=round(args.lease * 1000),
+        prefetch=None if args.prefetch is None else int(args.prefetch),
     )
     config = SupervisorConfig(
         processes=int(args.processes), http=not args.no_http, max_memory_mb=int(args.max_memory_mb or 0),

@@ -3,10 +3,15 @@
 Forked by the supervisor, it builds everything itself (conventions §3.4): it imports the handlers
 module, connects to Redis, composes the middleware chain once, and then
 
-* fetches for free slots only (no prefetch), with per-queue quotas from :mod:`runtime.fairness`,
-  in one fetch call, whenever it is woken: by a message on its queues' notify channels (an idle
-  pool starts a new job within milliseconds), when a job frees a slot, and by a safety re-check
-  every second; it never polls in a sleep loop;
+* fetches for its free slots, with per-queue quotas from :mod:`runtime.fairness`, in one fetch
+  call, whenever it is woken: by a message on its queues' notify channels (an idle pool starts a
+  new job within milliseconds), when a job frees a slot, and by a safety re-check every second;
+  it never polls in a sleep loop;
+* while its handlers are short (recent run times under ``prefetch_below_s``), also claims up to
+  ``prefetch`` jobs ahead: they wait, leased and heartbeated like running jobs, in a local buffer,
+  and a freed slot starts the next one without a round trip. Jobs that run longer get no
+  prefetch, so a claimed job never waits long behind a slow one (its timeout is counted from the
+  claim); on a stop the buffer is handed back at once, without spending attempts;
 * runs async handlers as tasks, sync handlers in a thread pool (:mod:`runtime.executor`);
 * heartbeats once per interval for all its jobs, from the event loop thread: the leases move
   forward and cancelled jobs are stopped. A CPU-bound pure-Python sync handler cannot starve
@@ -23,6 +28,7 @@ module, connects to Redis, composes the middleware chain once, and then
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import signal
 import time
@@ -79,6 +85,8 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True):
     recheck_interval_s: float = 1.0
     progress_interval_s: float = 1.0
     ack_window_s: float = 0.002
+    prefetch: int | None = None  # jobs claimed ahead of free slots while jobs are short; None: concurrency
+    prefetch_below_s: float = 0.05  # "short": the pool's recent mean handler run time is below this
 
 
 class _Running:
@@ -121,6 +129,9 @@ class Pool:
         self.scores = fairness.initial_scores(len(named))
         self.active: dict[str, _Running] = {}  # claimed and not yet settled (heartbeats keep their leases)
         self.executing = 0  # of those, the ones whose handler still runs: what takes a slot
+        self.ready: collections.OrderedDict[str, dict[bytes, bytes]] = collections.OrderedDict()  # prefetched
+        self.prefetch = config.concurrency if config.prefetch is None else config.prefetch
+        self.mean_run_s: float | None = None  # moving mean of handler run times (prefetch or not)
         self.state = "running"  # reported in heartbeats: running | quiet | terminate
         self.phase = Phase.READY
         self.started = 0
@@ -179,15 +190,30 @@ class Pool:
         while not self.stopping.is_set():
             await self.wake.wait()
             self.wake.clear()  # before the fetch: a wake-up during the fetch is not lost
-            free = self._free_slots()
-            if free > 0 and self.state == "running" and not self.stopping.is_set():
-                await self._fetch(free)
+            wanted = self._wanted()
+            if wanted > 0 and self.state == "running" and not self.stopping.is_set():
+                await self._fetch(wanted)
 
     def _free_slots(self) -> int:
         free = self.config.concurrency - self.executing
         if self.config.max_jobs:
             free = min(free, self.config.max_jobs - self.started)
         return free
+
+    def _wanted(self) -> int:
+        """Jobs to claim now: the free slots the buffer does not cover, plus, while jobs are short,
+        a refill of the buffer once it is half empty (one call for many jobs, not one per job)."""
+        uncovered = self.config.concurrency - self.executing - len(self.ready)
+        short = self.mean_run_s is not None and self.mean_run_s < self.config.prefetch_below_s
+        if not short or self.prefetch == 0:
+            wanted = uncovered
+        elif uncovered <= 0 and 2 * len(self.ready) > self.prefetch:
+            wanted = 0
+        else:
+            wanted = uncovered + self.prefetch
+        if self.config.max_jobs:
+            wanted = min(wanted, self.config.max_jobs - self.started - len(self.ready))
+        return wanted
 
     async def _fetch(self, count: int) -> None:
         quotas = None
@@ -207,7 +233,31 @@ class Pool:
         if self.board is not None:
             self.board.fetched()
         for fields in claimed:
+            self.ready[fields.get(b"id", b"").decode()] = fields
+            visibility = fields.get(b"visibility_timeout_ms")
+            if visibility and visibility.isdigit() and int(visibility) < 3000 * self.config.heartbeat_interval_s:
+                self.beat_soon.set()
+        if self.stopping.is_set():  # a stop arrived while the fetch was on its way
+            self._hand_back_ready()
+        self._start_ready()
+
+    def _start_ready(self) -> None:
+        while self.ready and self._free_slots() > 0 and not self.stopping.is_set() and self.state != "terminate":
+            _job_id, fields = self.ready.popitem(last=False)
             self._start(fields)
+
+    def _hand_back_ready(self) -> None:
+        """Release the prefetched jobs that did not start (a stop): other workers take them now,
+        and their attempt is not spent."""
+        if not self.ready:
+            return
+        error = failures.server_error("shutdown", "shutdown", "The worker stopped before the prefetched job "
+                                      "started; released without spending an attempt", timefmt.now_ms())
+        for job_id, fields in self.ready.items():
+            self.batcher.fail(Failure(job_id=job_id, verdict="release", error=error, worker_id=self.worker_id,
+                                      attempt=int(fields.get(b"attempt", b"0") or 0)))
+        logger.info("pool %s: handing back %d prefetched job(s)", self.worker_id, len(self.ready))
+        self.ready.clear()
 
     def _start(self, fields: dict[bytes, bytes]) -> None:
         loop = asyncio.get_running_loop()
@@ -229,8 +279,6 @@ class Pool:
         self.active[job.id] = _Running(ctx, task, interruptible=spec is None or spec.is_async)
         self.executing += 1
         self.started += 1
-        if job.visibility_timeout_ms and job.visibility_timeout_ms < 3000 * self.config.heartbeat_interval_s:
-            self.beat_soon.set()
         if self.config.max_jobs and self.started >= self.config.max_jobs:
             logger.info("pool %s started %d jobs: recycling", self.worker_id, self.started)
             metrics.POOL_RECYCLES.labels("max_jobs").inc()
@@ -257,11 +305,15 @@ class Pool:
             self.phase = Phase.STUCK
             self.liveness.notify(Phase.STUCK)
             self.state = "terminate"  # no more fetches; the supervisor kills us within a tick
+            self._hand_back_ready()
 
     def _slot_freed(self, run: _Running) -> None:
         if run.executing:
             run.executing = False
             self.executing -= 1
+            took_s = time.monotonic() - run.ctx.started_s
+            self.mean_run_s = took_s if self.mean_run_s is None else 0.8 * self.mean_run_s + 0.2 * took_s
+            self._start_ready()
             self.wake.set()
 
     async def _settle(self, ctx: JobContext, outcome: Outcome) -> None:
@@ -289,6 +341,9 @@ class Pool:
         )
 
     def _cancel(self, job_id: str) -> None:
+        if self.ready.pop(job_id, None) is not None:  # prefetched, not started: nothing to stop
+            logger.info("job %s was cancelled before it started", job_id)
+            return
         run = self.active.get(job_id)
         if run is None or not run.executing:
             return
@@ -303,6 +358,8 @@ class Pool:
         while True:
             await self._beat()
             leases = [r.ctx.job.visibility_timeout_ms or self.config.lease_ms for r in self.active.values()]
+            leases += [int(f[b"visibility_timeout_ms"]) for f in self.ready.values()
+                       if f.get(b"visibility_timeout_ms", b"").isdigit()]
             interval_s = min(self.config.heartbeat_interval_s, min([self.config.lease_ms, *leases]) / 3000)
             self.beat_soon.clear()
             try:
@@ -313,8 +370,8 @@ class Pool:
     async def _beat(self) -> None:
         try:
             beat = await self.broker.heartbeat(
-                self.worker_id, list(self.active), state=self.state, visibility_ms=self.config.lease_ms,
-                active_count=len(self.active),
+                self.worker_id, [*self.active, *self.ready], state=self.state, visibility_ms=self.config.lease_ms,
+                active_count=len(self.active) + len(self.ready),
             )
         except BACKEND_ERRORS as err:
             logger.warning("heartbeat failed (%s); retrying at the next interval", err)
@@ -358,6 +415,7 @@ class Pool:
             self.phase = Phase.DRAINING
         self.liveness.notify(self.phase)
         self.state = "terminate"
+        self._hand_back_ready()
         await self._beat()  # the broker refuses further fetches for this worker from now on
         deadline = time.monotonic() + self.config.drain_timeout_s
         while self.active and (left_s := deadline - time.monotonic()) > 0:

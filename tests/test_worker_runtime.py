@@ -6,6 +6,7 @@ keys; tests wait on those records (or on job states) with deadlines, never on ba
 
 from __future__ import annotations
 
+import signal
 from collections import Counter
 from typing import Any
 
@@ -178,3 +179,33 @@ def test_pool_heartbeats_keep_a_cpu_bound_sync_job_leased(redis_url: str, redis_
     # Then the lease never expired: one attempt, no error
     done = job(redis_client, job_id)
     assert done["attempt"] == "1" and "error" not in done and "e1" not in done
+
+
+def test_pool_prefetches_behind_short_jobs_and_hands_the_buffer_back_on_stop(
+    redis_url: str, redis_client: redis.Redis, start: Start,
+) -> None:
+    # Given a pool with one slot and a prefetch of 3 that has seen only short jobs
+    runtime = start("--processes", "1", "--concurrency", "1", "--prefetch", "3", "--no-http", "--drain-timeout", "30")
+    warm = enqueue(redis_url, *(Draft(type="count.job") for _ in range(5)))
+    wait_until(lambda: completed(redis_client, warm), what="the short warm-up jobs")
+    # When one job holds the slot and five more arrive behind it
+    (held,) = enqueue(redis_url, Draft(type="progress.wait"))
+    wait_until(lambda: states(redis_client, [held]) == ["active"], what="the holding job to start")
+    behind = enqueue(redis_url, *(Draft(type="count.job") for _ in range(5)))
+    # Then three of them are claimed ahead, leased to this worker; two stay available
+    wait_until(lambda: Counter(states(redis_client, behind))["active"] == 3, what="three jobs prefetched")
+    assert Counter(states(redis_client, behind))["available"] == 2
+    worker_ids = {job(redis_client, i).get("worker_id") for i in behind if states(redis_client, [i]) == ["active"]}
+    assert worker_ids == {job(redis_client, held)["worker_id"]}
+    # When the pool is stopped while the holding job still runs
+    runtime.send(signal.SIGTERM)
+    # Then the prefetched jobs go back at once, their attempt unspent, and none of them ran
+    wait_until(lambda: states(redis_client, behind) == ["available"] * 5, what="the buffer handed back")
+    assert [job(redis_client, i)["attempt"] for i in behind] == ["0"] * 5
+    assert not any(redis_client.hexists("pooltest:done", f"{i}:1") for i in behind)
+    assert states(redis_client, [held]) == ["active"]
+    # And the holding job drains normally
+    redis_client.rpush(f"pooltest:go:{held}", "1")
+    assert runtime.wait_exit(30) == 0
+    assert states(redis_client, [held]) == ["completed"]
+    assert integrity_problems(redis_url) == []
