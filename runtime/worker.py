@@ -150,6 +150,8 @@ class Pool:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGTSTP, self.quiet)
         loop.add_signal_handler(signal.SIGCONT, self.resume)
+        tally = metrics.Tally()
+        metrics.gather_job_metrics(tally)
         notify(self.registry.observers, "on_worker_boot", self.worker_id)
         background = [loop.create_task(c) for c in (self._notifications(), self._ticks(), self._heartbeats())]
         logger.info("pool %s ready: queues %s (%s), concurrency %d", self.worker_id,
@@ -163,6 +165,8 @@ class Pool:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self.batcher.close()
+            await asyncio.sleep(0)  # the last settled jobs record their outcome
+            tally.flush()
             notify(self.registry.observers, "on_worker_shutdown", self.worker_id)
             await self._deregister()
             await self.broker.close()

@@ -9,7 +9,7 @@ import sys
 
 import msgspec
 import pytest
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from runtime import logs, metrics, tracing
 from runtime.broker import failures
@@ -157,3 +157,49 @@ def test_metrics_render_adds_the_queue_gauges() -> None:
     assert 'ojs_queue_depth{queue="q1",state="available"} 3.0' in text
     assert 'ojs_queue_oldest_job_age_seconds{queue="q1"} 2.5' in text
     assert 'ojs_queue_oldest_job_age_seconds{queue="q2"} 0.0' in text
+
+
+def _samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in registry.collect() for s in family.samples if not s.name.endswith("_created")}
+
+
+def test_tally_writes_exactly_what_direct_writes_would() -> None:
+    # Given the same counts and observations, written one by one and gathered in a tally
+    direct, gathered = CollectorRegistry(), CollectorRegistry()
+
+    def pair(registry: CollectorRegistry) -> tuple[Counter, Histogram]:
+        return (Counter("t_total", "t", ["q"], registry=registry),
+                Histogram("t_seconds", "t", ["q"], buckets=(0.01, 0.1, 1), registry=registry))
+
+    d_counter, d_hist = pair(direct)
+    g_counter, g_hist = pair(gathered)
+    values = [0.0, 0.01, 0.010001, 0.05, 0.1, 0.5, 1.0, 3.0, 250.0]
+    tally = metrics.Tally()
+    for i, value in enumerate(values):
+        queue = "a" if i % 3 else "b"
+        d_counter.labels(queue).inc()
+        d_hist.labels(queue).observe(value)
+        tally.count(g_counter, (queue,))
+        tally.observe(g_hist, (queue,), value)
+    # When the tally is flushed (no event loop here: each write applies at once)
+    tally.flush()
+    # Then the exposition is identical: counts, sums and every bucket, edges included
+    assert _samples(gathered) == _samples(direct)
+    # 0.01 sits on a bound (counted there), 0.010001 just above it
+    assert _samples(direct)[("t_seconds_bucket", (("le", "0.01"), ("q", "a")))] == 1
+
+
+def test_tally_flushes_once_shortly_after_the_first_write() -> None:
+    registry = CollectorRegistry()
+    counter = Counter("u_total", "u", ["q"], registry=registry)
+
+    async def go() -> tuple[float, float]:
+        tally = metrics.Tally(delay_s=0.01)
+        for _ in range(5):
+            tally.count(counter, ("x",))
+        before = counter.labels("x")._value.get()
+        await asyncio.sleep(0.05)
+        return before, counter.labels("x")._value.get()
+
+    assert asyncio.run(go()) == (0, 5)
