@@ -10,8 +10,9 @@ module, connects to Redis, composes the middleware chain once, and then
 * while its handlers are short (recent run times under ``prefetch_below_s``), also claims up to
   ``prefetch`` jobs ahead: they wait, leased and heartbeated like running jobs, in a local buffer,
   and a freed slot starts the next one without a round trip. Jobs that run longer get no
-  prefetch, so a claimed job never waits long behind a slow one (its timeout is counted from the
-  claim); on a stop the buffer is handed back at once, without spending attempts;
+  prefetch, and a prefetched job still waiting after ``prefetch_hold_s`` goes back to the queue,
+  so a claimed job never waits long behind a slow one (its timeout is counted from the claim);
+  on a stop the buffer is handed back at once, without spending attempts;
 * runs async handlers as tasks, sync handlers in a thread pool (:mod:`runtime.executor`);
 * heartbeats once per interval for all its jobs, from the event loop thread: the leases move
   forward and cancelled jobs are stopped. A CPU-bound pure-Python sync handler cannot starve
@@ -87,6 +88,7 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True):
     ack_window_s: float = 0.002
     prefetch: int | None = None  # jobs claimed ahead of free slots while jobs are short; None: concurrency
     prefetch_below_s: float = 0.05  # "short": the pool's recent mean handler run time is below this
+    prefetch_hold_s: float = 0.2  # a prefetched job not started by then goes back to the queue
 
 
 class _Running:
@@ -129,7 +131,9 @@ class Pool:
         self.scores = fairness.initial_scores(len(named))
         self.active: dict[str, _Running] = {}  # claimed and not yet settled (heartbeats keep their leases)
         self.executing = 0  # of those, the ones whose handler still runs: what takes a slot
-        self.ready: collections.OrderedDict[str, dict[bytes, bytes]] = collections.OrderedDict()  # prefetched
+        # Prefetched, not started: job id -> (claimed job hash, monotonic time of the claim).
+        self.ready: collections.OrderedDict[str, tuple[dict[bytes, bytes], float]] = collections.OrderedDict()
+        self.hold_timer: asyncio.TimerHandle | None = None
         self.prefetch = config.concurrency if config.prefetch is None else config.prefetch
         self.mean_run_s: float | None = None  # moving mean of handler run times (prefetch or not)
         self.state = "running"  # reported in heartbeats: running | quiet | terminate
@@ -236,32 +240,50 @@ class Pool:
             return
         if self.board is not None:
             self.board.fetched()
+        claimed_at = time.monotonic()
         for fields in claimed:
-            self.ready[fields.get(b"id", b"").decode()] = fields
+            self.ready[fields.get(b"id", b"").decode()] = (fields, claimed_at)
             visibility = fields.get(b"visibility_timeout_ms")
             if visibility and visibility.isdigit() and int(visibility) < 3000 * self.config.heartbeat_interval_s:
                 self.beat_soon.set()
         if self.stopping.is_set():  # a stop arrived while the fetch was on its way
-            self._hand_back_ready()
+            self._hand_back_ready(list(self.ready))
         self._start_ready()
+        if self.ready and self.hold_timer is None:
+            self.hold_timer = asyncio.get_running_loop().call_later(self.config.prefetch_hold_s, self._expire_ready)
 
     def _start_ready(self) -> None:
         while self.ready and self._free_slots() > 0 and not self.stopping.is_set() and self.state != "terminate":
-            _job_id, fields = self.ready.popitem(last=False)
+            _job_id, (fields, _claimed_at) = self.ready.popitem(last=False)
             self._start(fields)
 
-    def _hand_back_ready(self) -> None:
-        """Release the prefetched jobs that did not start (a stop): other workers take them now,
-        and their attempt is not spent."""
+    def _expire_ready(self) -> None:
+        """Prefetched jobs still waiting after ``prefetch_hold_s``: the slots turned out busy with
+        longer jobs. Hand the waiting ones to other workers and prefetch no more until recent
+        jobs are short again."""
+        self.hold_timer = None
         if not self.ready:
             return
-        error = failures.server_error("shutdown", "shutdown", "The worker stopped before the prefetched job "
-                                      "started; released without spending an attempt", timefmt.now_ms())
-        for job_id, fields in self.ready.items():
-            self.batcher.fail(Failure(job_id=job_id, verdict="release", error=error, worker_id=self.worker_id,
+        now = time.monotonic()
+        stale = [job_id for job_id, (_, claimed_at) in self.ready.items()
+                 if now - claimed_at >= self.config.prefetch_hold_s]
+        if stale:
+            self.mean_run_s = max(self.mean_run_s or 0.0, self.config.prefetch_hold_s)
+            self._hand_back_ready(stale)
+        if self.ready:
+            oldest = min(claimed_at for _, claimed_at in self.ready.values())
+            self.hold_timer = asyncio.get_running_loop().call_later(
+                max(0.0, oldest + self.config.prefetch_hold_s - now), self._expire_ready)
+
+    def _hand_back_ready(self, job_ids: list[str]) -> None:
+        """Release prefetched jobs that did not start: other workers can take them at once, and
+        their attempt is not spent (they never ran, so no error is recorded either)."""
+        for job_id in job_ids:
+            fields, _claimed_at = self.ready.pop(job_id)
+            self.batcher.fail(Failure(job_id=job_id, verdict="release", worker_id=self.worker_id,
                                       attempt=int(fields.get(b"attempt", b"0") or 0)))
-        logger.info("pool %s: handing back %d prefetched job(s)", self.worker_id, len(self.ready))
-        self.ready.clear()
+        if job_ids:
+            logger.info("pool %s: handed back %d prefetched job(s)", self.worker_id, len(job_ids))
 
     def _start(self, fields: dict[bytes, bytes]) -> None:
         loop = asyncio.get_running_loop()
@@ -309,7 +331,7 @@ class Pool:
             self.phase = Phase.STUCK
             self.liveness.notify(Phase.STUCK)
             self.state = "terminate"  # no more fetches; the supervisor kills us within a tick
-            self._hand_back_ready()
+            self._hand_back_ready(list(self.ready))
 
     def _slot_freed(self, run: _Running) -> None:
         if run.executing:
@@ -362,7 +384,7 @@ class Pool:
         while True:
             await self._beat()
             leases = [r.ctx.job.visibility_timeout_ms or self.config.lease_ms for r in self.active.values()]
-            leases += [int(f[b"visibility_timeout_ms"]) for f in self.ready.values()
+            leases += [int(f[b"visibility_timeout_ms"]) for f, _ in self.ready.values()
                        if f.get(b"visibility_timeout_ms", b"").isdigit()]
             interval_s = min(self.config.heartbeat_interval_s, min([self.config.lease_ms, *leases]) / 3000)
             self.beat_soon.clear()
@@ -419,7 +441,7 @@ class Pool:
             self.phase = Phase.DRAINING
         self.liveness.notify(self.phase)
         self.state = "terminate"
-        self._hand_back_ready()
+        self._hand_back_ready(list(self.ready))
         await self._beat()  # the broker refuses further fetches for this worker from now on
         deadline = time.monotonic() + self.config.drain_timeout_s
         while self.active and (left_s := deadline - time.monotonic()) > 0:
