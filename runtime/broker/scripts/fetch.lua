@@ -127,7 +127,8 @@ local claimed_per_queue = {}
 
 local function claim(id, queue)
   local job_key = prefix .. "job:" .. id
-  local f = rcall("HMGET", job_key, "state", "type", "visibility_timeout_ms", "timeout_ms", "expires_ms")
+  local f = rcall("HMGET", job_key, "state", "type", "visibility_timeout_ms", "timeout_ms", "expires_ms",
+    "attempt", "worker_id", "exec_deadline", "progress", "progress_at")
   if f[1] ~= "available" then
     return nil -- a stale index entry (the job was flushed or moved): drop it
   end
@@ -139,14 +140,18 @@ local function claim(id, queue)
   local vis = tonumber(f[3]) or request_vis or default_vis
   local visible_until = now + vis
   local deadline = visible_until
-  local attempt = rcall("HINCRBY", job_key, "attempt", 1)
-  local set = {"state", "active", "started_at", ARGV[1], "visible_until", visible_until}
-  local drop = {"progress", "progress_message", "progress_data", "progress_at"}
+  -- One HSET (attempt included) and, only when an earlier attempt left something, one HDEL.
+  local attempt = (tonumber(f[6]) or 0) + 1
+  local set = {"state", "active", "started_at", ARGV[1], "visible_until", visible_until, "attempt", attempt}
+  local drop = {}
+  if f[9] or f[10] then  -- the previous attempt's progress
+    drop = {"progress", "progress_message", "progress_data", "progress_at"}
+  end
   if worker_id ~= "" then
     set[#set + 1] = "worker_id"
     set[#set + 1] = worker_id
     rcall("SADD", prefix .. "worker-jobs:" .. worker_id, id)
-  else
+  elseif f[7] then
     drop[#drop + 1] = "worker_id"
   end
   local timeout = tonumber(f[4])
@@ -155,11 +160,11 @@ local function claim(id, queue)
     set[#set + 1] = "exec_deadline"
     set[#set + 1] = exec_deadline
     if exec_deadline < deadline then deadline = exec_deadline end
-  else
+  elseif f[8] then
     drop[#drop + 1] = "exec_deadline"
   end
   rcall("HSET", job_key, unpack(set))
-  rcall("HDEL", job_key, unpack(drop))
+  if #drop > 0 then rcall("HDEL", job_key, unpack(drop)) end
   rcall("ZADD", active_key, deadline, id)
   claimed_per_queue[queue] = (claimed_per_queue[queue] or 0) + 1
   emit("job.started", id, {job_id = id, job_type = f[2], queue = queue, state = "active",
@@ -201,16 +206,20 @@ local function claim_from(queue, limit)
   if budget then limit = math.min(limit, budget) end
   local available_key = prefix .. "queue:" .. queue .. ":available"
   local taken = 0
+  -- Pop as many as may be claimed in one call; a stale entry among them (dropped by claim) is
+  -- made up for by the next round.
   while #claimed < count and taken < limit do
-    local head = rcall("ZPOPMIN", available_key)
-    if #head == 0 then return end
-    local job = claim(head[1], queue)
-    if job then
-      claimed[#claimed + 1] = job
-      taken = taken + 1
-      if log then
-        rcall("ZADD", log, now, head[1])
-        rcall("PEXPIRE", log, window)
+    local heads = rcall("ZPOPMIN", available_key, math.min(count - #claimed, limit - taken))
+    if #heads == 0 then return end
+    for h = 1, #heads, 2 do
+      local job = claim(heads[h], queue)
+      if job then
+        claimed[#claimed + 1] = job
+        taken = taken + 1
+        if log then
+          rcall("ZADD", log, now, heads[h])
+          rcall("PEXPIRE", log, window)
+        end
       end
     end
   end
