@@ -127,6 +127,9 @@ class ProgressThrottle:
                            extra={"job_id": self._job_id})
 
 
+_JOB_LOGGER = logging.getLogger("runtime.job")
+
+
 class JobContext:
     """One execution of one job: the envelope, cancellation, progress and a scratch dict."""
 
@@ -140,13 +143,22 @@ class JobContext:
         self.timeout_s = timeout_s
         self.last_checkpoint = last_checkpoint
         self.metadata: dict[str, Any] = {}  # scoped to this execution, shared by the middleware
-        self.logger = logging.LoggerAdapter(logging.getLogger("runtime.job"), {
-            "job_id": job.id, "queue": job.queue, "type": job.type, "attempt": job.attempt, "worker_id": worker_id,
-        })
+        self._logger: logging.LoggerAdapter[logging.Logger] | None = None
         self.started_s = time.monotonic()
         self._progress = progress
         self._loop = loop
         self.stop_reason: str | None = None  # CANCELLED, SHUTDOWN or TIMEOUT once asked to stop
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger whose lines carry the job's fields (made on first use: most handlers never ask)."""
+        if self._logger is None:
+            job = self.job
+            self._logger = logging.LoggerAdapter(_JOB_LOGGER, {
+                "job_id": job.id, "queue": job.queue, "type": job.type, "attempt": job.attempt,
+                "worker_id": self.worker_id,
+            })
+        return self._logger
 
     @property
     def attempt(self) -> int:
