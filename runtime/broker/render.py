@@ -18,12 +18,15 @@ _encode = msgspec.json.encode
 _extras_decoder = msgspec.json.Decoder(dict[str, Raw])
 HISTORY_LIMIT = 20  # must match HISTORY in nack.lua
 
-_TIME_FIELDS = (
+# (envelope name, hash field) pairs, the hash field already encoded: this runs for every job
+# fetched, got or listed.
+_TIME_FIELDS = tuple((n, n.encode()) for n in (
     "created_at", "enqueued_at", "started_at", "completed_at", "cancelled_at", "discarded_at",
     "expired_at", "re_enqueued_at",
-)
-_JSON_FIELDS = ("retry", "unique", "rate_limit", "tags")
-_INT_FIELDS = ("timeout_ms", "visibility_timeout_ms", "retry_delay_ms")
+))
+_JSON_FIELDS = tuple((n, n.encode()) for n in ("retry", "unique", "rate_limit", "tags"))
+_INT_FIELDS = tuple((n, n.encode()) for n in ("timeout_ms", "visibility_timeout_ms", "retry_delay_ms"))
+_TEXT_FIELDS = tuple((n, n.encode()) for n in ("scheduled_at", "expires_at", "worker_id", "previous_state", "workflow_id"))
 
 
 def pairs_to_dict(flat: list[bytes]) -> dict[bytes, bytes]:
@@ -35,41 +38,35 @@ def pairs_to_dict(flat: list[bytes]) -> dict[bytes, bytes]:
 def render_job(h: dict[bytes, bytes]) -> dict[str, Any]:
     """The job envelope as a dict ready for msgspec; JSON fragments stay Raw (never re-parsed)."""
 
-    def text(name: str) -> str | None:
-        value = h.get(name.encode())
-        return value.decode() if value is not None else None
-
+    get = h.get
     env: dict[str, Any] = {
         "specversion": "1.0",
-        "id": text("id"),
-        "type": text("type"),
-        "queue": text("queue"),
-        "args": Raw(h.get(b"args", b"[]")),
-        "meta": Raw(h.get(b"meta", b"{}")),
-        "priority": int(h.get(b"priority", b"0")),
-        "state": text("state"),
-        "attempt": int(h.get(b"attempt", b"0")),
-        "max_attempts": int(h.get(b"max_attempts", b"3")),
+        "id": _text(get(b"id")),
+        "type": _text(get(b"type")),
+        "queue": _text(get(b"queue")),
+        "args": Raw(get(b"args", b"[]")),
+        "meta": Raw(get(b"meta", b"{}")),
+        "priority": int(get(b"priority", b"0")),
+        "state": _text(get(b"state")),
+        "attempt": int(get(b"attempt", b"0")),
+        "max_attempts": int(get(b"max_attempts", b"3")),
     }
-    for name in _INT_FIELDS:
-        value = h.get(name.encode())
-        if value is not None:
+    for name, field in _INT_FIELDS:
+        if (value := get(field)) is not None:
             env[name] = int(value)
-    for name in _JSON_FIELDS:
-        value = h.get(name.encode())
-        if value is not None:
+    for name, field in _JSON_FIELDS:
+        if (value := get(field)) is not None:
             env[name] = Raw(value)
-    if (schema := text("schema")) is not None:
-        env["schema"] = schema
-    for name in _TIME_FIELDS:
-        value = h.get(name.encode())
-        if value is not None:
+    if (schema := get(b"schema")) is not None:
+        env["schema"] = schema.decode()
+    for name, field in _TIME_FIELDS:
+        if (value := get(field)) is not None:
             env[name] = timefmt.format_ms(int(value))
-    if (parents := h.get(b"parent_results")) is not None:
+    if (parents := get(b"parent_results")) is not None:
         env["parent_results"] = Raw(parents)
-    for name in ("scheduled_at", "expires_at", "worker_id", "previous_state", "workflow_id"):
-        if (value_text := text(name)) is not None:
-            env[name] = value_text
+    for name, field in _TEXT_FIELDS:
+        if (value := get(field)) is not None:
+            env[name] = value.decode()
     if (next_attempt := h.get(b"next_attempt_at")) is not None:
         env["next_attempt_at"] = env["next_retry_at"] = timefmt.format_ms(int(next_attempt))
     if (error := h.get(b"error")) is not None:
@@ -87,8 +84,14 @@ def render_job(h: dict[bytes, bytes]) -> dict[str, Any]:
     return env
 
 
+def _text(value: bytes | None) -> str | None:
+    return value.decode() if value is not None else None
+
+
 def error_history(h: dict[bytes, bytes]) -> list[Raw]:
     count = int(h.get(b"nerr", b"0"))
+    if count == 0:
+        return []
     history = []
     for k in range(max(1, count - HISTORY_LIMIT + 1), count + 1):
         value = h.get(f"e{k}".encode())
