@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,8 +18,10 @@ import pytest
 import redis
 
 from runtime import Client, Draft
+from runtime.embedded_redis import EmbeddedRedis
 from tests.fixtures.procs import (
     KEYS,
+    Runtime,
     Start,
     free_port,
     integrity_problems,
@@ -212,3 +216,32 @@ def test_pool_prefetches_behind_short_jobs_and_hands_back_what_waits_too_long(
     runtime.send(signal.SIGTERM)
     assert runtime.wait_exit(30) == 0
     assert integrity_problems(redis_url) == []
+
+
+def test_pool_carries_on_after_redis_restarts(
+    make_embedded_redis: Callable[..., EmbeddedRedis], tmp_path: Path,
+) -> None:
+    # Given a pool on its own Redis that has run a job
+    data_dir = str(tmp_path / "redis")
+    server = make_embedded_redis(data_dir=data_dir, persistence=True)
+    url = server.start()
+    port = server.port
+    runtime = Runtime(url, HANDLERS, "--processes", "1", "--no-http", log_path=tmp_path / "ojs-run.log")
+    try:
+        runtime.wait_ready(1)
+        (first,) = enqueue(url, Draft(type="count.job"))
+        wait_until(lambda: completed(redis.Redis.from_url(url), [first]), what="the first job")
+        # When Redis restarts on the same port and data (its script cache and subscriptions gone)
+        server.stop()
+        make_embedded_redis(data_dir=data_dir, persistence=True, port=port).start()
+        # Then a job enqueued afterwards runs: the pool reconnects, reloads its scripts, listens again
+        (second,) = enqueue(url, Draft(type="count.job"))
+        client = redis.Redis.from_url(url)
+        wait_until(lambda: completed(client, [first, second]), what="the job enqueued after the restart")
+        # (the fixture handler's own redis-py connection may fail once on its stale socket, so the
+        # job may need its retry; it completes exactly once either way)
+        done = {k.decode(): int(v) for k, v in client.hgetall("pooltest:done").items()}
+        assert sum(n for key, n in done.items() if key.startswith(second)) == 1
+    finally:
+        runtime.stop()
+        print(runtime.log())
