@@ -104,9 +104,10 @@ class Client:
         """Enqueue all the jobs or none (one script call); None for each job middleware dropped."""
         now = timefmt.now_ms()
         bodies: list[bytes] = []
+        chosen: list[bool] = []  # the caller chose the id (it may collide), or it was made here
         slots: list[int | None] = []
-        for draft in drafts:
-            draft = _with_defaults(draft)
+        for original in drafts:
+            draft = _with_defaults(original)
             given_id = draft.id
             kept = await self._chain(draft)
             if kept is None:
@@ -116,7 +117,10 @@ class Client:
                 raise ValueError("enqueue middleware must return the draft (or None) and keep its id")
             slots.append(len(bodies))
             bodies.append(_body(kept))
+            chosen.append(original.id is not None)
         jobs = [job_from_body(body, now_ms=now) for body in bodies]
+        for job, caller_chose in zip(jobs, chosen, strict=True):
+            job.client_id = caller_chose  # a fresh UUIDv7 cannot collide: enqueue.lua skips the check
         done = await self._broker.enqueue(jobs, now_ms=now) if jobs else []
         return [None if slot is None else done[slot].job_id for slot in slots]
 

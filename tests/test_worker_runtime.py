@@ -19,6 +19,7 @@ import redis
 
 from runtime import Client, Draft
 from runtime.embedded_redis import EmbeddedRedis
+from runtime.errors import Duplicate
 from tests.fixtures.procs import (
     KEYS,
     Runtime,
@@ -68,6 +69,9 @@ def test_client_enqueue_get_cancel_and_enqueue_middleware(redis_url: str) -> Non
             previous = await client.cancel(ids[0])
             with pytest.raises(TypeError, match="unknown enqueue option"):
                 await client.enqueue("count.job", [], queueu="typo")
+            # An id the caller chose is checked for collisions (a generated one needs no check)
+            with pytest.raises(Duplicate):
+                await client.enqueue("count.job", [], id=ids[0])
         return ids, envelope, previous
 
     ids, envelope, previous = run(scenario())
