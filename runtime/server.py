@@ -59,8 +59,9 @@ def redis_url_for(settings: Settings) -> Iterator[str]:
         yield settings.redis_url
         return
     embedded = EmbeddedRedis(data_dir=settings.data_dir, persistence=True)
-    url = embedded.start()
-    logger.info("using embedded Redis at %s", url)
+    embedded.start()
+    url = embedded.local_url
+    logger.info("using embedded Redis at %s (TCP %s)", url, embedded.url)
     try:
         yield url
     finally:

@@ -148,8 +148,9 @@ class Supervisor:
                 logger.warning("--no-http with the embedded Redis: no scheduler loops run, so "
                                "expired leases and timeouts are not reaped")
             self.embedded = EmbeddedRedis(data_dir=settings.data_dir, persistence=True)
-            url = self.embedded.start()
-            logger.info("using embedded Redis at %s", url)
+            self.embedded.start()
+            url = self.embedded.local_url
+            logger.info("using embedded Redis at %s (TCP %s)", url, self.embedded.url)
             settings = msgspec.structs.replace(settings, redis_url=url)
             self.pool = msgspec.structs.replace(self.pool, settings=settings)
 

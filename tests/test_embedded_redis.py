@@ -8,6 +8,7 @@ import re
 import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -475,3 +476,26 @@ def test_skip_or_fail_fails_when_ci_is_set(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("CI", "false")
     with pytest.raises(pytest.skip.Exception, match="no redis"):
         skip_or_fail("no redis")
+
+
+def test_embedded_redis_local_url_is_a_private_unix_socket(make_embedded_redis: MakeServer) -> None:
+    server = make_embedded_redis(persistence=False)
+    server.start()
+    url = server.local_url
+    assert url.startswith("unix://") and url.endswith("?db=0")
+    path = url.removeprefix("unix://").split("?")[0]
+    assert os.path.dirname(path) == server.data_dir
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o700  # this user only
+    client = redis.Redis.from_url(url)
+    client.set("k", "v")
+    assert _client(server).get("k") == b"v"  # the same server as over TCP
+    client.close()
+
+
+def test_embedded_redis_local_url_falls_back_to_tcp_for_a_long_data_dir(
+    make_embedded_redis: MakeServer, tmp_path: Path,
+) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    server = make_embedded_redis(persistence=False, data_dir=str(deep))
+    server.start()
+    assert server.local_url == server.url
