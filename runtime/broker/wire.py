@@ -21,10 +21,10 @@ import asyncio
 import collections
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import hiredis
 from redis import exceptions as rx
+from redis.asyncio.connection import parse_url
 
 CONNECT_ATTEMPTS = 3
 CONNECT_BACKOFF_S = 0.05
@@ -63,30 +63,25 @@ class Address:
 
     @classmethod
     def from_url(cls, url: str) -> Address | None:
-        """redis:// and unix:// URLs; None for what this connection does not speak (TLS)."""
-        parts = urlsplit(url)
-        query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
-        username = unquote(parts.username) if parts.username else None
-        password = unquote(parts.password) if parts.password else None
-        if parts.scheme == "unix":
-            return cls(path=unquote(parts.path), db=int(query.get("db", 0)), username=username, password=password)
-        if parts.scheme != "redis":
-            return None
-        db = parts.path.lstrip("/") or query.get("db", "0")
-        return cls(host=parts.hostname or "127.0.0.1", port=parts.port or 6379, db=int(db),
-                   username=username, password=password)
+        """redis:// and unix:// URLs, parsed as redis-py parses them; None for what this
+        connection does not speak (TLS)."""
+        kwargs = parse_url(url)
+        kind = kwargs.pop("connection_class", None)
+        return cls._of(kind.__name__ if kind else "Connection", kwargs)
 
     @classmethod
     def of_client(cls, redis: Any) -> Address | None:
         """The address a redis-py asyncio client connects to; None when it is not plain TCP or a
         Unix socket (TLS, a custom connection class)."""
         pool = redis.connection_pool
-        kwargs = pool.connection_kwargs
-        kind = pool.connection_class.__name__
-        common = {"db": int(kwargs.get("db") or 0), "username": kwargs.get("username"),
+        return cls._of(pool.connection_class.__name__, pool.connection_kwargs)
+
+    @classmethod
+    def _of(cls, kind: str, kwargs: dict[str, Any]) -> Address | None:
+        common: dict[str, Any] = {"db": int(kwargs.get("db") or 0), "username": kwargs.get("username"),
                   "password": kwargs.get("password")}
         if kind == "Connection":
-            return cls(host=kwargs.get("host", "127.0.0.1"), port=int(kwargs.get("port", 6379)), **common)
+            return cls(host=kwargs.get("host") or "127.0.0.1", port=int(kwargs.get("port") or 6379), **common)
         if kind == "UnixDomainSocketConnection":
             return cls(path=kwargs["path"], **common)
         return None
@@ -96,14 +91,14 @@ class _Protocol(asyncio.Protocol):
     """One connection: a FIFO of waiting futures matched to replies as they arrive. Replies no
     request waits for (a subscribed connection's messages) go to `on_push`."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_push: Callable[[Any], None] | None = None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.reader = hiredis.Reader()
         self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.outgoing: list[bytes] = []
         self.transport: Any = None
         self.closed = loop.create_future()
-        self.on_push = on_push
+        self.on_push: Callable[[Any], None] | None = None
 
     def connection_made(self, transport: Any) -> None:  # uvloop's transports are not asyncio's classes
         self.transport = transport
@@ -200,19 +195,12 @@ class Wire:
         return cls(address)
 
     async def execute(self, *args: Any) -> Any:
-        """Send one command; return its reply (bytes, int, list, None) or raise its error."""
+        """Send one command; return its reply (bytes, int, list, None) or raise its error.
+        Concurrent callers' commands share the connection and, within one loop iteration, a write."""
         proto = self._proto
         if proto is None or proto.loop is not asyncio.get_running_loop() or not proto.is_open():
             proto = await self._connection()
         return await proto.request(_pack(args))
-
-    async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        """Several commands in one write; every reply, in order (errors as exception objects)."""
-        proto = self._proto
-        if proto is None or proto.loop is not asyncio.get_running_loop() or not proto.is_open():
-            proto = await self._connection()
-        waiters = [proto.request(_pack(tuple(c))) for c in commands]
-        return list(await asyncio.gather(*waiters, return_exceptions=True))
 
     async def _connection(self) -> _Protocol:
         loop = asyncio.get_running_loop()

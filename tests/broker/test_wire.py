@@ -54,8 +54,8 @@ def test_errors_are_redis_py_exceptions_and_do_not_break_the_stream(redis_url: s
         wire = Wire.from_url(redis_url)
         try:
             await wire.execute("SET", "wire:s", "text")
-            return await wire.execute_many([("GET", "wire:s"), ("INCR", "wire:s"), ("EVALSHA", "0" * 40, 0),
-                                            ("GET", "wire:s")])
+            commands = [("GET", "wire:s"), ("INCR", "wire:s"), ("EVALSHA", "0" * 40, 0), ("GET", "wire:s")]
+            return await asyncio.gather(*(wire.execute(*c) for c in commands), return_exceptions=True)
         finally:
             await wire.close()
 
