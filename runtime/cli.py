@@ -74,21 +74,14 @@ def _queues(text: str) -> tuple[tuple[str, int], ...]:
     return queues
 
 
-def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+def _positive(kind: type[int] | type[float], *, or_zero: bool = False) -> Callable[[str], float]:
     def parse(text: str) -> float:
         value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if value < 0 or (value == 0 and not or_zero):
+            raise argparse.ArgumentTypeError(f"must be {'0 or more' if or_zero else 'positive'}, got {text}")
         return value
 
     return parse
-
-
-def _not_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
 
 
 def _run_parser() -> argparse.ArgumentParser:
@@ -106,7 +99,7 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="pool processes (env OJS_PROCESSES; default: CPU count)")
     p.add_argument("--concurrency", type=_positive(int), metavar="C", default=_env("OJS_CONCURRENCY") or "10",
                    help="jobs in flight per pool process (env OJS_CONCURRENCY; default 10)")
-    p.add_argument("--prefetch", type=_not_negative, metavar="N", default=_env("OJS_PREFETCH"),
+    p.add_argument("--prefetch", type=_positive(int, or_zero=True), metavar="N", default=_env("OJS_PREFETCH"),
                    help="jobs a pool claims ahead of its free slots while its jobs are short (mean run "
                    "under 50 ms); 0: never (env OJS_PREFETCH; default: the concurrency)")
     p.add_argument("--redis", dest="redis_url", metavar="URL", help="Redis URL (env OJS_REDIS_URL, REDIS_URL); default: embedded")
