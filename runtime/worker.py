@@ -131,8 +131,10 @@ class Pool:
         self.scores = fairness.initial_scores(len(named))
         self.active: dict[str, _Running] = {}  # claimed and not yet settled (heartbeats keep their leases)
         self.executing = 0  # of those, the ones whose handler still runs: what takes a slot
-        # Prefetched, not started: job id -> (claimed job hash, monotonic time of the claim).
-        self.ready: collections.OrderedDict[str, tuple[dict[bytes, bytes], float]] = collections.OrderedDict()
+        # Prefetched, not started: job id -> (claimed job hash, monotonic time of the claim, the
+        # job's own lease in ms or None).
+        self.ready: collections.OrderedDict[str, tuple[dict[bytes, bytes], float, int | None]] = (
+            collections.OrderedDict())
         self.hold_timer: asyncio.TimerHandle | None = None
         self.prefetch = config.concurrency if config.prefetch is None else config.prefetch
         self.mean_run_s: float | None = None  # moving mean of handler run times (prefetch or not)
@@ -242,9 +244,10 @@ class Pool:
             self.board.fetched()
         claimed_at = time.monotonic()
         for fields in claimed:
-            self.ready[fields.get(b"id", b"").decode()] = (fields, claimed_at)
-            visibility = fields.get(b"visibility_timeout_ms")
-            if visibility and visibility.isdigit() and int(visibility) < 3000 * self.config.heartbeat_interval_s:
+            visibility = fields.get(b"visibility_timeout_ms", b"")
+            lease_ms = int(visibility) if visibility.isdigit() else None
+            self.ready[fields.get(b"id", b"").decode()] = (fields, claimed_at, lease_ms)
+            if lease_ms and lease_ms < 3000 * self.config.heartbeat_interval_s:
                 self.beat_soon.set()
         if self.stopping.is_set():  # a stop arrived while the fetch was on its way
             self._hand_back_ready(list(self.ready))
@@ -254,7 +257,7 @@ class Pool:
 
     def _start_ready(self) -> None:
         while self.ready and self._free_slots() > 0 and not self.stopping.is_set() and self.state != "terminate":
-            _job_id, (fields, _claimed_at) = self.ready.popitem(last=False)
+            _job_id, (fields, _claimed_at, _lease_ms) = self.ready.popitem(last=False)
             self._start(fields)
 
     def _expire_ready(self) -> None:
@@ -265,13 +268,13 @@ class Pool:
         if not self.ready:
             return
         now = time.monotonic()
-        stale = [job_id for job_id, (_, claimed_at) in self.ready.items()
+        stale = [job_id for job_id, (_, claimed_at, _) in self.ready.items()
                  if now - claimed_at >= self.config.prefetch_hold_s]
         if stale:
             self.mean_run_s = max(self.mean_run_s or 0.0, self.config.prefetch_hold_s)
             self._hand_back_ready(stale)
         if self.ready:
-            oldest = min(claimed_at for _, claimed_at in self.ready.values())
+            oldest = min(claimed_at for _, claimed_at, _ in self.ready.values())
             self.hold_timer = asyncio.get_running_loop().call_later(
                 max(0.0, oldest + self.config.prefetch_hold_s - now), self._expire_ready)
 
@@ -279,7 +282,7 @@ class Pool:
         """Release prefetched jobs that did not start: other workers can take them at once, and
         their attempt is not spent (they never ran, so no error is recorded either)."""
         for job_id in job_ids:
-            fields, _claimed_at = self.ready.pop(job_id)
+            fields, _claimed_at, _lease_ms = self.ready.pop(job_id)
             self.batcher.fail(Failure(job_id=job_id, verdict="release", worker_id=self.worker_id,
                                       attempt=int(fields.get(b"attempt", b"0") or 0)))
         if job_ids:
@@ -384,8 +387,7 @@ class Pool:
         while True:
             await self._beat()
             leases = [r.ctx.job.visibility_timeout_ms or self.config.lease_ms for r in self.active.values()]
-            leases += [int(f[b"visibility_timeout_ms"]) for f, _ in self.ready.values()
-                       if f.get(b"visibility_timeout_ms", b"").isdigit()]
+            leases += [lease_ms for _, _, lease_ms in self.ready.values() if lease_ms]
             interval_s = min(self.config.heartbeat_interval_s, min([self.config.lease_ms, *leases]) / 3000)
             self.beat_soon.clear()
             try:
