@@ -136,10 +136,11 @@ class JobContext:
     def __init__(
         self, job: Job, *, worker_id: str = "", progress: ProgressThrottle | None = None,
         loop: asyncio.AbstractEventLoop | None = None, timeout_s: float | None = None,
-        last_checkpoint: Any = None,
+        last_checkpoint: Any = None, claim: str = "",
     ) -> None:
         self.job = job
         self.worker_id = worker_id
+        self.claim = claim  # the claim's fencing token: every settle and progress write carries it
         self.timeout_s = timeout_s
         self.last_checkpoint = last_checkpoint
         self.metadata: dict[str, Any] = {}  # scoped to this execution, shared by the middleware

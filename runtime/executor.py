@@ -226,11 +226,12 @@ def timeout_error(timeout_s: float) -> ErrorInfo:
 
 
 def settle(outcome: Outcome, ctx: JobContext, *, worker_id: str, now_ms: int) -> Completion | Failure | None:
-    """The ack or nack item for an outcome, carrying the claim (worker id and attempt), so a
-    stale worker cannot settle a job that was reclaimed meanwhile."""
+    """The ack or nack item for an outcome, carrying the claim (its fencing token, worker id and
+    attempt), so a stale worker cannot settle a job that was reclaimed meanwhile."""
     job = ctx.job
     if isinstance(outcome, Completed):
-        return Completion(job_id=job.id, result=outcome.result, worker_id=worker_id, attempt=job.attempt)
+        return Completion(job_id=job.id, result=outcome.result, worker_id=worker_id, attempt=job.attempt,
+                          claim=ctx.claim)
     if isinstance(outcome, Cancelled):
         return None
     if isinstance(outcome, Released):
@@ -240,14 +241,15 @@ def settle(outcome: Outcome, ctx: JobContext, *, worker_id: str, now_ms: int) ->
         )
     elif isinstance(outcome, RetryLater):
         return Failure(job_id=job.id, verdict="retry", error=failures.error_record(outcome.error, now_ms),
-                       worker_id=worker_id, attempt=job.attempt, delay_ms=outcome.delay_ms)
+                       worker_id=worker_id, attempt=job.attempt, claim=ctx.claim, delay_ms=outcome.delay_ms)
     elif isinstance(outcome, Discarded):
         verdict, error = "discard", failures.error_record(outcome.error, now_ms)
     else:  # Failed, Stuck: the job's retry policy decides
         non_retryable = (job.retry or {}).get("non_retryable_errors") or []
         verdict = failures.verdict(outcome.error, requeue=False, non_retryable=list(non_retryable))
         error = failures.error_record(outcome.error, now_ms)
-    return Failure(job_id=job.id, verdict=verdict, error=error, worker_id=worker_id, attempt=job.attempt)
+    return Failure(job_id=job.id, verdict=verdict, error=error, worker_id=worker_id, attempt=job.attempt,
+                   claim=ctx.claim)
 
 
 def observe(ctx: JobContext, outcome: Outcome, item: Completion | Failure | None, result: object) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import signal
 import time
@@ -284,7 +285,8 @@ class Pool:
         for job_id in job_ids:
             fields, _claimed_at, _lease_ms = self.ready.pop(job_id)
             self.batcher.fail(Failure(job_id=job_id, verdict="release", worker_id=self.worker_id,
-                                      attempt=int(fields.get(b"attempt", b"0") or 0)))
+                                      attempt=int(fields.get(b"attempt", b"0") or 0),
+                                      claim=fields.get(b"claim", b"").decode()))
         if job_ids:
             logger.info("pool %s: handed back %d prefetched job(s)", self.worker_id, len(job_ids))
 
@@ -298,10 +300,13 @@ class Pool:
         spec = self.registry.handlers.get(job.type)
         timeout_s = job.timeout_ms / 1000 if job.timeout_ms else (spec.timeout_s if spec else None)
         checkpoint = fields.get(b"checkpoint")
+        claim = fields.get(b"claim", b"").decode()
         ctx = JobContext(
             job, worker_id=self.worker_id, loop=loop, timeout_s=timeout_s,
-            progress=ProgressThrottle(job.id, sink=self._write_progress, interval_s=self.config.progress_interval_s),
+            progress=ProgressThrottle(job.id, sink=functools.partial(self._write_progress, claim),
+                                      interval_s=self.config.progress_interval_s),
             last_checkpoint=msgspec.json.decode(checkpoint) if checkpoint else None,
+            claim=claim,
         )
         metrics.job_started(job.queue, job.type, fields)
         task = loop.create_task(self._run_job(ctx), name=f"job:{job.id}")
@@ -362,11 +367,13 @@ class Pool:
         error = failures.error_record(ErrorInfo(code="handler_error", type="InvalidJob", message=why,
                                                 retryable=False), timefmt.now_ms())
         self.batcher.fail(Failure(job_id=job_id, verdict="nonretryable", error=error,
-                                  worker_id=self.worker_id, attempt=attempt))
+                                  worker_id=self.worker_id, attempt=attempt,
+                                  claim=fields.get(b"claim", b"").decode()))
 
-    async def _write_progress(self, job_id: str, update: ProgressUpdate) -> None:
+    async def _write_progress(self, claim: str, job_id: str, update: ProgressUpdate) -> None:
         await self.broker.progress(
             job_id, value=update.value, message=update.message, data=update.data, checkpoint=update.checkpoint,
+            claim=claim,
         )
 
     def _cancel(self, job_id: str) -> None:
@@ -400,6 +407,8 @@ class Pool:
             beat = await self.broker.heartbeat(
                 self.worker_id, [*self.active, *self.ready], state=self.state, visibility_ms=self.config.lease_ms,
                 active_count=len(self.active) + len(self.ready),
+                claims=[*(r.ctx.claim for r in self.active.values()),
+                        *(fields.get(b"claim", b"").decode() for fields, _, _ in self.ready.values())],
             )
         except BACKEND_ERRORS as err:
             logger.warning("heartbeat failed (%s); retrying at the next interval", err)

@@ -61,6 +61,7 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True):
     result: bytes = b""  # JSON text; empty when the handler returned nothing
     worker_id: str = ""
     attempt: int | None = None
+    claim: str = ""  # the claim's fencing token (the claimed hash's `claim`); "" when unknown
 
 
 class Progress(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,6 +81,7 @@ class Failure(msgspec.Struct, frozen=True, kw_only=True):
     error: bytes = b""
     worker_id: str = ""
     attempt: int | None = None
+    claim: str = ""  # the claim's fencing token (the claimed hash's `claim`); "" when unknown
     delay_ms: int | None = None  # a handler's own retry delay (verdict retry), instead of the backoff
 
 
@@ -232,7 +234,7 @@ class Broker:
         k = self.keys
         args: list[str | bytes] = [str(now), self._maxlen]
         for item in items:
-            args += [item.worker_id, "" if item.attempt is None else str(item.attempt), item.result]
+            args += [item.worker_id, "" if item.attempt is None else str(item.attempt), item.claim, item.result]
         reply = await self.scripts.call(
             "ack", keys=[k.prefix, k.active, k.expiring, k.events, *(k.job(i.job_id) for i in items)], args=args,
         )
@@ -277,7 +279,8 @@ class Broker:
         args: list[str | bytes] = [str(now_ms), self._maxlen, str(self.settings.worker_lost_cap)]
         for item in items:
             args += [item.verdict, item.error, item.worker_id,
-                     "" if item.attempt is None else str(item.attempt), repr(random.uniform(0.5, 1.5)),
+                     "" if item.attempt is None else str(item.attempt), item.claim,
+                     repr(random.uniform(0.5, 1.5)),
                      "" if item.delay_ms is None else str(item.delay_ms)]
         reply = await self.scripts.call(
             "nack",
@@ -341,8 +344,13 @@ class Broker:
     async def heartbeat(
         self, worker_id: str, job_ids: Sequence[str], *, state: str | None = None,
         visibility_ms: int | None = None, active_count: int | None = None,
+        claims: Sequence[str] | None = None,
     ) -> HeartbeatResult:
+        """Extend the leases of the listed jobs held by `worker_id`. With `claims` (one fencing
+        token per id), only the claim named is extended: a job this worker claimed again is not
+        kept alive by a beat meant for its earlier claim."""
         k = self.keys
+        tokens = list(claims) if claims is not None else [""] * len(job_ids)
         reply = await self.scripts.call(
             "heartbeat",
             keys=[k.prefix, k.worker(worker_id), k.workers, k.active],
@@ -350,7 +358,7 @@ class Broker:
                 str(timefmt.now_ms()), worker_id, state or "",
                 "" if visibility_ms is None else str(visibility_ms),
                 str(self.settings.default_visibility_ms),
-                "" if active_count is None else str(active_count), *job_ids,
+                "" if active_count is None else str(active_count), str(len(job_ids)), *job_ids, *tokens,
             ],
         )
         return HeartbeatResult(
@@ -359,18 +367,19 @@ class Broker:
 
     async def progress(
         self, job_id: str, *, value: float | None = None, message: str | None = None,
-        data: bytes | None = None, checkpoint: bytes | None = None,
+        data: bytes | None = None, checkpoint: bytes | None = None, claim: str = "",
     ) -> Progress:
-        """Record progress of an active job (extends its lease); read-only for other states."""
+        """Record progress of an active job (extends its lease); read-only for other states.
+        With `claim`, a write for a claim that is no longer current is refused (Conflict)."""
         k = self.keys
         reply = await self.scripts.call(
             "progress", keys=[k.job(job_id), k.active, k.events],
             args=[str(timefmt.now_ms()), self._maxlen, job_id,
                   "" if value is None else repr(min(1.0, max(0.0, value))), message or "",
-                  data or b"", checkpoint or b"", str(self.settings.default_visibility_ms)],
+                  data or b"", checkpoint or b"", str(self.settings.default_visibility_ms), claim],
         )
-        if int(reply[0]) == Status.NOT_FOUND:
-            raise NotFound(f"Job '{job_id}' not found.")
+        if int(reply[0]) != Status.OK:
+            raise _conflict_for(job_id, int(reply[0]), reply[1].decode(), "record progress of")
         return _progress_view(reply)
 
     async def read_progress(self, job_id: str) -> Progress:
@@ -430,7 +439,7 @@ class Broker:
 
     @staticmethod
     def _overdue_failure(row: list[bytes], now_ms: int) -> Failure:
-        job_id, attempt, worker_id, reason, timeout_ms = (x.decode() for x in row)
+        job_id, attempt, worker_id, reason, timeout_ms, claim = (x.decode() for x in row)
         if reason == "timeout":
             limit_s = int(timeout_ms) / 1000
             error = failures.server_error(
@@ -443,7 +452,8 @@ class Broker:
                 "visibility_timeout", "timeout", "Lease expired before the job was acknowledged", now_ms,
             )
             verdict = "lease_expired"
-        return Failure(job_id=job_id, verdict=verdict, error=error, worker_id=worker_id, attempt=int(attempt))
+        return Failure(job_id=job_id, verdict=verdict, error=error, worker_id=worker_id, attempt=int(attempt),
+                       claim=claim)
 
     async def close(self) -> None:
         """Close the lean script connection (the redis-py client is its owner's to close)."""

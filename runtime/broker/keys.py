@@ -24,6 +24,8 @@ key                            type        content
 ``P expiring``                 zset        non-terminal jobs with ``expires_at``; score = expiry
 ``P dlq``                      zset        dead-lettered jobs; score = time of discard (ms)
 ``P seq``                      string      enqueue sequence (INCR): strict FIFO within a priority
+``P claims``                   string      fencing-token counter: every claim takes a new number,
+                                           stored as the job's ``claim`` field
 ``P events``                   stream      lifecycle events, capped
 ``P worker:<id>``              hash        worker registry entry (state, last heartbeat, directive)
 ``P worker-jobs:<id>``         set         ids of the active jobs a worker holds (for release on death)
@@ -107,6 +109,10 @@ class Keys:
     @property
     def seq(self) -> str:
         return f"{self.prefix}seq"
+
+    @property
+    def claims(self) -> str:
+        return f"{self.prefix}claims"
 
     @property
     def events(self) -> str:

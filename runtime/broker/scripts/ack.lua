@@ -5,8 +5,8 @@
   Pre-conditions (per job; a failing job does not stop the others):
     - the job exists                                   else status 1
     - state = active                                   else status 2 (conflict)
-    - the claim matches: the worker id and the attempt, when both sides know them
-                                                       else status 3 (stale claim)
+    - the claim matches: the fencing token (when given) is the job's current `claim`; the
+      worker id and the attempt, when both sides know them     else status 3 (stale claim)
 
   KEYS[1] prefix (derived keys: queue:<q>:counts, worker-jobs:<id>, unique:<fp>, workflow:advance)
   KEYS[2] active    (zset)
@@ -16,7 +16,7 @@
 
   ARGV[1] now_ms
   ARGV[2] events_maxlen   0 disables events
-  then per job: worker_id|"", attempt|"", result JSON|""  (3 values each)
+  then per job: worker_id|"", attempt|"", claim token|"", result JSON|""  (4 values each)
 
   Returns: one entry per job: {status, state, workflow, queue, type}; state is the current state
            on conflicts; workflow is 1 when the job's workflow was queued for advance.lua; queue
@@ -49,15 +49,16 @@ local completed_per_queue = {}
 local out = {}
 for j = 5, #KEYS do
   local job_key = KEYS[j]
-  local a = 3 + (j - 5) * 3
-  local worker_id, attempt, result = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local a = 3 + (j - 5) * 4
+  local worker_id, attempt, token, result = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local f = rcall("HMGET", job_key, "state", "worker_id", "attempt", "queue", "type", "started_at", "id",
-    "progress", "expires_ms", "unique_key", "workflow_id")
+    "progress", "expires_ms", "unique_key", "workflow_id", "claim")
   if not f[1] then
     out[#out + 1] = {1, "", 0, "", ""}
   elseif f[1] ~= "active" then
     out[#out + 1] = {2, f[1], 0, "", ""}
-  elseif (worker_id ~= "" and f[2] and f[2] ~= worker_id) or (attempt ~= "" and attempt ~= f[3]) then
+  elseif (token ~= "" and token ~= f[12]) or (worker_id ~= "" and f[2] and f[2] ~= worker_id)
+      or (attempt ~= "" and attempt ~= f[3]) then
     out[#out + 1] = {3, f[1], 0, "", ""}
   else
     local id, queue = f[7], f[4]

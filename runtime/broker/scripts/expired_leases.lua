@@ -11,7 +11,7 @@
   ARGV[1] now_ms
   ARGV[2] limit
 
-  Returns: flat array of {id, attempt, worker_id|"", reason, timeout_ms|""} per job, where reason is
+  Returns: flat array of {id, attempt, worker_id|"", reason, timeout_ms|"", claim|""} per job, where reason is
            "timeout" (execution deadline passed) or "lease" (visibility deadline passed)
 ]]
 local rcall = redis.call
@@ -22,13 +22,13 @@ local out = {}
 local due = rcall("ZRANGEBYSCORE", active_key, "-inf", now, "LIMIT", 0, tonumber(ARGV[2]))
 for _, id in ipairs(due) do
   local f = rcall("HMGET", prefix .. "job:" .. id, "state", "attempt", "worker_id", "exec_deadline",
-    "timeout_ms")
+    "timeout_ms", "claim")
   if f[1] ~= "active" then
     rcall("ZREM", active_key, id)
   else
     local exec_deadline = tonumber(f[4])
     local reason = (exec_deadline and exec_deadline <= now) and "timeout" or "lease"
-    out[#out + 1] = {id, f[2], f[3] or "", reason, f[5] or ""}
+    out[#out + 1] = {id, f[2], f[3] or "", reason, f[5] or "", f[6] or ""}
   end
 end
 return out

@@ -4,13 +4,14 @@
   State transitions:
     scheduled | retryable -> available      (due; also run with count 0 by the scheduler loop)
     available | scheduled | retryable | pending -> discarded   (expires_at passed; no completed_at)
-    available -> active                     (the claim: attempt + 1, started_at, lease)
+    available -> active                     (the claim: attempt + 1, started_at, lease, and a new
+                                             fencing token `claim`, never reused)
   Queues are tried in the order given (strict priority between queues); within a queue the
   highest job priority first, then FIFO by enqueue sequence. Paused queues are skipped. A worker
   that reported itself quiet or draining gets nothing.
 
   KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|paused|counts|config|ratelog,
-                 worker:<id>, worker-jobs:<id>, unique:<fp>, workflow:advance)
+                 worker:<id>, worker-jobs:<id>, unique:<fp>, workflow:advance, claims)
   KEYS[2] delayed   (zset)
   KEYS[3] active    (zset)
   KEYS[4] expiring  (zset)
@@ -125,6 +126,18 @@ end
 
 local claimed_per_queue = {}
 
+-- Fencing tokens: one INCRBY per call reserves a block of tokens (an unused rest is simply
+-- skipped), so every claim of every job gets a number no earlier claim had.
+local next_token, last_token = 0, -1
+local function new_token()
+  if next_token > last_token then
+    last_token = rcall("INCRBY", prefix .. "claims", count)
+    next_token = last_token - count + 1
+  end
+  next_token = next_token + 1
+  return next_token - 1
+end
+
 local function claim(id, queue)
   local job_key = prefix .. "job:" .. id
   local f = rcall("HMGET", job_key, "state", "type", "visibility_timeout_ms", "timeout_ms", "expires_ms",
@@ -142,7 +155,8 @@ local function claim(id, queue)
   local deadline = visible_until
   -- One HSET (attempt included) and, only when an earlier attempt left something, one HDEL.
   local attempt = (tonumber(f[6]) or 0) + 1
-  local set = {"state", "active", "started_at", ARGV[1], "visible_until", visible_until, "attempt", attempt}
+  local set = {"state", "active", "started_at", ARGV[1], "visible_until", visible_until, "attempt", attempt,
+               "claim", new_token()}
   local drop = {}
   if f[9] or f[10] then  -- the previous attempt's progress
     drop = {"progress", "progress_message", "progress_data", "progress_at"}

@@ -2,10 +2,11 @@
   Record a worker's heartbeat and extend the leases of its active jobs, all in one call.
 
   State transition: none (active jobs stay active; their lease deadline moves forward)
-  For each listed job that is active (and held by this worker when both sides name one):
-  visible_until = now + visibility (the request's, else the job's, else the default); the job's
-  place in the active set becomes the earlier of that and its execution deadline. Listed jobs
-  that were cancelled are reported so the worker can stop them.
+  For each listed job that is active, held by this worker when both sides name one, and whose
+  current claim is the listed fencing token when one is given: visible_until = now + visibility
+  (the request's, else the job's, else the default), never earlier than it already was (a beat
+  only extends a lease); the job's place in the active set becomes the earlier of that and its
+  execution deadline. Listed jobs that were cancelled are reported so the worker can stop them.
 
   Directive, first match wins: an operator directive stored on the worker; the conformance-suite
   hook (a listed active job carrying a test_directive, taken from meta.test_directive at enqueue);
@@ -22,7 +23,9 @@
   ARGV[4] request visibility_ms ("" when not given)
   ARGV[5] default visibility_ms
   ARGV[6] reported active job count ("" to use the number of listed ids)
-  ARGV[7..] active job ids
+  ARGV[7] number of listed jobs N
+  ARGV[8 .. 7+N]    active job ids
+  ARGV[8+N .. 7+2N] their claim tokens ("" where unknown: any claim of this worker is extended)
 
   Returns: {directive, {extended ids}, {cancelled ids}}
 ]]
@@ -32,15 +35,18 @@ local now = tonumber(ARGV[1])
 local worker_id, reported = ARGV[2], ARGV[3]
 local request_vis, default_vis = tonumber(ARGV[4]), tonumber(ARGV[5])
 
+local n = tonumber(ARGV[7])
 local extended, cancelled = {}, {}
 local hook_directive = nil
-for a = 7, #ARGV do
-  local id = ARGV[a]
+for a = 8, 7 + n do
+  local id, token = ARGV[a], ARGV[a + n]
   local job_key = prefix .. "job:" .. id
   local f = rcall("HMGET", job_key, "state", "worker_id", "visibility_timeout_ms", "exec_deadline",
-    "test_directive")
-  if f[1] == "active" and (not f[2] or f[2] == worker_id) then
+    "test_directive", "visible_until", "claim")
+  if f[1] == "active" and (not f[2] or f[2] == worker_id) and (token == "" or token == f[7]) then
     local visible_until = now + (request_vis or tonumber(f[3]) or default_vis)
+    local current = tonumber(f[6])
+    if current and current > visible_until then visible_until = current end
     local deadline = visible_until
     local exec_deadline = tonumber(f[4])
     if exec_deadline and exec_deadline < deadline then deadline = exec_deadline end
@@ -53,7 +59,7 @@ for a = 7, #ARGV do
   end
 end
 
-local active_count = ARGV[6] ~= "" and ARGV[6] or tostring(#ARGV - 6)
+local active_count = ARGV[6] ~= "" and ARGV[6] or tostring(n)
 rcall("HSET", worker_key, "id", worker_id, "last_heartbeat_at", ARGV[1], "active_jobs", active_count)
 if reported ~= "" then
   rcall("HSET", worker_key, "state", reported)

@@ -13,8 +13,8 @@
   Pre-conditions (per job; a failing job does not stop the others):
     - the job exists                                   else status 1
     - state = active                                   else status 2 (conflict)
-    - the claim matches: the worker id and the attempt, when both sides know them
-                                                       else status 3 (stale claim)
+    - the claim matches: the fencing token (when given) is the job's current `claim`; the
+      worker id and the attempt, when both sides know them     else status 3 (stale claim)
   The caller decides the verdict from the error (handler codes, retryable flag,
   non_retryable_errors); this script owns everything that depends on the job's stored state.
 
@@ -30,7 +30,7 @@
   ARGV[1] now_ms
   ARGV[2] events_maxlen   0 disables events
   ARGV[3] lost_cap        worker losses after which a job is dead-lettered
-  then per job (6 values): verdict, error JSON object|"", worker_id|"", attempt|"",
+  then per job (7 values): verdict, error JSON object|"", worker_id|"", attempt|"", claim token|"",
                            jitter factor in [0.5, 1.5) (used only when the policy has jitter),
                            delay_ms|"" (a handler's own retry delay, instead of the backoff)
 
@@ -157,17 +157,18 @@ end
 local out = {}
 for j = 7, #KEYS do
   local job_key = KEYS[j]
-  local a = 4 + (j - 7) * 6
-  local verdict, err, worker_id, guard = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local jitter_factor = tonumber(ARGV[a + 4]) or 1
-  local delay_override = tonumber(ARGV[a + 5])
+  local a = 4 + (j - 7) * 7
+  local verdict, err, worker_id, guard, token = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local jitter_factor = tonumber(ARGV[a + 5]) or 1
+  local delay_override = tonumber(ARGV[a + 6])
   local r = rcall("HMGET", job_key, "state", "worker_id", "attempt", "queue", "type", "priority",
-    "max_attempts", "on_exhaustion", "id")
+    "max_attempts", "on_exhaustion", "id", "claim")
   if not r[1] then
     out[#out + 1] = {1, "", "", "", "", "", 0}
   elseif r[1] ~= "active" then
     out[#out + 1] = {2, r[1], "", "", "", "", 0}
-  elseif (worker_id ~= "" and r[2] and r[2] ~= worker_id) or (guard ~= "" and guard ~= r[3]) then
+  elseif (token ~= "" and token ~= r[10]) or (worker_id ~= "" and r[2] and r[2] ~= worker_id)
+      or (guard ~= "" and guard ~= r[3]) then
     out[#out + 1] = {3, r[1], "", "", "", "", 0}
   else
     local f = {attempt = tonumber(r[3]), queue = r[4], type = r[5], priority = tonumber(r[6]),

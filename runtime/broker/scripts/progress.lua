@@ -17,6 +17,8 @@
   ARGV[6] data JSON              "" to leave it
   ARGV[7] checkpoint JSON        "" to leave it
   ARGV[8] default visibility_ms
+  ARGV[9] claim token            "" when not known (an HTTP client); when given and not the job's
+                                 current claim, nothing is written (status 3: stale claim)
 
   Returns: {status, state, progress|"", message|"", data|"", updated_at|""}  status 1: not found
 ]]
@@ -25,9 +27,12 @@ local job_key, active_key, events_key = KEYS[1], KEYS[2], KEYS[3]
 local now, maxlen, id = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 
 local f = rcall("HMGET", job_key, "state", "progress", "visibility_timeout_ms", "exec_deadline",
-  "queue", "type", "worker_id", "attempt")
+  "queue", "type", "worker_id", "attempt", "visible_until", "claim")
 if not f[1] then
   return {1, "", "", "", "", ""}
+end
+if ARGV[9] ~= "" and f[1] == "active" and ARGV[9] ~= f[10] then
+  return {3, f[1], "", "", "", ""}
 end
 if f[1] == "active" then
   local value = tonumber(ARGV[4])
@@ -40,6 +45,8 @@ if f[1] == "active" then
   if ARGV[7] ~= "" then rcall("HSET", job_key, "checkpoint", ARGV[7]) end
   rcall("HSET", job_key, "progress_at", ARGV[1])
   local visible_until = now + (tonumber(f[3]) or tonumber(ARGV[8]))
+  local current = tonumber(f[9])
+  if current and current > visible_until then visible_until = current end  -- only extends
   local deadline = visible_until
   local exec_deadline = tonumber(f[4])
   if exec_deadline and exec_deadline < deadline then deadline = exec_deadline end
