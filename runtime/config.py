@@ -34,6 +34,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # A job whose worker process died this many times is dead-lettered instead of retried again:
     # it is probably what kills the worker.
     worker_lost_cap: int = 3
+    # A chain step's parent_results carry the earlier steps' results newest first while they fit
+    # in this many bytes; older ones become null (indexes keep their meaning). Without a bound a
+    # long chain copies its results quadratically.
+    parent_results_max_bytes: int = 65_536
 
 
 def _env_int(name: str) -> int | None:

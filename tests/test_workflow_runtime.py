@@ -61,7 +61,7 @@ def test_workflow_batch_completes_and_fires_once_when_a_pool_dies(
         assert (flow["state"], flow["jobs_completed"], flow["jobs_failed"]) == ("completed", GROUP_SIZE, 0)
         callback_id = flow["callbacks"]["on_complete"]["job_id"]  # type: ignore[index]
         wait_until(lambda: job(redis_client, callback_id).get("state") == "completed", what="the callback")
-        wait_until(lambda: redis_client.llen("{ojs}:workflow:advance") == 0, what="an empty outbox")
+        wait_until(lambda: redis_client.llen("{ojs}:workflow-outbox") == 0, what="an empty outbox")
         assert redis_client.lrange("wftest:callback", 0, -1) == [str(GROUP_SIZE).encode()]
         assert int(redis_client.get("wftest:item_runs") or 0) >= GROUP_SIZE
         assert integrity_problems(redis_url) == []

@@ -10,7 +10,7 @@ from runtime import timefmt
 from runtime.broker.core import Broker
 from runtime.broker.scripts import Status
 from runtime.envelope import ALL_STATES
-from runtime.errors import NotFound
+from runtime.errors import Conflict, NotFound
 from runtime.metrics import QueueSample
 
 _json = msgspec.json.Decoder()
@@ -112,15 +112,12 @@ class Admin:
     # --- dead letter -----------------------------------------------------------------------
 
     async def dead_letter_page(self, *, queue: str | None, limit: int, offset: int) -> tuple[int, list[dict[bytes, bytes]]]:
-        """Oldest first. With a queue filter the scan is bounded by the page size times ten."""
+        """Oldest first; a queue filter reads that queue's own index (one page, not the whole set)."""
         k = self.keys
-        if queue is None:
-            total = await self.redis.zcard(k.dlq)
-            ids = await self.redis.zrange(k.dlq, offset, offset + limit - 1)
-            return total, await self._hashes(ids)
-        ids = await self.redis.zrange(k.dlq, 0, -1)
-        jobs = [h for h in await self._hashes(ids) if h.get(b"queue", b"").decode() == queue]
-        return len(jobs), jobs[offset : offset + limit]
+        index = k.dlq if queue is None else k.dead_letters(queue)
+        total = await self.redis.zcard(index)
+        ids = await self.redis.zrange(index, offset, offset + limit - 1)
+        return total, await self._hashes(ids)
 
     async def _hashes(self, ids: list[bytes]) -> list[dict[bytes, bytes]]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -131,16 +128,31 @@ class Admin:
     async def dead_letter_retry(self, job_id: str) -> None:
         k = self.keys
         reply = await self.broker.scripts.call(
-            "dlq_retry", keys=[k.prefix, k.job(job_id), k.dlq, k.events, k.expiring],
+            "dlq_retry", keys=[k.prefix, k.job(job_id)],
             args=[str(timefmt.now_ms()), str(self.broker.settings.events_maxlen), job_id],
         )
-        if int(reply[0]) != Status.OK:
+        status = int(reply[0])
+        if status == Status.UNIQUE_CONFLICT:
+            holder, state = reply[1].decode(), reply[2].decode()
+            raise Conflict(
+                f"Job '{job_id}' is a unique job, and job '{holder}' ({state}) holds its lock now; "
+                "retry it once that job has ended.",
+                details={"existing_job_id": holder, "existing_job_state": state},
+            )
+        if status == Status.CONFLICT:
+            workflow_id = reply[1].decode()
+            raise Conflict(
+                f"Job '{job_id}' is a member of workflow '{workflow_id}', which is still running and "
+                "has counted this job as failed; retry it once the workflow has ended.",
+                details={"workflow_id": workflow_id},
+            )
+        if status != Status.OK:
             raise NotFound(f"Job '{job_id}' is not in the dead letter queue.")
 
     async def dead_letter_delete(self, job_id: str) -> None:
         k = self.keys
         reply = await self.broker.scripts.call(
-            "dlq_delete", keys=[k.prefix, k.job(job_id), k.dlq, k.expiring], args=[job_id],
+            "dlq_delete", keys=[k.prefix, k.job(job_id)], args=[job_id],
         )
         if int(reply[0]) != Status.OK:
             raise NotFound(f"Job '{job_id}' is not in the dead letter queue.")

@@ -132,10 +132,10 @@ class Broker:
             args.append(_pack([x for pair in workflow.items() for x in pair]))
         reply = await self.scripts.call("enqueue", keys=self._enqueue_keys(), args=args)
         status = int(reply[0])
-        if status == 1:
+        if status == Status.DUPLICATE_ID:
             dup = jobs[int(reply[1]) - 1]
             raise Duplicate(f"Job '{dup.id}' already exists.", details={"job_id": dup.id})
-        if status == 4:
+        if status == Status.UNIQUE_CONFLICT:
             holder, state, fingerprint = (x.decode() for x in reply[2:5])
             raise Duplicate(
                 f"A unique job of this kind already exists (job '{holder}', state '{state}').",
@@ -165,13 +165,19 @@ class Broker:
         ]
         reply = await self.scripts.call("enqueue", keys=self._enqueue_keys(), args=args)
         status = int(reply[0])
-        if status == 0:
+        if status == Status.OK:
             metrics.JOBS_ENQUEUED.labels(job.queue, job.fields.get("type", "")).inc()
             return "fired", reply[1].decode()
-        if status == 2:
+        if status == Status.CRON_CLAIMED:
             return "claimed", None
-        if status == 3:
+        if status == Status.CRON_SKIPPED:
             return "skipped", reply[1].decode()
+        if status == Status.UNIQUE_CONFLICT:
+            holder, state, fingerprint = (x.decode() for x in reply[2:5])
+            raise Duplicate(
+                f"A unique job of this kind already exists (job '{holder}', state '{state}').",
+                details={"existing_job_id": holder, "existing_job_state": state, "unique_key": fingerprint},
+            )
         raise Duplicate(f"Job '{job.id}' already exists.")
 
     def _enqueue_keys(self) -> list[str]:
@@ -197,22 +203,26 @@ class Broker:
         visibility_ms: int | None = None,
         now_ms: int | None = None,
         quotas: Sequence[int] | None = None,
+        exec_grace_ms: int | None = None,
     ) -> list[dict[bytes, bytes]]:
         """Claim up to `count` jobs, trying the queues in order. Returns the claimed job hashes.
 
         With `quotas` (one per queue) a first pass takes at most that many from each queue, and a
-        second pass fills the rest in queue order: weighted selection in one call.
+        second pass fills the rest in queue order: weighted selection in one call. A worker that
+        enforces execution timeouts itself, from its handler's start, passes `exec_grace_ms`: the
+        broker's own deadline for these claims comes that much later.
         """
         now = timefmt.now_ms() if now_ms is None else now_ms
         k = self.keys
         reply = await self.scripts.call(
             "fetch",
-            keys=[k.prefix, k.delayed, k.active, k.expiring, k.events, k.dlq],
+            keys=[k.prefix],
             args=[
                 str(now), self._maxlen, str(count), worker_id or "",
                 str(self.settings.default_visibility_ms),
                 "" if visibility_ms is None else str(visibility_ms),
-                str(self.settings.scheduler_step_limit), timefmt.format_ms(now), str(len(queues)),
+                str(self.settings.scheduler_step_limit), "" if exec_grace_ms is None else str(exec_grace_ms),
+                timefmt.format_ms(now), str(len(queues)),
                 *queues, *(str(q) for q in (quotas or ())),
             ],
         )
@@ -336,8 +346,9 @@ class Broker:
         """Apply the workflow outbox (advance.lua); returns the number of entries handled."""
         k = self.keys
         handled: int = await self.scripts.call(
-            "advance", keys=[k.prefix, k.workflow_outbox, k.seq, k.events, k.expiring],
-            args=[str(timefmt.now_ms()), self._maxlen, str(self.settings.scheduler_step_limit)],
+            "advance", keys=[k.prefix, k.workflow_outbox],
+            args=[str(timefmt.now_ms()), self._maxlen, str(self.settings.scheduler_step_limit),
+                  str(self.settings.parent_results_max_bytes)],
         )
         return handled
 
@@ -395,12 +406,15 @@ class Broker:
     async def scheduler_step(self) -> int:
         """Promote due jobs, expire TTLs, and fail jobs whose lease or timeout has passed.
 
-        Two script calls however many jobs are due: fetch.lua with count 0 does the promotion
-        and expiry; expired_leases.lua lists the overdue active jobs, which one nack.lua call
-        then fails (each guarded by the attempt it was read at, so a job acked in between is
-        left alone).
+        step.lua does the promotion and expiry; expired_leases.lua lists the overdue active jobs,
+        which one nack.lua call then fails (each guarded by the claim it was read at, so a job
+        acked or claimed again in between is left alone).
         """
-        await self.fetch((), count=0)
+        now = timefmt.now_ms()
+        await self.scripts.call(
+            "step", keys=[self.keys.prefix],
+            args=[str(now), self._maxlen, str(self.settings.scheduler_step_limit), timefmt.format_ms(now)],
+        )
         await self.advance_workflows()
         now = timefmt.now_ms()
         k = self.keys

@@ -214,9 +214,9 @@ class Crons:
         entry = _entry_decoder.decode(raw)
         # After downtime only one catch-up firing: the next tick is computed from now.
         next_ms = _schedule(entry).next_after_ms(max(tick_ms, now_ms))
-        overlap = "skip" if entry.overlap_policy == "skip" else "allow"
-        if entry.overlap_policy == "cancel_previous":
-            await self._cancel_previous(name)
+        # skip and cancel_previous act inside the script, after the per-tick claim: a server that
+        # lost the claim changes nothing (it must not cancel the winner's fresh job).
+        overlap = entry.overlap_policy if entry.overlap_policy in ("skip", "cancel_previous") else "allow"
         job = build_job(_template_request(entry, tick_ms), {}, job_id=uuid7(), now_ms=now_ms)
         outcome, _ = await self.broker.enqueue_cron_tick(
             job, cron_name=name, expression=entry.expression, tick_ms=tick_ms, next_ms=next_ms,
@@ -226,11 +226,3 @@ class Crons:
             logger.info("cron %s: tick skipped, previous instance still running", name)
         return 1 if outcome == "fired" else 0
 
-    async def _cancel_previous(self, name: str) -> None:
-        last = await self.redis.hget(self.keys.cron_state(name), "last_job_id")
-        if last is None:
-            return
-        try:
-            await self.broker.cancel(last.decode())
-        except OJSError:
-            pass  # already terminal or gone: nothing to cancel

@@ -11,7 +11,8 @@ invariants (the key schema is in :mod:`runtime.broker.keys`):
 * a job with ``expires_ms`` that is neither active nor terminal is in ``expiring`` (an active one
   may be, a terminal one may not), scored by its expiry; the ``delayed`` score of a retryable job is
   its ``next_attempt_at``; the ``active`` score is the earlier of lease and execution deadline;
-* ``dlq`` holds exactly the discarded jobs flagged ``dead_lettered``;
+* ``dlq`` holds exactly the discarded jobs flagged ``dead_lettered``, and each queue's
+  ``queue:<q>:dlq`` exactly those of that queue;
 * ``worker-jobs:<w>`` holds exactly the active jobs whose ``worker_id`` is ``w``;
 * no index entry points at a missing job;
 * each queue's ``counts`` hash equals the real number of its jobs in every OJS state (and has no
@@ -115,6 +116,7 @@ async def _load(redis: Redis, keys: Keys) -> _Store:
     store.queues.update(job.queue for job in store.jobs.values() if job.queue)
     for queue in sorted(store.queues):
         store.indexes[keys.available(queue)] = await _zset(redis, keys.available(queue))
+        store.indexes[keys.dead_letters(queue)] = await _zset(redis, keys.dead_letters(queue))
         raw_counts = await redis.hgetall(keys.counts(queue))
         store.counts[queue] = {_text(k) or "": _text(v) or "" for k, v in raw_counts.items()}
     for key in (keys.delayed, keys.active, keys.expiring, keys.dlq):
@@ -196,7 +198,8 @@ def _check_job(job_id: str, job: _Job, found: dict[str, float], keys: Keys) -> l
         "retryable": {keys.delayed},
         "active": {keys.active},
     }.get(state, set())
-    lifecycle = {k for k in found if k not in (keys.expiring, keys.dlq)}
+    queue_dlq = keys.dead_letters(job.queue)
+    lifecycle = {k for k in found if k not in (keys.expiring, keys.dlq, queue_dlq)}
     for index in sorted(main - lifecycle):
         problems.append(f"{tag}: state {state!r} but not in {index}")
     for index in sorted(lifecycle - main):
@@ -211,6 +214,8 @@ def _check_job(job_id: str, job: _Job, found: dict[str, float], keys: Keys) -> l
         )
     elif should_be_in_dlq and not in_dlq:
         problems.append(f"{tag}: dead-lettered but not in {keys.dlq}")
+    if (queue_dlq in found) != in_dlq:
+        problems.append(f"{tag}: in {keys.dlq}: {in_dlq}, but in {queue_dlq}: {queue_dlq in found}")
     return problems
 
 

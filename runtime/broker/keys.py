@@ -23,6 +23,7 @@ key                            type        content
                                            deadline (ms)
 ``P expiring``                 zset        non-terminal jobs with ``expires_at``; score = expiry
 ``P dlq``                      zset        dead-lettered jobs; score = time of discard (ms)
+``P queue:<q>:dlq``            zset        the same, of one queue (the dead letter listing's index)
 ``P seq``                      string      enqueue sequence (INCR): strict FIFO within a priority
 ``P claims``                   string      fencing-token counter: every claim takes a new number,
                                            stored as the job's ``claim`` field
@@ -33,7 +34,8 @@ key                            type        content
 ``P notify:<q>``               channel     pub/sub wake-up: a job became available in queue q
 ``P workflow:<id>``            hash        a workflow: state, counters, member ids (j<i>), dependents
                                            (d<i>), labels (s<i>), results (r<i>)
-``P workflow:advance``         list        outbox: ids of workflow jobs that ended, for advance.lua
+``P workflow-outbox``          list        outbox: ids of workflow jobs that ended, for advance.lua
+                                           (its own namespace: no workflow id can name it)
 ``P crons``                    hash        cron name -> registration (JSON)
 ``P cron:next``                zset        cron name -> next fire time (ms); the per-tick claim
 =============================  ==========  ======================================================
@@ -42,6 +44,23 @@ key                            type        content
 from __future__ import annotations
 
 DEFAULT_PREFIX = "{ojs}:"
+
+# The fixed keys of a namespace (prefix + suffix), by name. The Lua library gets this table too
+# (as K), so a script and this module can never disagree on a key's name.
+SUFFIXES: dict[str, str] = {
+    "queues": "queues",
+    "delayed": "delayed",
+    "active": "active",
+    "expiring": "expiring",
+    "dlq": "dlq",
+    "seq": "seq",
+    "claims": "claims",
+    "events": "events",
+    "workers": "workers",
+    "crons": "crons",
+    "cron_next": "cron:next",
+    "outbox": "workflow-outbox",
+}
 
 
 class Keys:
@@ -82,50 +101,53 @@ class Keys:
     def workflow(self, workflow_id: str) -> str:
         return f"{self.prefix}workflow:{workflow_id}"
 
+    def dead_letters(self, queue: str) -> str:
+        return f"{self.prefix}queue:{queue}:dlq"
+
     @property
     def workflow_outbox(self) -> str:
-        return f"{self.prefix}workflow:advance"
+        return self.prefix + SUFFIXES["outbox"]
 
     @property
     def queues(self) -> str:
-        return f"{self.prefix}queues"
+        return self.prefix + SUFFIXES["queues"]
 
     @property
     def delayed(self) -> str:
-        return f"{self.prefix}delayed"
+        return self.prefix + SUFFIXES["delayed"]
 
     @property
     def active(self) -> str:
-        return f"{self.prefix}active"
+        return self.prefix + SUFFIXES["active"]
 
     @property
     def expiring(self) -> str:
-        return f"{self.prefix}expiring"
+        return self.prefix + SUFFIXES["expiring"]
 
     @property
     def dlq(self) -> str:
-        return f"{self.prefix}dlq"
+        return self.prefix + SUFFIXES["dlq"]
 
     @property
     def seq(self) -> str:
-        return f"{self.prefix}seq"
+        return self.prefix + SUFFIXES["seq"]
 
     @property
     def claims(self) -> str:
-        return f"{self.prefix}claims"
+        return self.prefix + SUFFIXES["claims"]
 
     @property
     def events(self) -> str:
-        return f"{self.prefix}events"
+        return self.prefix + SUFFIXES["events"]
 
     @property
     def workers(self) -> str:
-        return f"{self.prefix}workers"
+        return self.prefix + SUFFIXES["workers"]
 
     @property
     def crons(self) -> str:
-        return f"{self.prefix}crons"
+        return self.prefix + SUFFIXES["crons"]
 
     @property
     def cron_next(self) -> str:
-        return f"{self.prefix}cron:next"
+        return self.prefix + SUFFIXES["cron_next"]

@@ -36,7 +36,7 @@ class UniqueLock(msgspec.Struct, frozen=True, kw_only=True):
     fingerprint: str
     states: str  # comma-separated
     period_ms: int | None
-    on_conflict: str  # reject | ignore | replace
+    on_conflict: str  # reject | ignore | replace | replace_except_schedule
 
 
 def _canonical(value: Any) -> Any:
@@ -90,7 +90,7 @@ def unique_lock(
         if period_ms < 1:
             raise InvalidRequest("Invalid unique policy: period must be at least 1 ms")
     states = [s.value for s in policy.states] if policy.states else list(DEFAULT_STATES)
-    on_conflict = {"use_existing": "ignore", "replace_except_schedule": "replace"}.get(
+    on_conflict = {"use_existing": "ignore"}.get(
         policy.on_conflict, policy.on_conflict
     )
     return UniqueLock(fingerprint=digest, states=",".join(states), period_ms=period_ms, on_conflict=on_conflict)

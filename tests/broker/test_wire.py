@@ -11,7 +11,7 @@ import redis
 from redis import exceptions as rx
 from redis.asyncio import Redis
 
-from runtime.broker.scripts import SOURCES, Scripts
+from runtime.broker.scripts import LIBRARY_NAME, TRANSITIONS, Scripts
 from runtime.broker.wire import Address, Wire, subscribe
 from runtime.embedded_redis import EmbeddedRedis
 
@@ -158,18 +158,20 @@ def test_subscribe_delivers_messages_after_ready(redis_url: str, redis_client: r
     assert asyncio.run(go()) == [(b"wire:a", b"1"), (b"wire:b", b"2"), (b"wire:a", b"3")]
 
 
-def test_scripts_load_themselves_after_a_script_flush(redis_url: str, redis_client: redis.Redis) -> None:
+def test_functions_load_themselves_after_a_function_flush(redis_url: str, redis_client: redis.Redis) -> None:
     async def go() -> Any:
         client = Redis.from_url(redis_url)
         scripts = Scripts(client)
         try:
             assert scripts.wire is not None
-            redis_client.script_flush()
-            return await scripts.call("advance", keys=["{t}:", "{t}:wf", "{t}:seq", "{t}:ev", "{t}:exp"],
-                                      args=["0", "0", "10"])
+            first = await scripts.call("advance", keys=["{t}:", "{t}:workflow-outbox"], args=["0", "0", "10", "100"])
+            redis_client.function_flush()
+            again = await scripts.call("advance", keys=["{t}:", "{t}:workflow-outbox"], args=["0", "0", "10", "100"])
+            return first, again
         finally:
             await scripts.close()
             await client.aclose()
 
-    assert asyncio.run(go()) == 0
-    assert "advance" in SOURCES
+    assert asyncio.run(go()) == (0, 0)
+    assert "advance" in TRANSITIONS
+    assert LIBRARY_NAME.encode() in [lib[1] for lib in redis_client.function_list()]

@@ -8,7 +8,7 @@
     - the claim matches: the fencing token (when given) is the job's current `claim`; the
       worker id and the attempt, when both sides know them     else status 3 (stale claim)
 
-  KEYS[1] prefix (derived keys: queue:<q>:counts, worker-jobs:<id>, unique:<fp>, workflow:advance)
+  KEYS[1] prefix (derived keys: queue:<q>:counts, worker-jobs:<id>, unique:<fp>, outbox)
   KEYS[2] active    (zset)
   KEYS[3] expiring  (zset)
   KEYS[4] events    (stream)
@@ -22,26 +22,8 @@
            on conflicts; workflow is 1 when the job's workflow was queued for advance.lua; queue
            and type (for metric labels) are "" on conflicts.
 ]]
-local rcall = redis.call
-local prefix = KEYS[1]
-local active_key, expiring_key, events_key = KEYS[2], KEYS[3], KEYS[4]
-local now = ARGV[1]
-local maxlen = tonumber(ARGV[2])
-
--- Ending a job: release its unique lock unless the policy still counts the new state, and queue
--- its workflow (if any) for advance.lua (the outbox is written in this same atomic step).
-local function on_end(job_key, id, state)
-  local u = rcall("HMGET", job_key, "unique_key", "unique_states", "workflow_id")
-  if u[1] and not string.find("," .. (u[2] or "") .. ",", "," .. state .. ",", 1, true) then
-    local lock = prefix .. "unique:" .. u[1]
-    if rcall("GET", lock) == id then rcall("DEL", lock) end
-  end
-  if u[3] then
-    rcall("RPUSH", prefix .. "workflow:advance", id)
-    return 1
-  end
-  return 0
-end
+local T = context(KEYS[1], ARGV[1], ARGV[2])
+local prefix, now = T.prefix, T.now
 
 -- Counter moves are gathered per queue and written once per call.
 local completed_per_queue = {}
@@ -54,12 +36,12 @@ for j = 5, #KEYS do
   local f = rcall("HMGET", job_key, "state", "worker_id", "attempt", "queue", "type", "started_at", "id",
     "progress", "expires_ms", "unique_key", "workflow_id", "claim")
   if not f[1] then
-    out[#out + 1] = {1, "", 0, "", ""}
+    out[#out + 1] = {S.NOT_FOUND, "", 0, "", ""}
   elseif f[1] ~= "active" then
-    out[#out + 1] = {2, f[1], 0, "", ""}
+    out[#out + 1] = {S.CONFLICT, f[1], 0, "", ""}
   elseif (token ~= "" and token ~= f[12]) or (worker_id ~= "" and f[2] and f[2] ~= worker_id)
       or (attempt ~= "" and attempt ~= f[3]) then
-    out[#out + 1] = {3, f[1], 0, "", ""}
+    out[#out + 1] = {S.STALE_CLAIM, f[1], 0, "", ""}
   else
     local id, queue = f[7], f[4]
     local fields = {"state", "completed", "completed_at", now}
@@ -73,19 +55,15 @@ for j = 5, #KEYS do
     end
     rcall("HSET", job_key, unpack(fields))
     rcall("HDEL", job_key, "error", "next_attempt_at", "visible_until", "exec_deadline")
-    rcall("ZREM", active_key, id)
-    if f[9] then rcall("ZREM", expiring_key, id) end
+    rcall("ZREM", T.active, id)
+    if f[9] then rcall("ZREM", T.expiring, id) end
     if f[2] then rcall("SREM", prefix .. "worker-jobs:" .. f[2], id) end
     completed_per_queue[queue] = (completed_per_queue[queue] or 0) + 1
-    if maxlen > 0 then
-      rcall("XADD", events_key, "MAXLEN", "~", maxlen, "*", "type", "job.completed",
-        "subject", id, "time", now, "data", cjson.encode({job_id = id, job_type = f[5],
-          queue = queue, state = "completed", attempt = tonumber(f[3]),
-          duration_ms = tonumber(now) - tonumber(f[6])}))
-    end
+    emit(T, "job.completed", id, {job_id = id, job_type = f[5], queue = queue, state = "completed",
+      attempt = tonumber(f[3]), duration_ms = T.now_ms - tonumber(f[6])})
     local queued = 0
-    if f[10] or f[11] then queued = on_end(job_key, id, "completed") end
-    out[#out + 1] = {0, "completed", queued, queue, f[5]}
+    if f[10] or f[11] then queued = on_end(T, job_key, id, "completed") end
+    out[#out + 1] = {S.OK, "completed", queued, queue, f[5]}
   end
 end
 for queue, count in pairs(completed_per_queue) do

@@ -3,28 +3,23 @@
 
   State transition: discarded (in the dead letter set) -> (deleted)
   Pre-conditions:
-    - the job is in the dead letter set     else status 1
+    - the job is in the dead letter set     else NOT_FOUND
 
-  KEYS[1] prefix (derived keys: queue:<q>:counts)
+  KEYS[1] prefix (derived keys: queue:<q>:counts|dlq and the fixed keys)
   KEYS[2] job:<id>  (hash)
-  KEYS[3] dlq       (zset)
-  KEYS[4] expiring  (zset)
 
   ARGV[1] job id
 
   Returns: {status}
 ]]
-local rcall = redis.call
-local prefix, job_key, dlq_key, expiring_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local id = ARGV[1]
+local T = context(KEYS[1], "0", "0")
+local key, id = KEYS[2], ARGV[1]
 
-if rcall("ZREM", dlq_key, id) == 0 then
-  return {1}
+local f = rcall("HMGET", key, "state", "queue")
+if dead_letter_remove(T, id, f[2]) == 0 then
+  return {S.NOT_FOUND}
 end
-local f = rcall("HMGET", job_key, "state", "queue")
-if f[1] then
-  rcall("HINCRBY", prefix .. "queue:" .. f[2] .. ":counts", f[1], -1)
-end
-rcall("DEL", job_key)
-rcall("ZREM", expiring_key, id)
-return {0}
+if f[1] then move_count(T, f[2], f[1], nil) end
+rcall("DEL", key)
+rcall("ZREM", T.expiring, id)
+return {S.OK}

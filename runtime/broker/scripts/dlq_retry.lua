@@ -3,45 +3,56 @@
 
   State transition: discarded (in the dead letter set) -> available
   attempt = 0, new enqueued_at; error, completed_at, discarded_at, retry_delay_ms,
-  next_attempt_at and the worker-loss count cleared; the error history and the retry policy are kept.
+  next_attempt_at and the worker-loss count cleared; the error history and the retry policy are
+  kept. A unique job takes its lock again.
   Pre-conditions:
-    - the job is in the dead letter set and exists    else status 1
+    - the job is in the dead letter set and exists          else NOT_FOUND
+    - a unique job: no other job holds its lock in one of the policy's states
+                                                            else UNIQUE_CONFLICT (nothing changed)
+    - a workflow member: its workflow has ended (while it runs, the member was resolved as failed
+      and its dependents acted on that; running it again would count it twice)
+                                                            else CONFLICT (nothing changed)
 
-  KEYS[1] prefix (derived keys: queue:<q>:available, queue:<q>:counts)
+  KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|counts|dlq, unique:<fp>,
+                 workflow:<id> and the fixed keys)
   KEYS[2] job:<id>  (hash)
-  KEYS[3] dlq       (zset)
-  KEYS[4] events    (stream)
-  KEYS[5] expiring  (zset; a job with expires_at must still expire)
 
   ARGV[1] now_ms
   ARGV[2] events_maxlen   0 disables events
   ARGV[3] job id
 
-  Returns: {status}
+  Returns: {OK} | {NOT_FOUND} | {UNIQUE_CONFLICT, holder id, holder state} | {CONFLICT, workflow id}
 ]]
-local rcall = redis.call
-local prefix, job_key, dlq_key, events_key, expiring_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local now, maxlen, id = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local T = context(KEYS[1], ARGV[1], ARGV[2])
+local key, id = KEYS[2], ARGV[3]
 
-local f = rcall("HMGET", job_key, "state", "queue", "priority", "type", "expires_ms")
-if rcall("ZSCORE", dlq_key, id) == false or f[1] ~= "discarded" then
-  return {1}
+local f = rcall("HMGET", key, "state", "queue", "priority", "type", "expires_ms", "unique_key",
+  "unique_states", "workflow_id")
+if rcall("ZSCORE", T.dlq, id) == false or f[1] ~= "discarded" then
+  return {S.NOT_FOUND}
 end
-rcall("ZREM", dlq_key, id)
-if f[5] then rcall("ZADD", expiring_key, f[5], id) end
-rcall("HSET", job_key, "state", "available", "attempt", 0, "enqueued_at", now, "re_enqueued_at", now)
-rcall("HDEL", job_key, "error", "completed_at", "discarded_at", "retry_delay_ms", "next_attempt_at",
+if f[8] and rcall("HGET", T.prefix .. "workflow:" .. f[8], "state") == "running" then
+  return {S.CONFLICT, f[8]}
+end
+local lock = f[6] and (T.prefix .. "unique:" .. f[6])
+if lock then
+  local holder = rcall("GET", lock)
+  if holder and holder ~= id then
+    local holder_state = rcall("HGET", job_key(T, holder), "state")
+    if holder_state and in_csv(f[7], holder_state) then
+      return {S.UNIQUE_CONFLICT, holder, holder_state}
+    end
+  end
+  -- No period on a retried job's lock: it is held while the job is live, and released when it ends.
+  rcall("SET", lock, id)
+end
+dead_letter_remove(T, id, f[2])
+if f[5] then rcall("ZADD", T.expiring, f[5], id) end
+rcall("HSET", key, "state", "available", "attempt", 0, "enqueued_at", T.now, "re_enqueued_at", T.now)
+rcall("HDEL", key, "error", "completed_at", "discarded_at", "retry_delay_ms", "next_attempt_at",
   "started_at", "worker_id", "dead_lettered", "lost")
-local counts = prefix .. "queue:" .. f[2] .. ":counts"
-rcall("HINCRBY", counts, "discarded", -1)
-rcall("HINCRBY", counts, "available", 1)
-local seq = rcall("INCR", prefix .. "seq")
-rcall("ZADD", prefix .. "queue:" .. f[2] .. ":available",
-  string.format("%.0f", (100 - tonumber(f[3])) * 1e13 + seq), id)
-rcall("PUBLISH", prefix .. "notify:" .. f[2], "1")
-if maxlen > 0 then
-  rcall("XADD", events_key, "MAXLEN", "~", maxlen, "*", "type", "job.enqueued", "subject", id,
-    "time", now, "data", cjson.encode({job_id = id, job_type = f[4], queue = f[2],
-      state = "available", source = "dead_letter_retry"}))
-end
-return {0}
+move_count(T, f[2], "discarded", "available")
+index_available(T, id, f[2], tonumber(f[3]))
+emit(T, "job.enqueued", id, {job_id = id, job_type = f[4], queue = f[2], state = "available",
+  source = "dead_letter_retry"})
+return {S.OK}

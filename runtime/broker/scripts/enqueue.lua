@@ -8,12 +8,17 @@
   Pre-conditions:
     - no job of the batch exists yet (client-chosen ids may collide)
     - unique jobs: no job holds the lock in one of the policy's states within the period, unless
-      on_conflict is ignore (that job is not created; the holder is returned instead) or replace
+      on_conflict is ignore (that job is not created; the holder is returned instead), replace
+      (the holder is cancelled) or replace_except_schedule (the same, and a scheduled holder's
+      due time is kept by its replacement). In a workflow every member must be created, so
+      there an ignore conflict is refused like reject.
     - cron guard given: the cron's next fire time is still the tick being fired (the per-tick
-      claim: of several servers firing the same tick, exactly one passes)
+      claim: of several servers firing the same tick, exactly one passes); only then does the
+      overlap policy act (skip: the tick is consumed while the previous job is live;
+      cancel_previous: the previous job, if live, is cancelled)
 
   KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|counts|config|paused,
-                  unique:<fingerprint>, cron:state:<name>, workflow:<id>, workflow:advance)
+                  unique:<fingerprint>, cron:state:<name>, workflow:<id>, outbox)
   KEYS[2] seq         (string, INCR)
   KEYS[3] delayed     (zset)
   KEYS[4] expiring    (zset)
@@ -28,11 +33,11 @@
   ARGV[4] cron name            "" when not a cron firing
   ARGV[5] cron tick_ms         the fire time being claimed
   ARGV[6] cron next_ms         the fire time after it
-  ARGV[7] cron overlap policy  skip | allow
+  ARGV[7] cron overlap policy  skip | allow | cancel_previous
   ARGV[8] cron expression      for the event
   ARGV[8 + j] job j, one msgpack array of strings: id, queue, state, priority, due_ms|"",
     expires_ms|"", unique fingerprint|"", unique states (comma-separated), unique period_ms|"",
-    on_conflict (reject|ignore|replace)|"", client id "1"|"" (only a client-chosen id can
+    on_conflict (reject|ignore|replace|replace_except_schedule)|"", client id "1"|"" (only a client-chosen id can
     collide, so only those are checked), then field/value pairs written to the job hash as they
     are (a `rl_max`/`rl_window_ms` pair also sets the queue's rate limit)
   ARGV[9 + N] optional workflow record: one msgpack array of field/value pairs for workflow:<id>
@@ -40,48 +45,19 @@
 
   Publishes "1" on channel <prefix>notify:<q> once per queue that received available jobs.
 
-  Returns:
-    {0, id1, id2, ...}          done; an id written "=<id>" is an existing job returned in place of
+  Returns (status names from the one status table, S):
+    {OK, id1, id2, ...}         done; an id written "=<id>" is an existing job returned in place of
                                 a duplicate (on_conflict ignore)
-    {1, index}                  the job at 1-based index already exists (same id)
-    {2}                         cron tick already claimed by another server (nothing written)
-    {3, existing_id}            cron tick skipped: previous instance still pending (tick consumed)
-    {4, index, existing_id, existing_state, fingerprint}   unique conflict, on_conflict reject
+    {DUPLICATE_ID, index}       the job at 1-based index already exists (same id)
+    {CRON_CLAIMED}              cron tick already claimed by another server (nothing written)
+    {CRON_SKIPPED, existing_id} cron tick skipped: previous instance still pending (tick consumed)
+    {UNIQUE_CONFLICT, index, existing_id, existing_state, fingerprint}   unique conflict refused
 ]]
-local rcall = redis.call
-local prefix = KEYS[1]
-local seq_key, delayed_key, expiring_key = KEYS[2], KEYS[3], KEYS[4]
-local events_key, queues_key, cron_next_key, active_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local now = ARGV[1]
-local now_ms = tonumber(now)
-local maxlen = tonumber(ARGV[2])
+local T = context(KEYS[1], ARGV[1], ARGV[2])
+local prefix, now, now_ms = T.prefix, T.now, T.now_ms
 local n = tonumber(ARGV[3])
 local cron_name, cron_tick, cron_next = ARGV[4], ARGV[5], ARGV[6]
 local cron_policy, cron_expr = ARGV[7], ARGV[8]
-
-local TERMINAL = {completed = true, cancelled = true, discarded = true}
-
--- Ending a job: release its unique lock unless the policy still counts the new state, and queue
--- its workflow (if any) for advance.lua (the outbox is written in this same atomic step).
-local function on_end(job_key, id, state)
-  local u = rcall("HMGET", job_key, "unique_key", "unique_states", "workflow_id")
-  if u[1] and not string.find("," .. (u[2] or "") .. ",", "," .. state .. ",", 1, true) then
-    local lock = prefix .. "unique:" .. u[1]
-    if rcall("GET", lock) == id then rcall("DEL", lock) end
-  end
-  if u[3] then
-    rcall("RPUSH", prefix .. "workflow:advance", id)
-    return 1
-  end
-  return 0
-end
-
-local function emit(etype, subject, data)
-  if maxlen > 0 then
-    rcall("XADD", events_key, "MAXLEN", "~", maxlen, "*",
-      "type", etype, "subject", subject, "time", now, "data", cjson.encode(data))
-  end
-end
 
 -- Decode the per-job blocks once (each is one msgpack array, to keep ARGV short).
 local jobs = {}
@@ -110,7 +86,7 @@ local seen_ids = {}
 for j = 1, n do
   local id = jobs[j].id
   if seen_ids[id] or (jobs[j].client_id and rcall("EXISTS", prefix .. "job:" .. id) == 1) then
-    return {1, j}
+    return {S.DUPLICATE_ID, j}
   end
   seen_ids[id] = true
 end
@@ -122,7 +98,7 @@ local function holder_of(job)
   if not holder then return nil end
   local h = rcall("HMGET", prefix .. "job:" .. holder, "state", "created_at")
   if not h[1] then return nil end
-  if not string.find("," .. job.ustates .. ",", "," .. h[1] .. ",", 1, true) then return nil end
+  if not in_csv(job.ustates, h[1]) then return nil end
   if job.uperiod and now_ms >= tonumber(h[2]) + job.uperiod then return nil end
   return holder, h[1]
 end
@@ -136,8 +112,8 @@ for j = 1, n do
   local job = jobs[j]
   local earlier = job.ukey ~= "" and batch_holder[job.ukey]
   if earlier then
-    if job.on_conflict == "reject" then
-      return {4, j, jobs[earlier].id, "available", job.ukey}
+    if job.on_conflict == "reject" or (job.on_conflict == "ignore" and wf_id ~= "") then
+      return {S.UNIQUE_CONFLICT, j, jobs[earlier].id, jobs[earlier].state, job.ukey}
     elseif job.on_conflict == "ignore" then
       job.twin_of = earlier
     else
@@ -148,56 +124,51 @@ for j = 1, n do
   else
     local holder, holder_state = holder_of(job)
     if holder then
-      if job.on_conflict == "reject" then
-        return {4, j, holder, holder_state, job.ukey}
+      if job.on_conflict == "reject" or (job.on_conflict == "ignore" and wf_id ~= "") then
+        return {S.UNIQUE_CONFLICT, j, holder, holder_state, job.ukey}
       end
       job.holder, job.holder_state = holder, holder_state
+      if job.on_conflict == "replace_except_schedule" and holder_state == "scheduled"
+          and job.state ~= "waiting" then
+        -- The replacement fires when the holder would have.
+        job.state = "scheduled"
+        job.due = rcall("ZSCORE", T.delayed, holder)
+        job.keep_schedule = rcall("HGET", prefix .. "job:" .. holder, "scheduled_at")
+      end
     end
     if job.ukey ~= "" then batch_holder[job.ukey] = j end
   end
 end
 
+local cancel_previous = nil
 if cron_name ~= "" then
   local cron_state = prefix .. "cron:state:" .. cron_name
-  if rcall("ZSCORE", cron_next_key, cron_name) ~= cron_tick then
-    return {2}
+  if rcall("ZSCORE", T.cron_next, cron_name) ~= cron_tick then
+    return {S.CRON_CLAIMED}
   end
-  rcall("ZADD", cron_next_key, cron_next, cron_name)
+  rcall("ZADD", T.cron_next, cron_next, cron_name)
   local last_id = rcall("HGET", cron_state, "last_job_id")
-  if cron_policy == "skip" and last_id then
-    local last_state = rcall("HGET", prefix .. "job:" .. last_id, "state")
-    if last_state and not TERMINAL[last_state] then
-      emit("cron.skipped", cron_name, {cron_name = cron_name, cron_expr = cron_expr,
-        job_type = jobs[1].type, reason = "overlap_skip", existing_job_id = last_id})
-      return {3, last_id}
-    end
+  local last_state = last_id and rcall("HGET", prefix .. "job:" .. last_id, "state")
+  local live = last_state and not TERMINAL[last_state]
+  if cron_policy == "skip" and live then
+    rcall("HSET", cron_state, "last_skipped_at", now, "last_skip_reason", "overlap")
+    rcall("HINCRBY", cron_state, "skipped_count", 1)
+    emit(T, "cron.skipped", cron_name, {cron_name = cron_name, cron_expr = cron_expr,
+      job_type = jobs[1].type, reason = "overlap_skip", existing_job_id = last_id})
+    return {S.CRON_SKIPPED, last_id}
   end
+  if cron_policy == "cancel_previous" and live then cancel_previous = {last_id, last_state} end
   rcall("HSET", cron_state, "last_job_id", jobs[1].id, "last_run_at", now)
   rcall("HINCRBY", cron_state, "run_count", 1)
 end
 
--- on_conflict replace: the holder is cancelled, exactly as cancel.lua would.
-local function cancel_holder(id, state)
-  local job_key = prefix .. "job:" .. id
-  local f = rcall("HMGET", job_key, "queue", "type", "worker_id")
-  rcall("ZREM", prefix .. "queue:" .. f[1] .. ":available", id)
-  rcall("ZREM", active_key, id)
-  rcall("ZREM", delayed_key, id)
-  rcall("ZREM", expiring_key, id)
-  if f[3] then rcall("SREM", prefix .. "worker-jobs:" .. f[3], id) end
-  rcall("HSET", job_key, "state", "cancelled", "cancelled_at", now, "previous_state", state)
-  rcall("HDEL", job_key, "visible_until", "exec_deadline", "next_attempt_at")
-  local counts = prefix .. "queue:" .. f[1] .. ":counts"
-  rcall("HINCRBY", counts, state, -1)
-  rcall("HINCRBY", counts, "cancelled", 1)
-  on_end(job_key, id, "cancelled")
-  emit("job.cancelled", id, {job_id = id, job_type = f[2], queue = f[1], state = "cancelled",
-    previous_state = state, reason = "unique_replace"})
+if cancel_previous then
+  cancel_job(T, prefix .. "job:" .. cancel_previous[1], cancel_previous[1], cancel_previous[2], "cron_overlap")
 end
 
 -- Insert. Per job only the hash write (and its event) is a call of its own; counters, queue
 -- registration, the sequence and the index writes are gathered and done once per queue.
-local ids = {0}
+local ids = {S.OK}
 local per_queue = {}   -- queue -> {counts = {state -> n}, available = {score, id, ...}}
 local n_available = 0
 local function skipped(job)
@@ -208,7 +179,7 @@ for j = 1, n do
     n_available = n_available + 1
   end
 end
-local seq = n_available > 0 and (rcall("INCRBY", seq_key, n_available) - n_available) or 0
+local seq = n_available > 0 and (rcall("INCRBY", T.seq, n_available) - n_available) or 0
 
 local function queue_batch(queue)
   local b = per_queue[queue]
@@ -235,9 +206,13 @@ for j = 1, n do
   else
     if job.holder and not cancelled_holders[job.holder] then
       cancelled_holders[job.holder] = true
-      cancel_holder(job.holder, job.holder_state)
+      cancel_job(T, prefix .. "job:" .. job.holder, job.holder, job.holder_state, "unique_replace")
     end
     rcall("HSET", prefix .. "job:" .. job.id, unpack(job.t, 12))
+    if job.keep_schedule then
+      rcall("HSET", prefix .. "job:" .. job.id, "state", "scheduled", "scheduled_at", job.keep_schedule)
+      rcall("HDEL", prefix .. "job:" .. job.id, "enqueued_at")
+    end
     local b = queue_batch(job.queue)
     b.counts[job.state] = (b.counts[job.state] or 0) + 1
     if job.ukey ~= "" then
@@ -254,23 +229,23 @@ for j = 1, n do
     end
     if job.state == "available" then
       seq = seq + 1
-      b.available[#b.available + 1] = string.format("%.0f", (100 - job.priority) * 1e13 + seq)
+      b.available[#b.available + 1] = queue_score(job.priority, seq)
       b.available[#b.available + 1] = job.id
     elseif job.state == "scheduled" then
-      rcall("ZADD", delayed_key, job.due, job.id)
+      rcall("ZADD", T.delayed, job.due, job.id)
     end
     if job.expires ~= "" then
-      rcall("ZADD", expiring_key, job.expires, job.id)
+      rcall("ZADD", T.expiring, job.expires, job.id)
     end
     if job.state == "scheduled" then
-      emit("job.scheduled", job.id, {job_id = job.id, job_type = job.type, queue = job.queue,
+      emit(T, "job.scheduled", job.id, {job_id = job.id, job_type = job.type, queue = job.queue,
         state = job.state, scheduled_at = tonumber(job.due)})
     else
-      emit("job.enqueued", job.id, {job_id = job.id, job_type = job.type, queue = job.queue,
+      emit(T, "job.enqueued", job.id, {job_id = job.id, job_type = job.type, queue = job.queue,
         state = job.state, priority = job.priority, unique_key = job.ukey ~= "" and job.ukey or nil})
     end
     if cron_name ~= "" then
-      emit("cron.triggered", cron_name, {cron_name = cron_name, cron_expr = cron_expr,
+      emit(T, "cron.triggered", cron_name, {cron_name = cron_name, cron_expr = cron_expr,
         job_type = job.type, job_id = job.id, scheduled_at = tonumber(cron_tick)})
     end
     ids[#ids + 1] = job.id
@@ -279,7 +254,7 @@ end
 
 local CHUNK = 2000  -- ZADD arguments per call (Lua's unpack has a stack limit)
 for queue, b in pairs(per_queue) do
-  rcall("HSETNX", queues_key, queue, now)
+  rcall("HSETNX", T.queues, queue, now)
   local counts_key = prefix .. "queue:" .. queue .. ":counts"
   for state, count in pairs(b.counts) do
     rcall("HINCRBY", counts_key, state, count)
@@ -294,7 +269,7 @@ for queue, b in pairs(per_queue) do
 end
 if wf_id ~= "" then
   rcall("HSET", prefix .. "workflow:" .. wf_id, unpack(wf_fields))
-  emit("workflow.started", wf_id, {workflow_id = wf_id,
+  emit(T, "workflow.started", wf_id, {workflow_id = wf_id,
     workflow_name = rcall("HGET", prefix .. "workflow:" .. wf_id, "name"),
     total_steps = tonumber(rcall("HGET", prefix .. "workflow:" .. wf_id, "total"))})
 end

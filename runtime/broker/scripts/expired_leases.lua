@@ -14,7 +14,6 @@
   Returns: flat array of {id, attempt, worker_id|"", reason, timeout_ms|"", claim|""} per job, where reason is
            "timeout" (execution deadline passed) or "lease" (visibility deadline passed)
 ]]
-local rcall = redis.call
 local prefix, active_key = KEYS[1], KEYS[2]
 local now = tonumber(ARGV[1])
 

@@ -1,128 +1,47 @@
 --[[
-  Run the due scheduler step, then claim up to `count` jobs from the given queues.
+  Claim up to `count` jobs from the given queues.
 
   State transitions:
-    scheduled | retryable -> available      (due; also run with count 0 by the scheduler loop)
-    available | scheduled | retryable | pending -> discarded   (expires_at passed; no completed_at)
     available -> active                     (the claim: attempt + 1, started_at, lease, and a new
                                              fencing token `claim`, never reused)
+    available -> discarded                  (expires_at passed before the scheduler step saw it)
   Queues are tried in the order given (strict priority between queues); within a queue the
   highest job priority first, then FIFO by enqueue sequence. Paused queues are skipped. A worker
-  that reported itself quiet or draining gets nothing.
+  that reported itself quiet or draining gets nothing. Before claiming, the due part of the
+  scheduler step runs (promote_due, expire_due: the same helpers step.lua runs), so a job whose
+  time has come is claimable at once.
 
   KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|paused|counts|config|ratelog,
-                 worker:<id>, worker-jobs:<id>, unique:<fp>, workflow:advance, claims)
-  KEYS[2] delayed   (zset)
-  KEYS[3] active    (zset)
-  KEYS[4] expiring  (zset)
-  KEYS[5] events    (stream)
-  KEYS[6] dlq       (zset; unused here, listed so every transition script sees the same set)
+                 worker:<id>, worker-jobs:<id>, unique:<fp>, claims and the fixed keys)
 
   ARGV[1] now_ms
   ARGV[2] events_maxlen          0 disables events
-  ARGV[3] count                  jobs to claim (0: scheduler step only)
+  ARGV[3] count                  jobs to claim
   ARGV[4] worker_id              "" when anonymous
   ARGV[5] default_visibility_ms
   ARGV[6] request_visibility_ms  "" when not given
-  ARGV[7] step_limit             max due entries handled per step
-  ARGV[8] now_iso                now as RFC 3339, for error records
-  ARGV[9] queue count N
-  ARGV[10 .. 9+N]     queue names, in preference order
-  ARGV[10+N .. 9+2N]  per-queue quota for the first pass (weighted selection); a second pass
+  ARGV[7] step_limit             max due entries promoted and expired first, of each kind
+  ARGV[8] exec_grace_ms          added to the execution deadline of these claims ("" or 0: none;
+                                 a pool that enforces the timeout itself, from its handler start)
+  ARGV[9] now_iso                now as RFC 3339, for error records
+  ARGV[10] queue count N
+  ARGV[11 .. 10+N]    queue names, in preference order
+  ARGV[11+N .. 10+2N] per-queue quota for the first pass (weighted selection); a second pass
                       fills what is left of `count` from the queues in order, so an empty queue
                       gives its share to the others
 
   Returns: an array with one flat HGETALL array per claimed job, in claim order.
 ]]
-local rcall = redis.call
-local prefix = KEYS[1]
-local delayed_key, active_key, expiring_key, events_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local now = tonumber(ARGV[1])
-local maxlen = tonumber(ARGV[2])
+local T = context(KEYS[1], ARGV[1], ARGV[2])
+local prefix, now = T.prefix, T.now_ms
 local count = tonumber(ARGV[3])
 local worker_id = ARGV[4]
 local default_vis = tonumber(ARGV[5])
 local request_vis = tonumber(ARGV[6])
-local step_limit = tonumber(ARGV[7])
+local exec_grace = tonumber(ARGV[8]) or 0
 
--- Ending a job: release its unique lock unless the policy still counts the new state, and queue
--- its workflow (if any) for advance.lua (the outbox is written in this same atomic step).
-local function on_end(job_key, id, state)
-  local u = rcall("HMGET", job_key, "unique_key", "unique_states", "workflow_id")
-  if u[1] and not string.find("," .. (u[2] or "") .. ",", "," .. state .. ",", 1, true) then
-    local lock = prefix .. "unique:" .. u[1]
-    if rcall("GET", lock) == id then rcall("DEL", lock) end
-  end
-  if u[3] then
-    rcall("RPUSH", prefix .. "workflow:advance", id)
-    return 1
-  end
-  return 0
-end
-
-local function emit(etype, subject, data)
-  if maxlen > 0 then
-    rcall("XADD", events_key, "MAXLEN", "~", maxlen, "*",
-      "type", etype, "subject", subject, "time", ARGV[1], "data", cjson.encode(data))
-  end
-end
-
-local function move_count(queue, from, to)
-  local counts = prefix .. "queue:" .. queue .. ":counts"
-  rcall("HINCRBY", counts, from, -1)
-  rcall("HINCRBY", counts, to, 1)
-end
-
-local function make_available(job_key, id, queue, priority)
-  local seq = rcall("INCR", prefix .. "seq")
-  rcall("ZADD", prefix .. "queue:" .. queue .. ":available",
-    string.format("%.0f", (100 - priority) * 1e13 + seq), id)
-  rcall("PUBLISH", prefix .. "notify:" .. queue, "1")
-end
-
-local function promote_due()
-  local due = rcall("ZRANGEBYSCORE", delayed_key, "-inf", now, "LIMIT", 0, step_limit)
-  for _, id in ipairs(due) do
-    rcall("ZREM", delayed_key, id)
-    local job_key = prefix .. "job:" .. id
-    local f = rcall("HMGET", job_key, "state", "queue", "priority")
-    if f[1] == "scheduled" or f[1] == "retryable" then
-      rcall("HSET", job_key, "state", "available", "enqueued_at", ARGV[1])
-      rcall("HDEL", job_key, "next_attempt_at")
-      move_count(f[2], f[1], "available")
-      make_available(job_key, id, f[2], tonumber(f[3]))
-    end
-  end
-end
-
-local EXPIRABLE = {available = true, scheduled = true, retryable = true, pending = true}
-
--- TTL passed: the job never starts. An active job is left alone (it started in time); nack.lua
--- puts it back in `expiring` if it is handed back, so it cannot start again after its expiry.
-local function expire_job(id)
-  local job_key = prefix .. "job:" .. id
-  local f = rcall("HMGET", job_key, "state", "queue", "type", "created_at", "expires_ms")
-  if not EXPIRABLE[f[1]] then return end
-  rcall("ZREM", prefix .. "queue:" .. f[2] .. ":available", id)
-  rcall("ZREM", delayed_key, id)
-  rcall("ZREM", expiring_key, id)
-  local err = cjson.encode({code = "expired", type = "expired", retryable = false,
-    message = "Job expired before it could start", occurred_at = ARGV[8], timestamp = ARGV[8]})
-  rcall("HSET", job_key, "state", "discarded", "discarded_at", ARGV[1], "expired_at", ARGV[1],
-    "previous_state", f[1], "error", err)
-  move_count(f[2], f[1], "discarded")
-  on_end(job_key, id, "discarded")
-  emit("job.expired", id, {job_id = id, job_type = f[3], queue = f[2], state = "discarded",
-    created_at = tonumber(f[4]), expired_at = now, ttl_ms = tonumber(f[5]) - tonumber(f[4])})
-end
-
-local function expire_due()
-  local due = rcall("ZRANGEBYSCORE", expiring_key, "-inf", now, "LIMIT", 0, step_limit)
-  for _, id in ipairs(due) do
-    rcall("ZREM", expiring_key, id)
-    expire_job(id)
-  end
-end
+promote_due(T, tonumber(ARGV[7]))
+expire_due(T, tonumber(ARGV[7]), ARGV[9])
 
 local claimed_per_queue = {}
 
@@ -131,7 +50,7 @@ local claimed_per_queue = {}
 local next_token, last_token = 0, -1
 local function new_token()
   if next_token > last_token then
-    last_token = rcall("INCRBY", prefix .. "claims", count)
+    last_token = rcall("INCRBY", T.claims, count)
     next_token = last_token - count + 1
   end
   next_token = next_token + 1
@@ -147,7 +66,7 @@ local function claim(id, queue)
   end
   if f[5] and tonumber(f[5]) <= now then
     -- Past its TTL but not yet reached by expire_due (more were due than one step handles).
-    expire_job(id)
+    expire_job(T, id, ARGV[9])
     return nil
   end
   local vis = tonumber(f[3]) or request_vis or default_vis
@@ -170,7 +89,7 @@ local function claim(id, queue)
   end
   local timeout = tonumber(f[4])
   if timeout then
-    local exec_deadline = now + timeout
+    local exec_deadline = now + timeout + exec_grace
     set[#set + 1] = "exec_deadline"
     set[#set + 1] = exec_deadline
     if exec_deadline < deadline then deadline = exec_deadline end
@@ -179,15 +98,12 @@ local function claim(id, queue)
   end
   rcall("HSET", job_key, unpack(set))
   if #drop > 0 then rcall("HDEL", job_key, unpack(drop)) end
-  rcall("ZADD", active_key, deadline, id)
+  rcall("ZADD", T.active, deadline, id)
   claimed_per_queue[queue] = (claimed_per_queue[queue] or 0) + 1
-  emit("job.started", id, {job_id = id, job_type = f[2], queue = queue, state = "active",
+  emit(T, "job.started", id, {job_id = id, job_type = f[2], queue = queue, state = "active",
     worker_id = worker_id, attempt = attempt})
   return rcall("HGETALL", job_key)
 end
-
-promote_due()
-expire_due()
 
 local claimed = {}
 if count <= 0 then
@@ -200,7 +116,7 @@ if worker_id ~= "" then
   end
 end
 
-local nq = tonumber(ARGV[9])
+local nq = tonumber(ARGV[10])
 
 -- Queue rate limit (sliding window log): at most rl_max claims per rl_window_ms per queue,
 -- across every worker and host, because the check and the claim are one script.
@@ -240,11 +156,11 @@ local function claim_from(queue, limit)
 end
 
 for q = 1, nq do
-  claim_from(ARGV[9 + q], tonumber(ARGV[9 + nq + q]) or count)
+  claim_from(ARGV[10 + q], tonumber(ARGV[10 + nq + q]) or count)
 end
 for q = 1, nq do
   if #claimed >= count then break end
-  claim_from(ARGV[9 + q], count)
+  claim_from(ARGV[10 + q], count)
 end
 for queue, n in pairs(claimed_per_queue) do
   local counts = prefix .. "queue:" .. queue .. ":counts"

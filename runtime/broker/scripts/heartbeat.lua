@@ -29,7 +29,6 @@
 
   Returns: {directive, {extended ids}, {cancelled ids}}
 ]]
-local rcall = redis.call
 local prefix, worker_key, workers_key, active_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now = tonumber(ARGV[1])
 local worker_id, reported = ARGV[2], ARGV[3]

@@ -18,8 +18,8 @@
   The caller decides the verdict from the error (handler codes, retryable flag,
   non_retryable_errors); this script owns everything that depends on the job's stored state.
 
-  KEYS[1] prefix (derived keys: queue:<q>:available|counts, worker-jobs:<id>, unique:<fp>,
-                 workflow:advance)
+  KEYS[1] prefix (derived keys: queue:<q>:available|counts|dlq, worker-jobs:<id>, unique:<fp>,
+                 outbox)
   KEYS[2] active    (zset)
   KEYS[3] delayed   (zset)
   KEYS[4] expiring  (zset)
@@ -37,35 +37,10 @@
   Returns: one entry per job: {status, state, attempt, max_attempts, retry_delay_ms, next_attempt_ms,
            workflow (1 when the job's workflow was queued for advance.lua)}
 ]]
-local rcall = redis.call
-local prefix = KEYS[1]
-local active_key, delayed_key, expiring_key, dlq_key, events_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local now = tonumber(ARGV[1])
-local maxlen = tonumber(ARGV[2])
+local T = context(KEYS[1], ARGV[1], ARGV[2])
+local prefix, now = T.prefix, T.now_ms
 local lost_cap = tonumber(ARGV[3])
 local HISTORY = 20
-
--- Ending a job: release its unique lock unless the policy still counts the new state, and queue
--- its workflow (if any) for advance.lua (the outbox is written in this same atomic step).
-local function on_end(job_key, id, state)
-  local u = rcall("HMGET", job_key, "unique_key", "unique_states", "workflow_id")
-  if u[1] and not string.find("," .. (u[2] or "") .. ",", "," .. state .. ",", 1, true) then
-    local lock = prefix .. "unique:" .. u[1]
-    if rcall("GET", lock) == id then rcall("DEL", lock) end
-  end
-  if u[3] then
-    rcall("RPUSH", prefix .. "workflow:advance", id)
-    return 1
-  end
-  return 0
-end
-
-local function emit(etype, subject, data)
-  if maxlen > 0 then
-    rcall("XADD", events_key, "MAXLEN", "~", maxlen, "*",
-      "type", etype, "subject", subject, "time", ARGV[1], "data", cjson.encode(data))
-  end
-end
 
 local function backoff_ms(p, attempt, jitter_factor)
   local initial = tonumber(p[1]) or 1000
@@ -100,42 +75,31 @@ end
 local function leave_active(job_key, id, queue, to_state)
   local holder = rcall("HGET", job_key, "worker_id")
   if holder then rcall("SREM", prefix .. "worker-jobs:" .. holder, id) end
-  rcall("ZREM", active_key, id)
+  rcall("ZREM", T.active, id)
   rcall("HDEL", job_key, "visible_until", "exec_deadline")
-  local counts = prefix .. "queue:" .. queue .. ":counts"
-  rcall("HINCRBY", counts, "active", -1)
-  rcall("HINCRBY", counts, to_state, 1)
-end
-
--- A job handed back must still expire on time (fetch.lua drops active jobs from `expiring`).
-local function keep_expiry(job_key, id)
-  local expires = rcall("HGET", job_key, "expires_ms")
-  if expires then rcall("ZADD", expiring_key, expires, id) end
+  move_count(T, queue, "active", to_state)
 end
 
 local function to_available(job_key, id, f)
   leave_active(job_key, id, f.queue, "available")
-  keep_expiry(job_key, id)
-  rcall("HSET", job_key, "state", "available", "enqueued_at", ARGV[1])
+  keep_expiry(T, job_key, id)
+  rcall("HSET", job_key, "state", "available", "enqueued_at", T.now)
   rcall("HDEL", job_key, "started_at", "worker_id")
-  local seq = rcall("INCR", prefix .. "seq")
-  rcall("ZADD", prefix .. "queue:" .. f.queue .. ":available",
-    string.format("%.0f", (100 - f.priority) * 1e13 + seq), id)
-  rcall("PUBLISH", prefix .. "notify:" .. f.queue, "1")
-  return {0, "available", f.attempt, f.max_attempts, "", "", 0}
+  index_available(T, id, f.queue, f.priority)
+  return {S.OK, "available", f.attempt, f.max_attempts, "", "", 0}
 end
 
 local function to_discarded(job_key, id, f, dead_letter, last_error)
   leave_active(job_key, id, f.queue, "discarded")
-  rcall("ZREM", expiring_key, id)
-  rcall("HSET", job_key, "state", "discarded", "discarded_at", ARGV[1], "completed_at", ARGV[1])
+  rcall("ZREM", T.expiring, id)
+  rcall("HSET", job_key, "state", "discarded", "discarded_at", T.now, "completed_at", T.now)
   if dead_letter then
-    rcall("ZADD", dlq_key, ARGV[1], id)
+    dead_letter_add(T, id, f.queue)
     rcall("HSET", job_key, "dead_lettered", "1")
   end
-  emit("job.discarded", id, {job_id = id, job_type = f.type, queue = f.queue, state = "discarded",
+  emit(T, "job.discarded", id, {job_id = id, job_type = f.type, queue = f.queue, state = "discarded",
     total_attempts = f.attempt, dead_letter = dead_letter, last_error = last_error})
-  return {0, "discarded", f.attempt, f.max_attempts, "", "", on_end(job_key, id, "discarded")}
+  return {S.OK, "discarded", f.attempt, f.max_attempts, "", "", on_end(T, job_key, id, "discarded")}
 end
 
 local function to_retryable(job_key, id, f, jitter_factor, delay_override)
@@ -146,12 +110,12 @@ local function to_retryable(job_key, id, f, jitter_factor, delay_override)
   end
   local due = now + delay
   leave_active(job_key, id, f.queue, "retryable")
-  keep_expiry(job_key, id)
+  keep_expiry(T, job_key, id)
   rcall("HSET", job_key, "state", "retryable", "retry_delay_ms", delay, "next_attempt_at", due)
-  rcall("ZADD", delayed_key, due, id)
-  emit("job.retrying", id, {job_id = id, job_type = f.type, queue = f.queue, state = "retryable",
+  rcall("ZADD", T.delayed, due, id)
+  emit(T, "job.retrying", id, {job_id = id, job_type = f.type, queue = f.queue, state = "retryable",
     attempt = f.attempt, max_attempts = f.max_attempts, next_retry_at = due, retry_delay_ms = delay})
-  return {0, "retryable", f.attempt, f.max_attempts, delay, due, 0}
+  return {S.OK, "retryable", f.attempt, f.max_attempts, delay, due, 0}
 end
 
 local out = {}
@@ -164,12 +128,12 @@ for j = 7, #KEYS do
   local r = rcall("HMGET", job_key, "state", "worker_id", "attempt", "queue", "type", "priority",
     "max_attempts", "on_exhaustion", "id", "claim")
   if not r[1] then
-    out[#out + 1] = {1, "", "", "", "", "", 0}
+    out[#out + 1] = {S.NOT_FOUND, "", "", "", "", "", 0}
   elseif r[1] ~= "active" then
-    out[#out + 1] = {2, r[1], "", "", "", "", 0}
+    out[#out + 1] = {S.CONFLICT, r[1], "", "", "", "", 0}
   elseif (token ~= "" and token ~= r[10]) or (worker_id ~= "" and r[2] and r[2] ~= worker_id)
       or (guard ~= "" and guard ~= r[3]) then
-    out[#out + 1] = {3, r[1], "", "", "", "", 0}
+    out[#out + 1] = {S.STALE_CLAIM, r[1], "", "", "", "", 0}
   else
     local f = {attempt = tonumber(r[3]), queue = r[4], type = r[5], priority = tonumber(r[6]),
                max_attempts = tonumber(r[7]), dlq = r[8] == "dead_letter"}
@@ -179,7 +143,7 @@ for j = 7, #KEYS do
     if err ~= "" then
       local ok, decoded = pcall(cjson.decode, err)
       if ok then last_error = {code = decoded.code, message = decoded.message, type = decoded.type} end
-      emit("job.failed", id, {job_id = id, job_type = f.type, queue = f.queue, attempt = f.attempt,
+      emit(T, "job.failed", id, {job_id = id, job_type = f.type, queue = f.queue, attempt = f.attempt,
         error = last_error})
     end
     local exhausted = f.attempt >= f.max_attempts

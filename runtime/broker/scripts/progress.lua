@@ -22,17 +22,16 @@
 
   Returns: {status, state, progress|"", message|"", data|"", updated_at|""}  status 1: not found
 ]]
-local rcall = redis.call
 local job_key, active_key, events_key = KEYS[1], KEYS[2], KEYS[3]
 local now, maxlen, id = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 
 local f = rcall("HMGET", job_key, "state", "progress", "visibility_timeout_ms", "exec_deadline",
   "queue", "type", "worker_id", "attempt", "visible_until", "claim")
 if not f[1] then
-  return {1, "", "", "", "", ""}
+  return {S.NOT_FOUND, "", "", "", "", ""}
 end
 if ARGV[9] ~= "" and f[1] == "active" and ARGV[9] ~= f[10] then
-  return {3, f[1], "", "", "", ""}
+  return {S.STALE_CLAIM, f[1], "", "", "", ""}
 end
 if f[1] == "active" then
   local value = tonumber(ARGV[4])
@@ -62,4 +61,4 @@ if f[1] == "active" then
   end
 end
 local r = rcall("HMGET", job_key, "state", "progress", "progress_message", "progress_data", "progress_at")
-return {0, r[1], r[2] or "", r[3] or "", r[4] or "", r[5] or ""}
+return {S.OK, r[1], r[2] or "", r[3] or "", r[4] or "", r[5] or ""}

@@ -15,7 +15,6 @@
 
   Returns: {changed}   1 when the flag changed, 0 when it already had that value
 ]]
-local rcall = redis.call
 local paused_key, queues_key, events_key = KEYS[1], KEYS[2], KEYS[3]
 local now, maxlen, queue, pause = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4] == "1"
 

@@ -1,0 +1,164 @@
+--[[
+  The pieces every transition shares, defined once. The loader (runtime/broker/scripts.py) puts
+  this file at the top of the one function library, after two generated tables:
+
+    S  status codes (runtime.broker.scripts.Status): S.OK, S.NOT_FOUND, S.CONFLICT, ...
+    K  key suffixes (runtime.broker.keys.SUFFIXES): the fixed keys of a namespace
+
+  then each transition file as the body of `function(KEYS, ARGV)`. A transition makes its
+  context once, `local T = context(KEYS[1], ARGV[1], ARGV[2])`, and passes it to the helpers.
+]]
+-- redis.call does not exist while a library loads: each function sets this first (see the
+-- loader), and the helpers below see it as an upvalue.
+local rcall
+
+-- Every fixed key of the namespace, now (ms, as given and as a number) and the event cap.
+local function context(prefix, now, maxlen)
+  local T = {prefix = prefix, now = now, now_ms = tonumber(now), maxlen = tonumber(maxlen) or 0}
+  for name, suffix in pairs(K) do T[name] = prefix .. suffix end
+  return T
+end
+
+local function job_key(T, id) return T.prefix .. "job:" .. id end
+local function queue_key(T, queue, part) return T.prefix .. "queue:" .. queue .. ":" .. part end
+
+-- Lifecycle event (capped stream); maxlen 0 disables events.
+local function emit(T, etype, subject, data)
+  if T.maxlen > 0 then
+    rcall("XADD", T.events, "MAXLEN", "~", T.maxlen, "*",
+      "type", etype, "subject", subject, "time", T.now, "data", cjson.encode(data))
+  end
+end
+
+-- The available-set score: higher priority first, then FIFO by enqueue sequence.
+local function queue_score(priority, seq)
+  return string.format("%.0f", (100 - priority) * 1e13 + seq)
+end
+
+local function move_count(T, queue, from, to)
+  local counts = queue_key(T, queue, "counts")
+  if from then rcall("HINCRBY", counts, from, -1) end
+  if to then rcall("HINCRBY", counts, to, 1) end
+end
+
+-- Index a job in its queue's available set and wake the idle workers of that queue.
+local function index_available(T, id, queue, priority)
+  rcall("ZADD", queue_key(T, queue, "available"), queue_score(priority, rcall("INCR", T.seq)), id)
+  rcall("PUBLISH", T.prefix .. "notify:" .. queue, "1")
+end
+
+local TERMINAL = {completed = true, cancelled = true, discarded = true}
+
+local function in_csv(csv, value)
+  return string.find("," .. (csv or "") .. ",", "," .. value .. ",", 1, true) ~= nil
+end
+
+-- A job has reached `state`: release its unique lock unless the policy still counts that state,
+-- and queue its workflow (if any) for the advance step (the outbox is written in this same
+-- atomic step). Returns 1 when the workflow was queued.
+local function on_end(T, key, id, state)
+  local u = rcall("HMGET", key, "unique_key", "unique_states", "workflow_id")
+  if u[1] and not in_csv(u[2], state) then
+    local lock = T.prefix .. "unique:" .. u[1]
+    if rcall("GET", lock) == id then rcall("DEL", lock) end
+  end
+  if u[3] then
+    rcall("RPUSH", T.outbox, id)
+    return 1
+  end
+  return 0
+end
+
+-- Take a job out of every index of a live state (available, delayed, active, expiring, its
+-- holder's set) and clear the per-attempt deadlines.
+local function unindex(T, key, id, queue, holder)
+  rcall("ZREM", queue_key(T, queue, "available"), id)
+  rcall("ZREM", T.active, id)
+  rcall("ZREM", T.delayed, id)
+  rcall("ZREM", T.expiring, id)
+  if holder then rcall("SREM", T.prefix .. "worker-jobs:" .. holder, id) end
+  rcall("HDEL", key, "visible_until", "exec_deadline", "next_attempt_at")
+end
+
+-- Cancel a job in a live state (or `waiting`, a workflow step never indexed or counted).
+-- Returns on_end's workflow flag.
+local function cancel_job(T, key, id, state, reason)
+  local f = rcall("HMGET", key, "queue", "type", "worker_id")
+  if state ~= "waiting" then
+    unindex(T, key, id, f[1], f[3])
+    move_count(T, f[1], state, "cancelled")
+  else
+    move_count(T, f[1], nil, "cancelled")
+  end
+  rcall("HSET", key, "state", "cancelled", "cancelled_at", T.now, "previous_state", state)
+  emit(T, "job.cancelled", id, {job_id = id, job_type = f[2], queue = f[1], state = "cancelled",
+    previous_state = state, reason = reason})
+  return on_end(T, key, id, "cancelled")
+end
+
+local EXPIRABLE = {available = true, scheduled = true, retryable = true, pending = true}
+
+-- TTL passed: the job never starts. An active job is left alone (it started in time); a job
+-- handed back keeps its `expiring` entry, so it cannot start again after its expiry.
+local function expire_job(T, id, now_iso)
+  local key = job_key(T, id)
+  local f = rcall("HMGET", key, "state", "queue", "type", "created_at", "expires_ms")
+  if not EXPIRABLE[f[1]] then return end
+  unindex(T, key, id, f[2], nil)
+  local err = cjson.encode({code = "expired", type = "expired", retryable = false,
+    message = "Job expired before it could start", occurred_at = now_iso, timestamp = now_iso})
+  rcall("HSET", key, "state", "discarded", "discarded_at", T.now, "expired_at", T.now,
+    "previous_state", f[1], "error", err)
+  move_count(T, f[2], f[1], "discarded")
+  on_end(T, key, id, "discarded")
+  emit(T, "job.expired", id, {job_id = id, job_type = f[3], queue = f[2], state = "discarded",
+    created_at = tonumber(f[4]), expired_at = T.now_ms, ttl_ms = tonumber(f[5]) - tonumber(f[4])})
+end
+
+-- A job that leaves `active` for another live state keeps its expiry (claims drop it).
+local function keep_expiry(T, key, id)
+  local expires = rcall("HGET", key, "expires_ms")
+  if expires then rcall("ZADD", T.expiring, expires, id) end
+end
+
+-- Dead letter set membership: the global set (oldest first) and one set per queue, so listing
+-- one queue's dead letters reads only that queue's entries.
+local function dead_letter_add(T, id, queue)
+  rcall("ZADD", T.dlq, T.now, id)
+  rcall("ZADD", queue_key(T, queue, "dlq"), T.now, id)
+end
+
+local function dead_letter_remove(T, id, queue)
+  local removed = rcall("ZREM", T.dlq, id)
+  if queue then rcall("ZREM", queue_key(T, queue, "dlq"), id) end
+  return removed
+end
+
+-- The scheduler's two duties, `limit` due entries each: promote scheduled and retryable jobs
+-- whose time has come, and expire jobs whose TTL passed. Run by the scheduler step and, lazily,
+-- by every claim (a due job is claimable at once, not a scheduler interval later).
+local function promote_due(T, limit)
+  local promoted = 0
+  for _, id in ipairs(rcall("ZRANGEBYSCORE", T.delayed, "-inf", T.now_ms, "LIMIT", 0, limit)) do
+    rcall("ZREM", T.delayed, id)
+    local key = job_key(T, id)
+    local f = rcall("HMGET", key, "state", "queue", "priority")
+    if f[1] == "scheduled" or f[1] == "retryable" then
+      rcall("HSET", key, "state", "available", "enqueued_at", T.now)
+      rcall("HDEL", key, "next_attempt_at")
+      move_count(T, f[2], f[1], "available")
+      index_available(T, id, f[2], tonumber(f[3]))
+      promoted = promoted + 1
+    end
+  end
+  return promoted
+end
+
+local function expire_due(T, limit, now_iso)
+  local due = rcall("ZRANGEBYSCORE", T.expiring, "-inf", T.now_ms, "LIMIT", 0, limit)
+  for _, id in ipairs(due) do
+    rcall("ZREM", T.expiring, id)
+    expire_job(T, id, now_iso)
+  end
+  return #due
+end
