@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from runtime import Draft
+from runtime.config import Settings
 from runtime.liveness import EXIT_BOOT_ERROR
 from tests.fixtures.procs import KEYS, Start, integrity_problems, job, states, wait_until
 from tests.test_worker_runtime import completed, enqueue
@@ -113,6 +114,37 @@ def test_supervisor_job_that_kills_its_worker_three_times_is_dead_lettered(
     assert dead["attempt"] == "3" and int(redis_client.get("pooltest:crashes") or 0) == 3
     assert [msgspec.json.decode(dead[f"e{n}"])["type"] for n in (1, 2, 3)] == ["worker_death"] * 3
     assert runtime.proc.poll() is None  # the supervisor kept going
+    assert integrity_problems(redis_url) == []
+
+
+def test_supervisor_poison_job_is_dead_lettered_alone_and_its_neighbours_complete(
+    redis_url: str, redis_client: redis.Redis, start: Start,
+) -> None:
+    # Given one job that kills its process, in the middle of a backlog of short innocent jobs
+    # worked on by two pools that run several at once and prefetch more
+    cap = Settings().worker_lost_cap
+    drafts = [Draft(type="count.job", args=[0.005]) for _ in range(200)]
+    drafts.insert(60, Draft(type="poison.exit", options={"retry": {"max_attempts": 10}}))
+    ids = enqueue(redis_url, *drafts)
+    poison, innocent = ids[60], ids[:60] + ids[61:]
+    runtime = start("--processes", "2", "--concurrency", "4", "--prefetch", "4", "--no-http")
+    # When it has killed its process as often as the cap allows
+    wait_until(lambda: set(states(redis_client, ids)) <= {"completed", "discarded"}, timeout_s=30,
+               what="every job to complete or be discarded")
+    # Then only the poison job is dead-lettered, after running alone `cap` times
+    dead = [m.decode() for m in redis_client.zrange(KEYS.dlq, 0, -1)]
+    assert dead == [poison], f"{len(dead)} dead-lettered: the poison job {'among them' * (poison in dead)}"
+    assert completed(redis_client, innocent)
+    assert job(redis_client, poison)["lost"] == str(cap)
+    held_at_start = [int(n) for n in redis_client.lrange("pooltest:poison_runs", 0, -1)]
+    assert held_at_start[-cap:] == [1] * cap and held_at_start.count(1) == cap, held_at_start
+    # ...and no innocent job was charged a loss, or completed an attempt twice
+    charged = {i: job(redis_client, i).get("lost") for i in innocent if job(redis_client, i).get("lost")}
+    assert charged == {}
+    done = {k.decode(): int(v) for k, v in redis_client.hgetall("pooltest:done").items()}
+    assert max(done.values()) == 1
+    assert all(done[f"{i}:{job(redis_client, i)['attempt']}"] == 1 for i in innocent)
+    assert runtime.proc.poll() is None
     assert integrity_problems(redis_url) == []
 
 
