@@ -197,11 +197,16 @@ class Broker:
         visibility_ms: int | None = None,
         now_ms: int | None = None,
         quotas: Sequence[int] | None = None,
+        idle: bool = False,
     ) -> list[dict[bytes, bytes]]:
         """Claim up to `count` jobs, trying the queues in order. Returns the claimed job hashes.
 
         With `quotas` (one per queue) a first pass takes at most that many from each queue, and a
         second pass fills the rest in queue order: weighted selection in one call.
+
+        Suspects (jobs running beside others when their process died) are only given to an
+        `idle` caller, one that runs and holds no job: it then gets that one job alone (its hash
+        has ``suspect``), and must run nothing else until it is settled.
         """
         now = timefmt.now_ms() if now_ms is None else now_ms
         k = self.keys
@@ -213,7 +218,8 @@ class Broker:
                 str(self.settings.default_visibility_ms),
                 "" if visibility_ms is None else str(visibility_ms),
                 str(self.settings.scheduler_step_limit), timefmt.format_ms(now), str(len(queues)),
-                *queues, *(str(q) for q in (quotas or ())),
+                *queues, *([str(q) for q in quotas] if quotas else [""] * len(queues)),
+                "1" if idle else "",
             ],
         )
         return [pairs_to_dict(flat) for flat in reply]

@@ -9,9 +9,13 @@
   Queues are tried in the order given (strict priority between queues); within a queue the
   highest job priority first, then FIFO by enqueue sequence. Paused queues are skipped. A worker
   that reported itself quiet or draining gets nothing.
+  Suspects (jobs that were running when their process died, see nack.lua) are skipped, and stay
+  where they are; only an idle pool (`idle` = 1: it runs and holds no job) gets one, first and
+  alone: the call then claims that job and nothing else.
 
   KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|paused|counts|config|ratelog,
-                 worker:<id>, worker-jobs:<id>, unique:<fp>, workflow:advance, claims)
+                 worker:<id>, worker-jobs:<id>, unique:<fp>, workflow:advance, claims,
+                 queue:<q>:suspects)
   KEYS[2] delayed   (zset)
   KEYS[3] active    (zset)
   KEYS[4] expiring  (zset)
@@ -30,7 +34,8 @@
   ARGV[10 .. 9+N]     queue names, in preference order
   ARGV[10+N .. 9+2N]  per-queue quota for the first pass (weighted selection); a second pass
                       fills what is left of `count` from the queues in order, so an empty queue
-                      gives its share to the others
+                      gives its share to the others ("" each when not weighted)
+  ARGV[10+2N]         idle: "1" when the caller runs and holds no job (it may get a suspect)
 
   Returns: an array with one flat HGETALL array per claimed job, in claim order.
 ]]
@@ -125,6 +130,8 @@ local function expire_due()
 end
 
 local claimed_per_queue = {}
+local SKIPPED = {}  -- claim's answer for a suspect the caller may not run
+local skipped = {}  -- {id, score, queue} of the suspects popped and skipped: put back at the end
 
 -- Fencing tokens: one INCRBY per call reserves a block of tokens (an unused rest is simply
 -- skipped), so every claim of every job gets a number no earlier claim had.
@@ -138,12 +145,15 @@ local function new_token()
   return next_token - 1
 end
 
-local function claim(id, queue)
+local function claim(id, queue, alone)
   local job_key = prefix .. "job:" .. id
   local f = rcall("HMGET", job_key, "state", "type", "visibility_timeout_ms", "timeout_ms", "expires_ms",
-    "attempt", "worker_id", "exec_deadline", "progress", "progress_at")
+    "attempt", "worker_id", "exec_deadline", "progress", "progress_at", "suspect")
   if f[1] ~= "available" then
     return nil -- a stale index entry (the job was flushed or moved): drop it
+  end
+  if f[11] and not alone then
+    return SKIPPED
   end
   if f[5] and tonumber(f[5]) <= now then
     -- Past its TTL but not yet reached by expire_due (more were due than one step handles).
@@ -227,7 +237,9 @@ local function claim_from(queue, limit)
     if #heads == 0 then return end
     for h = 1, #heads, 2 do
       local job = claim(heads[h], queue)
-      if job then
+      if job == SKIPPED then
+        skipped[#skipped + 1] = {heads[h], heads[h + 1], queue}
+      elseif job then
         claimed[#claimed + 1] = job
         taken = taken + 1
         if log then
@@ -239,12 +251,48 @@ local function claim_from(queue, limit)
   end
 end
 
-for q = 1, nq do
-  claim_from(ARGV[9 + q], tonumber(ARGV[9 + nq + q]) or count)
+-- An idle caller's suspect, from the queues' suspects index (an entry whose job has left the
+-- available set meanwhile is stale and dropped).
+local function claim_suspect()
+  for q = 1, nq do
+    local queue = ARGV[9 + q]
+    local index = prefix .. "queue:" .. queue .. ":suspects"
+    if rcall("ZCARD", index) > 0 and rcall("EXISTS", prefix .. "queue:" .. queue .. ":paused") == 0 then
+      local budget, log, window = rate_budget(queue)
+      while not budget or budget > 0 do
+        local head = rcall("ZPOPMIN", index)
+        if #head == 0 then break end
+        if rcall("ZREM", prefix .. "queue:" .. queue .. ":available", head[1]) == 1 then
+          local job = claim(head[1], queue, true)
+          if job then
+            if log then
+              rcall("ZADD", log, now, head[1])
+              rcall("PEXPIRE", log, window)
+            end
+            return job
+          end
+        end
+      end
+    end
+  end
+  return nil
 end
-for q = 1, nq do
-  if #claimed >= count then break end
-  claim_from(ARGV[9 + q], count)
+
+local suspect = ARGV[10 + 2 * nq] == "1" and claim_suspect()
+if suspect then
+  claimed[1] = suspect  -- and nothing else: the caller runs it alone
+else
+  for q = 1, nq do
+    claim_from(ARGV[9 + q], tonumber(ARGV[9 + nq + q]) or count)
+  end
+  for q = 1, nq do
+    if #claimed >= count then break end
+    claim_from(ARGV[9 + q], count)
+  end
+end
+for _, s in ipairs(skipped) do
+  rcall("ZADD", prefix .. "queue:" .. s[3] .. ":available", s[2], s[1])
+  rcall("ZADD", prefix .. "queue:" .. s[3] .. ":suspects", s[2], s[1])
 end
 for queue, n in pairs(claimed_per_queue) do
   local counts = prefix .. "queue:" .. queue .. ":counts"
