@@ -6,7 +6,9 @@ the child inherits the open descriptor. The child overwrites the record (its pha
 tick. There is no pipe to fill up and no protocol: a child whose event loop is blocked (a C
 extension holding the GIL, say) stops renewing the time and is killed after a timeout; a child
 that knows it is broken (a handler thread that will not stop) says so with :data:`STUCK` and is
-replaced at once. gunicorn's ``WorkerTmp`` does the same with a file's mtime.
+replaced at once. gunicorn's ``WorkerTmp`` does the same with a file's mtime. The same file
+carries the :class:`~runtime.run_record.RunRecord` (which jobs the child is running), which the
+supervisor reads when the child has died.
 
 :class:`Board` is the other direction, for readiness: one small shared memory page the supervisor
 maps before its first fork, so every child (the HTTP process and pools forked later alike) sees
@@ -26,6 +28,8 @@ import tempfile
 import time
 
 import msgspec
+
+from runtime.run_record import RunRecord
 
 EXIT_OK = 0
 EXIT_BOOT_ERROR = 3  # the child cannot start (handlers module import failed): stop, never respawn
@@ -52,6 +56,7 @@ class Liveness:
         fd, path = tempfile.mkstemp(prefix="ojs-liveness-")
         os.unlink(path)  # nothing to clean up, whatever way the processes end
         self._fd = fd
+        self.jobs = RunRecord(fd)
         self.notify(Phase.BOOT)
 
     def notify(self, phase: Phase) -> None:

@@ -6,8 +6,10 @@ self-pipe for signals (the handlers only record them) with a short tick, then re
 children's liveness records, and forks what is missing:
 
 * a pool process that dies is replaced, and the jobs it held are failed at once through
-  ``worker:<id>:jobs``: ``worker_lost`` when it crashed (a job that keeps killing its process is
-  dead-lettered after a few losses), ``release`` when the supervisor stopped it;
+  ``worker:<id>:jobs``: when it crashed, by what it was doing with each (its run record, see
+  :mod:`runtime.run_record`): a loss is counted only to a job that ran alone, the others that ran
+  become suspects that run alone next, and the rest go back (a job that keeps killing its process
+  is dead-lettered after a few losses); ``release`` when the supervisor stopped it;
 * a pool that reports itself stuck (a sync handler past its timeout) is killed and replaced; it has
   failed that job with a timeout itself, and its other jobs are released (they did nothing wrong);
 * a pool whose liveness record goes stale (its event loop is blocked) is killed: ``worker_lost``;
@@ -54,6 +56,7 @@ from runtime.config import Settings
 from runtime.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from runtime.ids import uuid7
 from runtime.liveness import EXIT_BOOT_ERROR, EXIT_OK, Board, Liveness, Phase
+from runtime.run_record import RunSnapshot
 from runtime.server import InsecureBinding, build_app, check_binding
 
 logger = logging.getLogger(__name__)
@@ -104,7 +107,7 @@ class Supervisor:
         self.metrics_dir = ("", False)
         self.board = Board(stall_s=config.stall_s)
         self.notifier = sdnotify.Notifier()
-        self.pending_releases: list[tuple[str, bool]] = []
+        self.pending_releases: list[tuple[str, bool, RunSnapshot | None]] = []
         self.backoff_s = 0.0
         self.respawn_at = 0.0
         self._wake_r, self._wake_w = os.pipe()
@@ -294,6 +297,7 @@ class Supervisor:
         how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
         level = logging.INFO if code == 0 or child.kill_reason == "shutdown" else logging.WARNING
         logger.log(level, "%s process %s (pid %d) ended: %s", child.kind, child.worker_id, child.pid, how)
+        record = child.liveness.jobs.read() if child.liveness is not None else None
         if child.liveness is not None:
             child.liveness.close()
         metrics.mark_process_dead(child.pid)
@@ -302,7 +306,8 @@ class Supervisor:
                 child.kill_reason is None and child.deadline is None and code not in (0, EXIT_BOOT_ERROR)
             ):  # not asked to stop, yet it ended: unplanned
                 metrics.POOL_RESTARTS.labels(child.kill_reason or "crashed").inc()
-            self._release(child.worker_id, crashed=code != 0 and child.kill_reason in (None, "unresponsive"))
+            self._release(child.worker_id, crashed=code != 0 and child.kill_reason in (None, "unresponsive"),
+                          record=record)
         if code == EXIT_BOOT_ERROR:
             logger.critical("%s process could not boot (see the error above): stopping", child.kind)
             self.exit_code = EXIT_BOOT_ERROR
@@ -353,12 +358,18 @@ class Supervisor:
 
     # --- job release ---------------------------------------------------------------------------
 
-    def _release(self, worker_id: str, *, crashed: bool) -> None:
+    def _release(self, worker_id: str, *, crashed: bool, record: RunSnapshot | None) -> None:
+        if crashed and record is None:
+            logger.warning("the run record of %s cannot be read: its jobs are all suspects", worker_id)
         try:
-            ids = release_worker_blocking(self.pool.settings, worker_id, crashed=crashed)
+            ids = release_worker_blocking(
+                self.pool.settings, worker_id, crashed=crashed,
+                running=record.running if record is not None else None,
+                settling=record.settling if record is not None else (),
+            )
         except Exception as err:
             logger.warning("could not release the jobs of %s yet (%s); retrying", worker_id, err)
-            self.pending_releases.append((worker_id, crashed))
+            self.pending_releases.append((worker_id, crashed, record))
             return
         if ids:
             logger.warning("%s the %d job(s) of %s: %s", "failed (worker_lost)" if crashed else "released",
@@ -376,8 +387,8 @@ class Supervisor:
 
     def _retry_releases(self) -> None:
         pending, self.pending_releases = self.pending_releases, []
-        for worker_id, crashed in pending:
-            self._release(worker_id, crashed=crashed)
+        for worker_id, crashed, record in pending:
+            self._release(worker_id, crashed=crashed, record=record)
 
     def _cleanup(self) -> None:
         for child in self.children.values():

@@ -137,6 +137,12 @@ class Pool:
         self.ready: collections.OrderedDict[str, tuple[dict[bytes, bytes], float, int | None]] = (
             collections.OrderedDict())
         self.hold_timer: asyncio.TimerHandle | None = None
+        # The claim of a suspect (a job that was running when its process died) while it runs:
+        # it runs alone, so nothing else is claimed until it is settled.
+        self.alone: str | None = None
+        # A suspect waits in one of our queues: claim nothing until idle, then take it (see
+        # _look_for_suspects).
+        self.make_way = False
         self.prefetch = config.concurrency if config.prefetch is None else config.prefetch
         self.mean_run_s: float | None = None  # moving mean of handler run times (prefetch or not)
         self.state = "running"  # reported in heartbeats: running | quiet | terminate
@@ -214,6 +220,10 @@ class Pool:
     def _wanted(self) -> int:
         """Jobs to claim now: the free slots the buffer does not cover, plus, while jobs are short,
         a refill of the buffer once it is half empty (one call for many jobs, not one per job)."""
+        if self.alone is not None or self.make_way:
+            if self.active or self.ready:  # nothing else is claimed meanwhile
+                return 0
+            self.alone, self.make_way = None, False  # idle now: this fetch may take a suspect
         uncovered = self.config.concurrency - self.executing - len(self.ready)
         short = self.mean_run_s is not None and self.mean_run_s < self.config.prefetch_below_s
         if not short or self.prefetch == 0:
@@ -233,7 +243,7 @@ class Pool:
         try:
             claimed = await self.broker.fetch(
                 self.queues, count=count, worker_id=self.worker_id, visibility_ms=self.config.lease_ms,
-                quotas=quotas,
+                quotas=quotas, idle=not self.active and not self.ready,
             )
         except BACKEND_ERRORS as err:
             logger.warning("fetch failed (%s); the next re-check tries again", err)
@@ -248,6 +258,8 @@ class Pool:
             visibility = fields.get(b"visibility_timeout_ms", b"")
             lease_ms = int(visibility) if visibility.isdigit() else None
             self.ready[fields.get(b"id", b"").decode()] = (fields, claimed_at, lease_ms)
+            if fields.get(b"suspect"):  # then the only job claimed: see Broker.fetch
+                self.alone = fields.get(b"claim", b"").decode()
             if lease_ms and lease_ms < 3000 * self.config.heartbeat_interval_s:
                 self.beat_soon.set()
         if self.stopping.is_set():  # a stop arrived while the fetch was on its way
@@ -309,6 +321,7 @@ class Pool:
             claim=claim,
         )
         metrics.job_started(job.queue, job.type, fields)
+        self.liveness.jobs.started(job.id, claim)  # recorded before the handler's first step
         task = loop.create_task(self._run_job(ctx), name=f"job:{job.id}")
         self.active[job.id] = _Running(ctx, task, interruptible=spec is None or spec.is_async)
         self.executing += 1
@@ -333,6 +346,9 @@ class Pool:
         finally:
             self._slot_freed(run)
             self.active.pop(ctx.job.id, None)
+            self.liveness.jobs.settled(ctx.claim)
+            if self.alone is not None or self.make_way:
+                self.wake.set()  # the suspect's run is over, or we may be idle now: claim again
         if isinstance(outcome, Stuck):
             logger.error("job %s: its sync handler ignored the timeout; this process will be replaced",
                          ctx.job.id, extra=_job_extra(ctx))
@@ -345,6 +361,7 @@ class Pool:
         if run.executing:
             run.executing = False
             self.executing -= 1
+            self.liveness.jobs.returned(run.ctx.claim)
             took_s = time.monotonic() - run.ctx.started_s
             self.mean_run_s = took_s if self.mean_run_s is None else 0.8 * self.mean_run_s + 0.2 * took_s
             self._start_ready()
@@ -430,7 +447,24 @@ class Pool:
             self.liveness.notify(self.phase)
             self._report_slots()
             self.wake.set()  # the safety re-check: a lost notification costs one interval at most
+            await self._look_for_suspects()
             await asyncio.sleep(self.config.recheck_interval_s)
+
+    async def _look_for_suspects(self) -> None:
+        """A suspect is only given to an idle pool, and a pool busy with a steady backlog is never
+        idle: so once per re-check a busy pool looks, and if a suspect waits in one of its queues
+        it claims nothing more until its running jobs are done, then takes it."""
+        if self.make_way or self.alone is not None or not (self.active or self.ready):
+            return
+        try:
+            waiting = await asyncio.wait_for(self.broker.suspects_waiting(self.queues),
+                                             self.config.recheck_interval_s)
+        except (*BACKEND_ERRORS, TimeoutError):
+            return  # the fetch path reports Redis trouble; this look is only an optimisation
+        if waiting:
+            logger.info("pool %s: a job that must run alone is waiting; finishing the running ones first",
+                        self.worker_id)
+            self.make_way = True
 
     def _report_slots(self) -> None:
         """Busy and free slots for the metrics; and for /ready, a pool with every slot busy has no

@@ -3,16 +3,22 @@ recycling. Every test waits on a job state or a record, with a deadline."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 import pytest
 import redis
+from redis.asyncio import Redis
 
 from runtime import Draft
+from runtime.broker.core import Broker, Failure
+from runtime.config import Settings
 from runtime.liveness import EXIT_BOOT_ERROR
 from tests.fixtures.procs import KEYS, Start, integrity_problems, job, states, wait_until
 from tests.test_worker_runtime import completed, enqueue
@@ -114,6 +120,74 @@ def test_supervisor_job_that_kills_its_worker_three_times_is_dead_lettered(
     assert [msgspec.json.decode(dead[f"e{n}"])["type"] for n in (1, 2, 3)] == ["worker_death"] * 3
     assert runtime.proc.poll() is None  # the supervisor kept going
     assert integrity_problems(redis_url) == []
+
+
+def test_supervisor_poison_job_is_dead_lettered_alone_and_its_neighbours_complete(
+    redis_url: str, redis_client: redis.Redis, start: Start,
+) -> None:
+    # Given one job that kills its process, in the middle of a backlog of short innocent jobs
+    # worked on by two pools that run several at once and prefetch more
+    cap = Settings().worker_lost_cap
+    drafts = [Draft(type="count.job", args=[0.005]) for _ in range(200)]
+    drafts.insert(60, Draft(type="poison.exit", options={"retry": {"max_attempts": 10}}))
+    ids = enqueue(redis_url, *drafts)
+    poison, innocent = ids[60], ids[:60] + ids[61:]
+    runtime = start("--processes", "2", "--concurrency", "4", "--prefetch", "4", "--no-http")
+    # When it has killed its process as often as the cap allows
+    wait_until(lambda: set(states(redis_client, ids)) <= {"completed", "discarded"}, timeout_s=30,
+               what="every job to complete or be discarded")
+    # Then only the poison job is dead-lettered, after running alone `cap` times
+    dead = [m.decode() for m in redis_client.zrange(KEYS.dlq, 0, -1)]
+    assert dead == [poison], f"{len(dead)} dead-lettered: the poison job {'among them' * (poison in dead)}"
+    assert completed(redis_client, innocent)
+    assert job(redis_client, poison)["lost"] == str(cap)
+    held_at_start = [int(n) for n in redis_client.lrange("pooltest:poison_runs", 0, -1)]
+    assert held_at_start[-cap:] == [1] * cap and held_at_start.count(1) == cap, held_at_start
+    # ...and no innocent job was charged a loss, or completed an attempt twice
+    charged = {i: job(redis_client, i).get("lost") for i in innocent if job(redis_client, i).get("lost")}
+    assert charged == {}
+    done = {k.decode(): int(v) for k, v in redis_client.hgetall("pooltest:done").items()}
+    assert max(done.values()) == 1
+    assert all(done[f"{i}:{job(redis_client, i)['attempt']}"] == 1 for i in innocent)
+    assert runtime.proc.poll() is None
+    assert integrity_problems(redis_url) == []
+
+
+def broker_call(redis_url: str, call: Callable[[Broker], Awaitable[Any]]) -> Any:
+    async def go() -> Any:
+        client = Redis.from_url(redis_url)
+        broker = Broker(client, Settings(redis_url=redis_url))
+        try:
+            return await call(broker)
+        finally:
+            await broker.close()
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def test_supervisor_a_suspect_runs_alone_without_waiting_for_the_backlog_to_drain(
+    redis_url: str, redis_client: redis.Redis, start: Start,
+) -> None:
+    # Given a job claimed by a pool that is about to die beside others, and a live pool busy with
+    # a backlog that keeps it so for several seconds
+    (suspect,) = enqueue(redis_url, Draft(type="count.job", args=[0.005], options={"queue": "side"}))
+    (claimed,) = broker_call(redis_url, lambda b: b.fetch(["side"], worker_id="gone", idle=True))
+    assert claimed[b"id"].decode() == suspect
+    backlog = enqueue(redis_url, *(Draft(type="count.job", args=[0.01]) for _ in range(1500)))
+    start("--processes", "1", "--concurrency", "4", "--queues", "default,side", "--no-http")
+    wait_until(lambda: "completed" in states(redis_client, backlog[:50]), what="the pool to be busy")
+    # When that other process dies: the job must now run alone
+    (lost,) = broker_call(redis_url, lambda b: b.fail_many(
+        [Failure(job_id=suspect, verdict="worker_lost_shared", worker_id="gone")], now_ms=0))
+    assert lost.state == "available"
+    # Then the suspect runs (alone) long before the backlog is done: the busy pool makes way
+    wait_until(lambda: job(redis_client, suspect)["state"] == "completed", timeout_s=30,
+               what="the suspect to complete")
+    not_started = sum(state == "available" for state in states(redis_client, backlog))
+    assert not_started > 300, f"only {not_started} backlog jobs had not started when the suspect ran"
+    assert "suspect" not in job(redis_client, suspect)
+    wait_until(lambda: completed(redis_client, backlog), timeout_s=60, what="the backlog to complete")
 
 
 def test_supervisor_stops_with_a_boot_error_when_handlers_do_not_import(start: Start) -> None:

@@ -204,6 +204,7 @@ class Broker:
         now_ms: int | None = None,
         quotas: Sequence[int] | None = None,
         exec_grace_ms: int | None = None,
+        idle: bool = False,
     ) -> list[dict[bytes, bytes]]:
         """Claim up to `count` jobs, trying the queues in order. Returns the claimed job hashes.
 
@@ -211,6 +212,10 @@ class Broker:
         second pass fills the rest in queue order: weighted selection in one call. A worker that
         enforces execution timeouts itself, from its handler's start, passes `exec_grace_ms`: the
         broker's own deadline for these claims comes that much later.
+
+        Suspects (jobs running beside others when their process died) are only given to an
+        `idle` caller, one that runs and holds no job: it then gets that one job alone (its hash
+        has ``suspect``), and must run nothing else until it is settled.
         """
         now = timefmt.now_ms() if now_ms is None else now_ms
         k = self.keys
@@ -223,10 +228,18 @@ class Broker:
                 "" if visibility_ms is None else str(visibility_ms),
                 str(self.settings.scheduler_step_limit), "" if exec_grace_ms is None else str(exec_grace_ms),
                 timefmt.format_ms(now), str(len(queues)),
-                *queues, *(str(q) for q in (quotas or ())),
+                *queues, *([str(q) for q in quotas] if quotas else [""] * len(queues)),
+                "1" if idle else "",
             ],
         )
         return [pairs_to_dict(flat) for flat in reply]
+
+    async def suspects_waiting(self, queues: Sequence[str]) -> int:
+        """How many jobs that must run alone (see `fetch`'s `idle`) wait in these queues."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.zcard(self.keys.suspects(queue))
+            return sum(await pipe.execute())
 
     async def ack(
         self, job_id: str, result: bytes | None = None, *, worker_id: str | None = None,

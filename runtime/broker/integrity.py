@@ -12,7 +12,8 @@ invariants (the key schema is in :mod:`runtime.broker.keys`):
   may be, a terminal one may not), scored by its expiry; the ``delayed`` score of a retryable job is
   its ``next_attempt_at``; the ``active`` score is the earlier of lease and execution deadline;
 * ``dlq`` holds exactly the discarded jobs flagged ``dead_lettered``, and each queue's
-  ``queue:<q>:dlq`` exactly those of that queue;
+  ``queue:<q>:dlq`` exactly those of that queue; ``queue:<q>:suspects`` holds exactly the
+  available jobs of that queue flagged ``suspect`` (they must run alone);
 * ``worker-jobs:<w>`` holds exactly the active jobs whose ``worker_id`` is ``w``;
 * no index entry points at a missing job;
 * each queue's ``counts`` hash equals the real number of its jobs in every OJS state (and has no
@@ -44,7 +45,7 @@ _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
 _MUST_EXPIRE = frozenset({"available", "scheduled", "retryable", "pending"})
 _JOB_FIELDS = (
     "state", "queue", "id", "expires_ms", "next_attempt_at", "visible_until", "exec_deadline",
-    "dead_lettered", "worker_id",
+    "dead_lettered", "worker_id", "suspect",
 )
 _AVAILABLE_SUFFIX = ":available"
 _COUNTS_SUFFIX = ":counts"
@@ -61,6 +62,7 @@ class _Job:
     exec_deadline: str | None
     dead_lettered: str | None
     worker_id: str | None
+    suspect: str | None
 
 
 @dataclass(slots=True)
@@ -117,6 +119,7 @@ async def _load(redis: Redis, keys: Keys) -> _Store:
     for queue in sorted(store.queues):
         store.indexes[keys.available(queue)] = await _zset(redis, keys.available(queue))
         store.indexes[keys.dead_letters(queue)] = await _zset(redis, keys.dead_letters(queue))
+        store.indexes[keys.suspects(queue)] = await _zset(redis, keys.suspects(queue))
         raw_counts = await redis.hgetall(keys.counts(queue))
         store.counts[queue] = {_text(k) or "": _text(v) or "" for k, v in raw_counts.items()}
     for key in (keys.delayed, keys.active, keys.expiring, keys.dlq):
@@ -199,7 +202,8 @@ def _check_job(job_id: str, job: _Job, found: dict[str, float], keys: Keys) -> l
         "active": {keys.active},
     }.get(state, set())
     queue_dlq = keys.dead_letters(job.queue)
-    lifecycle = {k for k in found if k not in (keys.expiring, keys.dlq, queue_dlq)}
+    queue_suspects = keys.suspects(job.queue)
+    lifecycle = {k for k in found if k not in (keys.expiring, keys.dlq, queue_dlq, queue_suspects)}
     for index in sorted(main - lifecycle):
         problems.append(f"{tag}: state {state!r} but not in {index}")
     for index in sorted(lifecycle - main):
@@ -214,6 +218,10 @@ def _check_job(job_id: str, job: _Job, found: dict[str, float], keys: Keys) -> l
         )
     elif should_be_in_dlq and not in_dlq:
         problems.append(f"{tag}: dead-lettered but not in {keys.dlq}")
+    should_be_suspect = state == "available" and job.suspect == "1"
+    if (queue_suspects in found) != should_be_suspect:
+        problems.append(f"{tag}: state {state!r}, suspect={job.suspect!r}, "
+                        f"in {queue_suspects}: {queue_suspects in found}")
     if (queue_dlq in found) != in_dlq:
         problems.append(f"{tag}: in {keys.dlq}: {in_dlq}, but in {queue_dlq}: {queue_dlq in found}")
     return problems

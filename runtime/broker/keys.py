@@ -24,6 +24,8 @@ key                            type        content
 ``P expiring``                 zset        non-terminal jobs with ``expires_at``; score = expiry
 ``P dlq``                      zset        dead-lettered jobs; score = time of discard (ms)
 ``P queue:<q>:dlq``            zset        the same, of one queue (the dead letter listing's index)
+``P queue:<q>:suspects``       zset        available jobs that must run alone (they were running
+                                           when their process died); score = available score
 ``P seq``                      string      enqueue sequence (INCR): strict FIFO within a priority
 ``P claims``                   string      fencing-token counter: every claim takes a new number,
                                            stored as the job's ``claim`` field
@@ -103,6 +105,9 @@ class Keys:
 
     def dead_letters(self, queue: str) -> str:
         return f"{self.prefix}queue:{queue}:dlq"
+
+    def suspects(self, queue: str) -> str:
+        return f"{self.prefix}queue:{queue}:suspects"
 
     @property
     def workflow_outbox(self) -> str:

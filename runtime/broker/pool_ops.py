@@ -5,17 +5,18 @@
 * :func:`listen_for_work` subscribes to the queues' notify channels on a dedicated connection and
   calls back on every message (the scripts publish whenever a job becomes available).
 * :func:`release_worker` fails every job a pool process held (``worker:<id>:jobs``) with one
-  verdict: ``worker_lost`` after a crash, ``release`` when it was stopped on purpose.
-* :func:`release_worker_blocking` is :func:`release_worker` for the supervisor, which has no
-  event loop: a short-lived loop and connection, both gone when it returns (nothing survives to
-  the next fork).
+  verdict (``release`` when it was stopped on purpose); after a crash, :func:`death_verdicts`
+  gives each job its own (see there).
+* :func:`release_worker_blocking` is that for the supervisor, which has no event loop: a
+  short-lived loop and connection, both gone when it returns (nothing survives to the next fork).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Generic, TypeVar
 
 from redis.asyncio import Redis
@@ -161,16 +162,50 @@ async def _subscribe_through_client(
         await pubsub.aclose()
 
 
-async def release_worker(broker: Broker, worker_id: str, *, verdict: str, error: bytes) -> list[str]:
-    """Fail every job `worker_id` still holds with one verdict; forget the worker. Returns the ids."""
+def death_verdicts(
+    held: Collection[str], running: Collection[str] | None, settling: Collection[str],
+) -> dict[str, str]:
+    """The verdict for each job a dead pool process held, from what it was doing with them
+    (`running` None: not known). Only a running handler can have killed the process:
+
+    * running, and the only job the process held: ``worker_lost``, a loss of its own;
+    * running beside others: ``worker_lost_shared``, no loss counted (any of them may be the
+      cause), and the job runs alone next (nack.lua);
+    * its handler had returned, the outcome was on its way: ``requeue`` (it runs again; the
+      attempt it used stays spent);
+    * buffered (prefetched, or claimed by a fetch whose reply never came): ``release``;
+    * not known: ``worker_lost_shared`` for all (suspected, nothing counted)."""
+    if running is None:
+        return dict.fromkeys(held, "worker_lost_shared")
+    alone = len(held) == 1 and len(running) == 1 and set(held) == set(running)
+    verdicts = {}
+    for job_id in held:
+        if job_id in running:
+            verdicts[job_id] = "worker_lost" if alone else "worker_lost_shared"
+        else:
+            verdicts[job_id] = "requeue" if job_id in settling else "release"
+    return verdicts
+
+
+async def release_worker(
+    broker: Broker, worker_id: str, *, verdict: str, error: bytes,
+    verdicts: Callable[[list[str]], Mapping[str, str]] | None = None,
+    errors: Mapping[str, bytes] | None = None,
+) -> list[str]:
+    """Fail every job `worker_id` still holds, with `verdict` (or, given `verdicts`, the verdict
+    it maps each held id to, and the error `errors` has for that verdict); forget the worker.
+    Returns the ids."""
     k = broker.keys
     held = await broker.redis.smembers(k.worker_jobs(worker_id))
     ids = sorted(x.decode() if isinstance(x, bytes) else x for x in held)
     if ids:
-        items = [Failure(job_id=i, verdict=verdict, error=error, worker_id=worker_id) for i in ids]
+        chosen = verdicts(ids) if verdicts is not None else dict.fromkeys(ids, verdict)
+        items = [Failure(job_id=i, verdict=chosen[i], error=(errors or {}).get(chosen[i], error),
+                         worker_id=worker_id) for i in ids]
         results = await broker.fail_many(items, now_ms=timefmt.now_ms())
-        taken = sum(not isinstance(r, Exception) for r in results)
-        metrics.JOBS_RECOVERED.labels("released" if verdict == "release" else "worker_lost").inc(taken)
+        for item, result in zip(items, results, strict=False):
+            if not isinstance(result, Exception):
+                metrics.JOBS_RECOVERED.labels("released" if item.verdict == "release" else "worker_lost").inc()
         await broker.count_failures(items, results)
     async with broker.redis.pipeline(transaction=True) as pipe:
         pipe.delete(k.worker(worker_id))
@@ -179,14 +214,30 @@ async def release_worker(broker: Broker, worker_id: str, *, verdict: str, error:
     return ids
 
 
-def release_worker_blocking(settings: Settings, worker_id: str, *, crashed: bool, timeout_s: float = 10.0) -> list[str]:
+def release_worker_blocking(
+    settings: Settings, worker_id: str, *, crashed: bool, running: Collection[str] | None = None,
+    settling: Collection[str] = (), timeout_s: float = 10.0,
+) -> list[str]:
     """:func:`release_worker` from synchronous code, on its own loop and connection (the plain
-    asyncio loop: uvloop's resolver would leave threads behind in a process that forks)."""
+    asyncio loop: uvloop's resolver would leave threads behind in a process that forks). A
+    process that `crashed` was `running` those jobs (None: not known), see :func:`death_verdicts`;
+    one that was stopped has all its jobs released."""
     now = timefmt.now_ms()
+    verdicts: Callable[[list[str]], Mapping[str, str]] | None = None
+    errors: dict[str, bytes] = {}
     if crashed:
         verdict, error = "worker_lost", failures.server_error(
             "worker_death", "worker_death", "The worker process died while running the job", now,
         )
+        errors = {
+            "worker_lost_shared": error,
+            "requeue": failures.server_error(
+                "worker_death", "worker_death", "The worker process died after the job's handler "
+                "returned, before its outcome was recorded", now,
+            ),
+            "release": b"",  # it never started: nothing went wrong with it
+        }
+        verdicts = functools.partial(death_verdicts, running=running, settling=settling)
     else:
         verdict, error = "release", failures.server_error(
             "shutdown", "shutdown", "The worker process was stopped before the job finished; "
@@ -198,7 +249,8 @@ def release_worker_blocking(settings: Settings, worker_id: str, *, crashed: bool
         broker = Broker(redis, settings)
         try:
             return await asyncio.wait_for(
-                release_worker(broker, worker_id, verdict=verdict, error=error), timeout_s,
+                release_worker(broker, worker_id, verdict=verdict, error=error, verdicts=verdicts,
+                               errors=errors), timeout_s,
             )
         finally:
             await broker.close()

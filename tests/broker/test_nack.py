@@ -233,12 +233,13 @@ def test_fail_many_release_gives_the_attempt_back(
 def test_fail_many_worker_lost_dead_letters_at_the_cap(
     enqueue: Enqueue, broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys
 ) -> None:
-    # Given: a job that keeps killing its worker, with attempts to spare
+    # Given: a job that keeps killing its worker (running alone), with attempts to spare
     (job_id,) = enqueue(body(retry={"max_attempts": 10}))
     cap = broker.settings.worker_lost_cap
     states = []
     for _ in range(cap):
-        run(broker.fetch(["default"], worker_id="w1"))
+        (claimed,) = run(broker.fetch(["default"], worker_id="w1", idle=True))  # a suspect after the first
+        assert claimed[b"id"] == job_id.encode()
         (out,) = run(broker.fail_many([Failure(job_id=job_id, verdict="worker_lost")], now_ms=timefmt.now_ms()))
         assert isinstance(out, NackResult)
         states.append(out.state)

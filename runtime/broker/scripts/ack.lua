@@ -54,7 +54,7 @@ for j = 5, #KEYS do
       fields[#fields + 1] = "1.0"
     end
     rcall("HSET", job_key, unpack(fields))
-    rcall("HDEL", job_key, "error", "next_attempt_at", "visible_until", "exec_deadline")
+    rcall("HDEL", job_key, "error", "next_attempt_at", "visible_until", "exec_deadline", "suspect")
     rcall("ZREM", T.active, id)
     if f[9] then rcall("ZREM", T.expiring, id) end
     if f[2] then rcall("SREM", prefix .. "worker-jobs:" .. f[2], id) end

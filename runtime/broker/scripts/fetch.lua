@@ -10,9 +10,13 @@
   that reported itself quiet or draining gets nothing. Before claiming, the due part of the
   scheduler step runs (promote_due, expire_due: the same helpers step.lua runs), so a job whose
   time has come is claimable at once.
+  Suspects (jobs that were running when their process died, see nack.lua) are skipped, and stay
+  where they are; only an idle pool (`idle` = 1: it runs and holds no job) gets one, first and
+  alone: the call then claims that job and nothing else.
 
   KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|paused|counts|config|ratelog,
-                 worker:<id>, worker-jobs:<id>, unique:<fp>, claims and the fixed keys)
+                 worker:<id>, worker-jobs:<id>, unique:<fp>, queue:<q>:suspects, claims and the
+                 fixed keys)
 
   ARGV[1] now_ms
   ARGV[2] events_maxlen          0 disables events
@@ -28,7 +32,8 @@
   ARGV[11 .. 10+N]    queue names, in preference order
   ARGV[11+N .. 10+2N] per-queue quota for the first pass (weighted selection); a second pass
                       fills what is left of `count` from the queues in order, so an empty queue
-                      gives its share to the others
+                      gives its share to the others ("" each when not weighted)
+  ARGV[11+2N]         idle: "1" when the caller runs and holds no job (it may get a suspect)
 
   Returns: an array with one flat HGETALL array per claimed job, in claim order.
 ]]
@@ -44,6 +49,8 @@ promote_due(T, tonumber(ARGV[7]))
 expire_due(T, tonumber(ARGV[7]), ARGV[9])
 
 local claimed_per_queue = {}
+local SKIPPED = {}  -- claim's answer for a suspect the caller may not run
+local skipped = {}  -- {id, score, queue} of the suspects popped and skipped: put back at the end
 
 -- Fencing tokens: one INCRBY per call reserves a block of tokens (an unused rest is simply
 -- skipped), so every claim of every job gets a number no earlier claim had.
@@ -57,12 +64,15 @@ local function new_token()
   return next_token - 1
 end
 
-local function claim(id, queue)
+local function claim(id, queue, alone)
   local job_key = prefix .. "job:" .. id
   local f = rcall("HMGET", job_key, "state", "type", "visibility_timeout_ms", "timeout_ms", "expires_ms",
-    "attempt", "worker_id", "exec_deadline", "progress", "progress_at")
+    "attempt", "worker_id", "exec_deadline", "progress", "progress_at", "suspect")
   if f[1] ~= "available" then
     return nil -- a stale index entry (the job was flushed or moved): drop it
+  end
+  if f[11] and not alone then
+    return SKIPPED
   end
   if f[5] and tonumber(f[5]) <= now then
     -- Past its TTL but not yet reached by expire_due (more were due than one step handles).
@@ -143,7 +153,9 @@ local function claim_from(queue, limit)
     if #heads == 0 then return end
     for h = 1, #heads, 2 do
       local job = claim(heads[h], queue)
-      if job then
+      if job == SKIPPED then
+        skipped[#skipped + 1] = {heads[h], heads[h + 1], queue}
+      elseif job then
         claimed[#claimed + 1] = job
         taken = taken + 1
         if log then
@@ -155,12 +167,48 @@ local function claim_from(queue, limit)
   end
 end
 
-for q = 1, nq do
-  claim_from(ARGV[10 + q], tonumber(ARGV[10 + nq + q]) or count)
+-- An idle caller's suspect, from the queues' suspects index (an entry whose job has left the
+-- available set meanwhile is stale and dropped).
+local function claim_suspect()
+  for q = 1, nq do
+    local queue = ARGV[10 + q]
+    local index = queue_key(T, queue, "suspects")
+    if rcall("ZCARD", index) > 0 and rcall("EXISTS", queue_key(T, queue, "paused")) == 0 then
+      local budget, log, window = rate_budget(queue)
+      while not budget or budget > 0 do
+        local head = rcall("ZPOPMIN", index)
+        if #head == 0 then break end
+        if rcall("ZREM", queue_key(T, queue, "available"), head[1]) == 1 then
+          local job = claim(head[1], queue, true)
+          if job then
+            if log then
+              rcall("ZADD", log, now, head[1])
+              rcall("PEXPIRE", log, window)
+            end
+            return job
+          end
+        end
+      end
+    end
+  end
+  return nil
 end
-for q = 1, nq do
-  if #claimed >= count then break end
-  claim_from(ARGV[10 + q], count)
+
+local suspect = ARGV[11 + 2 * nq] == "1" and claim_suspect()
+if suspect then
+  claimed[1] = suspect  -- and nothing else: the caller runs it alone
+else
+  for q = 1, nq do
+    claim_from(ARGV[10 + q], tonumber(ARGV[10 + nq + q]) or count)
+  end
+  for q = 1, nq do
+    if #claimed >= count then break end
+    claim_from(ARGV[10 + q], count)
+  end
+end
+for _, s in ipairs(skipped) do
+  rcall("ZADD", queue_key(T, s[3], "available"), s[2], s[1])
+  rcall("ZADD", queue_key(T, s[3], "suspects"), s[2], s[1])
 end
 for queue, n in pairs(claimed_per_queue) do
   local counts = prefix .. "queue:" .. queue .. ":counts"

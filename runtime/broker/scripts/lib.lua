@@ -73,6 +73,7 @@ end
 -- holder's set) and clear the per-attempt deadlines.
 local function unindex(T, key, id, queue, holder)
   rcall("ZREM", queue_key(T, queue, "available"), id)
+  rcall("ZREM", queue_key(T, queue, "suspects"), id)
   rcall("ZREM", T.active, id)
   rcall("ZREM", T.delayed, id)
   rcall("ZREM", T.expiring, id)

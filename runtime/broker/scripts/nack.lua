@@ -5,7 +5,9 @@
     active -> available   verdict requeue (no backoff, attempt kept); release (a draining
                           worker hands the job back: the attempt is given back too); lease_expired
                           with attempts left; worker_lost with attempts left and fewer than
-                          `lost_cap` losses (a job that keeps killing its worker is dead-lettered)
+                          `lost_cap` losses (a job that keeps killing its worker is dead-lettered);
+                          worker_lost_shared (attempt kept: it did start; no loss counted, and
+                          never exhausted by it, so `attempt` may pass max_attempts this way)
     active -> retryable   verdict retry with attempts left; due at now + backoff
     active -> discarded   verdict discard (never dead-lettered), dead_letter (always), or
                           nonretryable / retry / lease_expired once attempts are spent (dead-lettered
@@ -18,8 +20,16 @@
   The caller decides the verdict from the error (handler codes, retryable flag,
   non_retryable_errors); this script owns everything that depends on the job's stored state.
 
-  KEYS[1] prefix (derived keys: queue:<q>:available|counts|dlq, worker-jobs:<id>, unique:<fp>,
-                 outbox)
+  Process deaths. worker_lost: the job's handler ran alone in its process when the process died;
+  the loss is the job's own and counts (`lost`). worker_lost_shared: it ran beside other jobs; any
+  of them may have caused the death, so no loss is counted (its attempt, a start, stays). Either
+  way the job becomes a suspect (field `suspect`, indexed in queue:<q>:suspects): fetch.lua gives
+  a suspect only to an idle pool, which runs it alone, so only deaths it alone can have caused
+  reach the cap. A suspect that ends its attempt with an outcome of its own (retry,
+  nonretryable, discard, dead_letter) is cleared.
+
+  KEYS[1] prefix (derived keys: queue:<q>:available|counts|dlq|suspects, worker-jobs:<id>,
+                 unique:<fp>, outbox)
   KEYS[2] active    (zset)
   KEYS[3] delayed   (zset)
   KEYS[4] expiring  (zset)
@@ -118,6 +128,16 @@ local function to_retryable(job_key, id, f, jitter_factor, delay_override)
   return {S.OK, "retryable", f.attempt, f.max_attempts, delay, due, 0}
 end
 
+-- A suspect waits in the available set like any job (fetch.lua skips it), and in the queue's
+-- suspects index, where an idle pool finds it.
+local function index_suspect(job_key, id, queue)
+  rcall("HSET", job_key, "suspect", "1")
+  local score = rcall("ZSCORE", queue_key(T, queue, "available"), id)
+  rcall("ZADD", queue_key(T, queue, "suspects"), score, id)
+end
+
+local OWN_OUTCOME = {retry = true, nonretryable = true, discard = true, dead_letter = true}
+
 local out = {}
 for j = 7, #KEYS do
   local job_key = KEYS[j]
@@ -126,7 +146,7 @@ for j = 7, #KEYS do
   local jitter_factor = tonumber(ARGV[a + 5]) or 1
   local delay_override = tonumber(ARGV[a + 6])
   local r = rcall("HMGET", job_key, "state", "worker_id", "attempt", "queue", "type", "priority",
-    "max_attempts", "on_exhaustion", "id", "claim")
+    "max_attempts", "on_exhaustion", "id", "claim", "suspect")
   if not r[1] then
     out[#out + 1] = {S.NOT_FOUND, "", "", "", "", "", 0}
   elseif r[1] ~= "active" then
@@ -147,9 +167,17 @@ for j = 7, #KEYS do
         error = last_error})
     end
     local exhausted = f.attempt >= f.max_attempts
+    local suspect = r[11] ~= false
     if verdict == "worker_lost" then
+      suspect = true
       local lost = rcall("HINCRBY", job_key, "lost", 1)
       if lost >= lost_cap then verdict = "dead_letter" else verdict = "lease_expired" end
+    elseif verdict == "worker_lost_shared" then
+      suspect = true
+      verdict = "requeue"  -- someone else's crash may have ended this run: never exhausted by it
+    elseif suspect and OWN_OUTCOME[verdict] then
+      suspect = false
+      rcall("HDEL", job_key, "suspect")
     end
     if verdict == "release" then
       f.attempt = rcall("HINCRBY", job_key, "attempt", -1)
@@ -165,6 +193,7 @@ for j = 7, #KEYS do
     else
       out[#out + 1] = to_discarded(job_key, id, f, f.dlq, last_error)
     end
+    if suspect and out[#out][2] == "available" then index_suspect(job_key, id, f.queue) end
   end
 end
 return out
