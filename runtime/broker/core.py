@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -197,14 +197,28 @@ class Broker:
         visibility_ms: int | None = None,
         now_ms: int | None = None,
         quotas: Sequence[int] | None = None,
+        type_room: Mapping[str, int] | None = None,
+        exec_grace_ms: int = 0,
     ) -> list[dict[bytes, bytes]]:
         """Claim up to `count` jobs, trying the queues in order. Returns the claimed job hashes.
 
         With `quotas` (one per queue) a first pass takes at most that many from each queue, and a
         second pass fills the rest in queue order: weighted selection in one call.
+        With `type_room` (job type -> how many more the caller can start), jobs of a type without
+        room are left in their queue. `exec_grace_ms` is added to the claims' execution deadline
+        (the broker's backstop for the job's timeout), for a caller that may start a claimed job
+        a little later and lets a sync handler past its timeout a grace.
         """
         now = timefmt.now_ms() if now_ms is None else now_ms
         k = self.keys
+        extra: list[str] = []
+        if type_room or exec_grace_ms:
+            extra = [str(exec_grace_ms), str(len(type_room or ()))]
+            for job_type, room in (type_room or {}).items():
+                extra += [job_type, str(max(0, room))]
+            quotas_args = [str(q) for q in quotas] if quotas else [""] * len(queues)
+        else:
+            quotas_args = [str(q) for q in (quotas or ())]
         reply = await self.scripts.call(
             "fetch",
             keys=[k.prefix, k.delayed, k.active, k.expiring, k.events, k.dlq],
@@ -213,7 +227,7 @@ class Broker:
                 str(self.settings.default_visibility_ms),
                 "" if visibility_ms is None else str(visibility_ms),
                 str(self.settings.scheduler_step_limit), timefmt.format_ms(now), str(len(queues)),
-                *queues, *(str(q) for q in (quotas or ())),
+                *queues, *quotas_args, *extra,
             ],
         )
         return [pairs_to_dict(flat) for flat in reply]
