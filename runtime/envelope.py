@@ -165,6 +165,16 @@ class HeartbeatRequest(msgspec.Struct, kw_only=True):
     concurrency: int | None = None
 
 
+_checkpoint_decoder = msgspec.json.Decoder()
+
+
+def decode_checkpoint(text: bytes) -> Any:
+    """A stored checkpoint as a pool hands it to the handler (``ctx.last_checkpoint``). The
+    progress endpoint stores only what this decodes, so a checkpoint cannot fail a later claim
+    (valid JSON can still be out of range: ``[1e400]``). Raises msgspec.MsgspecError."""
+    return _checkpoint_decoder.decode(text)
+
+
 class ProgressRequest(msgspec.Struct, kw_only=True):
     """PUT /ojs/v1/jobs/{id}/progress: a fraction in [0, 1] (clamped), or a percent with percent=true."""
 

@@ -100,6 +100,8 @@ class Terminal:
     async def __call__(self, ctx: JobContext) -> Any:
         spec = self._handlers[ctx.job.type]
         limit = self._limits.get(spec.job_type)
+        # The pool starts a job only when its type has room, so in a pool this never waits (a
+        # wait here would not count against the timeout, yet would against the broker's deadline).
         if limit is None:
             return await self._run(spec, ctx)
         async with limit:

@@ -11,8 +11,15 @@ module, connects to Redis, composes the middleware chain once, and then
   ``prefetch`` jobs ahead: they wait, leased and heartbeated like running jobs, in a local buffer,
   and a freed slot starts the next one without a round trip. Jobs that run longer get no
   prefetch, and a prefetched job still waiting after ``prefetch_hold_s`` goes back to the queue,
-  so a claimed job never waits long behind a slow one (its timeout is counted from the claim);
-  on a stop the buffer is handed back at once, without spending attempts;
+  so a claimed job never waits long behind a slow one; on a stop the buffer is handed back at
+  once, without spending attempts;
+* never claims a job of a type whose handler ``concurrency`` is reached (the fetch names the
+  room each limited type has left), and starts a buffered job only when its type has room. A
+  job's timeout counts from its handler's start; the broker's backstop deadline for the pool's
+  claims is extended by ``prefetch_hold_s`` + ``timeout_grace_s`` to match;
+* keys its running and buffered work by claim (the fencing token of each claim), not by job id:
+  a job whose lease lapsed and that this pool claimed again is two runs, each heartbeated,
+  settled and cleaned up under its own claim;
 * runs async handlers as tasks, sync handlers in a thread pool (:mod:`runtime.executor`);
 * heartbeats once per interval for all its jobs, from the event loop thread: the leases move
   forward and cancelled jobs are stopped. A CPU-bound pure-Python sync handler cannot starve
@@ -21,6 +28,10 @@ module, connects to Redis, composes the middleware chain once, and then
   the process after ``--liveness-timeout`` and releases its jobs;
 * settles outcomes through the batcher: acks and nacks of the same few milliseconds go to Redis
   in one call each;
+* fails a job it cannot decode (its envelope or its checkpoint) alone, as non-retryable. If the
+  pool's own loop crashes, the jobs it was running are not handed back (that would give their
+  attempt back and hide the crash): they are left to the worker-loss path, which the supervisor
+  takes for a pool that exits with code 1;
 * on SIGTERM, a ``terminate`` directive or after ``max_jobs`` jobs: stops fetching, gives its
   running jobs ``drain_timeout_s`` to finish, then cancels them and hands them back without
   spending their attempt. SIGTSTP / SIGCONT switch to ``quiet`` (no fetches) and back.
@@ -47,7 +58,7 @@ from runtime.broker.pool_ops import Batcher, listen_for_work, release_worker
 from runtime.broker.render import encode_job
 from runtime.config import Settings
 from runtime.context import CANCELLED, SHUTDOWN, Job, JobContext, ProgressThrottle, ProgressUpdate
-from runtime.envelope import ErrorInfo
+from runtime.envelope import ErrorInfo, decode_checkpoint
 from runtime.executor import (
     Completed,
     Failed,
@@ -130,12 +141,20 @@ class Pool:
         self.queues = [name for name, _ in named]
         self.weights = [weight for _, weight in named]
         self.scores = fairness.initial_scores(len(named))
+        # Both keyed by claim (the fencing token), never by job id: one job can have two runs here
+        # (a lapsed lease, claimed again), each with its own lease, settle and cleanup.
         self.active: dict[str, _Running] = {}  # claimed and not yet settled (heartbeats keep their leases)
         self.executing = 0  # of those, the ones whose handler still runs: what takes a slot
-        # Prefetched, not started: job id -> (claimed job hash, monotonic time of the claim, the
+        # Prefetched, not started: claim -> (claimed job hash, monotonic time of the claim, the
         # job's own lease in ms or None).
         self.ready: collections.OrderedDict[str, tuple[dict[bytes, bytes], float, int | None]] = (
             collections.OrderedDict())
+        # Per-type concurrency of the handlers that declare one; empty (the common case): the
+        # fetch and the start cost nothing more.
+        self.type_limits = {name: spec.concurrency for name, spec in registry.handlers.items() if spec.concurrency}
+        # A claimed job may wait up to prefetch_hold_s before its handler starts, and a sync
+        # handler past its timeout gets timeout_grace_s: the broker's backstop waits that long more.
+        self.exec_grace_ms = round((config.prefetch_hold_s + config.timeout_grace_s) * 1000)
         self.hold_timer: asyncio.TimerHandle | None = None
         # The claim of a suspect (a job that was running when its process died) while it runs:
         # it runs alone, so nothing else is claimed until it is settled.
@@ -170,18 +189,31 @@ class Pool:
         logger.info("pool %s ready: queues %s (%s), concurrency %d", self.worker_id,
                     ",".join(f"{q}:{w}" for q, w in zip(self.queues, self.weights, strict=True)),
                     self.config.strategy, self.config.concurrency)
+        crashed = False
         try:
             await self._fetch_loop()
             await self._drain()
+        except Exception:
+            crashed = True
+            raise
         finally:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            if crashed:
+                self._hand_back_ready(list(self.ready))  # never started: nothing was lost
             await self.batcher.close()
             await asyncio.sleep(0)  # the last settled jobs record their outcome
             tally.flush()
             notify(self.registry.observers, "on_worker_shutdown", self.worker_id)
-            await self._deregister()
+            if crashed:
+                # Not `release`: that gives the attempt back, and a job that crashes its pool
+                # would come back forever. The running jobs stay held by this worker id for
+                # the worker-loss path (the supervisor's, on exit code 1; else the lease reaper).
+                logger.error("pool %s crashed with %d job(s) running: left to the worker-loss path",
+                             self.worker_id, len(self.active))
+            else:
+                await self._deregister()
             await self.broker.close()
             await self.redis.aclose()
         return EXIT_OK
@@ -243,7 +275,8 @@ class Pool:
         try:
             claimed = await self.broker.fetch(
                 self.queues, count=count, worker_id=self.worker_id, visibility_ms=self.config.lease_ms,
-                quotas=quotas, idle=not self.active and not self.ready,
+                quotas=quotas, type_room=self._type_room(), exec_grace_ms=self.exec_grace_ms,
+                idle=not self.active and not self.ready,
             )
         except BACKEND_ERRORS as err:
             logger.warning("fetch failed (%s); the next re-check tries again", err)
@@ -257,9 +290,9 @@ class Pool:
         for fields in claimed:
             visibility = fields.get(b"visibility_timeout_ms", b"")
             lease_ms = int(visibility) if visibility.isdigit() else None
-            self.ready[fields.get(b"id", b"").decode()] = (fields, claimed_at, lease_ms)
+            self.ready[_claim_of(fields)] = (fields, claimed_at, lease_ms)
             if fields.get(b"suspect"):  # then the only job claimed: see Broker.fetch
-                self.alone = fields.get(b"claim", b"").decode()
+                self.alone = _claim_of(fields)
             if lease_ms and lease_ms < 3000 * self.config.heartbeat_interval_s:
                 self.beat_soon.set()
         if self.stopping.is_set():  # a stop arrived while the fetch was on its way
@@ -268,10 +301,41 @@ class Pool:
         if self.ready and self.hold_timer is None:
             self.hold_timer = asyncio.get_running_loop().call_later(self.config.prefetch_hold_s, self._expire_ready)
 
+    def _type_room(self) -> dict[str, int] | None:
+        """For each type with a concurrency limit: how many more this pool can start (the
+        running ones and the buffered ones count). None when no handler declares a limit."""
+        if not self.type_limits:
+            return None
+        room = dict(self.type_limits)
+        for run in self.active.values():
+            if run.executing and run.ctx.job.type in room:
+                room[run.ctx.job.type] -= 1
+        for fields, _, _ in self.ready.values():
+            job_type = fields.get(b"type", b"").decode()
+            if job_type in room:
+                room[job_type] -= 1
+        return room
+
+    def _next_startable(self) -> str | None:
+        """The oldest buffered claim whose type has room (any, when no type is limited)."""
+        if not self.type_limits:
+            return next(iter(self.ready), None)
+        busy = collections.Counter(
+            run.ctx.job.type for run in self.active.values() if run.executing and run.ctx.job.type in self.type_limits)
+        for claim, (fields, _, _) in self.ready.items():
+            job_type = fields.get(b"type", b"").decode()
+            limit = self.type_limits.get(job_type)
+            if limit is None or busy[job_type] < limit:
+                return claim
+        return None  # what waits stays leased and heartbeated, and goes back after prefetch_hold_s
+
     def _start_ready(self) -> None:
         while self.ready and self._free_slots() > 0 and not self.stopping.is_set() and self.state != "terminate":
-            _job_id, (fields, _claimed_at, _lease_ms) = self.ready.popitem(last=False)
-            self._start(fields)
+            claim = self._next_startable()
+            if claim is None:
+                return
+            fields, _claimed_at, _lease_ms = self.ready.pop(claim)
+            self._start(claim, fields)
 
     def _expire_ready(self) -> None:
         """Prefetched jobs still waiting after ``prefetch_hold_s``: the slots turned out busy with
@@ -281,7 +345,7 @@ class Pool:
         if not self.ready:
             return
         now = time.monotonic()
-        stale = [job_id for job_id, (_, claimed_at, _) in self.ready.items()
+        stale = [claim for claim, (_, claimed_at, _) in self.ready.items()
                  if now - claimed_at >= self.config.prefetch_hold_s]
         if stale:
             self.mean_run_s = max(self.mean_run_s or 0.0, self.config.prefetch_hold_s)
@@ -291,39 +355,44 @@ class Pool:
             self.hold_timer = asyncio.get_running_loop().call_later(
                 max(0.0, oldest + self.config.prefetch_hold_s - now), self._expire_ready)
 
-    def _hand_back_ready(self, job_ids: list[str]) -> None:
+    def _hand_back_ready(self, claims: list[str]) -> None:
         """Release prefetched jobs that did not start: other workers can take them at once, and
         their attempt is not spent (they never ran, so no error is recorded either)."""
-        for job_id in job_ids:
-            fields, _claimed_at, _lease_ms = self.ready.pop(job_id)
-            self.batcher.fail(Failure(job_id=job_id, verdict="release", worker_id=self.worker_id,
-                                      attempt=int(fields.get(b"attempt", b"0") or 0),
-                                      claim=fields.get(b"claim", b"").decode()))
-        if job_ids:
-            logger.info("pool %s: handed back %d prefetched job(s)", self.worker_id, len(job_ids))
+        for claim in claims:
+            fields, _claimed_at, _lease_ms = self.ready.pop(claim)
+            self.batcher.fail(Failure(job_id=fields.get(b"id", b"").decode(), verdict="release",
+                                      worker_id=self.worker_id, attempt=_attempt_of(fields), claim=claim))
+        if claims:
+            logger.info("pool %s: handed back %d prefetched job(s)", self.worker_id, len(claims))
 
-    def _start(self, fields: dict[bytes, bytes]) -> None:
+    def _start(self, claim: str, fields: dict[bytes, bytes]) -> None:
         loop = asyncio.get_running_loop()
+        # A hand-written hash (or one an older version stored) may not decode: that job fails
+        # alone, never the process.
         try:
             job = _job_decoder.decode(encode_job(fields))
-        except msgspec.ValidationError as err:  # a hand-written hash, not something enqueue makes
-            self._reject(fields, str(err))
+        except (msgspec.MsgspecError, ValueError) as err:
+            self._reject(fields, f"the job is not a valid envelope: {err}")
+            return
+        checkpoint = fields.get(b"checkpoint")
+        try:
+            last_checkpoint = decode_checkpoint(checkpoint) if checkpoint else None
+        except (msgspec.MsgspecError, ValueError) as err:
+            self._reject(fields, f"its checkpoint is not JSON this runtime can decode: {err}")
             return
         spec = self.registry.handlers.get(job.type)
         timeout_s = job.timeout_ms / 1000 if job.timeout_ms else (spec.timeout_s if spec else None)
-        checkpoint = fields.get(b"checkpoint")
-        claim = fields.get(b"claim", b"").decode()
         ctx = JobContext(
             job, worker_id=self.worker_id, loop=loop, timeout_s=timeout_s,
             progress=ProgressThrottle(job.id, sink=functools.partial(self._write_progress, claim),
                                       interval_s=self.config.progress_interval_s),
-            last_checkpoint=msgspec.json.decode(checkpoint) if checkpoint else None,
+            last_checkpoint=last_checkpoint,
             claim=claim,
         )
         metrics.job_started(job.queue, job.type, fields)
         self.liveness.jobs.started(job.id, claim)  # recorded before the handler's first step
         task = loop.create_task(self._run_job(ctx), name=f"job:{job.id}")
-        self.active[job.id] = _Running(ctx, task, interruptible=spec is None or spec.is_async)
+        self.active[claim] = _Running(ctx, task, interruptible=spec is None or spec.is_async)
         self.executing += 1
         self.started += 1
         if self.config.max_jobs and self.started >= self.config.max_jobs:
@@ -337,7 +406,7 @@ class Pool:
         job = ctx.job  # this task's log lines (the handler's too) carry the job's fields
         logs.JOB.set(logs.JobFields(job_id=job.id, type=job.type, queue=job.queue, attempt=job.attempt,
                                     worker_id=self.worker_id, traceparent=ctx.traceparent))
-        run = self.active[job.id]
+        run = self.active[ctx.claim]
         try:
             outcome = await execute(ctx, self.chain, self.registry.handlers)
             self._slot_freed(run)  # the next job starts while this one's ack is on its way
@@ -345,7 +414,7 @@ class Pool:
             await self._settle(ctx, outcome)
         finally:
             self._slot_freed(run)
-            self.active.pop(ctx.job.id, None)
+            self.active.pop(ctx.claim, None)  # this run's entry only: a newer claim keeps its own
             self.liveness.jobs.settled(ctx.claim)
             if self.alone is not None or self.make_way:
                 self.wake.set()  # the suspect's run is over, or we may be idle now: claim again
@@ -379,13 +448,12 @@ class Pool:
             logger.info("job %s not settled by this worker: %s", ctx.job.id, result, extra=_job_extra(ctx))
 
     def _reject(self, fields: dict[bytes, bytes], why: str) -> None:
-        job_id, attempt = fields.get(b"id", b"").decode(), int(fields.get(b"attempt", b"0"))
-        logger.error("job %s is not a valid envelope (%s): failing it", job_id, why)
+        job_id = fields.get(b"id", b"").decode(errors="replace")
+        logger.error("job %s cannot be run (%s): failing it", job_id, why)
         error = failures.error_record(ErrorInfo(code="handler_error", type="InvalidJob", message=why,
                                                 retryable=False), timefmt.now_ms())
         self.batcher.fail(Failure(job_id=job_id, verdict="nonretryable", error=error,
-                                  worker_id=self.worker_id, attempt=attempt,
-                                  claim=fields.get(b"claim", b"").decode()))
+                                  worker_id=self.worker_id, attempt=_attempt_of(fields), claim=_claim_of(fields)))
 
     async def _write_progress(self, claim: str, job_id: str, update: ProgressUpdate) -> None:
         await self.broker.progress(
@@ -394,16 +462,18 @@ class Pool:
         )
 
     def _cancel(self, job_id: str) -> None:
-        if self.ready.pop(job_id, None) is not None:  # prefetched, not started: nothing to stop
-            logger.info("job %s was cancelled before it started", job_id)
-            return
-        run = self.active.get(job_id)
-        if run is None or not run.executing:
-            return
-        logger.info("job %s was cancelled; stopping its handler", job_id, extra=_job_extra(run.ctx))
-        run.ctx.request_stop(CANCELLED)
-        if run.interruptible:
-            run.task.cancel()
+        """The job was cancelled: drop its buffered claims and stop every run of it."""
+        for claim, (fields, _, _) in list(self.ready.items()):
+            if fields.get(b"id", b"").decode() == job_id:  # prefetched, not started: nothing to stop
+                del self.ready[claim]
+                logger.info("job %s was cancelled before it started", job_id)
+        for run in self.active.values():
+            if run.ctx.job.id != job_id or not run.executing:
+                continue
+            logger.info("job %s was cancelled; stopping its handler", job_id, extra=_job_extra(run.ctx))
+            run.ctx.request_stop(CANCELLED)
+            if run.interruptible:
+                run.task.cancel()
 
     # --- background loops ----------------------------------------------------------------------
 
@@ -421,11 +491,14 @@ class Pool:
 
     async def _beat(self) -> None:
         try:
+            # Every claim with its own token: a run whose claim went stale is not extended, and
+            # a newer claim of the same job is.
             beat = await self.broker.heartbeat(
-                self.worker_id, [*self.active, *self.ready], state=self.state, visibility_ms=self.config.lease_ms,
-                active_count=len(self.active) + len(self.ready),
-                claims=[*(r.ctx.claim for r in self.active.values()),
-                        *(fields.get(b"claim", b"").decode() for fields, _, _ in self.ready.values())],
+                self.worker_id,
+                [*(r.ctx.job.id for r in self.active.values()),
+                 *(fields.get(b"id", b"").decode() for fields, _, _ in self.ready.values())],
+                state=self.state, visibility_ms=self.config.lease_ms,
+                active_count=len(self.active) + len(self.ready), claims=[*self.active, *self.ready],
             )
         except BACKEND_ERRORS as err:
             logger.warning("heartbeat failed (%s); retrying at the next interval", err)
@@ -511,6 +584,16 @@ class Pool:
             await release_worker(self.broker, self.worker_id, verdict="release", error=b"")
         except BACKEND_ERRORS as err:
             logger.warning("could not deregister %s: %s", self.worker_id, err)
+
+
+def _claim_of(fields: dict[bytes, bytes]) -> str:
+    """The claim's fencing token (fetch.lua gives every claim one)."""
+    return fields.get(b"claim", b"").decode(errors="replace")
+
+
+def _attempt_of(fields: dict[bytes, bytes]) -> int | None:
+    attempt = fields.get(b"attempt", b"")
+    return int(attempt) if attempt.isdigit() else None
 
 
 def _job_extra(ctx: JobContext) -> dict[str, str | int]:

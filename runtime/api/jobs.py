@@ -13,7 +13,7 @@ from runtime.api.services import Services
 from runtime.broker.core import Progress
 from runtime.broker.records import job_from_body, present
 from runtime.broker.render import as_hash, encode_job
-from runtime.envelope import BatchRequest, ProgressRequest
+from runtime.envelope import BatchRequest, ProgressRequest, decode_checkpoint
 from runtime.errors import InvalidRequest, OJSError
 
 _batch_decoder = msgspec.json.Decoder(BatchRequest)
@@ -97,6 +97,11 @@ def register(router: Router, services: Services) -> None:
         if req.progress is None and req.message is None and not present(req.data) and not present(req.checkpoint):
             raise InvalidRequest("Send at least one of progress, message, data, checkpoint.")
         value = req.progress / 100 if req.progress is not None and req.progress > 1 and req.percent else req.progress
+        if present(req.checkpoint):
+            try:  # the decoder the pool uses at the claim: what is stored here, it can read
+                decode_checkpoint(bytes(req.checkpoint))
+            except msgspec.MsgspecError as err:
+                raise InvalidRequest(f"Invalid request: checkpoint: {err}") from None
         state = await broker.progress(
             request.params["job_id"], value=value, message=req.message,
             data=bytes(req.data) if present(req.data) else None,

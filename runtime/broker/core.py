@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -205,13 +205,16 @@ class Broker:
         quotas: Sequence[int] | None = None,
         exec_grace_ms: int | None = None,
         idle: bool = False,
+        type_room: Mapping[str, int] | None = None,
     ) -> list[dict[bytes, bytes]]:
         """Claim up to `count` jobs, trying the queues in order. Returns the claimed job hashes.
 
         With `quotas` (one per queue) a first pass takes at most that many from each queue, and a
         second pass fills the rest in queue order: weighted selection in one call. A worker that
         enforces execution timeouts itself, from its handler's start, passes `exec_grace_ms`: the
-        broker's own deadline for these claims comes that much later.
+        broker's own deadline for these claims comes that much later. With `type_room` (job
+        type -> how many more the caller can start), jobs of a type without room are left in
+        their queue.
 
         Suspects (jobs running beside others when their process died) are only given to an
         `idle` caller, one that runs and holds no job: it then gets that one job alone (its hash
@@ -229,7 +232,8 @@ class Broker:
                 str(self.settings.scheduler_step_limit), "" if exec_grace_ms is None else str(exec_grace_ms),
                 timefmt.format_ms(now), str(len(queues)),
                 *queues, *([str(q) for q in quotas] if quotas else [""] * len(queues)),
-                "1" if idle else "",
+                "1" if idle else "", str(len(type_room or ())),
+                *(x for job_type, room in (type_room or {}).items() for x in (job_type, str(max(0, room)))),
             ],
         )
         return [pairs_to_dict(flat) for flat in reply]

@@ -208,3 +208,38 @@ def test_fetch_skips_stale_index_entry(
     # When / Then: the ghost entry is dropped and the next job is claimed
     assert ids_of(run(broker.fetch(["default"]))) == [real]
     assert redis_client.zcard(keys.available("default")) == 0
+
+
+def test_fetch_with_type_room_leaves_jobs_of_a_full_type_in_place(
+    enqueue: Enqueue, broker: Broker, keys: Keys, run: Run[Any],
+) -> None:
+    # Given, in one queue: two jobs of a type the caller can start one more of, one of a type it
+    # cannot start at all, and an unlimited one, interleaved
+    ids = enqueue(body("t.one"), body("t.none"), body("t.one"), body("t.free"))
+    scores = dict(run(broker.redis.zrange(keys.available("default"), 0, -1, withscores=True)))
+    # When a pool fetches with that room
+    claimed = ids_of(run(broker.fetch(["default"], count=4, worker_id="w1",
+                                      type_room={"t.one": 1, "t.none": 0})))
+    # Then it gets what it can start, in queue order; the others keep their place in the queue
+    assert claimed == [ids[0], ids[3]]
+    left = run(broker.redis.zrange(keys.available("default"), 0, -1, withscores=True))
+    assert left == [(ids[1].encode(), scores[ids[1].encode()]), (ids[2].encode(), scores[ids[2].encode()])]
+    assert run(broker.get(ids[1]))[b"state"] == b"available"
+    # And with room again, the next fetch takes them in their old order
+    assert ids_of(run(broker.fetch(["default"], count=4, worker_id="w1", type_room={"t.one": 1, "t.none": 1}))) == [
+        ids[1], ids[2]]
+
+
+def test_fetch_exec_grace_moves_only_that_callers_execution_deadline(
+    enqueue: Enqueue, broker: Broker, run: Run[Any],
+) -> None:
+    # Given two jobs with a 1 s timeout
+    first, second = enqueue(body(timeout_ms=1000), body(timeout_ms=1000))
+    now = timefmt.now_ms()
+    # When a pool claims one with a grace, and an HTTP worker claims the other without
+    (pooled,) = run(broker.fetch(["default"], worker_id="pool", now_ms=now, exec_grace_ms=5_200))
+    (plain,) = run(broker.fetch(["default"], worker_id="http", now_ms=now))
+    # Then the backstop deadline counts the grace for the pool's claim only
+    assert pooled[b"id"] == first.encode() and plain[b"id"] == second.encode()
+    assert int(pooled[b"exec_deadline"]) == now + 1_000 + 5_200
+    assert int(plain[b"exec_deadline"]) == now + 1_000

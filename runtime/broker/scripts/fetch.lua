@@ -34,6 +34,11 @@
                       fills what is left of `count` from the queues in order, so an empty queue
                       gives its share to the others ("" each when not weighted)
   ARGV[11+2N]         idle: "1" when the caller runs and holds no job (it may get a suspect)
+  ARGV[12+2N]         number M of job types with a room limit ("" or absent: 0)
+  ARGV[13+2N ..]      M pairs: job type, room. At most `room` jobs of that type are claimed by
+                      this call; the others stay in place in their queue (a pool's per-type
+                      concurrency: it must not claim what it cannot start). With M > 0 each queue
+                      is scanned from its head over at most ROOM_SCAN entries.
 
   Returns: an array with one flat HGETALL array per claimed job, in claim order.
 ]]
@@ -44,6 +49,13 @@ local worker_id = ARGV[4]
 local default_vis = tonumber(ARGV[5])
 local request_vis = tonumber(ARGV[6])
 local exec_grace = tonumber(ARGV[8]) or 0
+local nq = tonumber(ARGV[10])
+local room = nil  -- job type -> claims this call may still make; nil: no type is limited
+for t = 1, tonumber(ARGV[12 + 2 * nq]) or 0 do
+  room = room or {}
+  room[ARGV[11 + 2 * nq + 2 * t]] = tonumber(ARGV[12 + 2 * nq + 2 * t])
+end
+local ROOM_SCAN = 256
 
 promote_due(T, tonumber(ARGV[7]))
 expire_due(T, tonumber(ARGV[7]), ARGV[9])
@@ -126,8 +138,6 @@ if worker_id ~= "" then
   end
 end
 
-local nq = tonumber(ARGV[10])
-
 -- Queue rate limit (sliding window log): at most rl_max claims per rl_window_ms per queue,
 -- across every worker and host, because the check and the claim are one script.
 local function rate_budget(queue)
@@ -140,11 +150,40 @@ local function rate_budget(queue)
   return math.max(0, max - rcall("ZCARD", log)), log, window
 end
 
+-- With per-type room: the queue's head, in order, skipping (and leaving in place) the jobs of a
+-- type without room; only what is claimed leaves the queue.
+local function claim_with_room(queue, available_key, limit, log, window)
+  local taken = 0
+  local head = rcall("ZRANGE", available_key, 0, ROOM_SCAN - 1, "WITHSCORES")
+  for h = 1, #head, 2 do
+    if #claimed >= count or taken >= limit then return end
+    local id = head[h]
+    local job_type = rcall("HGET", prefix .. "job:" .. id, "type")
+    local left = job_type and room[job_type]
+    if not left or left > 0 then
+      rcall("ZREM", available_key, id)
+      local job = claim(id, queue)  -- nil for a stale entry: dropped
+      if job == SKIPPED then
+        skipped[#skipped + 1] = {id, head[h + 1], queue}
+      elseif job then
+        claimed[#claimed + 1] = job
+        taken = taken + 1
+        if left then room[job_type] = left - 1 end
+        if log then
+          rcall("ZADD", log, now, id)
+          rcall("PEXPIRE", log, window)
+        end
+      end
+    end
+  end
+end
+
 local function claim_from(queue, limit)
   if rcall("EXISTS", prefix .. "queue:" .. queue .. ":paused") == 1 then return end
   local budget, log, window = rate_budget(queue)
   if budget then limit = math.min(limit, budget) end
   local available_key = prefix .. "queue:" .. queue .. ":available"
+  if room then return claim_with_room(queue, available_key, limit, log, window) end
   local taken = 0
   -- Pop as many as may be claimed in one call; a stale entry among them (dropped by claim) is
   -- made up for by the next round.
