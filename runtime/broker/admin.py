@@ -112,15 +112,14 @@ class Admin:
     # --- dead letter -----------------------------------------------------------------------
 
     async def dead_letter_page(self, *, queue: str | None, limit: int, offset: int) -> tuple[int, list[dict[bytes, bytes]]]:
-        """Oldest first. With a queue filter the scan is bounded by the page size times ten."""
-        k = self.keys
-        if queue is None:
-            total = await self.redis.zcard(k.dlq)
-            ids = await self.redis.zrange(k.dlq, offset, offset + limit - 1)
-            return total, await self._hashes(ids)
-        ids = await self.redis.zrange(k.dlq, 0, -1)
-        jobs = [h for h in await self._hashes(ids) if h.get(b"queue", b"").decode() == queue]
-        return len(jobs), jobs[offset : offset + limit]
+        """Oldest first, one page read off the index (the queue's own index with a filter): the
+        work is the page's, however many entries the dead letter queue holds."""
+        index = self.keys.dlq if queue is None else self.keys.queue_dlq(queue)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(index)
+            pipe.zrange(index, offset, offset + limit - 1)
+            total, ids = await pipe.execute()
+        return total, await self._hashes(ids)
 
     async def _hashes(self, ids: list[bytes]) -> list[dict[bytes, bytes]]:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -11,7 +11,8 @@ invariants (the key schema is in :mod:`runtime.broker.keys`):
 * a job with ``expires_ms`` that is neither active nor terminal is in ``expiring`` (an active one
   may be, a terminal one may not), scored by its expiry; the ``delayed`` score of a retryable job is
   its ``next_attempt_at``; the ``active`` score is the earlier of lease and execution deadline;
-* ``dlq`` holds exactly the discarded jobs flagged ``dead_lettered``;
+* ``dlq`` holds exactly the discarded jobs flagged ``dead_lettered``, and each queue's ``dlq``
+  index exactly those of that queue;
 * ``worker-jobs:<w>`` holds exactly the active jobs whose ``worker_id`` is ``w``;
 * no index entry points at a missing job;
 * each queue's ``counts`` hash equals the real number of its jobs in every OJS state (and has no
@@ -47,6 +48,7 @@ _JOB_FIELDS = (
 )
 _AVAILABLE_SUFFIX = ":available"
 _COUNTS_SUFFIX = ":counts"
+_DLQ_SUFFIX = ":dlq"
 
 
 @dataclass(slots=True)
@@ -71,6 +73,7 @@ class _Store:
     # queue -> counts hash as read
     counts: dict[str, dict[str, str]] = field(default_factory=dict)
     queues: set[str] = field(default_factory=set)
+    queue_dlqs: set[str] = field(default_factory=set)  # the per-queue dead letter index keys
     # worker id -> ids in its worker-jobs:<id> set
     held: dict[str, set[str]] = field(default_factory=dict)
 
@@ -111,10 +114,14 @@ async def _load(redis: Redis, keys: Keys) -> _Store:
             store.queues.add(rest[: -len(_AVAILABLE_SUFFIX)])
         elif rest.endswith(_COUNTS_SUFFIX):
             store.queues.add(rest[: -len(_COUNTS_SUFFIX)])
+        elif rest.endswith(_DLQ_SUFFIX):
+            store.queues.add(rest[: -len(_DLQ_SUFFIX)])
     store.queues.update(q for q in (_text(n) for n in await redis.hkeys(keys.queues)) if q)
     store.queues.update(job.queue for job in store.jobs.values() if job.queue)
     for queue in sorted(store.queues):
         store.indexes[keys.available(queue)] = await _zset(redis, keys.available(queue))
+        store.indexes[keys.queue_dlq(queue)] = await _zset(redis, keys.queue_dlq(queue))
+        store.queue_dlqs.add(keys.queue_dlq(queue))
         raw_counts = await redis.hgetall(keys.counts(queue))
         store.counts[queue] = {_text(k) or "": _text(v) or "" for k, v in raw_counts.items()}
     for key in (keys.delayed, keys.active, keys.expiring, keys.dlq):
@@ -176,11 +183,11 @@ def _check_jobs(store: _Store, keys: Keys) -> list[str]:
             where[job_id][index] = score
     problems: list[str] = []
     for job_id, job in store.jobs.items():
-        problems += _check_job(job_id, job, where.get(job_id, {}), keys)
+        problems += _check_job(job_id, job, where.get(job_id, {}), keys, store.queue_dlqs)
     return problems
 
 
-def _check_job(job_id: str, job: _Job, found: dict[str, float], keys: Keys) -> list[str]:
+def _check_job(job_id: str, job: _Job, found: dict[str, float], keys: Keys, queue_dlqs: set[str]) -> list[str]:
     tag = f"job {job_id}"
     state = job.state
     if state not in _VALID_STATES:
@@ -196,7 +203,7 @@ def _check_job(job_id: str, job: _Job, found: dict[str, float], keys: Keys) -> l
         "retryable": {keys.delayed},
         "active": {keys.active},
     }.get(state, set())
-    lifecycle = {k for k in found if k not in (keys.expiring, keys.dlq)}
+    lifecycle = {k for k in found if k not in (keys.expiring, keys.dlq) and k not in queue_dlqs}
     for index in sorted(main - lifecycle):
         problems.append(f"{tag}: state {state!r} but not in {index}")
     for index in sorted(lifecycle - main):
@@ -211,6 +218,13 @@ def _check_job(job_id: str, job: _Job, found: dict[str, float], keys: Keys) -> l
         )
     elif should_be_in_dlq and not in_dlq:
         problems.append(f"{tag}: dead-lettered but not in {keys.dlq}")
+    own_dlq = keys.queue_dlq(job.queue)
+    if should_be_in_dlq and own_dlq not in found:
+        problems.append(f"{tag}: dead-lettered but not in {own_dlq}")
+    elif own_dlq in found and not should_be_in_dlq:
+        problems.append(f"{tag}: in {own_dlq} but state {state!r}, dead_lettered={job.dead_lettered!r}")
+    for index in sorted(k for k in found if k in queue_dlqs and k != own_dlq):
+        problems.append(f"{tag}: queue {job.queue!r} but also in {index}")
     return problems
 
 

@@ -16,6 +16,8 @@ key                            type        content
 ``P queue:<q>:counts``         hash        state -> number of jobs of that queue in that state
 ``P queue:<q>:config``         hash        queue settings: rl_max, rl_window_ms (rate limit)
 ``P queue:<q>:ratelog``        zset        claims inside the current rate-limit window
+``P queue:<q>:dlq``            zset        the queue's dead-lettered jobs (the per-queue index of
+                                           ``dlq``, same members and scores)
 ``P unique:<fingerprint>``     string      id of the job holding a unique-job lock
 ``P queues``                   hash        queue name -> creation time (ms)
 ``P delayed``                  zset        ``scheduled`` and ``retryable`` jobs; score = due (ms)
@@ -61,6 +63,10 @@ class Keys:
 
     def counts(self, queue: str) -> str:
         return f"{self.prefix}queue:{queue}:counts"
+
+    def queue_dlq(self, queue: str) -> str:
+        """One queue's share of `dlq`: a filtered listing reads only its own entries."""
+        return f"{self.prefix}queue:{queue}:dlq"
 
     def notify(self, queue: str) -> str:
         """Pub/sub channel (not a key): idle workers wait on it instead of polling."""

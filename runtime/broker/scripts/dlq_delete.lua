@@ -5,7 +5,7 @@
   Pre-conditions:
     - the job is in the dead letter set     else status 1
 
-  KEYS[1] prefix (derived keys: queue:<q>:counts)
+  KEYS[1] prefix (derived keys: queue:<q>:counts, queue:<q>:dlq)
   KEYS[2] job:<id>  (hash)
   KEYS[3] dlq       (zset)
   KEYS[4] expiring  (zset)
@@ -24,6 +24,7 @@ end
 local f = rcall("HMGET", job_key, "state", "queue")
 if f[1] then
   rcall("HINCRBY", prefix .. "queue:" .. f[2] .. ":counts", f[1], -1)
+  rcall("ZREM", prefix .. "queue:" .. f[2] .. ":dlq", id)
 end
 rcall("DEL", job_key)
 rcall("ZREM", expiring_key, id)

@@ -7,7 +7,7 @@
   Pre-conditions:
     - the job is in the dead letter set and exists    else status 1
 
-  KEYS[1] prefix (derived keys: queue:<q>:available, queue:<q>:counts)
+  KEYS[1] prefix (derived keys: queue:<q>:available, queue:<q>:counts, queue:<q>:dlq)
   KEYS[2] job:<id>  (hash)
   KEYS[3] dlq       (zset)
   KEYS[4] events    (stream)
@@ -28,6 +28,7 @@ if rcall("ZSCORE", dlq_key, id) == false or f[1] ~= "discarded" then
   return {1}
 end
 rcall("ZREM", dlq_key, id)
+rcall("ZREM", prefix .. "queue:" .. f[2] .. ":dlq", id)
 if f[5] then rcall("ZADD", expiring_key, f[5], id) end
 rcall("HSET", job_key, "state", "available", "attempt", 0, "enqueued_at", now, "re_enqueued_at", now)
 rcall("HDEL", job_key, "error", "completed_at", "discarded_at", "retry_delay_ms", "next_attempt_at",

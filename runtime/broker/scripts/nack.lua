@@ -18,7 +18,7 @@
   The caller decides the verdict from the error (handler codes, retryable flag,
   non_retryable_errors); this script owns everything that depends on the job's stored state.
 
-  KEYS[1] prefix (derived keys: queue:<q>:available|counts, worker-jobs:<id>, unique:<fp>,
+  KEYS[1] prefix (derived keys: queue:<q>:available|counts|dlq, worker-jobs:<id>, unique:<fp>,
                  workflow:advance)
   KEYS[2] active    (zset)
   KEYS[3] delayed   (zset)
@@ -131,6 +131,7 @@ local function to_discarded(job_key, id, f, dead_letter, last_error)
   rcall("HSET", job_key, "state", "discarded", "discarded_at", ARGV[1], "completed_at", ARGV[1])
   if dead_letter then
     rcall("ZADD", dlq_key, ARGV[1], id)
+    rcall("ZADD", prefix .. "queue:" .. f.queue .. ":dlq", ARGV[1], id)
     rcall("HSET", job_key, "dead_lettered", "1")
   end
   emit("job.discarded", id, {job_id = id, job_type = f.type, queue = f.queue, state = "discarded",
