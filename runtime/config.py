@@ -28,6 +28,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_fetch_count: int = 1_000
     max_page_size: int = 200
     metrics_max_queues: int = 100  # queues whose depth and oldest-job age /metrics reads from Redis
+    # Distinct values a client-chosen metric label (queue, type) takes per process; later ones
+    # are counted under "other", so names sent by clients cannot grow /metrics without bound.
+    metrics_label_cap: int = 200
     scheduler_interval_ms: int = 100  # promoter / reaper cadence
     cron_interval_ms: int = 500
     scheduler_step_limit: int = 1_000  # due entries handled per script call
@@ -69,6 +72,7 @@ def settings_from_env(**overrides: object) -> Settings:
         ("default_visibility_ms", "OJS_DEFAULT_VISIBILITY_MS"),
         ("events_maxlen", "OJS_EVENTS_MAXLEN"),
         ("metrics_max_queues", "OJS_METRICS_MAX_QUEUES"),
+        ("metrics_label_cap", "OJS_METRICS_LABEL_CAP"),
     ):
         if (number := _env_int(env)) is not None:
             values[field] = number

@@ -101,6 +101,7 @@ class _Running:
 def main(config: PoolConfig, liveness: Liveness, board: Board | None = None) -> int:
     """Entry point of a forked pool process; returns its exit code."""
     liveness.notify(Phase.BOOT)
+    metrics.set_label_cap(config.settings.metrics_label_cap)
     try:
         registry = handlers.load(config.module)
     except Exception:
