@@ -17,7 +17,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from runtime.broker.wire import Address, Wire
+from runtime.broker import outcome
+from runtime.broker.wire import Address, CommandNotSent, Wire
 
 
 def _load_sources() -> dict[str, str]:
@@ -54,6 +55,19 @@ class Scripts:
         self._shas = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in SOURCES.items()}
 
     async def call(self, name: str, *, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run one script; whatever happened after it was sent is noted for the request
+        (:mod:`runtime.broker.outcome`)."""
+        try:
+            reply = await self._call(name, keys, args)
+        except CommandNotSent:
+            raise
+        except BaseException:
+            outcome.note_sent()
+            raise
+        outcome.note_sent()
+        return reply
+
+    async def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         sha = self._shas[name]
         execute = self.wire.execute if self.wire is not None else self._redis.execute_command
         try:
