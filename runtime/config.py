@@ -37,6 +37,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # A job whose worker process died this many times is dead-lettered instead of retried again:
     # it is probably what kills the worker.
     worker_lost_cap: int = 3
+    # Dead-worker detection (worker protocol, section 10): a worker that registered by heartbeat
+    # is dead after this many intervals without one, the interval being the longer of its own
+    # (reported in its heartbeats; ojs-run pools report theirs) and this one. Its jobs are
+    # requeued as a worker loss and its record removed. 0 turns detection off.
+    worker_heartbeat_interval_ms: int = 5_000
+    worker_missed_heartbeats: int = 6
 
 
 def _env_int(name: str) -> int | None:
@@ -73,6 +79,8 @@ def settings_from_env(**overrides: object) -> Settings:
         ("events_maxlen", "OJS_EVENTS_MAXLEN"),
         ("metrics_max_queues", "OJS_METRICS_MAX_QUEUES"),
         ("metrics_label_cap", "OJS_METRICS_LABEL_CAP"),
+        ("worker_heartbeat_interval_ms", "OJS_WORKER_HEARTBEAT_INTERVAL_MS"),
+        ("worker_missed_heartbeats", "OJS_WORKER_MISSED_HEARTBEATS"),
     ):
         if (number := _env_int(env)) is not None:
             values[field] = number

@@ -401,6 +401,7 @@ class Pool:
             beat = await self.broker.heartbeat(
                 self.worker_id, [*self.active, *self.ready], state=self.state, visibility_ms=self.config.lease_ms,
                 active_count=len(self.active) + len(self.ready),
+                interval_ms=round(self.config.heartbeat_interval_s * 1000),
             )
         except BACKEND_ERRORS as err:
             logger.warning("heartbeat failed (%s); retrying at the next interval", err)

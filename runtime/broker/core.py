@@ -340,8 +340,10 @@ class Broker:
 
     async def heartbeat(
         self, worker_id: str, job_ids: Sequence[str], *, state: str | None = None,
-        visibility_ms: int | None = None, active_count: int | None = None,
+        visibility_ms: int | None = None, active_count: int | None = None, interval_ms: int | None = None,
     ) -> HeartbeatResult:
+        """Record a beat of `worker_id` (with the interval it beats at, when it says) and extend
+        the leases of its listed jobs."""
         k = self.keys
         reply = await self.scripts.call(
             "heartbeat",
@@ -350,7 +352,8 @@ class Broker:
                 str(timefmt.now_ms()), worker_id, state or "",
                 "" if visibility_ms is None else str(visibility_ms),
                 str(self.settings.default_visibility_ms),
-                "" if active_count is None else str(active_count), *job_ids,
+                "" if active_count is None else str(active_count),
+                "" if interval_ms is None else str(interval_ms), *job_ids,
             ],
         )
         return HeartbeatResult(

@@ -27,7 +27,8 @@ key                            type        content
 ``P dlq``                      zset        dead-lettered jobs; score = time of discard (ms)
 ``P seq``                      string      enqueue sequence (INCR): strict FIFO within a priority
 ``P events``                   stream      lifecycle events, capped
-``P worker:<id>``              hash        worker registry entry (state, last heartbeat, directive)
+``P worker:<id>``              hash        worker registry entry (state, last heartbeat, its heartbeat
+                                           interval, directive); removed when the worker is found dead
 ``P worker-jobs:<id>``         set         ids of the active jobs a worker holds (for release on death)
 ``P workers``                  zset        worker id -> last heartbeat (ms)
 ``P notify:<q>``               channel     pub/sub wake-up: a job became available in queue q

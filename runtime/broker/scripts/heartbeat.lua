@@ -22,7 +22,9 @@
   ARGV[4] request visibility_ms ("" when not given)
   ARGV[5] default visibility_ms
   ARGV[6] reported active job count ("" to use the number of listed ids)
-  ARGV[7..] active job ids
+  ARGV[7] the worker's heartbeat interval in ms ("" when not reported; dead-worker detection
+          then assumes the server's)
+  ARGV[8..] active job ids
 
   Returns: {directive, {extended ids}, {cancelled ids}}
 ]]
@@ -34,7 +36,7 @@ local request_vis, default_vis = tonumber(ARGV[4]), tonumber(ARGV[5])
 
 local extended, cancelled = {}, {}
 local hook_directive = nil
-for a = 7, #ARGV do
+for a = 8, #ARGV do
   local id = ARGV[a]
   local job_key = prefix .. "job:" .. id
   local f = rcall("HMGET", job_key, "state", "worker_id", "visibility_timeout_ms", "exec_deadline",
@@ -53,8 +55,11 @@ for a = 7, #ARGV do
   end
 end
 
-local active_count = ARGV[6] ~= "" and ARGV[6] or tostring(#ARGV - 6)
+local active_count = ARGV[6] ~= "" and ARGV[6] or tostring(#ARGV - 7)
 rcall("HSET", worker_key, "id", worker_id, "last_heartbeat_at", ARGV[1], "active_jobs", active_count)
+if ARGV[7] ~= "" then
+  rcall("HSET", worker_key, "heartbeat_interval_ms", ARGV[7])
+end
 if reported ~= "" then
   rcall("HSET", worker_key, "state", reported)
 end
