@@ -28,6 +28,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_fetch_count: int = 1_000
     max_page_size: int = 200
     metrics_max_queues: int = 100  # queues whose depth and oldest-job age /metrics reads from Redis
+    # Distinct values a client-chosen metric label (queue, type) takes per process; later ones
+    # are counted under "other", so names sent by clients cannot grow /metrics without bound.
+    metrics_label_cap: int = 200
     scheduler_interval_ms: int = 100  # promoter / reaper cadence
     cron_interval_ms: int = 500
     scheduler_step_limit: int = 1_000  # due entries handled per script call
@@ -38,6 +41,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # in this many bytes; older ones become null (indexes keep their meaning). Without a bound a
     # long chain copies its results quadratically.
     parent_results_max_bytes: int = 65_536
+    # Dead-worker detection (worker protocol, section 10): a worker that registered by heartbeat
+    # is dead after this many intervals without one, the interval being the longer of its own
+    # (reported in its heartbeats; ojs-run pools report theirs) and this one. Its jobs are
+    # requeued as a worker loss and its record removed. 0 turns detection off.
+    worker_heartbeat_interval_ms: int = 5_000
+    worker_missed_heartbeats: int = 6
 
 
 def _env_int(name: str) -> int | None:
@@ -73,6 +82,9 @@ def settings_from_env(**overrides: object) -> Settings:
         ("default_visibility_ms", "OJS_DEFAULT_VISIBILITY_MS"),
         ("events_maxlen", "OJS_EVENTS_MAXLEN"),
         ("metrics_max_queues", "OJS_METRICS_MAX_QUEUES"),
+        ("metrics_label_cap", "OJS_METRICS_LABEL_CAP"),
+        ("worker_heartbeat_interval_ms", "OJS_WORKER_HEARTBEAT_INTERVAL_MS"),
+        ("worker_missed_heartbeats", "OJS_WORKER_MISSED_HEARTBEATS"),
     ):
         if (number := _env_int(env)) is not None:
             values[field] = number

@@ -159,6 +159,7 @@ class HeartbeatRequest(msgspec.Struct, kw_only=True):
     state: Annotated[str, Meta(max_length=32)] | None = None
     shutdown: bool | None = None
     visibility_timeout_ms: PositiveMs | None = None
+    heartbeat_interval_ms: PositiveMs | None = None  # how often this worker beats (dead-worker detection)
     hostname: Annotated[str, Meta(max_length=256)] | None = None
     pid: int | None = None
     queues: list[str] | None = None

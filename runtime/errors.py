@@ -96,10 +96,20 @@ class MethodNotAllowed(OJSError):
 
 
 class BackendUnavailable(OJSError):
+    """The job store could not be reached, and nothing of the request reached it."""
+
     status = 503
     code = "backend_unavailable"
     retryable = True
     hint = "The job store is unreachable; retry with backoff."
+
+
+class BackendOutcomeUnknown(BackendUnavailable):
+    """The job store was lost while the request was in flight: it may have taken effect."""
+
+    retryable = False
+    hint = ("The request may have taken effect: check before repeating it. An enqueue with a "
+            "client-chosen job id is safe to repeat (409 duplicate when the first one ran).")
 
 
 # --- handler control flow (raised by job handlers, never sent to an HTTP client) ----------------

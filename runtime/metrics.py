@@ -6,6 +6,12 @@ Names follow the OJS observability extension (``ojs_job_enqueued_total``,
 message. Other modules import the objects below (or the small recording helpers) and never
 create metrics themselves (conventions §3.13).
 
+Client-chosen label values (``queue`` and ``type``: any name an enqueue sends) are capped where
+every series is made, in ``labels()`` of the job metrics: the first ``cap`` distinct values of
+each label (:func:`set_label_cap`, ``Settings.metrics_label_cap``) keep their name, later ones
+are counted under ``other``. The cap holds per process; under ``ojs-run`` each process admits
+its own first values.
+
 Multiprocess mode. ``ojs-run`` forks pool processes; each one writes its samples to files of its
 own in ``PROMETHEUS_MULTIPROC_DIR``, and the process that serves ``/metrics`` sums them
 (prometheus_client's multiprocess mode). The supervisor calls :func:`enable_multiprocess` before
@@ -30,6 +36,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import msgspec
 from prometheus_client import (
@@ -47,22 +54,74 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 QUEUE_TIME_BUCKETS_S = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 600, 1800, 3600)
 JOB_LABELS = ("queue", "type")
+OVERFLOW_LABEL = "other"
+DEFAULT_LABEL_CAP = 200
+
+
+class _LabelCap:
+    """The distinct values admitted per client-chosen label name, first come, at most `cap`."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._admitted: dict[str, set[str]] = {name: set() for name in JOB_LABELS}
+
+    def bound(self, names: Sequence[str], values: Sequence[str]) -> tuple[str, ...]:
+        return tuple(self._one(name, str(value)) for name, value in zip(names, values, strict=True))
+
+    def _one(self, name: str, value: str) -> str:
+        admitted = self._admitted.get(name)
+        if admitted is None or value in admitted:
+            return value
+        if len(admitted) >= self.cap:
+            return OVERFLOW_LABEL
+        admitted.add(value)
+        return value
+
+
+_label_cap = _LabelCap(DEFAULT_LABEL_CAP)
+
+
+def set_label_cap(cap: int) -> None:
+    """Distinct values each client-chosen label may take in this process (values already admitted
+    are forgotten: call it at start-up)."""
+    global _label_cap
+    _label_cap = _LabelCap(cap)
+
+
+class _CappedLabels:
+    """``labels()`` through the cap: the one place a job metric's series is made."""
+
+    _labelnames: tuple[str, ...]
+
+    def labels(self, *values: str, **by_name: str) -> Any:
+        if by_name:
+            values = tuple(by_name[name] for name in self._labelnames)
+        return super().labels(*_label_cap.bound(self._labelnames, values))  # type: ignore[misc]
+
+
+class _CappedCounter(_CappedLabels, Counter):
+    pass
+
+
+class _CappedHistogram(_CappedLabels, Histogram):
+    pass
+
 
 # --- job lifecycle (labels: queue, type) ------------------------------------------------------
 
-JOBS_ENQUEUED = Counter("ojs_job_enqueued_total", "Jobs created (a deduplicated enqueue is not counted)", JOB_LABELS)
-JOBS_STARTED = Counter("ojs_job_started_total", "Attempts started (claimed by a pool or an HTTP fetch)", JOB_LABELS)
-JOBS_COMPLETED = Counter("ojs_job_completed_total", "Jobs that reached completed", JOB_LABELS)
-JOBS_FAILED = Counter("ojs_job_failed_total", "Jobs that reached discarded after a failure (dead-lettered included)", JOB_LABELS)
-JOBS_RETRIED = Counter("ojs_job_retried_total", "Failed attempts that will be retried", JOB_LABELS)
-JOBS_DEAD_LETTERED = Counter("ojs_job_dead_lettered_total", "Jobs moved to the dead letter queue", JOB_LABELS)
-JOBS_CANCELLED = Counter("ojs_job_cancelled_total", "Jobs cancelled through the API", JOB_LABELS)
-JOBS_TIMED_OUT = Counter("ojs_job_timed_out_total", "Attempts that ran past their timeout (in a pool, or reaped by the scheduler)", JOB_LABELS)
-JOB_DURATION = Histogram(
+JOBS_ENQUEUED = _CappedCounter("ojs_job_enqueued_total", "Jobs created (a deduplicated enqueue is not counted)", JOB_LABELS)
+JOBS_STARTED = _CappedCounter("ojs_job_started_total", "Attempts started (claimed by a pool or an HTTP fetch)", JOB_LABELS)
+JOBS_COMPLETED = _CappedCounter("ojs_job_completed_total", "Jobs that reached completed", JOB_LABELS)
+JOBS_FAILED = _CappedCounter("ojs_job_failed_total", "Jobs that reached discarded after a failure (dead-lettered included)", JOB_LABELS)
+JOBS_RETRIED = _CappedCounter("ojs_job_retried_total", "Failed attempts that will be retried", JOB_LABELS)
+JOBS_DEAD_LETTERED = _CappedCounter("ojs_job_dead_lettered_total", "Jobs moved to the dead letter queue", JOB_LABELS)
+JOBS_CANCELLED = _CappedCounter("ojs_job_cancelled_total", "Jobs cancelled through the API", JOB_LABELS)
+JOBS_TIMED_OUT = _CappedCounter("ojs_job_timed_out_total", "Attempts that ran past their timeout (in a pool, or reaped by the scheduler)", JOB_LABELS)
+JOB_DURATION = _CappedHistogram(
     "ojs_job_duration_seconds", "Handler run time of an attempt, by outcome (completed, retried, failed, "
     "dead_lettered, cancelled, released)", (*JOB_LABELS, "outcome"), buckets=DURATION_BUCKETS_S,
 )
-JOB_QUEUE_TIME = Histogram(
+JOB_QUEUE_TIME = _CappedHistogram(
     "ojs_job_queue_time_seconds", "Wait from becoming available (enqueue, retry, requeue) to the start of "
     "the attempt", JOB_LABELS, buckets=QUEUE_TIME_BUCKETS_S,
 )

@@ -1,5 +1,5 @@
 """The broker's background loops: the scheduler step (promotion, expiry, lease and timeout
-reaping) and cron firing. Both are safe to run in every server process at once: each step is
+reaping, dead-worker detection) and cron firing. Both are safe to run in every server process at once: each step is
 atomic in Redis, and a cron tick is claimed by exactly one firing."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from runtime.broker import BACKEND_ERRORS
 from runtime.broker.core import Broker
 from runtime.broker.crons import Crons
+from runtime.broker.dead_workers import SilentWorkers
 from runtime.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -23,11 +24,12 @@ class Scheduler:
         self.broker = broker
         self.crons = crons
         self.settings = settings
+        self.silent_workers = SilentWorkers(broker)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._loop("scheduler", self.broker.scheduler_step, self.settings.scheduler_interval_ms)),
+            asyncio.create_task(self._loop("scheduler", self._scheduler_step, self.settings.scheduler_interval_ms)),
             asyncio.create_task(self._loop("cron", self.crons.tick, self.settings.cron_interval_ms)),
         ]
 
@@ -36,6 +38,10 @@ class Scheduler:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+
+    async def _scheduler_step(self) -> int:
+        handled = await self.broker.scheduler_step()
+        return handled + await self.silent_workers.step()
 
     async def _loop(self, name: str, step: Callable[[], Awaitable[int]], interval_ms: int) -> None:
         interval_s = interval_ms / 1000

@@ -73,6 +73,7 @@ def build_app(
 ) -> tuple[App, Services]:
     """The OJS endpoint with its scheduler loops; with `probes_only`, just /health, /ready and
     /metrics and no loops (``ojs-run --metrics-port``)."""
+    metrics.set_label_cap(settings.metrics_label_cap)
     services = Services(broker, settings, board=board)
     if probes_only:
         router = Router()

@@ -113,6 +113,7 @@ class _Running:
 def main(config: PoolConfig, liveness: Liveness, board: Board | None = None) -> int:
     """Entry point of a forked pool process; returns its exit code."""
     liveness.notify(Phase.BOOT)
+    metrics.set_label_cap(config.settings.metrics_label_cap)
     try:
         registry = handlers.load(config.module)
     except Exception:
@@ -499,6 +500,7 @@ class Pool:
                  *(fields.get(b"id", b"").decode() for fields, _, _ in self.ready.values())],
                 state=self.state, visibility_ms=self.config.lease_ms,
                 active_count=len(self.active) + len(self.ready), claims=[*self.active, *self.ready],
+                interval_ms=round(self.config.heartbeat_interval_s * 1000),
             )
         except BACKEND_ERRORS as err:
             logger.warning("heartbeat failed (%s); retrying at the next interval", err)

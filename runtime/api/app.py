@@ -12,8 +12,9 @@ from typing import Any
 
 from runtime import logs
 from runtime.api.routing import Request, Response, Router, json_response
-from runtime.broker import BACKEND_ERRORS
+from runtime.broker import BACKEND_ERRORS, outcome
 from runtime.errors import (
+    BackendOutcomeUnknown,
     BackendUnavailable,
     InvalidPayload,
     MethodNotAllowed,
@@ -35,6 +36,7 @@ Hook = Callable[[], Awaitable[None]]
 DOCS_URL = "https://openjobspec.org/spec/ojs-http-binding#errors"
 OPEN_PATHS = frozenset({"/health", "/ready", "/ojs/v1/health", "/metrics"})
 MAX_REQUEST_ID = 128
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # no effect to duplicate: always worth a retry
 
 
 def error_body(err: OJSError, request_id: str) -> dict[str, Any]:
@@ -137,12 +139,19 @@ class App:
             body=body, request_id=request_id,
         )
         request.params = params
+        token = outcome.track()
         try:
             return await handler(request)
         except RecursionError:
             raise InvalidPayload("Request body is nested too deeply.") from None
         except BACKEND_ERRORS as err:
-            raise BackendUnavailable(f"Job store unavailable: {err}") from None
+            if method in SAFE_METHODS or outcome.surely_not_run(err):
+                raise BackendUnavailable(f"Job store unavailable: {err}") from None
+            raise BackendOutcomeUnknown(
+                f"Job store connection failed while the request was in flight; its outcome is unknown: {err}",
+            ) from None
+        finally:
+            outcome.untrack(token)
 
     def _authorize(self, headers: dict[bytes, bytes]) -> None:
         assert self.api_key is not None

@@ -78,6 +78,7 @@ def register(router: Router, services: Services) -> None:
         state = "drain" if req.shutdown else req.state
         beat = await broker.heartbeat(
             req.worker_id, ids, state=state, visibility_ms=req.visibility_timeout_ms, active_count=count,
+            interval_ms=req.heartbeat_interval_ms,
         )
         return json_response(200, {
             "state": beat.directive,

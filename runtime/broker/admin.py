@@ -114,7 +114,7 @@ class Admin:
     async def dead_letter_page(self, *, queue: str | None, limit: int, offset: int) -> tuple[int, list[dict[bytes, bytes]]]:
         """Oldest first; a queue filter reads that queue's own index (one page, not the whole set)."""
         k = self.keys
-        index = k.dlq if queue is None else k.dead_letters(queue)
+        index = k.dlq if queue is None else k.queue_dlq(queue)
         total = await self.redis.zcard(index)
         ids = await self.redis.zrange(index, offset, offset + limit - 1)
         return total, await self._hashes(ids)

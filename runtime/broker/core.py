@@ -372,11 +372,12 @@ class Broker:
     async def heartbeat(
         self, worker_id: str, job_ids: Sequence[str], *, state: str | None = None,
         visibility_ms: int | None = None, active_count: int | None = None,
-        claims: Sequence[str] | None = None,
+        claims: Sequence[str] | None = None, interval_ms: int | None = None,
     ) -> HeartbeatResult:
-        """Extend the leases of the listed jobs held by `worker_id`. With `claims` (one fencing
-        token per id), only the claim named is extended: a job this worker claimed again is not
-        kept alive by a beat meant for its earlier claim."""
+        """Record a beat of `worker_id` (with the interval it beats at, when it says) and extend
+        the leases of the listed jobs it holds. With `claims` (one fencing token per id), only
+        the claim named is extended: a job this worker claimed again is not kept alive by a beat
+        meant for its earlier claim."""
         k = self.keys
         tokens = list(claims) if claims is not None else [""] * len(job_ids)
         reply = await self.scripts.call(
@@ -386,7 +387,8 @@ class Broker:
                 str(timefmt.now_ms()), worker_id, state or "",
                 "" if visibility_ms is None else str(visibility_ms),
                 str(self.settings.default_visibility_ms),
-                "" if active_count is None else str(active_count), str(len(job_ids)), *job_ids, *tokens,
+                "" if active_count is None else str(active_count),
+                "" if interval_ms is None else str(interval_ms), str(len(job_ids)), *job_ids, *tokens,
             ],
         )
         return HeartbeatResult(

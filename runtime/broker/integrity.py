@@ -49,6 +49,7 @@ _JOB_FIELDS = (
 )
 _AVAILABLE_SUFFIX = ":available"
 _COUNTS_SUFFIX = ":counts"
+_DLQ_SUFFIX = ":dlq"
 
 
 @dataclass(slots=True)
@@ -114,11 +115,13 @@ async def _load(redis: Redis, keys: Keys) -> _Store:
             store.queues.add(rest[: -len(_AVAILABLE_SUFFIX)])
         elif rest.endswith(_COUNTS_SUFFIX):
             store.queues.add(rest[: -len(_COUNTS_SUFFIX)])
+        elif rest.endswith(_DLQ_SUFFIX):  # a queue whose only trace is its dead letter index
+            store.queues.add(rest[: -len(_DLQ_SUFFIX)])
     store.queues.update(q for q in (_text(n) for n in await redis.hkeys(keys.queues)) if q)
     store.queues.update(job.queue for job in store.jobs.values() if job.queue)
     for queue in sorted(store.queues):
         store.indexes[keys.available(queue)] = await _zset(redis, keys.available(queue))
-        store.indexes[keys.dead_letters(queue)] = await _zset(redis, keys.dead_letters(queue))
+        store.indexes[keys.queue_dlq(queue)] = await _zset(redis, keys.queue_dlq(queue))
         store.indexes[keys.suspects(queue)] = await _zset(redis, keys.suspects(queue))
         raw_counts = await redis.hgetall(keys.counts(queue))
         store.counts[queue] = {_text(k) or "": _text(v) or "" for k, v in raw_counts.items()}
@@ -201,7 +204,7 @@ def _check_job(job_id: str, job: _Job, found: dict[str, float], keys: Keys) -> l
         "retryable": {keys.delayed},
         "active": {keys.active},
     }.get(state, set())
-    queue_dlq = keys.dead_letters(job.queue)
+    queue_dlq = keys.queue_dlq(job.queue)
     queue_suspects = keys.suspects(job.queue)
     lifecycle = {k for k in found if k not in (keys.expiring, keys.dlq, queue_dlq, queue_suspects)}
     for index in sorted(main - lifecycle):
@@ -222,8 +225,10 @@ def _check_job(job_id: str, job: _Job, found: dict[str, float], keys: Keys) -> l
     if (queue_suspects in found) != should_be_suspect:
         problems.append(f"{tag}: state {state!r}, suspect={job.suspect!r}, "
                         f"in {queue_suspects}: {queue_suspects in found}")
-    if (queue_dlq in found) != in_dlq:
-        problems.append(f"{tag}: in {keys.dlq}: {in_dlq}, but in {queue_dlq}: {queue_dlq in found}")
+    if should_be_in_dlq and queue_dlq not in found:
+        problems.append(f"{tag}: dead-lettered but not in {queue_dlq}")
+    elif queue_dlq in found and not should_be_in_dlq:
+        problems.append(f"{tag}: in {queue_dlq} but state {state!r}, dead_lettered={job.dead_lettered!r}")
     return problems
 
 

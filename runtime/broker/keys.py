@@ -16,6 +16,8 @@ key                            type        content
 ``P queue:<q>:counts``         hash        state -> number of jobs of that queue in that state
 ``P queue:<q>:config``         hash        queue settings: rl_max, rl_window_ms (rate limit)
 ``P queue:<q>:ratelog``        zset        claims inside the current rate-limit window
+``P queue:<q>:dlq``            zset        the queue's dead-lettered jobs (the per-queue index of
+                                           ``dlq``, same members and scores)
 ``P unique:<fingerprint>``     string      id of the job holding a unique-job lock
 ``P queues``                   hash        queue name -> creation time (ms)
 ``P delayed``                  zset        ``scheduled`` and ``retryable`` jobs; score = due (ms)
@@ -23,14 +25,14 @@ key                            type        content
                                            deadline (ms)
 ``P expiring``                 zset        non-terminal jobs with ``expires_at``; score = expiry
 ``P dlq``                      zset        dead-lettered jobs; score = time of discard (ms)
-``P queue:<q>:dlq``            zset        the same, of one queue (the dead letter listing's index)
 ``P queue:<q>:suspects``       zset        available jobs that must run alone (they were running
                                            when their process died); score = available score
 ``P seq``                      string      enqueue sequence (INCR): strict FIFO within a priority
 ``P claims``                   string      fencing-token counter: every claim takes a new number,
                                            stored as the job's ``claim`` field
 ``P events``                   stream      lifecycle events, capped
-``P worker:<id>``              hash        worker registry entry (state, last heartbeat, directive)
+``P worker:<id>``              hash        worker registry entry (state, last heartbeat, its heartbeat
+                                           interval, directive); removed when the worker is found dead
 ``P worker-jobs:<id>``         set         ids of the active jobs a worker holds (for release on death)
 ``P workers``                  zset        worker id -> last heartbeat (ms)
 ``P notify:<q>``               channel     pub/sub wake-up: a job became available in queue q
@@ -85,6 +87,10 @@ class Keys:
     def counts(self, queue: str) -> str:
         return f"{self.prefix}queue:{queue}:counts"
 
+    def queue_dlq(self, queue: str) -> str:
+        """One queue's share of `dlq`: a filtered listing reads only its own entries."""
+        return f"{self.prefix}queue:{queue}:dlq"
+
     def notify(self, queue: str) -> str:
         """Pub/sub channel (not a key): idle workers wait on it instead of polling."""
         return f"{self.prefix}notify:{queue}"
@@ -102,9 +108,6 @@ class Keys:
 
     def workflow(self, workflow_id: str) -> str:
         return f"{self.prefix}workflow:{workflow_id}"
-
-    def dead_letters(self, queue: str) -> str:
-        return f"{self.prefix}queue:{queue}:dlq"
 
     def suspects(self, queue: str) -> str:
         return f"{self.prefix}queue:{queue}:suspects"

@@ -34,8 +34,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from runtime.broker import outcome
 from runtime.broker.keys import SUFFIXES
-from runtime.broker.wire import Address, Wire
+from runtime.broker.wire import Address, CommandNotSent, Wire
 
 LIBRARY_FILE = "lib"
 
@@ -118,6 +119,19 @@ class Scripts:
         self._names = {name: function_name(name) for name in TRANSITIONS}
 
     async def call(self, name: str, *, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run one transition; whatever happened after it was sent is noted for the request
+        (:mod:`runtime.broker.outcome`)."""
+        try:
+            reply = await self._call(name, keys, args)
+        except CommandNotSent:
+            raise
+        except BaseException:
+            outcome.note_sent()
+            raise
+        outcome.note_sent()
+        return reply
+
+    async def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         function = self._names[name]
         execute = self.wire.execute if self.wire is not None else self._redis.execute_command
         try:

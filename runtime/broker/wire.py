@@ -12,7 +12,9 @@ Errors are redis-py's exception classes, so callers catch one family either way.
 A connection that is found closed before a command is sent is opened again transparently (a
 restarted Redis costs nothing). A command in flight when the connection drops fails with
 ConnectionError and is not re-sent: a script may have run, and only its caller knows whether a
-second run is harmless.
+second run is harmless. The two failures are told apart: :class:`CommandNotSent` (no connection
+could be made, or it was lost before the command was written: it surely did not run) and
+:class:`OutcomeUnknown` (lost after the command was written: it may have run).
 """
 
 from __future__ import annotations
@@ -38,6 +40,14 @@ _ERRORS: dict[str, type[rx.RedisError]] = {
     "WRONGPASS": rx.AuthenticationError,
     "NOPERM": rx.NoPermissionError,
 }
+
+
+class CommandNotSent(rx.ConnectionError):
+    """The command never left this process: it surely did not run."""
+
+
+class OutcomeUnknown(rx.ConnectionError):
+    """The connection was lost after the command was written: it may have run."""
 
 
 def _pack(command: tuple[Any, ...]) -> bytes:
@@ -119,13 +129,24 @@ class _Protocol(asyncio.Protocol):
                 waiter.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        error = rx.ConnectionError(f"Connection to Redis lost: {exc}" if exc else "Connection closed by server.")
+        why = f"Connection to Redis lost: {exc}" if exc else "Connection closed by server."
+        self._fail_unwritten(why)
+        error = OutcomeUnknown(f"{why} The command had been sent; its outcome is unknown.")
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(error)
         if not self.closed.done():
             self.closed.set_result(None)
+
+    def _fail_unwritten(self, why: str) -> None:
+        """Fail the commands still waiting to be written (the newest waiters, one per command)."""
+        error = CommandNotSent(f"{why} The command was not sent.")
+        for _ in range(len(self.outgoing)):
+            waiter = self.waiters.pop()
+            if not waiter.done():
+                waiter.set_exception(error)
+        self.outgoing = []
 
     def is_open(self) -> bool:
         return self.transport is not None and not self.closed.done() and not self.transport.is_closing()
@@ -139,9 +160,11 @@ class _Protocol(asyncio.Protocol):
         return waiter
 
     def _flush(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            self._fail_unwritten("Connection to Redis closing.")
+            return
         data, self.outgoing = b"".join(self.outgoing), []
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        self.transport.write(data)
 
 
 async def _open(address: Address, timeout_s: float = 5.0) -> _Protocol:
@@ -199,7 +222,12 @@ class Wire:
         Concurrent callers' commands share the connection and, within one loop iteration, a write."""
         proto = self._proto
         if proto is None or proto.loop is not asyncio.get_running_loop() or not proto.is_open():
-            proto = await self._connection()
+            try:
+                proto = await self._connection()
+            except rx.AuthenticationError:
+                raise
+            except (rx.ConnectionError, OSError, TimeoutError) as err:
+                raise CommandNotSent(f"{err} The command was not sent.") from err
         return await proto.request(_pack(args))
 
     async def _connection(self) -> _Protocol:

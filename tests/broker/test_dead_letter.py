@@ -8,15 +8,16 @@ from typing import Any
 import pytest
 import redis
 
+from runtime import timefmt
 from runtime.broker.admin import Admin
-from runtime.broker.core import Broker
+from runtime.broker.core import Broker, Failure
 from runtime.broker.integrity import check_integrity
 from runtime.broker.keys import Keys
 from runtime.broker.render import error_history
 from runtime.envelope import ErrorInfo
 from runtime.errors import NotFound
 from runtime.ids import uuid7
-from tests.broker.conftest import Run, body, read_job
+from tests.broker.conftest import Run, body, new_job, read_job
 
 Enqueue = Callable[..., list[str]]
 
@@ -106,3 +107,67 @@ def test_dead_letter_retry_of_expiring_job_keeps_store_consistent(
     job_id = dead_lettered(expires_at="+PT1H")
     run(admin.dead_letter_retry(job_id))
     assert run(check_integrity(broker.redis, broker.keys)) == []
+
+
+def _dead_letter_many(broker: Broker, run: Run[Any], queue: str, count: int) -> list[str]:
+    """`count` jobs of `queue` dead-lettered in three script calls (enqueue, fetch, fail)."""
+    bodies = [body(queue=queue, retry={"on_exhaustion": "dead_letter", "max_attempts": 1}) for _ in range(count)]
+    now = timefmt.now_ms()
+    done = run(broker.enqueue([new_job(b, now_ms=now) for b in bodies], now_ms=now))
+    claimed = run(broker.fetch([queue], count=count))
+    assert len(claimed) == count
+    results = run(broker.fail_many([Failure(job_id=d.job_id, verdict="dead_letter") for d in done], now_ms=now))
+    assert all(r.state == "discarded" for r in results if not isinstance(r, Exception))
+    return [d.job_id for d in done]
+
+
+def _job_reads(client: redis.Redis) -> int:
+    """Commands so far (server-wide) that read a job hash."""
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("hgetall", "hmget", "hget"))
+
+
+def test_dead_letter_page_of_one_queue_reads_only_that_queue_entries(
+    broker: Broker, admin: Admin, run: Run[Any], redis_client: redis.Redis,
+) -> None:
+    # Given: a big dead letter queue of one queue, and three entries of another
+    _dead_letter_many(broker, run, "bulk", 2_000)
+    few = _dead_letter_many(broker, run, "few", 3)
+    # When: the small queue is listed, a page of two
+    before = _job_reads(redis_client)
+    total, page = run(admin.dead_letter_page(queue="few", limit=2, offset=0))
+    reads = _job_reads(redis_client) - before
+    # Then: its own entries, oldest first, and only as many job hashes read as the page holds
+    assert total == 3
+    assert [h[b"id"].decode() for h in page] == few[:2]
+    assert reads <= 2, f"{reads} job hash reads for a page of 2"
+    # And the next page holds the rest
+    total, page = run(admin.dead_letter_page(queue="few", limit=2, offset=2))
+    assert (total, [h[b"id"].decode() for h in page]) == (3, few[2:])
+
+
+def test_dead_letter_queue_index_follows_retry_and_delete(
+    dead_lettered: Callable[..., str], admin: Admin, run: Run[Any], redis_client: redis.Redis, keys: Keys,
+) -> None:
+    retried, deleted, kept = dead_lettered(), dead_lettered(), dead_lettered()
+    assert redis_client.zrange(keys.queue_dlq("dl"), 0, -1) == [retried.encode(), deleted.encode(), kept.encode()]
+    run(admin.dead_letter_retry(retried))
+    run(admin.dead_letter_delete(deleted))
+    assert redis_client.zrange(keys.queue_dlq("dl"), 0, -1) == [kept.encode()]
+    total, page = run(admin.dead_letter_page(queue="dl", limit=10, offset=0))
+    assert (total, [h[b"id"].decode() for h in page]) == (1, [kept])
+
+
+@pytest.mark.parametrize(("corrupt", "expected"), [
+    (lambda c, k, job_id: c.zrem(k.queue_dlq("dl"), job_id), "dead-lettered but not in {ojs-test}:queue:dl:dlq"),
+    (lambda c, k, job_id: c.zadd(k.queue_dlq("elsewhere"), {job_id: 1}), "also in {ojs-test}:queue:elsewhere:dlq"),
+])
+def test_integrity_checks_the_dead_letter_queue_index(
+    dead_lettered: Callable[..., str], broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys,
+    allow_inconsistency: None, corrupt: Callable[[redis.Redis, Keys, str], None], expected: str,
+) -> None:
+    job_id = dead_lettered()
+    assert run(check_integrity(broker.redis, keys)) == []
+    corrupt(redis_client, keys, job_id)
+    problems = run(check_integrity(broker.redis, keys))
+    assert any(expected in p for p in problems), problems

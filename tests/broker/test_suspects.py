@@ -22,6 +22,13 @@ def ids_of(claimed: list[dict[bytes, bytes]]) -> list[str]:
     return [h[b"id"].decode() for h in claimed]
 
 
+def busy(enqueue: Enqueue, broker: Broker, run: Run[Any], worker_id: str) -> None:
+    """Make `worker_id` hold a job (of another queue): a worker that holds one is not idle."""
+    (job_id,) = enqueue(body(queue="elsewhere"))
+    (claimed,) = run(broker.fetch(["elsewhere"], worker_id=worker_id))
+    assert claimed[b"id"].decode() == job_id
+
+
 def lose(broker: Broker, run: Run[Any], job_id: str, verdict: str) -> NackResult:
     (out,) = run(broker.fail_many([Failure(job_id=job_id, verdict=verdict, worker_id="w1")], now_ms=timefmt.now_ms()))
     assert isinstance(out, NackResult)
@@ -40,6 +47,7 @@ def test_a_job_lost_beside_others_is_not_charged_and_is_given_only_to_an_idle_ca
     job = read_job(redis_client, keys, suspect)
     assert "lost" not in job and job["suspect"] == "1"
     # A busy caller gets the other jobs, not the suspect (which stays where it was)
+    busy(enqueue, broker, run, "w2")
     assert ids_of(run(broker.fetch(["default"], count=10, worker_id="w2"))) == others
     assert run(broker.fetch(["default"], count=10, worker_id="w2")) == []
     assert redis_client.zscore(keys.available("default"), suspect) is not None
@@ -90,6 +98,7 @@ def test_a_suspect_is_cleared_only_by_an_outcome_of_its_own(
     # Then
     assert ("suspect" in read_job(redis_client, keys, job_id)) is kept
     if kept:  # still given only to an idle caller
+        busy(enqueue, broker, run, "w2")
         assert run(broker.fetch(["default"], worker_id="w2")) == []
         assert ids_of(run(broker.fetch(["default"], worker_id="w2", idle=True))) == [job_id]
 
@@ -116,3 +125,18 @@ def test_death_verdicts(
     held: set[str], running: set[str] | None, settling: set[str], expected: dict[str, str],
 ) -> None:
     assert death_verdicts(held, running, settling) == expected
+
+
+def test_a_worker_that_holds_nothing_is_idle_without_saying_so(
+    enqueue: Enqueue, broker: Broker, run: Run[Any],
+) -> None:
+    # An HTTP worker cannot say it is idle: holding no job, it gets the suspect, alone
+    suspect, other = enqueue(body(), body())
+    run(broker.fetch(["default"], count=2, worker_id="w1"))
+    lose(broker, run, suspect, "worker_lost_shared")
+    run(broker.ack(other))
+    assert ids_of(run(broker.fetch(["default"], count=5, worker_id="http-worker"))) == [suspect]
+    # ...and so does a caller without a worker id (nothing tells it is busy)
+    run(broker.fail_many([Failure(job_id=suspect, verdict="worker_lost_shared", worker_id="http-worker")],
+                         now_ms=timefmt.now_ms()))
+    assert ids_of(run(broker.fetch(["default"], count=5))) == [suspect]

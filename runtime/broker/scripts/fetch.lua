@@ -11,8 +11,8 @@
   scheduler step runs (promote_due, expire_due: the same helpers step.lua runs), so a job whose
   time has come is claimable at once.
   Suspects (jobs that were running when their process died, see nack.lua) are skipped, and stay
-  where they are; only an idle pool (`idle` = 1: it runs and holds no job) gets one, first and
-  alone: the call then claims that job and nothing else.
+  where they are; only an idle caller (`idle` = 1, or a worker that holds no job, or one without
+  a worker id) gets one, first and alone: the call then claims that job and nothing else.
 
   KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|paused|counts|config|ratelog,
                  worker:<id>, worker-jobs:<id>, unique:<fp>, queue:<q>:suspects, claims and the
@@ -233,7 +233,21 @@ local function claim_suspect()
   return nil
 end
 
-local suspect = ARGV[11 + 2 * nq] == "1" and claim_suspect()
+-- Idle: the caller said so, or it holds nothing (an HTTP worker, which cannot say; a caller
+-- without a worker id is taken as idle, as nothing tells otherwise). Read only when a suspect
+-- waits, so the common path pays nothing.
+local function caller_is_idle()
+  if ARGV[11 + 2 * nq] == "1" or worker_id == "" then return true end
+  return rcall("SCARD", prefix .. "worker-jobs:" .. worker_id) == 0
+end
+
+local suspect = nil
+for q = 1, nq do
+  if rcall("ZCARD", queue_key(T, ARGV[10 + q], "suspects")) > 0 then
+    if caller_is_idle() then suspect = claim_suspect() end
+    break
+  end
+end
 if suspect then
   claimed[1] = suspect  -- and nothing else: the caller runs it alone
 else

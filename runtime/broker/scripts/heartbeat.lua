@@ -23,9 +23,11 @@
   ARGV[4] request visibility_ms ("" when not given)
   ARGV[5] default visibility_ms
   ARGV[6] reported active job count ("" to use the number of listed ids)
-  ARGV[7] number of listed jobs N
-  ARGV[8 .. 7+N]    active job ids
-  ARGV[8+N .. 7+2N] their claim tokens ("" where unknown: any claim of this worker is extended)
+  ARGV[7] the worker's heartbeat interval in ms ("" when not reported; dead-worker detection
+          then assumes the server's)
+  ARGV[8] number of listed jobs N
+  ARGV[9 .. 8+N]    active job ids
+  ARGV[9+N .. 8+2N] their claim tokens ("" where unknown: any claim of this worker is extended)
 
   Returns: {directive, {extended ids}, {cancelled ids}}
 ]]
@@ -34,10 +36,10 @@ local now = tonumber(ARGV[1])
 local worker_id, reported = ARGV[2], ARGV[3]
 local request_vis, default_vis = tonumber(ARGV[4]), tonumber(ARGV[5])
 
-local n = tonumber(ARGV[7])
+local n = tonumber(ARGV[8])
 local extended, cancelled = {}, {}
 local hook_directive = nil
-for a = 8, 7 + n do
+for a = 9, 8 + n do
   local id, token = ARGV[a], ARGV[a + n]
   local job_key = prefix .. "job:" .. id
   local f = rcall("HMGET", job_key, "state", "worker_id", "visibility_timeout_ms", "exec_deadline",
@@ -60,6 +62,9 @@ end
 
 local active_count = ARGV[6] ~= "" and ARGV[6] or tostring(n)
 rcall("HSET", worker_key, "id", worker_id, "last_heartbeat_at", ARGV[1], "active_jobs", active_count)
+if ARGV[7] ~= "" then
+  rcall("HSET", worker_key, "heartbeat_interval_ms", ARGV[7])
+end
 if reported ~= "" then
   rcall("HSET", worker_key, "state", reported)
 end
