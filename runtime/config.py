@@ -31,9 +31,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     scheduler_interval_ms: int = 100  # promoter / reaper cadence
     cron_interval_ms: int = 500
     scheduler_step_limit: int = 1_000  # due entries handled per script call
+    # Lease expiry after an outage (runtime/broker/outage.py): a pause longer than the gap between
+    # two scheduler steps of any server, on Redis' clock, means no pool could renew its leases
+    # either; expiry then waits the grace, two default pool heartbeat intervals, for them to renew.
+    reaper_outage_gap_ms: int = 2_000
+    reaper_outage_grace_ms: int = 10_000
     # A job whose worker process died this many times is dead-lettered instead of retried again:
     # it is probably what kills the worker.
     worker_lost_cap: int = 3
+
+    def __post_init__(self) -> None:
+        if self.reaper_outage_gap_ms < 5 * self.scheduler_interval_ms:
+            # Otherwise a lone server's ordinary pause between two steps would look like an
+            # outage at every step, and no lease would ever expire.
+            raise ValueError("reaper_outage_gap_ms must be at least 5 scheduler intervals")
 
 
 def _env_int(name: str) -> int | None:
@@ -69,6 +80,8 @@ def settings_from_env(**overrides: object) -> Settings:
         ("default_visibility_ms", "OJS_DEFAULT_VISIBILITY_MS"),
         ("events_maxlen", "OJS_EVENTS_MAXLEN"),
         ("metrics_max_queues", "OJS_METRICS_MAX_QUEUES"),
+        ("reaper_outage_gap_ms", "OJS_REAPER_OUTAGE_GAP_MS"),
+        ("reaper_outage_grace_ms", "OJS_REAPER_OUTAGE_GRACE_MS"),
     ):
         if (number := _env_int(env)) is not None:
             values[field] = number

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from runtime import metrics, timefmt
 from runtime.broker import failures
 from runtime.broker.keys import Keys
+from runtime.broker.outage import LeaseExpiryGuard
 from runtime.broker.records import NewJob
 from runtime.broker.render import pairs_to_dict
 from runtime.broker.scripts import Scripts, Status
@@ -116,6 +117,7 @@ class Broker:
         self.keys = Keys(settings.key_prefix)
         self.scripts = Scripts(redis)
         self._maxlen = str(settings.events_maxlen)
+        self._lease_expiry = LeaseExpiryGuard(self.scripts, self.keys, settings)
 
     # --- enqueue ---------------------------------------------------------------------------
 
@@ -383,17 +385,20 @@ class Broker:
 
     # --- scheduler step --------------------------------------------------------------------
 
-    async def scheduler_step(self) -> int:
+    async def scheduler_step(self, *, now_ms: int | None = None) -> int:
         """Promote due jobs, expire TTLs, and fail jobs whose lease or timeout has passed.
 
-        Two script calls however many jobs are due: fetch.lua with count 0 does the promotion
+        A few script calls however many jobs are due: fetch.lua with count 0 does the promotion
         and expiry; expired_leases.lua lists the overdue active jobs, which one nack.lua call
         then fails (each guarded by the attempt it was read at, so a job acked in between is
-        left alone).
+        left alone). After an outage no active job is judged until the pools had their grace to
+        renew (outage.py); a job's own timeout waits too, which its pool enforces meanwhile.
         """
-        await self.fetch((), count=0)
+        await self.fetch((), count=0, now_ms=now_ms)
         await self.advance_workflows()
-        now = timefmt.now_ms()
+        if not await self._lease_expiry.expiry_allowed():
+            return 0
+        now = timefmt.now_ms() if now_ms is None else now_ms
         k = self.keys
         rows = await self.scripts.call(
             "expired_leases", keys=[k.prefix, k.active],

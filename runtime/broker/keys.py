@@ -34,6 +34,8 @@ key                            type        content
 ``P workflow:advance``         list        outbox: ids of workflow jobs that ended, for advance.lua
 ``P crons``                    hash        cron name -> registration (JSON)
 ``P cron:next``                zset        cron name -> next fire time (ms); the per-tick claim
+``P reaper``                   hash        last_step_ms, resume_at_ms on Redis' clock: lease expiry
+                                           waits after an outage (broker/outage.py)
 =============================  ==========  ======================================================
 """
 
@@ -123,3 +125,7 @@ class Keys:
     @property
     def cron_next(self) -> str:
         return f"{self.prefix}cron:next"
+
+    @property
+    def reaper(self) -> str:
+        return f"{self.prefix}reaper"
