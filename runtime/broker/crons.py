@@ -186,9 +186,9 @@ class Crons:
 
     # --- firing ----------------------------------------------------------------------------
 
-    async def tick(self) -> int:
+    async def tick(self, *, now_ms: int | None = None) -> int:
         """Fire every due cron once. Returns the number of jobs enqueued by this server."""
-        now = timefmt.now_ms()
+        now = timefmt.now_ms() if now_ms is None else now_ms
         due = await self.redis.zrangebyscore(self.keys.cron_next, "-inf", now, withscores=True)
         fired = 0
         for raw_name, score in due:
