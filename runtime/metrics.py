@@ -83,6 +83,13 @@ JOBS_RECOVERED = Counter(
     "worker_lost (it died) or released (it was stopped)", ("reason",),
 )
 
+# --- crons (label: reason) ----------------------------------------------------------------------
+
+CRON_TICKS_SKIPPED = Counter(
+    "ojs_cron_ticks_skipped_total", "Cron ticks that created no job: overlap_skip (the previous one "
+    "has not finished) or unique_conflict (a job holds the template's unique lock)", ("reason",),
+)
+
 # --- pool processes ---------------------------------------------------------------------------
 
 POOL_SLOTS = Gauge(
@@ -101,7 +108,7 @@ POOL_RECYCLES = Counter(
 ALL = (
     JOBS_ENQUEUED, JOBS_STARTED, JOBS_COMPLETED, JOBS_FAILED, JOBS_RETRIED, JOBS_DEAD_LETTERED,
     JOBS_CANCELLED, JOBS_TIMED_OUT, JOB_DURATION, JOB_QUEUE_TIME, LEASES_EXPIRED, LEASE_EXPIRY_DEFERRALS,
-    JOBS_RECOVERED, POOL_SLOTS, POOL_RESTARTS, POOL_RECYCLES,
+    JOBS_RECOVERED, CRON_TICKS_SKIPPED, POOL_SLOTS, POOL_RESTARTS, POOL_RECYCLES,
 )
 
 # --- recording helpers --------------------------------------------------------------------------

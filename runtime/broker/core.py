@@ -157,8 +157,9 @@ class Broker:
     async def enqueue_cron_tick(
         self, job: NewJob, *, cron_name: str, expression: str, tick_ms: int, next_ms: int,
         overlap: str, now_ms: int,
-    ) -> tuple[str, str | None]:
-        """Fire one cron tick: ('fired', id), ('claimed', None) or ('skipped', existing id)."""
+    ) -> tuple[str, str | None, str | None]:
+        """Fire one cron tick: ('fired', id, None), ('claimed', None, None) or ('skipped', existing
+        id, reason), reason overlap_skip or unique_conflict (enqueue.lua has recorded the skip)."""
         args: list[str | bytes] = [
             str(now_ms), self._maxlen, "1", cron_name, str(tick_ms), str(next_ms), overlap, expression,
             job.script_arg(),
@@ -167,11 +168,11 @@ class Broker:
         status = int(reply[0])
         if status == 0:
             metrics.JOBS_ENQUEUED.labels(job.queue, job.fields.get("type", "")).inc()
-            return "fired", reply[1].decode()
+            return "fired", reply[1].decode(), None
         if status == 2:
-            return "claimed", None
+            return "claimed", None, None
         if status == 3:
-            return "skipped", reply[1].decode()
+            return "skipped", reply[1].decode(), reply[2].decode()
         raise Duplicate(f"Job '{job.id}' already exists.")
 
     def _enqueue_keys(self) -> list[str]:

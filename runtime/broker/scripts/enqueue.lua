@@ -10,7 +10,9 @@
     - unique jobs: no job holds the lock in one of the policy's states within the period, unless
       on_conflict is ignore (that job is not created; the holder is returned instead) or replace
     - cron guard given: the cron's next fire time is still the tick being fired (the per-tick
-      claim: of several servers firing the same tick, exactly one passes)
+      claim: of several servers firing the same tick, exactly one passes). The claim comes before
+      the unique check: a tick whose job meets a unique holder (reject or ignore) is a skipped
+      tick, consumed and recorded like an overlap skip, never an error that stalls the cron.
 
   KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|counts|config|paused,
                   unique:<fingerprint>, cron:state:<name>, workflow:<id>, workflow:advance)
@@ -45,7 +47,9 @@
                                 a duplicate (on_conflict ignore)
     {1, index}                  the job at 1-based index already exists (same id)
     {2}                         cron tick already claimed by another server (nothing written)
-    {3, existing_id}            cron tick skipped: previous instance still pending (tick consumed)
+    {3, existing_id, reason}    cron tick skipped (tick consumed; cron:state:<name> records it):
+                                reason overlap_skip (previous instance not finished) or
+                                unique_conflict (existing_id holds the template's unique lock)
     {4, index, existing_id, existing_state, fingerprint}   unique conflict, on_conflict reject
 ]]
 local rcall = redis.call
@@ -115,6 +119,29 @@ for j = 1, n do
   seen_ids[id] = true
 end
 
+-- A cron firing: claim the tick first, so that whatever stops this tick's job consumes the tick.
+local cron_state = prefix .. "cron:state:" .. cron_name
+local function skip_tick(reason, existing_id)
+  rcall("HSET", cron_state, "last_skipped_at", now, "last_skip_reason", reason)
+  rcall("HINCRBY", cron_state, "skipped_count", 1)
+  emit("cron.skipped", cron_name, {cron_name = cron_name, cron_expr = cron_expr,
+    job_type = jobs[1].type, reason = reason, existing_job_id = existing_id})
+  return {3, existing_id, reason}
+end
+if cron_name ~= "" then
+  if rcall("ZSCORE", cron_next_key, cron_name) ~= cron_tick then
+    return {2}
+  end
+  rcall("ZADD", cron_next_key, cron_next, cron_name)
+  local last_id = rcall("HGET", cron_state, "last_job_id")
+  if cron_policy == "skip" and last_id then
+    local last_state = rcall("HGET", prefix .. "job:" .. last_id, "state")
+    if last_state and not TERMINAL[last_state] then
+      return skip_tick("overlap_skip", last_id)
+    end
+  end
+end
+
 -- Unique locks: find the holder of each fingerprint that still counts as a duplicate.
 local function holder_of(job)
   if job.ukey == "" then return nil end
@@ -149,6 +176,7 @@ for j = 1, n do
     local holder, holder_state = holder_of(job)
     if holder then
       if job.on_conflict == "reject" then
+        if cron_name ~= "" then return skip_tick("unique_conflict", holder) end
         return {4, j, holder, holder_state, job.ukey}
       end
       job.holder, job.holder_state = holder, holder_state
@@ -158,19 +186,8 @@ for j = 1, n do
 end
 
 if cron_name ~= "" then
-  local cron_state = prefix .. "cron:state:" .. cron_name
-  if rcall("ZSCORE", cron_next_key, cron_name) ~= cron_tick then
-    return {2}
-  end
-  rcall("ZADD", cron_next_key, cron_next, cron_name)
-  local last_id = rcall("HGET", cron_state, "last_job_id")
-  if cron_policy == "skip" and last_id then
-    local last_state = rcall("HGET", prefix .. "job:" .. last_id, "state")
-    if last_state and not TERMINAL[last_state] then
-      emit("cron.skipped", cron_name, {cron_name = cron_name, cron_expr = cron_expr,
-        job_type = jobs[1].type, reason = "overlap_skip", existing_job_id = last_id})
-      return {3, last_id}
-    end
+  if jobs[1].holder and jobs[1].on_conflict ~= "replace" then  -- ignore: nothing would be created
+    return skip_tick("unique_conflict", jobs[1].holder)
   end
   rcall("HSET", cron_state, "last_job_id", jobs[1].id, "last_run_at", now)
   rcall("HINCRBY", cron_state, "run_count", 1)
