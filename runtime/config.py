@@ -34,6 +34,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     scheduler_interval_ms: int = 100  # promoter / reaper cadence
     cron_interval_ms: int = 500
     scheduler_step_limit: int = 1_000  # due entries handled per script call
+    # Lease expiry after an outage (runtime/broker/outage.py): a pause longer than the gap between
+    # two scheduler steps of any server, on Redis' clock, means no pool could renew its leases
+    # either; expiry then waits the grace, two default pool heartbeat intervals, for them to renew.
+    reaper_outage_gap_ms: int = 2_000
+    reaper_outage_grace_ms: int = 10_000
     # A job whose worker process died this many times is dead-lettered instead of retried again:
     # it is probably what kills the worker.
     worker_lost_cap: int = 3
@@ -47,6 +52,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # requeued as a worker loss and its record removed. 0 turns detection off.
     worker_heartbeat_interval_ms: int = 5_000
     worker_missed_heartbeats: int = 6
+
+    def __post_init__(self) -> None:
+        if self.reaper_outage_gap_ms < 5 * self.scheduler_interval_ms:
+            # Otherwise a lone server's ordinary pause between two steps would look like an
+            # outage at every step, and no lease would ever expire.
+            raise ValueError("reaper_outage_gap_ms must be at least 5 scheduler intervals")
 
 
 def _env_int(name: str) -> int | None:
@@ -85,6 +96,8 @@ def settings_from_env(**overrides: object) -> Settings:
         ("metrics_label_cap", "OJS_METRICS_LABEL_CAP"),
         ("worker_heartbeat_interval_ms", "OJS_WORKER_HEARTBEAT_INTERVAL_MS"),
         ("worker_missed_heartbeats", "OJS_WORKER_MISSED_HEARTBEATS"),
+        ("reaper_outage_gap_ms", "OJS_REAPER_OUTAGE_GAP_MS"),
+        ("reaper_outage_grace_ms", "OJS_REAPER_OUTAGE_GRACE_MS"),
     ):
         if (number := _env_int(env)) is not None:
             values[field] = number

@@ -132,9 +132,21 @@ LEASES_EXPIRED = Counter(
     "ojs_leases_expired_total", "Active jobs failed by the reaper: lease (no heartbeat) or timeout "
     "(execution deadline)", ("reason",),
 )
+LEASE_EXPIRY_DEFERRALS = Counter(
+    "ojs_lease_expiry_deferrals_total", "Times lease expiry waited a grace period for live workers to "
+    "renew: outage (no scheduler step reached Redis for a while) or clock_back (Redis' clock went back)",
+    ("cause",),
+)
 JOBS_RECOVERED = Counter(
     "ojs_jobs_recovered_total", "Jobs taken back from a pool process that ended while holding them: "
     "worker_lost (it died) or released (it was stopped)", ("reason",),
+)
+
+# --- crons (label: reason) ----------------------------------------------------------------------
+
+CRON_TICKS_SKIPPED = Counter(
+    "ojs_cron_ticks_skipped_total", "Cron ticks that created no job: overlap_skip (the previous one "
+    "has not finished) or unique_conflict (a job holds the template's unique lock)", ("reason",),
 )
 
 # --- pool processes ---------------------------------------------------------------------------
@@ -154,8 +166,8 @@ POOL_RECYCLES = Counter(
 
 ALL = (
     JOBS_ENQUEUED, JOBS_STARTED, JOBS_COMPLETED, JOBS_FAILED, JOBS_RETRIED, JOBS_DEAD_LETTERED,
-    JOBS_CANCELLED, JOBS_TIMED_OUT, JOB_DURATION, JOB_QUEUE_TIME, LEASES_EXPIRED, JOBS_RECOVERED,
-    POOL_SLOTS, POOL_RESTARTS, POOL_RECYCLES,
+    JOBS_CANCELLED, JOBS_TIMED_OUT, JOB_DURATION, JOB_QUEUE_TIME, LEASES_EXPIRED, LEASE_EXPIRY_DEFERRALS,
+    JOBS_RECOVERED, CRON_TICKS_SKIPPED, POOL_SLOTS, POOL_RESTARTS, POOL_RECYCLES,
 )
 
 # --- recording helpers --------------------------------------------------------------------------

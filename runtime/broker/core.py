@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from runtime import metrics, timefmt
 from runtime.broker import failures
 from runtime.broker.keys import Keys
+from runtime.broker.outage import LeaseExpiryGuard
 from runtime.broker.records import NewJob
 from runtime.broker.render import pairs_to_dict
 from runtime.broker.scripts import Scripts, Status
@@ -118,6 +119,7 @@ class Broker:
         self.keys = Keys(settings.key_prefix)
         self.scripts = Scripts(redis)
         self._maxlen = str(settings.events_maxlen)
+        self._lease_expiry = LeaseExpiryGuard(self.scripts, self.keys, settings)
 
     # --- enqueue ---------------------------------------------------------------------------
 
@@ -157,8 +159,9 @@ class Broker:
     async def enqueue_cron_tick(
         self, job: NewJob, *, cron_name: str, expression: str, tick_ms: int, next_ms: int,
         overlap: str, now_ms: int,
-    ) -> tuple[str, str | None]:
-        """Fire one cron tick: ('fired', id), ('claimed', None) or ('skipped', existing id)."""
+    ) -> tuple[str, str | None, str | None]:
+        """Fire one cron tick: ('fired', id, None), ('claimed', None, None) or ('skipped', existing
+        id, reason), reason overlap_skip or unique_conflict (enqueue.lua has recorded the skip)."""
         args: list[str | bytes] = [
             str(now_ms), self._maxlen, "1", cron_name, str(tick_ms), str(next_ms), overlap, expression,
             job.script_arg(),
@@ -167,17 +170,11 @@ class Broker:
         status = int(reply[0])
         if status == Status.OK:
             metrics.JOBS_ENQUEUED.labels(job.queue, job.fields.get("type", "")).inc()
-            return "fired", reply[1].decode()
+            return "fired", reply[1].decode(), None
         if status == Status.CRON_CLAIMED:
-            return "claimed", None
+            return "claimed", None, None
         if status == Status.CRON_SKIPPED:
-            return "skipped", reply[1].decode()
-        if status == Status.UNIQUE_CONFLICT:
-            holder, state, fingerprint = (x.decode() for x in reply[2:5])
-            raise Duplicate(
-                f"A unique job of this kind already exists (job '{holder}', state '{state}').",
-                details={"existing_job_id": holder, "existing_job_state": state, "unique_key": fingerprint},
-            )
+            return "skipped", reply[1].decode(), reply[2].decode()
         raise Duplicate(f"Job '{job.id}' already exists.")
 
     def _enqueue_keys(self) -> list[str]:
@@ -422,20 +419,24 @@ class Broker:
 
     # --- scheduler step --------------------------------------------------------------------
 
-    async def scheduler_step(self) -> int:
+    async def scheduler_step(self, *, now_ms: int | None = None) -> int:
         """Promote due jobs, expire TTLs, and fail jobs whose lease or timeout has passed.
 
         step.lua does the promotion and expiry; expired_leases.lua lists the overdue active jobs,
         which one nack.lua call then fails (each guarded by the claim it was read at, so a job
-        acked or claimed again in between is left alone).
+        acked or claimed again in between is left alone). After an outage no active job is judged
+        until the pools had their grace to renew (outage.py); a job's own timeout waits too,
+        which its pool enforces meanwhile.
         """
-        now = timefmt.now_ms()
+        now = timefmt.now_ms() if now_ms is None else now_ms
         await self.scripts.call(
             "step", keys=[self.keys.prefix],
             args=[str(now), self._maxlen, str(self.settings.scheduler_step_limit), timefmt.format_ms(now)],
         )
         await self.advance_workflows()
-        now = timefmt.now_ms()
+        if not await self._lease_expiry.expiry_allowed():
+            return 0
+        now = timefmt.now_ms() if now_ms is None else now_ms
         k = self.keys
         rows = await self.scripts.call(
             "expired_leases", keys=[k.prefix, k.active],

@@ -5,6 +5,11 @@ Every server runs the tick loop; a tick fires through enqueue.lua, which moves `
 the tick being fired to the following one in the same script that enqueues the job. Of several
 servers racing on one tick exactly one sees its expected score and fires; the others are told
 the tick was claimed. All state is in Redis and re-read every tick.
+
+A tick that creates no job (the previous one still runs under overlap_policy skip, or a job holds
+the template's unique lock) is a skipped tick: consumed, counted and recorded in the cron's state,
+and the next tick fires as usual. Only a registration that can never fire (its expression or
+template no longer valid) is taken off the schedule, and it is then shown disabled, with why.
 """
 
 from __future__ import annotations
@@ -13,19 +18,21 @@ import logging
 from typing import Any
 
 import msgspec
+from redis.exceptions import WatchError
 
-from runtime import timefmt
+from runtime import metrics, timefmt
 from runtime.broker import BACKEND_ERRORS
 from runtime.broker.core import Broker
 from runtime.broker.records import build_job
 from runtime.cron_schedule import CronSchedule, parse_cron
 from runtime.envelope import CronRequest, EnqueueRequest
-from runtime.errors import InvalidRequest, NotFound, OJSError
+from runtime.errors import InvalidRequest, NotFound
 from runtime.ids import uuid7
 
 logger = logging.getLogger(__name__)
 
 RETRY_BROKEN_S = 60
+BROKEN_FIELDS = ("last_error", "last_error_at")  # cron state: why it was taken off the schedule
 
 
 class CronEntry(msgspec.Struct, kw_only=True, omit_defaults=False):
@@ -69,6 +76,11 @@ def _normalise(req: CronRequest) -> CronEntry:
     )
 
 
+def _time_field(state: dict[bytes, bytes], name: bytes) -> str | None:
+    value = state.get(name)
+    return timefmt.format_ms(int(value)) if value else None
+
+
 def _schedule(entry: CronEntry) -> CronSchedule:
     try:
         return parse_cron(entry.expression, entry.timezone)
@@ -109,6 +121,7 @@ class Crons:
         next_ms = schedule.next_after_ms(timefmt.now_ms())
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.crons, entry.name, _encode(entry))
+            pipe.hdel(self.keys.cron_state(entry.name), *BROKEN_FIELDS)
             if entry.enabled:
                 pipe.zadd(self.keys.cron_next, {entry.name: next_ms})
             else:
@@ -155,6 +168,7 @@ class Crons:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.crons, name, _encode(entry))
             if enabled:
+                pipe.hdel(self.keys.cron_state(name), *BROKEN_FIELDS)
                 pipe.zadd(self.keys.cron_next, {name: _schedule(entry).next_after_ms(timefmt.now_ms())})
             else:
                 pipe.zrem(self.keys.cron_next, name)
@@ -163,18 +177,22 @@ class Crons:
 
     @staticmethod
     def _view(entry: CronEntry, next_ms: float | None, state: dict[bytes, bytes]) -> dict[str, Any]:
-        last_run = state.get(b"last_run_at")
+        # Enabled means it will fire: stored as enabled and on the schedule.
+        scheduled = entry.enabled and next_ms is not None
         view: dict[str, Any] = {
             "name": entry.name,
             "expression": entry.expression,
             "cron": entry.expression,
             "timezone": entry.timezone,
             "overlap_policy": entry.overlap_policy,
-            "enabled": entry.enabled,
+            "enabled": scheduled,
             "job_template": entry.job_template,
-            "next_run_at": timefmt.format_ms(int(next_ms)) if next_ms is not None and entry.enabled else None,
-            "last_run_at": timefmt.format_ms(int(last_run)) if last_run else None,
+            "next_run_at": timefmt.format_ms(int(next_ms)) if scheduled and next_ms is not None else None,
+            "last_run_at": _time_field(state, b"last_run_at"),
             "run_count": int(state.get(b"run_count", b"0")),
+            "skipped_count": int(state.get(b"skipped_count", b"0")),
+            "last_skipped_at": _time_field(state, b"last_skipped_at"),
+            "last_skip_reason": state[b"last_skip_reason"].decode() if b"last_skip_reason" in state else None,
             "created_at": timefmt.format_ms(entry.created_at),
             "updated_at": timefmt.format_ms(entry.updated_at),
         }
@@ -182,26 +200,31 @@ class Crons:
             view["description"] = entry.description
         if last_job := state.get(b"last_job_id"):
             view["last_job_id"] = last_job.decode()
+        if error := state.get(b"last_error"):
+            view["last_error"] = error.decode()
+            view["last_error_at"] = _time_field(state, b"last_error_at")
         return view
 
     # --- firing ----------------------------------------------------------------------------
 
-    async def tick(self) -> int:
+    async def tick(self, *, now_ms: int | None = None) -> int:
         """Fire every due cron once. Returns the number of jobs enqueued by this server."""
-        now = timefmt.now_ms()
+        now = timefmt.now_ms() if now_ms is None else now_ms
         due = await self.redis.zrangebyscore(self.keys.cron_next, "-inf", now, withscores=True)
         fired = 0
         for raw_name, score in due:
             name = raw_name.decode()
             try:
                 fired += await self._fire(name, int(score), now)
-            except OJSError as err:
-                logger.error("cron %s: cannot fire: %s", name, err.message)
-                await self.redis.zrem(self.keys.cron_next, name)
+            except InvalidRequest as err:
+                # Its expression or template is no longer valid (stored by another version): it
+                # can never fire, so it leaves the schedule and is shown disabled, with why.
+                logger.error("cron %s: cannot fire, disabled: %s", name, err.message)
+                await self._disable_broken(name, err.message, now)
             except BACKEND_ERRORS:
                 raise  # Redis is down: the scheduler loop backs off and retries
             except Exception:
-                # One broken registration must not stall the others behind it: try it again later.
+                # Anything else may pass, and must not stall the crons behind it: try again later.
                 logger.exception("cron %s: firing failed; retrying in %s s", name, RETRY_BROKEN_S)
                 await self.redis.zadd(self.keys.cron_next, {name: now + RETRY_BROKEN_S * 1000})
         return fired
@@ -218,11 +241,29 @@ class Crons:
         # lost the claim changes nothing (it must not cancel the winner's fresh job).
         overlap = entry.overlap_policy if entry.overlap_policy in ("skip", "cancel_previous") else "allow"
         job = build_job(_template_request(entry, tick_ms), {}, job_id=uuid7(), now_ms=now_ms)
-        outcome, _ = await self.broker.enqueue_cron_tick(
+        outcome, existing, reason = await self.broker.enqueue_cron_tick(
             job, cron_name=name, expression=entry.expression, tick_ms=tick_ms, next_ms=next_ms,
             overlap=overlap, now_ms=now_ms,
         )
         if outcome == "skipped":
-            logger.info("cron %s: tick skipped, previous instance still running", name)
+            metrics.CRON_TICKS_SKIPPED.labels(reason or "").inc()
+            logger.info("cron %s: tick skipped (%s): job %s has not finished", name, reason, existing)
         return 1 if outcome == "fired" else 0
 
+    async def _disable_broken(self, name: str, error: str, now_ms: int) -> None:
+        """Disable a registration that cannot fire, unless it was replaced meanwhile (a new one is
+        judged at its own first tick)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(self.keys.crons)
+            raw = await pipe.hget(self.keys.crons, name)
+            pipe.multi()
+            if raw is not None:
+                entry = _entry_decoder.decode(raw)
+                entry.enabled, entry.updated_at = False, now_ms
+                pipe.hset(self.keys.crons, name, _encode(entry))
+                pipe.hset(self.keys.cron_state(name), mapping={"last_error": error, "last_error_at": now_ms})
+            pipe.zrem(self.keys.cron_next, name)
+            try:
+                await pipe.execute()
+            except WatchError:
+                pass

@@ -42,6 +42,8 @@ key                            type        content
                                            (its own namespace: no workflow id can name it)
 ``P crons``                    hash        cron name -> registration (JSON)
 ``P cron:next``                zset        cron name -> next fire time (ms); the per-tick claim
+``P reaper``                   hash        last_step_ms, resume_at_ms on Redis' clock: lease expiry
+                                           waits after an outage (broker/outage.py)
 =============================  ==========  ======================================================
 """
 
@@ -64,6 +66,7 @@ SUFFIXES: dict[str, str] = {
     "crons": "crons",
     "cron_next": "cron:next",
     "outbox": "workflow-outbox",
+    "reaper": "reaper",
 }
 
 
@@ -159,3 +162,7 @@ class Keys:
     @property
     def cron_next(self) -> str:
         return self.prefix + SUFFIXES["cron_next"]
+
+    @property
+    def reaper(self) -> str:
+        return self.prefix + SUFFIXES["reaper"]

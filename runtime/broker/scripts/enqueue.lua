@@ -15,7 +15,10 @@
     - cron guard given: the cron's next fire time is still the tick being fired (the per-tick
       claim: of several servers firing the same tick, exactly one passes); only then does the
       overlap policy act (skip: the tick is consumed while the previous job is live;
-      cancel_previous: the previous job, if live, is cancelled)
+      cancel_previous: the previous job, if live, is cancelled, which also frees its unique
+      lock). The claim comes before the unique check: a tick whose job meets a unique holder
+      (reject or ignore) is a skipped tick, consumed and recorded like an overlap skip, never an
+      error that stalls the cron.
 
   KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|counts|config|paused,
                   unique:<fingerprint>, cron:state:<name>, workflow:<id>, outbox)
@@ -50,7 +53,9 @@
                                 a duplicate (on_conflict ignore)
     {DUPLICATE_ID, index}       the job at 1-based index already exists (same id)
     {CRON_CLAIMED}              cron tick already claimed by another server (nothing written)
-    {CRON_SKIPPED, existing_id} cron tick skipped: previous instance still pending (tick consumed)
+    {CRON_SKIPPED, existing_id, reason}  cron tick skipped (tick consumed; cron:state:<name>
+                                records it): reason overlap_skip (previous instance not finished)
+                                or unique_conflict (existing_id holds the template's unique lock)
     {UNIQUE_CONFLICT, index, existing_id, existing_state, fingerprint}   unique conflict refused
 ]]
 local T = context(KEYS[1], ARGV[1], ARGV[2])
@@ -91,6 +96,32 @@ for j = 1, n do
   seen_ids[id] = true
 end
 
+-- A cron firing: claim the tick first, so that whatever stops this tick's job consumes the tick;
+-- the overlap policy acts only for the server that holds the tick.
+local cron_state = prefix .. "cron:state:" .. cron_name
+local function skip_tick(reason, existing_id)
+  rcall("HSET", cron_state, "last_skipped_at", now, "last_skip_reason", reason)
+  rcall("HINCRBY", cron_state, "skipped_count", 1)
+  emit(T, "cron.skipped", cron_name, {cron_name = cron_name, cron_expr = cron_expr,
+    job_type = jobs[1].type, reason = reason, existing_job_id = existing_id})
+  return {S.CRON_SKIPPED, existing_id, reason}
+end
+if cron_name ~= "" then
+  if rcall("ZSCORE", T.cron_next, cron_name) ~= cron_tick then
+    return {S.CRON_CLAIMED}
+  end
+  rcall("ZADD", T.cron_next, cron_next, cron_name)
+  local last_id = rcall("HGET", cron_state, "last_job_id")
+  local last_state = last_id and rcall("HGET", prefix .. "job:" .. last_id, "state")
+  if last_state and not TERMINAL[last_state] then
+    if cron_policy == "skip" then
+      return skip_tick("overlap_skip", last_id)
+    elseif cron_policy == "cancel_previous" then
+      cancel_job(T, prefix .. "job:" .. last_id, last_id, last_state, "cron_overlap")
+    end
+  end
+end
+
 -- Unique locks: find the holder of each fingerprint that still counts as a duplicate.
 local function holder_of(job)
   if job.ukey == "" then return nil end
@@ -124,6 +155,9 @@ for j = 1, n do
   else
     local holder, holder_state = holder_of(job)
     if holder then
+      if job.on_conflict == "reject" and cron_name ~= "" then
+        return skip_tick("unique_conflict", holder)
+      end
       if job.on_conflict == "reject" or (job.on_conflict == "ignore" and wf_id ~= "") then
         return {S.UNIQUE_CONFLICT, j, holder, holder_state, job.ukey}
       end
@@ -140,30 +174,12 @@ for j = 1, n do
   end
 end
 
-local cancel_previous = nil
 if cron_name ~= "" then
-  local cron_state = prefix .. "cron:state:" .. cron_name
-  if rcall("ZSCORE", T.cron_next, cron_name) ~= cron_tick then
-    return {S.CRON_CLAIMED}
+  if jobs[1].holder and jobs[1].on_conflict == "ignore" then  -- nothing would be created
+    return skip_tick("unique_conflict", jobs[1].holder)
   end
-  rcall("ZADD", T.cron_next, cron_next, cron_name)
-  local last_id = rcall("HGET", cron_state, "last_job_id")
-  local last_state = last_id and rcall("HGET", prefix .. "job:" .. last_id, "state")
-  local live = last_state and not TERMINAL[last_state]
-  if cron_policy == "skip" and live then
-    rcall("HSET", cron_state, "last_skipped_at", now, "last_skip_reason", "overlap")
-    rcall("HINCRBY", cron_state, "skipped_count", 1)
-    emit(T, "cron.skipped", cron_name, {cron_name = cron_name, cron_expr = cron_expr,
-      job_type = jobs[1].type, reason = "overlap_skip", existing_job_id = last_id})
-    return {S.CRON_SKIPPED, last_id}
-  end
-  if cron_policy == "cancel_previous" and live then cancel_previous = {last_id, last_state} end
   rcall("HSET", cron_state, "last_job_id", jobs[1].id, "last_run_at", now)
   rcall("HINCRBY", cron_state, "run_count", 1)
-end
-
-if cancel_previous then
-  cancel_job(T, prefix .. "job:" .. cancel_previous[1], cancel_previous[1], cancel_previous[2], "cron_overlap")
 end
 
 -- Insert. Per job only the hash write (and its event) is a call of its own; counters, queue

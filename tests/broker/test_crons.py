@@ -1,0 +1,114 @@
+"""Cron firing through the broker (Crons.tick over enqueue.lua): a tick that cannot create its job
+is a skipped tick, and only a registration that can never fire again stops being scheduled.
+Ticks are fired with an explicit ``now_ms``, a minute apart, for an every-minute cron."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+import redis
+from prometheus_client import REGISTRY
+
+from runtime import timefmt
+from runtime.broker.core import Broker
+from runtime.broker.crons import Crons
+from runtime.broker.keys import Keys
+from runtime.envelope import CronRequest
+from tests.broker.conftest import Run
+
+MINUTE_MS = 60_000
+NAME = "hourly-report"
+
+
+def every_minute(crons: Crons, run: Run[Any], overlap_policy: str = "skip", **template_options: Any) -> dict[str, Any]:
+    req = msgspec.convert({
+        "name": NAME, "expression": "* * * * *", "overlap_policy": overlap_policy,
+        "job_template": {"type": "report.build", "args": [], "options": template_options},
+    }, CronRequest)
+    view, created = run(crons.register(req))
+    assert created
+    return view
+
+
+def skipped_metric(reason: str) -> float:
+    return REGISTRY.get_sample_value("ojs_cron_ticks_skipped_total", {"reason": reason}) or 0.0
+
+
+def skip_events(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
+    entries = client.xrange(keys.events)
+    return [msgspec.json.decode(f[b"data"]) for _, f in entries if f[b"type"] == b"cron.skipped"]
+
+
+@pytest.mark.parametrize("on_conflict", ["reject", "ignore"])
+def test_cron_unique_conflict_skips_the_tick_and_the_next_tick_fires(
+    broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys, on_conflict: str,
+) -> None:
+    # Given: an every-minute cron whose job is unique by type (overlaps allowed: only the unique
+    # policy stands in the way); its first tick fired a job that is still waiting
+    crons = Crons(broker)
+    every_minute(crons, run, "allow", unique={"keys": ["type"], "on_conflict": on_conflict})
+    first_tick = timefmt.now_ms() + 2 * MINUTE_MS
+    assert run(crons.tick(now_ms=first_tick)) == 1
+    first_job = run(crons.get(NAME))["last_job_id"]
+    skipped_before = skipped_metric("unique_conflict")
+
+    # When: the next tick meets that job as the holder of the unique lock
+    assert run(crons.tick(now_ms=first_tick + MINUTE_MS)) == 0
+
+    # Then: the tick is skipped (logged, counted, visible), and the cron stays scheduled
+    view = run(crons.get(NAME))
+    assert view["enabled"] is True and view["next_run_at"] is not None
+    assert (view["run_count"], view["last_job_id"]) == (1, first_job)
+    assert (view["skipped_count"], view["last_skip_reason"]) == (1, "unique_conflict")
+    assert view["last_skipped_at"] is not None
+    assert skipped_metric("unique_conflict") == skipped_before + 1
+    (event,) = skip_events(redis_client, keys)
+    assert (event["reason"], event["existing_job_id"], event["cron_name"]) == ("unique_conflict", first_job, NAME)
+    assert redis_client.zcard(keys.available("default")) == 1  # no second job
+
+    # And when the first job is done, the following tick fires again
+    (claimed,) = run(broker.fetch(["default"], worker_id="w1"))
+    assert claimed[b"id"] == first_job.encode()
+    run(broker.ack(first_job, worker_id="w1"))
+    assert run(crons.tick(now_ms=first_tick + 2 * MINUTE_MS)) == 1
+    view = run(crons.get(NAME))
+    assert view["run_count"] == 2 and view["last_job_id"] != first_job
+    assert run(broker.get(view["last_job_id"]))[b"state"] == b"available"
+
+
+def test_cron_overlap_skip_is_recorded_like_any_skipped_tick(
+    broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys,
+) -> None:
+    # Given: an every-minute cron (overlap_policy skip, the default) whose last job still waits
+    crons = Crons(broker)
+    every_minute(crons, run)
+    first_tick = timefmt.now_ms() + 2 * MINUTE_MS
+    assert run(crons.tick(now_ms=first_tick)) == 1
+    skipped_before = skipped_metric("overlap_skip")
+    # When
+    assert run(crons.tick(now_ms=first_tick + MINUTE_MS)) == 0
+    # Then
+    view = run(crons.get(NAME))
+    assert (view["skipped_count"], view["last_skip_reason"], view["enabled"]) == (1, "overlap_skip", True)
+    assert skipped_metric("overlap_skip") == skipped_before + 1
+    assert [e["reason"] for e in skip_events(redis_client, keys)] == ["overlap_skip"]
+
+
+def test_cron_that_can_never_fire_is_shown_disabled_with_its_reason(
+    broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys,
+) -> None:
+    # Given: a stored registration this version cannot fire (its expression no longer parses, as
+    # after an upgrade that dropped a syntax)
+    crons = Crons(broker)
+    every_minute(crons, run)
+    stored = msgspec.json.decode(redis_client.hget(keys.crons, NAME))
+    redis_client.hset(keys.crons, NAME, msgspec.json.encode({**stored, "expression": "every other blue moon"}))
+    # When: its tick comes
+    assert run(crons.tick(now_ms=timefmt.now_ms() + 2 * MINUTE_MS)) == 0
+    # Then: GET does not claim it is enabled, and says why
+    view = run(crons.get(NAME))
+    assert (view["enabled"], view["next_run_at"]) == (False, None)
+    assert "every other blue moon" in view["last_error"]
+    assert redis_client.zscore(keys.cron_next, NAME) is None
