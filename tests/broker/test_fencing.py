@@ -26,6 +26,16 @@ def claim_of(fields: dict[bytes, bytes]) -> str:
     return fields[b"claim"].decode()
 
 
+def claimed_twice(enqueue: Enqueue, broker: Broker, run: Run[Any], **fetch: Any) -> tuple[str, dict[bytes, bytes], dict[bytes, bytes]]:
+    """A job claimed by w1, released, and claimed by w1 again: (id, first claim, second claim)."""
+    (job_id,) = enqueue(body())
+    (first,) = run(broker.fetch(["default"], worker_id="w1", **fetch))
+    run(broker.fail_many([Failure(job_id=job_id, verdict="release", worker_id="w1", claim=claim_of(first))],
+                         now_ms=0))
+    (second,) = run(broker.fetch(["default"], worker_id="w1", **fetch))
+    return job_id, first, second
+
+
 def test_every_claim_gets_a_new_token(enqueue: Enqueue, broker: Broker, run: Run[Any]) -> None:
     ids = enqueue(body(), body(), body())
     first = run(broker.fetch(["default"], count=3, worker_id="w1"))
@@ -61,11 +71,7 @@ def test_resent_release_of_an_earlier_claim_is_refused(
 def test_ack_of_a_superseded_claim_is_refused(
     enqueue: Enqueue, broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys
 ) -> None:
-    (job_id,) = enqueue(body())
-    (first,) = run(broker.fetch(["default"], worker_id="w1"))
-    run(broker.fail_many([Failure(job_id=job_id, verdict="release", worker_id="w1", claim=claim_of(first))],
-                         now_ms=0))
-    (second,) = run(broker.fetch(["default"], worker_id="w1"))
+    job_id, first, second = claimed_twice(enqueue, broker, run)
     (stale,) = run(broker.ack_many([Completion(job_id=job_id, worker_id="w1",
                                                attempt=int(first[b"attempt"]), claim=claim_of(first))]))
     assert isinstance(stale, Conflict)
@@ -77,11 +83,7 @@ def test_ack_of_a_superseded_claim_is_refused(
 def test_heartbeat_for_a_superseded_claim_does_not_extend(
     enqueue: Enqueue, broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys
 ) -> None:
-    (job_id,) = enqueue(body())
-    (first,) = run(broker.fetch(["default"], worker_id="w1", visibility_ms=1_000))
-    run(broker.fail_many([Failure(job_id=job_id, verdict="release", worker_id="w1", claim=claim_of(first))],
-                         now_ms=0))
-    (second,) = run(broker.fetch(["default"], worker_id="w1", visibility_ms=1_000))
+    job_id, first, second = claimed_twice(enqueue, broker, run, visibility_ms=1_000)
     before = read_job(redis_client, keys, job_id)["visible_until"]
     stale = run(broker.heartbeat("w1", [job_id], claims=[claim_of(first)], visibility_ms=60_000))
     assert stale.extended == []
@@ -93,11 +95,7 @@ def test_heartbeat_for_a_superseded_claim_does_not_extend(
 def test_progress_for_a_superseded_claim_is_refused(
     enqueue: Enqueue, broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys
 ) -> None:
-    (job_id,) = enqueue(body())
-    (first,) = run(broker.fetch(["default"], worker_id="w1"))
-    run(broker.fail_many([Failure(job_id=job_id, verdict="release", worker_id="w1", claim=claim_of(first))],
-                         now_ms=0))
-    (second,) = run(broker.fetch(["default"], worker_id="w1"))
+    job_id, first, second = claimed_twice(enqueue, broker, run)
     with pytest.raises(Conflict):
         run(broker.progress(job_id, value=0.5, checkpoint=b'{"step":1}', claim=claim_of(first)))
     job = read_job(redis_client, keys, job_id)

@@ -4,7 +4,7 @@ replacement. Each test is a seam that once lost, resurrected or double-counted a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -242,44 +242,50 @@ def test_replace_except_schedule_of_an_unscheduled_holder_is_replace(
 
 # --- workflows x size ------------------------------------------------------------------------
 
-def test_chain_parent_results_are_bounded_newest_first(
-    redis_url: str, run: Run[Any], redis_client: redis.Redis, keys: Keys
-) -> None:
-    client = Redis.from_url(redis_url)
-    broker = Broker(client, Settings(redis_url=redis_url, key_prefix=keys.prefix, parent_results_max_bytes=70))
-    try:
-        steps = [{"type": f"step.s{i}", "args": [i]} for i in range(4)]
-        run(Workflows(broker).create(WorkflowRequest(type="chain", steps=steps)))
-        results = [b'{"step":%d,"pad":"%s"}' % (i, b"x" * 10) for i in range(3)]
-        assert {len(r) for r in results} == {29}
-        parents = []
-        for result in results:
-            (claimed,) = run(broker.fetch(["default"], worker_id="w1"))
-            parents.append(claimed.get(b"parent_results"))
-            run(broker.ack(claimed[b"id"].decode(), result))
-        (last,) = run(broker.fetch(["default"], worker_id="w1"))
-        run(broker.ack(last[b"id"].decode()))
-        # Newest first while they fit in 70 bytes; older ones are null, indexes unchanged
-        assert last[b"parent_results"] == b"[null," + results[1] + b"," + results[2] + b"]"
-        assert parents[1] == b"[" + results[0] + b"]"
-    finally:
+@pytest.fixture
+def broker_with(redis_url: str, run: Run[Any], keys: Keys) -> Iterator[Callable[..., Broker]]:
+    """``broker_with(**settings)``: a Broker of this test's namespace with other settings."""
+    made: list[tuple[Redis, Broker]] = []
+
+    def make(**settings: Any) -> Broker:
+        client = Redis.from_url(redis_url)
+        made.append((client, Broker(client, Settings(redis_url=redis_url, key_prefix=keys.prefix, **settings))))
+        return made[-1][1]
+
+    yield make
+    for client, broker in made:
         run(broker.close())
         run(client.aclose())
+
+
+def test_chain_parent_results_are_bounded_newest_first(
+    broker_with: Callable[..., Broker], run: Run[Any]
+) -> None:
+    broker = broker_with(parent_results_max_bytes=70)
+    steps = [{"type": f"step.s{i}", "args": [i]} for i in range(4)]
+    run(Workflows(broker).create(WorkflowRequest(type="chain", steps=steps)))
+    results = [b'{"step":%d,"pad":"%s"}' % (i, b"x" * 10) for i in range(3)]
+    assert {len(r) for r in results} == {29}
+    parents = []
+    for result in results:
+        (claimed,) = run(broker.fetch(["default"], worker_id="w1"))
+        parents.append(claimed.get(b"parent_results"))
+        run(broker.ack(claimed[b"id"].decode(), result))
+    (last,) = run(broker.fetch(["default"], worker_id="w1"))
+    run(broker.ack(last[b"id"].decode()))
+    # Newest first while they fit in 70 bytes; older ones are null, indexes unchanged
+    assert last[b"parent_results"] == b"[null," + results[1] + b"," + results[2] + b"]"
+    assert parents[1] == b"[" + results[0] + b"]"
 
 
 def test_the_preceding_result_is_passed_whatever_its_size(
-    redis_url: str, run: Run[Any], redis_client: redis.Redis, keys: Keys
+    broker_with: Callable[..., Broker], run: Run[Any]
 ) -> None:
-    client = Redis.from_url(redis_url)
-    broker = Broker(client, Settings(redis_url=redis_url, key_prefix=keys.prefix, parent_results_max_bytes=10))
-    try:
-        steps = [{"type": f"step.s{i}", "args": [i]} for i in range(2)]
-        run(Workflows(broker).create(WorkflowRequest(type="chain", steps=steps)))
-        (first,) = run(broker.fetch(["default"], worker_id="w1"))
-        run(broker.ack(first[b"id"].decode(), b'{"big":"' + b"y" * 100 + b'"}'))
-        (second,) = run(broker.fetch(["default"], worker_id="w1"))
-        assert second[b"parent_results"] == b'[{"big":"' + b"y" * 100 + b'"}]'
-        run(broker.ack(second[b"id"].decode()))
-    finally:
-        run(broker.close())
-        run(client.aclose())
+    broker = broker_with(parent_results_max_bytes=10)
+    steps = [{"type": f"step.s{i}", "args": [i]} for i in range(2)]
+    run(Workflows(broker).create(WorkflowRequest(type="chain", steps=steps)))
+    (first,) = run(broker.fetch(["default"], worker_id="w1"))
+    run(broker.ack(first[b"id"].decode(), b'{"big":"' + b"y" * 100 + b'"}'))
+    (second,) = run(broker.fetch(["default"], worker_id="w1"))
+    assert second[b"parent_results"] == b'[{"big":"' + b"y" * 100 + b'"}]'
+    run(broker.ack(second[b"id"].decode()))

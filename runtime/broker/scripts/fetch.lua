@@ -150,6 +150,24 @@ local function rate_budget(queue)
   return math.max(0, max - rcall("ZCARD", log)), log, window
 end
 
+-- Claim one popped index entry: a suspect the caller may not run is kept aside (put back at the
+-- end), a stale entry is dropped; a claim counts against the queue's rate-limit window.
+-- Returns true when the job was claimed.
+local function take(id, score, queue, log, window)
+  local job = claim(id, queue)
+  if job == SKIPPED then
+    skipped[#skipped + 1] = {id, score, queue}
+    return false
+  end
+  if not job then return false end
+  claimed[#claimed + 1] = job
+  if log then
+    rcall("ZADD", log, now, id)
+    rcall("PEXPIRE", log, window)
+  end
+  return true
+end
+
 -- With per-type room: the queue's head, in order, skipping (and leaving in place) the jobs of a
 -- type without room; only what is claimed leaves the queue.
 local function claim_with_room(queue, available_key, limit, log, window)
@@ -162,17 +180,9 @@ local function claim_with_room(queue, available_key, limit, log, window)
     local left = job_type and room[job_type]
     if not left or left > 0 then
       rcall("ZREM", available_key, id)
-      local job = claim(id, queue)  -- nil for a stale entry: dropped
-      if job == SKIPPED then
-        skipped[#skipped + 1] = {id, head[h + 1], queue}
-      elseif job then
-        claimed[#claimed + 1] = job
+      if take(id, head[h + 1], queue, log, window) then
         taken = taken + 1
         if left then room[job_type] = left - 1 end
-        if log then
-          rcall("ZADD", log, now, id)
-          rcall("PEXPIRE", log, window)
-        end
       end
     end
   end
@@ -191,17 +201,7 @@ local function claim_from(queue, limit)
     local heads = rcall("ZPOPMIN", available_key, math.min(count - #claimed, limit - taken))
     if #heads == 0 then return end
     for h = 1, #heads, 2 do
-      local job = claim(heads[h], queue)
-      if job == SKIPPED then
-        skipped[#skipped + 1] = {heads[h], heads[h + 1], queue}
-      elseif job then
-        claimed[#claimed + 1] = job
-        taken = taken + 1
-        if log then
-          rcall("ZADD", log, now, heads[h])
-          rcall("PEXPIRE", log, window)
-        end
-      end
+      if take(heads[h], heads[h + 1], queue, log, window) then taken = taken + 1 end
     end
   end
 end
