@@ -15,6 +15,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str | None = None  # None: start an embedded Redis
     data_dir: str | None = None  # embedded Redis data directory (AOF); None: a private temp dir
     key_prefix: str = DEFAULT_PREFIX
+    # How long a Redis command may go unanswered before its connection is taken for dead and
+    # closed (its callers fail with an unknown outcome). Longer than the biggest batched script
+    # call takes; see runtime/broker/wire.py. 0: no deadline.
+    redis_command_timeout_ms: int = 5_000
     host: str = "127.0.0.1"
     port: int = 8080
     api_key: str | None = None
@@ -89,6 +93,7 @@ def settings_from_env(**overrides: object) -> Settings:
     values["allow_insecure_no_auth"] = _env_bool("OJS_ALLOW_INSECURE_NO_AUTH")
     for field, env in (
         ("max_body_bytes", "OJS_MAX_BODY_BYTES"),
+        ("redis_command_timeout_ms", "OJS_REDIS_COMMAND_TIMEOUT_MS"),
         ("max_batch_size", "OJS_MAX_BATCH_SIZE"),
         ("default_visibility_ms", "OJS_DEFAULT_VISIBILITY_MS"),
         ("events_maxlen", "OJS_EVENTS_MAXLEN"),

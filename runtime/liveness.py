@@ -13,7 +13,8 @@ supervisor reads when the child has died.
 :class:`Board` is the other direction, for readiness: one small shared memory page the supervisor
 maps before its first fork, so every child (the HTTP process and pools forked later alike) sees
 the same page. The supervisor writes whether the runtime is quiet or draining; each pool writes
-the time of its last successful fetch; the HTTP process reads both to answer ``/ready``.
+the time of its last successful fetch, and since when it cannot reach Redis; the HTTP process
+reads them to answer ``/ready``.
 
 ``CLOCK_MONOTONIC`` is system-wide on Linux, so both processes read the same clock.
 """
@@ -87,7 +88,10 @@ class Board:
     draining) and the pools (last successful fetch); an 8-byte aligned store, so a reader sees
     one value or the other, and at worst one probe answers from a stale value."""
 
-    _LAYOUT = struct.Struct("<I4xd")  # flags, last successful fetch (time.monotonic(); 0: never)
+    # flags, last successful fetch (time.monotonic(); 0: never), Redis unreachable by a pool
+    # since (time.monotonic(); 0: reachable). The last pool to report sets the latter: pools
+    # share one Redis, so they see an outage begin and end alike.
+    _LAYOUT = struct.Struct("<I4xdd")
     QUIET, DRAINING = 1, 2
 
     def __init__(self, *, stall_s: float) -> None:
@@ -98,17 +102,23 @@ class Board:
         """A pool fetched (or had every slot busy, so had no reason to)."""
         struct.pack_into("<d", self._page, 8, time.monotonic())
 
+    def redis_unreachable(self, since: float | None) -> None:
+        """A pool cannot reach Redis since `since` (time.monotonic()); None: it can again."""
+        struct.pack_into("<d", self._page, 16, since or 0.0)
+
     def set_flag(self, flag: int, on: bool) -> None:
-        flags, _ = self._LAYOUT.unpack_from(self._page, 0)
+        flags = self._LAYOUT.unpack_from(self._page, 0)[0]
         struct.pack_into("<I", self._page, 0, flags | flag if on else flags & ~flag)
 
     def not_ready(self) -> str | None:
         """Why the runtime is not ready, or None."""
-        flags, last = self._LAYOUT.unpack_from(self._page, 0)
+        flags, last, unreachable_since = self._LAYOUT.unpack_from(self._page, 0)
         if flags & self.DRAINING:
             return "draining"
         if flags & self.QUIET:
             return "quiet"
+        if unreachable_since:
+            return f"redis unreachable from a pool for {time.monotonic() - unreachable_since:.0f}s"
         if last == 0:
             return "starting: no pool has fetched yet"
         idle_s = time.monotonic() - last

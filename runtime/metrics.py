@@ -163,11 +163,20 @@ POOL_RECYCLES = Counter(
     "ojs_pool_recycles_total", "Pool processes replaced on purpose: max_jobs, max_memory, directive",
     ("reason",),
 )
+REDIS_UP = Gauge(
+    "ojs_redis_up", "1 while every pool process reaches Redis, 0 while one cannot (its calls fail)",
+    ("role",), multiprocess_mode="livemin",
+)
+REDIS_CALL_FAILURES = Counter(
+    "ojs_redis_call_failures_total", "Calls of pool processes to Redis that failed for want of a "
+    "connection or a reply: fetch, heartbeat, settle, reconcile", ("operation",),
+)
 
 ALL = (
     JOBS_ENQUEUED, JOBS_STARTED, JOBS_COMPLETED, JOBS_FAILED, JOBS_RETRIED, JOBS_DEAD_LETTERED,
     JOBS_CANCELLED, JOBS_TIMED_OUT, JOB_DURATION, JOB_QUEUE_TIME, LEASES_EXPIRED, LEASE_EXPIRY_DEFERRALS,
-    JOBS_RECOVERED, CRON_TICKS_SKIPPED, POOL_SLOTS, POOL_RESTARTS, POOL_RECYCLES,
+    JOBS_RECOVERED, CRON_TICKS_SKIPPED, POOL_SLOTS, POOL_RESTARTS, POOL_RECYCLES, REDIS_UP,
+    REDIS_CALL_FAILURES,
 )
 
 # --- recording helpers --------------------------------------------------------------------------

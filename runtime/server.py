@@ -10,7 +10,6 @@ from collections.abc import Iterator
 
 import uvicorn
 import uvloop
-from redis.asyncio import Redis
 
 from runtime import metrics, sdnotify
 from runtime.api import system
@@ -18,6 +17,7 @@ from runtime.api.app import App
 from runtime.api.routes import build_router
 from runtime.api.routing import Router
 from runtime.api.services import Services
+from runtime.broker.clients import redis_client
 from runtime.broker.core import Broker
 from runtime.config import Settings
 from runtime.embedded_redis import EmbeddedRedis
@@ -88,7 +88,7 @@ def build_app(
 
 
 async def serve(settings: Settings, redis_url: str) -> None:
-    redis = Redis.from_url(redis_url, decode_responses=False, health_check_interval=30)
+    redis = redis_client(settings, redis_url, decode_responses=False)
     broker = Broker(redis, settings)
     try:
         app, _services = build_app(broker, settings)

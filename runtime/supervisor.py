@@ -47,9 +47,9 @@ import msgspec
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import uvicorn
 import uvloop
-from redis.asyncio import Redis
 
 from runtime import metrics, sdnotify, worker
+from runtime.broker.clients import redis_client
 from runtime.broker.core import Broker
 from runtime.broker.pool_ops import release_worker_blocking
 from runtime.config import Settings
@@ -427,7 +427,7 @@ def _serve_http(settings: Settings, listener: socket.socket, board: Board, *, pr
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     async def serve() -> None:
-        redis = Redis.from_url(settings.redis_url or "", health_check_interval=30)
+        redis = redis_client(settings)
         broker = Broker(redis, settings)
         try:
             app, _services = build_app(broker, settings, board=board, probes_only=probes_only)

@@ -27,7 +27,13 @@ module, connects to Redis, composes the middleware chain once, and then
   that holds the GIL for long can; the liveness record then goes stale, and the supervisor kills
   the process after ``--liveness-timeout`` and releases its jobs;
 * settles outcomes through the batcher: acks and nacks of the same few milliseconds go to Redis
-  in one call each;
+  in one call each; a call that cannot reach Redis is sent again with backoff for up to a lease,
+  and the job stays in the heartbeats (and in ``active``) until its outcome lands;
+* after a fetch whose outcome is unknown (its reply was lost: it may have claimed jobs that no
+  one here knows of), reconciles with what Redis says this worker holds before it fetches again,
+  and hands back at once, without spending an attempt, every claim it does not know;
+* reports a Redis it cannot reach (:mod:`runtime.redis_link`): one warning per outage, the
+  ``ojs_redis_up`` gauge, and ``/ready``;
 * fails a job it cannot decode (its envelope or its checkpoint) alone, as non-retryable. If the
   pool's own loop crashes, the jobs it was running are not handed back (that would give their
   attempt back and hide the crash): they are left to the worker-loss path, which the supervisor
@@ -49,13 +55,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 import uvloop
-from redis.asyncio import Redis
 
 from runtime import fairness, handlers, logs, metrics, timefmt
 from runtime.broker import BACKEND_ERRORS, failures
+from runtime.broker.clients import redis_client
 from runtime.broker.core import Broker, Completion, Failure
-from runtime.broker.pool_ops import Batcher, listen_for_work, release_worker
+from runtime.broker.pool_ops import Batcher, held_claims, listen_for_work, release_worker
 from runtime.broker.render import encode_job
+from runtime.broker.wire import CommandNotSent
 from runtime.config import Settings
 from runtime.context import CANCELLED, SHUTDOWN, Job, JobContext, ProgressThrottle, ProgressUpdate
 from runtime.envelope import ErrorInfo, decode_checkpoint
@@ -72,6 +79,7 @@ from runtime.executor import (
 from runtime.handlers import Registry
 from runtime.liveness import EXIT_BOOT_ERROR, EXIT_OK, Board, Liveness, Phase
 from runtime.middleware import compose, notify
+from runtime.redis_link import RedisLink
 
 logger = logging.getLogger(__name__)
 
@@ -172,9 +180,17 @@ class Pool:
         self.stopping = asyncio.Event()
         self.beat_soon = asyncio.Event()
         self.threads = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="ojs-job")
-        self.redis = Redis.from_url(config.settings.redis_url or "")
+        self.link = RedisLink(f"pool {self.worker_id}", board)
+        # A fetch whose reply was lost may have claimed jobs: look before the next fetch.
+        self.reconcile_needed = False
+        # Claims handed to the batcher outside `active` (hand-backs, rejects) until they land,
+        # and those whose settle was given up (the reaper's now): not "unknown" to a reconcile.
+        self.settling: set[str] = set()
+        self.abandoned: set[str] = set()
+        self.redis = redis_client(config.settings)
         self.broker = Broker(self.redis, config.settings)
-        self.batcher = Batcher(self.broker, window_s=config.ack_window_s)
+        self.batcher = Batcher(self.broker, window_s=config.ack_window_s, settle_for_s=config.lease_ms / 1000,
+                               on_trouble=self._settle_trouble)
         terminal = Terminal(registry, threads=self.threads, grace_s=config.timeout_grace_s)
         self.chain = compose(registry.middleware, terminal)
 
@@ -203,7 +219,7 @@ class Pool:
             await asyncio.gather(*background, return_exceptions=True)
             if crashed:
                 self._hand_back_ready(list(self.ready))  # never started: nothing was lost
-            await self.batcher.close()
+            await self.batcher.close(grace_s=self.config.cancel_deadline_s)
             await asyncio.sleep(0)  # the last settled jobs record their outcome
             tally.flush()
             notify(self.registry.observers, "on_worker_shutdown", self.worker_id)
@@ -240,6 +256,8 @@ class Pool:
         while not self.stopping.is_set():
             await self.wake.wait()
             self.wake.clear()  # before the fetch: a wake-up during the fetch is not lost
+            if self.reconcile_needed and not await self._reconcile():
+                continue  # Redis still does not answer: the next re-check tries again
             wanted = self._wanted()
             if wanted > 0 and self.state == "running" and not self.stopping.is_set():
                 await self._fetch(wanted)
@@ -280,11 +298,15 @@ class Pool:
                 idle=not self.active and not self.ready,
             )
         except BACKEND_ERRORS as err:
-            logger.warning("fetch failed (%s); the next re-check tries again", err)
+            if not isinstance(err, CommandNotSent):
+                self.reconcile_needed = True  # it may have run: jobs claimed with no one to run them
+            self.link.failed("fetch", err)
+            logger.debug("fetch failed (%s); the next re-check tries again", err)
             return
         except Exception:
             logger.exception("fetch failed; the next re-check tries again")
             return
+        self.link.answered()
         if self.board is not None:
             self.board.fetched()
         claimed_at = time.monotonic()
@@ -361,10 +383,45 @@ class Pool:
         their attempt is not spent (they never ran, so no error is recorded either)."""
         for claim in claims:
             fields, _claimed_at, _lease_ms = self.ready.pop(claim)
-            self.batcher.fail(Failure(job_id=fields.get(b"id", b"").decode(), verdict="release",
-                                      worker_id=self.worker_id, attempt=_attempt_of(fields), claim=claim))
+            self._release(fields.get(b"id", b"").decode(), claim, _attempt_of(fields))
         if claims:
             logger.info("pool %s: handed back %d prefetched job(s)", self.worker_id, len(claims))
+
+    def _release(self, job_id: str, claim: str, attempt: int | None) -> None:
+        self._fail_outside_active(Failure(job_id=job_id, verdict="release", worker_id=self.worker_id,
+                                          attempt=attempt, claim=claim))
+
+    def _fail_outside_active(self, failure: Failure) -> None:
+        """A nack for a claim no run holds; known as settling until it lands (see _reconcile)."""
+        self.settling.add(failure.claim)
+        self.batcher.fail(failure).add_done_callback(lambda _f: self.settling.discard(failure.claim))
+
+    async def _reconcile(self) -> bool:
+        """Hand back the claims Redis says this worker holds and no run or buffer here knows: a
+        fetch whose reply was lost made them, and nothing would run or heartbeat them. They never
+        started, so their attempt is given back. False when Redis could not be asked."""
+        try:
+            held = await held_claims(self.broker, self.worker_id)
+        except BACKEND_ERRORS as err:
+            self.link.failed("reconcile", err)
+            return False
+        self.link.answered()
+        self.reconcile_needed = False
+        known = self.active.keys() | self.ready.keys() | self.settling
+        self.abandoned &= held.keys()
+        unknown = {claim: job for claim, job in held.items() if claim not in known and claim not in self.abandoned}
+        for claim, (job_id, attempt) in unknown.items():
+            self._release(job_id, claim, attempt)
+        if unknown:
+            logger.warning("pool %s: %d job(s) claimed by a fetch whose reply was lost; handed back",
+                           self.worker_id, len(unknown))
+        return True
+
+    def _settle_trouble(self, err: Exception | None) -> None:
+        if err is None:
+            self.link.answered()
+        else:
+            self.link.failed("settle", err)
 
     def _start(self, claim: str, fields: dict[bytes, bytes]) -> None:
         loop = asyncio.get_running_loop()
@@ -444,6 +501,8 @@ class Pool:
         if item is not None:
             result = await (self.batcher.ack(item) if isinstance(item, Completion) else self.batcher.fail(item))
         observe(ctx, outcome, item, result)
+        if isinstance(result, BACKEND_ERRORS):
+            self.abandoned.add(ctx.claim)  # given up after a lease: the reaper's, not a reconcile's
         if isinstance(result, Exception):
             # Typically a conflict: the job was cancelled, or the reaper failed it on its timeout.
             logger.info("job %s not settled by this worker: %s", ctx.job.id, result, extra=_job_extra(ctx))
@@ -453,8 +512,8 @@ class Pool:
         logger.error("job %s cannot be run (%s): failing it", job_id, why)
         error = failures.error_record(ErrorInfo(code="handler_error", type="InvalidJob", message=why,
                                                 retryable=False), timefmt.now_ms())
-        self.batcher.fail(Failure(job_id=job_id, verdict="nonretryable", error=error,
-                                  worker_id=self.worker_id, attempt=_attempt_of(fields), claim=_claim_of(fields)))
+        self._fail_outside_active(Failure(job_id=job_id, verdict="nonretryable", error=error, worker_id=self.worker_id,
+                                          attempt=_attempt_of(fields), claim=_claim_of(fields)))
 
     async def _write_progress(self, claim: str, job_id: str, update: ProgressUpdate) -> None:
         await self.broker.progress(
@@ -503,11 +562,13 @@ class Pool:
                 interval_ms=round(self.config.heartbeat_interval_s * 1000),
             )
         except BACKEND_ERRORS as err:
-            logger.warning("heartbeat failed (%s); retrying at the next interval", err)
+            self.link.failed("heartbeat", err)
+            logger.debug("heartbeat failed (%s); retrying at the next interval", err)
             return
         except Exception:
             logger.exception("heartbeat failed; retrying at the next interval")
             return
+        self.link.answered()
         for job_id in beat.cancelled:
             self._cancel(job_id)
         if beat.directive == "terminate":

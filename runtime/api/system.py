@@ -4,7 +4,8 @@
   (above ``DEGRADED_LATENCY_MS``) or the worker pools have stalled; 503 ``unhealthy`` when Redis
   does not answer within ``PROBE_TIMEOUT_S``.
 * ``/ready``: 503 while draining or quiet, while Redis does not answer, and (under ``ojs-run``)
-  until a pool has fetched and whenever no pool has fetched for ``--stall-timeout``.
+  while a pool cannot reach Redis, until a pool has fetched and whenever no pool has fetched for
+  ``--stall-timeout``.
 * ``/metrics``: the Prometheus exposition (summed over every process under ``ojs-run``), with the
   queue gauges read from Redis at scrape time; without Redis, the rest is still served.
 """
@@ -75,7 +76,7 @@ def register(router: Router, services: Services, *, probes_only: bool = False) -
         if services.board is not None:
             why = services.board.not_ready()
             reply["runtime"] = {"status": why or "ok"}
-            if why is not None and why.startswith("stalled"):
+            if why is not None and why.startswith(("stalled", "redis unreachable")):
                 problems.append(why)
         if problems:
             reply["status"], reply["problems"] = "degraded", problems

@@ -117,7 +117,7 @@ class Broker:
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self.scripts = Scripts(redis)
+        self.scripts = Scripts(redis, command_timeout_s=settings.redis_command_timeout_ms / 1000)
         self._maxlen = str(settings.events_maxlen)
         self._lease_expiry = LeaseExpiryGuard(self.scripts, self.keys, settings)
 

@@ -1,7 +1,9 @@
 """Broker operations of the worker pools that the core does not offer in the shape they need.
 
 * :class:`Batcher` collects acks and nacks for a few milliseconds and sends each kind in one
-  ``ack_many`` / ``fail_many`` call (one script call for many jobs).
+  ``ack_many`` / ``fail_many`` call (one script call for many jobs), and keeps sending a call
+  that did not get through while its claims can still be valid (ack.lua and nack.lua take a
+  re-sent outcome that had landed already as done).
 * :func:`listen_for_work` subscribes to the queues' notify channels on a dedicated connection and
   calls back on every message (the scripts publish whenever a job becomes available).
 * :func:`release_worker` fails every job a pool process held (``worker:<id>:jobs``) with one
@@ -19,10 +21,9 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Generic, TypeVar
 
-from redis.asyncio import Redis
-
 from runtime import metrics, timefmt
 from runtime.broker import BACKEND_ERRORS, failures, wire
+from runtime.broker.clients import redis_client
 from runtime.broker.core import AckResult, Broker, Completion, Failure, NackResult
 from runtime.config import Settings
 
@@ -31,9 +32,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-SEND_ATTEMPTS = 5
 FIRST_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 5.0
+SETTLE_MAX_BACKOFF_S = 1.0  # a settle waits at most this long after Redis is back
+DEFAULT_SETTLE_FOR_S = 60.0
 
 
 class _Batch(Generic[T, R]):
@@ -46,10 +48,19 @@ class Batcher:
     """Acks and nacks reported within ``window_s`` of each other (or ``max_items`` of them) go to
     Redis in one call per kind. Each caller awaits its own job's result."""
 
-    def __init__(self, broker: Broker, *, window_s: float = 0.002, max_items: int = 64) -> None:
+    def __init__(
+        self, broker: Broker, *, window_s: float = 0.002, max_items: int = 64,
+        settle_for_s: float = DEFAULT_SETTLE_FOR_S, on_trouble: Callable[[Exception | None], None] | None = None,
+    ) -> None:
         self._broker = broker
         self._window_s = window_s
         self._max_items = max_items
+        # A call that cannot reach Redis is sent again, with backoff, for this long after its
+        # first failure: the caller's lease length, after which its claims have surely lapsed
+        # (the lease reaper owns the jobs then). Cut short by close().
+        self._settle_for_s = settle_for_s
+        self._on_trouble = on_trouble  # told of each failed call (the error) and each one that got through (None)
+        self._closing: asyncio.Event | None = None
         self._acks: _Batch[Completion, AckResult] = _Batch()
         self._fails: _Batch[Failure, NackResult] = _Batch()
         self._timer: asyncio.TimerHandle | None = None
@@ -61,9 +72,15 @@ class Batcher:
     def fail(self, item: Failure) -> asyncio.Future[NackResult | Exception]:
         return self._add(self._fails, item)
 
-    async def close(self) -> None:
-        """Send what is waiting and wait for every call in flight."""
+    async def close(self, *, grace_s: float | None = None) -> None:
+        """Send what is waiting and wait for every call in flight; with `grace_s`, calls that
+        still cannot reach Redis are given up that long after (the reaper owns their jobs)."""
         self._flush()
+        if grace_s is not None and self._sending:
+            _done, pending = await asyncio.wait(self._sending, timeout=grace_s)
+            if pending:
+                self._closing = self._closing or asyncio.Event()
+                self._closing.set()
         while self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
 
@@ -91,33 +108,56 @@ class Batcher:
 
     async def _send(self, acks: _Batch[Completion, AckResult], fails: _Batch[Failure, NackResult]) -> None:
         if acks.items:
-            await _deliver(acks, lambda: self._broker.ack_many(acks.items))
+            await self._deliver(acks, lambda: self._broker.ack_many(acks.items))
         if fails.items:
-            await _deliver(fails, lambda: self._broker.fail_many(fails.items, now_ms=timefmt.now_ms()))
+            await self._deliver(fails, lambda: self._broker.fail_many(fails.items, now_ms=timefmt.now_ms()))
 
-
-async def _deliver(batch: _Batch[T, R], call: Callable[[], Awaitable[list[R | Exception]]]) -> None:
-    """One batched call, retried while Redis is unreachable. A call that still fails leaves the
-    jobs to the lease reaper; every waiter gets the exception."""
-    backoff_s = FIRST_BACKOFF_S
-    outcome: list[R | Exception] | Exception = RuntimeError("not sent")
-    for attempt in range(1, SEND_ATTEMPTS + 1):
-        try:
-            outcome = await call()
+    async def _deliver(self, batch: _Batch[T, R], call: Callable[[], Awaitable[list[R | Exception]]]) -> None:
+        """One batched call, sent again while Redis is unreachable and the claims may be valid
+        (see `settle_for_s`); every waiter gets its job's result, or the last error."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._settle_for_s
+        backoff_s = FIRST_BACKOFF_S
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                outcome: list[R | Exception] | Exception = await call()
+            except Exception as err:
+                outcome = err
+                if not isinstance(err, BACKEND_ERRORS):
+                    logger.exception("settling %d job(s) failed", len(batch.items))
+                    break
+                if self._on_trouble is not None:
+                    self._on_trouble(err)
+                closing = self._closing is not None and self._closing.is_set()
+                if closing or loop.time() + backoff_s > give_up_at:
+                    logger.warning("settling %d job(s) given up after %d tries (%s); their leases lapse "
+                                   "and the reaper takes them", len(batch.items), tries, err)
+                    break
+                if tries == 1:
+                    logger.info("settling %d job(s) failed (%s); sending again until Redis answers",
+                                len(batch.items), err)
+                await self._pause(backoff_s)
+                backoff_s = min(backoff_s * 2, SETTLE_MAX_BACKOFF_S)
+                continue
+            if tries > 1:
+                logger.info("settled %d job(s) at try %d", len(batch.items), tries)
+            if self._on_trouble is not None:
+                self._on_trouble(None)
             break
-        except Exception as err:
-            outcome = err
-            if not isinstance(err, BACKEND_ERRORS):
-                logger.exception("settling %d job(s) failed", len(batch.items))
-                break
-            logger.warning("settling %d job(s) failed (try %d of %d): %s", len(batch.items), attempt,
-                           SEND_ATTEMPTS, err)
-            await asyncio.sleep(backoff_s)
-            backoff_s *= 2
-    results = outcome if isinstance(outcome, list) else [outcome] * len(batch.items)
-    for future, result in zip(batch.futures, results, strict=False):
-        if not future.done():
-            future.set_result(result)
+        results = outcome if isinstance(outcome, list) else [outcome] * len(batch.items)
+        for future, result in zip(batch.futures, results, strict=False):
+            if not future.done():
+                future.set_result(result)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep between two tries; close() ends it early."""
+        self._closing = self._closing or asyncio.Event()
+        try:
+            await asyncio.wait_for(self._closing.wait(), seconds)
+        except TimeoutError:
+            pass
 
 
 async def listen_for_work(broker: Broker, queues: Sequence[str], wake: Callable[[], None]) -> None:
@@ -127,10 +167,11 @@ async def listen_for_work(broker: Broker, queues: Sequence[str], wake: Callable[
     channels = [broker.keys.notify(queue) for queue in queues]
     address = broker.scripts.wire.address if broker.scripts.wire is not None else None
     backoff_s = FIRST_BACKOFF_S
+    failures_in_a_row = 0
 
     def subscribed() -> None:
-        nonlocal backoff_s
-        backoff_s = FIRST_BACKOFF_S
+        nonlocal backoff_s, failures_in_a_row
+        backoff_s, failures_in_a_row = FIRST_BACKOFF_S, 0
         wake()
 
     while True:
@@ -140,8 +181,11 @@ async def listen_for_work(broker: Broker, queues: Sequence[str], wake: Callable[
             else:
                 await _subscribe_through_client(broker, channels, wake, subscribed)
         except Exception as err:
+            failures_in_a_row += 1
             if isinstance(err, BACKEND_ERRORS):
-                logger.warning("notifications lost (%s); subscribing again in %.1fs", err, backoff_s)
+                # Once per outage: the pool reports the outage itself (runtime.redis_link).
+                log = logger.warning if failures_in_a_row == 1 else logger.debug
+                log("notifications lost (%s); subscribing again in %.1fs", err, backoff_s)
             else:
                 logger.exception("notifications failed; subscribing again in %.1fs", backoff_s)
             await asyncio.sleep(backoff_s)
@@ -160,6 +204,24 @@ async def _subscribe_through_client(
             wake()
     finally:
         await pubsub.aclose()
+
+
+async def held_claims(broker: Broker, worker_id: str) -> dict[str, tuple[str, int | None]]:
+    """What Redis says `worker_id` holds: claim token -> (job id, attempt), for its active jobs
+    (two round trips; only after a call whose outcome is unknown)."""
+    members = await broker.redis.smembers(broker.keys.worker_jobs(worker_id))
+    ids = sorted(x.decode() if isinstance(x, bytes) else x for x in members)
+    if not ids:
+        return {}
+    async with broker.redis.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hmget(broker.keys.job(job_id), ["state", "worker_id", "claim", "attempt"])
+        rows = await pipe.execute()
+    held: dict[str, tuple[str, int | None]] = {}
+    for job_id, (state, holder, claim, attempt) in zip(ids, rows, strict=True):
+        if state == b"active" and holder == worker_id.encode() and claim:
+            held[claim.decode()] = (job_id, int(attempt) if attempt and attempt.isdigit() else None)
+    return held
 
 
 def death_verdicts(
@@ -245,7 +307,7 @@ def release_worker_blocking(
         )
 
     async def go() -> list[str]:
-        redis = Redis.from_url(settings.redis_url or "", socket_timeout=timeout_s)
+        redis = redis_client(settings, socket_timeout=timeout_s)
         broker = Broker(redis, settings)
         try:
             return await asyncio.wait_for(

@@ -112,8 +112,10 @@ class Scripts:
     connection to the client's server; through the client itself only where that connection
     does not apply (TLS)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, command_timeout_s: float | None = None) -> None:
         address = Address.of_client(redis)
+        if address is not None and command_timeout_s is not None:
+            address = address.with_timeout(command_timeout_s)
         self.wire = Wire(address) if address is not None else None
         self._redis = redis
         self._names = {name: function_name(name) for name in TRANSITIONS}

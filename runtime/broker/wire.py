@@ -15,12 +15,20 @@ ConnectionError and is not re-sent: a script may have run, and only its caller k
 second run is harmless. The two failures are told apart: :class:`CommandNotSent` (no connection
 could be made, or it was lost before the command was written: it surely did not run) and
 :class:`OutcomeUnknown` (lost after the command was written: it may have run).
+
+A silent link (a peer gone without a FIN or RST, a dropped route) would leave the waiters waiting
+forever: every connection has a deadline, checked by one timer per connection (never one per
+command): a connection that has had commands waiting and no reply at all for a whole
+``command_timeout_s`` is closed, so each waiter fails with OutcomeUnknown. A command thus waits
+between one and two deadlines at most. TCP keepalive is on as well, for the idle connections
+(a subscription) that the deadline does not watch; :func:`subscribe` pings its connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +38,14 @@ from redis.asyncio.connection import parse_url
 
 CONNECT_ATTEMPTS = 3
 CONNECT_BACKOFF_S = 0.05
+# Long enough for the biggest batched script call (a thousand-job enqueue, a full scheduler step),
+# short enough that a dead link is noticed within seconds. Settings.redis_command_timeout_ms.
+DEFAULT_COMMAND_TIMEOUT_S = 5.0
+# TCP keepalive: first probe after this many idle seconds, then one every KEEPALIVE_INTERVAL_S;
+# the kernel gives up after KEEPALIVE_PROBES unanswered probes.
+KEEPALIVE_IDLE_S = 10
+KEEPALIVE_INTERVAL_S = 5
+KEEPALIVE_PROBES = 3
 
 # Error prefixes that redis-py maps to classes of their own; anything else is a ResponseError.
 _ERRORS: dict[str, type[rx.RedisError]] = {
@@ -64,12 +80,18 @@ def _error(reply: hiredis.ReplyError) -> rx.RedisError:
 class Address:
     """Where and how to connect: TCP host/port or a Unix socket path; credentials; database."""
 
-    __slots__ = ("host", "port", "path", "db", "username", "password")
+    __slots__ = ("host", "port", "path", "db", "username", "password", "command_timeout_s")
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, path: str = "", db: int = 0,
-                 username: str | None = None, password: str | None = None) -> None:
+                 username: str | None = None, password: str | None = None,
+                 command_timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S) -> None:
         self.host, self.port, self.path, self.db = host, port, path, db
         self.username, self.password = username, password
+        self.command_timeout_s = command_timeout_s  # the connection's deadline (see the module text)
+
+    def with_timeout(self, command_timeout_s: float) -> Address:
+        return Address(host=self.host, port=self.port, path=self.path, db=self.db, username=self.username,
+                       password=self.password, command_timeout_s=command_timeout_s)
 
     @classmethod
     def from_url(cls, url: str) -> Address | None:
@@ -97,11 +119,26 @@ class Address:
         return None
 
 
+def _keepalive(transport: Any) -> None:
+    """TCP keepalive on the connection's socket (Unix sockets have none: the kernel knows)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+                              ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
+            if hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    except OSError:
+        pass  # keepalive is a safety net; the command deadline still holds
+
+
 class _Protocol(asyncio.Protocol):
     """One connection: a FIFO of waiting futures matched to replies as they arrive. Replies no
     request waits for (a subscribed connection's messages) go to `on_push`."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S) -> None:
         self.loop = loop
         self.reader = hiredis.Reader()
         self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
@@ -109,13 +146,33 @@ class _Protocol(asyncio.Protocol):
         self.transport: Any = None
         self.closed = loop.create_future()
         self.on_push: Callable[[Any], None] | None = None
+        self.timeout_s = timeout_s
+        self.replies = 0  # replies received so far: the deadline's measure of progress
+        self._watch: asyncio.TimerHandle | None = None
+        self._watched: int | None = None  # `replies` at the last check, when commands were waiting
+        self._expired = False
 
     def connection_made(self, transport: Any) -> None:  # uvloop's transports are not asyncio's classes
         self.transport = transport
+        _keepalive(transport)
+        if self.timeout_s > 0:
+            self._watch = self.loop.call_later(self.timeout_s, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        """Once per `timeout_s`: commands waited at the last check too and no reply came since,
+        so the oldest has waited at least `timeout_s`: the link is dead or Redis is stuck."""
+        waiting = bool(self.waiters) and len(self.waiters) > len(self.outgoing)
+        if waiting and self._watched == self.replies:
+            self._expired = True
+            self.transport.abort()  # not close(): a write buffer that cannot drain would hold it open
+            return
+        self._watched = self.replies if waiting else None
+        self._watch = self.loop.call_later(self.timeout_s, self._check_deadline)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
         while (reply := self.reader.gets()) is not False:
+            self.replies += 1
             if not self.waiters:  # a subscribed connection's messages
                 if self.on_push is not None:
                     self.on_push(reply)
@@ -129,7 +186,12 @@ class _Protocol(asyncio.Protocol):
                 waiter.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        why = f"Connection to Redis lost: {exc}" if exc else "Connection closed by server."
+        if self._watch is not None:
+            self._watch.cancel()
+        if self._expired:
+            why = f"Redis did not answer within {self.timeout_s:g}s; connection closed."
+        else:
+            why = f"Connection to Redis lost: {exc}" if exc else "Connection closed by server."
         self._fail_unwritten(why)
         error = OutcomeUnknown(f"{why} The command had been sent; its outcome is unknown.")
         while self.waiters:
@@ -167,16 +229,20 @@ class _Protocol(asyncio.Protocol):
         self.transport.write(data)
 
 
-async def _open(address: Address, timeout_s: float = 5.0) -> _Protocol:
+async def _open(address: Address) -> _Protocol:
     """Connect, authenticate and select the database; retried briefly (a Redis that is starting)."""
     loop = asyncio.get_running_loop()
+    timeout_s = address.command_timeout_s if address.command_timeout_s > 0 else DEFAULT_COMMAND_TIMEOUT_S
     delay_s = CONNECT_BACKOFF_S
     for attempt in range(1, CONNECT_ATTEMPTS + 1):
         try:
+            def protocol() -> _Protocol:
+                return _Protocol(loop, address.command_timeout_s)
+
             if address.path:
-                connect = loop.create_unix_connection(lambda: _Protocol(loop), address.path)
+                connect = loop.create_unix_connection(protocol, address.path)
             else:
-                connect = loop.create_connection(lambda: _Protocol(loop), address.host, address.port)
+                connect = loop.create_connection(protocol, address.host, address.port)
             _transport, proto = await asyncio.wait_for(connect, timeout_s)
             break
         except (OSError, TimeoutError) as err:
@@ -261,7 +327,11 @@ async def subscribe(
 ) -> None:
     """Listen on `channels` until the connection is lost (then raise ConnectionError) or the
     caller is cancelled; `on_message(channel, data)` runs for every published message, and
-    `on_ready()` once the subscription holds (what was published before it was missed)."""
+    `on_ready()` once the subscription holds (what was published before it was missed).
+
+    A subscription waits for messages by design, so no command deadline applies; instead the
+    connection is pinged once per ``address.command_timeout_s``, and one that has answered
+    nothing by the next ping (neither the pong nor a message) is taken for dead."""
 
     def on_push(reply: Any) -> None:
         if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
@@ -270,13 +340,30 @@ async def subscribe(
     proto = await _open(address)
     try:
         # SUBSCRIBE answers once per channel: the first answer goes to the waiter, the rest (and
-        # every message) to on_push.
+        # every message, and the pongs) to on_push.
         proto.on_push = on_push
         await proto.request(_pack(("SUBSCRIBE", *channels)))
         if on_ready is not None:
             on_ready()
-        await proto.closed
+        await _watch_subscription(proto, address.command_timeout_s)
         raise rx.ConnectionError("Subscription connection closed by server.")
     finally:
         if proto.transport is not None:
             proto.transport.close()
+
+
+async def _watch_subscription(proto: _Protocol, interval_s: float) -> None:
+    """Return when the connection closes; raise ConnectionError when a ping went unanswered."""
+    if interval_s <= 0:
+        await proto.closed
+        return
+    ping = _pack(("PING",))
+    while True:
+        seen = proto.replies
+        proto.transport.write(ping)  # no waiter: a subscribed connection's replies are pushes
+        done, _ = await asyncio.wait([proto.closed], timeout=interval_s)
+        if done:
+            return
+        if proto.replies == seen:
+            proto.transport.abort()
+            raise rx.ConnectionError(f"Subscription connection silent for {interval_s:g}s; closed.")

@@ -4,7 +4,8 @@
   State transition: active -> completed
   Pre-conditions (per job; a failing job does not stop the others):
     - the job exists                                   else status 1
-    - state = active                                   else status 2 (conflict)
+    - state = active                                   else status 2 (conflict), but status 0
+      when it is completed under the very claim given: a re-sent ack whose first reply was lost
     - the claim matches: the fencing token (when given) is the job's current `claim`; the
       worker id and the attempt, when both sides know them     else status 3 (stale claim)
 
@@ -37,6 +38,8 @@ for j = 5, #KEYS do
     "progress", "expires_ms", "unique_key", "workflow_id", "claim")
   if not f[1] then
     out[#out + 1] = {S.NOT_FOUND, "", 0, "", ""}
+  elseif f[1] == "completed" and token ~= "" and token == f[12] then
+    out[#out + 1] = {S.OK, "completed", 0, f[4], f[5]}  -- done already, by this ack's first send
   elseif f[1] ~= "active" then
     out[#out + 1] = {S.CONFLICT, f[1], 0, "", ""}
   elseif (token ~= "" and token ~= f[12]) or (worker_id ~= "" and f[2] and f[2] ~= worker_id)

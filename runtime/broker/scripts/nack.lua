@@ -14,7 +14,10 @@
                           when the job's on_exhaustion is dead_letter)
   Pre-conditions (per job; a failing job does not stop the others):
     - the job exists                                   else status 1
-    - state = active                                   else status 2 (conflict)
+    - state = active                                   else status 2 (conflict), but status 0
+      when this very failure is found applied already (a re-sent nack whose first reply was
+      lost): the claim given is still the job's, and either the verdict was release and the
+      attempt was given back, or the error recorded is this one
     - the claim matches: the fencing token (when given) is the job's current `claim`; the
       worker id and the attempt, when both sides know them     else status 3 (stale claim)
   The caller decides the verdict from the error (handler codes, retryable flag,
@@ -138,6 +141,15 @@ end
 
 local OWN_OUTCOME = {retry = true, nonretryable = true, discard = true, dead_letter = true}
 
+-- A failure of this claim applied already (see the pre-conditions); r is the HMGET below.
+local function applied_already(job_key, r, verdict, err, guard, token)
+  if token == "" or token ~= r[10] or r[1] == "active" then return false end
+  if verdict == "release" then
+    return r[1] == "available" and guard ~= "" and tonumber(r[3]) == tonumber(guard) - 1
+  end
+  return err ~= "" and rcall("HGET", job_key, "error") == '{"attempt":' .. r[3] .. ',' .. string.sub(err, 2)
+end
+
 local out = {}
 for j = 7, #KEYS do
   local job_key = KEYS[j]
@@ -149,6 +161,10 @@ for j = 7, #KEYS do
     "max_attempts", "on_exhaustion", "id", "claim", "suspect")
   if not r[1] then
     out[#out + 1] = {S.NOT_FOUND, "", "", "", "", "", 0}
+  elseif applied_already(job_key, r, verdict, err, guard, token) then
+    local later = rcall("HMGET", job_key, "retry_delay_ms", "next_attempt_at")
+    if r[1] ~= "retryable" then later = {"", ""} end
+    out[#out + 1] = {S.OK, r[1], r[3], r[7], later[1] or "", later[2] or "", 0}
   elseif r[1] ~= "active" then
     out[#out + 1] = {S.CONFLICT, r[1], "", "", "", "", 0}
   elseif (token ~= "" and token ~= r[10]) or (worker_id ~= "" and r[2] and r[2] ~= worker_id)
