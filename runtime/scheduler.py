@@ -46,6 +46,10 @@ class Scheduler:
     async def _loop(self, name: str, step: Callable[[], Awaitable[int]], interval_ms: int) -> None:
         interval_s = interval_ms / 1000
         backoff_s = interval_s
+        # Below half the outage gap: a step that keeps failing for a reason of its own must not
+        # space the steps so far apart that every one looks like an outage (runtime.broker.outage),
+        # which would suspend lease expiry for good.
+        max_backoff_s = max(interval_s, min(MAX_ERROR_BACKOFF_S, self.settings.reaper_outage_gap_ms / 2000))
         while True:
             try:
                 await step()
@@ -53,8 +57,8 @@ class Scheduler:
             except BACKEND_ERRORS as err:
                 # Redis is down: keep trying, slower, without flooding the log.
                 logger.warning("%s loop: job store unavailable (%s); retrying in %.1fs", name, err, backoff_s)
-                backoff_s = min(backoff_s * 2, MAX_ERROR_BACKOFF_S)
+                backoff_s = min(backoff_s * 2, max_backoff_s)
             except Exception:
                 logger.exception("%s loop: step failed", name)
-                backoff_s = min(backoff_s * 2, MAX_ERROR_BACKOFF_S)
+                backoff_s = min(backoff_s * 2, max_backoff_s)
             await asyncio.sleep(backoff_s)

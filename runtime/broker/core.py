@@ -75,7 +75,8 @@ class Progress(msgspec.Struct, frozen=True, kw_only=True):
 
 class Failure(msgspec.Struct, frozen=True, kw_only=True):
     """One job to fail through nack.lua, with the verdict already decided: requeue, release,
-    worker_lost, lease_expired, retry, nonretryable, discard or dead_letter (see nack.lua)."""
+    worker_lost, worker_lost_shared, lease_expired, timed_out, retry, nonretryable, discard or
+    dead_letter (see nack.lua)."""
 
     job_id: str
     verdict: str
@@ -201,7 +202,7 @@ class Broker:
         now_ms: int | None = None,
         quotas: Sequence[int] | None = None,
         exec_grace_ms: int | None = None,
-        idle: bool = False,
+        idle: bool | None = None,
         type_room: Mapping[str, int] | None = None,
     ) -> list[dict[bytes, bytes]]:
         """Claim up to `count` jobs, trying the queues in order. Returns the claimed job hashes.
@@ -229,18 +230,21 @@ class Broker:
                 str(self.settings.scheduler_step_limit), "" if exec_grace_ms is None else str(exec_grace_ms),
                 timefmt.format_ms(now), str(len(queues)),
                 *queues, *([str(q) for q in quotas] if quotas else [""] * len(queues)),
-                "1" if idle else "", str(len(type_room or ())),
+                "" if idle is None else ("1" if idle else "0"), str(len(type_room or ())),
                 *(x for job_type, room in (type_room or {}).items() for x in (job_type, str(max(0, room)))),
             ],
         )
         return [pairs_to_dict(flat) for flat in reply]
 
     async def suspects_waiting(self, queues: Sequence[str]) -> int:
-        """How many jobs that must run alone (see `fetch`'s `idle`) wait in these queues."""
+        """How many jobs that must run alone (see `fetch`'s `idle`) wait in these queues, of those
+        that are not paused (a pool must not make way for a job it could not take)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for queue in queues:
                 pipe.zcard(self.keys.suspects(queue))
-            return sum(await pipe.execute())
+                pipe.exists(self.keys.paused(queue))
+            replies = await pipe.execute()
+        return sum(n for n, paused in zip(replies[0::2], replies[1::2], strict=True) if not paused)
 
     async def ack(
         self, job_id: str, result: bytes | None = None, *, worker_id: str | None = None,
@@ -461,7 +465,7 @@ class Broker:
             rows = await pipe.execute()
         for (item, result), (queue, job_type, dead) in zip(done, rows, strict=False):
             labels = ((queue or b"").decode(), (job_type or b"").decode())
-            if item.verdict in ("lease_expired", "retry"):  # the reaper's two verdicts
+            if item.verdict in ("lease_expired", "timed_out"):  # the reaper's two verdicts
                 reason = "lease" if item.verdict == "lease_expired" else "timeout"
                 metrics.LEASES_EXPIRED.labels(reason).inc()
                 if reason == "timeout":
@@ -480,7 +484,7 @@ class Broker:
                 "timeout", "timeout", f"Job execution exceeded timeout of {timeout_ms} ms", now_ms,
                 timeout_kind="execution", limit_seconds=limit_s,
             )
-            verdict = "retry"
+            verdict = "timed_out"
         else:
             error = failures.server_error(
                 "visibility_timeout", "timeout", "Lease expired before the job was acknowledged", now_ms,

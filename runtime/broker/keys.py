@@ -33,6 +33,8 @@ key                            type        content
 ``P events``                   stream      lifecycle events, capped
 ``P worker:<id>``              hash        worker registry entry (state, last heartbeat, its heartbeat
                                            interval, directive); removed when the worker is found dead
+``P worker-alone:<id>``        string      the suspect a worker runs alone (it gets nothing else
+                                           meanwhile); expires with that claim's lease
 ``P worker-jobs:<id>``         set         ids of the active jobs a worker holds (for release on death)
 ``P workers``                  zset        worker id -> last heartbeat (ms)
 ``P notify:<q>``               channel     pub/sub wake-up: a job became available in queue q

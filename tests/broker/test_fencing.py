@@ -127,3 +127,21 @@ def test_progress_never_shortens_a_lease(
     granted = read_job(redis_client, keys, job_id)["visible_until"]
     run(broker.progress(job_id, value=0.1))
     assert read_job(redis_client, keys, job_id)["visible_until"] == granted
+
+
+def test_the_reaper_leaves_a_lease_renewed_after_it_listed_the_job(
+    enqueue: Enqueue, broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys
+) -> None:
+    # Given: the reaper lists a job whose lease lapsed
+    (job_id,) = enqueue(body())
+    (claimed,) = run(broker.fetch(["default"], worker_id="w1", visibility_ms=1_000))
+    lapsed = int(claimed[b"visible_until"]) + 1
+    (row,) = run(broker.scripts.call("expired_leases", keys=[keys.prefix, keys.active], args=[str(lapsed), "10"]))
+    overdue = broker._overdue_failure(row, lapsed)
+    # When: its worker's heartbeat lands before the reaper's nack
+    run(broker.heartbeat("w1", [job_id], claims=[claim_of(claimed)], visibility_ms=60_000))
+    (outcome,) = run(broker.fail_many([overdue], now_ms=lapsed))
+    # Then: the renewed claim keeps running
+    assert isinstance(outcome, Conflict)
+    job = read_job(redis_client, keys, job_id)
+    assert (job["state"], job["claim"], job["attempt"]) == ("active", claim_of(claimed), "1")

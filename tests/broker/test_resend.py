@@ -60,12 +60,14 @@ def test_resent_release_is_done_until_the_job_is_claimed_again(
 def test_lease_expiry_of_the_claim_is_not_taken_for_its_release(
     enqueue: Enqueue, broker: Broker, run: Run[Any],
 ) -> None:
-    # Given: the reaper requeued the claim (attempt kept), not the pool's release
+    # Given: the reaper requeued the claim (attempt kept) once its lease lapsed, not the pool's
+    # release
     job_id, fields = claimed(enqueue, broker, run)
     token = fields[b"claim"].decode()
-    expired = failures.server_error("visibility_timeout", "timeout", "Lease expired", timefmt.now_ms())
+    lapsed = int(fields[b"visible_until"]) + 1
+    expired = failures.server_error("visibility_timeout", "timeout", "Lease expired", lapsed)
     run(broker.fail_many([Failure(job_id=job_id, verdict="lease_expired", error=expired, worker_id="w1",
-                                  attempt=1, claim=token)], now_ms=timefmt.now_ms()))
+                                  attempt=1, claim=token)], now_ms=lapsed))
     # When: the pool's release of that claim arrives
     (late,) = run(broker.fail_many([Failure(job_id=job_id, verdict="release", worker_id="w1", attempt=1,
                                             claim=token)], now_ms=timefmt.now_ms()))

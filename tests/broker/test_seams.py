@@ -289,3 +289,69 @@ def test_the_preceding_result_is_passed_whatever_its_size(
     (second,) = run(broker.fetch(["default"], worker_id="w1"))
     assert second[b"parent_results"] == b'[{"big":"' + b"y" * 100 + b'"}]'
     run(broker.ack(second[b"id"].decode()))
+
+
+# --- workflows x unique, continued -------------------------------------------------------------
+
+def test_two_members_of_one_kind_in_a_workflow_are_refused_whatever_the_policy(
+    broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys
+) -> None:
+    for policy in ("replace", "replace_except_schedule", "reject"):
+        unique = {"keys": ["type"], "on_conflict": policy}
+        jobs = [{"type": "twin", "args": [i], "options": {"unique": unique}} for i in range(2)]
+        with pytest.raises(Duplicate):
+            run(Workflows(broker).create(WorkflowRequest(type="group", jobs=jobs)))
+    assert job_ids(redis_client, keys) == set()
+    assert list(redis_client.scan_iter(keys.workflow("*"))) == []
+
+
+def test_a_waiting_step_holds_its_unique_lock(
+    broker: Broker, enqueue: Enqueue, run: Run[Any], redis_client: redis.Redis, keys: Keys
+) -> None:
+    # Given: a chain whose second step, still waiting, is a unique job
+    unique = {"keys": ["type"], "on_conflict": "reject"}
+    steps = [{"type": "first", "args": []}, {"type": "report", "args": [], "options": {"unique": unique}}]
+    wf = run(Workflows(broker).create(WorkflowRequest(type="chain", steps=steps)))
+    first, second = member_ids(redis_client, keys, wf["id"])
+    # Then: a job of the same kind meets it as the holder
+    with pytest.raises(Duplicate) as refused:
+        enqueue({"type": "report", "args": [], "options": {"unique": unique}})
+    assert refused.value.details["existing_job_id"] == second
+    # ...until the step is cancelled with its chain (the lock goes with it)
+    run(broker.fetch(["default"], worker_id="w1"))
+    run(broker.nack(first, DEAD))
+    assert states(redis_client, keys, [second]) == ["cancelled"]
+    enqueue({"type": "report", "args": [], "options": {"unique": unique}})
+
+
+def test_a_waiting_step_with_replace_cancels_the_holder(
+    broker: Broker, enqueue: Enqueue, run: Run[Any], redis_client: redis.Redis, keys: Keys
+) -> None:
+    unique = {"keys": ["type"], "on_conflict": "replace"}
+    (holder,) = enqueue({"type": "report", "args": [], "options": {"unique": unique}})
+    steps = [{"type": "first", "args": []}, {"type": "report", "args": [], "options": {"unique": unique}}]
+    run(Workflows(broker).create(WorkflowRequest(type="chain", steps=steps)))
+    assert states(redis_client, keys, [holder]) == ["cancelled"]
+
+
+def test_the_step_drains_an_outbox_left_under_its_old_name(
+    broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys
+) -> None:
+    # Given: a step completed by a server of the previous version, which queued it under the
+    # outbox's old name
+    steps = [{"type": "step.one", "args": [1]}, {"type": "step.two", "args": [2]}]
+    wf = run(Workflows(broker).create(WorkflowRequest(type="chain", steps=steps)))
+    first, second = member_ids(redis_client, keys, wf["id"])
+    run(broker.fetch(["default"], worker_id="w1"))
+    run(broker.ack(first))
+    redis_client.delete(keys.workflow_outbox)
+    redis_client.hdel(keys.workflow(wf["id"]), "x0", "completed")
+    redis_client.hset(keys.job(second), mapping={"state": "waiting", "wf_pending": 1})
+    redis_client.hincrby(keys.counts("default"), "available", -1)
+    redis_client.zrem(keys.available("default"), second)
+    redis_client.rpush(keys.prefix + "workflow:advance", first)
+    # When: the scheduler step runs
+    run(broker.scheduler_step())
+    # Then: the entry was applied: the next step is available
+    assert states(redis_client, keys, [second]) == ["available"]
+    assert not redis_client.exists(keys.prefix + "workflow:advance")

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from runtime import timefmt
+from runtime.broker.admin import Admin
 from runtime.broker.core import Broker, Completion, Failure, NackResult
 from runtime.broker.keys import Keys
 from runtime.broker.pool_ops import death_verdicts
@@ -30,7 +31,9 @@ def busy(enqueue: Enqueue, broker: Broker, run: Run[Any], worker_id: str) -> Non
 
 
 def lose(broker: Broker, run: Run[Any], job_id: str, verdict: str) -> NackResult:
-    (out,) = run(broker.fail_many([Failure(job_id=job_id, verdict=verdict, worker_id="w1")], now_ms=timefmt.now_ms()))
+    # The reaper's verdict holds only once the lease has lapsed: it judges at a later `now`
+    now = timefmt.now_ms() + (86_400_000 if verdict == "lease_expired" else 0)
+    (out,) = run(broker.fail_many([Failure(job_id=job_id, verdict=verdict, worker_id="w1")], now_ms=now))
     assert isinstance(out, NackResult)
     return out
 
@@ -140,3 +143,56 @@ def test_a_worker_that_holds_nothing_is_idle_without_saying_so(
     run(broker.fail_many([Failure(job_id=suspect, verdict="worker_lost_shared", worker_id="http-worker")],
                          now_ms=timefmt.now_ms()))
     assert ids_of(run(broker.fetch(["default"], count=5))) == [suspect]
+
+
+def test_a_worker_given_a_suspect_gets_nothing_else_until_it_settles(
+    enqueue: Enqueue, broker: Broker, run: Run[Any],
+) -> None:
+    # Given: an HTTP-style worker (it never says whether it is idle) that got a suspect
+    suspect, *others = enqueue(body(), body(), body())
+    run(broker.fetch(["default"], worker_id="w1"))
+    lose(broker, run, suspect, "worker_lost_shared")
+    (claimed,) = run(broker.fetch(["default"], count=5, worker_id="http-worker"))
+    assert claimed[b"id"].decode() == suspect
+    # When it asks for more while the suspect runs: nothing (the broker enforces the isolation)
+    assert run(broker.fetch(["default"], count=5, worker_id="http-worker")) == []
+    # Then, once the suspect is settled, it gets the rest
+    run(broker.ack(suspect))
+    assert sorted(ids_of(run(broker.fetch(["default"], count=5, worker_id="http-worker")))) == sorted(others)
+
+
+def test_a_job_lost_beside_others_again_and_again_is_dead_lettered_at_twice_the_cap(
+    enqueue: Enqueue, broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys,
+) -> None:
+    (job_id,) = enqueue(body())
+    cap = broker.settings.worker_lost_cap
+    for n in range(1, 2 * cap + 1):
+        (claimed,) = run(broker.fetch(["default"], worker_id="w1", idle=True))
+        out = lose(broker, run, job_id, "worker_lost_shared")
+        assert out.state == ("discarded" if n == 2 * cap else "available")
+    assert redis_client.zscore(keys.dlq, job_id) is not None
+
+
+def test_suspects_in_a_paused_queue_do_not_make_a_pool_make_way(
+    enqueue: Enqueue, broker: Broker, run: Run[Any],
+) -> None:
+    (job_id,) = enqueue(body())
+    run(broker.fetch(["default"], worker_id="w1"))
+    lose(broker, run, job_id, "worker_lost_shared")
+    assert run(broker.suspects_waiting(["default"])) == 1
+    run(Admin(broker).set_paused("default", True))
+    assert run(broker.suspects_waiting(["default"])) == 0
+
+
+def test_a_dead_letter_retry_of_a_suspect_leaves_it_a_plain_job(
+    enqueue: Enqueue, broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys,
+) -> None:
+    (job_id,) = enqueue(body())
+    for _ in range(broker.settings.worker_lost_cap):
+        run(broker.fetch(["default"], worker_id="w1", idle=True))
+        lose(broker, run, job_id, "worker_lost")
+    assert redis_client.zscore(keys.dlq, job_id) is not None
+    run(Admin(broker).dead_letter_retry(job_id))
+    job = read_job(redis_client, keys, job_id)
+    assert "suspect" not in job and "lost" not in job
+    assert ids_of(run(broker.fetch(["default"], count=5, worker_id="w2", idle=False))) == [job_id]

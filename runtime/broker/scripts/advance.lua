@@ -83,10 +83,11 @@ end
 
 local function cancel_member(wf_key, index)
   local key, id = member_key(wf_key, index)
-  local f = rcall("HMGET", key, "state", "queue")
+  local f = rcall("HMGET", key, "state", "queue", "unique_key", "unique_states")
   if f[1] ~= "waiting" then return false end
   rcall("HSET", key, "state", "cancelled", "cancelled_at", now, "previous_state", "waiting")
   move_count(T, f[2], nil, "cancelled")
+  release_unique(T, id, f[3], f[4], "cancelled")
   return true
 end
 

@@ -50,7 +50,7 @@ dead_letter_remove(T, id, f[2])
 if f[5] then rcall("ZADD", T.expiring, f[5], id) end
 rcall("HSET", key, "state", "available", "attempt", 0, "enqueued_at", T.now, "re_enqueued_at", T.now)
 rcall("HDEL", key, "error", "completed_at", "discarded_at", "retry_delay_ms", "next_attempt_at",
-  "started_at", "worker_id", "dead_lettered", "lost")
+  "started_at", "worker_id", "dead_lettered", "lost", "shared_lost", "suspect")
 move_count(T, f[2], "discarded", "available")
 index_available(T, id, f[2], tonumber(f[3]))
 emit(T, "job.enqueued", id, {job_id = id, job_type = f[4], queue = f[2], state = "available",

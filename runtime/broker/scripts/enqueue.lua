@@ -129,7 +129,9 @@ local function holder_of(job)
   if not holder then return nil end
   local h = rcall("HMGET", prefix .. "job:" .. holder, "state", "created_at")
   if not h[1] then return nil end
-  if not in_csv(job.ustates, h[1]) then return nil end
+  -- A waiting workflow step holds its lock as the job it will become (available).
+  local counted = h[1] == "waiting" and "available" or h[1]
+  if not in_csv(job.ustates, counted) then return nil end
   if job.uperiod and now_ms >= tonumber(h[2]) + job.uperiod then return nil end
   return holder, h[1]
 end
@@ -143,7 +145,9 @@ for j = 1, n do
   local job = jobs[j]
   local earlier = job.ukey ~= "" and batch_holder[job.ukey]
   if earlier then
-    if job.on_conflict == "reject" or (job.on_conflict == "ignore" and wf_id ~= "") then
+    -- In a workflow every member must be created: two members of one kind are refused whatever
+    -- the policy (replace would leave the earlier one uncreated).
+    if job.on_conflict == "reject" or wf_id ~= "" then
       return {S.UNIQUE_CONFLICT, j, jobs[earlier].id, jobs[earlier].state, job.ukey}
     elseif job.on_conflict == "ignore" then
       job.twin_of = earlier
@@ -216,21 +220,12 @@ for j = 1, n do
     local last = job.replaced_by
     while jobs[last].replaced_by do last = jobs[last].replaced_by end
     ids[#ids + 1] = "=" .. jobs[last].id
-  elseif job.state == "waiting" then
-    rcall("HSET", prefix .. "job:" .. job.id, unpack(job.t, 12))
-    ids[#ids + 1] = job.id
   else
     if job.holder and not cancelled_holders[job.holder] then
       cancelled_holders[job.holder] = true
       cancel_job(T, prefix .. "job:" .. job.holder, job.holder, job.holder_state, "unique_replace")
     end
     rcall("HSET", prefix .. "job:" .. job.id, unpack(job.t, 12))
-    if job.keep_schedule then
-      rcall("HSET", prefix .. "job:" .. job.id, "state", "scheduled", "scheduled_at", job.keep_schedule)
-      rcall("HDEL", prefix .. "job:" .. job.id, "enqueued_at")
-    end
-    local b = queue_batch(job.queue)
-    b.counts[job.state] = (b.counts[job.state] or 0) + 1
     if job.ukey ~= "" then
       local lock = prefix .. "unique:" .. job.ukey
       if job.uperiod then
@@ -239,6 +234,17 @@ for j = 1, n do
         rcall("SET", lock, job.id)
       end
     end
+  end
+  if skipped(job) or job.state == "waiting" then
+    -- stored (a waiting step), not indexed or counted: advance.lua enqueues it later
+    if job.state == "waiting" and not skipped(job) then ids[#ids + 1] = job.id end
+  else
+    if job.keep_schedule then
+      rcall("HSET", prefix .. "job:" .. job.id, "state", "scheduled", "scheduled_at", job.keep_schedule)
+      rcall("HDEL", prefix .. "job:" .. job.id, "enqueued_at")
+    end
+    local b = queue_batch(job.queue)
+    b.counts[job.state] = (b.counts[job.state] or 0) + 1
     if job.rl_max then
       rcall("HSET", prefix .. "queue:" .. job.queue .. ":config", "rl_max", job.rl_max,
         "rl_window_ms", job.rl_window)

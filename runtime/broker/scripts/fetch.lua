@@ -33,7 +33,8 @@
   ARGV[11+N .. 10+2N] per-queue quota for the first pass (weighted selection); a second pass
                       fills what is left of `count` from the queues in order, so an empty queue
                       gives its share to the others ("" each when not weighted)
-  ARGV[11+2N]         idle: "1" when the caller runs and holds no job (it may get a suspect)
+  ARGV[11+2N]         idle: "1" when the caller runs and holds no job (it may get a suspect), "0"
+                      when it runs something, "" when it cannot say (then: it holds no job)
   ARGV[12+2N]         number M of job types with a room limit ("" or absent: 0)
   ARGV[13+2N ..]      M pairs: job type, room. At most `room` jobs of that type are claimed by
                       this call; the others stay in place in their queue (a pool's per-type
@@ -136,6 +137,14 @@ if worker_id ~= "" then
   if wstate == "quiet" or wstate == "terminate" or wstate == "drain" or wstate == "draining" then
     return claimed
   end
+  -- A worker running a suspect runs nothing beside it, whether it says so or not (an HTTP worker
+  -- cannot): the broker enforces the isolation. The marker lapses with the claim.
+  local alone = rcall("GET", prefix .. "worker-alone:" .. worker_id)
+  if alone then
+    local a = rcall("HMGET", prefix .. "job:" .. alone, "state", "worker_id")
+    if a[1] == "active" and a[2] == worker_id then return claimed end
+    rcall("DEL", prefix .. "worker-alone:" .. worker_id)
+  end
 end
 
 -- Queue rate limit (sliding window log): at most rl_max claims per rl_window_ms per queue,
@@ -220,6 +229,11 @@ local function claim_suspect()
         if rcall("ZREM", queue_key(T, queue, "available"), head[1]) == 1 then
           local job = claim(head[1], queue, true)
           if job then
+            if worker_id ~= "" then
+              local lease = rcall("ZSCORE", T.active, head[1])
+              rcall("SET", prefix .. "worker-alone:" .. worker_id, head[1], "PX",
+                math.max(1, math.floor(tonumber(lease) - now)))
+            end
             if log then
               rcall("ZADD", log, now, head[1])
               rcall("PEXPIRE", log, window)
@@ -237,7 +251,9 @@ end
 -- without a worker id is taken as idle, as nothing tells otherwise). Read only when a suspect
 -- waits, so the common path pays nothing.
 local function caller_is_idle()
-  if ARGV[11 + 2 * nq] == "1" or worker_id == "" then return true end
+  local said = ARGV[11 + 2 * nq]
+  if said ~= "" then return said == "1" end
+  if worker_id == "" then return true end
   return rcall("SCARD", prefix .. "worker-jobs:" .. worker_id) == 0
 end
 

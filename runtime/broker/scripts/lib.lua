@@ -56,12 +56,16 @@ end
 -- A job has reached `state`: release its unique lock unless the policy still counts that state,
 -- and queue its workflow (if any) for the advance step (the outbox is written in this same
 -- atomic step). Returns 1 when the workflow was queued.
-local function on_end(T, key, id, state)
-  local u = rcall("HMGET", key, "unique_key", "unique_states", "workflow_id")
-  if u[1] and not in_csv(u[2], state) then
-    local lock = T.prefix .. "unique:" .. u[1]
+local function release_unique(T, id, fingerprint, states, state)
+  if fingerprint and not in_csv(states, state) then
+    local lock = T.prefix .. "unique:" .. fingerprint
     if rcall("GET", lock) == id then rcall("DEL", lock) end
   end
+end
+
+local function on_end(T, key, id, state)
+  local u = rcall("HMGET", key, "unique_key", "unique_states", "workflow_id")
+  release_unique(T, id, u[1], u[2], state)
   if u[3] then
     rcall("RPUSH", T.outbox, id)
     return 1

@@ -8,10 +8,14 @@
                           `lost_cap` losses (a job that keeps killing its worker is dead-lettered);
                           worker_lost_shared (attempt kept: it did start; no loss counted, and
                           never exhausted by it, so `attempt` may pass max_attempts this way)
-    active -> retryable   verdict retry with attempts left; due at now + backoff
+    active -> retryable   verdict retry (or timed_out, the reaper's) with attempts left; due at
+                          now + backoff
     active -> discarded   verdict discard (never dead-lettered), dead_letter (always), or
                           nonretryable / retry / lease_expired once attempts are spent (dead-lettered
                           when the job's on_exhaustion is dead_letter)
+  The reaper's verdicts (lease_expired, timed_out) also need the job's deadline, its `active`
+  score, to have passed still: a lease renewed after the reaper listed the job is left alone
+  (status 3).
   Pre-conditions (per job; a failing job does not stop the others):
     - the job exists                                   else status 1
     - state = active                                   else status 2 (conflict), but status 0
@@ -140,6 +144,8 @@ local function index_suspect(job_key, id, queue)
 end
 
 local OWN_OUTCOME = {retry = true, nonretryable = true, discard = true, dead_letter = true}
+-- The reaper's verdicts: they hold only while the job's deadline (its active score) has passed.
+local REAPED = {lease_expired = true, timed_out = true}
 
 -- A failure of this claim applied already (see the pre-conditions); r is the HMGET below.
 local function applied_already(job_key, r, verdict, err, guard, token)
@@ -170,7 +176,12 @@ for j = 7, #KEYS do
   elseif (token ~= "" and token ~= r[10]) or (worker_id ~= "" and r[2] and r[2] ~= worker_id)
       or (guard ~= "" and guard ~= r[3]) then
     out[#out + 1] = {S.STALE_CLAIM, r[1], "", "", "", "", 0}
+  elseif REAPED[verdict] and (tonumber(rcall("ZSCORE", T.active, r[9])) or now + 1) > now then
+    -- The reaper read this job as overdue, then its worker renewed the lease (a heartbeat
+    -- between the listing and this call): the claim is alive, and is left to run.
+    out[#out + 1] = {S.STALE_CLAIM, r[1], "", "", "", "", 0}
   else
+    if verdict == "timed_out" then verdict = "retry" end
     local f = {attempt = tonumber(r[3]), queue = r[4], type = r[5], priority = tonumber(r[6]),
                max_attempts = tonumber(r[7]), dlq = r[8] == "dead_letter"}
     local id = r[9]
@@ -190,7 +201,14 @@ for j = 7, #KEYS do
       if lost >= lost_cap then verdict = "dead_letter" else verdict = "lease_expired" end
     elseif verdict == "worker_lost_shared" then
       suspect = true
-      verdict = "requeue"  -- someone else's crash may have ended this run: never exhausted by it
+      -- Someone else's crash may have ended this run: no loss of its own, and never exhausted
+      -- by it. A backstop all the same: a job lost beside others twice the cap times (it never
+      -- got to run alone) is dead-lettered rather than re-run for ever.
+      if rcall("HINCRBY", job_key, "shared_lost", 1) >= 2 * lost_cap then
+        verdict = "dead_letter"
+      else
+        verdict = "requeue"
+      end
     elseif suspect and OWN_OUTCOME[verdict] then
       suspect = false
       rcall("HDEL", job_key, "suspect")

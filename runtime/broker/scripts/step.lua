@@ -19,6 +19,11 @@
 local T = context(KEYS[1], ARGV[1], ARGV[2])
 local limit = tonumber(ARGV[3])
 
+-- Entries a server of the previous version queued under the outbox's old name (it shared the
+-- workflow namespace) move to the outbox, so a rolling upgrade strands no workflow.
+for _ = 1, limit do
+  if not rcall("RPOPLPUSH", T.prefix .. "workflow:advance", T.outbox) then break end
+end
 local outbox_before = rcall("LLEN", T.outbox)
 local promoted = promote_due(T, limit)
 local expired = expire_due(T, limit, ARGV[4])
