@@ -1,0 +1,845 @@
+"""Model-based test of the job lifecycle: random interleavings of every broker operation, each
+checked against a small pure-Python reference model.
+
+Operations: enqueue (plain, scheduled, unique under each conflict policy, workflows chain / group /
+batch), fetch by two workers, ack, nack (retry, discard, dead letter), cancel, heartbeat, release,
+dead letter retry and delete, cron ticks fired by two schedulers racing for the same tick, the
+scheduler step and lease expiry. Time is the test's own clock (``timefmt.now_ms`` is patched and
+``now_ms`` is passed where the API takes it), so a rule advances it past leases and schedules
+without sleeping; job ids are made deterministic for the same reason (the scripts break score
+ties by member, so random ids would make the interleavings irreproducible).
+
+After every step: ``check_integrity`` is clean; every job's state (and attempt, holder, lease,
+due time, dead letter flag) equals the model's; the queue counters are exact; a unique key has at
+most one live holder; a workflow's state and counters equal the model's and its callbacks become
+runnable only after every member resolved; nothing cancelled is ever fetched or settled; a settle
+or heartbeat from a superseded claim is refused.
+
+Every worker-side call goes through :class:`WorkerSide`, the one place that knows how a claim is
+presented to the broker.
+
+Bounded by default (it runs in ``make test``); ``OJS_MODEL_EXAMPLES=<n>`` runs n examples.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    invariant,
+    multiple,
+    rule,
+    run_state_machine_as_test,
+)
+
+from runtime import timefmt
+from runtime.broker import crons as crons_module
+from runtime.broker import failures
+from runtime.broker import records as records_module
+from runtime.broker import workflows as workflows_module
+from runtime.broker.admin import Admin
+from runtime.broker.core import Broker, Completion, Failure
+from runtime.broker.crons import Crons
+from runtime.broker.integrity import check_integrity
+from runtime.broker.workflows import WorkflowRequest, Workflows
+from runtime.envelope import ALL_STATES, CronRequest, ErrorInfo
+from runtime.errors import Conflict, Duplicate, NotFound, OJSError
+from tests.broker.conftest import Run, body, new_job
+
+# --- settings --------------------------------------------------------------------------------
+
+DEFAULT_EXAMPLES = 150  # about 70 s on a shared two-core machine when the broker passes
+STEPS = 40
+EXAMPLES = int(os.environ.get("OJS_MODEL_EXAMPLES") or DEFAULT_EXAMPLES)
+
+MODEL_SETTINGS = settings(
+    max_examples=EXAMPLES,
+    stateful_step_count=STEPS,
+    deadline=None,
+    derandomize=True,  # the same interleavings in every run and on every machine
+    database=None,
+    report_multiple_bugs=False,  # stop at the first failure and shrink only that one
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+# --- the world the model knows ---------------------------------------------------------------
+
+QUEUE = "default"
+WORKERS = ("w1", "w2")
+MINUTE_MS = 60_000
+START_MS = 1_800_000_000_000 + 1_000  # one second past a minute boundary
+RETRY_DELAY_MS = 1_000
+LIVE = frozenset({"available", "active", "scheduled", "retryable", "pending"})  # unique default
+TERMINAL = frozenset({"completed", "cancelled", "discarded"})
+UNIQUE_TYPES = ("uniq.a", "uniq.b")
+CONFLICT_POLICIES = ("reject", "ignore", "replace", "replace_except_schedule")
+
+
+def retry_policy(max_attempts: int, dead_letter: bool) -> dict[str, Any]:
+    """Constant 1 s backoff, no jitter: the model knows every retry's due time."""
+    return {"max_attempts": max_attempts, "initial_interval": "PT1S", "backoff_strategy": "constant",
+            "jitter": False, "on_exhaustion": "dead_letter" if dead_letter else "discard"}
+
+
+def next_minute(ms: int) -> int:
+    """The next fire time of ``* * * * *`` strictly after ``ms``."""
+    return (ms // MINUTE_MS + 1) * MINUTE_MS
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START_MS
+
+    def __call__(self) -> int:
+        return self.now
+
+
+class Ids:
+    """UUIDv7-shaped ids that sort in creation order, the same in every run of an example."""
+
+    def __init__(self) -> None:
+        self._next: Iterator[int] = itertools.count(1)
+
+    def reset(self) -> None:
+        self._next = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"0190a000-0000-7000-8000-{next(self._next):012x}"
+
+
+# --- the worker side: the one place that presents a claim to the broker ----------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a worker holds after a fetch: enough to settle or renew exactly that claim."""
+
+    job_id: str
+    worker_id: str
+    attempt: int
+    token: str | None  # the job hash's `claim` field, when the broker issues one
+    serial: int  # the test's own count of claims: two claims are never the same claim
+
+    def __repr__(self) -> str:
+        return (f"Claim(#{self.serial} job {self.job_id[-4:]}, {self.worker_id}, attempt={self.attempt}, "
+                f"token={self.token})")
+
+
+class WorkerSide:
+    """fetch, ack, nack, heartbeat and release as a pool does them. Each returns whether the
+    broker accepted the claim; a refusal must be a conflict, never another error."""
+
+    def __init__(self, broker: Broker, run: Run[Any], clock: Clock) -> None:
+        self.broker, self.run, self.clock = broker, run, clock
+        self._serials = itertools.count(1)
+
+    @staticmethod
+    def _guard(claim: Claim) -> dict[str, Any]:
+        """How a settle names its claim (Completion / Failure keyword arguments)."""
+        return {"worker_id": claim.worker_id, "attempt": claim.attempt, "claim": claim.token or ""}
+
+    def fetch(self, worker_id: str, visibility_ms: int) -> Claim | None:
+        got = self.run(self.broker.fetch([QUEUE], worker_id=worker_id, visibility_ms=visibility_ms,
+                                         now_ms=self.clock.now))
+        if not got:
+            return None
+        (h,) = got
+        token = h.get(b"claim")
+        return Claim(h[b"id"].decode(), worker_id, int(h[b"attempt"]), token.decode() if token else None,
+                     next(self._serials))
+
+    def ack(self, claim: Claim) -> bool:
+        (out,) = self.run(self.broker.ack_many([Completion(job_id=claim.job_id, **self._guard(claim))]))
+        return _accepted(out)
+
+    def nack(self, claim: Claim, verdict: str) -> bool:
+        """verdict: retry | discard | dead_letter (what the pool decides from the handler's error)."""
+        error = ErrorInfo(message=f"model {verdict}")
+        failure = Failure(job_id=claim.job_id, verdict=verdict, **self._guard(claim),
+                          error=failures.error_record(error, self.clock.now))
+        (out,) = self.run(self.broker.fail_many([failure], now_ms=self.clock.now))
+        return _accepted(out)
+
+    def release(self, claim: Claim) -> bool:
+        failure = Failure(job_id=claim.job_id, verdict="release", **self._guard(claim))
+        (out,) = self.run(self.broker.fail_many([failure], now_ms=self.clock.now))
+        return _accepted(out)
+
+    def heartbeat(self, claim: Claim, visibility_ms: int) -> tuple[bool, bool]:
+        """(lease extended, job reported cancelled)."""
+        beat = self.run(self.broker.heartbeat(claim.worker_id, [claim.job_id], visibility_ms=visibility_ms,
+                                              claims=[claim.token or ""]))
+        return claim.job_id in beat.extended, claim.job_id in beat.cancelled
+
+
+def _accepted(outcome: object) -> bool:
+    if isinstance(outcome, Exception):
+        assert isinstance(outcome, Conflict | NotFound), f"a refused claim must be a conflict: {outcome!r}"
+        return False
+    return True
+
+
+# --- the reference model ---------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    id: str
+    state: str
+    max_attempts: int
+    dead_letter: bool  # on_exhaustion
+    attempt: int = 0
+    due: int | None = None  # scheduled / retryable
+    lease: int | None = None  # active: visible_until
+    claim: Claim | None = None  # active: the one claim that may settle it
+    in_dlq: bool = False
+    ukey: str | None = None
+    workflow: str | None = None
+    index: int = -1
+    cond: str | None = None  # a callback's condition: always | success | failure
+    pending: int = 0  # a waiting member's unresolved dependencies
+    # The last settle and what it left: (claim serial, what, clock, state after). A worker that
+    # sends that settle again (its reply was lost) is told it is done, and nothing changes.
+    settled: tuple[int, str, int, str] | None = None
+
+
+@dataclass
+class Workflow:
+    id: str
+    kind: str
+    members: list[str]
+    dependents: dict[int, list[int]]
+    total: int  # plain members (callbacks are not counted)
+    completed: int = 0
+    failed: int = 0
+    state: str = "running"
+
+
+@dataclass
+class Cron:
+    name: str
+    overlap: str  # skip | allow | cancel_previous
+    job_type: str
+    unique: bool
+    next_ms: int
+    last_job: str | None = None
+
+
+@dataclass
+class Model:
+    jobs: dict[str, Job] = field(default_factory=dict)
+    workflows: dict[str, Workflow] = field(default_factory=dict)
+    crons: dict[str, Cron] = field(default_factory=dict)
+
+    # --- queries ---
+
+    def live_holder(self, ukey: str) -> Job | None:
+        holders = [j for j in self.jobs.values() if j.ukey == ukey and j.state in LIVE]
+        assert len(holders) <= 1, f"model: two holders of {ukey}"
+        return holders[0] if holders else None
+
+    def available(self) -> list[Job]:
+        return [j for j in self.jobs.values() if j.state == "available"]
+
+    def counts(self) -> Counter[str]:
+        return Counter(j.state for j in self.jobs.values() if j.state != "waiting")
+
+    def claim_is_current(self, claim: Claim) -> bool:
+        job = self.jobs.get(claim.job_id)
+        return job is not None and job.state == "active" and job.claim == claim
+
+    # --- transitions ---
+
+    def add(self, job: Job) -> None:
+        self.jobs[job.id] = job
+
+    def promote_due(self, now: int) -> None:
+        for job in self.jobs.values():
+            if job.state in ("scheduled", "retryable") and job.due is not None and job.due <= now:
+                job.state, job.due = "available", None
+
+    def claim(self, claim: Claim, lease: int) -> None:
+        job = self.jobs[claim.job_id]
+        job.state, job.attempt, job.claim, job.lease = "active", job.attempt + 1, claim, lease
+
+    def to_available(self, job: Job) -> None:
+        job.state, job.claim, job.lease, job.due = "available", None, None, None
+
+    def end(self, job: Job, state: str, *, dead_letter: bool = False) -> None:
+        """A job reaches a terminal state; a workflow member resolves."""
+        job.state, job.claim, job.lease, job.due, job.in_dlq = state, None, None, None, dead_letter
+        if job.workflow is not None:
+            self.resolve(self.workflows[job.workflow], job.index, ok=state == "completed")
+
+    def fail(self, job: Job, verdict: str, now: int) -> None:
+        """nack.lua's verdicts: retry, lease_expired, discard, dead_letter."""
+        exhausted = job.attempt >= job.max_attempts
+        if verdict == "retry" and not exhausted:
+            job.state, job.claim, job.lease, job.due = "retryable", None, None, now + RETRY_DELAY_MS
+        elif verdict == "lease_expired" and not exhausted:
+            self.to_available(job)
+        elif verdict == "discard":
+            self.end(job, "discarded")
+        elif verdict == "dead_letter":
+            self.end(job, "discarded", dead_letter=True)
+        else:
+            self.end(job, "discarded", dead_letter=job.dead_letter)
+
+    def cancel(self, job: Job) -> None:
+        self.end(job, "cancelled")
+
+    def resolve(self, wf: Workflow, index: int, *, ok: bool) -> None:
+        """A member resolved: count it, release or cancel what depended on it, finish the workflow.
+        Only a member still waiting is ever enqueued or cancelled by its workflow."""
+        if wf.state != "running":
+            return
+        stack = [(index, ok)]
+        while stack:
+            m, m_ok = stack.pop()
+            if self.jobs[wf.members[m]].cond is None:
+                if m_ok:
+                    wf.completed += 1
+                else:
+                    wf.failed += 1
+            for d in wf.dependents.get(m, []):
+                dep = self.jobs.get(wf.members[d])
+                if dep is None:
+                    continue
+                if not m_ok and dep.cond is None:
+                    if dep.state == "waiting":
+                        dep.state = "cancelled"
+                        stack.append((d, False))
+                    continue
+                dep.pending -= 1
+                if dep.pending > 0 or dep.state != "waiting":
+                    continue
+                runs = dep.cond in (None, "always") or (dep.cond == "success" and wf.failed == 0) or (
+                    dep.cond == "failure" and wf.failed > 0)
+                if runs:
+                    dep.state = "available"
+                else:
+                    dep.state = "cancelled"
+                    stack.append((d, False))
+        if wf.completed + wf.failed >= wf.total:
+            wf.state = "completed" if wf.failed == 0 else "failed"
+
+    def reopen(self, job: Job) -> None:
+        """A dead-lettered member put back to work while its workflow runs: unresolved again."""
+        wf = self.workflows[job.workflow] if job.workflow else None
+        if wf is not None and job.cond is None:
+            wf.failed -= 1
+            for d in wf.dependents.get(job.index, []):
+                dep = self.jobs.get(wf.members[d])
+                if dep is not None and dep.state == "waiting":
+                    dep.pending += 1
+        job.state, job.attempt, job.in_dlq = "available", 0, False
+
+
+def dlq_retry_outcomes(model: Model, job_id: str) -> set[str]:
+    """What a dead letter retry may do: {"refuse"}, {"accept"} or either.
+
+    A unique job whose key is held by another live job is refused (two live holders are never
+    allowed). A workflow member may be re-opened only while its workflow is still running (the
+    workflow then counts it again when it resolves); once the workflow finished, putting a member
+    back to work would resolve it twice, so it is refused. Callbacks run after their workflow
+    finished; retrying one does not touch the workflow.
+    """
+    job = model.jobs.get(job_id)
+    if job is None or not job.in_dlq:
+        return {"refuse"}
+    if job.ukey is not None and model.live_holder(job.ukey) is not None:
+        return {"refuse"}
+    if job.workflow is not None:
+        if job.cond is not None:
+            return {"refuse", "accept"}
+        return {"refuse", "accept"} if model.workflows[job.workflow].state == "running" else {"refuse"}
+    return {"accept"}
+
+
+# --- the machine -----------------------------------------------------------------------------
+
+
+@dataclass
+class Env:
+    broker: Broker
+    run: Run[Any]
+    clock: Clock
+    ids: Ids
+
+
+class StaleDueView:
+    """The Redis client as a second scheduler sees it when it read the due crons just before the
+    first one fired them: the same due list (its race), everything else live."""
+
+    def __init__(self, redis: Any, due: list[tuple[bytes, float]]) -> None:
+        self._redis, self._due = redis, due
+
+    async def zrangebyscore(self, *args: Any, **kwargs: Any) -> list[tuple[bytes, float]]:
+        return self._due
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._redis, name)
+
+
+CRONS = (  # name, overlap policy, job type, unique (reject) template
+    ("tick-skip", "skip", "cron.skip", False),
+    ("tick-cancel", "cancel_previous", "cron.cancel", False),
+    ("tick-unique", "allow", "uniq.a", True),
+)
+
+
+class BrokerMachine(RuleBasedStateMachine):
+    env: ClassVar[Env]
+
+    jobs = Bundle("jobs")
+    claims = Bundle("claims")
+
+    def __init__(self) -> None:
+        super().__init__()
+        env = self.env
+        self.broker, self.run, self.clock = env.broker, env.run, env.clock
+        self.run(self.broker.redis.flushdb())
+        self.clock.now = START_MS
+        env.ids.reset()
+        self.workers = WorkerSide(self.broker, self.run, self.clock)
+        self.admin = Admin(self.broker)
+        self.model = Model()
+        self.cancelled_ever: set[str] = set()
+        self.schedulers = (Crons(self.broker), Crons(self.broker))
+        for name, overlap, job_type, unique in CRONS:
+            options: dict[str, Any] = {"retry": retry_policy(2, False)}
+            if unique:
+                options["unique"] = {"keys": ["type"], "on_conflict": "reject"}
+            self.run(self.schedulers[0].register(CronRequest(
+                name=name, expression="* * * * *", overlap_policy=overlap,  # type: ignore[arg-type]
+                type=job_type, args=[], options=options)))
+            self.model.crons[name] = Cron(name, overlap, job_type, unique, next_minute(self.clock.now))
+
+    def _refused(self, coro: Any, kind: type[Exception] | tuple[type[Exception], ...], what: str) -> None:
+        """The call must fail with `kind` (and, being atomic, change nothing)."""
+        try:
+            self.run(coro)
+        except kind:
+            return
+        raise AssertionError(f"{what}: accepted, expected a refusal ({kind})")
+
+    # --- enqueue ---
+
+    def _new(self, job_type: str, *, max_attempts: int, dead_letter: bool, delay_ms: int | None,
+             unique: str | None = None) -> dict[str, Any]:
+        options: dict[str, Any] = {"retry": retry_policy(max_attempts, dead_letter)}
+        if delay_ms:
+            options["delay_ms"] = delay_ms
+        if unique:
+            options["unique"] = {"keys": ["type"], "on_conflict": unique}
+        return body(job_type, **options)
+
+    def _enqueue(self, b: dict[str, Any]) -> Any:
+        now = self.clock.now
+        (done,) = self.run(self.broker.enqueue([new_job(b, now_ms=now)], now_ms=now))
+        # A holder replaced by a unique enqueue queued its workflow on the outbox; the scheduler
+        # loop applies it (enqueue does not), as this call does.
+        self.run(self.broker.advance_workflows())
+        return done
+
+    @rule(target=jobs, max_attempts=st.integers(1, 3), dead_letter=st.booleans(),
+          delay_ms=st.sampled_from([None, None, 2_000, 30_000]))
+    def enqueue(self, max_attempts: int, dead_letter: bool, delay_ms: int | None) -> Any:
+        done = self._enqueue(self._new("plain", max_attempts=max_attempts, dead_letter=dead_letter,
+                                       delay_ms=delay_ms))
+        assert not done.deduplicated
+        self.model.add(self._job(done.job_id, max_attempts, dead_letter, delay_ms))
+        return done.job_id
+
+    def _job(self, job_id: str, max_attempts: int, dead_letter: bool, delay_ms: int | None,
+             ukey: str | None = None) -> Job:
+        due = self.clock.now + delay_ms if delay_ms else None
+        return Job(job_id, "scheduled" if due else "available", max_attempts, dead_letter, due=due, ukey=ukey)
+
+    @rule(target=jobs, key=st.sampled_from(UNIQUE_TYPES), policy=st.sampled_from(CONFLICT_POLICIES),
+          delay_ms=st.sampled_from([None, 2_000, 30_000]), max_attempts=st.integers(1, 2),
+          dead_letter=st.booleans())
+    def enqueue_unique(self, key: str, policy: str, delay_ms: int | None, max_attempts: int,
+                       dead_letter: bool) -> Any:
+        holder = self.model.live_holder(key)
+        b = self._new(key, max_attempts=max_attempts, dead_letter=dead_letter, delay_ms=delay_ms, unique=policy)
+        if holder is not None and policy == "reject":
+            try:
+                self._enqueue(b)
+            except Duplicate:
+                return multiple()
+            raise AssertionError(f"unique enqueue ({policy}) accepted while {holder.id} holds {key}")
+        done = self._enqueue(b)
+        if holder is not None and policy == "ignore":
+            assert (done.job_id, done.deduplicated) == (holder.id, True), "ignore returns the holder"
+            return multiple()
+        assert not done.deduplicated, f"a new job was expected, got the holder {done.job_id}"
+        job = self._job(done.job_id, max_attempts, dead_letter, delay_ms, ukey=key)
+        if holder is not None:  # replace | replace_except_schedule
+            kept_schedule = holder.due if holder.state == "scheduled" else None
+            self._cancelled(holder)
+            if policy == "replace_except_schedule" and kept_schedule is not None:
+                job.state, job.due = "scheduled", kept_schedule
+        self.model.add(job)
+        return done.job_id
+
+    @rule(target=jobs, kind=st.sampled_from(["chain", "group", "batch"]), size=st.integers(1, 3),
+          callbacks=st.sets(st.sampled_from(["on_complete", "on_success", "on_failure"]), min_size=1),
+          max_attempts=st.integers(1, 2), dead_letter=st.booleans(),
+          unique_first=st.sampled_from([None, None, None, "ignore", "reject"]),
+          unique_key=st.sampled_from(UNIQUE_TYPES))
+    def enqueue_workflow(self, kind: str, size: int, callbacks: set[str], max_attempts: int,
+                         dead_letter: bool, unique_first: str | None, unique_key: str) -> Any:
+        steps = [self._new("wf.step", max_attempts=max_attempts, dead_letter=dead_letter, delay_ms=None,
+                           unique=unique_first if i == 0 else None) for i in range(size)]
+        if unique_first:
+            steps[0]["type"] = unique_key
+        named = [c for c in ("on_complete", "on_success", "on_failure") if c in callbacks] if kind == "batch" else []
+        req = WorkflowRequest(
+            type=kind,  # type: ignore[arg-type]
+            steps=steps if kind == "chain" else None, jobs=None if kind == "chain" else steps,
+            callbacks={c: self._new("wf.callback", max_attempts=1, dead_letter=dead_letter, delay_ms=None)
+                       for c in named} or None,
+        )
+        flows = Workflows(self.broker)
+        conflict = unique_first is not None and self.model.live_holder(unique_key) is not None
+        if conflict:
+            # A member a unique policy would not create cannot be part of the graph: the whole
+            # workflow is refused, nothing is created.
+            self._refused(flows.create(req), OJSError, f"workflow whose first member conflicts on {unique_key}")
+            return multiple()
+        view = self.run(flows.create(req))
+        raw = self.run(self.broker.redis.hgetall(self.broker.keys.workflow(view["id"])))
+        members = [raw[f"j{i}".encode()].decode() for i in range(int(raw[b"members"]))]
+        dependents: dict[int, list[int]] = {}
+        conds = {size + n: {"on_complete": "always", "on_success": "success", "on_failure": "failure"}[c]
+                 for n, c in enumerate(named)}
+        for i in range(len(members)):
+            deps = ([i - 1] if i and kind == "chain" else []) if i < size else list(range(size))
+            for d in deps:
+                dependents.setdefault(d, []).append(i)
+            job = Job(members[i], "waiting" if deps else "available",
+                      max_attempts if i < size else 1, dead_letter, workflow=view["id"], index=i,
+                      cond=conds.get(i), pending=len(deps),
+                      ukey=unique_key if unique_first and i == 0 else None)
+            self.model.add(job)
+        self.model.workflows[view["id"]] = Workflow(view["id"], kind, members, dependents, size)
+        return multiple(*members)
+
+    # --- the worker side ---
+
+    @rule(target=claims, worker=st.sampled_from(WORKERS), visibility_ms=st.sampled_from([5_000, 60_000]))
+    def fetch(self, worker: str, visibility_ms: int) -> Any:
+        claim = self._fetch(worker, visibility_ms)
+        return multiple() if claim is None else claim
+
+    def _fetch(self, worker: str, visibility_ms: int) -> Claim | None:
+        self.model.promote_due(self.clock.now)
+        claim = self.workers.fetch(worker, visibility_ms)
+        if claim is None:
+            assert not self.model.available(), "fetch returned nothing while jobs were available"
+            return None
+        assert claim.job_id not in self.cancelled_ever, f"a cancelled job was fetched: {claim}"
+        job = self.model.jobs.get(claim.job_id)
+        assert job is not None and job.state == "available", (
+            f"fetched {claim} whose model state is {job.state if job else 'gone'}")
+        assert claim.attempt == job.attempt + 1
+        self.model.claim(claim, self.clock.now + visibility_ms)
+        return claim
+
+    @rule(target=claims, claim=claims)
+    def lease_lapses_and_same_worker_reclaims(self, claim: Claim) -> Any:
+        """A handler outlives its lease: the reaper hands the job back and the same worker's pool
+        claims until it holds that job again, while the old run, still going, beats for its
+        old claim."""
+        job = self.model.jobs.get(claim.job_id)
+        if not self.model.claim_is_current(claim) or job is None or job.lease is None:
+            return multiple()
+        self.clock.now = max(self.clock.now, job.lease)
+        self.scheduler_step()
+        got = []
+        while (again := self._fetch(claim.worker_id, 60_000)) is not None:
+            got.append(again)
+            if again.job_id == claim.job_id:
+                break
+        self.heartbeat(claim, 60_000)
+        return multiple(*got)
+
+    def _resend(self, claim: Claim, what: str) -> str | None:
+        """Whether this settle repeats the last one applied to its job ("must": the broker
+        recognises it and answers done; "may": a nack's repeat, recognised while its error record
+        is the job's last, which the model does not track), else None."""
+        job = self.model.jobs.get(claim.job_id)
+        if job is None or job.settled is None or job.claim is not None:
+            return None  # never settled, or claimed again since
+        serial, kind, at, state_after = job.settled
+        if serial != claim.serial or kind != what:
+            return None
+        if kind in ("ack", "release"):
+            return "must" if job.state == state_after else None
+        return "may" if at == self.clock.now else None
+
+    def _settle(self, claim: Claim, accepted: bool, what: str) -> bool:
+        resend = self._resend(claim, what)
+        if resend is not None:
+            assert accepted or resend == "may", f"a re-sent {what} of a settled claim was refused: {claim}"
+            return False  # done already: nothing changes (the invariants check it)
+        current = self.model.claim_is_current(claim)
+        if accepted:
+            assert claim.job_id not in self.cancelled_ever, f"{what} of a cancelled job accepted: {claim}"
+        assert accepted == current, (
+            f"stale claim accepted by {what}: {claim}" if accepted else f"current claim refused by {what}: {claim}")
+        return current
+
+    @rule(claim=claims)
+    def ack(self, claim: Claim) -> None:
+        if self._settle(claim, self.workers.ack(claim), "ack"):
+            job = self.model.jobs[claim.job_id]
+            self.model.end(job, "completed")
+            job.settled = (claim.serial, "ack", self.clock.now, job.state)
+
+    @rule(claim=claims, verdict=st.sampled_from(["retry", "discard", "dead_letter"]))
+    def nack(self, claim: Claim, verdict: str) -> None:
+        if self._settle(claim, self.workers.nack(claim, verdict), f"nack {verdict}"):
+            job = self.model.jobs[claim.job_id]
+            self.model.fail(job, verdict, self.clock.now)
+            job.settled = (claim.serial, f"nack {verdict}", self.clock.now, job.state)
+
+    @rule(claim=claims)
+    def release(self, claim: Claim) -> None:
+        if self._settle(claim, self.workers.release(claim), "release"):
+            job = self.model.jobs[claim.job_id]
+            job.attempt -= 1
+            self.model.to_available(job)
+            job.settled = (claim.serial, "release", self.clock.now, job.state)
+
+    @rule(claim=claims, visibility_ms=st.sampled_from([5_000, 60_000]))
+    def heartbeat(self, claim: Claim, visibility_ms: int) -> None:
+        extended, told_cancelled = self.workers.heartbeat(claim, visibility_ms)
+        current = self._settle(claim, extended, "heartbeat")
+        job = self.model.jobs.get(claim.job_id)
+        if current and job is not None and job.lease is not None:
+            job.lease = max(job.lease, self.clock.now + visibility_ms)  # a heartbeat only extends
+        if job is not None and job.state == "cancelled":
+            assert told_cancelled, f"heartbeat did not report the cancellation of {claim}"
+
+    # --- operator and client operations ---
+
+    def _cancelled(self, job: Job) -> None:
+        self.cancelled_ever.add(job.id)
+        self.model.cancel(job)
+
+    @rule(job_id=jobs)
+    def cancel(self, job_id: str) -> None:
+        job = self.model.jobs.get(job_id)
+        if job is None:
+            self._refused(self.broker.cancel(job_id), NotFound, f"cancel of deleted {job_id}")
+        elif job.state in TERMINAL:
+            self._refused(self.broker.cancel(job_id), Conflict, f"cancel of {job.state} {job_id}")
+        else:
+            assert self.run(self.broker.cancel(job_id)) == job.state
+            self._cancelled(job)
+
+    @rule(job_id=jobs)
+    def dead_letter_retry(self, job_id: str) -> None:
+        allowed = dlq_retry_outcomes(self.model, job_id)
+        try:
+            self.run(self.admin.dead_letter_retry(job_id))
+            outcome = "accept"
+        except OJSError:
+            outcome = "refuse"
+        assert outcome in allowed, f"dead letter retry of {job_id}: {outcome}, expected {sorted(allowed)}"
+        if outcome == "accept":
+            self.model.reopen(self.model.jobs[job_id])
+
+    @rule(job_id=jobs)
+    def dead_letter_delete(self, job_id: str) -> None:
+        job = self.model.jobs.get(job_id)
+        if job is None or not job.in_dlq:
+            self._refused(self.admin.dead_letter_delete(job_id), NotFound, f"dead letter delete of {job_id}")
+            return
+        self.run(self.admin.dead_letter_delete(job_id))
+        del self.model.jobs[job_id]
+
+    # --- time ---
+
+    @rule(ms=st.sampled_from([1_000, 6_000, 61_000]), step=st.booleans())
+    def advance_clock(self, ms: int, step: bool) -> None:
+        self.clock.now += ms
+        if step:
+            self.scheduler_step()
+
+    @rule()
+    def scheduler_step(self) -> None:
+        now = self.clock.now
+        self.run(self.broker.scheduler_step())
+        self.model.promote_due(now)
+        for job in list(self.model.jobs.values()):
+            if job.state == "active" and job.lease is not None and job.lease <= now:
+                self.model.fail(job, "lease_expired", now)
+
+    @rule(target=jobs, racing=st.booleans())
+    def cron_tick(self, racing: bool) -> Any:
+        """The first scheduler fires the due ticks; with `racing`, a second one read the same due
+        list before the first fired and fires it too, as two replicas do."""
+        now = self.clock.now
+        k = self.broker.keys
+        due = self.run(self.broker.redis.zrangebyscore(k.cron_next, "-inf", now, withscores=True))
+        first, second = self.schedulers
+        before = {name: self._last_cron_job(name) for name in self.model.crons}
+        self.run(first.tick())
+        if racing:
+            second.redis = StaleDueView(self.broker.redis, due)
+            try:
+                self.run(second.tick())
+            finally:
+                second.redis = self.broker.redis
+        fired = []
+        for cron in sorted(self.model.crons.values(), key=lambda c: c.name):
+            if cron.next_ms > now:
+                continue
+            new_id = self._fire_in_model(cron, before[cron.name], self._last_cron_job(cron.name))
+            cron.next_ms = next_minute(max(cron.next_ms, now))
+            if new_id is not None:
+                fired.append(new_id)
+        return multiple(*fired)
+
+    def _last_cron_job(self, name: str) -> str | None:
+        raw = self.run(self.broker.redis.hget(self.broker.keys.cron_state(name), "last_job_id"))
+        return raw.decode() if raw else None
+
+    def _fire_in_model(self, cron: Cron, before: str | None, after: str | None) -> str | None:
+        """One tick of one cron in the model; returns the job it created. A unique conflict is a
+        skipped tick (the schedule goes on)."""
+        last = self.model.jobs.get(cron.last_job) if cron.last_job else None
+        if cron.overlap == "skip" and last is not None and last.state not in TERMINAL:
+            assert after == before, f"cron {cron.name}: fired although its last job is {last.state}"
+            return None
+        if cron.unique and self.model.live_holder(cron.job_type) is not None:
+            assert after == before, f"cron {cron.name}: fired although its unique key is held"
+            return None
+        assert after is not None and after != before, f"cron {cron.name}: tick at {cron.next_ms} did not fire"
+        if cron.overlap == "cancel_previous" and last is not None and last.state not in TERMINAL:
+            self._cancelled(last)
+        self.model.add(Job(after, "available", 2, False, ukey=cron.job_type if cron.unique else None))
+        cron.last_job = after
+        return after
+
+    # --- invariants ---
+
+    @invariant()
+    def broker_matches_model(self) -> None:
+        # Cancelled for good: a cancelled job must never be fetched or settled again.
+        self.cancelled_ever.update(j.id for j in self.model.jobs.values() if j.state == "cancelled")
+        self.store_is_consistent()
+        self.jobs_match_model()
+        self.counters_are_exact()
+        self.unique_keys_have_one_live_holder()
+        self.workflows_match_model()
+        self.crons_stay_scheduled()
+
+    def store_is_consistent(self) -> None:
+        problems = self.run(check_integrity(self.broker.redis, self.broker.keys))
+        assert problems == [], "check_integrity:\n" + "\n".join(problems)
+
+    def jobs_match_model(self) -> None:
+        k = self.broker.keys
+        ids = list(self.model.jobs)
+        stored = self.run(self._read_jobs(ids))
+        for job_id, (h, due) in zip(ids, stored, strict=True):
+            job = self.model.jobs[job_id]
+            seen = {
+                "state": h.get("state"), "attempt": int(h.get("attempt") or 0),
+                "dead_lettered": h.get("dead_lettered") == "1" and h.get("state") == "discarded",
+            }
+            want: dict[str, Any] = {"state": job.state, "attempt": job.attempt, "dead_lettered": job.in_dlq}
+            if job.state == "waiting":
+                seen["attempt"] = want["attempt"] = 0
+            if job.state == "active" and job.claim is not None:
+                seen["worker_id"], want["worker_id"] = h.get("worker_id"), job.claim.worker_id
+                seen["lease"], want["lease"] = int(h.get("visible_until") or 0), job.lease
+            if job.state in ("scheduled", "retryable"):
+                seen["due"], want["due"] = due, job.due
+            assert seen == want, f"job {job_id} ({h.get('type')}): broker {seen}, model {want}"
+        count = self.run(self._count_job_keys(k.job("")))
+        assert count == len(self.model.jobs), f"{count} job hashes, the model has {len(self.model.jobs)}"
+
+    async def _read_jobs(self, ids: list[str]) -> list[tuple[dict[str, str], int | None]]:
+        k = self.broker.keys
+        async with self.broker.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(k.job(job_id))
+                pipe.zscore(k.delayed, job_id)
+            replies = await pipe.execute()
+        out = []
+        for h, due in zip(replies[0::2], replies[1::2], strict=True):
+            out.append(({a.decode(): b.decode() for a, b in h.items()}, None if due is None else int(due)))
+        return out
+
+    async def _count_job_keys(self, prefix: str) -> int:
+        return sum([1 async for _ in self.broker.redis.scan_iter(match=prefix + "*", count=1000)])
+
+    def counters_are_exact(self) -> None:
+        raw = self.run(self.broker.redis.hgetall(self.broker.keys.counts(QUEUE)))
+        stored = {s.decode(): int(v) for s, v in raw.items() if int(v) != 0}
+        assert stored == dict(self.model.counts()), f"counts {stored}, model {dict(self.model.counts())}"
+        assert set(stored) <= {s.value for s in ALL_STATES}
+
+    def unique_keys_have_one_live_holder(self) -> None:
+        ids = [j.id for j in self.model.jobs.values() if j.ukey]
+        states = self.run(self._states(ids))
+        holders: Counter[str] = Counter()
+        for job_id, state in zip(ids, states, strict=True):
+            if state in LIVE:
+                holders[self.model.jobs[job_id].ukey or ""] += 1
+        assert all(n <= 1 for n in holders.values()), f"live holders per unique key: {dict(holders)}"
+
+    async def _states(self, ids: list[str]) -> list[str | None]:
+        async with self.broker.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(self.broker.keys.job(job_id), "state")
+            return [s.decode() if s else None for s in await pipe.execute()]
+
+    def workflows_match_model(self) -> None:
+        for wf in self.model.workflows.values():
+            raw = self.run(self.broker.redis.hmget(self.broker.keys.workflow(wf.id), ["state", "completed", "failed"]))
+            seen = (raw[0].decode(), int(raw[1]), int(raw[2]))
+            assert seen == (wf.state, wf.completed, wf.failed), (
+                f"workflow {wf.kind} {wf.id}: broker (state, completed, failed) {seen}, "
+                f"model {(wf.state, wf.completed, wf.failed)}")
+            states = self.run(self._states(wf.members))
+            plain_resolved = all(s is None or s in TERMINAL for s in states[: wf.total])
+            for i in range(wf.total, len(wf.members)):
+                if states[i] not in ("waiting", "cancelled"):
+                    assert plain_resolved, (
+                        f"callback {wf.members[i]} is {states[i]} while members are {states[: wf.total]}")
+
+    def crons_stay_scheduled(self) -> None:
+        for cron in self.model.crons.values():
+            score = self.run(self.broker.redis.zscore(self.broker.keys.cron_next, cron.name))
+            assert score == cron.next_ms, f"cron {cron.name}: next fire {score}, model {cron.next_ms}"
+
+
+# --- the test --------------------------------------------------------------------------------
+
+
+def test_broker_follows_the_lifecycle_model(
+    broker: Broker, run: Run[Any], monkeypatch: pytest.MonkeyPatch, allow_inconsistency: None
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(timefmt, "now_ms", clock)
+    ids = Ids()
+    for module in (records_module, workflows_module, crons_module):
+        monkeypatch.setattr(module, "uuid7", ids)
+    BrokerMachine.env = Env(broker, run, clock, ids)
+    run_state_machine_as_test(BrokerMachine, settings=MODEL_SETTINGS)
