@@ -31,7 +31,7 @@ from tests.conftest import DB_RESERVED_FOR_CONFORMANCE, FIRST_TEST_DB, skip_or_f
 pytest_plugins = ["pytester"]
 
 MakeServer = Callable[..., EmbeddedRedis]
-URL_PATTERN = re.compile(r"^redis://127\.0\.0\.1:(\d+)/0$")
+URL_PATTERN = re.compile(r"^redis://:([A-Za-z0-9_-]{40,})@127\.0\.0\.1:(\d+)/0$")
 
 
 def _client(server: EmbeddedRedis, db: int = 0) -> redis.Redis:
@@ -71,7 +71,8 @@ def test_embedded_redis_start_returns_url_of_live_server(make_embedded_redis: Ma
 
     match = URL_PATTERN.match(url)
     assert match, url
-    assert url == server.url and int(match.group(1)) == server.port
+    assert url == server.url and int(match.group(2)) == server.port
+    assert match.group(1) == server.password
     client = _client(server)
     assert client.ping() is True
     assert client.config_get("bind") == {"bind": "127.0.0.1"}
@@ -103,7 +104,7 @@ def test_embedded_redis_url_for_db_selects_database(make_embedded_redis: MakeSer
     server.start()
     _client(server, 9).set(b"k", b"v")
 
-    assert server.url_for_db(9) == f"redis://127.0.0.1:{server.port}/9"
+    assert server.url_for_db(9) == f"redis://:{server.password}@127.0.0.1:{server.port}/9"
     assert _client(server, 9).get(b"k") == b"v"
     assert _client(server, 0).get(b"k") is None
 
@@ -188,7 +189,7 @@ def test_embedded_redis_uses_requested_port(make_embedded_redis: MakeServer) -> 
         port = probe.getsockname()[1]
     server = make_embedded_redis(persistence=False, port=port)
 
-    assert server.start() == f"redis://127.0.0.1:{port}/0"
+    assert server.start() == f"redis://:{server.password}@127.0.0.1:{port}/0"
 
 
 def test_embedded_redis_requested_port_in_use_is_clear_error(
@@ -479,16 +480,17 @@ def test_skip_or_fail_fails_when_ci_is_set(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_embedded_redis_local_url_is_a_private_unix_socket(make_embedded_redis: MakeServer) -> None:
-    server = make_embedded_redis(persistence=False)
+    server = make_embedded_redis(persistence=False, tcp=False)
     server.start()
     url = server.local_url
     assert url.startswith("unix://") and url.endswith("?db=0")
+    assert server.port == 0 and server.password is None and server.url == url
     path = url.removeprefix("unix://").split("?")[0]
     assert os.path.dirname(path) == server.data_dir
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o700  # this user only
     client = redis.Redis.from_url(url)
     client.set("k", "v")
-    assert _client(server).get("k") == b"v"  # the same server as over TCP
+    assert _client(server).get("k") == b"v"  # the same server through url_for_db
     client.close()
 
 
