@@ -373,7 +373,9 @@ class Supervisor:
             self.exit_code = EXIT_BOOT_ERROR
             if not self.stopping:
                 self._begin_stop("boot error")
-        elif code != 0 and not self.stopping and time.monotonic() - child.started < MIN_UPTIME_S:
+        elif (code != 0 or child.kind != "pool") and not self.stopping and child.deadline is None and (
+            time.monotonic() - child.started < MIN_UPTIME_S
+        ):  # an HTTP process is never meant to end by itself, even with code 0
             backoff_s = min(max(0.5, self.backoff.get(child.kind, (0.0, 0.0))[0] * 2), MAX_BACKOFF_S)
             self.backoff[child.kind] = (backoff_s, time.monotonic() + backoff_s)
             logger.warning("%s process died right after starting: respawning in %.1fs", child.kind, backoff_s)
