@@ -352,6 +352,7 @@ class Supervisor:
     def _on_exit(self, child: _Child, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
         if child.kind == "release":
+            metrics.mark_process_dead(child.pid)
             self._on_release_exit(child, code)
             return
         how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
@@ -373,7 +374,7 @@ class Supervisor:
             self.exit_code = EXIT_BOOT_ERROR
             if not self.stopping:
                 self._begin_stop("boot error")
-        elif (code != 0 or child.kind != "pool") and not self.stopping and child.deadline is None and (
+        elif (code != 0 or child.kind != "pool") and not self.stopping and (
             time.monotonic() - child.started < MIN_UPTIME_S
         ):  # an HTTP process is never meant to end by itself, even with code 0
             backoff_s = min(max(0.5, self.backoff.get(child.kind, (0.0, 0.0))[0] * 2), MAX_BACKOFF_S)
