@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from runtime import fairness, logs
 from runtime.config import settings_from_env
+from runtime.embedded_redis import EmbeddedRedisError
 from runtime.envelope import QUEUE_PATTERN
 from runtime.server import InsecureBinding, run
 from runtime.supervisor import Supervisor, SupervisorConfig
@@ -21,7 +22,8 @@ def _broker_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--host", help="listen address (env OJS_HOST; default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="listen port (env OJS_PORT; default 8080)")
     parser.add_argument("--redis", dest="redis_url", help="Redis URL (env REDIS_URL); default: embedded Redis")
-    parser.add_argument("--data-dir", help="embedded Redis data directory (env OJS_DATA_DIR)")
+    parser.add_argument("--data-dir", help="embedded Redis data directory (env OJS_DATA_DIR; default "
+                        "$XDG_STATE_HOME/ojs, else ~/.local/state/ojs)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     _log_format_option(parser)
     return parser
@@ -37,7 +39,7 @@ def _start(args: argparse.Namespace) -> int:
     settings = settings_from_env(host=args.host, port=args.port, redis_url=args.redis_url, data_dir=args.data_dir)
     try:
         run(settings)
-    except InsecureBinding as err:
+    except (InsecureBinding, EmbeddedRedisError) as err:
         print(f"ojs: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -103,7 +105,8 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="jobs a pool claims ahead of its free slots while its jobs are short (mean run "
                    "under 50 ms); 0: never (env OJS_PREFETCH; default: the concurrency)")
     p.add_argument("--redis", dest="redis_url", metavar="URL", help="Redis URL (env OJS_REDIS_URL, REDIS_URL); default: embedded")
-    p.add_argument("--data-dir", help="embedded Redis data directory (env OJS_DATA_DIR)")
+    p.add_argument("--data-dir", help="embedded Redis data directory, kept across restarts (env OJS_DATA_DIR; "
+                   "default $XDG_STATE_HOME/ojs, else ~/.local/state/ojs)")
     http = p.add_mutually_exclusive_group()
     http.add_argument("--http", type=_address, metavar="HOST:PORT", default=_env("OJS_HTTP"),
                       help="HTTP endpoint HOST:PORT (env OJS_HTTP; default OJS_HOST:OJS_PORT, 127.0.0.1:8080)")

@@ -13,7 +13,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Every tunable of the broker and its HTTP endpoint, with units in the names."""
 
     redis_url: str | None = None  # None: start an embedded Redis
-    data_dir: str | None = None  # embedded Redis data directory (AOF); None: a private temp dir
+    data_dir: str | None = None  # embedded Redis data directory (AOF); None: embedded_redis.default_data_dir()
+    embedded_appendfsync: str = "everysec"  # the embedded Redis' AOF fsync policy: always | everysec | no
     key_prefix: str = DEFAULT_PREFIX
     # How long a Redis command may go unanswered before its connection is taken for dead and
     # closed (its callers fail with an unknown outcome). Longer than the biggest batched script
@@ -58,6 +59,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_missed_heartbeats: int = 6
 
     def __post_init__(self) -> None:
+        if self.embedded_appendfsync not in ("always", "everysec", "no"):
+            raise ValueError("OJS_APPENDFSYNC must be always, everysec or no")
         if self.reaper_outage_gap_ms < 5 * self.scheduler_interval_ms:
             # Otherwise a lone server's ordinary pause between two steps would look like an
             # outage at every step, and no lease would ever expire.
@@ -88,6 +91,8 @@ def settings_from_env(**overrides: object) -> Settings:
         values["api_key"] = os.environ["OJS_API_KEY"]
     if os.environ.get("OJS_DATA_DIR"):
         values["data_dir"] = os.environ["OJS_DATA_DIR"]
+    if os.environ.get("OJS_APPENDFSYNC"):
+        values["embedded_appendfsync"] = os.environ["OJS_APPENDFSYNC"].strip().lower()
     if os.environ.get("OJS_KEY_PREFIX"):
         values["key_prefix"] = os.environ["OJS_KEY_PREFIX"]
     values["allow_insecure_no_auth"] = _env_bool("OJS_ALLOW_INSECURE_NO_AUTH")

@@ -20,11 +20,13 @@ from runtime.api.services import Services
 from runtime.broker.clients import redis_client
 from runtime.broker.core import Broker
 from runtime.config import Settings
-from runtime.embedded_redis import EmbeddedRedis
+from runtime.embedded_redis import EmbeddedRedis, default_data_dir, redacted
 from runtime.liveness import Board
 from runtime.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
+
+LOCK_WAIT_S = 15.0  # a previous server on the same data dir may still be finishing its stop
 
 
 class InsecureBinding(RuntimeError):
@@ -51,17 +53,19 @@ def _is_loopback(host: str) -> bool:
 
 @contextlib.contextmanager
 def redis_url_for(settings: Settings) -> Iterator[str]:
-    """The configured Redis URL, or a private embedded Redis for the duration (stopped on exit).
-
-    Called from the main thread before any event loop exists: the embedded server is tied to the
-    thread that starts it (it is told to exit when that thread's process dies)."""
+    """The configured Redis URL, or the embedded Redis for the duration (stopped on exit): on its
+    Unix socket only, with its data in ``settings.data_dir`` (default: a persistent directory,
+    see :func:`runtime.embedded_redis.default_data_dir`). Its keeper stops it if this process dies."""
     if settings.redis_url is not None:
         yield settings.redis_url
         return
-    embedded = EmbeddedRedis(data_dir=settings.data_dir, persistence=True)
+    embedded = EmbeddedRedis(
+        data_dir=settings.data_dir or default_data_dir(), persistence=True, tcp=False,
+        appendfsync=settings.embedded_appendfsync, lock_wait_s=LOCK_WAIT_S,
+    )
     embedded.start()
     url = embedded.local_url
-    logger.info("using embedded Redis at %s (TCP %s)", url, embedded.url)
+    logger.info("using embedded Redis at %s", redacted(url))
     try:
         yield url
     finally:

@@ -10,12 +10,25 @@ children's liveness records, and forks what is missing:
   :mod:`runtime.run_record`): a loss is counted only to a job that ran alone, the others that ran
   become suspects that run alone next, and the rest go back (a job that keeps killing its process
   is dead-lettered after a few losses); ``release`` when the supervisor stopped it;
-* a pool that reports itself stuck (a sync handler past its timeout) is killed and replaced; it has
-  failed that job with a timeout itself, and its other jobs are released (they did nothing wrong);
+* a pool that reports itself stuck (a sync handler past its timeout) is replaced: it has failed that
+  job with a timeout itself, and is stopped like any other (SIGTERM: its other jobs get the drain
+  timeout to finish, then what is left is released; SIGKILL only past the stop deadline);
 * a pool whose liveness record goes stale (its event loop is blocked) is killed: ``worker_lost``;
 * a pool above ``--max-memory-mb`` is recycled gracefully (SIGTERM: it drains and exits);
 * a process that cannot boot (exit code 3, the handlers module does not import) stops everything
-  with exit code 3 instead of crash-looping.
+  with exit code 3 instead of crash-looping; a pool or HTTP process that dies right after it
+  started is respawned with backoff.
+
+Releases run in short-lived forked processes, never in the loop, so signals and the watchdog keep
+being served while Redis is slow or away; a release that fails is retried with backoff, and at a
+stop for a bound after the pools are gone (what is still pending then is handed back by the next
+start, see :mod:`runtime.recovery`, which also runs, in the same way, right after boot).
+
+The embedded Redis (no ``--redis``) runs under its keeper (:mod:`runtime.redis_keeper`): it
+outlives the supervisor until the pools have drained, even after a SIGKILL, and a Redis that dies
+is restarted on the same data directory and socket (the pools reconnect by themselves). While it
+is down the loop goes on; past ``REDIS_DOWN_PING_S`` the watchdog pings stop, and if the keeper
+gives up the supervisor stops with ``EXIT_REDIS_LOST`` so that the service manager restarts it.
 
 SIGTERM or SIGINT: pools stop fetching and drain up to ``drain_timeout_s``, hand back what is
 left and exit; then the HTTP process stops, then the embedded Redis; exit code 0. A second signal
@@ -48,24 +61,29 @@ import psutil  # type: ignore[import-untyped,unused-ignore]
 import uvicorn
 import uvloop
 
-from runtime import metrics, sdnotify, worker
+from runtime import metrics, recovery, sdnotify, worker
 from runtime.broker.clients import redis_client
 from runtime.broker.core import Broker
 from runtime.broker.pool_ops import release_worker_blocking
 from runtime.config import Settings
-from runtime.embedded_redis import EmbeddedRedis, EmbeddedRedisError
-from runtime.ids import uuid7
+from runtime.embedded_redis import EmbeddedRedis, EmbeddedRedisError, default_data_dir, redacted
 from runtime.liveness import EXIT_BOOT_ERROR, EXIT_OK, Board, Liveness, Phase
+from runtime.pool_ids import PoolIds
 from runtime.run_record import RunSnapshot
 from runtime.server import InsecureBinding, build_app, check_binding
 
 logger = logging.getLogger(__name__)
 
 EXIT_FORCED = 1
+EXIT_REDIS_LOST = 4  # the embedded Redis died and could not be restarted
 STOP_MARGIN_S = 5.0  # beyond a pool's own drain + cancel deadline, before it is killed
 HTTP_STOP_S = 10.0
 MIN_UPTIME_S = 1.0  # a pool dying sooner than this is crash-looping: respawn with backoff
 MAX_BACKOFF_S = 10.0
+RELEASE_TIMEOUT_S = 10.0  # one release attempt (its own process)
+RELEASE_STOP_GRACE_S = 15.0  # at a stop, pending releases are retried this long after the pools are gone
+REDIS_DOWN_PING_S = 10.0  # the embedded Redis down this long: no more watchdog pings
+LOCK_WAIT_S = 15.0  # a previous runtime on the same data dir may still be finishing its stop
 _PR_SET_PDEATHSIG = 1
 _HELD_ACROSS_FORK = {signal.SIGTERM}  # not SIGTSTP: its default action would freeze the child
 
@@ -82,14 +100,28 @@ class SupervisorConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Child:
-    __slots__ = ("pid", "kind", "worker_id", "liveness", "started", "retiring", "deadline", "kill_reason")
+    __slots__ = ("pid", "kind", "worker_id", "liveness", "started", "retiring", "deadline", "kill_reason",
+                 "stop_reason", "release")
 
     def __init__(self, pid: int, kind: str, worker_id: str, liveness: Liveness | None) -> None:
         self.pid, self.kind, self.worker_id, self.liveness = pid, kind, worker_id, liveness
         self.started = time.monotonic()
         self.retiring = False  # asked to stop (or stopping by itself): a replacement may start
         self.deadline: float | None = None  # when SIGTERM turns into SIGKILL
-        self.kill_reason: str | None = None  # stuck | unresponsive | shutdown
+        self.kill_reason: str | None = None  # stuck | unresponsive | shutdown (SIGKILL sent)
+        self.stop_reason: str | None = None  # stuck (SIGTERM sent: replaced, given the drain grace)
+        self.release: _Release | None = None  # for a release process: the one it runs
+
+
+class _Release:
+    """The jobs of one ended pool, to be handed back by a release process (retried until done)."""
+
+    __slots__ = ("worker_id", "crashed", "record", "tries", "due")
+
+    def __init__(self, worker_id: str, crashed: bool, record: RunSnapshot | None) -> None:
+        self.worker_id, self.crashed, self.record = worker_id, crashed, record
+        self.tries = 0
+        self.due = 0.0  # monotonic; 0: now
 
 
 class Supervisor:
@@ -107,9 +139,13 @@ class Supervisor:
         self.metrics_dir = ("", False)
         self.board = Board(stall_s=config.stall_s)
         self.notifier = sdnotify.Notifier()
-        self.pending_releases: list[tuple[str, bool, RunSnapshot | None]] = []
-        self.backoff_s = 0.0
-        self.respawn_at = 0.0
+        self.pending_releases: list[_Release] = []  # waiting for their (next) release process
+        self.pools_gone_at: float | None = None  # when a stop found every pool gone
+        self.backoff: dict[str, tuple[float, float]] = {}  # kind -> (backoff, monotonic respawn time)
+        self.ids = PoolIds()
+        self.redis_down_since: float | None = None
+        self.redis_lost = False
+        self.pings_withheld = False
         self._wake_r, self._wake_w = os.pipe()
 
     def run(self) -> int:
@@ -121,13 +157,15 @@ class Supervisor:
             self._cleanup()
             return EXIT_BOOT_ERROR
         try:
-            while not (self.stopping and not self.children):
+            self._fork_recovery()
+            while not (self.stopping and not self.children and not self._releases_left()):
                 self._spawn_missing()
                 self._wait(self.config.tick_s)
                 self._handle_signals()
                 self._reap()
+                self._watch_redis()
                 self._check_children()
-                self._retry_releases()
+                self._run_releases()
                 self._tell_systemd()
         finally:
             self._cleanup()
@@ -150,10 +188,15 @@ class Supervisor:
             if not self.config.http:
                 logger.warning("--no-http with the embedded Redis: no scheduler loops run, so "
                                "expired leases and timeouts are not reaped")
-            self.embedded = EmbeddedRedis(data_dir=settings.data_dir, persistence=True)
+            # It outlives the supervisor while the pools drain, and no longer (see redis_keeper).
+            outlive_s = self.pool.drain_timeout_s + self.pool.cancel_deadline_s + STOP_MARGIN_S + HTTP_STOP_S
+            self.embedded = EmbeddedRedis(
+                data_dir=settings.data_dir or default_data_dir(), persistence=True, tcp=False,
+                appendfsync=settings.embedded_appendfsync, outlive_s=outlive_s, lock_wait_s=LOCK_WAIT_S,
+            )
             self.embedded.start()
             url = self.embedded.local_url
-            logger.info("using embedded Redis at %s (TCP %s)", url, self.embedded.url)
+            logger.info("using embedded Redis at %s", redacted(url))
             settings = msgspec.structs.replace(settings, redis_url=url)
             self.pool = msgspec.structs.replace(self.pool, settings=settings)
 
@@ -222,22 +265,32 @@ class Supervisor:
     def _spawn_missing(self) -> None:
         if self.stopping:
             return
-        if self.listener is not None and not any(c.kind == "http" for c in self.children.values()):
+        if (self.listener is not None and not self._running("http") and self._may_respawn("http")):
             listener = self.listener
-            self._fork("http", "http", None, lambda: _serve_http(self.pool.settings, listener, self.board))
-        if self.metrics_listener is not None and not any(c.kind == "metrics" for c in self.children.values()):
+            self._fork("http", lambda _pid: "http", None,
+                       lambda _id: _serve_http(self.pool.settings, listener, self.board))
+        if (self.metrics_listener is not None and not self._running("metrics") and self._may_respawn("metrics")):
             probes = self.metrics_listener
-            self._fork("metrics", "metrics", None,
-                       lambda: _serve_http(self.pool.settings, probes, self.board, probes_only=True))
-        while sum(not c.retiring for c in self._pools()) < self.config.processes:
-            if time.monotonic() < self.respawn_at:
-                return
-            worker_id = f"worker_{uuid7()}"
+            self._fork("metrics", lambda _pid: "metrics", None,
+                       lambda _id: _serve_http(self.pool.settings, probes, self.board, probes_only=True))
+        while sum(not c.retiring for c in self._pools()) < self.config.processes and self._may_respawn("pool"):
+            seq = self.ids.next_seq()  # the id names the pool's own pid: made on each side of the fork
             liveness = Liveness()
-            config = msgspec.structs.replace(self.pool, worker_id=worker_id)
-            self._fork("pool", worker_id, liveness, functools.partial(worker.main, config, liveness, self.board))
 
-    def _fork(self, kind: str, worker_id: str, liveness: Liveness | None, target: Callable[[], int]) -> None:
+            def run_pool(worker_id: str, liveness: Liveness = liveness) -> int:
+                config = msgspec.structs.replace(self.pool, worker_id=worker_id)
+                return worker.main(config, liveness, self.board)
+
+            self._fork("pool", functools.partial(self.ids.make, seq), liveness, run_pool)
+
+    def _running(self, kind: str) -> bool:
+        return any(c.kind == kind for c in self.children.values())
+
+    def _may_respawn(self, kind: str) -> bool:
+        return time.monotonic() >= self.backoff.get(kind, (0.0, 0.0))[1]
+
+    def _fork(self, kind: str, name: Callable[[int], str], liveness: Liveness | None,
+              target: Callable[[str], int]) -> _Child:
         if threading.active_count() > 1:
             logger.warning("forking with %d threads alive", threading.active_count())
         # Stop signals are held across the fork: one that reaches the child before it has reset
@@ -250,7 +303,7 @@ class Supervisor:
             try:
                 self._become_child(kind)
                 signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
-                code = target()
+                code = target(name(os.getpid()))
             except SystemExit as exit_:
                 code = exit_.code if isinstance(exit_.code, int) else EXIT_FORCED
             except BaseException:
@@ -259,8 +312,10 @@ class Supervisor:
                 logging.shutdown()
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
-        self.children[pid] = _Child(pid, kind, worker_id, liveness)
-        logger.info("started %s process %s (pid %d)", kind, worker_id, pid)
+        child = self.children[pid] = _Child(pid, kind, name(pid), liveness)
+        logger.log(logging.DEBUG if kind == "release" else logging.INFO, "started %s process %s (pid %d)",
+                   kind, child.worker_id, pid)
+        return child
 
     def _become_child(self, kind: str) -> None:
         parent = os.getppid()
@@ -270,6 +325,8 @@ class Supervisor:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
         os.close(self._wake_r)
         os.close(self._wake_w)
+        if self.embedded is not None:
+            self.embedded.after_fork()  # a user of the embedded Redis, not its owner
         os.setpgid(0, 0)  # out of the terminal's process group: only the supervisor gets Ctrl-C
         if sys.platform.startswith("linux"):  # die with the supervisor, even if it is SIGKILLed
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
@@ -294,6 +351,10 @@ class Supervisor:
 
     def _on_exit(self, child: _Child, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
+        if child.kind == "release":
+            metrics.mark_process_dead(child.pid)
+            self._on_release_exit(child, code)
+            return
         how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
         level = logging.INFO if code == 0 or child.kill_reason == "shutdown" else logging.WARNING
         logger.log(level, "%s process %s (pid %d) ended: %s", child.kind, child.worker_id, child.pid, how)
@@ -302,10 +363,10 @@ class Supervisor:
             child.liveness.close()
         metrics.mark_process_dead(child.pid)
         if child.kind == "pool":
-            if child.kill_reason in ("stuck", "unresponsive") or (
+            if child.kill_reason in ("stuck", "unresponsive") or child.stop_reason == "stuck" or (
                 child.kill_reason is None and child.deadline is None and code not in (0, EXIT_BOOT_ERROR)
             ):  # not asked to stop, yet it ended: unplanned
-                metrics.POOL_RESTARTS.labels(child.kill_reason or "crashed").inc()
+                metrics.POOL_RESTARTS.labels(child.stop_reason or child.kill_reason or "crashed").inc()
             self._release(child.worker_id, crashed=code != 0 and child.kill_reason in (None, "unresponsive"),
                           record=record)
         if code == EXIT_BOOT_ERROR:
@@ -313,12 +374,14 @@ class Supervisor:
             self.exit_code = EXIT_BOOT_ERROR
             if not self.stopping:
                 self._begin_stop("boot error")
-        elif code != 0 and not self.stopping and time.monotonic() - child.started < MIN_UPTIME_S:
-            self.backoff_s = min(max(0.5, self.backoff_s * 2), MAX_BACKOFF_S)
-            self.respawn_at = time.monotonic() + self.backoff_s
-            logger.warning("%s process died right after starting: respawning in %.1fs", child.kind, self.backoff_s)
+        elif (code != 0 or child.kind != "pool") and not self.stopping and (
+            time.monotonic() - child.started < MIN_UPTIME_S
+        ):  # an HTTP process is never meant to end by itself, even with code 0
+            backoff_s = min(max(0.5, self.backoff.get(child.kind, (0.0, 0.0))[0] * 2), MAX_BACKOFF_S)
+            self.backoff[child.kind] = (backoff_s, time.monotonic() + backoff_s)
+            logger.warning("%s process died right after starting: respawning in %.1fs", child.kind, backoff_s)
         elif code == 0 or time.monotonic() - child.started >= MIN_UPTIME_S:
-            self.backoff_s = 0.0
+            self.backoff.pop(child.kind, None)
 
     def _check_children(self) -> None:
         now = time.monotonic()
@@ -332,7 +395,8 @@ class Supervisor:
                 self._check_pool(child, now)
         if self.stopping and not self._pools():
             for child in self.children.values():  # the HTTP process goes last
-                self._terminate(child, now + HTTP_STOP_S)
+                if child.kind != "release":  # those end by themselves, bounded by their timeout
+                    self._terminate(child, now + HTTP_STOP_S)
 
     def _check_pool(self, child: _Child, now: float) -> None:
         assert child.liveness is not None
@@ -340,8 +404,10 @@ class Supervisor:
         if beat is None:
             return
         if beat.phase is Phase.STUCK:
-            logger.warning("pool %s has a handler that ignored its timeout: replacing it", child.worker_id)
-            self._kill(child, "stuck")
+            if child.deadline is None:  # its other jobs did nothing wrong: they get the drain grace
+                logger.warning("pool %s has a handler that ignored its timeout: replacing it", child.worker_id)
+                child.stop_reason = "stuck"
+                self._terminate(child, now + self.pool.drain_timeout_s + self.pool.cancel_deadline_s + STOP_MARGIN_S)
         elif beat.phase is Phase.BOOT and now - child.started > self.config.boot_timeout_s:
             logger.warning("pool %s did not boot in %.0fs: killing it", child.worker_id, self.config.boot_timeout_s)
             self._kill(child, "unresponsive")
@@ -361,23 +427,83 @@ class Supervisor:
     def _release(self, worker_id: str, *, crashed: bool, record: RunSnapshot | None) -> None:
         if crashed and record is None:
             logger.warning("the run record of %s cannot be read: its jobs are all suspects", worker_id)
-        try:
-            ids = release_worker_blocking(
-                self.pool.settings, worker_id, crashed=crashed,
-                running=record.running if record is not None else None,
-                settling=record.settling if record is not None else (),
-            )
-        except Exception as err:
-            logger.warning("could not release the jobs of %s yet (%s); retrying", worker_id, err)
-            self.pending_releases.append((worker_id, crashed, record))
+        self.pending_releases.append(_Release(worker_id, crashed, record))
+
+    def _run_releases(self) -> None:
+        """Fork a release process for each pending release that is due (one at a time per pool)."""
+        now = time.monotonic()
+        running = {c.release.worker_id for c in self.children.values() if c.release is not None}
+        for pending in self.pending_releases:
+            if pending.worker_id in running or pending.due > now:
+                continue
+            if self.stopping and not self._releases_left():
+                break
+            pending.tries += 1
+            child = self._fork("release", lambda _pid, p=pending: f"release:{p.worker_id}", None,
+                               lambda _id, p=pending: _release_jobs(self.pool.settings, p))
+            child.release = pending
+
+    def _on_release_exit(self, child: _Child, code: int) -> None:
+        pending = child.release
+        if pending is None:  # the recovery of an earlier run's pools
+            if code != 0:
+                logger.warning("the recovery of an earlier run's pools did not finish (exit %d)", code)
             return
-        if ids:
-            logger.warning("%s the %d job(s) of %s: %s", "failed (worker_lost)" if crashed else "released",
-                           len(ids), worker_id, ", ".join(ids))
+        if code == 0:
+            self.pending_releases.remove(pending)
+            return
+        delay_s = min(0.5 * 2 ** (pending.tries - 1), MAX_BACKOFF_S)
+        pending.due = time.monotonic() + delay_s
+        logger.warning("could not release the jobs of %s yet (try %d); retrying in %.1fs",
+                       pending.worker_id, pending.tries, delay_s)
+
+    def _releases_left(self) -> bool:
+        """At a stop: pending releases are still tried, for a bound once the pools are gone."""
+        if not self.pending_releases:
+            return False
+        if self._pools():
+            return True
+        now = time.monotonic()
+        if self.pools_gone_at is None:
+            self.pools_gone_at = now
+        if now - self.pools_gone_at <= RELEASE_STOP_GRACE_S:
+            return True
+        for pending in self.pending_releases:
+            if not any(c.release is pending for c in self.children.values()):
+                logger.warning("the jobs of %s were not handed back: the next start does it", pending.worker_id)
+        self.pending_releases = [p for p in self.pending_releases
+                                 if any(c.release is p for c in self.children.values())]
+        return False
+
+    def _fork_recovery(self) -> None:
+        """The jobs of this host's pools of an earlier run that are gone go back at once."""
+        host = self.ids.host
+        self._fork("release", lambda _pid: "recovery", None, lambda _id: recovery.recover(self.pool.settings, host))
+
+    # --- the embedded Redis ----------------------------------------------------------------------
+
+    def _watch_redis(self) -> None:
+        if self.embedded is None or self.redis_lost:
+            return
+        alive, self.redis_down_since = self.embedded.health()
+        if not alive:
+            self.redis_lost = True
+            logger.critical("the embedded Redis died and could not be restarted: stopping")
+            self.exit_code = self.exit_code or EXIT_REDIS_LOST
+            if not self.stopping:
+                self._begin_stop("embedded Redis lost")
 
     def _tell_systemd(self) -> None:
-        """READY=1 once every pool has booted (the first time only), and the watchdog ping."""
-        self.notifier.watchdog()
+        """READY=1 once every pool has booted (the first time only), and the watchdog ping (not
+        while the embedded Redis has been down for long: the service manager then restarts us)."""
+        down = self.redis_down_since is not None and time.monotonic() - self.redis_down_since > REDIS_DOWN_PING_S
+        if (down or self.redis_lost) != self.pings_withheld:
+            self.pings_withheld = down or self.redis_lost
+            if self.notifier.interval_s is not None:
+                logger.warning("embedded Redis %s: watchdog pings %s", *(
+                    ("down", "withheld") if self.pings_withheld else ("back", "resumed")))
+        if not self.pings_withheld:
+            self.notifier.watchdog()
         if self.stopping or not self.notifier.enabled or self.notifier.ready_sent:
             return
         beats = [c.liveness.read() for c in self._pools() if c.liveness is not None]
@@ -385,17 +511,16 @@ class Supervisor:
         if up >= self.config.processes:
             self.notifier.ready(f"{up} pool process(es) ready")
 
-    def _retry_releases(self) -> None:
-        pending, self.pending_releases = self.pending_releases, []
-        for worker_id, crashed, record in pending:
-            self._release(worker_id, crashed=crashed, record=record)
-
     def _cleanup(self) -> None:
         for child in self.children.values():
             self._kill(child, "shutdown")
         for pid in list(self.children):
             _, status = os.waitpid(pid, 0)
             self._on_exit(self.children.pop(pid), status)
+        for pending in self.pending_releases:  # the loop is over: nothing else to serve meanwhile
+            if _release_jobs(self.pool.settings, pending) != EXIT_OK:
+                logger.warning("the jobs of %s were not handed back: the next start does it", pending.worker_id)
+        self.pending_releases = []
         for sock in (self.listener, self.metrics_listener):
             if sock is not None:
                 sock.close()
@@ -404,6 +529,24 @@ class Supervisor:
         path, created = self.metrics_dir
         metrics.disable_multiprocess(path, created=created)
         signal.set_wakeup_fd(-1)
+
+
+def _release_jobs(settings: Settings, pending: _Release) -> int:
+    """In a release process: hand back the jobs of one ended pool; the exit code says if it did."""
+    record = pending.record
+    try:
+        ids = release_worker_blocking(
+            settings, pending.worker_id, crashed=pending.crashed,
+            running=record.running if record is not None else None,
+            settling=record.settling if record is not None else (), timeout_s=RELEASE_TIMEOUT_S,
+        )
+    except Exception as err:
+        logger.warning("could not release the jobs of %s: %s", pending.worker_id, err)
+        return EXIT_FORCED
+    if ids:
+        logger.warning("%s the %d job(s) of %s: %s", "failed (worker_lost)" if pending.crashed else "released",
+                       len(ids), pending.worker_id, ", ".join(ids))
+    return EXIT_OK
 
 
 def _send(pid: int, sig: int) -> None:

@@ -5,17 +5,19 @@ appends to its AOF as one unit; a restart replays a prefix of whole transitions.
 end, with no test-only wiring:
 
 * The server runs as deployed, ``python -m runtime --port P --data-dir D``, with its own embedded
-  Redis and AOF in ``D``. We find that Redis as the server's child (and the port it listens on)
-  instead of handing the server a Redis of ours, so the crash and recovery paths are the real
-  ones: the parent-death signal, and the AOF replay when the server restarts.
+  Redis and AOF in ``D``. We find that Redis among the server's descendants (it runs under its
+  keeper) and reach it on its socket in ``D`` instead of handing the server a Redis of ours, so
+  the crash and recovery paths are the real ones: the keeper stopping Redis once its owner is
+  gone, and the AOF replay when the server restarts.
 * Six threads drive a mixed HTTP load: single and batch enqueues (delayed, expiring, short leases
   and execution timeouts, various retry policies), fetches with ``count``, acks, nacks (retry,
   requeue, dead letter), cancels, heartbeats. The kill waits on an event ("N operations done"),
   never on a sleep, so it always lands mid-load.
-* ``test_crash_server_sigkill``: SIGKILL the server. Its Redis gets SIGTERM from the kernel
-  (PR_SET_PDEATHSIG), must exit by itself, and flushes its AOF on the way: so besides
+* ``test_crash_server_sigkill``: SIGKILL the server. Its Redis gets SIGTERM from its keeper
+  (nothing else uses it), must exit by itself, and flushes its AOF on the way: so besides
   consistency, every job whose enqueue was answered 201 must survive.
-* ``test_crash_redis_sigkill``: SIGKILL the Redis process itself, then the server. The AOF is cut
+* ``test_crash_redis_sigkill``: SIGKILL the Redis process itself (its keeper starts it again on
+  the cut AOF), then the server. The AOF is cut
   wherever the kill lands (fsync every second), so recent acknowledged writes may be lost; only
   what Redis promises is asserted: the jobs created before a completed AOF rewrite survive.
 * After each crash a new server starts on the same data dir; it must work (enqueue, fetch, ack)
@@ -104,8 +106,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[[Path], Server]]:
             )
         base_url = f"http://127.0.0.1:{port}"
         _wait_healthy(proc, base_url, log_path)
-        redis_pid, redis_port = _embedded_redis_of(proc.pid)
-        server = Server(proc, base_url, redis_pid, f"redis://127.0.0.1:{redis_port}/0")
+        server = Server(proc, base_url, _embedded_redis_of(proc.pid), f"unix://{data_dir / 'redis.sock'}?db=0")
         started.append(server)
         return server
 
@@ -129,13 +130,13 @@ def _wait_healthy(proc: subprocess.Popen[bytes], base_url: str, log_path: Path) 
     pytest.fail(f"server not healthy within {START_TIMEOUT_S}s:\n{log_path.read_text()}")
 
 
-def _embedded_redis_of(server_pid: int) -> tuple[int, int]:
-    """The server's Redis child and the port it listens on (Redis rewrites its own cmdline)."""
-    for child in psutil.Process(server_pid).children():
-        listening = [c.laddr.port for c in child.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
-        if listening:
-            return child.pid, listening[0]
-    pytest.fail("the server has no embedded Redis child")
+def _embedded_redis_of(server_pid: int) -> int:
+    """The server's Redis process (under its keeper; Redis rewrites its own cmdline, not its exe).
+    It listens on the Unix socket of the data dir only."""
+    for child in psutil.Process(server_pid).children(recursive=True):
+        if os.path.basename(child.exe()) in ("redis-server", "valkey-server"):
+            return child.pid
+    pytest.fail("the server has no embedded Redis")
 
 
 def _wait_gone(pid: int) -> bool:
@@ -371,7 +372,7 @@ def test_crash_server_sigkill(start_server: Callable[[Path], Server], tmp_path: 
     # When: the server is SIGKILLed mid-load
     load = _run_until_crash(server.base_url, server.proc.kill, snapshot)
     server.proc.wait(timeout=EXIT_TIMEOUT_S)
-    # Then: its Redis follows it (parent-death signal), and a new server recovers the store
+    # Then: its Redis follows it (its keeper stops it), and a new server recovers the store
     assert _wait_gone(server.redis_pid), "the embedded Redis outlived its SIGKILLed server"
     _assert_recovered(start_server(data_dir), load, must_survive=created)
 

@@ -15,6 +15,7 @@ import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 
@@ -31,7 +32,7 @@ from tests.conftest import DB_RESERVED_FOR_CONFORMANCE, FIRST_TEST_DB, skip_or_f
 pytest_plugins = ["pytester"]
 
 MakeServer = Callable[..., EmbeddedRedis]
-URL_PATTERN = re.compile(r"^redis://127\.0\.0\.1:(\d+)/0$")
+URL_PATTERN = re.compile(r"^redis://:([A-Za-z0-9_-]{40,})@127\.0\.0\.1:(\d+)/0$")
 
 
 def _client(server: EmbeddedRedis, db: int = 0) -> redis.Redis:
@@ -71,7 +72,8 @@ def test_embedded_redis_start_returns_url_of_live_server(make_embedded_redis: Ma
 
     match = URL_PATTERN.match(url)
     assert match, url
-    assert url == server.url and int(match.group(1)) == server.port
+    assert url == server.url and int(match.group(2)) == server.port
+    assert match.group(1) == server.password
     client = _client(server)
     assert client.ping() is True
     assert client.config_get("bind") == {"bind": "127.0.0.1"}
@@ -103,7 +105,7 @@ def test_embedded_redis_url_for_db_selects_database(make_embedded_redis: MakeSer
     server.start()
     _client(server, 9).set(b"k", b"v")
 
-    assert server.url_for_db(9) == f"redis://127.0.0.1:{server.port}/9"
+    assert server.url_for_db(9) == f"redis://:{server.password}@127.0.0.1:{server.port}/9"
     assert _client(server, 9).get(b"k") == b"v"
     assert _client(server, 0).get(b"k") is None
 
@@ -188,7 +190,7 @@ def test_embedded_redis_uses_requested_port(make_embedded_redis: MakeServer) -> 
         port = probe.getsockname()[1]
     server = make_embedded_redis(persistence=False, port=port)
 
-    assert server.start() == f"redis://127.0.0.1:{port}/0"
+    assert server.start() == f"redis://:{server.password}@127.0.0.1:{port}/0"
 
 
 def test_embedded_redis_requested_port_in_use_is_clear_error(
@@ -479,16 +481,17 @@ def test_skip_or_fail_fails_when_ci_is_set(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_embedded_redis_local_url_is_a_private_unix_socket(make_embedded_redis: MakeServer) -> None:
-    server = make_embedded_redis(persistence=False)
+    server = make_embedded_redis(persistence=False, tcp=False)
     server.start()
     url = server.local_url
     assert url.startswith("unix://") and url.endswith("?db=0")
+    assert server.port == 0 and server.password is None and server.url == url
     path = url.removeprefix("unix://").split("?")[0]
     assert os.path.dirname(path) == server.data_dir
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o700  # this user only
     client = redis.Redis.from_url(url)
     client.set("k", "v")
-    assert _client(server).get("k") == b"v"  # the same server as over TCP
+    assert _client(server).get("k") == b"v"  # the same server through url_for_db
     client.close()
 
 
@@ -499,3 +502,89 @@ def test_embedded_redis_local_url_falls_back_to_tcp_for_a_long_data_dir(
     server = make_embedded_redis(persistence=False, data_dir=str(deep))
     server.start()
     assert server.local_url == server.url
+
+
+# -- access, data directory, lifetime ------------------------------------------------------
+
+
+def test_embedded_redis_tcp_requires_its_password_kept_private_in_the_data_dir(
+    make_embedded_redis: MakeServer, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    server = make_embedded_redis(data_dir=str(data_dir), persistence=True)
+    server.start()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=server.port, socket_timeout=2).ping()
+    password_file = data_dir / embedded_redis.PASSWORD_FILENAME
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert password_file.read_text().strip() == server.password
+    assert server.password not in " ".join(psutil.Process(server.pid).cmdline())
+    # a restart on the same dir keeps the password, so URLs handed out before still work
+    password, port = server.password, server.port
+    server.stop()
+    again = make_embedded_redis(data_dir=str(data_dir), persistence=True, port=port)
+    again.start()
+    assert again.password == password
+    assert redis.Redis(port=port, password=password, socket_timeout=2).ping()
+
+
+def test_embedded_redis_refuses_a_data_dir_in_use(make_embedded_redis: MakeServer, tmp_path: Path) -> None:
+    first = make_embedded_redis(data_dir=str(tmp_path), persistence=True)
+    first.start()
+    second = make_embedded_redis(data_dir=str(tmp_path), persistence=True)
+    with pytest.raises(EmbeddedRedisError, match=f"is in use by another runtime \\(pid {os.getpid()}\\)"):
+        second.start()
+    assert _client(first).ping()
+
+
+def test_embedded_redis_appendfsync_is_configurable(make_embedded_redis: MakeServer, tmp_path: Path) -> None:
+    server = make_embedded_redis(data_dir=str(tmp_path), persistence=True, appendfsync="always")
+    server.start()
+    assert _client(server).config_get("appendfsync") == {"appendfsync": "always"}
+
+
+_OWNER_WITH_A_USER = """
+import os, signal, sys, time
+from runtime.embedded_redis import EmbeddedRedis
+server = EmbeddedRedis(data_dir=sys.argv[1], persistence=True, tcp=False, outlive_s=30)
+server.start()
+user = os.fork()
+if user == 0:
+    server.after_fork()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.read(int(sys.argv[2]), 1)  # a pool that drains: it stays until the test lets it go
+    os._exit(0)
+print(server.pid, user, flush=True)
+signal.pause()
+"""
+
+
+def test_embedded_redis_outlives_its_owner_while_a_forked_user_remains(tmp_path: Path) -> None:
+    _require_server_binary()
+    release_r, release_w = os.pipe()
+    owner = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_OWNER_WITH_A_USER), str(tmp_path), str(release_r)],
+        stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1], pass_fds=(release_r,),
+    )
+    os.close(release_r)
+    assert owner.stdout is not None
+    try:
+        server_pid, user_pid = (int(x) for x in owner.stdout.readline().split())
+        server = os.pidfd_open(server_pid)
+        # When the owner is SIGKILLed while a process forked from it still runs
+        owner.kill()
+        owner.wait(timeout=10)
+        # Then Redis still serves it...
+        client = redis.Redis.from_url(f"unix://{tmp_path / 'redis.sock'}?db=0", socket_timeout=5)
+        assert client.ping()
+        # ...and stops once that process has exited
+        os.close(release_w)
+        readable, _, _ = select.select([server], [], [], 15)
+        assert readable, "embedded Redis outlived the last process using it"
+        os.close(server)
+        del user_pid
+    finally:
+        owner.kill()
+        owner.wait(timeout=10)
+        owner.stdout.close()

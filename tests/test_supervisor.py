@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
+import socket
+import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -20,7 +25,16 @@ from runtime import Draft
 from runtime.broker.core import Broker, Failure
 from runtime.config import Settings
 from runtime.liveness import EXIT_BOOT_ERROR
-from tests.fixtures.procs import KEYS, Start, integrity_problems, job, states, wait_until
+from tests.fixtures.procs import (
+    KEYS,
+    Runtime,
+    Start,
+    free_port,
+    integrity_problems,
+    job,
+    states,
+    wait_until,
+)
 from tests.test_worker_runtime import completed, enqueue
 
 pytestmark = pytest.mark.slow
@@ -90,8 +104,9 @@ def test_supervisor_replaces_a_pool_whose_sync_handler_ignores_its_timeout(
                     "--drain-timeout", "1")
     # When its timeout and the grace after it pass
     wait_until(lambda: completed(redis_client, [stuck]), timeout_s=30, what="the stuck job's retry to complete")
-    # Then the process was replaced; the job failed with a timeout and its retry completed
-    assert not alive(runtime.pool_pids()[0])
+    # Then the process was replaced (it ends once its drain is over); the job failed with a
+    # timeout and its retry completed
+    wait_until(lambda: not alive(runtime.pool_pids()[0]), what="the stuck pool to end")
     assert len(runtime.pool_pids()) >= 2
     stuck_job = job(redis_client, stuck)
     assert (stuck_job["attempt"], stuck_job["result"]) == ("2", '"attempt 2"')
@@ -245,3 +260,110 @@ def test_supervisor_recycles_a_pool_above_max_memory(redis_url: str, redis_clien
     wait_until(lambda: completed(redis_client, ids), what="all jobs to complete")
     assert "is above 1 MB: recycling it" in runtime.log()
     assert "SIGKILL" not in runtime.log()
+
+
+def test_supervisor_stuck_pool_lets_its_other_jobs_finish_first(
+    redis_url: str, redis_client: redis.Redis, start: Start,
+) -> None:
+    # Given a sync job that will not stop at its timeout, and a job beside it that needs a while
+    quick_retry = {"initial_interval": "PT0.1S", "jitter": False}
+    (stuck,) = enqueue(redis_url, Draft(type="cpu.spin", args=[60], options={"timeout_ms": 500, "retry": quick_retry}))
+    (sibling,) = enqueue(redis_url, Draft(type="sleep.job", args=[4]))
+    start("--processes", "1", "--concurrency", "2", "--no-http", "--timeout-grace", "0.5", "--drain-timeout", "20")
+    # When the stuck pool is replaced
+    wait_until(lambda: completed(redis_client, [stuck, sibling]), timeout_s=30, what="both jobs to complete")
+    # Then the job beside it was given the drain grace: it completed in its first run, not cut short
+    finished = job(redis_client, sibling)
+    assert finished["attempt"] == "1" and "e1" not in finished, finished
+    assert integrity_problems(redis_url) == []
+
+
+def test_supervisor_start_hands_back_the_jobs_of_a_killed_runtime_at_once(
+    redis_url: str, redis_client: redis.Redis, start: Start,
+) -> None:
+    # Given a runtime running two long jobs (the lease is a minute, there are no scheduler loops)
+    ids = enqueue(redis_url, *(Draft(type="sleep.job", args=[60]) for _ in range(2)))
+    first = start("--processes", "1", "--concurrency", "2", "--no-http", "--drain-timeout", "1")
+    wait_until(lambda: redis_client.scard("pooltest:started") == 2, what="2 jobs running")
+    (pool,) = first.pool_pids()
+    # When the whole service is killed at once
+    first.proc.kill()
+    os.kill(pool, signal.SIGKILL)
+    first.proc.wait(10)
+    wait_until(lambda: not alive(pool), what="the pool to be gone")
+    redis_client.delete("pooltest:started")
+    # Then a new start on the same host hands their jobs back at once, and they run again
+    second = start("--processes", "1", "--concurrency", "2", "--no-http", "--drain-timeout", "1")
+    wait_until(lambda: all("e1" in job(redis_client, i) for i in ids), timeout_s=15, what="the held jobs to be back")
+    # (each one runs alone next: nothing tells which of them killed its process)
+    wait_until(lambda: redis_client.scard("pooltest:started") >= 1, what="a held job to run again")
+    for job_id in ids:
+        again = job(redis_client, job_id)
+        assert msgspec.json.decode(again["e1"])["type"] == "worker_death"
+        assert "lost" not in again  # nothing known about what ran: no loss charged
+    assert "of an earlier run is gone" in second.log()
+
+
+def _http_pids(runtime: Any) -> list[int]:
+    return [int(p) for p in re.findall(r"started http process \S+ \(pid (\d+)\)", runtime.log())]
+
+
+def test_supervisor_http_process_that_keeps_dying_is_respawned_with_backoff(start: Start) -> None:
+    # Given a runtime whose HTTP process dies right after each start
+    runtime = start("--processes", "1", "--http", f"127.0.0.1:{free_port()}")
+    for n in range(4):
+        pid = wait_until(lambda n=n: _http_pids(runtime)[n] if len(_http_pids(runtime)) > n else 0,
+                         what=f"HTTP process {n + 1}")
+        os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    # Then the respawns back off: after four quick deaths the next start waits seconds, not a tick
+    wait_until(lambda: len(_http_pids(runtime)) >= 5, timeout_s=20, what="the fifth HTTP process")
+    assert time.monotonic() - killed_at >= 3.0
+    assert runtime.proc.poll() is None
+
+
+def test_supervisor_serves_signals_and_the_watchdog_while_a_release_waits_on_redis(
+    make_embedded_redis: Callable[..., Any], tmp_path: Path,
+) -> None:
+    # Given a runtime under a (fake) systemd watchdog, on a Redis of its own, running a job
+    server = make_embedded_redis(persistence=False)
+    url = server.start()
+    client = redis.Redis.from_url(url)
+    notify_dir = tempfile.mkdtemp(prefix="ojs-notify-")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(os.path.join(notify_dir, "n"))
+    pings: list[float] = []
+
+    def collect() -> None:
+        while True:
+            try:
+                data = listener.recv(4096)
+            except OSError:
+                return
+            if b"WATCHDOG=1" in data:
+                pings.append(time.monotonic())
+
+    threading.Thread(target=collect, daemon=True).start()
+    runtime = Runtime(url, "tests.fixtures.pool_handlers", "--processes", "1", "--no-http",
+                      log_path=tmp_path / "ojs-run.log",
+                      extra_env={"NOTIFY_SOCKET": os.path.join(notify_dir, "n"), "WATCHDOG_USEC": "400000"})
+    try:
+        runtime.wait_ready(1)
+        (job_id,) = enqueue(url, Draft(type="sleep.job", args=[60]))
+        wait_until(lambda: client.sismember("pooltest:started", job_id), what="the job to run")
+        # When its pool dies while Redis does not answer for a few seconds
+        client.execute_command("CLIENT", "PAUSE", "6000", "ALL")
+        os.kill(runtime.pool_pids()[0], signal.SIGKILL)
+        wait_until(lambda: "ended: signal SIGKILL" in runtime.log(), what="the pool to be reaped")
+        seen = len(pings)
+        # Then the supervisor keeps pinging the watchdog and handles a SIGTERM at once
+        wait_until(lambda: len(pings) >= seen + 3, timeout_s=4, what="watchdog pings during the release")
+        runtime.send(signal.SIGTERM)
+        wait_until(lambda: "SIGTERM: stopping" in runtime.log(), timeout_s=3, what="the SIGTERM to be handled")
+        # ...and the release still lands once Redis answers, before the supervisor exits
+        assert runtime.wait_exit(30) == 0
+        assert job(client, job_id)["state"] != "active"
+    finally:
+        runtime.stop()
+        listener.close()
+        print(runtime.log())

@@ -84,14 +84,14 @@ def test_a_cancelled_caller_does_not_shift_the_replies(redis_url: str) -> None:
 def test_reconnects_after_the_server_restarts(make_embedded_redis: Callable[..., EmbeddedRedis]) -> None:
     server = make_embedded_redis(persistence=False)
     url = server.start()
-    port = server.port
+    port, password = server.port, server.password
 
     async def go() -> Any:
         wire = Wire.from_url(url)
         try:
             await wire.execute("SET", "k", "1")
             server.stop()
-            again = make_embedded_redis(persistence=False, port=port)
+            again = make_embedded_redis(persistence=False, port=port, password=password)
             again.start()
             await asyncio.sleep(0.05)  # the old socket's close reaches the loop
             return await wire.execute("INCR", "k")  # a fresh server: the key is gone
