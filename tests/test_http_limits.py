@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -147,6 +148,32 @@ def test_slow_request_bodies_get_408_and_are_disconnected(server: BrokerProcess)
     # Then each got a 408 once the body timeout passed, and its connection was closed
     assert sum(closed for _, closed in outcomes) == 20
     assert {_error_code(reply) for reply, _ in outcomes} == {"request_timeout"}
+
+
+def test_an_unread_body_trickled_after_the_answer_is_cut_off(server: BrokerProcess) -> None:
+    async def trickle() -> tuple[bytes, bool]:
+        reader, writer = await asyncio.open_connection(HOST, server.port)
+        try:
+            # Given a request to no endpoint, answered 404 before its announced body is read
+            writer.write(f"POST /nowhere HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 100000\r\n\r\n".encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PROBE_TIMEOUT_S)
+            assert head.startswith(b"HTTP/1.1 404 "), head
+            # When the client keeps sending that body a byte at a time
+            async with asyncio.timeout(15):
+                while not reader.at_eof():
+                    writer.write(b"x")
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.2):
+                            await reader.read(4096)
+            return head, True
+        except (TimeoutError, OSError) as err:
+            return repr(err).encode(), isinstance(err, ConnectionError)
+        finally:
+            writer.close()
+
+    # Then the server closes the connection after the head timeout
+    reply, closed = asyncio.run(trickle())
+    assert closed, reply
 
 
 def test_beyond_the_concurrency_bound_a_request_gets_a_retryable_503_but_probes_answer(

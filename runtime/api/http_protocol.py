@@ -5,7 +5,8 @@ adds, per connection:
 
 * a deadline for the request head: from the connection (or the first byte of the next request
   on a kept-alive one) to the end of its headers. A client that sends half a header and waits
-  gets a 408 and its connection is closed, instead of holding it (and a file descriptor) forever;
+  gets a 408 and its connection is closed, instead of holding it (and a file descriptor) forever.
+  The rest of a body the application answered without reading gets the same deadline;
 * a bound on open connections and requests in progress, answered with the OJS error body (503,
   retryable, ``Retry-After``) on a closed connection. The probes are exempt: they read a cached
   result and touch nothing shared, so load never fails a liveness probe.
@@ -92,6 +93,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             super().on_headers_complete()
         finally:
             self.app = app
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
+            # Answered before its body was read (404, 413...): the rest of the body and the next
+            # head get the head deadline, or a client could trickle an endless body into it.
+            self._arm_head_timer()
 
     def _over_limit(self) -> bool:
         limit = self.limits.max_concurrency
