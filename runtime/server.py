@@ -19,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from runtime import metrics, sdnotify
 from runtime.api import system
-from runtime.api.app import App
+from runtime.api.app import App, Hook
 from runtime.api.http_protocol import HttpLimits, protocol_factory
 from runtime.api.routes import build_router
 from runtime.api.routing import Router
@@ -105,19 +105,20 @@ def build_app(
     /metrics and no loops (``ojs-run --metrics-port``)."""
     metrics.set_label_cap(settings.metrics_label_cap)
     services = Services(broker, settings, board=board)
-    limits = {"api_key": settings.api_key, "max_body_bytes": settings.max_body_bytes,
-              "body_timeout_s": settings.http_body_timeout_ms / 1000}
     probe = services.probe
     if probes_only:
         router = Router()
         system.register(router, services, probes_only=True)
-        return App(router, **limits, startup=[probe.start], shutdown=[probe.stop]), services
+        return _app(router, settings, startup=[probe.start], shutdown=[probe.stop]), services
     scheduler = Scheduler(broker, services.crons, settings)
-    app = App(
-        build_router(services), **limits,
-        startup=[probe.start, scheduler.start], shutdown=[scheduler.stop, probe.stop],
-    )
+    app = _app(build_router(services), settings, startup=[probe.start, scheduler.start],
+               shutdown=[scheduler.stop, probe.stop])
     return app, services
+
+
+def _app(router: Router, settings: Settings, *, startup: list[Hook], shutdown: list[Hook]) -> App:
+    return App(router, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
+               body_timeout_s=settings.http_body_timeout_ms / 1000, startup=startup, shutdown=shutdown)
 
 
 class _WaitingPool(BlockingConnectionPool):
