@@ -12,7 +12,8 @@ from runtime import fairness, logs
 from runtime.config import settings_from_env
 from runtime.embedded_redis import EmbeddedRedisError
 from runtime.envelope import QUEUE_PATTERN
-from runtime.server import InsecureBinding, run
+from runtime.liveness import EXIT_BOOT_ERROR
+from runtime.server import CannotListen, InsecureBinding, run
 from runtime.supervisor import Supervisor, SupervisorConfig
 from runtime.worker import PoolConfig
 
@@ -42,6 +43,9 @@ def _start(args: argparse.Namespace) -> int:
     except (InsecureBinding, EmbeddedRedisError) as err:
         print(f"ojs: {err}", file=sys.stderr)
         return 2
+    except CannotListen as err:
+        print(f"ojs: {err.strerror}", file=sys.stderr)
+        return EXIT_BOOT_ERROR
     except KeyboardInterrupt:
         pass
     return 0
@@ -130,8 +134,11 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="seconds a claimed job stays leased without a heartbeat; heartbeats come at "
                    "least 3 times per lease (env OJS_LEASE; default 60)")
     p.add_argument("--metrics-port", type=_positive(int), metavar="PORT", default=_env("OJS_METRICS_PORT"),
-                   help="also serve /metrics, /health and /ready on this port of the HTTP host, e.g. "
-                   "with --no-http (env OJS_METRICS_PORT)")
+                   help="also serve /metrics, /health and /ready (open paths, no API key) on this "
+                   "port, e.g. with --no-http (env OJS_METRICS_PORT)")
+    p.add_argument("--metrics-host", metavar="HOST", default=_env("OJS_METRICS_HOST"),
+                   help="address of --metrics-port (env OJS_METRICS_HOST; default the HTTP host); "
+                   "beyond loopback only with OJS_API_KEY or OJS_ALLOW_INSECURE_NO_AUTH=true")
     p.add_argument("--stall-timeout", type=_positive(float), metavar="S", default=_env("OJS_STALL_TIMEOUT") or "60",
                    help="/ready fails when no pool has fetched for this long; a pool with every slot "
                    "busy counts as fetching (env OJS_STALL_TIMEOUT; default 60)")
@@ -159,7 +166,8 @@ def run_main(argv: list[str] | None = None) -> int:
     config = SupervisorConfig(
         processes=int(args.processes), http=not args.no_http, max_memory_mb=int(args.max_memory_mb or 0),
         liveness_timeout_s=args.liveness_timeout,
-        metrics_port=int(args.metrics_port) if args.metrics_port else None, stall_s=args.stall_timeout,
+        metrics_port=int(args.metrics_port) if args.metrics_port else None, metrics_host=args.metrics_host,
+        stall_s=args.stall_timeout,
     )
     return Supervisor(pool, config=config).run()
 

@@ -57,6 +57,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # requeued as a worker loss and its record removed. 0 turns detection off.
     worker_heartbeat_interval_ms: int = 5_000
     worker_missed_heartbeats: int = 6
+    # HTTP endpoint under load (runtime/api/http_protocol.py). A client has this long to send a
+    # request's head (line and headers) from the moment it connects or starts the request, and
+    # this long for its body; then it gets a 408 and its connection is closed.
+    http_header_timeout_ms: int = 5_000
+    http_body_timeout_ms: int = 10_000
+    # Open connections and requests in progress, each bounded by this; beyond it a request gets a
+    # retryable 503 (the probes /health and /ready are always answered). 0: no bound.
+    http_max_concurrency: int = 1_000
+    # The endpoint's redis-py pool: a request waits up to the timeout for a free connection
+    # (then a retryable 503) instead of failing at once when all are busy.
+    redis_max_connections: int = 100
+    redis_pool_timeout_ms: int = 5_000
 
     def __post_init__(self) -> None:
         if self.embedded_appendfsync not in ("always", "everysec", "no"):
@@ -65,6 +77,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             # Otherwise a lone server's ordinary pause between two steps would look like an
             # outage at every step, and no lease would ever expire.
             raise ValueError("reaper_outage_gap_ms must be at least 5 scheduler intervals")
+        if min(self.http_header_timeout_ms, self.http_body_timeout_ms, self.redis_max_connections,
+               self.redis_pool_timeout_ms) <= 0 or self.http_max_concurrency < 0:
+            raise ValueError("HTTP timeouts and the Redis pool size must be positive; "
+                             "http_max_concurrency 0 or more")
 
 
 def _env_int(name: str) -> int | None:
@@ -108,6 +124,11 @@ def settings_from_env(**overrides: object) -> Settings:
         ("worker_missed_heartbeats", "OJS_WORKER_MISSED_HEARTBEATS"),
         ("reaper_outage_gap_ms", "OJS_REAPER_OUTAGE_GAP_MS"),
         ("reaper_outage_grace_ms", "OJS_REAPER_OUTAGE_GRACE_MS"),
+        ("http_header_timeout_ms", "OJS_HTTP_HEADER_TIMEOUT_MS"),
+        ("http_body_timeout_ms", "OJS_HTTP_BODY_TIMEOUT_MS"),
+        ("http_max_concurrency", "OJS_HTTP_MAX_CONCURRENCY"),
+        ("redis_max_connections", "OJS_REDIS_MAX_CONNECTIONS"),
+        ("redis_pool_timeout_ms", "OJS_REDIS_POOL_TIMEOUT_MS"),
     ):
         if (number := _env_int(env)) is not None:
             values[field] = number

@@ -104,6 +104,21 @@ class BackendUnavailable(OJSError):
     hint = "The job store is unreachable; retry with backoff."
 
 
+class ServerBusy(BackendUnavailable):
+    """The endpoint is at its bound of connections and requests in progress; nothing was run."""
+
+    hint = "The server is at its connection limit; retry with backoff."
+
+
+class RequestTimeout(OJSError):
+    """The client did not send its request (head or body) in time; nothing was run."""
+
+    status = 408
+    code = "request_timeout"
+    retryable = True
+    hint = "Send the whole request promptly; the connection is closed."
+
+
 class BackendOutcomeUnknown(BackendUnavailable):
     """The job store was lost while the request was in flight: it may have taken effect."""
 

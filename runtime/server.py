@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
+import os
+import socket
 from collections.abc import Iterator
 
 import uvicorn
@@ -13,15 +16,16 @@ import uvloop
 
 from runtime import metrics, sdnotify
 from runtime.api import system
-from runtime.api.app import App
+from runtime.api.app import App, Hook
+from runtime.api.http_protocol import HttpLimits, protocol_factory
 from runtime.api.routes import build_router
 from runtime.api.routing import Router
 from runtime.api.services import Services
-from runtime.broker.clients import redis_client
+from runtime.broker.clients import endpoint_client
 from runtime.broker.core import Broker
 from runtime.config import Settings
 from runtime.embedded_redis import EmbeddedRedis, default_data_dir, redacted
-from runtime.liveness import Board
+from runtime.liveness import EXIT_BOOT_ERROR, EXIT_OK, Board
 from runtime.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
@@ -33,13 +37,36 @@ class InsecureBinding(RuntimeError):
     """Refusing to expose an unauthenticated endpoint beyond this machine."""
 
 
-def check_binding(settings: Settings) -> None:
-    if settings.api_key or settings.allow_insecure_no_auth or _is_loopback(settings.host):
+class CannotListen(OSError):
+    """The listen address is taken (or not ours to take): said once, with the address."""
+
+
+LISTEN_BACKLOG = 2048
+
+
+def check_binding(settings: Settings, host: str | None = None, *, what: str = "the OJS endpoint") -> None:
+    """Refuse an endpoint beyond loopback unless an API key is set or the risk is accepted. The
+    probes and /metrics are open paths everywhere: they need the same guard, not the key."""
+    host = settings.host if host is None else host
+    if settings.api_key or settings.allow_insecure_no_auth or _is_loopback(host):
         return
     raise InsecureBinding(
-        f"Refusing to listen on {settings.host} without an API key: set OJS_API_KEY, "
+        f"Refusing to serve {what} on {host} without an API key: set OJS_API_KEY, "
         "or OJS_ALLOW_INSECURE_NO_AUTH=true to accept the risk."
     )
+
+
+def open_listener(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else starts, so a taken port is an error at
+    once (uvicorn, binding late, logs it and hangs)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+    except OSError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        if err.errno == errno.EADDRINUSE:
+            reason = "address already in use (is another server running?)"
+        raise CannotListen(err.errno or 0, f"cannot listen on {host}:{port}: {reason}") from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -79,54 +106,84 @@ def build_app(
     /metrics and no loops (``ojs-run --metrics-port``)."""
     metrics.set_label_cap(settings.metrics_label_cap)
     services = Services(broker, settings, board=board)
+    probe = services.probe
     if probes_only:
         router = Router()
         system.register(router, services, probes_only=True)
-        return App(router, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes), services
+        return _app(router, settings, startup=[probe.start], shutdown=[probe.stop]), services
     scheduler = Scheduler(broker, services.crons, settings)
-    app = App(
-        build_router(services), api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
-        startup=[scheduler.start], shutdown=[scheduler.stop],
-    )
+    app = _app(build_router(services), settings, startup=[probe.start, scheduler.start],
+               shutdown=[scheduler.stop, probe.stop])
     return app, services
 
 
-async def serve(settings: Settings, redis_url: str) -> None:
-    redis = redis_client(settings, redis_url, decode_responses=False)
+def _app(router: Router, settings: Settings, *, startup: list[Hook], shutdown: list[Hook]) -> App:
+    return App(router, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
+               body_timeout_s=settings.http_body_timeout_ms / 1000, startup=startup, shutdown=shutdown)
+
+
+def uvicorn_config(app: App, settings: Settings, *, graceful_s: float) -> uvicorn.Config:
+    """uvicorn on httptools with the limits of :mod:`runtime.api.http_protocol` (which answers the
+    concurrency bound itself, with the OJS error body, and lets the probes through)."""
+    limits = HttpLimits(header_timeout_s=settings.http_header_timeout_ms / 1000,
+                        max_concurrency=settings.http_max_concurrency)
+    return uvicorn.Config(
+        app, loop="none", http=protocol_factory(limits), lifespan="on", log_level="warning",
+        access_log=False, server_header=False, timeout_graceful_shutdown=graceful_s,
+        backlog=LISTEN_BACKLOG,
+    )
+
+
+def serve_socket(settings: Settings, listener: socket.socket, *, board: Board | None = None,
+                 probes_only: bool = False) -> int:
+    """Serve the endpoint (or just the probes and /metrics) on an inherited listening socket until
+    stopped: the HTTP processes of ``ojs-run``. Exit code 3 when it never got to serve."""
+    async def serve() -> bool:
+        redis = endpoint_client(settings, settings.redis_url or "")
+        broker = Broker(redis, settings)
+        try:
+            app, _services = build_app(broker, settings, board=board, probes_only=probes_only)
+            server = uvicorn.Server(uvicorn_config(app, settings, graceful_s=5))
+            await server.serve(sockets=[listener])
+            return server.started
+        finally:
+            await broker.close()
+            await redis.aclose(close_connection_pool=True)
+
+    started = asyncio.Runner(loop_factory=uvloop.new_event_loop).run(serve())
+    return EXIT_OK if started else EXIT_BOOT_ERROR
+
+
+async def serve(settings: Settings, redis_url: str, listener: socket.socket) -> None:
+    redis = endpoint_client(settings, redis_url)
     broker = Broker(redis, settings)
     try:
         app, _services = build_app(broker, settings)
-        config = uvicorn.Config(
-            app, host=settings.host, port=settings.port, loop="none", http="httptools",
-            lifespan="on", log_level="warning", access_log=False, server_header=False,
-            timeout_graceful_shutdown=30,
-        )
-        logger.info("OJS endpoint on http://%s:%s", settings.host, settings.port)
-        server = uvicorn.Server(config)
+        server = uvicorn.Server(uvicorn_config(app, settings, graceful_s=30))
         notifier = sdnotify.Notifier()
 
         async def stopping() -> None:  # first of the shutdown hooks, for a stop too quick to poll
             notifier.stopping("stopping")
 
         app.shutdown.insert(0, stopping)
-        pings = asyncio.get_running_loop().create_task(_tell_systemd(server, notifier))
+        pings = asyncio.get_running_loop().create_task(_tell_systemd(server, notifier, f"{settings.host}:{settings.port}"))
         try:
-            await server.serve()
+            await server.serve(sockets=[listener])
         finally:
             pings.cancel()
     finally:
         await broker.close()
-        await redis.aclose()
+        await redis.aclose(close_connection_pool=True)
 
 
-async def _tell_systemd(server: uvicorn.Server, notifier: sdnotify.Notifier) -> None:
+async def _tell_systemd(server: uvicorn.Server, notifier: sdnotify.Notifier, address: str) -> None:
     """sd_notify for ``ojs-server`` under ``Type=notify``: READY=1 once uvicorn listens, WATCHDOG=1
     from the event loop (so a blocked loop stops the pings), STOPPING=1 when a stop begins."""
     if not notifier.enabled:
         return
     while not server.should_exit:
         if server.started:
-            notifier.ready(f"serving on {server.config.host}:{server.config.port}")
+            notifier.ready(f"serving on {address}")
         notifier.watchdog()
         await asyncio.sleep(min(notifier.interval_s or 0.2, 0.2))
     notifier.stopping("finishing in-flight requests")
@@ -134,7 +191,12 @@ async def _tell_systemd(server: uvicorn.Server, notifier: sdnotify.Notifier) -> 
 
 def run(settings: Settings) -> None:
     check_binding(settings)
-    if metrics.multiprocess_enabled():  # set in the environment: start from an empty directory
-        metrics.enable_multiprocess()
-    with redis_url_for(settings) as url, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(settings, url))
+    listener = open_listener(settings.host, settings.port)  # before the embedded Redis starts
+    logger.info("OJS endpoint on http://%s:%s", settings.host, settings.port)
+    try:
+        if metrics.multiprocess_enabled():  # set in the environment: start from an empty directory
+            metrics.enable_multiprocess()
+        with redis_url_for(settings) as url, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(settings, url, listener))
+    finally:
+        listener.close()

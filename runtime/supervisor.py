@@ -42,7 +42,6 @@ READY=1 once every pool is up, WATCHDOG=1 from its loop and STOPPING=1 when the 
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import ctypes
 import functools
@@ -58,19 +57,15 @@ from collections.abc import Callable
 
 import msgspec
 import psutil  # type: ignore[import-untyped,unused-ignore]
-import uvicorn
-import uvloop
 
 from runtime import metrics, recovery, sdnotify, worker
-from runtime.broker.clients import redis_client
-from runtime.broker.core import Broker
 from runtime.broker.pool_ops import release_worker_blocking
 from runtime.config import Settings
 from runtime.embedded_redis import EmbeddedRedis, EmbeddedRedisError, default_data_dir, redacted
 from runtime.liveness import EXIT_BOOT_ERROR, EXIT_OK, Board, Liveness, Phase
 from runtime.pool_ids import PoolIds
 from runtime.run_record import RunSnapshot
-from runtime.server import InsecureBinding, build_app, check_binding
+from runtime.server import InsecureBinding, check_binding, open_listener, serve_socket
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +90,8 @@ class SupervisorConfig(msgspec.Struct, frozen=True, kw_only=True):
     liveness_timeout_s: float = 30.0
     boot_timeout_s: float = 60.0
     tick_s: float = 0.5
-    metrics_port: int | None = None  # a separate /metrics, /health, /ready endpoint on the HTTP host
+    metrics_port: int | None = None  # a separate /metrics, /health, /ready endpoint
+    metrics_host: str | None = None  # its address; None: the HTTP host
     stall_s: float = 60.0  # /ready fails when no pool has fetched for this long
 
 
@@ -179,11 +175,13 @@ class Supervisor:
         self.metrics_dir = metrics.enable_multiprocess()
         if self.config.http:
             check_binding(settings)
-            self.listener = socket.create_server((settings.host, settings.port))
+            self.listener = open_listener(settings.host, settings.port)
             logger.info("OJS endpoint on http://%s:%s", settings.host, self.listener.getsockname()[1])
-        if self.config.metrics_port is not None:  # only open paths (no job data): no API key needed
-            self.metrics_listener = socket.create_server((settings.host, self.config.metrics_port))
-            logger.info("metrics on http://%s:%s/metrics", settings.host, self.metrics_listener.getsockname()[1])
+        if self.config.metrics_port is not None:  # open paths only, but they name queues and types
+            host = self.config.metrics_host or settings.host
+            check_binding(settings, host, what="/metrics, /health and /ready")
+            self.metrics_listener = open_listener(host, self.config.metrics_port)
+            logger.info("metrics on http://%s:%s/metrics", host, self.metrics_listener.getsockname()[1])
         if settings.redis_url is None:
             if not self.config.http:
                 logger.warning("--no-http with the embedded Redis: no scheduler loops run, so "
@@ -568,20 +566,4 @@ def _serve_http(settings: Settings, listener: socket.socket, board: Board, *, pr
     `probes_only`, the /metrics, /health and /ready endpoint of ``--metrics-port``)."""
     # uvicorn re-raises the signal it stopped on; ignored, the process exits with code 0.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-    async def serve() -> None:
-        redis = redis_client(settings)
-        broker = Broker(redis, settings)
-        try:
-            app, _services = build_app(broker, settings, board=board, probes_only=probes_only)
-            config = uvicorn.Config(
-                app, loop="none", http="httptools", lifespan="on", log_level="warning",
-                access_log=False, server_header=False, timeout_graceful_shutdown=5,
-            )
-            await uvicorn.Server(config).serve(sockets=[listener])
-        finally:
-            await broker.close()
-            await redis.aclose()
-
-    asyncio.Runner(loop_factory=uvloop.new_event_loop).run(serve())
-    return EXIT_OK
+    return serve_socket(settings, listener, board=board, probes_only=probes_only)

@@ -5,6 +5,7 @@ Handlers live in the sibling modules and only translate between HTTP and the bro
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from runtime.errors import (
     NotFound,
     OJSError,
     PayloadTooLarge,
+    RequestTimeout,
     Unauthorized,
     Unsupported,
 )
@@ -60,12 +62,13 @@ class App:
     """ASGI entry point. `startup`/`shutdown` hooks run on the lifespan protocol."""
 
     def __init__(
-        self, router: Router, *, api_key: str | None, max_body_bytes: int,
+        self, router: Router, *, api_key: str | None, max_body_bytes: int, body_timeout_s: float = 10.0,
         startup: list[Hook] | None = None, shutdown: list[Hook] | None = None,
     ) -> None:
         self.router = router
         self.api_key = api_key.encode() if api_key else None
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s  # for the whole body, from the end of the headers
         self.startup = startup or []
         self.shutdown = shutdown or []
 
@@ -105,6 +108,8 @@ class App:
             response = await self._dispatch(scope, receive, headers, request_id)
         except OJSError as err:
             response = json_response(err.status, error_body(err, request_id))
+            if isinstance(err, RequestTimeout):  # the rest of the body may still come: not a next request
+                response.headers.append((b"connection", b"close"))
         except Exception:
             logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
             response = json_response(500, error_body(OJSError("Internal server error."), request_id))
@@ -145,10 +150,12 @@ class App:
         except RecursionError:
             raise InvalidPayload("Request body is nested too deeply.") from None
         except BACKEND_ERRORS as err:
+            # The client is not told the error itself: it names the job store's address.
+            logger.debug("%s %s: job store error: %s", method, path, err or type(err).__name__)
             if method in SAFE_METHODS or outcome.surely_not_run(err):
-                raise BackendUnavailable(f"Job store unavailable: {err}") from None
+                raise BackendUnavailable("Job store unavailable.") from None
             raise BackendOutcomeUnknown(
-                f"Job store connection failed while the request was in flight; its outcome is unknown: {err}",
+                "Job store connection failed while the request was in flight; its outcome is unknown.",
             ) from None
         finally:
             outcome.untrack(token)
@@ -166,8 +173,13 @@ class App:
             raise PayloadTooLarge(f"Request body exceeds {self.max_body_bytes} bytes.")
         chunks: list[bytes] = []
         size = 0
+        deadline = asyncio.get_running_loop().time() + self.body_timeout_s
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise RequestTimeout(f"Request body not received within {self.body_timeout_s:g} s.") from None
             if message["type"] == "http.disconnect":
                 break
             chunk = message.get("body", b"")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from runtime.api.probe import BackendProbe
 from runtime.broker.admin import Admin
 from runtime.broker.core import Broker
 from runtime.broker.crons import Crons
@@ -22,6 +23,7 @@ class Services:
         self.started_monotonic = time.monotonic()
         self.draining = False
         self.board = board  # under ojs-run: the pools' fetch progress, quiet and draining
+        self.probe = BackendProbe.beside(broker.redis)  # what /health and /ready read; started by the app
 
     @property
     def uptime_s(self) -> int:

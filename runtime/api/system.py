@@ -2,10 +2,13 @@
 
 * ``/health``: 200 ``ok`` with the Redis round-trip time; 200 ``degraded`` when Redis is slow
   (above ``DEGRADED_LATENCY_MS``) or the worker pools have stalled; 503 ``unhealthy`` when Redis
-  does not answer within ``PROBE_TIMEOUT_S``.
+  does not answer within ``PROBE_TIMEOUT_S``. It never names the Redis server.
 * ``/ready``: 503 while draining or quiet, while Redis does not answer, and (under ``ojs-run``)
   while a pool cannot reach Redis, until a pool has fetched and whenever no pool has fetched for
   ``--stall-timeout``.
+
+Both read the last result of the background probe (:mod:`runtime.api.probe`), never Redis itself:
+they answer under any load, and cost nothing shared.
 * ``/metrics``: the Prometheus exposition (summed over every process under ``ojs-run``), with the
   queue gauges read from Redis at scrape time; without Redis, the rest is still served.
 """
@@ -17,6 +20,7 @@ import logging
 from typing import Any
 
 from runtime import metrics, timefmt
+from runtime.api.probe import PROBE_TIMEOUT_S
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
 from runtime.broker import BACKEND_ERRORS
@@ -25,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 IMPLEMENTATION_VERSION = "0.1.0"
 CONFORMANCE_LEVEL = 4
-PROBE_TIMEOUT_S = 2.0  # a Redis that does not answer a PING in this long counts as unreachable
 DEGRADED_LATENCY_MS = 100.0
 
 
@@ -52,23 +55,20 @@ def manifest() -> dict[str, Any]:
 
 def register(router: Router, services: Services, *, probes_only: bool = False) -> None:
     """The system routes; `probes_only` leaves out the manifest (the ``--metrics-port`` app)."""
-    broker = services.broker
     body = manifest()
-
-    async def ping_ms() -> float:
-        return await asyncio.wait_for(broker.ping_ms(), PROBE_TIMEOUT_S)
+    probe = services.probe
 
     async def get_manifest(request: Request) -> Response:
         return json_response(200, body)
 
     async def health(request: Request) -> Response:
         reply: dict[str, Any] = {"status": "ok", "version": "1.0", "uptime_seconds": services.uptime_s}
-        try:
-            latency = await ping_ms()
-        except BACKEND_ERRORS as err:
+        reading = probe.reading()
+        if not reading.reachable:
             reply["status"] = "unhealthy"
-            reply["backend"] = {"type": "redis", "status": "unhealthy", "error": str(err) or type(err).__name__}
+            reply["backend"] = {"type": "redis", "status": "unhealthy", "error": "job store unavailable"}
             return json_response(503, reply)
+        latency = reading.latency_ms
         reply["backend"] = {"type": "redis", "status": "ok", "latency_ms": round(latency, 3)}
         problems = [f"redis latency {latency:.0f} ms"] if latency > DEGRADED_LATENCY_MS else []
         if latency > DEGRADED_LATENCY_MS:
@@ -86,9 +86,7 @@ def register(router: Router, services: Services, *, probes_only: bool = False) -
         why = services.board.not_ready() if services.board is not None else None
         if services.draining or why in ("draining", "quiet"):
             return json_response(503, {"status": "not_ready", "reason": why or "draining"})
-        try:
-            await ping_ms()
-        except BACKEND_ERRORS:
+        if not probe.reading().reachable:
             return json_response(503, {"status": "not_ready", "reason": "backend unreachable"})
         if why is not None:
             return json_response(503, {"status": "not_ready", "reason": why})

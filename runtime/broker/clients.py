@@ -7,9 +7,15 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from runtime.broker.wire import KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES
+from runtime.broker.wire import (
+    KEEPALIVE_IDLE_S,
+    KEEPALIVE_INTERVAL_S,
+    KEEPALIVE_PROBES,
+    CommandNotSent,
+)
 from runtime.config import Settings
 
 # An idle pooled connection is pinged before reuse after this long (a link that died while idle
@@ -27,14 +33,41 @@ def keepalive_options() -> dict[int, int]:
     return options
 
 
-def redis_client(settings: Settings, url: str | None = None, **kwargs: Any) -> Redis:
-    """A redis-py asyncio client for `url` (default: the configured one)."""
+def _options(settings: Settings, url: str) -> dict[str, Any]:
     timeout_s = settings.redis_command_timeout_ms / 1000 or None
     options: dict[str, Any] = {
         "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
         "health_check_interval": HEALTH_CHECK_INTERVAL_S,
     }
-    if not (url or settings.redis_url or "").startswith("unix:"):
+    if not url.startswith("unix:"):
         options.update(socket_keepalive=True, socket_keepalive_options=keepalive_options())
-    options.update(kwargs)
-    return Redis.from_url(url or settings.redis_url or "", **options)
+    return options
+
+
+def redis_client(settings: Settings, url: str | None = None, **kwargs: Any) -> Redis:
+    """A redis-py asyncio client for `url` (default: the configured one)."""
+    url = url or settings.redis_url or ""
+    return Redis.from_url(url, **{**_options(settings, url), **kwargs})
+
+
+class _WaitingPool(BlockingConnectionPool):
+    """Callers wait for a free connection. One that does not come in time was surely never
+    used, which is what a 503 may then promise: retryable, even for a POST."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)
+        except RedisConnectionError as err:
+            if isinstance(err, CommandNotSent) or not isinstance(err.__cause__, TimeoutError):
+                raise
+            raise CommandNotSent(f"no free job store connection within {self.timeout:g} s") from None
+
+
+def endpoint_client(settings: Settings, url: str) -> Redis:
+    """The HTTP endpoint's client: the same protections, and a bounded pool whose callers queue
+    for a connection (a burst waits instead of failing at once)."""
+    pool = _WaitingPool.from_url(
+        url, max_connections=settings.redis_max_connections, timeout=settings.redis_pool_timeout_ms / 1000,
+        **_options(settings, url),
+    )
+    return Redis(connection_pool=pool)
