@@ -77,6 +77,7 @@ class Liveness:
             return None
 
     def close(self) -> None:
+        self.jobs.close()
         try:
             os.close(self._fd)
         except OSError:
