@@ -41,7 +41,11 @@ function parseArgs(argv) {
 function connectionOptions(url) {
   const u = new URL(url);
   const db = u.pathname && u.pathname.length > 1 ? Number(u.pathname.slice(1)) : 0;
-  return { host: u.hostname, port: Number(u.port || 6379), db, maxRetriesPerRequest: null };
+  const options = { host: u.hostname, port: Number(u.port || 6379), db, maxRetriesPerRequest: null };
+  // The harness's private Redis requires its password (it is in the URL).
+  if (u.password) options.password = decodeURIComponent(u.password);
+  if (u.username) options.username = decodeURIComponent(u.username);
+  return options;
 }
 
 function emit(obj) { process.stdout.write(JSON.stringify(obj) + '\n'); }
