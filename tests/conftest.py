@@ -33,6 +33,7 @@ from runtime.embedded_redis import (
     with_db,
 )
 from tests.fixtures.procs import Runtime, Start
+from tests.fixtures.tcp_proxy import FaultProxy
 
 # These DBs are for the conformance level servers: each level's server gets its
 # own DB, so it never shares a keyspace with a unit test. redis_url never hands
@@ -78,6 +79,13 @@ class ExternalRedis:
 
     def url_for_db(self, n: int) -> str:
         return with_db(self.url, n)
+
+
+@pytest.fixture
+def proxy(redis_url: str) -> Iterator[FaultProxy]:
+    """A fault-injection TCP proxy in front of this test's Redis DB (tests/fixtures/tcp_proxy.py)."""
+    with FaultProxy(redis_url) as proxy:
+        yield proxy
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ the reply (the job exists, the outcome is unknown to the server, so a retry coul
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,57 +17,25 @@ import redis
 from runtime.broker.keys import Keys
 from runtime.broker.scripts import LIBRARY_CODE, function_name
 from runtime.ids import uuid7
-from tests.fixtures.broker_process import START_TIMEOUT_S, BrokerProcess, free_port
+from tests.fixtures.broker_process import BrokerProcess, free_port, serving
 from tests.fixtures.procs import wait_until
-from tests.fixtures.tcp_proxy import DroppingProxy
+from tests.fixtures.tcp_proxy import FaultProxy
 
 ENQUEUE_FUNCTION = function_name("enqueue").encode()
 KEYS = Keys()
 
 
-def _wait_answering(server: BrokerProcess) -> None:
-    """Until the server answers HTTP at all (its health is 503 without a Redis)."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"ojs-server exited:\n{server.log_tail()}")
-        try:
-            httpx.get(f"{server.url}/ojs/v1/health", timeout=5)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise RuntimeError(f"ojs-server did not answer:\n{server.log_tail()}")
-
-
 @pytest.fixture
 def server_without_redis(tmp_path: Path) -> Iterator[BrokerProcess]:
-    server = BrokerProcess(f"redis://127.0.0.1:{free_port()}/0", tmp_path)  # nothing listens there
-    try:
-        _wait_answering(server)
+    # Nothing listens there: the server answers HTTP, its health says 503.
+    with serving(f"redis://127.0.0.1:{free_port()}/0", tmp_path, healthy=False) as server:
         yield server
-    finally:
-        print(server.log_tail())
-        server.stop()
 
 
 @pytest.fixture
-def proxy(redis_url: str) -> Iterator[DroppingProxy]:
-    proxy = DroppingProxy(redis_url).start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
-
-
-@pytest.fixture
-def server_behind_proxy(proxy: DroppingProxy, tmp_path: Path) -> Iterator[BrokerProcess]:
-    server = BrokerProcess(proxy.url(), tmp_path)
-    try:
-        server.wait_ready()
+def server_behind_proxy(proxy: FaultProxy, tmp_path: Path) -> Iterator[BrokerProcess]:
+    with serving(proxy.url(), tmp_path) as server:
         yield server
-    finally:
-        print(server.log_tail())
-        server.stop()
 
 
 def _job(job_id: str) -> dict[str, object]:
@@ -87,7 +54,7 @@ def test_refused_connection_is_a_retryable_503(server_without_redis: BrokerProce
 
 
 def test_reply_lost_after_the_enqueue_was_sent_is_not_retryable(
-    server_behind_proxy: BrokerProcess, proxy: DroppingProxy, redis_client: redis.Redis,
+    server_behind_proxy: BrokerProcess, proxy: FaultProxy, redis_client: redis.Redis,
 ) -> None:
     # Given: the next enqueue script call reaches Redis (loaded, so that it runs), and its
     # connection is dropped before the reply

@@ -41,6 +41,7 @@ from runtime.broker.keys import Keys
 from runtime.broker.scripts import LIBRARY_CODE, function_name
 from runtime.embedded_redis import ServerBinaryNotFoundError, find_server_binary
 from tests.conftest import skip_or_fail
+from tests.fixtures.broker_process import stop_process
 from tests.fixtures.procs import Start, free_port, integrity_problems, run, wait_until
 from tests.fixtures.tcp_proxy import FaultProxy
 
@@ -103,13 +104,8 @@ class AofRedis:
         self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
 
     def log(self) -> str:
         path = self.data_dir / "redis.log"

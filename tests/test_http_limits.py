@@ -27,7 +27,7 @@ import httpx
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
-from tests.fixtures.broker_process import ROOT, START_TIMEOUT_S, BrokerProcess, free_port
+from tests.fixtures.broker_process import ROOT, START_TIMEOUT_S, BrokerProcess, free_port, serving
 from tests.fixtures.procs import Runtime, wait_until
 
 HOST = "127.0.0.1"
@@ -35,21 +35,12 @@ PROBE_TIMEOUT_S = 5.0  # what a liveness probe would allow (the Kubernetes manif
 HANDLERS = "tests.fixtures.metrics_handlers"
 
 
-def _server(redis_url: str, tmp_path: Path, **env: str) -> Iterator[BrokerProcess]:
-    server = BrokerProcess(redis_url, tmp_path, env=env)
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        print(server.log_tail())
-        server.stop()
-
-
 @pytest.fixture
 def server(redis_url: str, tmp_path: Path) -> Iterator[BrokerProcess]:
     # A small redis-py pool: the bursts below are far beyond it.
-    yield from _server(redis_url, tmp_path, OJS_REDIS_MAX_CONNECTIONS="8", OJS_HTTP_HEADER_TIMEOUT_MS="2000",
-                       OJS_HTTP_BODY_TIMEOUT_MS="2000")
+    env = {"OJS_REDIS_MAX_CONNECTIONS": "8", "OJS_HTTP_HEADER_TIMEOUT_MS": "2000", "OJS_HTTP_BODY_TIMEOUT_MS": "2000"}
+    with serving(redis_url, tmp_path, env=env) as server:
+        yield server
 
 
 async def _request(port: int, raw: bytes, *, timeout_s: float) -> tuple[int, bytes]:
@@ -180,7 +171,8 @@ def test_beyond_the_concurrency_bound_a_request_gets_a_retryable_503_but_probes_
     redis_url: str, tmp_path: Path,
 ) -> None:
     # Given a server bounded to 10 connections, with a long body timeout
-    for server in _server(redis_url, tmp_path, OJS_HTTP_MAX_CONCURRENCY="10", OJS_HTTP_BODY_TIMEOUT_MS="20000"):
+    env = {"OJS_HTTP_MAX_CONCURRENCY": "10", "OJS_HTTP_BODY_TIMEOUT_MS": "20000"}
+    with serving(redis_url, tmp_path, env=env) as server:
         asyncio.run(_beyond_the_bound(server.port))
 
 

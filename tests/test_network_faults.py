@@ -35,11 +35,8 @@ COMMAND_TIMEOUT_MS = "1000"
 def proxy(redis_url: str, redis_client: redis.Redis) -> Iterator[FaultProxy]:
     # Loaded up front, so the first call of a function runs at once (no reload on the way).
     redis_client.function_load(LIBRARY_CODE, replace=True)
-    proxy = FaultProxy(redis_url).start()
-    try:
+    with FaultProxy(redis_url) as proxy:
         yield proxy
-    finally:
-        proxy.stop()
 
 
 @pytest.fixture(autouse=True)
