@@ -252,10 +252,6 @@ class EmbeddedRedis:
         self._read_events()
         return self._server_pid
 
-    @property
-    def keeper_pid(self) -> int:
-        return self._require_running().pid
-
     def url_for_db(self, n: int) -> str:
         """URL of database ``n`` on the running server."""
         self._require_running()

@@ -313,9 +313,10 @@ class Pool:
         for fields in claimed:
             visibility = fields.get(b"visibility_timeout_ms", b"")
             lease_ms = int(visibility) if visibility.isdigit() else None
-            self.ready[_claim_of(fields)] = (fields, claimed_at, lease_ms)
+            claim = _claim_of(fields)
+            self.ready[claim] = (fields, claimed_at, lease_ms)
             if fields.get(b"suspect"):  # then the only job claimed: see Broker.fetch
-                self.alone = _claim_of(fields)
+                self.alone = claim
             if lease_ms and lease_ms < 3000 * self.config.heartbeat_interval_s:
                 self.beat_soon.set()
         if self.stopping.is_set():  # a stop arrived while the fetch was on its way

@@ -4,33 +4,17 @@ fails the call within ``Settings.redis_command_timeout_ms`` instead of hanging i
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from runtime.broker.wire import (
-    KEEPALIVE_IDLE_S,
-    KEEPALIVE_INTERVAL_S,
-    KEEPALIVE_PROBES,
-    CommandNotSent,
-)
+from runtime.broker.wire import CommandNotSent, keepalive_options
 from runtime.config import Settings
 
 # An idle pooled connection is pinged before reuse after this long (a link that died while idle
 # is found before a command is lost on it).
 HEALTH_CHECK_INTERVAL_S = 30
-
-
-def keepalive_options() -> dict[int, int]:
-    """TCP keepalive timing, where the platform names the options (Linux does)."""
-    options = {}
-    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
-                        ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
-        if hasattr(socket, name):
-            options[getattr(socket, name)] = value
-    return options
 
 
 def _options(settings: Settings, url: str) -> dict[str, Any]:

@@ -264,7 +264,7 @@ class Broker:
         for item in items:
             args += [item.worker_id, "" if item.attempt is None else str(item.attempt), item.claim, item.result]
         reply = await self.scripts.call(
-            "ack", keys=[k.prefix, k.active, k.expiring, k.events, *(k.job(i.job_id) for i in items)], args=args,
+            "ack", keys=[k.prefix, *(k.job(i.job_id) for i in items)], args=args,
         )
         out: list[AckResult | Exception] = []
         for item, row in zip(items, reply, strict=False):
@@ -312,7 +312,7 @@ class Broker:
                      "" if item.delay_ms is None else str(item.delay_ms)]
         reply = await self.scripts.call(
             "nack",
-            keys=[k.prefix, k.active, k.delayed, k.expiring, k.dlq, k.events, *(k.job(i.job_id) for i in items)],
+            keys=[k.prefix, *(k.job(i.job_id) for i in items)],
             args=args,
         )
         out: list[NackResult | Exception] = []
@@ -423,7 +423,7 @@ class Broker:
 
     # --- scheduler step --------------------------------------------------------------------
 
-    async def scheduler_step(self, *, now_ms: int | None = None) -> int:
+    async def scheduler_step(self) -> int:
         """Promote due jobs, expire TTLs, and fail jobs whose lease or timeout has passed.
 
         step.lua does the promotion and expiry; expired_leases.lua lists the overdue active jobs,
@@ -432,7 +432,7 @@ class Broker:
         until the pools had their grace to renew (outage.py); a job's own timeout waits too,
         which its pool enforces meanwhile.
         """
-        now = timefmt.now_ms() if now_ms is None else now_ms
+        now = timefmt.now_ms()
         await self.scripts.call(
             "step", keys=[self.keys.prefix],
             args=[str(now), self._maxlen, str(self.settings.scheduler_step_limit), timefmt.format_ms(now)],
@@ -440,7 +440,7 @@ class Broker:
         await self.advance_workflows()
         if not await self._lease_expiry.expiry_allowed():
             return 0
-        now = timefmt.now_ms() if now_ms is None else now_ms
+        now = timefmt.now_ms()
         k = self.keys
         rows = await self.scripts.call(
             "expired_leases", keys=[k.prefix, k.active],

@@ -146,10 +146,6 @@ class Keys:
         return self.prefix + SUFFIXES["seq"]
 
     @property
-    def claims(self) -> str:
-        return self.prefix + SUFFIXES["claims"]
-
-    @property
     def events(self) -> str:
         return self.prefix + SUFFIXES["events"]
 

@@ -60,7 +60,7 @@ class Batcher:
         # (the lease reaper owns the jobs then). Cut short by close().
         self._settle_for_s = settle_for_s
         self._on_trouble = on_trouble  # told of each failed call (the error) and each one that got through (None)
-        self._closing: asyncio.Event | None = None
+        self._closing = asyncio.Event()
         self._acks: _Batch[Completion, AckResult] = _Batch()
         self._fails: _Batch[Failure, NackResult] = _Batch()
         self._timer: asyncio.TimerHandle | None = None
@@ -79,7 +79,6 @@ class Batcher:
         if grace_s is not None and self._sending:
             _done, pending = await asyncio.wait(self._sending, timeout=grace_s)
             if pending:
-                self._closing = self._closing or asyncio.Event()
                 self._closing.set()
         while self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
@@ -130,7 +129,7 @@ class Batcher:
                     break
                 if self._on_trouble is not None:
                     self._on_trouble(err)
-                closing = self._closing is not None and self._closing.is_set()
+                closing = self._closing.is_set()
                 if closing or loop.time() + backoff_s > give_up_at:
                     logger.warning("settling %d job(s) given up after %d tries (%s); their leases lapse "
                                    "and the reaper takes them", len(batch.items), tries, err)
@@ -153,7 +152,6 @@ class Batcher:
 
     async def _pause(self, seconds: float) -> None:
         """Sleep between two tries; close() ends it early."""
-        self._closing = self._closing or asyncio.Event()
         try:
             await asyncio.wait_for(self._closing.wait(), seconds)
         except TimeoutError:
@@ -206,11 +204,16 @@ async def _subscribe_through_client(
         await pubsub.aclose()
 
 
+async def held_ids(broker: Broker, worker_id: str) -> list[str]:
+    """The ids of the jobs `worker_id` holds (``worker-jobs:<id>``), sorted."""
+    members = await broker.redis.smembers(broker.keys.worker_jobs(worker_id))
+    return sorted(x.decode() if isinstance(x, bytes) else x for x in members)
+
+
 async def held_claims(broker: Broker, worker_id: str) -> dict[str, tuple[str, int | None]]:
     """What Redis says `worker_id` holds: claim token -> (job id, attempt), for its active jobs
     (two round trips; only after a call whose outcome is unknown)."""
-    members = await broker.redis.smembers(broker.keys.worker_jobs(worker_id))
-    ids = sorted(x.decode() if isinstance(x, bytes) else x for x in members)
+    ids = await held_ids(broker, worker_id)
     if not ids:
         return {}
     async with broker.redis.pipeline(transaction=False) as pipe:
@@ -258,8 +261,7 @@ async def release_worker(
     it maps each held id to, and the error `errors` has for that verdict); forget the worker.
     Returns the ids."""
     k = broker.keys
-    held = await broker.redis.smembers(k.worker_jobs(worker_id))
-    ids = sorted(x.decode() if isinstance(x, bytes) else x for x in held)
+    ids = await held_ids(broker, worker_id)
     if ids:
         chosen = verdicts(ids) if verdicts is not None else dict.fromkeys(ids, verdict)
         items = [Failure(job_id=i, verdict=chosen[i], error=(errors or {}).get(chosen[i], error),

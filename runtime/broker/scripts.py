@@ -119,6 +119,7 @@ class Scripts:
         self.wire = Wire(address) if address is not None else None
         self._redis = redis
         self._names = {name: function_name(name) for name in TRANSITIONS}
+        self._execute = self.wire.execute if self.wire is not None else redis.execute_command
 
     async def call(self, name: str, *, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run one transition; whatever happened after it was sent is noted for the request
@@ -135,19 +136,17 @@ class Scripts:
 
     async def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         function = self._names[name]
-        execute = self.wire.execute if self.wire is not None else self._redis.execute_command
         try:
-            return await execute("FCALL", function, len(keys), *keys, *args)
+            return await self._execute("FCALL", function, len(keys), *keys, *args)
         except ResponseError as err:
             if not _is_missing_function(err):
                 raise
         await self.load()
-        return await execute("FCALL", function, len(keys), *keys, *args)
+        return await self._execute("FCALL", function, len(keys), *keys, *args)
 
     async def load(self) -> None:
         """Load (or reload) this version's library; harmless when it is there already."""
-        execute = self.wire.execute if self.wire is not None else self._redis.execute_command
-        await execute("FUNCTION", "LOAD", "REPLACE", LIBRARY_CODE)
+        await self._execute("FUNCTION", "LOAD", "REPLACE", LIBRARY_CODE)
 
     async def close(self) -> None:
         if self.wire is not None:

@@ -119,6 +119,14 @@ class Address:
         return None
 
 
+def keepalive_options() -> dict[int, int]:
+    """TCP keepalive timing, where the platform names the options (Linux does)."""
+    return {getattr(socket, name): value
+            for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+                                ("TCP_KEEPCNT", KEEPALIVE_PROBES))
+            if hasattr(socket, name)}
+
+
 def _keepalive(transport: Any) -> None:
     """TCP keepalive on the connection's socket (Unix sockets have none: the kernel knows)."""
     sock = transport.get_extra_info("socket")
@@ -126,10 +134,8 @@ def _keepalive(transport: Any) -> None:
         return
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
-                              ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
-            if hasattr(socket, option):
-                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+        for option, value in keepalive_options().items():
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
     except OSError:
         pass  # keepalive is a safety net; the command deadline still holds
 

@@ -9,11 +9,9 @@
     - the claim matches: the fencing token (when given) is the job's current `claim`; the
       worker id and the attempt, when both sides know them     else status 3 (stale claim)
 
-  KEYS[1] prefix (derived keys: queue:<q>:counts, worker-jobs:<id>, unique:<fp>, outbox)
-  KEYS[2] active    (zset)
-  KEYS[3] expiring  (zset)
-  KEYS[4] events    (stream)
-  KEYS[5..] job:<id> of each job, in ARGV order
+  KEYS[1] prefix (derived keys: queue:<q>:counts, worker-jobs:<id>, unique:<fp>, and the fixed
+                 keys active, expiring, events, outbox)
+  KEYS[2..] job:<id> of each job, in ARGV order
 
   ARGV[1] now_ms
   ARGV[2] events_maxlen   0 disables events
@@ -30,9 +28,9 @@ local prefix, now = T.prefix, T.now
 local completed_per_queue = {}
 
 local out = {}
-for j = 5, #KEYS do
+for j = 2, #KEYS do
   local job_key = KEYS[j]
-  local a = 3 + (j - 5) * 4
+  local a = 3 + (j - 2) * 4
   local worker_id, attempt, token, result = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local f = rcall("HMGET", job_key, "state", "worker_id", "attempt", "queue", "type", "started_at", "id",
     "progress", "expires_ms", "unique_key", "workflow_id", "claim")

@@ -36,13 +36,8 @@
   nonretryable, discard, dead_letter) is cleared.
 
   KEYS[1] prefix (derived keys: queue:<q>:available|counts|dlq|suspects, worker-jobs:<id>,
-                 unique:<fp>, outbox)
-  KEYS[2] active    (zset)
-  KEYS[3] delayed   (zset)
-  KEYS[4] expiring  (zset)
-  KEYS[5] dlq       (zset)
-  KEYS[6] events    (stream)
-  KEYS[7..] job:<id> of each job, in ARGV order
+                 unique:<fp>, and the fixed keys active, delayed, expiring, dlq, events, outbox)
+  KEYS[2..] job:<id> of each job, in ARGV order
 
   ARGV[1] now_ms
   ARGV[2] events_maxlen   0 disables events
@@ -157,9 +152,9 @@ local function applied_already(job_key, r, verdict, err, guard, token)
 end
 
 local out = {}
-for j = 7, #KEYS do
+for j = 2, #KEYS do
   local job_key = KEYS[j]
-  local a = 4 + (j - 7) * 7
+  local a = 4 + (j - 2) * 7
   local verdict, err, worker_id, guard, token = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local jitter_factor = tonumber(ARGV[a + 5]) or 1
   local delay_override = tonumber(ARGV[a + 6])
