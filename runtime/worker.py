@@ -61,10 +61,10 @@ from runtime.broker import BACKEND_ERRORS, failures
 from runtime.broker.clients import redis_client
 from runtime.broker.core import Broker, Completion, Failure
 from runtime.broker.pool_ops import Batcher, held_claims, listen_for_work, release_worker
-from runtime.broker.render import encode_job
 from runtime.broker.wire import CommandNotSent
+from runtime.claimed_job import job_of_hash
 from runtime.config import Settings
-from runtime.context import CANCELLED, SHUTDOWN, Job, JobContext, ProgressThrottle, ProgressUpdate
+from runtime.context import CANCELLED, SHUTDOWN, JobContext, ProgressThrottle, ProgressUpdate
 from runtime.envelope import ErrorInfo, decode_checkpoint
 from runtime.executor import (
     Completed,
@@ -83,7 +83,6 @@ from runtime.redis_link import RedisLink
 
 logger = logging.getLogger(__name__)
 
-_job_decoder = msgspec.json.Decoder(Job)
 EXIT_CRASH = 1
 
 
@@ -429,7 +428,7 @@ class Pool:
         # A hand-written hash (or one an older version stored) may not decode: that job fails
         # alone, never the process.
         try:
-            job = _job_decoder.decode(encode_job(fields))
+            job = job_of_hash(fields)
         except (msgspec.MsgspecError, ValueError) as err:
             self._reject(fields, f"the job is not a valid envelope: {err}")
             return
