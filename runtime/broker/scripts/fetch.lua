@@ -258,10 +258,12 @@ local function caller_is_idle()
 end
 
 local suspect = nil
-for q = 1, nq do
-  if rcall("ZCARD", queue_key(T, ARGV[10 + q], "suspects")) > 0 then
-    if caller_is_idle() then suspect = claim_suspect() end
-    break
+if ARGV[11 + 2 * nq] ~= "0" then  -- a caller that says it runs something cannot take a suspect
+  for q = 1, nq do
+    if rcall("ZCARD", queue_key(T, ARGV[10 + q], "suspects")) > 0 then
+      if caller_is_idle() then suspect = claim_suspect() end
+      break
+    end
   end
 end
 if suspect then
