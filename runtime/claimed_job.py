@@ -29,49 +29,47 @@ def job_of_hash(h: dict[bytes, bytes]) -> Job:
     if b"extra" in h:
         return _job_decoder.decode(encode_job(h))
     get = h.get
-    return Job(
-        id=_required(h, b"id"),
-        type=_required(h, b"type"),
-        queue=_required(h, b"queue"),
-        args=_list.decode(get(b"args", b"[]")),
-        meta=_dict.decode(get(b"meta", b"{}")),
-        priority=int(get(b"priority", b"0")),
-        state=_required(h, b"state"),
-        attempt=int(get(b"attempt", b"0")),
-        max_attempts=int(get(b"max_attempts", b"3")),
-        timeout_ms=_int(get(b"timeout_ms")),
-        visibility_timeout_ms=_int(get(b"visibility_timeout_ms")),
-        retry=_json(_dict, get(b"retry")),
-        tags=_json(_tags, get(b"tags")),
-        created_at=_time(get(b"created_at")),
-        enqueued_at=_time(get(b"enqueued_at")),
-        started_at=_time(get(b"started_at")),
-        scheduled_at=_text(get(b"scheduled_at")),
-        error=_json(_dict, get(b"error")),
-        errors=[_dict.decode(entry) for entry in error_history(h)],
-        workflow_id=_text(get(b"workflow_id")),
-        parent_results=_json(_list, get(b"parent_results")),
-    )
+    try:
+        return Job(
+            id=h[b"id"].decode(),
+            type=h[b"type"].decode(),
+            queue=h[b"queue"].decode(),
+            args=_list.decode(get(b"args", b"[]")),
+            meta=_dict.decode(get(b"meta", b"{}")),
+            priority=int(get(b"priority", b"0")),
+            state=h[b"state"].decode(),
+            attempt=int(get(b"attempt", b"0")),
+            max_attempts=int(get(b"max_attempts", b"3")),
+            timeout_ms=None if (v := get(b"timeout_ms")) is None else int(v),
+            visibility_timeout_ms=None if (v := get(b"visibility_timeout_ms")) is None else int(v),
+            retry=None if (v := get(b"retry")) is None else _dict.decode(v),
+            tags=None if (v := get(b"tags")) is None else _tags.decode(v),
+            created_at=_time(get(b"created_at")),
+            enqueued_at=_time(get(b"enqueued_at")),
+            started_at=_time(get(b"started_at")),
+            scheduled_at=None if (v := get(b"scheduled_at")) is None else v.decode(),
+            error=None if (v := get(b"error")) is None else _dict.decode(v),
+            errors=[_dict.decode(entry) for entry in error_history(h)] if b"nerr" in h else [],
+            workflow_id=None if (v := get(b"workflow_id")) is None else v.decode(),
+            parent_results=None if (v := get(b"parent_results")) is None else _list.decode(v),
+        )
+    except KeyError as missing:
+        raise ValueError(f"the job hash has no {missing.args[0].decode()}") from None
 
 
-def _required(h: dict[bytes, bytes], field: bytes) -> str:
-    value = h.get(field)
-    if value is None:
-        raise ValueError(f"the job hash has no {field.decode()}")
-    return value.decode()
-
-
-def _int(value: bytes | None) -> int | None:
-    return None if value is None else int(value)
-
-
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode()
+# Epoch ms (as stored) -> RFC 3339. The jobs of one enqueue share created_at and enqueued_at, and
+# those of one fetch share started_at: a few recent values cover nearly every job.
+_recent_times: dict[bytes, str] = {}
+_RECENT_TIMES = 64
 
 
 def _time(value: bytes | None) -> str | None:
-    return None if value is None else timefmt.format_ms(int(value))
-
-
-def _json(decoder: msgspec.json.Decoder, value: bytes | None) -> Any:
-    return None if value is None else decoder.decode(value)
+    if value is None:
+        return None
+    text = _recent_times.get(value)
+    if text is None:
+        text = timefmt.format_ms(int(value))
+        if len(_recent_times) >= _RECENT_TIMES:
+            _recent_times.clear()
+        _recent_times[value] = text
+    return text

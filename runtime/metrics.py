@@ -208,6 +208,9 @@ def job_started(queue: str, job_type: str, fields: dict[bytes, bytes]) -> None:
 # --- gathered writes (pool processes) -----------------------------------------------------------
 
 
+_CHILDREN_KEPT = 4096  # label sets whose metric child a Tally keeps at hand
+
+
 class Tally:
     """Job metric writes gathered in memory and applied together.
 
@@ -223,6 +226,8 @@ class Tally:
         self._counts: dict[tuple[Counter, tuple[str, ...]], float] = {}
         self._observed: dict[tuple[Histogram, tuple[str, ...]], list[float]] = {}
         self._scheduled = False
+        # (metric, labels) -> its child: labels() through the cap and the client's lock, once
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
     def count(self, counter: Counter, labels: tuple[str, ...], amount: float = 1.0) -> None:
         key = (counter, labels)
@@ -237,10 +242,19 @@ class Tally:
         self._scheduled = False
         counts, self._counts = self._counts, {}
         observed, self._observed = self._observed, {}
-        for (counter, labels), amount in counts.items():
-            counter.labels(*labels).inc(amount)
-        for (histogram, labels), samples in observed.items():
-            _observe_many(histogram.labels(*labels), samples)
+        for key, amount in counts.items():
+            self._child(key).inc(amount)
+        for key, samples in observed.items():
+            _observe_many(self._child(key), samples)
+
+    def _child(self, key: tuple[Any, tuple[str, ...]]) -> Any:
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) >= _CHILDREN_KEPT:
+                self._children.clear()
+            metric, labels = key
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def _schedule(self) -> None:
         if self._scheduled:

@@ -31,6 +31,17 @@ _MAX_BYTES = REGION_BYTES - _HEADER.size
 _SETS, _IDS = b"\x00", b"\n"  # running ids, then settling ids; job ids hold neither byte
 
 
+def _note_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+# This process's id, kept at every fork (os.getpid() is a system call: once per write was a
+# measurable share of the record's cost).
+_pid = os.getpid()
+os.register_at_fork(after_in_child=_note_pid)
+
+
 class RunSnapshot(msgspec.Struct, frozen=True):
     running: frozenset[str] = frozenset()  # job ids whose handler was executing
     settling: frozenset[str] = frozenset()  # job ids whose handler had returned, not yet settled
@@ -80,10 +91,10 @@ class RunRecord:
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _mapping(self) -> mmap.mmap | None:
-        if self._map is None or self._map_pid != os.getpid():  # mapped in the process that writes
+        if self._map is None or self._map_pid != _pid:  # mapped in the process that writes
             try:
                 self._map = mmap.mmap(self._fd, REGION_BYTES, flags=mmap.MAP_SHARED, offset=OFFSET)
-                self._map_pid = os.getpid()
+                self._map_pid = _pid
             except (OSError, ValueError):
                 self._map = None
         return self._map
@@ -100,8 +111,8 @@ class RunRecord:
             except OSError:
                 pass
             return
-        page[_HEADER.size:_HEADER.size + len(payload)] = payload
-        page[:_HEADER.size] = _HEADER.pack(len(payload), zlib.crc32(payload))
+        record = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+        page[:len(record)] = record  # one copy; one torn by the death fails its CRC
 
     def read(self) -> RunSnapshot | None:
         """The last record written, or None if it cannot be read."""
