@@ -17,7 +17,7 @@ import redis
 from redis.asyncio import Redis
 
 from runtime import Client, Draft
-from runtime.broker.core import Broker
+from runtime.broker.core import Broker, Failure
 from runtime.broker.pool_ops import release_worker_blocking
 from runtime.config import Settings
 from runtime.context import JobContext
@@ -238,4 +238,49 @@ def test_a_reclaimed_job_keeps_its_heartbeats_after_the_earlier_run_ends(
     assert events_of(redis_client, job_id, b"job.completed") == 1
     done: dict[Any, Any] = redis_client.hgetall("pooltest:done")
     assert done == {f"{job_id}:1".encode(): b"1", f"{job_id}:2".encode(): b"1"}
+    assert integrity_problems(redis_url) == []
+
+
+# --- a suspect runs alone (the pool keeps the isolation itself) -------------------------------
+
+
+def test_a_pool_that_takes_a_suspect_runs_nothing_beside_it(redis_url: str, redis_client: redis.Redis) -> None:
+    # Given a suspect (lost beside another job) and a backlog behind it, and a pool of 4 slots
+    (suspect,) = enqueue(redis_url, Draft(type="alone.probe", args=["suspect"]))
+
+    async def lose_it() -> None:
+        broker = Broker(Redis.from_url(redis_url), Settings(redis_url=redis_url))
+        (claimed,) = await broker.fetch(["default"], worker_id="gone", idle=False)
+        await broker.fail_many([Failure(job_id=suspect, verdict="worker_lost_shared", worker_id="gone",
+                                        claim=claimed[b"claim"].decode())], now_ms=0)
+        await broker.close()
+
+    run(lose_it())
+    backlog = enqueue(redis_url, *(Draft(type="alone.probe", args=[f"b{i}"]) for i in range(12)))
+    running: set[str] = set()
+    beside_the_suspect: list[set[str]] = []
+
+    async def probe(ctx: JobContext, name: str) -> None:
+        running.add(name)
+        if name == "suspect" or "suspect" in running:
+            beside_the_suspect.append(set(running))
+        # the suspect outlasts several of the pool's re-checks: its free slots would claim then
+        await asyncio.sleep(0.3 if name == "suspect" else 0.01)
+        running.discard(name)
+
+    registry = Registry(module="inline", handlers={
+        "alone.probe": HandlerSpec(job_type="alone.probe", fn=probe, is_async=True)})
+    config = PoolConfig(module="inline", settings=Settings(redis_url=redis_url), worker_id="pool-alone",
+                        queues=(("default", 1),), concurrency=4, max_jobs=13, recheck_interval_s=0.05)
+    liveness = Liveness()
+    pool = Pool(config, registry=registry, liveness=liveness)
+    try:
+        # When it drains them all
+        run(pool.run())
+    finally:
+        pool.threads.shutdown(wait=False)
+        liveness.close()
+    # Then every job completed, and while the suspect ran, it ran alone
+    assert states(redis_client, [suspect, *backlog]) == ["completed"] * 13
+    assert beside_the_suspect and all(seen == {"suspect"} for seen in beside_the_suspect), beside_the_suspect
     assert integrity_problems(redis_url) == []

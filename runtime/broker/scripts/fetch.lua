@@ -34,7 +34,8 @@
                       fills what is left of `count` from the queues in order, so an empty queue
                       gives its share to the others ("" each when not weighted)
   ARGV[11+2N]         idle: "1" when the caller runs and holds no job (it may get a suspect), "0"
-                      when it runs something, "" when it cannot say (then: it holds no job)
+                      when it runs something, "" when it cannot say (then: it holds no job, and
+                      the broker keeps it from claiming beside a suspect it runs)
   ARGV[12+2N]         number M of job types with a room limit ("" or absent: 0)
   ARGV[13+2N ..]      M pairs: job type, room. At most `room` jobs of that type are claimed by
                       this call; the others stay in place in their queue (a pool's per-type
@@ -137,9 +138,11 @@ if worker_id ~= "" then
   if wstate == "quiet" or wstate == "terminate" or wstate == "drain" or wstate == "draining" then
     return claimed
   end
-  -- A worker running a suspect runs nothing beside it, whether it says so or not (an HTTP worker
-  -- cannot): the broker enforces the isolation. The marker lapses with the claim.
-  local alone = rcall("GET", prefix .. "worker-alone:" .. worker_id)
+  -- A worker running a suspect runs nothing beside it. One that cannot say whether it is idle
+  -- (an HTTP worker) has the isolation enforced here; one that says it (a pool) keeps it itself
+  -- (it claims nothing while its suspect runs), so its fetches skip the read. The marker lapses
+  -- with the claim.
+  local alone = ARGV[11 + 2 * nq] == "" and rcall("GET", prefix .. "worker-alone:" .. worker_id)
   if alone then
     local a = rcall("HMGET", prefix .. "job:" .. alone, "state", "worker_id")
     if a[1] == "active" and a[2] == worker_id then return claimed end

@@ -15,15 +15,17 @@ local rcall
 -- Every fixed key of the namespace (T.active, T.events, ...), now (ms, as given and as a
 -- number) and the event cap. A key's name is made the first time a call uses it: making all of
 -- them on every call cost more than some short transitions' own work.
+local CONTEXT = {__index = function(T, name)
+  local suffix = K[name]
+  if suffix == nil then return nil end
+  local key = rawget(T, "prefix") .. suffix
+  rawset(T, name, key)
+  return key
+end}
+
 local function context(prefix, now, maxlen)
-  local T = {prefix = prefix, now = now, now_ms = tonumber(now), maxlen = tonumber(maxlen) or 0}
-  return setmetatable(T, {__index = function(t, name)
-    local suffix = K[name]
-    if suffix == nil then return nil end
-    local key = prefix .. suffix
-    rawset(t, name, key)
-    return key
-  end})
+  return setmetatable({prefix = prefix, now = now, now_ms = tonumber(now), maxlen = tonumber(maxlen) or 0},
+    CONTEXT)
 end
 
 local function job_key(T, id) return T.prefix .. "job:" .. id end
