@@ -1,7 +1,7 @@
 """A claimed job's Redis hash as the `Job` its handler sees, built without a JSON round trip.
 
 The general path renders the hash as the OJS envelope (`broker.render`), encodes it and decodes
-that into `Job`: about 13 µs a job, the largest single cost of a short job in a pool. Here each
+that into `Job`: the largest single cost of a short job in a pool, twice this path's. Here each
 `Job` field is read straight from its hash field and only the JSON fragments are decoded, each
 with a decoder of its field's type, so what fails validation on the general path fails here too
 (a test holds the two paths equal, on real and on malformed hashes). A hash with unknown

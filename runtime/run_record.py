@@ -6,10 +6,10 @@ never arrived). When the process dies, only a running job can have killed it. Re
 jobs a worker holds (``worker-jobs:<id>``), not which of them ran: this record says.
 
 It lives in the child's liveness file, past the liveness record, so the supervisor already holds
-it. The pool rewrites it with one ``pwrite`` (no Redis round trip, a few microseconds), at most
-once per event-loop iteration (a handler that returns and the next one that starts share it): a
-handler that starts is in the record before its first line runs, since the write is
-scheduled ahead of the handler's task. The supervisor reads it after the process has ended. A
+it. The pool rewrites it with one copy into a shared mapping (no Redis round trip, no system
+call), at most once per event-loop iteration (a handler that returns and the next one that
+starts share it): a handler that starts is in the record before its first line runs, since the
+write is scheduled ahead of the handler's task. The supervisor reads it after the process has ended. A
 record it cannot read (a write torn by the death) reads as None, and the caller must then suspect
 every job the process held.
 """

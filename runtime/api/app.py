@@ -181,7 +181,9 @@ class App:
             except TimeoutError:
                 raise RequestTimeout(f"Request body not received within {self.body_timeout_s:g} s.") from None
             if message["type"] == "http.disconnect":
-                break
+                # Gone before its body ended: what arrived is not the request it meant (a prefix
+                # can even be valid JSON), so nothing of it is acted on.
+                raise InvalidPayload("The client disconnected before the request body ended.")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
