@@ -1,0 +1,212 @@
+"""Instructions per drained no-op job, pool and Redis apart: a measure a busy machine cannot skew.
+
+On a shared 2-core machine the harness's jobs/s and CPU µs swing by a quarter between runs, which
+hides a change of a few percent. Valgrind counts instructions instead, the same on a loaded
+machine as on a quiet one, so two versions can be compared one after the other:
+
+    python benchmarks/instructions.py                           # the runtime this venv imports
+    PYTHONPATH=../other-checkout python benchmarks/instructions.py   # another version's runtime
+
+(run as a file, so that PYTHONPATH, not the current directory, decides which `runtime` is measured).
+
+* pool: a `Pool` process (concurrency 10, no-op handler) drains N jobs under
+  ``valgrind --tool=cachegrind``; the count at 500 jobs is taken from the count at N, so start-up
+  and imports drop out. The pool's time windows (ack batching, prefetch hold, metric tally) are
+  stretched 50 times, as valgrind slows the process about that much, so it batches as it would.
+* redis: the Redis server runs under ``valgrind --tool=callgrind``; counters are zeroed after
+  the jobs are enqueued, then dumped after the fetches (5 jobs per call) and after the acks.
+
+Needs valgrind (Debian: ``apt-get install valgrind``); a few minutes. Not part of ``make test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+
+SLOWDOWN = 50  # how much slower a process runs under valgrind, roughly
+BASELINE_JOBS = 500
+FETCH_COUNT = 5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_redis(port: int, prefix: list[str]) -> subprocess.Popen[bytes]:
+    from runtime.embedded_redis import find_server_binary
+
+    proc = subprocess.Popen([*prefix, str(find_server_binary()), "--port", str(port), "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client.ping()
+            return proc
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _fill(url: str, n: int) -> None:
+    from redis.asyncio import Redis
+
+    from runtime import timefmt
+    from runtime.broker.core import Broker
+    from runtime.broker.records import job_from_body
+    from runtime.config import Settings
+
+    async def go() -> None:
+        client = Redis.from_url(url)
+        broker = Broker(client, Settings(redis_url=url))
+        now = timefmt.now_ms()
+        body = msgspec.json.encode({"type": "bench.noop", "args": [1]})
+        for i in range(0, n, 500):
+            await broker.enqueue([job_from_body(body, now_ms=now) for _ in range(min(500, n - i))], now_ms=now)
+        await broker.close()
+        await client.aclose()
+
+    asyncio.run(go())
+
+
+def drain_in_pool(url: str, n: int) -> None:
+    """The measured process of the pool side (run under cachegrind by `pool_instructions`)."""
+    import uvloop
+
+    from runtime import metrics
+    from runtime.config import Settings
+    from runtime.handlers import HandlerSpec, Registry
+    from runtime.liveness import Liveness
+    from runtime.worker import Pool, PoolConfig
+
+    async def noop(ctx: object, *args: object) -> None:
+        return None
+
+    metrics.Tally.__init__.__defaults__ = (0.005 * SLOWDOWN,)
+    registry = Registry(module="inline", handlers={
+        "bench.noop": HandlerSpec(job_type="bench.noop", fn=noop, is_async=True)})
+    config = PoolConfig(module="inline", settings=Settings(redis_url=url), worker_id="instructions",
+                        queues=(("default", 1),), concurrency=10, max_jobs=n,
+                        ack_window_s=0.002 * SLOWDOWN, prefetch_hold_s=0.2 * SLOWDOWN)
+    uvloop.run(Pool(config, registry=registry, liveness=Liveness()).run())
+
+
+def _cachegrind_total(output: str) -> int:
+    found = re.search(r"I\s+refs:\s+([\d,]+)", output)
+    if found is None:
+        raise RuntimeError(f"no instruction count in valgrind's output:\n{output[-2000:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def _pool_run(n: int) -> int:
+    port = _free_port()
+    server = _start_redis(port, [])
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        _fill(url, n)
+        out = subprocess.run(
+            ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+             sys.executable, str(Path(__file__).resolve()), "--drain-in-pool", url, str(n)],
+            capture_output=True, text=True, env=os.environ, check=True)
+        return _cachegrind_total(out.stderr)
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def pool_instructions(n: int) -> float:
+    return (_pool_run(n) - _pool_run(BASELINE_JOBS)) / (n - BASELINE_JOBS)
+
+
+async def _fetch_then_ack(url: str, n: int, dump: object) -> None:
+    from redis.asyncio import Redis
+
+    from runtime.broker.core import Broker, Completion
+    from runtime.config import Settings
+
+    client = Redis.from_url(url)
+    broker = Broker(client, Settings(redis_url=url))
+    # Older versions (to compare against) had neither the fetch's `idle` nor the claim's token.
+    says_idle = {"idle": False} if "idle" in inspect.signature(broker.fetch).parameters else {}
+    tokens = "claim" in Completion.__struct_fields__
+    batches = []
+    while sum(map(len, batches)) < n:
+        got = await broker.fetch(["default"], count=FETCH_COUNT, worker_id="w1", visibility_ms=600_000, **says_idle)
+        if not got:
+            break
+        batches.append(got)
+    dump()  # type: ignore[operator]
+    for got in batches:
+        await broker.ack_many([Completion(job_id=h[b"id"].decode(), worker_id="w1", attempt=int(h[b"attempt"]),
+                                          **({"claim": h[b"claim"].decode()} if tokens else {})) for h in got])
+    dump()  # type: ignore[operator]
+    await broker.close()
+    await client.aclose()
+
+
+def redis_instructions(n: int) -> tuple[float, float]:
+    """(fetch, ack) instructions of the Redis server per job."""
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        server = _start_redis(port, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
+        try:
+            url = f"redis://127.0.0.1:{port}/0"
+            _fill(url, n)
+            subprocess.run(["callgrind_control", "-z", str(server.pid)], capture_output=True, check=True)
+            asyncio.run(_fetch_then_ack(url, n, lambda: subprocess.run(
+                ["callgrind_control", "-d", str(server.pid)], capture_output=True, check=True)))
+        finally:
+            server.terminate()
+            server.wait()
+        totals = []
+        for part in (1, 2):
+            text = subprocess.run(["callgrind_annotate", f"{out}.{part}"], capture_output=True, text=True,
+                                  check=True).stdout
+            found = re.search(r"([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS", text)
+            if found is None:
+                raise RuntimeError(f"no total in callgrind's dump {out}.{part}")
+            totals.append(int(found.group(1).replace(",", "")) / n)
+        return totals[0], totals[1]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="benchmarks/instructions.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", "-n", type=int, default=3000, help="jobs drained (default 3000)")
+    parser.add_argument("--drain-in-pool", nargs=2, metavar=("URL", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.drain_in_pool:
+        drain_in_pool(args.drain_in_pool[0], int(args.drain_in_pool[1]))
+        return
+    missing = [tool for tool in ("valgrind", "callgrind_control", "callgrind_annotate") if shutil.which(tool) is None]
+    if missing:
+        sys.exit(f"needs {', '.join(missing)} (Debian: apt-get install valgrind)")
+    if args.jobs <= BASELINE_JOBS:
+        sys.exit(f"--jobs must be above {BASELINE_JOBS}")
+    pool = pool_instructions(args.jobs)
+    fetch, ack = redis_instructions(args.jobs)
+    print(f"instructions per no-op job: pool {pool:,.0f}; redis {fetch + ack:,.0f} "
+          f"(fetch {fetch:,.0f}, ack {ack:,.0f}, {FETCH_COUNT} jobs per call)")
+
+
+if __name__ == "__main__":
+    main()
