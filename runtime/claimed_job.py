@@ -3,9 +3,14 @@
 The general path renders the hash as the OJS envelope (`broker.render`), encodes it and decodes
 that into `Job`: the largest single cost of a short job in a pool, twice this path's. Here each
 `Job` field is read straight from its hash field and only the JSON fragments are decoded, each
-with a decoder of its field's type, so what fails validation on the general path fails here too
-(a test holds the two paths equal, on real and on malformed hashes). A hash with unknown
-top-level fields (``extra``, rare) takes the general path, which may fill `Job` fields from them.
+with a decoder of its field's type (JSON null included where the field is optional), so a `Job`
+field the general path rejects is rejected here too, and the two build equal Jobs (a test holds
+both, on real and on malformed hashes). Two differences, both for hashes no enqueue writes: the
+fields a `Job` does not hold (progress, result, the other times) are not read, where the general
+path rejects some malformed ones it did not need; and a JSON fragment with text after it is
+rejected, where the general path spliced it into the envelope unparsed (``args`` of
+``[1],"type":"x"`` changed the type). A hash with unknown top-level fields (``extra``, rare)
+takes the general path, which may fill `Job` fields from them.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from runtime.context import Job
 _job_decoder = msgspec.json.Decoder(Job)
 _list = msgspec.json.Decoder(list[Any])
 _dict = msgspec.json.Decoder(dict[str, Any])
-_tags = msgspec.json.Decoder(list[str])
+_optional_list = msgspec.json.Decoder(list[Any] | None)
+_optional_dict = msgspec.json.Decoder(dict[str, Any] | None)
+_optional_tags = msgspec.json.Decoder(list[str] | None)
 
 
 def job_of_hash(h: dict[bytes, bytes]) -> Job:
@@ -42,16 +49,16 @@ def job_of_hash(h: dict[bytes, bytes]) -> Job:
             max_attempts=int(get(b"max_attempts", b"3")),
             timeout_ms=None if (v := get(b"timeout_ms")) is None else int(v),
             visibility_timeout_ms=None if (v := get(b"visibility_timeout_ms")) is None else int(v),
-            retry=None if (v := get(b"retry")) is None else _dict.decode(v),
-            tags=None if (v := get(b"tags")) is None else _tags.decode(v),
+            retry=None if (v := get(b"retry")) is None else _optional_dict.decode(v),
+            tags=None if (v := get(b"tags")) is None else _optional_tags.decode(v),
             created_at=_time(get(b"created_at")),
             enqueued_at=_time(get(b"enqueued_at")),
             started_at=_time(get(b"started_at")),
             scheduled_at=None if (v := get(b"scheduled_at")) is None else v.decode(),
-            error=None if (v := get(b"error")) is None else _dict.decode(v),
+            error=None if (v := get(b"error")) is None else _optional_dict.decode(v),
             errors=[_dict.decode(entry) for entry in error_history(h)] if b"nerr" in h else [],
             workflow_id=None if (v := get(b"workflow_id")) is None else v.decode(),
-            parent_results=None if (v := get(b"parent_results")) is None else _list.decode(v),
+            parent_results=None if (v := get(b"parent_results")) is None else _optional_list.decode(v),
         )
     except KeyError as missing:
         raise ValueError(f"the job hash has no {missing.args[0].decode()}") from None

@@ -1,5 +1,6 @@
 """The ASGI app's body reading: a request whose client left before its body ended is not acted on,
-even when what arrived is valid JSON; a whole body split across messages is."""
+even when what arrived is valid JSON; a whole body split across messages is, and so is a request
+without a body whose client left at once (the server reports only the disconnect)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from runtime.api.routing import Request, Response, Router, json_response
 BODY = b'{"type":"half.body","args":[]}'
 
 
-def call(messages: list[dict[str, Any]]) -> tuple[list[bytes], dict[str, Any]]:
+def call(messages: list[dict[str, Any]], *, length: int | None = 100,
+         chunked: bool = False) -> tuple[list[bytes], dict[str, Any]]:
     """POST /jobs through the app with these receive messages: (bodies the handler saw, reply)."""
     seen: list[bytes] = []
 
@@ -33,8 +35,12 @@ def call(messages: list[dict[str, Any]]) -> tuple[list[bytes], dict[str, Any]]:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/jobs", "query_string": b"",
-             "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")]}
+    headers = [(b"content-type", b"application/json")]
+    if length is not None:
+        headers.append((b"content-length", str(length).encode()))
+    if chunked:
+        headers.append((b"transfer-encoding", b"chunked"))
+    scope = {"type": "http", "method": "POST", "path": "/jobs", "query_string": b"", "headers": headers}
     asyncio.run(app(scope, receive, send))
     start, body = sent
     return seen, {"status": start["status"], "body": msgspec.json.decode(body["body"])}
@@ -57,3 +63,24 @@ def test_a_body_in_several_messages_is_read_whole() -> None:
     ])
     assert seen == [BODY]
     assert reply["status"] == 201
+
+
+def test_a_request_without_a_body_whose_client_left_at_once_is_acted_on() -> None:
+    seen, reply = call([{"type": "http.disconnect"}], length=None)
+    assert seen == [b""]
+    assert reply["status"] == 201
+
+
+def test_a_chunked_body_cut_by_a_disconnect_is_not_acted_on() -> None:
+    seen, reply = call([
+        {"type": "http.request", "body": BODY, "more_body": True},
+        {"type": "http.disconnect"},
+    ], length=None)
+    assert seen == []
+    assert reply["status"] == 400
+
+
+def test_an_announced_body_that_never_came_is_not_acted_on() -> None:
+    for length, chunked in ((100, False), (None, True)):
+        seen, reply = call([{"type": "http.disconnect"}], length=length, chunked=chunked)
+        assert (seen, reply["status"]) == ([], 400)

@@ -171,6 +171,8 @@ class App:
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             raise PayloadTooLarge(f"Request body exceeds {self.max_body_bytes} bytes.")
+        expected = int(declared) if declared is not None and declared.isdigit() else 0
+        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
         chunks: list[bytes] = []
         size = 0
         deadline = asyncio.get_running_loop().time() + self.body_timeout_s
@@ -181,8 +183,10 @@ class App:
             except TimeoutError:
                 raise RequestTimeout(f"Request body not received within {self.body_timeout_s:g} s.") from None
             if message["type"] == "http.disconnect":
-                # Gone before its body ended: what arrived is not the request it meant (a prefix
-                # can even be valid JSON), so nothing of it is acted on.
+                if not chunks and not expected and not chunked:
+                    break  # a request without a body, whose client left at once
+                # Gone before its body ended (part of it came, or none of what was announced):
+                # what arrived is not the request it meant (a prefix can even be valid JSON).
                 raise InvalidPayload("The client disconnected before the request body ended.")
             chunk = message.get("body", b"")
             size += len(chunk)

@@ -1,6 +1,7 @@
 """The pool's direct hash -> Job path (`runtime.claimed_job`) against the general one (render the
-envelope, encode it, decode it as `Job`): the same Job for every hash a fetch returns, and an
-error from both for every hash the general path rejects."""
+envelope, encode it, decode it as `Job`): the same Job for every hash a fetch returns, and for
+optional fields stored as JSON null; an error from both for every `Job` field the general path
+rejects; and an error, where the general path spliced it in, for a fragment with text after it."""
 
 from __future__ import annotations
 
@@ -111,5 +112,27 @@ def test_a_hash_the_general_path_rejects_is_rejected(
             h[field] = value
     with pytest.raises(DECODE_ERRORS):
         general(h)
+    with pytest.raises(DECODE_ERRORS):
+        job_of_hash(h)
+
+
+@pytest.mark.parametrize("field", [b"retry", b"tags", b"error", b"parent_results"])
+def test_an_optional_field_stored_as_json_null_reads_as_none_on_both_paths(
+    broker: Any, run: Any, enqueue: Any, field: bytes,
+) -> None:
+    enqueue(body())
+    h = claim_one(broker, run)
+    h[field] = b"null"
+    assert job_of_hash(h) == general(h)
+    assert getattr(job_of_hash(h), field.decode()) is None
+
+
+def test_a_fragment_with_text_after_it_is_rejected_not_spliced_into_the_job(
+    broker: Any, run: Any, enqueue: Any,
+) -> None:
+    enqueue(body(job_type="test.job"))
+    h = claim_one(broker, run)
+    h[b"args"] = b'[1],"type":"other"'
+    assert general(h).type == "other"  # the general path's splice: why the pool does not use it
     with pytest.raises(DECODE_ERRORS):
         job_of_hash(h)

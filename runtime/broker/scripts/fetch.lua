@@ -142,7 +142,7 @@ if worker_id ~= "" then
   -- (an HTTP worker) has the isolation enforced here; one that says it (a pool) keeps it itself
   -- (it claims nothing while its suspect runs), so its fetches skip the read. The marker lapses
   -- with the claim.
-  local alone = ARGV[11 + 2 * nq] == "" and rcall("GET", prefix .. "worker-alone:" .. worker_id)
+  local alone = (ARGV[11 + 2 * nq] or "") == "" and rcall("GET", prefix .. "worker-alone:" .. worker_id)
   if alone then
     local a = rcall("HMGET", prefix .. "job:" .. alone, "state", "worker_id")
     if a[1] == "active" and a[2] == worker_id then return claimed end
