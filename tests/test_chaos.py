@@ -315,7 +315,7 @@ def test_chaos_no_job_lost_stuck_or_repeated_without_cause(
         client.ping()
         began = time.time()
         aof_redis.kill()
-        time.sleep(REDIS_DOWN_S)
+        time.sleep(REDIS_DOWN_S)  # the outage itself: how long Redis stays down is the fault
         aof_redis.start()
         faults.append(Fault("Redis restart", began, time.time()))
 
@@ -326,7 +326,7 @@ def test_chaos_no_job_lost_stuck_or_repeated_without_cause(
         assert proxy.dropped.wait(10), "no fetch went out"
         began = time.time()
         proxy.blackhole()
-        time.sleep(BLACKHOLE_S)
+        time.sleep(BLACKHOLE_S)  # the fault itself: how long the link stays silent
         proxy.restore()
         faults.append(Fault("blackhole", began, time.time()))
 

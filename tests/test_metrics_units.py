@@ -199,7 +199,9 @@ def test_tally_flushes_once_shortly_after_the_first_write() -> None:
         for _ in range(5):
             tally.count(counter, ("x",))
         before = counter.labels("x")._value.get()
-        await asyncio.sleep(0.05)
+        async with asyncio.timeout(5):  # the flush the first write scheduled
+            while counter.labels("x")._value.get() == before:
+                await asyncio.sleep(0.005)
         return before, counter.labels("x")._value.get()
 
     assert asyncio.run(go()) == (0, 5)

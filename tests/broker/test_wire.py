@@ -90,10 +90,12 @@ def test_reconnects_after_the_server_restarts(make_embedded_redis: Callable[...,
         wire = Wire.from_url(url)
         try:
             await wire.execute("SET", "k", "1")
+            old = wire._proto
+            assert old is not None
             server.stop()
             again = make_embedded_redis(persistence=False, port=port, password=password)
             again.start()
-            await asyncio.sleep(0.05)  # the old socket's close reaches the loop
+            await asyncio.wait_for(old.closed, 5)  # the old socket's close has reached the loop
             return await wire.execute("INCR", "k")  # a fresh server: the key is gone
         finally:
             await wire.close()
@@ -111,7 +113,11 @@ def test_in_flight_commands_fail_with_connection_error_when_the_server_goes(
         wire = Wire.from_url(url)
         try:
             pending = asyncio.ensure_future(wire.execute("BLPOP", "nothing", 0))
-            await asyncio.sleep(0.05)
+            probe = Wire.from_url(url)
+            async with asyncio.timeout(5):  # the BLPOP has reached the server and blocks there
+                while b"blocked_clients:1" not in await probe.execute("INFO", "clients"):
+                    await asyncio.sleep(0.01)
+            await probe.close()
             await asyncio.get_running_loop().run_in_executor(None, server.stop)
             try:
                 await asyncio.wait_for(pending, 5)
