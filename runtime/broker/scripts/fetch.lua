@@ -52,6 +52,7 @@ local default_vis = tonumber(ARGV[5])
 local request_vis = tonumber(ARGV[6])
 local exec_grace = tonumber(ARGV[8]) or 0
 local nq = tonumber(ARGV[10])
+local said_idle = ARGV[11 + 2 * nq] or ""  -- "1", "0", or "" when the caller cannot say
 local room = nil  -- job type -> claims this call may still make; nil: no type is limited
 for t = 1, tonumber(ARGV[12 + 2 * nq]) or 0 do
   room = room or {}
@@ -142,7 +143,7 @@ if worker_id ~= "" then
   -- (an HTTP worker) has the isolation enforced here; one that says it (a pool) keeps it itself
   -- (it claims nothing while its suspect runs), so its fetches skip the read. The marker lapses
   -- with the claim.
-  local alone = (ARGV[11 + 2 * nq] or "") == "" and rcall("GET", prefix .. "worker-alone:" .. worker_id)
+  local alone = said_idle == "" and rcall("GET", prefix .. "worker-alone:" .. worker_id)
   if alone then
     local a = rcall("HMGET", prefix .. "job:" .. alone, "state", "worker_id")
     if a[1] == "active" and a[2] == worker_id then return claimed end
@@ -254,14 +255,13 @@ end
 -- without a worker id is taken as idle, as nothing tells otherwise). Read only when a suspect
 -- waits, so the common path pays nothing.
 local function caller_is_idle()
-  local said = ARGV[11 + 2 * nq]
-  if said ~= "" then return said == "1" end
+  if said_idle ~= "" then return said_idle == "1" end
   if worker_id == "" then return true end
   return rcall("SCARD", prefix .. "worker-jobs:" .. worker_id) == 0
 end
 
 local suspect = nil
-if ARGV[11 + 2 * nq] ~= "0" then  -- a caller that says it runs something cannot take a suspect
+if said_idle ~= "0" then  -- a caller that says it runs something cannot take a suspect
   for q = 1, nq do
     if rcall("ZCARD", queue_key(T, ARGV[10 + q], "suspects")) > 0 then
       if caller_is_idle() then suspect = claim_suspect() end
