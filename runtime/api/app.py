@@ -37,6 +37,8 @@ Hook = Callable[[], Awaitable[None]]
 
 DOCS_URL = "https://openjobspec.org/spec/ojs-http-binding#errors"
 OPEN_PATHS = frozenset({"/health", "/ready", "/ojs/v1/health", "/metrics"})
+# The dashboard's static files: a browser loads them before it can send a key, and they hold no data.
+DASHBOARD_PATH = "/ojs/admin"
 MAX_REQUEST_ID = 128
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # no effect to duplicate: always worth a retry
 
@@ -56,6 +58,10 @@ def error_body(err: OJSError, request_id: str) -> dict[str, Any]:
     if err.details:
         body["details"] = err.details
     return {"error": body}
+
+
+def _is_dashboard(path: str) -> bool:
+    return path == DASHBOARD_PATH or path.startswith(DASHBOARD_PATH + "/")
 
 
 class App:
@@ -124,7 +130,7 @@ class App:
     async def _dispatch(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes], request_id: str) -> Response:
         path: str = scope["path"]
         method: str = scope["method"]
-        if self.api_key is not None and path not in OPEN_PATHS:
+        if self.api_key is not None and path not in OPEN_PATHS and not _is_dashboard(path):
             self._authorize(headers)
         version = headers.get(b"ojs-version")
         if version is not None and version.strip() not in (b"1.0", b"1"):

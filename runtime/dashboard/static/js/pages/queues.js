@@ -1,0 +1,68 @@
+// Queues: counts, pause/resume, purge of terminal jobs (confirmed), and max_depth configuration.
+import { api, repeatWhileMore } from "../api.js";
+import { action, clear, confirmDialog, fmtNumber, h, table, toast } from "../ui.js";
+
+const PURGEABLE = ["completed", "discarded", "cancelled"];
+
+export default async function queues(view, page) {
+  const box = h("div", { id: "queues-table" });
+  clear(view, h("h1", {}, "Queues"), h("section", { class: "panel" }, box));
+
+  const load = async () => {
+    const reply = await api("/ojs/v1/admin/queues", { query: { per_page: 100 } });
+    if (!page.alive()) return;
+    clear(box, table([
+      { label: "Queue", cell: (q) => h("a", { href: `#/jobs?queue=${encodeURIComponent(q.name)}` }, q.name) },
+      { label: "State", cell: (q) => h("span", { class: `badge queue-state ${q.paused ? "paused" : "running"}` }, q.paused ? "paused" : "active") },
+      ...["available", "active", "scheduled", "retryable", "completed", "discarded", "cancelled"].map((state) => ({
+        label: state, num: true, cell: (q) => fmtNumber((q.counts || {})[state]),
+      })),
+      { label: "Processed / min", num: true, cell: (q) => fmtNumber((q.throughput || {}).processed_per_minute) },
+      {
+        label: "", class: "nowrap", cell: (q) => [
+          q.paused ? action("Resume", () => setPaused(q.name, false)) : action("Pause", () => setPaused(q.name, true)),
+          " ", action("Config", () => configure(q.name)),
+          " ", action("Purge", () => purge(q.name), { danger: true }),
+        ],
+      },
+    ], reply.items || [], { empty: "No queues yet.", rowAttrs: (q) => ({ dataset: { queue: q.name } }) }));
+  };
+
+  const setPaused = async (name, paused) => {
+    await api(`/ojs/v1/admin/queues/${encodeURIComponent(name)}/${paused ? "pause" : "resume"}`, { method: "POST" });
+    toast(`${name} ${paused ? "paused" : "resumed"}`);
+    await load();
+  };
+
+  const purge = async (name) => {
+    const checks = PURGEABLE.map((state) => h("label", {}, h("input", { type: "checkbox", value: state, checked: state === "completed" }), state));
+    const ok = await confirmDialog(`Purge ${name}`, "Delete the queue's jobs in these states. This cannot be undone.", {
+      confirmLabel: "Purge", danger: true, fields: [h("div", { class: "checks" }, checks)],
+    });
+    const states = checks.map((label) => label.firstChild).filter((box) => box.checked).map((box) => box.value);
+    if (!ok || !states.length) return;
+    const total = await repeatWhileMore(() => api(`/ojs/v1/admin/queues/${encodeURIComponent(name)}/jobs`, {
+      method: "DELETE", body: { states, confirm: true },
+    }));
+    toast(`Purged ${fmtNumber(total.purged_count)} jobs from ${name}`);
+    await load();
+  };
+
+  const configure = async (name) => {
+    const detail = await api(`/ojs/v1/admin/queues/${encodeURIComponent(name)}`);
+    const current = ((detail.configuration || {}).backpressure || {}).max_depth;
+    const input = h("input", { type: "number", min: "1", name: "max_depth", value: current ?? "", placeholder: "no limit" });
+    const ok = await confirmDialog(`Configure ${name}`, "Enqueues beyond max_depth are refused with 429 QUEUE_FULL. Leave empty for no limit.", {
+      confirmLabel: "Save", fields: [h("label", {}, "max_depth", input)],
+    });
+    if (!ok) return;
+    const depth = input.value.trim();
+    const backpressure = depth ? { max_depth: Number(depth), strategy: "reject" } : null;
+    await api(`/ojs/v1/admin/queues/${encodeURIComponent(name)}/config`, { method: "PUT", body: { backpressure } });
+    toast(`${name}: max_depth ${depth || "removed"}`);
+    await load();
+  };
+
+  await load();
+  page.every(5000, load);
+}
