@@ -1,0 +1,211 @@
+"""The dashboard in a real headless Chromium against a real server and Redis.
+
+Each test opens pages the way an operator does, then checks what a click did in Redis and
+through the API. The watch in conftest.py fails a test on any console error, failed request or
+4xx/5xx reply it did not name as expected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import redis
+from playwright.sync_api import expect
+
+from runtime.broker.keys import Keys
+from tests.browser.conftest import Dashboard
+from tests.browser.seed import LARGE_RESULT_CHARS, READ_KEY, WORKER_ID, Seeded
+
+KEYS = Keys()
+PAGES = ["overview", "queues", "jobs", "dead-letters", "workers", "cron", "workflows"]
+
+
+def state_in_redis(redis_client: redis.Redis, job_id: str) -> str:
+    return (redis_client.hget(KEYS.job(job_id), "state") or b"").decode()
+
+
+def test_every_page_shows_the_seeded_data(open_dashboard: Any, seeded: Seeded) -> None:
+    dash: Dashboard = open_dashboard()
+    page = dash.page
+
+    dash.open("#/overview")
+    expect(page.locator("#throughput svg path.s-completed")).to_be_attached()
+    expect(page.locator("#queue-depths tr", has_text="email")).to_be_visible()
+    expect(page.locator("#queue-depths")).to_contain_text("reports")
+    expect(page.locator("#overview-cards")).to_contain_text("Failure rate")
+    dash.shot("overview")
+
+    dash.open("#/queues")
+    for queue in ("email", "reports", "billing"):
+        expect(page.locator(f'#queues-table tr[data-queue="{queue}"]')).to_be_visible()
+    dash.shot("queues")
+
+    dash.open("#/jobs")
+    expect(page.locator(f'#job-rows tr[data-id="{seeded.email_available[-1]}"]')).to_be_visible()
+    dash.shot("jobs")
+
+    dash.open("#/jobs?q=needle-3")
+    expect(page.locator(f'#job-rows tr[data-id="{seeded.email_available[3]}"]')).to_be_visible()
+    expect(page.locator(f'#job-rows tr[data-id="{seeded.email_available[2]}"]')).to_have_count(0)
+
+    dash.open("#/jobs?queue=billing&state=discarded&error_type=PaymentDeclined")
+    for job_id in seeded.dead_declined:
+        expect(page.locator(f'#job-rows tr[data-id="{job_id}"]')).to_be_visible()
+    expect(page.locator("#job-rows tr")).to_have_count(len(seeded.dead_declined))
+
+    dash.open(f"#/jobs/{seeded.active_job}")
+    expect(page.locator("#progress")).to_contain_text("40%")
+    expect(page.locator("#timeline")).to_contain_text("started")
+    expect(page.locator("#args")).to_contain_text("slow@example.com")
+
+    dash.open(f"#/jobs/{seeded.dead_declined[0]}")
+    expect(page.locator("#errors")).to_contain_text("PaymentDeclined")
+    page.locator("#errors summary", has_text="Traceback").first.click()
+    expect(page.locator("#errors details pre").first).to_contain_text("gateway.charge(card, amount)")
+    dash.shot("job")
+
+    dash.open("#/dead-letters")
+    expect(page.locator('#by-error_type [data-error-type="PaymentDeclined"]')).to_contain_text("3")
+    expect(page.locator('#by-error_type [data-error-type="TimeoutError"]')).to_contain_text("2")
+    expect(page.locator("#dead-letter-list tbody tr")).to_have_count(5)
+    dash.shot("dead-letters")
+
+    dash.open("#/workers")
+    row = page.locator(f'#workers-table tr[data-worker="{WORKER_ID}"]')
+    expect(row).to_contain_text("1 busy / 3 free")
+    row.locator("a", has_text=WORKER_ID).click()
+    expect(page.locator("#worker-jobs")).to_contain_text(seeded.active_job)
+    dash.shot("workers")
+
+    dash.open("#/cron")
+    cron = page.locator(f'#cron-table tr[data-cron="{seeded.cron_name}"]')
+    expect(cron).to_contain_text("0 3 * * *")
+    expect(cron).to_contain_text("enabled")
+    dash.shot("cron")
+
+    dash.open("#/workflows")
+    expect(page.locator(f'#workflow-table tr[data-workflow="{seeded.workflow_id}"]')).to_contain_text("onboarding")
+    dash.shot("workflows")
+    page.locator(f'#workflow-table tr[data-workflow="{seeded.workflow_id}"] a').click()
+    dash.ready("workflows")
+    graph = page.locator("#workflow-graph svg")
+    expect(graph.locator("g.node")).to_have_count(4)
+    expect(graph.locator("path.edge")).to_have_count(4)
+    expect(graph.locator('g.node[data-step="signup"]')).to_have_class("node available linked")
+    dash.shot("workflow")
+    assert dash.watch.problems == []
+
+
+def test_a_dead_letter_retried_from_the_page_is_back_in_its_queue(
+    open_dashboard: Any, seeded: Seeded, redis_client: redis.Redis, api: httpx.Client,
+) -> None:
+    dash: Dashboard = open_dashboard()
+    page = dash.page
+    target, other = seeded.dead_declined[0], seeded.dead_declined[1]
+    assert redis_client.zscore(KEYS.dlq, target) is not None
+    dash.open("#/dead-letters")
+    page.locator('#by-error_type [data-error-type="PaymentDeclined"]').click()
+    dash.ready("dead-letters")
+    expect(page.locator("#dead-letter-list tbody tr")).to_have_count(3)
+    page.locator(f'#dead-letter-list tr[data-id="{target}"] input.select').check()
+    page.locator(".toolbar button.action", has_text="Retry").click()
+    dash.confirm()
+    expect(page.locator("#dead-letter-list tbody tr")).to_have_count(2)
+    expect(page.locator(f'#dead-letter-list tr[data-id="{target}"]')).to_have_count(0)
+
+    assert redis_client.zscore(KEYS.dlq, target) is None
+    assert state_in_redis(redis_client, target) == "available"
+    assert state_in_redis(redis_client, other) == "discarded"
+    assert api.get("/ojs/v1/admin/dead-letter/stats").json()["by_error_type"]["PaymentDeclined"] == 2
+    assert dash.watch.problems == []
+
+
+def test_a_queue_paused_from_the_page_hands_out_nothing(
+    open_dashboard: Any, seeded: Seeded, redis_client: redis.Redis, api: httpx.Client,
+) -> None:
+    dash: Dashboard = open_dashboard()
+    page = dash.page
+    dash.open("#/queues")
+    row = page.locator('#queues-table tr[data-queue="email"]')
+    row.locator("button", has_text="Pause").click()
+    expect(row.locator(".queue-state")).to_have_text("paused")
+    expect(row.locator("button", has_text="Resume")).to_be_visible()
+
+    assert redis_client.exists(KEYS.paused("email"))
+    assert not redis_client.exists(KEYS.paused("reports"))
+    fetched = api.post("/ojs/v1/workers/fetch", json={"queues": ["email"], "count": 10}).json()
+    assert fetched["jobs"] == []
+    assert api.get("/ojs/v1/admin/queues/email").json()["paused"] is True
+    assert dash.watch.problems == []
+
+
+def test_a_bulk_cancel_by_filter_cancels_exactly_what_matches(
+    open_dashboard: Any, seeded: Seeded, redis_client: redis.Redis,
+) -> None:
+    dash: Dashboard = open_dashboard()
+    page = dash.page
+    dash.open("#/jobs?queue=reports&state=available")
+    expect(page.locator("#job-rows tr")).to_have_count(len(seeded.reports_available))
+    page.locator(".toolbar button.action", has_text="Cancel").click()
+    dialog = page.locator("dialog.dialog[open]")
+    expect(dialog).to_contain_text(f"cancel {len(seeded.reports_available)} matching job(s)")
+    dash.confirm()
+    expect(page.locator("#job-rows tr")).to_have_count(0)
+
+    assert {state_in_redis(redis_client, j) for j in seeded.reports_available} == {"cancelled"}
+    assert {state_in_redis(redis_client, j) for j in seeded.email_available} == {"available"}
+    assert state_in_redis(redis_client, seeded.active_job) == "active"
+    assert dash.watch.problems == []
+
+
+def test_a_read_only_key_sees_every_page_and_no_action(open_dashboard: Any, seeded: Seeded) -> None:
+    dash: Dashboard = open_dashboard(key=READ_KEY)
+    page = dash.page
+    routes = [f"#/{name}" for name in PAGES] + [f"#/jobs/{seeded.dead_declined[0]}", f"#/workflows/{seeded.workflow_id}"]
+    for route in routes:
+        dash.open(route)
+        expect(page.locator("#whoami")).to_have_text("read-only key")
+        expect(page.locator("#view")).not_to_contain_text("Could not load")
+        assert page.locator("#view button.action, #view input.action").filter(visible=True).count() == 0, route
+        assert page.locator("#view button:visible", has_text="Pause").count() == 0
+    dash.open("#/queues")
+    expect(page.locator('#queues-table tr[data-queue="email"]')).to_be_visible()
+    assert dash.watch.problems == []
+
+
+def test_the_key_is_asked_once_and_kept_for_the_session(open_dashboard: Any, server: Any, seeded: Seeded) -> None:
+    dash: Dashboard = open_dashboard(key=None)
+    page = dash.page
+    # The first API call goes out without a key: its 401 is what makes the page ask.
+    dash.watch.allow(r"HTTP 401: GET .*/ojs/v1/admin/auth$")
+    dash.watch.allow(r"console error: Failed to load resource: the server responded with a status of 401")
+    page.goto(dash.base)
+    page.locator("#key-dialog input").fill("not-the-key")
+    page.locator("#key-dialog button[type=submit]").click()
+    expect(page.locator("#key-dialog")).to_contain_text("refused")
+    from tests.browser.seed import ADMIN_KEY
+
+    page.locator("#key-dialog input").fill(ADMIN_KEY)
+    page.locator("#key-dialog button[type=submit]").click()
+    dash.ready("overview")
+    expect(page.locator("#queue-depths")).to_contain_text("email")
+    dash.watch.allowed.clear()  # from here on, not one 401
+    page.reload()
+    dash.ready("overview")
+    expect(page.locator("#key-dialog")).to_have_count(0)
+    assert dash.watch.problems == []
+
+
+def test_a_one_megabyte_result_is_cut_until_asked_for(open_dashboard: Any, seeded: Seeded) -> None:
+    dash: Dashboard = open_dashboard()
+    page = dash.page
+    dash.open(f"#/jobs/{seeded.large_result_job}")
+    result = page.locator("#result pre")
+    expect(page.locator("#result .truncated-note")).to_contain_text("of 1.0 MB")
+    shown = result.evaluate("el => el.textContent.length")
+    assert shown < 5000
+    page.locator("#result a.expand").click()
+    expect(page.locator("#result .truncated-note")).to_have_count(0)
+    assert result.evaluate("el => el.textContent.length") > LARGE_RESULT_CHARS
+    assert dash.watch.problems == []
