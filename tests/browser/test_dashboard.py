@@ -209,3 +209,19 @@ def test_a_one_megabyte_result_is_cut_until_asked_for(open_dashboard: Any, seede
     expect(page.locator("#result .truncated-note")).to_have_count(0)
     assert result.evaluate("el => el.textContent.length") > LARGE_RESULT_CHARS
     assert dash.watch.problems == []
+
+
+def test_the_job_list_shows_new_and_changed_jobs_without_a_reload(
+    open_dashboard: Any, seeded: Seeded, api: httpx.Client,
+) -> None:
+    dash: Dashboard = open_dashboard()
+    page = dash.page
+    dash.open("#/jobs?queue=reports")
+    first = seeded.reports_available[0]
+    expect(page.locator(f'#job-rows tr[data-id="{first}"]')).to_have_attribute("data-state", "available")
+    added = api.post("/ojs/v1/jobs", json={"type": "report.build", "args": [], "options": {"queue": "reports"}}).json()["job"]["id"]
+    assert api.delete(f"/ojs/v1/jobs/{first}").status_code == 200
+    live = {"timeout": 10_000}  # the list refreshes every 3 s
+    expect(page.locator("#job-rows tr").first).to_have_attribute("data-id", added, **live)
+    expect(page.locator(f'#job-rows tr[data-id="{first}"]')).to_have_attribute("data-state", "cancelled", **live)
+    assert dash.watch.problems == []
