@@ -8,9 +8,8 @@ import pytest
 import redis
 
 from runtime import Client, Draft
+from runtime.binding import ArgumentCheck, InvalidArguments
 from tests.fixtures.procs import Start, job, run, states, wait_until
-
-pytestmark = pytest.mark.slow
 
 HANDLERS = "tests.fixtures.argument_handlers"
 # Three attempts, retried at once: a bad job that were retried would use them all within the test.
@@ -26,6 +25,7 @@ def enqueue(redis_url: str, *drafts: Draft) -> list[str]:
     return ids
 
 
+@pytest.mark.slow
 def test_args_that_do_not_bind_fail_once_without_running_the_handler(
     redis_url: str, redis_client: redis.Redis, start: Start,
 ) -> None:
@@ -67,3 +67,20 @@ def test_args_that_do_not_bind_fail_once_without_running_the_handler(
     # The handler never ran for them
     ran = {x.decode() for x in redis_client.lrange("argtest:ran", 0, -1)}
     assert ran == set(good)
+
+
+async def _needs_a_keyword(ctx: object, *, key: str) -> None: ...
+
+
+def test_argument_check_names_what_did_not_bind_and_leaves_unintrospectable_handlers_to_the_call() -> None:
+    # A required keyword-only parameter can never be given by positional args
+    with pytest.raises(InvalidArguments, match=r"^kw\.only takes \(\*, key\), got 0 args: missing a required argument: 'key'$"):
+        ArgumentCheck("kw.only", _needs_a_keyword).check([])
+    # A callable without a signature is not judged here
+    ArgumentCheck("no.signature", print.__call__).check([1, 2, 3])
+    # The answer per count is remembered, and the same for every job with that many args
+    check = ArgumentCheck("args.greet", lambda ctx, name: None)
+    for _ in range(3):
+        check.check(["ada"])
+        with pytest.raises(InvalidArguments, match="too many positional arguments"):
+            check.check(["ada", "extra"])
