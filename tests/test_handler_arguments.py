@@ -77,7 +77,7 @@ def test_argument_check_names_what_did_not_bind_and_leaves_unintrospectable_hand
     with pytest.raises(InvalidArguments, match=r"^kw\.only takes \(\*, key\), got 0 args: missing a required argument: 'key'$"):
         ArgumentCheck("kw.only", _needs_a_keyword).check([])
     # A callable without a signature is not judged here
-    ArgumentCheck("no.signature", print.__call__).check([1, 2, 3])
+    ArgumentCheck("no.signature", max).check([1, 2, 3])
     # The answer per count is remembered, and the same for every job with that many args
     check = ArgumentCheck("args.greet", lambda ctx, name: None)
     for _ in range(3):
