@@ -1,7 +1,8 @@
 """Enqueue a few example jobs: ``python -m handlers_example.produce [REDIS_URL]``.
 
-With ``make run`` the runtime uses a private embedded Redis whose URL is in its log ("using
-embedded Redis at ..."); or enqueue over HTTP instead:
+Without a URL it uses ``OJS_REDIS_URL`` / ``REDIS_URL``, else the embedded Redis that ``make run``
+(``ojs-run handlers_example``) started, which publishes its URL in its data directory. Or enqueue
+over HTTP instead:
 ``curl -s -X POST localhost:8080/ojs/v1/jobs -d '{"type":"email.send","args":["a@example.com","Hi"]}'``.
 """
 
@@ -12,9 +13,10 @@ import sys
 
 import handlers_example  # noqa: F401  (registers the handlers: their queues become the defaults)
 from runtime import Client, Draft
+from runtime.embedded_redis import EmbeddedRedisError
 
 
-async def main(redis_url: str) -> None:
+async def main(redis_url: str | None = None) -> None:
     async with Client(redis_url) as client:
         ids = await client.enqueue_many([
             Draft(type="email.send", args=["ada@example.com", "Welcome"]),
@@ -29,4 +31,7 @@ async def main(redis_url: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "redis://127.0.0.1:6379/0"))
+    try:
+        asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else None))
+    except EmbeddedRedisError as err:  # nothing runs to enqueue into: say so in one line
+        sys.exit(f"handlers_example.produce: {err}")

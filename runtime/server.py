@@ -111,14 +111,14 @@ def build_app(
         router = Router()
         system.register(router, services, probes_only=True)
         return _app(router, settings, startup=[probe.start], shutdown=[probe.stop]), services
-    scheduler = Scheduler(broker, services.crons, settings)
+    scheduler = Scheduler(broker, services.crons, settings, services.history)
     app = _app(build_router(services), settings, startup=[probe.start, scheduler.start],
                shutdown=[scheduler.stop, probe.stop])
     return app, services
 
 
 def _app(router: Router, settings: Settings, *, startup: list[Hook], shutdown: list[Hook]) -> App:
-    return App(router, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
+    return App(router, api_key=settings.api_key, read_keys=settings.api_read_keys, max_body_bytes=settings.max_body_bytes,
                body_timeout_s=settings.http_body_timeout_ms / 1000, startup=startup, shutdown=shutdown)
 
 

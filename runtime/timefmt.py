@@ -258,3 +258,21 @@ def parse_when_ms(text: str, now_ms: int) -> int:
     if result_ms > MAX_MS:
         raise ValueError(f"relative time {text!r} lands after year 9999")
     return result_ms
+
+
+def format_duration_ms(ms: int) -> str:
+    """Whole milliseconds as an ISO 8601 duration (PT1H, PT1.5S, P1D): the inverse of
+    parse_duration_ms for what it writes."""
+    days, rest = divmod(ms, 86_400_000)
+    hours, rest = divmod(rest, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds, millis = divmod(rest, 1_000)
+    text = "P" + (f"{days}D" if days else "")
+    clock = (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "")
+    if millis:
+        clock += f"{seconds}.{millis:03d}".rstrip("0") + "S"
+    elif seconds:
+        clock += f"{seconds}S"
+    if clock:
+        text += "T" + clock
+    return text if text != "P" else "PT0S"

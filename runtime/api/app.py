@@ -17,6 +17,7 @@ from runtime.broker import BACKEND_ERRORS, outcome
 from runtime.errors import (
     BackendOutcomeUnknown,
     BackendUnavailable,
+    Forbidden,
     InvalidPayload,
     MethodNotAllowed,
     NotFound,
@@ -69,10 +70,13 @@ class App:
 
     def __init__(
         self, router: Router, *, api_key: str | None, max_body_bytes: int, body_timeout_s: float = 10.0,
-        startup: list[Hook] | None = None, shutdown: list[Hook] | None = None,
+        read_keys: tuple[str, ...] = (), startup: list[Hook] | None = None, shutdown: list[Hook] | None = None,
     ) -> None:
         self.router = router
         self.api_key = api_key.encode() if api_key else None
+        # Read-only keys see everything and change nothing (the admin API's read scopes); they
+        # only mean something beside a full key.
+        self.read_keys = tuple(k.encode() for k in read_keys if k) if api_key else ()
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s  # for the whole body, from the end of the headers
         self.startup = startup or []
@@ -113,7 +117,7 @@ class App:
         try:
             response = await self._dispatch(scope, receive, headers, request_id)
         except OJSError as err:
-            response = json_response(err.status, error_body(err, request_id))
+            response = json_response(err.status, error_body(err, request_id), list(err.headers))
             if isinstance(err, RequestTimeout):  # the rest of the body may still come: not a next request
                 response.headers.append((b"connection", b"close"))
         except Exception:
@@ -130,8 +134,11 @@ class App:
     async def _dispatch(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes], request_id: str) -> Response:
         path: str = scope["path"]
         method: str = scope["method"]
+        read_only = False
         if self.api_key is not None and path not in OPEN_PATHS and not _is_dashboard(path):
-            self._authorize(headers)
+            read_only = self._authorize(headers)
+            if read_only and method not in SAFE_METHODS:
+                raise Forbidden(f"This API key is read-only: {method} {path} is not allowed.")
         version = headers.get(b"ojs-version")
         if version is not None and version.strip() not in (b"1.0", b"1"):
             raise Unsupported(f"OJS-Version '{version.decode('latin-1')}' is not supported; use 1.0.")
@@ -150,6 +157,7 @@ class App:
             body=body, request_id=request_id,
         )
         request.params = params
+        request.read_only = read_only
         token = outcome.track()
         try:
             return await handler(request)
@@ -166,12 +174,20 @@ class App:
         finally:
             outcome.untrack(token)
 
-    def _authorize(self, headers: dict[bytes, bytes]) -> None:
+    def _authorize(self, headers: dict[bytes, bytes]) -> bool:
+        """Whether the caller holds a read-only key; 401 without a valid key. Every key is
+        compared (in constant time), so the time taken does not tell which kind matched."""
         assert self.api_key is not None
         given = headers.get(b"authorization", b"")
         scheme, _, token = given.partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.api_key):
+        token = token.strip()
+        full = hmac.compare_digest(token, self.api_key)
+        read = False
+        for key in self.read_keys:
+            read = hmac.compare_digest(token, key) or read
+        if scheme.lower() != b"bearer" or not (full or read):
             raise Unauthorized("Missing or invalid API key.")
+        return not full
 
     async def _read_body(self, receive: Receive, headers: dict[bytes, bytes]) -> bytes:
         declared = headers.get(b"content-length")

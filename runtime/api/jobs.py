@@ -10,7 +10,7 @@ from msgspec import Raw
 from runtime import metrics, timefmt, tracing
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
-from runtime.broker.core import Progress
+from runtime.broker.core import Progress, QueuePressure
 from runtime.broker.records import job_from_body, present
 from runtime.broker.render import as_hash, encode_job
 from runtime.envelope import BatchRequest, ProgressRequest, decode_checkpoint
@@ -42,6 +42,17 @@ def _trace_context(request: Request) -> dict[str, str]:
     return tracing.header_context(request.headers.get(b"traceparent"), request.headers.get(b"tracestate"))
 
 
+def _pressure_headers(pressure: QueuePressure | None) -> list[tuple[bytes, bytes]]:
+    """The backpressure extension's warning: a bounded queue past its threshold."""
+    if pressure is None:
+        return []
+    return [
+        (b"x-ojs-queue-depth", str(pressure.depth).encode()),
+        (b"x-ojs-queue-bound", str(pressure.bound).encode()),
+        (b"x-ojs-queue-pressure", f"{min(1.0, pressure.depth / pressure.bound):.2f}".encode()),
+    ]
+
+
 def register(router: Router, services: Services) -> None:
     broker = services.broker
     settings = services.settings
@@ -51,12 +62,15 @@ def register(router: Router, services: Services) -> None:
         job = job_from_body(
             request.body, now_ms=now, request_id=_client_request_id(request), trace_context=_trace_context(request),
         )
-        (done,) = await broker.enqueue([job], now_ms=now)
+        outcome = await broker.enqueue([job], now_ms=now)
+        (done,) = outcome
         if done.deduplicated:
             existing = encode_job(await broker.get(done.job_id))
             return json_response(200, b'{"job":' + existing + b',"deduplicated":true}')
         location = f"/ojs/v1/jobs/{job.id}".encode()
-        return json_response(201, _job_reply(as_hash(job)), [(b"location", location)])
+        return json_response(
+            201, _job_reply(as_hash(job)), [(b"location", location), *_pressure_headers(outcome.pressure)],
+        )
 
     async def enqueue_batch(request: Request) -> Response:
         batch: BatchRequest = request.decode(_batch_decoder)
@@ -80,7 +94,7 @@ def register(router: Router, services: Services) -> None:
             for job, done in zip(jobs, outcomes, strict=False)
         ]
         body = b'{"jobs":[' + b",".join(rendered) + b'],"count":'
-        return json_response(201, body + str(len(jobs)).encode() + b"}")
+        return json_response(201, body + str(len(jobs)).encode() + b"}", _pressure_headers(outcomes.pressure))
 
     async def info(request: Request) -> Response:
         return json_response(200, _job_reply(await broker.get(request.params["job_id"])))

@@ -31,7 +31,7 @@ def _event_cursor(request: Request) -> str | None:
     return value
 
 
-def _checked_queue(request: Request) -> str:
+def checked_queue(request: Request) -> str:
     name = request.params["name"]
     if len(name) > 128 or not _queue_name.match(name):
         raise InvalidRequest(f"Invalid queue name '{name[:128]}'.")
@@ -65,7 +65,7 @@ def register(router: Router, services: Services) -> None:
         })
 
     async def stats(request: Request) -> Response:
-        name = _checked_queue(request)
+        name = checked_queue(request)
         counts, paused = await admin.queue_counts(name)
         depth = sum(counts[s] for s in NON_TERMINAL)
         status = "paused" if paused else "active"
@@ -78,13 +78,13 @@ def register(router: Router, services: Services) -> None:
         })
 
     async def pause(request: Request) -> Response:
-        name = _checked_queue(request)
+        name = checked_queue(request)
         await admin.set_paused(name, True)
         now = timefmt.format_ms(timefmt.now_ms())
         return json_response(200, {"queue": {"name": name, "paused": True, "paused_at": now}, "status": "paused"})
 
     async def resume(request: Request) -> Response:
-        name = _checked_queue(request)
+        name = checked_queue(request)
         await admin.set_paused(name, False)
         now = timefmt.format_ms(timefmt.now_ms())
         return json_response(200, {"queue": {"name": name, "paused": False, "resumed_at": now}, "status": "active"})

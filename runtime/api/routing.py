@@ -19,7 +19,7 @@ _encode = msgspec.json.encode
 class Request:
     """What a handler sees of one HTTP request."""
 
-    __slots__ = ("method", "path", "params", "headers", "body", "request_id", "_query")
+    __slots__ = ("method", "path", "params", "headers", "body", "request_id", "read_only", "_query")
 
     def __init__(
         self, *, method: str, path: str, query_string: bytes, headers: dict[bytes, bytes],
@@ -31,6 +31,7 @@ class Request:
         self.headers = headers
         self.body = body
         self.request_id = request_id
+        self.read_only = False  # the caller holds a read-only API key
         self._query = query_string
 
     def query(self, name: str) -> str | None:

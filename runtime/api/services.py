@@ -8,6 +8,10 @@ from runtime.api.probe import BackendProbe
 from runtime.broker.admin import Admin
 from runtime.broker.core import Broker
 from runtime.broker.crons import Crons
+from runtime.broker.dead_workers import SilentWorkers
+from runtime.broker.job_admin import JobAdmin
+from runtime.broker.queue_config import QueueConfig
+from runtime.broker.stats_history import StatsHistory
 from runtime.broker.workflows import Workflows
 from runtime.config import Settings
 from runtime.liveness import Board
@@ -19,6 +23,13 @@ class Services:
         self.admin = Admin(broker)
         self.crons = Crons(broker)
         self.workflows = Workflows(broker)
+        self.job_admin = JobAdmin(broker)
+        self.queue_config = QueueConfig(broker.redis, broker.keys)
+        self.history = StatsHistory(
+            broker.redis, broker.keys, broker.scripts, minute_retention_ms=settings.stats_minute_retention_ms,
+            hour_retention_ms=settings.stats_hour_retention_ms,
+        )
+        self.silent_workers = SilentWorkers(broker)
         self.settings = settings
         self.started_monotonic = time.monotonic()
         self.draining = False

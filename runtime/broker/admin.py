@@ -8,6 +8,7 @@ import msgspec
 
 from runtime import timefmt
 from runtime.broker.core import Broker
+from runtime.broker.queue_config import view as queue_config_view
 from runtime.broker.scripts import Status
 from runtime.envelope import ALL_STATES
 from runtime.errors import Conflict, NotFound
@@ -64,6 +65,47 @@ class Admin:
              "created_at": timefmt.format_ms(int(created[name.encode()]))}
             for name, p in zip(names, paused, strict=False)
         ]
+
+    async def queue_names(self) -> list[str]:
+        return sorted(n.decode() for n in await self.redis.hkeys(self.keys.queues))
+
+    async def queue_views(self, names: list[str], rates: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+        """The admin view of each named queue: counts, paused, depth, rates (given, from the
+        statistics history), configuration, and when its next available job was enqueued.
+        Cost: two pipelined round trips, five small reads per queue."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(k.counts(name))
+                pipe.get(k.paused(name))
+                pipe.zrange(k.available(name), 0, 0)
+                pipe.hgetall(k.config(name))
+                pipe.hget(k.queues, name)
+            replies = await pipe.execute()
+        heads = [replies[5 * i + 2][0].decode() if replies[5 * i + 2] else None for i in range(len(names))]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for head in heads:
+                pipe.hget(k.job(head or "-"), "enqueued_at")
+            enqueued = await pipe.execute()
+        views = []
+        for i, name in enumerate(names):
+            raw, paused, _, config, created = replies[5 * i: 5 * i + 5]
+            counts = {state.value: 0 for state in ALL_STATES}
+            counts.update({s.decode(): max(0, int(v)) for s, v in raw.items() if s.decode() in counts})
+            head_at = enqueued[i] if heads[i] else None
+            views.append({
+                "name": name,
+                "state": "paused" if paused else "active",
+                "status": "paused" if paused else "active",
+                "paused": bool(paused),
+                "counts": counts,
+                "depth": counts["available"] + counts["scheduled"] + counts["retryable"] + counts["pending"],
+                "throughput": rates.get(name, {"processed_per_minute": 0.0, "failed_per_minute": 0.0}),
+                "configuration": queue_config_view(config),
+                "oldest_available_at": timefmt.format_ms(int(head_at)) if head_at else None,
+                "created_at": timefmt.format_ms(int(created)) if created else None,
+            })
+        return views
 
     async def queue_counts(self, queue: str) -> tuple[dict[str, int], bool]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -210,3 +252,96 @@ class Admin:
             await pipe.execute()
         return now
 
+
+    async def describe_worker(self, worker_id: str, info: dict[str, str]) -> None:
+        """What a worker says of itself once (hostname, pid, queues, concurrency, kind), for
+        the admin listing; its heartbeats keep the rest of the record current."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.worker(worker_id), mapping={"id": worker_id, **info})
+            pipe.hsetnx(self.keys.worker(worker_id), "started_at", str(timefmt.now_ms()))
+            await pipe.execute()
+
+    async def workers(self, *, offset: int, limit: int, now_ms: int, stale_after_ms: int) -> tuple[int, list[dict[str, Any]], dict[str, int]]:
+        """A page of the worker registry (most recent heartbeat first) and a summary of all of
+        it by state; a worker silent for `stale_after_ms` is `stale`. Cost: one ZRANGE and one
+        HGETALL per worker listed; the summary reads each registered worker's state (ZSCAN-free:
+        the registry holds live workers only, as dead ones are removed)."""
+        total = await self.redis.zcard(self.keys.workers)
+        everyone = await self.redis.zrange(self.keys.workers, 0, -1, desc=True, withscores=True)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for worker_id, _ in everyone:
+                pipe.hget(self.keys.worker(worker_id.decode()), "state")
+            states = await pipe.execute()
+        summary = {"total": total, "running": 0, "quiet": 0, "stale": 0}
+        for (_, beat), state in zip(everyone, states, strict=True):
+            summary[_worker_state(state, int(beat), now_ms, stale_after_ms)] += 1
+        page = everyone[offset: offset + limit]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for worker_id, _ in page:
+                pipe.hgetall(self.keys.worker(worker_id.decode()))
+            records = await pipe.execute()
+        items = [_worker_view(worker_id.decode(), record, int(beat), now_ms, stale_after_ms)
+                 for (worker_id, beat), record in zip(page, records, strict=True)]
+        return total, items, summary
+
+    async def worker_view(self, worker_id: str, *, now_ms: int, stale_after_ms: int) -> dict[str, Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.worker(worker_id))
+            pipe.zscore(self.keys.workers, worker_id)
+            pipe.smembers(self.keys.worker_jobs(worker_id))
+            record, beat, held = await pipe.execute()
+        if not record:
+            raise NotFound(f"Worker '{worker_id}' not found.")
+        view = _worker_view(worker_id, record, int(beat or 0), now_ms, stale_after_ms)
+        view["job_ids"] = sorted(j.decode() for j in held)
+        return view
+
+    async def set_directive(self, worker_id: str, directive: str) -> None:
+        if not await self.redis.exists(self.keys.worker(worker_id)):
+            raise NotFound(f"Worker '{worker_id}' not found.")
+        await self.redis.hset(self.keys.worker(worker_id), "directive", directive)
+
+    # --- maintenance -----------------------------------------------------------------------
+
+    async def maintenance(self) -> dict[str, Any]:
+        record = await self.redis.hgetall(self.keys.maintenance)
+        if not record:
+            return {"maintenance": False, "enabled": False, "reason": None, "enabled_at": None}
+        return {"maintenance": True, "enabled": True, "reason": record.get(b"reason", b"").decode() or None,
+                "enabled_at": timefmt.format_ms(int(record[b"enabled_at"]))}
+
+    async def set_maintenance(self, enabled: bool, reason: str | None) -> dict[str, Any]:
+        if enabled:
+            await self.redis.hset(self.keys.maintenance, mapping={
+                "enabled_at": str(timefmt.now_ms()), "reason": reason or ""})
+        else:
+            await self.redis.delete(self.keys.maintenance)
+        return await self.maintenance()
+
+
+def _worker_state(state: bytes | None, beat_ms: int, now_ms: int, stale_after_ms: int) -> str:
+    if now_ms - beat_ms > stale_after_ms:
+        return "stale"
+    text = (state or b"running").decode()
+    return "quiet" if text in ("quiet", "drain", "draining", "terminate", "shutting_down") else "running"
+
+
+def _worker_view(worker_id: str, record: dict[bytes, bytes], beat_ms: int, now_ms: int, stale_after_ms: int) -> dict[str, Any]:
+    get = record.get
+    queues = get(b"queues")
+    view: dict[str, Any] = {
+        "id": worker_id,
+        "kind": (get(b"kind") or b"http").decode(),
+        "hostname": get(b"hostname", b"").decode() or None,
+        "pid": int(get(b"pid", b"0")) or None,
+        "state": _worker_state(get(b"state"), beat_ms, now_ms, stale_after_ms),
+        "reported_state": (get(b"state") or b"running").decode(),
+        "queues": queues.decode().split(",") if queues else [],
+        "concurrency": int(get(b"concurrency", b"0")) or None,
+        "active_jobs": int(get(b"active_jobs", b"0")),
+        "directive": get(b"directive", b"").decode() or None,
+        "last_heartbeat_at": timefmt.format_ms(beat_ms) if beat_ms else None,
+    }
+    if (started := get(b"started_at")) is not None:
+        view["started_at"] = timefmt.format_ms(int(started))
+    return view

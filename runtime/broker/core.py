@@ -23,7 +23,7 @@ from runtime.broker.render import pairs_to_dict
 from runtime.broker.scripts import Scripts, Status
 from runtime.config import Settings
 from runtime.envelope import ErrorInfo
-from runtime.errors import Conflict, Duplicate, NotFound
+from runtime.errors import Conflict, Duplicate, NotFound, QueueFull
 
 _retry_display = msgspec.json.Decoder(dict[str, Any])
 _pack = msgspec.msgpack.Encoder().encode
@@ -32,6 +32,21 @@ _pack = msgspec.msgpack.Encoder().encode
 class Enqueued(msgspec.Struct, frozen=True):
     job_id: str
     deduplicated: bool  # an existing unique job returned instead of a new one
+
+
+class QueuePressure(msgspec.Struct, frozen=True):
+    """A bounded queue past its warning threshold after an enqueue (backpressure extension)."""
+
+    queue: str
+    depth: int
+    bound: int
+
+
+class EnqueuedJobs(list[Enqueued]):
+    """One entry per job given, in order, and the fullest bounded queue past its warning
+    threshold, if any."""
+
+    pressure: QueuePressure | None = None
 
 
 class AckResult(msgspec.Struct, frozen=True):
@@ -126,9 +141,10 @@ class Broker:
 
     async def enqueue(
         self, jobs: Sequence[NewJob], *, now_ms: int, workflow: dict[str, str] | None = None
-    ) -> list[Enqueued]:
+    ) -> EnqueuedJobs:
         """Insert all jobs or none. A client id that exists already, or a unique-job conflict
-        under on_conflict=reject, is a 409 duplicate; under ignore the holder is returned."""
+        under on_conflict=reject, is a 409 duplicate; under ignore the holder is returned. A
+        bounded queue without room for the call's jobs refuses them all (429 QUEUE_FULL)."""
         args: list[str | bytes] = [str(now_ms), self._maxlen, str(len(jobs)), "", "", "", "", ""]
         args += [job.script_arg() for job in jobs]
         if workflow is not None:
@@ -144,7 +160,12 @@ class Broker:
                 f"A unique job of this kind already exists (job '{holder}', state '{state}').",
                 details={"existing_job_id": holder, "existing_job_state": state, "unique_key": fingerprint},
             )
-        out = []
+        if status == Status.QUEUE_FULL:
+            raise QueueFull(reply[1].decode(), int(reply[2]), int(reply[3]))
+        out = EnqueuedJobs()
+        if len(reply) > len(jobs) + 1:
+            queue, depth, bound = reply[len(jobs) + 1]
+            out.pressure = QueuePressure(queue.decode(), int(depth), int(bound))
         created: Counter[tuple[str, str]] = Counter()  # one metric write per label pair, not per job
         for job, raw in zip(jobs, reply[1:], strict=False):
             text = raw.decode()

@@ -175,6 +175,18 @@ class Crons:
             await pipe.execute()
         return await self.get(name)
 
+    async def trigger(self, name: str) -> str:
+        """Enqueue the cron's job now, outside its schedule (an operator's "run now"): its ticks
+        and its overlap policy are not involved. Returns the new job's id."""
+        raw = await self.redis.hget(self.keys.crons, name)
+        if raw is None:
+            raise NotFound(f"Cron '{name}' not found.")
+        entry = _entry_decoder.decode(raw)
+        now = timefmt.now_ms()
+        job = build_job(_template_request(entry, now), {}, job_id=uuid7(), now_ms=now)
+        (done,) = await self.broker.enqueue([job], now_ms=now)
+        return done.job_id
+
     @staticmethod
     def _view(entry: CronEntry, next_ms: float | None, state: dict[bytes, bytes]) -> dict[str, Any]:
         # Enabled means it will fire: stored as enabled and on the schedule.
@@ -212,6 +224,8 @@ class Crons:
         now = timefmt.now_ms() if now_ms is None else now_ms
         due = await self.redis.zrangebyscore(self.keys.cron_next, "-inf", now, withscores=True)
         fired = 0
+        if due and await self.redis.exists(self.keys.maintenance):
+            return 0  # maintenance mode: due ticks wait, and fire once (a catch-up) after it
         for raw_name, score in due:
             name = raw_name.decode()
             try:
@@ -247,7 +261,10 @@ class Crons:
         )
         if outcome == "skipped":
             metrics.CRON_TICKS_SKIPPED.labels(reason or "").inc()
-            logger.info("cron %s: tick skipped (%s): job %s has not finished", name, reason, existing)
+            if reason == "queue_full":
+                logger.warning("cron %s: tick skipped: queue %s is at its max_depth", name, job.queue)
+            else:
+                logger.info("cron %s: tick skipped (%s): job %s has not finished", name, reason, existing)
         return 1 if outcome == "fired" else 0
 
     async def _disable_broken(self, name: str, error: str, now_ms: int) -> None:

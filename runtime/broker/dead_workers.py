@@ -54,6 +54,24 @@ class SilentWorkers:
             args=[str(now), str(self._since_ms), str(missed), str(interval_ms), str(settings.scheduler_step_limit)],
         )
         self._reached_at = time.monotonic()
+        return await self._requeue(reply, now)
+
+    async def deregister(self, worker_id: str, *, missed: int) -> int | None:
+        """An operator's removal of one stale worker: silent for `missed` heartbeat intervals
+        (its own, at least the server's). Its jobs are requeued as on its detected death.
+        Returns how many were requeued, or None when the worker is not that silent."""
+        settings = self.broker.settings
+        now = timefmt.now_ms()
+        k = self.broker.keys
+        reply = await self.broker.scripts.call(
+            "silent_workers", keys=[k.prefix, k.workers],
+            args=[str(now), "0", str(missed), str(settings.worker_heartbeat_interval_ms), "1", worker_id],
+        )
+        if not reply:
+            return None
+        return await self._requeue(reply, now)
+
+    async def _requeue(self, reply: list, now: int) -> int:  # type: ignore[type-arg]
         items: list[Failure] = []
         for worker_raw, held in zip(reply[0::2], reply[1::2], strict=True):
             worker_id = worker_raw.decode()

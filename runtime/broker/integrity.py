@@ -6,8 +6,9 @@ invariants (the key schema is in :mod:`runtime.broker.keys`):
 * every job hash has a valid state, its own id, and a queue;
 * a job sits in exactly the indexes its state calls for: ``available`` in its queue's
   ``available`` set only, ``scheduled``/``retryable`` in ``delayed`` only, ``active`` in ``active``
-  only, ``pending``, the terminal states and ``waiting`` (a workflow step not enqueued yet, which
-  is stored but neither indexed nor counted) in none of the three;
+  only, a terminal state in its queue's index of that state (``queue:<q>:completed``, ...) only,
+  ``pending`` and ``waiting`` (a workflow step not enqueued yet, which is stored but neither
+  indexed nor counted) in none;
 * a job with ``expires_ms`` that is neither active nor terminal is in ``expiring`` (an active one
   may be, a terminal one may not), scored by its expiry; the ``delayed`` score of a retryable job is
   its ``next_attempt_at``; the ``active`` score is the earlier of lease and execution deadline;
@@ -50,6 +51,7 @@ _JOB_FIELDS = (
 _AVAILABLE_SUFFIX = ":available"
 _COUNTS_SUFFIX = ":counts"
 _DLQ_SUFFIX = ":dlq"
+_ENDED_SUFFIXES = tuple(f":{state}" for state in sorted(_TERMINAL))
 
 
 @dataclass(slots=True)
@@ -117,12 +119,18 @@ async def _load(redis: Redis, keys: Keys) -> _Store:
             store.queues.add(rest[: -len(_COUNTS_SUFFIX)])
         elif rest.endswith(_DLQ_SUFFIX):  # a queue whose only trace is its dead letter index
             store.queues.add(rest[: -len(_DLQ_SUFFIX)])
+        else:
+            for suffix in _ENDED_SUFFIXES:
+                if rest.endswith(suffix):
+                    store.queues.add(rest[: -len(suffix)])
     store.queues.update(q for q in (_text(n) for n in await redis.hkeys(keys.queues)) if q)
     store.queues.update(job.queue for job in store.jobs.values() if job.queue)
     for queue in sorted(store.queues):
         store.indexes[keys.available(queue)] = await _zset(redis, keys.available(queue))
         store.indexes[keys.queue_dlq(queue)] = await _zset(redis, keys.queue_dlq(queue))
         store.indexes[keys.suspects(queue)] = await _zset(redis, keys.suspects(queue))
+        for state in sorted(_TERMINAL):
+            store.indexes[keys.ended(queue, state)] = await _zset(redis, keys.ended(queue, state))
         raw_counts = await redis.hgetall(keys.counts(queue))
         store.counts[queue] = {_text(k) or "": _text(v) or "" for k, v in raw_counts.items()}
     for key in (keys.delayed, keys.active, keys.expiring, keys.dlq):
@@ -204,6 +212,8 @@ def _check_job(job_id: str, job: _Job, found: dict[str, float], keys: Keys) -> l
         "retryable": {keys.delayed},
         "active": {keys.active},
     }.get(state, set())
+    if state in _TERMINAL:
+        main = {keys.ended(job.queue, state)}
     queue_dlq = keys.queue_dlq(job.queue)
     queue_suspects = keys.suspects(job.queue)
     lifecycle = {k for k in found if k not in (keys.expiring, keys.dlq, queue_dlq, queue_suspects)}

@@ -14,7 +14,12 @@ key                            type        content
 ``P queue:<q>:available``      zset        fetchable jobs; score ``(100 - priority) * 1e13 + seq``
 ``P queue:<q>:paused``         string      present while the queue is paused
 ``P queue:<q>:counts``         hash        state -> number of jobs of that queue in that state
-``P queue:<q>:config``         hash        queue settings: rl_max, rl_window_ms (rate limit)
+``P queue:<q>:config``         hash        queue settings: rl_max, rl_window_ms (rate limit),
+                                           max_depth, bp_warn (backpressure bound, warning ratio)
+``P queue:<q>:completed``      zset        the queue's completed jobs; score = completion time
+                                           (ms); likewise ``:cancelled`` and ``:discarded`` (all
+                                           discarded jobs, dead-lettered or not): the admin
+                                           listing, purge and retention read these
 ``P queue:<q>:ratelog``        zset        claims inside the current rate-limit window
 ``P queue:<q>:dlq``            zset        the queue's dead-lettered jobs (the per-queue index of
                                            ``dlq``, same members and scores)
@@ -40,10 +45,18 @@ key                            type        content
 ``P notify:<q>``               channel     pub/sub wake-up: a job became available in queue q
 ``P workflow:<id>``            hash        a workflow: state, counters, member ids (j<i>), dependents
                                            (d<i>), labels (s<i>), results (r<i>)
+``P workflows``                zset        workflow id -> creation time (ms): the workflow listing
 ``P workflow-outbox``          list        outbox: ids of workflow jobs that ended, for advance.lua
                                            (its own namespace: no workflow id can name it)
 ``P crons``                    hash        cron name -> registration (JSON)
 ``P cron:next``                zset        cron name -> next fire time (ms); the per-tick claim
+``P stats:m:<minute ms>``       hash        statistics history, one minute: <metric>:<queue> -> n
+                                           (metrics enqueued, completed, failed, discarded,
+                                           cancelled); kept 24 h (the rollup sets the expiry)
+``P stats:h:<hour ms>``         hash        the same per hour, summed by the rollup; kept 30 days
+``P stats:rolled``              string      the last minute the rollup added into its hour
+``P maintenance``               hash        present while maintenance mode is on: enabled_at,
+                                           reason (fetches return nothing; enqueues go on)
 ``P reaper``                   hash        last_step_ms, resume_at_ms on Redis' clock: lease expiry
                                            waits after an outage (broker/outage.py)
 =============================  ==========  ======================================================
@@ -69,6 +82,9 @@ SUFFIXES: dict[str, str] = {
     "cron_next": "cron:next",
     "outbox": "workflow-outbox",
     "reaper": "reaper",
+    "stats_rolled": "stats:rolled",
+    "workflows": "workflows",
+    "maintenance": "maintenance",
 }
 
 
@@ -91,6 +107,13 @@ class Keys:
 
     def counts(self, queue: str) -> str:
         return f"{self.prefix}queue:{queue}:counts"
+
+    def config(self, queue: str) -> str:
+        return f"{self.prefix}queue:{queue}:config"
+
+    def ended(self, queue: str, state: str) -> str:
+        """The index of a queue's jobs in one terminal state (completed, cancelled, discarded)."""
+        return f"{self.prefix}queue:{queue}:{state}"
 
     def queue_dlq(self, queue: str) -> str:
         """One queue's share of `dlq`: a filtered listing reads only its own entries."""
@@ -160,6 +183,24 @@ class Keys:
     @property
     def cron_next(self) -> str:
         return self.prefix + SUFFIXES["cron_next"]
+
+    def stats_minute(self, minute_ms: int) -> str:
+        return f"{self.prefix}stats:m:{minute_ms}"
+
+    def stats_hour(self, hour_ms: int) -> str:
+        return f"{self.prefix}stats:h:{hour_ms}"
+
+    @property
+    def stats_rolled(self) -> str:
+        return self.prefix + SUFFIXES["stats_rolled"]
+
+    @property
+    def workflows(self) -> str:
+        return self.prefix + SUFFIXES["workflows"]
+
+    @property
+    def maintenance(self) -> str:
+        return self.prefix + SUFFIXES["maintenance"]
 
     @property
     def reaper(self) -> str:

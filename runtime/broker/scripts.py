@@ -52,6 +52,7 @@ class Status(enum.IntEnum):
     CRON_CLAIMED = 5  # enqueue: another server fired this cron tick
     CRON_SKIPPED = 6  # enqueue: the tick was consumed without a job (overlap)
     UNIQUE_CONFLICT = 7  # a unique job's lock is held by another live job
+    QUEUE_FULL = 8  # enqueue: a bounded queue has no room (the backpressure extension)
 
 
 def _load_sources() -> dict[str, str]:

@@ -9,7 +9,7 @@
     - the claim matches: the fencing token (when given) is the job's current `claim`; the
       worker id and the attempt, when both sides know them     else status 3 (stale claim)
 
-  KEYS[1] prefix (derived keys: queue:<q>:counts, worker-jobs:<id>, unique:<fp>, and the fixed
+  KEYS[1] prefix (derived keys: queue:<q>:counts|completed, worker-jobs:<id>, unique:<fp>, and the fixed
                  keys active, expiring, events, outbox)
   KEYS[2..] job:<id> of each job, in ARGV order
 
@@ -24,7 +24,8 @@
 local T = context(KEYS[1], ARGV[1], ARGV[2])
 local prefix, now = T.prefix, T.now
 
--- Counter moves are gathered per queue and written once per call.
+-- Counter moves and the completed index (queue:<q>:completed, scored by completion time) are
+-- gathered per queue and written once per call.
 local completed_per_queue = {}
 
 local out = {}
@@ -59,7 +60,13 @@ for j = 2, #KEYS do
     rcall("ZREM", T.active, id)
     if f[9] then rcall("ZREM", T.expiring, id) end
     if f[2] then rcall("SREM", prefix .. "worker-jobs:" .. f[2], id) end
-    completed_per_queue[queue] = (completed_per_queue[queue] or 0) + 1
+    local ended = completed_per_queue[queue]
+    if not ended then
+      ended = {}
+      completed_per_queue[queue] = ended
+    end
+    ended[#ended + 1] = T.now
+    ended[#ended + 1] = id
     emit(T, "job.completed", id, {job_id = id, job_type = f[5], queue = queue, state = "completed",
       attempt = tonumber(f[3]), duration_ms = T.now_ms - tonumber(f[6])})
     local queued = 0
@@ -67,9 +74,12 @@ for j = 2, #KEYS do
     out[#out + 1] = {S.OK, "completed", queued, queue, f[5]}
   end
 end
-for queue, count in pairs(completed_per_queue) do
+for queue, ended in pairs(completed_per_queue) do
+  local count = #ended / 2
   local counts = prefix .. "queue:" .. queue .. ":counts"
   rcall("HINCRBY", counts, "active", -count)
   rcall("HINCRBY", counts, "completed", count)
+  rcall("ZADD", prefix .. "queue:" .. queue .. ":completed", unpack(ended))
+  count_stat(T, "completed", queue, count)
 end
 return out

@@ -75,6 +75,7 @@ local function enqueue_member(wf_key, wf_type, index)
   rcall("HSET", key, "state", "available", "enqueued_at", now,
     "parent_results", parent_results(wf_key, wf_type, index, split(f[5])))
   move_count(T, f[2], nil, "available")
+  count_stat(T, "enqueued", f[2], 1)
   index_available(T, id, f[2], tonumber(f[3]))
   if f[6] then rcall("ZADD", T.expiring, f[6], id) end
   emit(T, "job.enqueued", id, {job_id = id, job_type = f[4], queue = f[2], state = "available",
@@ -87,6 +88,8 @@ local function cancel_member(wf_key, index)
   if f[1] ~= "waiting" then return false end
   rcall("HSET", key, "state", "cancelled", "cancelled_at", now, "previous_state", "waiting")
   move_count(T, f[2], nil, "cancelled")
+  index_ended(T, id, f[2], "cancelled")
+  count_stat(T, "cancelled", f[2], 1)
   release_unique(T, id, f[3], f[4], "cancelled")
   return true
 end

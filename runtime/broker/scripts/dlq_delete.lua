@@ -19,7 +19,10 @@ local f = rcall("HMGET", key, "state", "queue")
 if dead_letter_remove(T, id, f[2]) == 0 then
   return {S.NOT_FOUND}
 end
-if f[1] then move_count(T, f[2], f[1], nil) end
+if f[1] then
+  move_count(T, f[2], f[1], nil)
+  unindex_ended(T, id, f[2], f[1])
+end
 rcall("DEL", key)
 rcall("ZREM", T.expiring, id)
 return {S.OK}

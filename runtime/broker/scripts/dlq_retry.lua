@@ -1,12 +1,15 @@
 --[[
-  Put a dead-lettered job back to work, same id, a fresh attempt budget.
+  Put a dead-lettered job (or, for an operator, any discarded or cancelled job) back to work,
+  same id, a fresh attempt budget.
 
-  State transition: discarded (in the dead letter set) -> available
+  State transition: discarded (in the dead letter set) -> available; with ARGV[4] = "ended" also
+  discarded (dead-lettered or not) and cancelled -> available
   attempt = 0, new enqueued_at; error, completed_at, discarded_at, retry_delay_ms,
   next_attempt_at and the worker-loss count cleared; the error history and the retry policy are
   kept. A unique job takes its lock again.
   Pre-conditions:
     - the job is in the dead letter set and exists          else NOT_FOUND
+      (mode "ended": the job is discarded or cancelled)     else NOT_FOUND
     - a unique job: no other job holds its lock in one of the policy's states
                                                             else UNIQUE_CONFLICT (nothing changed)
     - a workflow member: its workflow has ended (while it runs, the member was resolved as failed
@@ -20,6 +23,7 @@
   ARGV[1] now_ms
   ARGV[2] events_maxlen   0 disables events
   ARGV[3] job id
+  ARGV[4] "dead_letter" (the data plane's retry) | "ended" (the admin API's)
 
   Returns: {OK} | {NOT_FOUND} | {UNIQUE_CONFLICT, holder id, holder state} | {CONFLICT, workflow id}
 ]]
@@ -28,7 +32,10 @@ local key, id = KEYS[2], ARGV[3]
 
 local f = rcall("HMGET", key, "state", "queue", "priority", "type", "expires_ms", "unique_key",
   "unique_states", "workflow_id")
-if rcall("ZSCORE", T.dlq, id) == false or f[1] ~= "discarded" then
+local state = f[1]
+if ARGV[4] == "ended" then
+  if state ~= "discarded" and state ~= "cancelled" then return {S.NOT_FOUND} end
+elseif rcall("ZSCORE", T.dlq, id) == false or state ~= "discarded" then
   return {S.NOT_FOUND}
 end
 if f[8] and rcall("HGET", T.prefix .. "workflow:" .. f[8], "state") == "running" then
@@ -47,12 +54,13 @@ if lock then
   rcall("SET", lock, id)
 end
 dead_letter_remove(T, id, f[2])
+unindex_ended(T, id, f[2], state)
 if f[5] then rcall("ZADD", T.expiring, f[5], id) end
 rcall("HSET", key, "state", "available", "attempt", 0, "enqueued_at", T.now, "re_enqueued_at", T.now)
-rcall("HDEL", key, "error", "completed_at", "discarded_at", "retry_delay_ms", "next_attempt_at",
-  "started_at", "worker_id", "dead_lettered", "lost", "shared_lost", "suspect")
-move_count(T, f[2], "discarded", "available")
+rcall("HDEL", key, "error", "completed_at", "discarded_at", "cancelled_at", "retry_delay_ms",
+  "next_attempt_at", "started_at", "worker_id", "dead_lettered", "lost", "shared_lost", "suspect")
+move_count(T, f[2], state, "available")
 index_available(T, id, f[2], tonumber(f[3]))
 emit(T, "job.enqueued", id, {job_id = id, job_type = f[4], queue = f[2], state = "available",
-  source = "dead_letter_retry"})
+  source = ARGV[4] == "ended" and "admin_retry" or "dead_letter_retry"})
 return {S.OK}

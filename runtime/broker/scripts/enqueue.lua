@@ -57,6 +57,9 @@
                                 records it): reason overlap_skip (previous instance not finished)
                                 or unique_conflict (existing_id holds the template's unique lock)
     {UNIQUE_CONFLICT, index, existing_id, existing_state, fingerprint}   unique conflict refused
+    {QUEUE_FULL, queue, depth, max_depth}   a bounded queue has no room for this call's jobs
+  After the ids of an OK reply, one more entry {queue, depth, max_depth} when a bounded queue
+  is past its warning threshold (config bp_warn, default 0.8) once this call's jobs are in.
 ]]
 local T = context(KEYS[1], ARGV[1], ARGV[2])
 local prefix, now, now_ms = T.prefix, T.now, T.now_ms
@@ -178,6 +181,40 @@ for j = 1, n do
   end
 end
 
+local function skipped(job)
+  return (job.holder and job.on_conflict == "ignore") or job.twin_of or job.replaced_by
+end
+
+-- Queue bounds (the backpressure extension): a queue whose config sets max_depth takes no job
+-- past it; depth counts its available, scheduled, retryable and pending jobs. The whole call
+-- is refused (all or nothing, as always: nothing is written before this point but a cron's
+-- tick claim, and a cron tick that finds its queue full is consumed as a skip). A queue past
+-- its warning threshold is reported.
+local arriving = {}  -- queue -> jobs of this call that would count towards its depth
+for j = 1, n do
+  local job = jobs[j]
+  if job.state ~= "waiting" and not skipped(job) then
+    arriving[job.queue] = (arriving[job.queue] or 0) + 1
+  end
+end
+local pressure = nil
+for queue, count in pairs(arriving) do
+  local bound = rcall("HMGET", prefix .. "queue:" .. queue .. ":config", "max_depth", "bp_warn")
+  local max_depth = tonumber(bound[1])
+  if max_depth and max_depth > 0 then
+    local c = rcall("HMGET", prefix .. "queue:" .. queue .. ":counts", "available", "scheduled", "retryable", "pending")
+    local depth = (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) + (tonumber(c[3]) or 0) + (tonumber(c[4]) or 0)
+    if depth + count > max_depth then
+      if cron_name ~= "" then return skip_tick("queue_full", "") end
+      return {S.QUEUE_FULL, queue, depth, max_depth}
+    end
+    local after = depth + count
+    if after / max_depth >= (tonumber(bound[2]) or 0.8) and (not pressure or after / max_depth > pressure[2] / pressure[3]) then
+      pressure = {queue, after, max_depth}
+    end
+  end
+end
+
 if cron_name ~= "" then
   if jobs[1].holder and jobs[1].on_conflict == "ignore" then  -- nothing would be created
     return skip_tick("unique_conflict", jobs[1].holder)
@@ -191,9 +228,6 @@ end
 local ids = {S.OK}
 local per_queue = {}   -- queue -> {counts = {state -> n}, available = {score, id, ...}}
 local n_available = 0
-local function skipped(job)
-  return (job.holder and job.on_conflict == "ignore") or job.twin_of or job.replaced_by
-end
 for j = 1, n do
   if jobs[j].state == "available" and not skipped(jobs[j]) then
     n_available = n_available + 1
@@ -278,9 +312,12 @@ local CHUNK = 2000  -- ZADD arguments per call (Lua's unpack has a stack limit)
 for queue, b in pairs(per_queue) do
   rcall("HSETNX", T.queues, queue, now)
   local counts_key = prefix .. "queue:" .. queue .. ":counts"
+  local created = 0
   for state, count in pairs(b.counts) do
     rcall("HINCRBY", counts_key, state, count)
+    created = created + count
   end
+  count_stat(T, "enqueued", queue, created)
   if #b.available > 0 then
     local available_key = prefix .. "queue:" .. queue .. ":available"
     for first = 1, #b.available, CHUNK do
@@ -291,8 +328,10 @@ for queue, b in pairs(per_queue) do
 end
 if wf_id ~= "" then
   rcall("HSET", prefix .. "workflow:" .. wf_id, unpack(wf_fields))
+  rcall("ZADD", T.workflows, now, wf_id)
   emit(T, "workflow.started", wf_id, {workflow_id = wf_id,
     workflow_name = rcall("HGET", prefix .. "workflow:" .. wf_id, "name"),
     total_steps = tonumber(rcall("HGET", prefix .. "workflow:" .. wf_id, "total"))})
 end
+if pressure then ids[#ids + 1] = pressure end  -- after the n ids: the fullest queue past its warning
 return ids

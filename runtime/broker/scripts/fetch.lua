@@ -6,7 +6,8 @@
                                              fencing token `claim`, never reused)
     available -> discarded                  (expires_at passed before the scheduler step saw it)
   Queues are tried in the order given (strict priority between queues); within a queue the
-  highest job priority first, then FIFO by enqueue sequence. Paused queues are skipped. A worker
+  highest job priority first, then FIFO by enqueue sequence. Paused queues are skipped, and
+  every queue while maintenance mode is on (the key `maintenance` exists). A worker
   that reported itself quiet or draining gets nothing. Before claiming, the due part of the
   scheduler step runs (promote_due, expire_due: the same helpers step.lua runs), so a job whose
   time has come is claimable at once.
@@ -59,6 +60,9 @@ for t = 1, tonumber(ARGV[12 + 2 * nq]) or 0 do
   room[ARGV[11 + 2 * nq + 2 * t]] = tonumber(ARGV[12 + 2 * nq + 2 * t])
 end
 local ROOM_SCAN = 256
+
+-- Maintenance mode (the admin API): nothing is claimed, anywhere; enqueues go on.
+if rcall("EXISTS", T.maintenance) == 1 then return {} end
 
 promote_due(T, tonumber(ARGV[7]))
 expire_due(T, tonumber(ARGV[7]), ARGV[9])

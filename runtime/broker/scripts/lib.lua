@@ -44,6 +44,15 @@ local function queue_score(priority, seq)
   return string.format("%.0f", (100 - priority) * 1e13 + seq)
 end
 
+-- Per-minute statistics, the admin API's history: one hash per minute (stats:m:<minute ms>),
+-- field <metric>:<queue>, written by the transition itself (no round trip of its own). The
+-- scheduler's rollup (stats_rollup.lua) adds each closed minute into its hour's hash and gives
+-- both their retention.
+local function count_stat(T, metric, queue, n)
+  rcall("HINCRBY", T.prefix .. "stats:m:" .. string.format("%d", T.now_ms - T.now_ms % 60000),
+    metric .. ":" .. queue, n)
+end
+
 local function move_count(T, queue, from, to)
   local counts = queue_key(T, queue, "counts")
   if from then rcall("HINCRBY", counts, from, -1) end
@@ -57,6 +66,17 @@ local function index_available(T, id, queue, priority)
 end
 
 local TERMINAL = {completed = true, cancelled = true, discarded = true}
+
+-- The ended-job indexes, queue:<q>:completed|cancelled|discarded, scored by the time the job
+-- reached that state: the admin listing, purge and retention read these, never a scan of all
+-- jobs. Every way into a terminal state adds the job; every way out (retry, delete) removes it.
+local function index_ended(T, id, queue, state)
+  rcall("ZADD", queue_key(T, queue, state), T.now, id)
+end
+
+local function unindex_ended(T, id, queue, state)
+  if TERMINAL[state] then rcall("ZREM", queue_key(T, queue, state), id) end
+end
 
 local function in_csv(csv, value)
   return string.find("," .. (csv or "") .. ",", "," .. value .. ",", 1, true) ~= nil
@@ -105,6 +125,8 @@ local function cancel_job(T, key, id, state, reason)
     move_count(T, f[1], nil, "cancelled")
   end
   rcall("HSET", key, "state", "cancelled", "cancelled_at", T.now, "previous_state", state)
+  index_ended(T, id, f[1], "cancelled")
+  count_stat(T, "cancelled", f[1], 1)
   emit(T, "job.cancelled", id, {job_id = id, job_type = f[2], queue = f[1], state = "cancelled",
     previous_state = state, reason = reason})
   return on_end(T, key, id, "cancelled")
@@ -124,6 +146,8 @@ local function expire_job(T, id, now_iso)
   rcall("HSET", key, "state", "discarded", "discarded_at", T.now, "expired_at", T.now,
     "previous_state", f[1], "error", err)
   move_count(T, f[2], f[1], "discarded")
+  index_ended(T, id, f[2], "discarded")
+  count_stat(T, "discarded", f[2], 1)
   on_end(T, key, id, "discarded")
   emit(T, "job.expired", id, {job_id = id, job_type = f[3], queue = f[2], state = "discarded",
     created_at = tonumber(f[4]), expired_at = T.now_ms, ttl_ms = tonumber(f[5]) - tonumber(f[4])})

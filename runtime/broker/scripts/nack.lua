@@ -105,6 +105,8 @@ local function to_discarded(job_key, id, f, dead_letter, last_error)
   leave_active(job_key, id, f.queue, "discarded")
   rcall("ZREM", T.expiring, id)
   rcall("HSET", job_key, "state", "discarded", "discarded_at", T.now, "completed_at", T.now)
+  index_ended(T, id, f.queue, "discarded")
+  count_stat(T, "discarded", f.queue, 1)
   if dead_letter then
     dead_letter_add(T, id, f.queue)
     rcall("HSET", job_key, "dead_lettered", "1")
@@ -187,6 +189,7 @@ for j = 2, #KEYS do
       if ok then last_error = {code = decoded.code, message = decoded.message, type = decoded.type} end
       emit(T, "job.failed", id, {job_id = id, job_type = f.type, queue = f.queue, attempt = f.attempt,
         error = last_error})
+      count_stat(T, "failed", f.queue, 1)
     end
     local exhausted = f.attempt >= f.max_attempts
     local suspect = r[11] ~= false

@@ -17,6 +17,7 @@
   ARGV[3] missed             heartbeat intervals without a beat after which a worker is dead
   ARGV[4] default_interval_ms
   ARGV[5] limit              candidates examined per call
+  ARGV[6] worker id          optional: judge this worker only (an operator's deregister)
 
   Returns: flat array: worker id, then {job id, attempt, claim, ...} of the jobs it held, per
            silent worker
@@ -28,7 +29,13 @@ local missed, default_interval = tonumber(ARGV[3]), tonumber(ARGV[4])
 local out = {}
 local cutoff = now - missed * default_interval  -- no worker is dead before this much silence
 if since > cutoff then return out end
-local candidates = rcall("ZRANGEBYSCORE", workers_key, "-inf", cutoff, "LIMIT", 0, tonumber(ARGV[5]))
+local candidates
+if ARGV[6] and ARGV[6] ~= "" then
+  local beat = tonumber(rcall("ZSCORE", workers_key, ARGV[6]))
+  candidates = (beat and beat <= cutoff) and {ARGV[6]} or {}
+else
+  candidates = rcall("ZRANGEBYSCORE", workers_key, "-inf", cutoff, "LIMIT", 0, tonumber(ARGV[5]))
+end
 for _, worker_id in ipairs(candidates) do
   local worker_key = prefix .. "worker:" .. worker_id
   local w = rcall("HMGET", worker_key, "last_heartbeat_at", "heartbeat_interval_ms")

@@ -1,0 +1,134 @@
+"""Admin dead letter endpoints: list with filters, stats, retry and delete one or many, purge."""
+
+from __future__ import annotations
+
+import msgspec
+
+from runtime.api.admin.common import FilterBody, checked_filter, listing_page, query_filter, time_ms
+from runtime.api.routing import Request, Response, Router, json_response
+from runtime.api.services import Services
+from runtime.broker.job_admin import MAX_BULK, summary
+from runtime.broker.job_listing import JobFilter
+from runtime.broker.render import encode_job
+from runtime.errors import InvalidRequest, NotFound
+
+
+class DeadLetterBulk(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    filter: FilterBody | None = None
+    ids: list[str] | None = None
+    confirm: bool = False
+    dry_run: bool = False
+    limit: int = MAX_BULK
+
+
+class DeadLetterPurge(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    queue: str | None = None
+    error_type: str | None = None
+    type: str | None = None
+    older_than: str | None = None
+    confirm: bool = False
+
+
+_bulk_decoder = msgspec.json.Decoder(DeadLetterBulk)
+_purge_decoder = msgspec.json.Decoder(DeadLetterPurge)
+
+
+def _discarded(flt: JobFilter) -> JobFilter:
+    return msgspec.structs.replace(flt, state="discarded")
+
+
+def register(router: Router, services: Services) -> None:
+    admin = services.admin
+    job_admin = services.job_admin
+    broker = services.broker
+
+    async def list_dead(request: Request) -> Response:
+        """Dead letters (discarded jobs, dead-lettered or not), newest first, whole envelopes.
+        Cost: the listing's (bounded), then one HGETALL per job on the page."""
+        found, page_info = await listing_page(job_admin.listing, _discarded(query_filter(request)), request,
+                                              ids_only=True)
+        async with broker.redis.pipeline(transaction=False) as pipe:
+            for item in found.items:
+                pipe.hgetall(broker.keys.job(item["id"]))
+            hashes = [h for h in await pipe.execute() if h]
+        body = b'{"items":[' + b",".join(encode_job(h) for h in hashes) + b'],"pagination":'
+        return json_response(200, body + msgspec.json.encode(page_info) + b"}")
+
+    async def stats(request: Request) -> Response:
+        """Totals by queue (exact, from the counters) and by error type among the newest 1,000
+        (a bounded read: `sampled` says how many)."""
+        names = await admin.queue_names()
+        views = await admin.queue_views(names, {}) if names else []
+        by_queue = {v["name"]: v["counts"]["discarded"] for v in views if v["counts"]["discarded"]}
+        newest = await job_admin.listing.page(JobFilter(state="discarded"), limit=1_000)
+        by_error: dict[str, int] = {}
+        for item in newest.items:
+            kind = (item.get("error") or {}).get("type") or "unknown"
+            by_error[kind] = by_error.get(kind, 0) + 1
+        oldest = await job_admin.listing.page(JobFilter(state="discarded"), limit=1, order="asc")
+        return json_response(200, {
+            "total": sum(by_queue.values()), "by_queue": by_queue,
+            "by_error_type": dict(sorted(by_error.items(), key=lambda kv: -kv[1])),
+            "sampled": len(newest.items),
+            "oldest_at": oldest.items[0].get("discarded_at") if oldest.items else None,
+            "newest_at": newest.items[0].get("discarded_at") if newest.items else None,
+        })
+
+    async def discarded_only(job_id: str) -> None:
+        if await broker.redis.hget(broker.keys.job(job_id), "state") != b"discarded":
+            raise NotFound(f"Job '{job_id}' is not in the dead letter queue.")
+
+    async def retry_one(request: Request) -> Response:
+        job_id = request.params["job_id"]
+        await discarded_only(job_id)
+        await job_admin.retry(job_id)
+        return json_response(200, b'{"job":' + encode_job(await broker.get(job_id)) + b"}")
+
+    async def delete_one(request: Request) -> Response:
+        job_id = request.params["job_id"]
+        await discarded_only(job_id)
+        await job_admin.delete(job_id)
+        return json_response(204, b"")
+
+    async def bulk(request: Request, action: str) -> Response:
+        req: DeadLetterBulk = request.decode(_bulk_decoder, allow_empty=True)
+        if req.confirm is not True and not req.dry_run:
+            raise InvalidRequest(f"Bulk {action} changes many jobs: send \"confirm\": true (or \"dry_run\": true).")
+        if req.filter is not None and req.ids is not None:
+            raise InvalidRequest("Send either filter or ids, not both.")
+        if not 1 <= req.limit <= MAX_BULK or (req.ids is not None and len(req.ids) > MAX_BULK):
+            raise InvalidRequest(f"At most {MAX_BULK} jobs per call.")
+        flt = None if req.ids is not None else _discarded(checked_filter(req.filter or FilterBody()))
+        result = await job_admin.bulk(action, flt=flt, ids=req.ids, cursor=None, dry_run=req.dry_run, limit=req.limit)
+        return json_response(200, summary(result))
+
+    async def retry_many(request: Request) -> Response:
+        return await bulk(request, "retry")
+
+    async def purge(request: Request) -> Response:
+        """Delete dead letters (discarded jobs) of one queue or all, optionally only those of an
+        error type or job type, or discarded before older_than; at most 1,000 per call (has_more:
+        call again)."""
+        req: DeadLetterPurge = request.decode(_purge_decoder)
+        if req.confirm is not True:
+            raise InvalidRequest("Purge deletes jobs for good: send \"confirm\": true.")
+        older = time_ms(req.older_than, "older_than")
+        if req.error_type is None and req.type is None:
+            queues = [req.queue] if req.queue else await admin.queue_names()
+            deleted, more = 0, False
+            for queue in queues:
+                gone, more = await job_admin.purge(queue, ["discarded"], older_than_ms=older)
+                deleted += gone
+                if more:
+                    break
+            return json_response(200, {"purged_count": deleted, "has_more": more})
+        flt = _discarded(checked_filter(FilterBody(queue=req.queue, error_type=req.error_type, type=req.type)))
+        result = await job_admin.bulk("delete", flt=flt, ids=None, cursor=None, dry_run=False)
+        return json_response(200, {"purged_count": result.succeeded, "has_more": result.has_more})
+
+    router.add("GET", "/ojs/v1/admin/dead-letter", list_dead)
+    router.add("DELETE", "/ojs/v1/admin/dead-letter", purge)
+    router.add("GET", "/ojs/v1/admin/dead-letter/stats", stats)
+    router.add("POST", "/ojs/v1/admin/dead-letter/retry", retry_many)
+    router.add("POST", "/ojs/v1/admin/dead-letter/{job_id}/retry", retry_one)
+    router.add("DELETE", "/ojs/v1/admin/dead-letter/{job_id}", delete_one)

@@ -1,0 +1,89 @@
+"""Admin queue endpoints: list, detail, pause and resume, configuration, purge."""
+
+from __future__ import annotations
+
+import msgspec
+
+from runtime import timefmt
+from runtime.api.admin.common import page_args, pagination, time_ms
+from runtime.api.queues import checked_queue
+from runtime.api.routing import Request, Response, Router, json_response
+from runtime.api.services import Services
+from runtime.broker.job_admin import ENDED_STATES
+from runtime.broker.queue_config import QueueConfigRequest
+from runtime.errors import InvalidRequest, NotFound
+
+_config_decoder = msgspec.json.Decoder(QueueConfigRequest)
+
+
+class PurgeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    states: list[str] = msgspec.field(default_factory=lambda: list(ENDED_STATES))
+    older_than: str | None = None
+    confirm: bool = False
+
+
+_purge_decoder = msgspec.json.Decoder(PurgeRequest)
+
+
+def register(router: Router, services: Services) -> None:
+    admin = services.admin
+
+    async def views(names: list[str]) -> list[dict[str, object]]:
+        return await admin.queue_views(names, await services.history.per_minute())
+
+    async def list_queues(request: Request) -> Response:
+        """All queues by name, a page of them with their counts. Cost: O(queues) names, then
+        five small reads per queue on the page."""
+        page, per_page = page_args(request)
+        names = await admin.queue_names()
+        shown = names[(page - 1) * per_page: page * per_page]
+        return json_response(200, {"items": await views(shown), "pagination": pagination(len(names), page, per_page)})
+
+    async def detail(request: Request) -> Response:
+        name = checked_queue(request)
+        if name not in await admin.queue_names():
+            raise NotFound(f"Queue '{name}' not found.")
+        (view,) = await views([name])
+        return json_response(200, view)
+
+    async def set_paused(request: Request, paused: bool) -> Response:
+        name = checked_queue(request)
+        await admin.set_paused(name, paused)
+        (view,) = await views([name])
+        body: dict[str, object] = {"name": name, "paused": paused, "queue": view}
+        body["paused_at" if paused else "resumed_at"] = timefmt.format_ms(timefmt.now_ms())
+        return json_response(200, body)
+
+    async def pause(request: Request) -> Response:
+        return await set_paused(request, True)
+
+    async def resume(request: Request) -> Response:
+        return await set_paused(request, False)
+
+    async def put_config(request: Request) -> Response:
+        name = checked_queue(request)
+        req: QueueConfigRequest = request.decode(_config_decoder)
+        configuration = await services.queue_config.update(name, req)
+        return json_response(200, {"name": name, "configuration": configuration})
+
+    async def purge(request: Request) -> Response:
+        """Delete the queue's ended jobs in the given states (that ended before older_than),
+        oldest first, at most 10,000 per call (has_more: call again). Cost: the jobs deleted."""
+        name = checked_queue(request)
+        req: PurgeRequest = request.decode(_purge_decoder)
+        if req.confirm is not True:
+            raise InvalidRequest("Purge deletes jobs for good: send \"confirm\": true.")
+        bad = [s for s in req.states if s not in ENDED_STATES]
+        if bad or not req.states:
+            raise InvalidRequest(f"states must be some of {', '.join(ENDED_STATES)} (live jobs are cancelled "
+                                 "first, with a bulk cancel).")
+        deleted, more = await services.job_admin.purge(name, req.states, older_than_ms=time_ms(req.older_than,
+                                                                                               "older_than"))
+        return json_response(200, {"purged_count": deleted, "states": req.states, "has_more": more})
+
+    router.add("GET", "/ojs/v1/admin/queues", list_queues)
+    router.add("GET", "/ojs/v1/admin/queues/{name}", detail)
+    router.add("POST", "/ojs/v1/admin/queues/{name}/pause", pause)
+    router.add("POST", "/ojs/v1/admin/queues/{name}/resume", resume)
+    router.add("PUT", "/ojs/v1/admin/queues/{name}/config", put_config)
+    router.add("DELETE", "/ojs/v1/admin/queues/{name}/jobs", purge)

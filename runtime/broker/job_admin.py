@@ -1,0 +1,175 @@
+"""What an operator does to jobs: retry an ended job, delete ended jobs, purge a queue's ended jobs,
+and the bulk forms of retry, cancel and delete, by ids or by a listing filter.
+
+Each job is changed by the same atomic scripts as everywhere else (dlq_retry.lua in its "ended"
+mode, cancel.lua, delete_ended.lua), so a bulk call that stops half-way (a crash, a dropped
+connection) leaves every job either changed or not, never in between, and calling it again is
+safe: jobs already changed no longer match the filter, and by id they fail with a reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from runtime import timefmt
+from runtime.broker.core import Broker
+from runtime.broker.job_listing import JobFilter, JobListing
+from runtime.broker.scripts import Status
+from runtime.errors import Conflict, NotFound, OJSError
+
+MAX_BULK = 1_000  # jobs changed per bulk call
+PURGE_CHUNK = 500  # jobs deleted per script call
+MAX_PURGE = 10_000  # jobs deleted per purge request: repeat while has_more
+ENDED_STATES = ("completed", "cancelled", "discarded")
+BULK_ACTIONS = ("retry", "cancel", "delete")
+
+
+class BulkResult(msgspec.Struct, kw_only=True):
+    action: str
+    matched: int
+    succeeded: int
+    failed: int
+    errors: list[dict[str, str]]
+    dry_run: bool
+    has_more: bool
+    next_cursor: str | None
+    job_ids: list[str]
+
+
+class JobAdmin:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.keys = broker.keys
+        self.listing = JobListing(broker.redis, broker.keys)
+
+    async def retry(self, job_id: str) -> None:
+        """A discarded or cancelled job back to available, attempts reset (same id)."""
+        status, reason = (await self._retry_many([job_id]))[0]
+        if status == Status.NOT_FOUND:
+            raise NotFound(reason)
+        if status != Status.OK:
+            raise Conflict(reason)
+
+    async def delete(self, job_id: str) -> None:
+        """An ended job removed for good; a live job is refused (cancel it first)."""
+        status, reason = (await self._delete_many([job_id]))[0]
+        if status == Status.NOT_FOUND:
+            raise NotFound(reason)
+        if status != Status.OK:
+            raise Conflict(reason)
+
+    async def purge(self, queue: str, states: Sequence[str], *, older_than_ms: int | None) -> tuple[int, bool]:
+        """Delete a queue's jobs in the given ended states that ended at or before
+        `older_than_ms` (all of them when None), oldest first, at most MAX_PURGE per call.
+        Returns (deleted, has_more). Members of running workflows are kept."""
+        bound = "+inf" if older_than_ms is None else str(older_than_ms)
+        deleted = 0
+        more = False
+        for state in states:
+            offset = 0
+            while True:
+                room = min(PURGE_CHUNK, MAX_PURGE - deleted)
+                if room <= 0:
+                    more = True
+                    break
+                gone, skipped, examined = (int(x) for x in await self.broker.scripts.call(
+                    "delete_ended", keys=[self.keys.prefix],
+                    args=["range", queue, state, bound, str(room), str(offset)],
+                ))
+                deleted += gone
+                offset += skipped
+                if examined < room:
+                    break
+            if more:
+                break
+        return deleted, more
+
+    async def bulk(
+        self, action: str, *, flt: JobFilter | None, ids: Sequence[str] | None, cursor: str | None,
+        dry_run: bool, limit: int = MAX_BULK,
+    ) -> BulkResult:
+        """Apply `action` to the jobs named (ids) or matching the filter, at most `limit`;
+        `has_more` and `next_cursor` say whether more matched beyond them."""
+        next_cursor = None
+        if ids is not None:
+            chosen = list(dict.fromkeys(ids))[:limit]
+            more = len(ids) > limit
+        else:
+            assert flt is not None
+            page = await self.listing.page(flt, limit=limit, cursor=cursor, ids_only=True)
+            chosen = [item["id"] for item in page.items]
+            next_cursor = page.next_cursor
+            more = next_cursor is not None
+        result = BulkResult(action=action, matched=len(chosen), succeeded=0, failed=0, errors=[],
+                            dry_run=dry_run, has_more=more, next_cursor=next_cursor, job_ids=chosen)
+        if dry_run or not chosen:
+            return result
+        if action == "retry":
+            outcomes = await self._retry_many(chosen)
+        elif action == "delete":
+            outcomes = await self._delete_many(chosen)
+        else:
+            outcomes = await self._cancel_many(chosen)
+        for job_id, (status, reason) in zip(chosen, outcomes, strict=True):
+            if status == Status.OK:
+                result.succeeded += 1
+            else:
+                result.failed += 1
+                result.errors.append({"job_id": job_id, "error": reason})
+        return result
+
+    async def _retry_many(self, ids: Sequence[str]) -> list[tuple[int, str]]:
+        k = self.keys
+        out = []
+        for job_id in ids:
+            reply = await self.broker.scripts.call(
+                "dlq_retry", keys=[k.prefix, k.job(job_id)],
+                args=[str(timefmt.now_ms()), str(self.broker.settings.events_maxlen), job_id, "ended"],
+            )
+            status = int(reply[0])
+            if status == Status.OK:
+                out.append((status, ""))
+            elif status == Status.UNIQUE_CONFLICT:
+                out.append((status, f"unique job: job '{reply[1].decode()}' ({reply[2].decode()}) holds its lock"))
+            elif status == Status.CONFLICT:
+                out.append((status, f"member of workflow '{reply[1].decode()}', which is still running"))
+            else:
+                out.append((status, f"Job '{job_id}' is not discarded or cancelled (or does not exist)."))
+        return out
+
+    async def _delete_many(self, ids: Sequence[str]) -> list[tuple[int, str]]:
+        reply = await self.broker.scripts.call("delete_ended", keys=[self.keys.prefix], args=["ids", *ids])
+        out = []
+        for job_id, (status, state) in zip(ids, reply, strict=True):
+            code, text = int(status), state.decode()
+            if code == Status.NOT_FOUND:
+                out.append((code, f"Job '{job_id}' not found."))
+            elif code == Status.CONFLICT and text == "workflow":
+                out.append((code, f"Job '{job_id}' is a member of a workflow that is still running."))
+            elif code == Status.CONFLICT:
+                out.append((code, f"Job '{job_id}' is {text}: only ended jobs are deleted (cancel it first)."))
+            else:
+                out.append((code, ""))
+        return out
+
+    async def _cancel_many(self, ids: Sequence[str]) -> list[tuple[int, str]]:
+        results = await self.broker.cancel_many(ids)
+        out: list[tuple[int, str]] = []
+        for result in results:
+            if isinstance(result, OJSError):
+                out.append((Status.NOT_FOUND if isinstance(result, NotFound) else Status.CONFLICT, result.message))
+            elif isinstance(result, Exception):
+                raise result
+            else:
+                out.append((Status.OK, ""))
+        return out
+
+
+def summary(result: BulkResult) -> dict[str, Any]:
+    body = msgspec.to_builtins(result)
+    if not result.dry_run:
+        body.pop("job_ids")
+    return body
