@@ -8,6 +8,7 @@ test unless the test names it as expected.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -17,9 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from tests.browser.seed import ADMIN_KEY, READ_KEY, Seeded, seed
-from tests.conftest import skip_or_fail
+from tests.conftest import RedisServer, skip_or_fail
 from tests.fixtures.broker_process import BrokerProcess, serving
 
 CHROMIUM = Path(os.environ.get("OJS_TEST_CHROMIUM", "/usr/bin/chromium"))
@@ -116,10 +118,8 @@ class Dashboard:
         self.page.locator("dialog.dialog[open] button.confirm").click()
 
 
-@pytest.fixture
-def open_dashboard(browser: Any, server: BrokerProcess, tmp_path: Path) -> Iterator[Callable[..., Dashboard]]:
-    """`open_dashboard(key=ADMIN_KEY)`: a fresh browser context on the dashboard, the key already
-    in its session storage (None: the page has to ask for it)."""
+@contextlib.contextmanager
+def _dashboards(browser: Any, server: BrokerProcess, shots: Path) -> Iterator[Callable[..., Dashboard]]:
     contexts: list[Any] = []
     watches: list[Watch] = []
 
@@ -135,10 +135,48 @@ def open_dashboard(browser: Any, server: BrokerProcess, tmp_path: Path) -> Itera
         page.on("pageerror", lambda err: watch.note(f"page error: {err}"))
         page.on("requestfailed", lambda req: watch.note(f"request failed: {req.method} {req.url} {req.failure}"))
         page.on("response", lambda res: res.status >= 400 and watch.note(f"HTTP {res.status}: {res.request.method} {res.url}"))
-        return Dashboard(page=page, base=f"{server.url}/ojs/admin/", watch=watch, shots=tmp_path / "screenshots")
+        return Dashboard(page=page, base=f"{server.url}/ojs/admin/", watch=watch, shots=shots)
 
     yield go
     found = [problem for watch in watches for problem in watch.problems]
     for context in contexts:
         context.close()
     assert not found, "the dashboard had problems:\n" + "\n".join(found)
+
+
+@pytest.fixture
+def open_dashboard(browser: Any, server: BrokerProcess, tmp_path: Path) -> Iterator[Callable[..., Dashboard]]:
+    """`open_dashboard(key=ADMIN_KEY)`: a fresh browser context on this test's server, the key
+    already in its session storage (None: the page has to ask for it)."""
+    with _dashboards(browser, server, tmp_path / "screenshots") as go:
+        yield go
+
+
+@pytest.fixture(scope="module")
+def shared_server(redis_server: RedisServer, _test_db_numbers: Iterator[int],
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BrokerProcess, Seeded]]:
+    """One seeded server for the tests of a module that only look (they click nothing that
+    changes a job, a queue or a worker): it saves a server start and a seeding per test."""
+    url = redis_server.url_for_db(next(_test_db_numbers))
+    flush = redis.Redis.from_url(url)
+    try:
+        flush.flushdb()
+    finally:
+        flush.close()
+    with serving(url, tmp_path_factory.mktemp("shared-server"), env=SERVER_ENV) as running:
+        with httpx.Client(base_url=running.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30) as client:
+            seeded = seed(client)
+        yield running, seeded
+
+
+@pytest.fixture
+def shared_seeded(shared_server: tuple[BrokerProcess, Seeded]) -> Seeded:
+    return shared_server[1]
+
+
+@pytest.fixture
+def look_at_dashboard(browser: Any, shared_server: tuple[BrokerProcess, Seeded],
+                      tmp_path: Path) -> Iterator[Callable[..., Dashboard]]:
+    """Like `open_dashboard`, on the module's shared seeded server."""
+    with _dashboards(browser, shared_server[0], tmp_path / "screenshots") as go:
+        yield go

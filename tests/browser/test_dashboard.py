@@ -1,7 +1,8 @@
 """The dashboard in a real headless Chromium against a real server and Redis.
 
 Each test opens pages the way an operator does, then checks what a click did in Redis and
-through the API. The watch in conftest.py fails a test on any console error, failed request or
+through the API. Tests that change something get a server of their own; those that only look
+share one seeded server (`look_at_dashboard`). The watch in conftest.py fails a test on any console error, failed request or
 4xx/5xx reply it did not name as expected.
 """
 
@@ -15,7 +16,8 @@ from playwright.sync_api import expect
 
 from runtime.broker.keys import Keys
 from tests.browser.conftest import Dashboard
-from tests.browser.seed import LARGE_RESULT_CHARS, READ_KEY, WORKER_ID, Seeded
+from tests.browser.seed import ADMIN_KEY, LARGE_RESULT_CHARS, READ_KEY, WORKER_ID, Seeded
+from tests.fixtures.procs import Start, states, wait_until
 
 KEYS = Keys()
 PAGES = ["overview", "queues", "jobs", "dead-letters", "workers", "cron", "workflows"]
@@ -73,7 +75,7 @@ def test_every_page_shows_the_seeded_data(open_dashboard: Any, seeded: Seeded) -
 
     dash.open("#/workers")
     row = page.locator(f'#workers-table tr[data-worker="{WORKER_ID}"]')
-    expect(row).to_contain_text("1 busy / 3 free")
+    expect(row).to_contain_text("1 busy")  # an HTTP worker does not say how many slots it has
     row.locator("a", has_text=WORKER_ID).click()
     expect(page.locator("#worker-jobs")).to_contain_text(seeded.active_job)
     dash.shot("workers")
@@ -159,10 +161,10 @@ def test_a_bulk_cancel_by_filter_cancels_exactly_what_matches(
     assert dash.watch.problems == []
 
 
-def test_a_read_only_key_sees_every_page_and_no_action(open_dashboard: Any, seeded: Seeded) -> None:
-    dash: Dashboard = open_dashboard(key=READ_KEY)
+def test_a_read_only_key_sees_every_page_and_no_action(look_at_dashboard: Any, shared_seeded: Seeded) -> None:
+    dash: Dashboard = look_at_dashboard(key=READ_KEY)
     page = dash.page
-    routes = [f"#/{name}" for name in PAGES] + [f"#/jobs/{seeded.dead_declined[0]}", f"#/workflows/{seeded.workflow_id}"]
+    routes = [f"#/{name}" for name in PAGES] + [f"#/jobs/{shared_seeded.dead_declined[0]}", f"#/workflows/{shared_seeded.workflow_id}"]
     for route in routes:
         dash.open(route)
         expect(page.locator("#whoami")).to_have_text("read-only key")
@@ -174,8 +176,8 @@ def test_a_read_only_key_sees_every_page_and_no_action(open_dashboard: Any, seed
     assert dash.watch.problems == []
 
 
-def test_the_key_is_asked_once_and_kept_for_the_session(open_dashboard: Any, server: Any, seeded: Seeded) -> None:
-    dash: Dashboard = open_dashboard(key=None)
+def test_the_key_is_asked_once_and_kept_for_the_session(look_at_dashboard: Any, shared_seeded: Seeded) -> None:
+    dash: Dashboard = look_at_dashboard(key=None)
     page = dash.page
     # The first API call goes out without a key: its 401 is what makes the page ask.
     dash.watch.allow(r"HTTP 401: GET .*/ojs/v1/admin/auth$")
@@ -184,8 +186,6 @@ def test_the_key_is_asked_once_and_kept_for_the_session(open_dashboard: Any, ser
     page.locator("#key-dialog input").fill("not-the-key")
     page.locator("#key-dialog button[type=submit]").click()
     expect(page.locator("#key-dialog")).to_contain_text("refused")
-    from tests.browser.seed import ADMIN_KEY
-
     page.locator("#key-dialog input").fill(ADMIN_KEY)
     page.locator("#key-dialog button[type=submit]").click()
     dash.ready("overview")
@@ -197,10 +197,10 @@ def test_the_key_is_asked_once_and_kept_for_the_session(open_dashboard: Any, ser
     assert dash.watch.problems == []
 
 
-def test_a_one_megabyte_result_is_cut_until_asked_for(open_dashboard: Any, seeded: Seeded) -> None:
-    dash: Dashboard = open_dashboard()
+def test_a_one_megabyte_result_is_cut_until_asked_for(look_at_dashboard: Any, shared_seeded: Seeded) -> None:
+    dash: Dashboard = look_at_dashboard()
     page = dash.page
-    dash.open(f"#/jobs/{seeded.large_result_job}")
+    dash.open(f"#/jobs/{shared_seeded.large_result_job}")
     result = page.locator("#result pre")
     expect(page.locator("#result .truncated-note")).to_contain_text("of 1.0 MB")
     shown = result.evaluate("el => el.textContent.length")
@@ -224,4 +224,29 @@ def test_the_job_list_shows_new_and_changed_jobs_without_a_reload(
     live = {"timeout": 10_000}  # the list refreshes every 3 s
     expect(page.locator("#job-rows tr").first).to_have_attribute("data-id", added, **live)
     expect(page.locator(f'#job-rows tr[data-id="{first}"]')).to_have_attribute("data-state", "cancelled", **live)
+    assert dash.watch.problems == []
+
+
+def test_a_pool_shows_its_busy_slots_and_job_and_is_quieted_from_the_page(
+    open_dashboard: Any, server: Any, api: httpx.Client, redis_client: redis.Redis, start: Start,
+) -> None:
+    runtime = start("--processes", "1", "--concurrency", "3", "--no-http", "--queues", "pool-q",
+                    "--heartbeat-interval", "0.5")
+    runtime.wait_ready(1)
+    job_id = api.post("/ojs/v1/jobs", json={"type": "gate.wait", "args": [], "options": {"queue": "pool-q"}}).json()["job"]["id"]
+    wait_until(lambda: states(redis_client, [job_id]) == ["active"], what="the pool to start the job")
+    dash: Dashboard = open_dashboard()
+    page = dash.page
+    dash.open("#/workers")
+    row = page.locator("#workers-table tbody tr").first  # the pool is the only worker
+    expect(row).to_contain_text("1 busy", timeout=10_000)  # from the pool's next heartbeat
+    worker_id = row.get_attribute("data-worker")
+    row.locator("a", has_text=worker_id).click()
+    expect(page.locator("#worker-jobs")).to_contain_text(job_id)
+    row.locator("button", has_text="Quiet").click()
+    dash.confirm()
+    expect(row.locator(".badge")).to_have_text("quiet", timeout=10_000)
+    assert api.get(f"/ojs/v1/admin/workers/{worker_id}").json()["directive"] == "quiet"
+    redis_client.rpush(f"pooltest:go:{job_id}:1", "1")  # let the held job finish
+    wait_until(lambda: states(redis_client, [job_id]) == ["completed"], what="the held job to finish")
     assert dash.watch.problems == []

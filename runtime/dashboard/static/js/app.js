@@ -97,6 +97,8 @@ async function whoAmI() {
     if (!(err instanceof ApiError)) throw err;
     session.readOnly = false;
   }
+  // What the server serves beyond the admin API (the pool endpoints, say); asked once.
+  session.manifest = await api("/ojs/manifest").catch(() => ({}));
   document.body.classList.toggle("read-only", session.readOnly);
   document.getElementById("whoami").textContent = session.readOnly ? "read-only key" : "";
 }

@@ -6,11 +6,16 @@ const WIDTH = 900;
 const HEIGHT = 240;
 const PAD = { left: 48, right: 16, top: 12, bottom: 28 };
 
+// The top of the value axis: four equal steps of a round size (whole numbers for counts).
 function niceMax(value) {
-  if (value <= 5) return 5;
-  const power = 10 ** Math.floor(Math.log10(value));
-  for (const step of [1, 2, 2.5, 5, 10]) if (step * power >= value) return step * power;
-  return 10 * power;
+  if (value <= 4) return 4;
+  const unit = 10 ** Math.floor(Math.log10(value / 4));
+  for (const m of [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) {
+    const step = m * unit;
+    if ((unit >= 1 && !Number.isInteger(step)) || 4 * step < value) continue;
+    return 4 * step;
+  }
+  return 40 * unit;
 }
 
 function timeLabel(ms, spanMs) {

@@ -1,6 +1,14 @@
 // DOM helpers, formatting, dialogs and the large-value viewer. Text always goes in as text nodes.
 
-export const session = { readOnly: false };
+export const session = { readOnly: false, manifest: {} };
+
+// Whether the server's manifest lists an extension, in either of its shapes: `extensions` as
+// {name: {...}} or as {official: [{name}], experimental: [{name}]}.
+export function hasExtension(name) {
+  const extensions = (session.manifest && session.manifest.extensions) || {};
+  if (Object.prototype.hasOwnProperty.call(extensions, name)) return true;
+  return Object.values(extensions).some((list) => Array.isArray(list) && list.some((e) => e && e.name === name));
+}
 
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);

@@ -1,6 +1,6 @@
 // Workers and pools: slots busy/free, heartbeats, the jobs a worker holds, quiet and deregister.
 import { api } from "../api.js";
-import { action, badge, bar, card, clear, confirmDialog, fmtNumber, h, jobLink, table, toast, when } from "../ui.js";
+import { action, badge, bar, card, clear, confirmDialog, errorBox, fmtNumber, h, hasExtension, jobLink, table, toast, when } from "../ui.js";
 
 function slots(busy, total) {
   if (!total) return `${fmtNumber(busy)} busy`;
@@ -45,7 +45,11 @@ export default async function workers(view, page) {
   };
 
   const load = async () => {
-    const [list, pools] = await Promise.all([api("/ojs/v1/admin/workers", { query: { per_page: 100 } }), api("/ojs/v1/admin/pools")]);
+    // The pools are shown apart: a failure there must not hide the workers.
+    const [list, pools] = await Promise.all([
+      api("/ojs/v1/admin/workers", { query: { per_page: 100 } }),
+      hasExtension("fair-scheduling") ? api("/ojs/v1/admin/pools").catch((err) => ({ error: err })) : { absent: true },
+    ]);
     if (!page.alive()) return;
     const items = list.items || [];
     const summary = list.summary || {};
@@ -54,7 +58,9 @@ export default async function workers(view, page) {
     clear(summaryBox, card("Workers", fmtNumber(summary.total ?? items.length)), card("Running", fmtNumber(summary.running)),
       card("Quiet", fmtNumber(summary.quiet)), card("Stale", fmtNumber(summary.stale)),
       card("Busy slots", fmtNumber(busy)), card("Free slots", fmtNumber(Math.max(0, capacity - busy))));
-    clear(poolsBox, table([
+    if (pools.absent) clear(poolsBox, h("div", { class: "empty" }, "This server does not list the fair-scheduling extension: no pool endpoints."));
+    else if (pools.error) clear(poolsBox, errorBox(pools.error));
+    else clear(poolsBox, table([
       { label: "Pool", cell: (p) => p.name },
       { label: "Queues", cell: (p) => (p.queues || []).join(", ") },
       { label: "Strategy", cell: (p) => p.strategy || "–" },

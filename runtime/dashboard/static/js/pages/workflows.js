@@ -4,6 +4,12 @@ import { badge, clear, fmtNumber, h, table, when } from "../ui.js";
 
 const STATES = ["", "running", "completed", "failed", "cancelled"];
 
+function stepCounts(w) {
+  if (w.counts) return Object.entries(w.counts).filter(([, n]) => n).map(([k, n]) => `${k} ${fmtNumber(n)}`).join(" · ") || "–";
+  if (w.total === undefined) return "–";
+  return `${fmtNumber(w.completed || 0)}/${fmtNumber(w.total)} done${w.failed ? ` · ${fmtNumber(w.failed)} failed` : ""}`;
+}
+
 export default async function workflows(view, page) {
   const state = page.query.get("state") || "";
   const box = h("div", { id: "workflow-table" });
@@ -18,7 +24,7 @@ export default async function workflows(view, page) {
     { label: "Name", cell: (w) => w.name || "–" },
     { label: "Type", cell: (w) => w.type },
     { label: "State", cell: (w) => badge(w.state) },
-    { label: "Steps", cell: (w) => Object.entries(w.counts || {}).filter(([, n]) => n).map(([k, n]) => `${k} ${fmtNumber(n)}`).join(" · ") || "–" },
+    { label: "Steps", cell: stepCounts },
     { label: "Created", cell: (w) => when(w.created_at) },
   ];
   const load = async () => {
