@@ -14,8 +14,9 @@ export default async function crons(view, page) {
   const trigger = async (name) => {
     if (!(await confirmDialog("Trigger now", `Enqueue ${name}'s job now, outside its schedule?`, { confirmLabel: "Trigger" }))) return;
     const reply = await api(`/ojs/v1/admin/crons/${encodeURIComponent(name)}/trigger`, { method: "POST" });
-    const job = reply && reply.job;
-    toast(job ? `${name}: enqueued ${job.id}` : `${name}: triggered`);
+    // The contract's reply is {job}; the server may answer {job_id} instead: either names the job.
+    const jobId = reply && (reply.job ? reply.job.id : reply.job_id);
+    toast(jobId ? `${name}: enqueued ${jobId}` : `${name}: triggered`);
     await load();
   };
 
