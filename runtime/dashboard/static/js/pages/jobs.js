@@ -73,8 +73,9 @@ export default async function jobs(view, page) {
     const endpoint = `/ojs/v1/admin/jobs/bulk/${verb}`;
     const dry = await api(endpoint, { method: "POST", body: { ...scope, dry_run: true, confirm: true } });
     const count = ids.length ? ids.length : `${fmtNumber(dry.matched)}${dry.has_more ? "+" : ""}`;
-    const ok = await confirmDialog(`${verb[0].toUpperCase()}${verb.slice(1)} jobs`,
-      `${verb} ${count} ${ids.length ? "selected" : "matching"} job(s)?`, { confirmLabel: verb, danger: verb !== "retry" });
+    const label = `${verb[0].toUpperCase()}${verb.slice(1)}`;
+    const ok = await confirmDialog(`${label} jobs`,
+      `${verb} ${count} ${ids.length ? "selected" : "matching"} job(s)?`, { confirmLabel: label, danger: verb !== "retry" });
     if (!ok) return;
     const total = await repeatWhileMore((cursor) => api(endpoint, {
       method: "POST", body: { ...scope, confirm: true, ...(cursor ? { cursor } : {}) },

@@ -1,7 +1,7 @@
 // Overview: totals, throughput history chart, queue depths with the oldest job's age, failure rate.
 import { api } from "../api.js";
 import { lineChart } from "../chart.js";
-import { bar, card, clear, fmtDuration, fmtNumber, h, table } from "../ui.js";
+import { action, bar, card, clear, confirmDialog, fmtDuration, fmtNumber, h, table, toast } from "../ui.js";
 
 const RANGES = {
   "1h": { period: "1m", spanMs: 3600e3, label: "last hour, per minute" },
@@ -17,8 +17,10 @@ export default async function overview(view, page) {
   const rangeSelect = h("select", { id: "range", onchange: () => { location.hash = `#/overview?range=${rangeSelect.value}`; } },
     Object.entries(RANGES).map(([key, r]) => h("option", { value: key, selected: key === range }, r.label)));
   const queuesBox = h("div", { id: "queue-depths" });
+  const maintenanceBox = h("div", { id: "maintenance" });
   clear(view,
     h("h1", {}, "Overview"),
+    maintenanceBox,
     cards,
     h("section", { class: "panel" }, h("div", { class: "toolbar" }, h("h2", {}, "Throughput"), h("span", { class: "spacer" }), rangeSelect), chartBox),
     h("section", { class: "panel" }, h("h2", {}, "Queues"), queuesBox));
@@ -50,6 +52,7 @@ export default async function overview(view, page) {
       card("Processed / min", fmtNumber((stats.throughput || {}).processed_per_minute)),
       card("Failure rate", `${(rate * 100).toFixed(1)}%`, `failed / (completed + failed), ${RANGES[range].label}`));
     clear(chartBox, lineChart(points, ["enqueued", "completed", "failed"]));
+    showMaintenance(Boolean(stats.maintenance));
     const items = queueList.items || [];
     const deepest = Math.max(1, ...items.map((q) => q.depth || 0));
     clear(queuesBox, table([
@@ -64,6 +67,19 @@ export default async function overview(view, page) {
       { label: "Failed / min", num: true, cell: (q) => fmtNumber((q.throughput || {}).failed_per_minute) },
     ], items, { empty: "No queues yet." }));
   };
+  // Maintenance mode stops every fetch (enqueues still work): said at the top while it is on.
+  const showMaintenance = (on) => {
+    const toggle = action(on ? "Leave maintenance" : "Enter maintenance", async () => {
+      if (!on && !(await confirmDialog("Maintenance mode", "Stop every worker fetching jobs? Enqueues keep working.", { confirmLabel: "Enter", danger: true }))) return;
+      await api("/ojs/v1/admin/system/maintenance", { method: "POST", body: { enabled: !on } });
+      toast(on ? "Maintenance mode off" : "Maintenance mode on");
+      await load();
+    }, { danger: !on });
+    clear(maintenanceBox, on
+      ? h("div", { class: "error-box toolbar" }, h("strong", {}, "Maintenance mode: no job is handed out."), h("span", { class: "spacer" }), toggle)
+      : h("div", { class: "toolbar" }, h("span", { class: "spacer" }), toggle));
+  };
+
   await load();
   page.every(5000, load);
 }
