@@ -8,7 +8,6 @@ test unless the test names it as expected.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -53,10 +52,36 @@ def browser() -> Iterator[Any]:
             browser.close()
 
 
-@pytest.fixture
-def server(redis_url: str, tmp_path: Path) -> Iterator[BrokerProcess]:
-    with serving(redis_url, tmp_path, env=SERVER_ENV) as running:
+@pytest.fixture(scope="module")
+def module_server(redis_server: RedisServer, _test_db_numbers: Iterator[int],
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    """One server per test module, on a Redis DB of its own: starting one per test would cost
+    most of these tests' time."""
+    with serving(redis_server.url_for_db(next(_test_db_numbers)), tmp_path_factory.mktemp("server"),
+                 env=SERVER_ENV) as running:
         yield running
+
+
+@pytest.fixture
+def server(module_server: BrokerProcess) -> BrokerProcess:
+    """The module's server with its Redis emptied: a fresh start for this test, since the server
+    keeps no state outside Redis (its scripts survive FLUSHDB)."""
+    client = redis.Redis.from_url(module_server.redis_url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return module_server
+
+
+@pytest.fixture
+def db(server: BrokerProcess) -> Iterator[redis.Redis]:
+    """The server's Redis, to check what a click did."""
+    client = redis.Redis.from_url(server.redis_url)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 @pytest.fixture
@@ -118,8 +143,11 @@ class Dashboard:
         self.page.locator("dialog.dialog[open] button.confirm").click()
 
 
-@contextlib.contextmanager
-def _dashboards(browser: Any, server: BrokerProcess, shots: Path) -> Iterator[Callable[..., Dashboard]]:
+@pytest.fixture
+def open_dashboard(browser: Any, server: BrokerProcess, tmp_path: Path) -> Iterator[Callable[..., Dashboard]]:
+    """`open_dashboard(key=ADMIN_KEY)`: a fresh browser context on this test's server, the key
+    already in its session storage (None: the page has to ask for it)."""
+    shots = tmp_path / "screenshots"
     contexts: list[Any] = []
     watches: list[Watch] = []
 
@@ -142,41 +170,3 @@ def _dashboards(browser: Any, server: BrokerProcess, shots: Path) -> Iterator[Ca
     for context in contexts:
         context.close()
     assert not found, "the dashboard had problems:\n" + "\n".join(found)
-
-
-@pytest.fixture
-def open_dashboard(browser: Any, server: BrokerProcess, tmp_path: Path) -> Iterator[Callable[..., Dashboard]]:
-    """`open_dashboard(key=ADMIN_KEY)`: a fresh browser context on this test's server, the key
-    already in its session storage (None: the page has to ask for it)."""
-    with _dashboards(browser, server, tmp_path / "screenshots") as go:
-        yield go
-
-
-@pytest.fixture(scope="module")
-def shared_server(redis_server: RedisServer, _test_db_numbers: Iterator[int],
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BrokerProcess, Seeded]]:
-    """One seeded server for the tests of a module that only look (they click nothing that
-    changes a job, a queue or a worker): it saves a server start and a seeding per test."""
-    url = redis_server.url_for_db(next(_test_db_numbers))
-    flush = redis.Redis.from_url(url)
-    try:
-        flush.flushdb()
-    finally:
-        flush.close()
-    with serving(url, tmp_path_factory.mktemp("shared-server"), env=SERVER_ENV) as running:
-        with httpx.Client(base_url=running.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30) as client:
-            seeded = seed(client)
-        yield running, seeded
-
-
-@pytest.fixture
-def shared_seeded(shared_server: tuple[BrokerProcess, Seeded]) -> Seeded:
-    return shared_server[1]
-
-
-@pytest.fixture
-def look_at_dashboard(browser: Any, shared_server: tuple[BrokerProcess, Seeded],
-                      tmp_path: Path) -> Iterator[Callable[..., Dashboard]]:
-    """Like `open_dashboard`, on the module's shared seeded server."""
-    with _dashboards(browser, shared_server[0], tmp_path / "screenshots") as go:
-        yield go

@@ -2,16 +2,16 @@
 
 Each test opens pages the way an operator does, then checks what a click did in Redis and
 through the API. Tests that change something get a server of their own; those that only look
-share one seeded server (`look_at_dashboard`). The watch in conftest.py fails a test on any console error, failed request or
+share one seeded server (`open_dashboard`). The watch in conftest.py fails a test on any console error, failed request or
 4xx/5xx reply it did not name as expected.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import redis
 
 try:
@@ -22,14 +22,15 @@ except ImportError:  # then the browser fixture skips these tests (and fails the
 from runtime.broker.keys import Keys
 from tests.browser.conftest import Dashboard
 from tests.browser.seed import ADMIN_KEY, LARGE_RESULT_CHARS, READ_KEY, WORKER_ID, Seeded
-from tests.fixtures.procs import Start, states, wait_until
+from tests.fixtures.broker_process import BrokerProcess
+from tests.fixtures.procs import Runtime, states, wait_until
 
 KEYS = Keys()
 PAGES = ["overview", "queues", "jobs", "dead-letters", "workers", "cron", "workflows"]
 
 
-def state_in_redis(redis_client: redis.Redis, job_id: str) -> str:
-    return (redis_client.hget(KEYS.job(job_id), "state") or b"").decode()
+def state_in_redis(db: redis.Redis, job_id: str) -> str:
+    return (db.hget(KEYS.job(job_id), "state") or b"").decode()
 
 
 def test_every_page_shows_the_seeded_data(open_dashboard: Any, seeded: Seeded) -> None:
@@ -105,12 +106,12 @@ def test_every_page_shows_the_seeded_data(open_dashboard: Any, seeded: Seeded) -
 
 
 def test_a_dead_letter_retried_from_the_page_is_back_in_its_queue(
-    open_dashboard: Any, seeded: Seeded, redis_client: redis.Redis, api: httpx.Client,
+    open_dashboard: Any, seeded: Seeded, db: redis.Redis, api: httpx.Client,
 ) -> None:
     dash: Dashboard = open_dashboard()
     page = dash.page
     target, other = seeded.dead_declined[0], seeded.dead_declined[1]
-    assert redis_client.zscore(KEYS.dlq, target) is not None
+    assert db.zscore(KEYS.dlq, target) is not None
     dash.open("#/dead-letters")
     page.locator('#by-error_type [data-error-type="PaymentDeclined"]').click()
     dash.ready("dead-letters")
@@ -121,15 +122,15 @@ def test_a_dead_letter_retried_from_the_page_is_back_in_its_queue(
     expect(page.locator("#dead-letter-list tbody tr")).to_have_count(2)
     expect(page.locator(f'#dead-letter-list tr[data-id="{target}"]')).to_have_count(0)
 
-    assert redis_client.zscore(KEYS.dlq, target) is None
-    assert state_in_redis(redis_client, target) == "available"
-    assert state_in_redis(redis_client, other) == "discarded"
+    assert db.zscore(KEYS.dlq, target) is None
+    assert state_in_redis(db, target) == "available"
+    assert state_in_redis(db, other) == "discarded"
     assert api.get("/ojs/v1/admin/dead-letter/stats").json()["by_error_type"]["PaymentDeclined"] == 2
     assert dash.watch.problems == []
 
 
 def test_a_queue_paused_from_the_page_hands_out_nothing(
-    open_dashboard: Any, seeded: Seeded, redis_client: redis.Redis, api: httpx.Client,
+    open_dashboard: Any, seeded: Seeded, db: redis.Redis, api: httpx.Client,
 ) -> None:
     dash: Dashboard = open_dashboard()
     page = dash.page
@@ -139,8 +140,8 @@ def test_a_queue_paused_from_the_page_hands_out_nothing(
     expect(row.locator(".queue-state")).to_have_text("paused")
     expect(row.locator("button", has_text="Resume")).to_be_visible()
 
-    assert redis_client.exists(KEYS.paused("email"))
-    assert not redis_client.exists(KEYS.paused("reports"))
+    assert db.exists(KEYS.paused("email"))
+    assert not db.exists(KEYS.paused("reports"))
     fetched = api.post("/ojs/v1/workers/fetch", json={"queues": ["email"], "count": 10}).json()
     assert fetched["jobs"] == []
     assert api.get("/ojs/v1/admin/queues/email").json()["paused"] is True
@@ -148,7 +149,7 @@ def test_a_queue_paused_from_the_page_hands_out_nothing(
 
 
 def test_a_bulk_cancel_by_filter_cancels_exactly_what_matches(
-    open_dashboard: Any, seeded: Seeded, redis_client: redis.Redis,
+    open_dashboard: Any, seeded: Seeded, db: redis.Redis,
 ) -> None:
     dash: Dashboard = open_dashboard()
     page = dash.page
@@ -160,16 +161,16 @@ def test_a_bulk_cancel_by_filter_cancels_exactly_what_matches(
     dash.confirm()
     expect(page.locator("#job-rows tr")).to_have_count(0)
 
-    assert {state_in_redis(redis_client, j) for j in seeded.reports_available} == {"cancelled"}
-    assert {state_in_redis(redis_client, j) for j in seeded.email_available} == {"available"}
-    assert state_in_redis(redis_client, seeded.active_job) == "active"
+    assert {state_in_redis(db, j) for j in seeded.reports_available} == {"cancelled"}
+    assert {state_in_redis(db, j) for j in seeded.email_available} == {"available"}
+    assert state_in_redis(db, seeded.active_job) == "active"
     assert dash.watch.problems == []
 
 
-def test_a_read_only_key_sees_every_page_and_no_action(look_at_dashboard: Any, shared_seeded: Seeded) -> None:
-    dash: Dashboard = look_at_dashboard(key=READ_KEY)
+def test_a_read_only_key_sees_every_page_and_no_action(open_dashboard: Any, seeded: Seeded) -> None:
+    dash: Dashboard = open_dashboard(key=READ_KEY)
     page = dash.page
-    routes = [f"#/{name}" for name in PAGES] + [f"#/jobs/{shared_seeded.dead_declined[0]}", f"#/workflows/{shared_seeded.workflow_id}"]
+    routes = [f"#/{name}" for name in PAGES] + [f"#/jobs/{seeded.dead_declined[0]}", f"#/workflows/{seeded.workflow_id}"]
     for route in routes:
         dash.open(route)
         expect(page.locator("#whoami")).to_have_text("read-only key")
@@ -181,8 +182,8 @@ def test_a_read_only_key_sees_every_page_and_no_action(look_at_dashboard: Any, s
     assert dash.watch.problems == []
 
 
-def test_the_key_is_asked_once_and_kept_for_the_session(look_at_dashboard: Any, shared_seeded: Seeded) -> None:
-    dash: Dashboard = look_at_dashboard(key=None)
+def test_the_key_is_asked_once_and_kept_for_the_session(open_dashboard: Any, seeded: Seeded) -> None:
+    dash: Dashboard = open_dashboard(key=None)
     page = dash.page
     # The first API call goes out without a key: its 401 is what makes the page ask.
     dash.watch.allow(r"HTTP 401: GET .*/ojs/v1/admin/auth$")
@@ -202,10 +203,10 @@ def test_the_key_is_asked_once_and_kept_for_the_session(look_at_dashboard: Any, 
     assert dash.watch.problems == []
 
 
-def test_a_one_megabyte_result_is_cut_until_asked_for(look_at_dashboard: Any, shared_seeded: Seeded) -> None:
-    dash: Dashboard = look_at_dashboard()
+def test_a_one_megabyte_result_is_cut_until_asked_for(open_dashboard: Any, seeded: Seeded) -> None:
+    dash: Dashboard = open_dashboard()
     page = dash.page
-    dash.open(f"#/jobs/{shared_seeded.large_result_job}")
+    dash.open(f"#/jobs/{seeded.large_result_job}")
     result = page.locator("#result pre")
     expect(page.locator("#result .truncated-note")).to_contain_text("of 1.0 MB")
     shown = result.evaluate("el => el.textContent.length")
@@ -221,25 +222,34 @@ def test_the_job_list_shows_new_and_changed_jobs_without_a_reload(
 ) -> None:
     dash: Dashboard = open_dashboard()
     page = dash.page
-    dash.open("#/jobs?queue=reports")
+    dash.open("#/jobs?queue=reports&every=1")
+    expect(page.locator("#refresh")).to_have_value("1")
     first = seeded.reports_available[0]
     expect(page.locator(f'#job-rows tr[data-id="{first}"]')).to_have_attribute("data-state", "available")
     added = api.post("/ojs/v1/jobs", json={"type": "report.build", "args": [], "options": {"queue": "reports"}}).json()["job"]["id"]
     assert api.delete(f"/ojs/v1/jobs/{first}").status_code == 200
-    live = {"timeout": 10_000}  # the list refreshes every 3 s
+    live = {"timeout": 10_000}  # the list refreshes every second
     expect(page.locator("#job-rows tr").first).to_have_attribute("data-id", added, **live)
     expect(page.locator(f'#job-rows tr[data-id="{first}"]')).to_have_attribute("data-state", "cancelled", **live)
     assert dash.watch.problems == []
 
 
 def test_a_pool_shows_its_busy_slots_and_job_and_is_quieted_from_the_page(
-    open_dashboard: Any, server: Any, api: httpx.Client, redis_client: redis.Redis, start: Start,
+    open_dashboard: Any, server: BrokerProcess, api: httpx.Client, db: redis.Redis, tmp_path: Path,
 ) -> None:
-    runtime = start("--processes", "1", "--concurrency", "3", "--no-http", "--queues", "pool-q",
-                    "--heartbeat-interval", "0.5")
-    runtime.wait_ready(1)
+    runtime = Runtime(server.redis_url, "tests.fixtures.pool_handlers", "--processes", "1", "--concurrency", "3",
+                      "--no-http", "--queues", "pool-q", "--heartbeat-interval", "0.5", log_path=tmp_path / "ojs-run.log")
+    try:
+        runtime.wait_ready(1)
+        _quiet_a_busy_pool(open_dashboard, api, db)
+    finally:
+        runtime.stop()
+        print(runtime.log())
+
+
+def _quiet_a_busy_pool(open_dashboard: Any, api: httpx.Client, db: redis.Redis) -> None:
     job_id = api.post("/ojs/v1/jobs", json={"type": "gate.wait", "args": [], "options": {"queue": "pool-q"}}).json()["job"]["id"]
-    wait_until(lambda: states(redis_client, [job_id]) == ["active"], what="the pool to start the job")
+    wait_until(lambda: states(db, [job_id]) == ["active"], what="the pool to start the job")
     dash: Dashboard = open_dashboard()
     page = dash.page
     dash.open("#/workers")
@@ -252,13 +262,13 @@ def test_a_pool_shows_its_busy_slots_and_job_and_is_quieted_from_the_page(
     dash.confirm()
     expect(row.locator(".badge")).to_have_text("quiet", timeout=10_000)
     assert api.get(f"/ojs/v1/admin/workers/{worker_id}").json()["directive"] == "quiet"
-    redis_client.rpush(f"pooltest:go:{job_id}:1", "1")  # let the held job finish
-    wait_until(lambda: states(redis_client, [job_id]) == ["completed"], what="the held job to finish")
+    db.rpush(f"pooltest:go:{job_id}:1", "1")  # let the held job finish
+    wait_until(lambda: states(db, [job_id]) == ["completed"], what="the held job to finish")
     assert dash.watch.problems == []
 
 
 def test_a_queue_limit_and_a_purge_set_from_the_page_take_effect(
-    open_dashboard: Any, seeded: Seeded, redis_client: redis.Redis, api: httpx.Client,
+    open_dashboard: Any, seeded: Seeded, db: redis.Redis, api: httpx.Client,
 ) -> None:
     dash: Dashboard = open_dashboard()
     page = dash.page
@@ -275,8 +285,8 @@ def test_a_queue_limit_and_a_purge_set_from_the_page_take_effect(
     email.locator("button", has_text="Purge").click()
     dash.confirm()  # "completed" is the state ticked by default
     expect(page.locator("#toasts")).to_contain_text("Purged 4 jobs from email")
-    assert not any(redis_client.exists(KEYS.job(j)) for j in [*seeded.email_completed, seeded.large_result_job])
-    assert {state_in_redis(redis_client, j) for j in seeded.email_available} == {"available"}
+    assert not any(db.exists(KEYS.job(j)) for j in [*seeded.email_completed, seeded.large_result_job])
+    assert {state_in_redis(db, j) for j in seeded.email_available} == {"available"}
     assert dash.watch.problems == []
 
 
@@ -298,21 +308,25 @@ def test_a_cron_disabled_and_triggered_from_the_page(
     assert dash.watch.problems == []
 
 
-@pytest.mark.parametrize("how", ["selected", "group"])
-def test_dead_letters_deleted_from_the_page_are_gone(
-    open_dashboard: Any, seeded: Seeded, redis_client: redis.Redis, how: str,
+def test_dead_letters_deleted_from_the_page_are_gone_the_selected_then_a_whole_group(
+    open_dashboard: Any, seeded: Seeded, db: redis.Redis,
 ) -> None:
     dash: Dashboard = open_dashboard()
     page = dash.page
+    selected, rest = seeded.dead_timeout
     dash.open("#/dead-letters?error_type=TimeoutError")
     expect(page.locator("#dead-letter-list tbody tr")).to_have_count(2)
-    if how == "selected":
-        page.locator(f'#dead-letter-list tr[data-id="{seeded.dead_timeout[0]}"] input.select').check()
+    page.locator(f'#dead-letter-list tr[data-id="{selected}"] input.select').check()
     page.locator(".toolbar button.action", has_text="Delete").click()
     dash.confirm()
-    gone = seeded.dead_timeout[:1] if how == "selected" else seeded.dead_timeout
-    expect(page.locator("#dead-letter-list tbody tr")).to_have_count(2 - len(gone))
-    assert not any(redis_client.exists(KEYS.job(j)) or redis_client.zscore(KEYS.dlq, j) for j in gone)
-    kept = [*seeded.dead_declined, *seeded.dead_timeout[len(gone):]]
-    assert all(redis_client.zscore(KEYS.dlq, j) is not None for j in kept)
+    expect(page.locator("#dead-letter-list tbody tr")).to_have_count(1)
+    assert not db.exists(KEYS.job(selected)) and db.zscore(KEYS.dlq, selected) is None
+    assert db.zscore(KEYS.dlq, rest) is not None
+
+    page.locator(".toolbar button.action", has_text="Delete").click()  # nothing selected: the group
+    expect(page.locator("dialog.dialog[open]")).to_contain_text('all dead letters matching {"error_type":"TimeoutError"}')
+    dash.confirm()
+    expect(page.locator("#dead-letter-list tbody tr")).to_have_count(0)
+    assert not db.exists(KEYS.job(rest)) and db.zscore(KEYS.dlq, rest) is None
+    assert all(db.zscore(KEYS.dlq, j) is not None for j in seeded.dead_declined)
     assert dash.watch.problems == []

@@ -6,7 +6,8 @@ import { action, badge, clear, confirmDialog, fmtNumber, h, jobLink, preview, ta
 const STATES = ["", "available", "active", "scheduled", "retryable", "pending", "completed", "discarded", "cancelled"];
 const FILTERS = ["queue", "state", "type", "since", "until", "worker", "error_type", "q"];
 const PER_PAGE = 50;
-const LIVE_MS = 3000;
+const REFRESH_CHOICES = { 1: "every 1 s", 3: "every 3 s", 10: "every 10 s", 0: "paused" };
+const DEFAULT_REFRESH_S = 3;
 
 function toIso(local) {
   if (!local) return "";
@@ -24,6 +25,12 @@ function toLocal(iso) {
 export default async function jobs(view, page) {
   const filter = {};
   for (const name of FILTERS) if (page.query.get(name)) filter[name] = page.query.get(name);
+  const chosen = page.query.get("every");
+  const refreshS = chosen !== null && chosen in REFRESH_CHOICES ? Number(chosen) : DEFAULT_REFRESH_S;
+  const hashWith = (params) => {
+    if (refreshS !== DEFAULT_REFRESH_S) params.set("every", String(refreshS));
+    return `#/jobs?${params}`;
+  };
 
   const field = (name, label, input) => {
     input.name = name;
@@ -51,12 +58,18 @@ export default async function jobs(view, page) {
       if (name === "since" || name === "until") value = toIso(value);
       if (value) params.set(name, value);
     }
-    location.hash = `#/jobs?${params}`;
+    location.hash = hashWith(params);
   });
 
   const tbody = h("tbody", { id: "job-rows" });
   const status = h("span", { class: "muted", id: "job-count" });
-  const live = h("span", { class: "live" }, "● live");
+  const live = h("select", { id: "refresh", title: "How often the list updates itself",
+    onchange: () => {
+      const params = new URLSearchParams(page.query);
+      params.set("every", live.value);
+      location.hash = `#/jobs?${params}`;
+    } },
+  Object.entries(REFRESH_CHOICES).map(([s, label]) => h("option", { value: s, selected: Number(s) === refreshS }, label)));
   const more = h("button", { type: "button", id: "load-more", hidden: true }, "Load more");
   const selectAll = h("input", { type: "checkbox", title: "Select all shown", class: "action" });
   const rows = new Map(); // id -> {job, tr, box}
@@ -171,5 +184,5 @@ export default async function jobs(view, page) {
     if (page.alive()) clear(queueNames, (reply.items || []).map((q) => h("option", { value: q.name })));
   }).catch(() => {});
   await loadPage();
-  page.every(LIVE_MS, refresh);
+  if (refreshS > 0) page.every(refreshS * 1000, refresh);
 }
