@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import time
@@ -35,8 +36,9 @@ QUEUES = ("email", "reports", "billing", "media")
 ERROR_TYPES = ("PaymentDeclined", "TimeoutError", "ConnectionReset", "ValidationError")
 
 
-def page_requests(job_id: str) -> dict[str, list[str]]:
-    """The admin API requests each page sends when it opens (see runtime/dashboard/static/js)."""
+def page_requests(job_id: str, *, pools: bool) -> dict[str, list[str]]:
+    """The admin API requests each page sends when it opens (see runtime/dashboard/static/js);
+    the workers page asks for the pools only from a server whose manifest lists fair-scheduling."""
     now = time.time()
     since = timefmt.format_ms(int((now - 3600) * 1000))
     until = timefmt.format_ms(int(now * 1000))
@@ -50,7 +52,7 @@ def page_requests(job_id: str) -> dict[str, list[str]]:
         "job": [f"/ojs/v1/admin/jobs/{job_id}"],
         "dead letters": ["/ojs/v1/admin/dead-letter/stats", "/ojs/v1/admin/dead-letter?per_page=50"],
         "dead letters (one error type)": ["/ojs/v1/admin/dead-letter?error_type=TimeoutError&per_page=50"],
-        "workers": ["/ojs/v1/admin/workers?per_page=100", "/ojs/v1/admin/pools"],
+        "workers": ["/ojs/v1/admin/workers?per_page=100", *(["/ojs/v1/admin/pools"] if pools else [])],
         "cron": ["/ojs/v1/cron"],
         "workflows": ["/ojs/v1/workflows?per_page=50"],
     }
@@ -96,20 +98,32 @@ async def seed(redis_url: str, *, completed: int, dead: int, waiting: int, quiet
     return last
 
 
-async def time_pages(url: str, job_id: str, reps: int, api_key: str | None) -> dict[str, list[float]]:
+async def _timed_get(client: httpx.AsyncClient, path: str) -> tuple[httpx.Response, float]:
+    began = time.perf_counter()
+    reply = await client.get(path)
+    return reply, (time.perf_counter() - began) * 1000
+
+
+async def time_pages(url: str, job_id: str, reps: int, api_key: str | None,
+                     ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per page, the time until all its requests were answered; per request, its own time."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     timings: dict[str, list[float]] = {}
+    per_request: dict[str, list[float]] = {}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
-        for name, paths in page_requests(job_id).items():
+        manifest = (await client.get("/ojs/manifest")).json()
+        pools = "fair-scheduling" in json.dumps(manifest.get("extensions", {}))
+        for name, paths in page_requests(job_id, pools=pools).items():
             for path in paths:  # once unmeasured: scripts loaded, connections open
                 (await client.get(path)).raise_for_status()
             for _ in range(reps):
                 began = time.perf_counter()
-                replies = await asyncio.gather(*(client.get(path) for path in paths))
+                replies = await asyncio.gather(*(_timed_get(client, path) for path in paths))
                 timings.setdefault(name, []).append((time.perf_counter() - began) * 1000)
-                for reply in replies:
+                for path, (reply, ms) in zip(paths, replies, strict=True):
                     reply.raise_for_status()
-    return timings
+                    per_request.setdefault(path.split("?")[0] if path.startswith("/ojs/v1/admin/stats/history") else path, []).append(ms)
+    return timings, per_request
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   waiting=args.waiting, quiet=args.quiet))
         print(f"seeded {args.completed:,} completed, {args.dead:,} dead letters, {args.waiting:,} waiting "
               f"in {time.monotonic() - began:.0f} s")
-        timings = asyncio.run(time_pages(server.url, job_id, args.reps, None))
+        timings, per_request = asyncio.run(time_pages(server.url, job_id, args.reps, None))
     finally:
         server.stop()
     print(f"\n{'page':32} {'median ms':>10} {'worst ms':>10}")
@@ -140,6 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         over += worst > args.budget_ms
         mark = "  over budget" if worst > args.budget_ms else ""
         print(f"{name:32} {statistics.median(values):10.1f} {worst:10.1f}{mark}")
+    print(f"\n{'request':72} {'median ms':>10}")
+    for path, values in sorted(per_request.items(), key=lambda item: -statistics.median(item[1])):
+        print(f"{path[:72]:72} {statistics.median(values):10.1f}")
     return 1 if over else 0
 
 
