@@ -65,7 +65,8 @@ def _serve(file: StaticFile, request: Request) -> Response:
     ]
     if file.content_type.startswith(b"text/html"):
         headers.append((b"content-security-policy", CONTENT_SECURITY_POLICY))
-    if file.etag in request.headers.get(b"if-none-match", b"").split(b", "):
+    wanted = {tag.strip().removeprefix(b"W/") for tag in request.headers.get(b"if-none-match", b"").split(b",")}
+    if file.etag in wanted or b"*" in wanted:
         return Response(304, b"", headers)
     return Response(200, file.body, [(b"content-type", file.content_type), *headers])
 

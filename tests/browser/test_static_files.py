@@ -74,3 +74,18 @@ def test_the_api_still_wants_the_key(plain_server: BrokerProcess) -> None:
     with httpx.Client(base_url=plain_server.url) as client:
         assert client.get("/ojs/v1/queues").status_code == 401
         assert client.get("/ojs/adminx").status_code == 401
+
+
+def test_the_package_data_ships_every_static_file() -> None:
+    """An installed package (not this checkout) holds only what package-data names."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["runtime.dashboard"]
+    static = root / "runtime" / "dashboard"
+    files = [p.relative_to(static).as_posix() for p in (static / "static").rglob("*") if p.is_file()]
+    assert files
+    unshipped = [f for f in files if not any(fnmatch.fnmatchcase(f, pattern) and f.count("/") == pattern.count("/")
+                                              for pattern in patterns)]
+    assert unshipped == []

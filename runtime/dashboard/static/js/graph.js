@@ -65,6 +65,5 @@ export function workflowGraph(steps, { onOpen } = {}) {
   });
   const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img", "aria-label": "Workflow graph" },
     defs, edges, nodes);
-  svg.style.maxWidth = `${width}px`;
   return h("div", { class: "graph" }, svg);
 }
