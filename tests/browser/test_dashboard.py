@@ -277,7 +277,7 @@ def test_a_queue_limit_and_a_purge_set_from_the_page_take_effect(
     reports.locator("button", has_text="Config").click()
     page.locator('dialog.dialog[open] input[name="max_depth"]').fill(str(len(seeded.reports_available)))
     dash.confirm()
-    expect(page.locator("#toasts")).to_contain_text("reports: max_depth 5")
+    expect(page.locator("#toasts")).to_contain_text("reports: max_depth 5, rate limit none")
     full = api.post("/ojs/v1/jobs", json={"type": "report.build", "args": [], "options": {"queue": "reports"}})
     assert full.status_code == 429 and full.json()["error"]["code"] == "QUEUE_FULL", full.text
 

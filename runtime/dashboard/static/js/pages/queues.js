@@ -50,16 +50,37 @@ export default async function queues(view, page) {
 
   const configure = async (name) => {
     const detail = await api(`/ojs/v1/admin/queues/${encodeURIComponent(name)}`);
-    const current = ((detail.configuration || {}).backpressure || {}).max_depth;
-    const input = h("input", { type: "number", min: "1", name: "max_depth", value: current ?? "", placeholder: "no limit" });
-    const ok = await confirmDialog(`Configure ${name}`, "Enqueues beyond max_depth are refused with 429 QUEUE_FULL. Leave empty for no limit.", {
-      confirmLabel: "Save", fields: [h("label", {}, "max_depth", input)],
+    const config = detail.configuration || {};
+    const depth = ((config.backpressure || {}).max_depth) || "";
+    const rate = { ...(config.rate_limit || {}) };
+    // The server answers the period as a duration (PT1M) with its window_ms: shown as a word.
+    const word = { 1000: "second", 60000: "minute", 3600000: "hour", 86400000: "day" }[rate.window_ms];
+    if (word) rate.period = word;
+    const depthInput = h("input", { type: "number", min: "1", name: "max_depth", value: depth, placeholder: "no limit" });
+    const limitInput = h("input", { type: "number", min: "1", name: "rate_limit", value: rate.limit ?? "", placeholder: "no limit" });
+    const periodSelect = h("select", { name: "rate_period" },
+      ["second", "minute", "hour", "day"].map((p) => h("option", { value: p, selected: rate.period === p }, `per ${p}`)));
+    if (rate.period && !["second", "minute", "hour", "day"].includes(rate.period)) {
+      periodSelect.append(h("option", { value: rate.period, selected: true }, `per ${rate.period}`));
+    }
+    const ok = await confirmDialog(`Configure ${name}`, "Leave a field empty for no limit.", {
+      confirmLabel: "Save",
+      fields: [
+        h("label", {}, "max_depth: enqueues past it are refused with 429 QUEUE_FULL", depthInput),
+        h("label", {}, "Rate limit: jobs handed out", limitInput, periodSelect),
+      ],
     });
     if (!ok) return;
-    const depth = input.value.trim();
-    const backpressure = depth ? { max_depth: Number(depth), strategy: "reject" } : null;
-    await api(`/ojs/v1/admin/queues/${encodeURIComponent(name)}/config`, { method: "PUT", body: { backpressure } });
-    toast(`${name}: max_depth ${depth || "removed"}`);
+    const maxDepth = depthInput.value.trim();
+    const limit = limitInput.value.trim();
+    await api(`/ojs/v1/admin/queues/${encodeURIComponent(name)}/config`, {
+      method: "PUT",
+      body: {
+        backpressure: maxDepth ? { max_depth: Number(maxDepth), strategy: "reject" } : null,
+        rate_limit: limit ? { limit: Number(limit), period: periodSelect.value } : null,
+      },
+    });
+    toast(`${name}: max_depth ${maxDepth || "none"}, rate limit ${limit ? `${limit} per ${periodSelect.value}` : "none"}`);
     await load();
   };
 
