@@ -134,10 +134,13 @@ class JobAdmin:
                 out.append((status, ""))
             elif status == Status.UNIQUE_CONFLICT:
                 out.append((status, f"unique job: job '{reply[1].decode()}' ({reply[2].decode()}) holds its lock"))
-            elif status == Status.CONFLICT:
+            elif status == Status.CONFLICT and reply[1]:
                 out.append((status, f"member of workflow '{reply[1].decode()}', which is still running"))
+            elif status == Status.CONFLICT:
+                out.append((status, f"Job '{job_id}' is {reply[2].decode()}: only discarded or cancelled jobs "
+                                    "are retried."))
             else:
-                out.append((status, f"Job '{job_id}' is not discarded or cancelled (or does not exist)."))
+                out.append((status, f"Job '{job_id}' not found."))
         return out
 
     async def _delete_many(self, ids: Sequence[str]) -> list[tuple[int, str]]:

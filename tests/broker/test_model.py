@@ -51,6 +51,8 @@ from runtime.broker.admin import Admin
 from runtime.broker.core import Broker, Completion, Failure
 from runtime.broker.crons import Crons
 from runtime.broker.integrity import check_integrity
+from runtime.broker.job_admin import JobAdmin
+from runtime.broker.job_listing import STATE_ORDER, JobFilter
 from runtime.broker.workflows import WorkflowRequest, Workflows
 from runtime.envelope import ALL_STATES, CronRequest, ErrorInfo
 from runtime.errors import Conflict, Duplicate, NotFound, OJSError
@@ -208,6 +210,9 @@ class Job:
     index: int = -1
     cond: str | None = None  # a callback's condition: always | success | failure
     pending: int = 0  # a waiting member's unresolved dependencies
+    # A member put back to work (retried) after its workflow ended runs on its own: the
+    # workflow counted it already and does not count it again.
+    outside: bool = False
     # The last settle and what it left: (claim serial, what, clock, state after). A worker that
     # sends that settle again (its reply was lost) is told it is done, and nothing changes.
     settled: tuple[int, str, int, str] | None = None
@@ -334,36 +339,29 @@ class Model:
             wf.state = "completed" if wf.failed == 0 else "failed"
 
     def reopen(self, job: Job) -> None:
-        """A dead-lettered member put back to work while its workflow runs: unresolved again."""
-        wf = self.workflows[job.workflow] if job.workflow else None
-        if wf is not None and job.cond is None:
-            wf.failed -= 1
-            for d in wf.dependents.get(job.index, []):
-                dep = self.jobs.get(wf.members[d])
-                if dep is not None and dep.state == "waiting":
-                    dep.pending += 1
+        """An ended job put back to work (a retry). A workflow member only ever is once its
+        workflow has ended (while it runs, the retry is refused): it then runs on its own."""
+        if job.workflow is not None:
+            assert self.workflows[job.workflow].state != "running", "model: reopened a running workflow's member"
+            job.outside = True
         job.state, job.attempt, job.in_dlq = "available", 0, False
 
 
-def dlq_retry_outcomes(model: Model, job_id: str) -> set[str]:
-    """What a dead letter retry may do: {"refuse"}, {"accept"} or either.
-
-    A unique job whose key is held by another live job is refused (two live holders are never
-    allowed). A workflow member may be re-opened only while its workflow is still running (the
-    workflow then counts it again when it resolves); once the workflow finished, putting a member
-    back to work would resolve it twice, so it is refused. Callbacks run after their workflow
-    finished; retrying one does not touch the workflow.
-    """
+def retry_allowed(model: Model, job_id: str, *, dead_letter_only: bool) -> bool:
+    """Whether a retry puts the job back to work (dlq_retry.lua). The data plane's retries only
+    dead-lettered jobs, the operator's any discarded or cancelled one. Refused: a unique job
+    whose key another live job holds (two live holders are never allowed), and a member of a
+    workflow still running (the workflow resolved the member already and acted on it; running it
+    again inside the workflow would count it twice). A member of an ended workflow is retried and
+    runs on its own (Model.reopen)."""
     job = model.jobs.get(job_id)
-    if job is None or not job.in_dlq:
-        return {"refuse"}
+    if job is None:
+        return False
+    if not (job.in_dlq if dead_letter_only else job.state in ("discarded", "cancelled")):
+        return False
     if job.ukey is not None and model.live_holder(job.ukey) is not None:
-        return {"refuse"}
-    if job.workflow is not None:
-        if job.cond is not None:
-            return {"refuse", "accept"}
-        return {"refuse", "accept"} if model.workflows[job.workflow].state == "running" else {"refuse"}
-    return {"accept"}
+        return False
+    return job.workflow is None or model.workflows[job.workflow].state != "running"
 
 
 # --- the machine -----------------------------------------------------------------------------
@@ -413,6 +411,7 @@ class BrokerMachine(RuleBasedStateMachine):
         env.ids.reset()
         self.workers = WorkerSide(self.broker, self.run, self.clock)
         self.admin = Admin(self.broker)
+        self.job_admin = JobAdmin(self.broker)
         self.model = Model()
         self.cancelled_ever: set[str] = set()
         self.schedulers = (Crons(self.broker), Crons(self.broker))
@@ -652,15 +651,11 @@ class BrokerMachine(RuleBasedStateMachine):
 
     @rule(job_id=jobs)
     def dead_letter_retry(self, job_id: str) -> None:
-        allowed = dlq_retry_outcomes(self.model, job_id)
-        try:
-            self.run(self.admin.dead_letter_retry(job_id))
-            outcome = "accept"
-        except OJSError:
-            outcome = "refuse"
-        assert outcome in allowed, f"dead letter retry of {job_id}: {outcome}, expected {sorted(allowed)}"
-        if outcome == "accept":
-            self.model.reopen(self.model.jobs[job_id])
+        if not retry_allowed(self.model, job_id, dead_letter_only=True):
+            self._refused(self.admin.dead_letter_retry(job_id), OJSError, f"dead letter retry of {job_id}")
+            return
+        self.run(self.admin.dead_letter_retry(job_id))
+        self.model.reopen(self.model.jobs[job_id])
 
     @rule(job_id=jobs)
     def dead_letter_delete(self, job_id: str) -> None:
@@ -670,6 +665,58 @@ class BrokerMachine(RuleBasedStateMachine):
             return
         self.run(self.admin.dead_letter_delete(job_id))
         del self.model.jobs[job_id]
+
+    # --- the operator (admin API) ---
+
+    def _workflow_running(self, job: Job) -> bool:
+        return job.workflow is not None and self.model.workflows[job.workflow].state == "running"
+
+    @rule(job_id=jobs)
+    def admin_retry(self, job_id: str) -> None:
+        """Any discarded or cancelled job back to available, attempts reset; refused for a live
+        job, a unique job whose key another live job holds, and a member of a running workflow."""
+        job = self.model.jobs.get(job_id)
+        if job is None:
+            self._refused(self.job_admin.retry(job_id), NotFound, f"admin retry of deleted {job_id}")
+            return
+        if not retry_allowed(self.model, job_id, dead_letter_only=False):
+            self._refused(self.job_admin.retry(job_id), Conflict, f"admin retry of {job.state} {job_id}")
+            return
+        self.run(self.job_admin.retry(job_id))
+        self.model.reopen(job)
+        self.cancelled_ever.discard(job_id)
+
+    @rule(job_id=jobs)
+    def admin_delete(self, job_id: str) -> None:
+        """An ended job removed for good; a live job, or a member of a running workflow, is not."""
+        job = self.model.jobs.get(job_id)
+        if job is None:
+            self._refused(self.job_admin.delete(job_id), NotFound, f"admin delete of deleted {job_id}")
+        elif job.state not in TERMINAL or self._workflow_running(job):
+            self._refused(self.job_admin.delete(job_id), Conflict, f"admin delete of {job.state} {job_id}")
+        else:
+            self.run(self.job_admin.delete(job_id))
+            del self.model.jobs[job_id]
+
+    @rule(state=st.sampled_from(sorted(TERMINAL)))
+    def purge(self, state: str) -> None:
+        """Every ended job of that state goes, but the members of running workflows."""
+        deleted, more = self.run(self.job_admin.purge(QUEUE, [state], older_than_ms=None))
+        gone = [j.id for j in self.model.jobs.values() if j.state == state and not self._workflow_running(j)]
+        assert (deleted, more) == (len(gone), False), f"purge {state}: {deleted}, model {len(gone)}"
+        for job_id in gone:
+            del self.model.jobs[job_id]
+
+    @rule()
+    def bulk_cancel_available(self) -> None:
+        result = self.run(self.job_admin.bulk("cancel", flt=JobFilter(queue=QUEUE, state="available"), ids=None,
+                                              cursor=None, dry_run=False))
+        expected = sorted(j.id for j in self.model.available())
+        assert sorted(result.job_ids) == expected and result.failed == 0, (result, expected)
+        for job_id in result.job_ids:
+            job = self.model.jobs[job_id]
+            if job.state == "available":  # not cancelled already by an earlier one's workflow
+                self._cancelled(job)
 
     # --- time ---
 
@@ -747,6 +794,26 @@ class BrokerMachine(RuleBasedStateMachine):
         self.unique_keys_have_one_live_holder()
         self.workflows_match_model()
         self.crons_stay_scheduled()
+        self.listings_match_model()
+
+    def listings_match_model(self) -> None:
+        """The admin listing of each state holds exactly the model's jobs in it, with an exact
+        total, and a walk over every state sees every job once."""
+        listing = self.job_admin.listing
+        for state in STATE_ORDER:
+            page = self.run(listing.page(JobFilter(queue=QUEUE, state=state), limit=100, ids_only=True))
+            want = sorted(j.id for j in self.model.jobs.values() if j.state == state)
+            assert sorted(i["id"] for i in page.items) == want, f"listing of {state}"
+            assert page.total == len(want), f"listing total of {state}: {page.total}, model {len(want)}"
+        walked: list[str] = []
+        cursor = None
+        while True:
+            page = self.run(listing.page(JobFilter(), limit=3, cursor=cursor, ids_only=True))
+            walked += [i["id"] for i in page.items]
+            if (cursor := page.next_cursor) is None:
+                break
+        listed = sorted(j.id for j in self.model.jobs.values() if j.state in STATE_ORDER)
+        assert sorted(walked) == listed, "walk over every state"
 
     def store_is_consistent(self) -> None:
         problems = self.run(check_integrity(self.broker.redis, self.broker.keys))
@@ -818,7 +885,8 @@ class BrokerMachine(RuleBasedStateMachine):
                 f"workflow {wf.kind} {wf.id}: broker (state, completed, failed) {seen}, "
                 f"model {(wf.state, wf.completed, wf.failed)}")
             states = self.run(self._states(wf.members))
-            plain_resolved = all(s is None or s in TERMINAL for s in states[: wf.total])
+            plain_resolved = all(s is None or s in TERMINAL or getattr(self.model.jobs.get(m), "outside", False)
+                                 for m, s in zip(wf.members[: wf.total], states, strict=False))
             for i in range(wf.total, len(wf.members)):
                 if states[i] not in ("waiting", "cancelled"):
                     assert plain_resolved, (

@@ -26,6 +26,7 @@
   ARGV[4] "dead_letter" (the data plane's retry) | "ended" (the admin API's)
 
   Returns: {OK} | {NOT_FOUND} | {UNIQUE_CONFLICT, holder id, holder state} | {CONFLICT, workflow id}
+           | {CONFLICT, "", state} (mode "ended": the job is live)
 ]]
 local T = context(KEYS[1], ARGV[1], ARGV[2])
 local key, id = KEYS[2], ARGV[3]
@@ -34,7 +35,8 @@ local f = rcall("HMGET", key, "state", "queue", "priority", "type", "expires_ms"
   "unique_states", "workflow_id")
 local state = f[1]
 if ARGV[4] == "ended" then
-  if state ~= "discarded" and state ~= "cancelled" then return {S.NOT_FOUND} end
+  if not state then return {S.NOT_FOUND} end
+  if state ~= "discarded" and state ~= "cancelled" then return {S.CONFLICT, "", state} end
 elseif rcall("ZSCORE", T.dlq, id) == false or state ~= "discarded" then
   return {S.NOT_FOUND}
 end
