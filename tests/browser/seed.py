@@ -28,6 +28,7 @@ class Seeded:
     active_job: str = ""
     dead_declined: list[str] = field(default_factory=list)
     dead_timeout: list[str] = field(default_factory=list)
+    backlog: list[str] = field(default_factory=list)
     cron_name: str = "nightly-report"
     workflow_id: str = ""
 
@@ -47,8 +48,14 @@ def fetch(client: httpx.Client, queue: str, count: int = 1) -> list[dict]:
     return list(reply["jobs"])
 
 
+BACKLOG = 60  # more than one page of the job list (50)
+
+
 def seed(client: httpx.Client) -> Seeded:
     s = Seeded()
+    # backlog: the oldest jobs, more than one page of them.
+    batch = [{"type": "backlog.item", "args": [n], "options": {"queue": "backlog"}} for n in range(BACKLOG)]
+    s.backlog = [job["id"] for job in _ok(client.post("/ojs/v1/jobs/batch", json={"jobs": batch}))["jobs"]]
     # email: some done (one with a 1 MiB result), one running with progress, the rest waiting.
     for n in range(3):
         s.email_completed.append(enqueue(client, "email", "email.send", [{"to": f"user{n}@example.com"}]))

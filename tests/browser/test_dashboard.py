@@ -53,6 +53,16 @@ def test_every_page_shows_the_seeded_data(open_dashboard: Any, seeded: Seeded) -
     expect(page.locator(f'#job-rows tr[data-id="{seeded.email_available[-1]}"]')).to_be_visible()
     dash.shot("jobs")
 
+    dash.open("#/jobs?queue=backlog")
+    expect(page.locator("#job-rows tr")).to_have_count(50)
+    page.locator("#load-more").click()
+    expect(page.locator("#job-rows tr")).to_have_count(len(seeded.backlog))
+    expect(page.locator("#load-more")).to_be_hidden()
+    assert page.locator("#job-rows tr").last.get_attribute("data-id") == seeded.backlog[0]  # newest first
+
+    dash.open("#/jobs?type=billing.ch*")
+    expect(page.locator("#job-rows tr")).to_have_count(len(seeded.dead_declined))
+
     dash.open("#/jobs?q=needle-3")
     expect(page.locator(f'#job-rows tr[data-id="{seeded.email_available[3]}"]')).to_be_visible()
     expect(page.locator(f'#job-rows tr[data-id="{seeded.email_available[2]}"]')).to_have_count(0)
