@@ -8,6 +8,7 @@ share one seeded server (`open_dashboard`). The watch in conftest.py fails a tes
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,13 @@ def test_the_job_list_shows_new_and_changed_jobs_without_a_reload(
     live = {"timeout": 10_000}  # the list refreshes every second
     expect(page.locator("#job-rows tr").first).to_have_attribute("data-id", added, **live)
     expect(page.locator(f'#job-rows tr[data-id="{first}"]')).to_have_attribute("data-state", "cancelled", **live)
+
+    # A job that leaves a state filter is marked, not left looking as it was.
+    dash.open("#/jobs?queue=reports&state=available&every=1")
+    second = seeded.reports_available[1]
+    expect(page.locator(f'#job-rows tr[data-id="{second}"]')).not_to_have_class(re.compile("gone"))
+    assert api.delete(f"/ojs/v1/jobs/{second}").status_code == 200
+    expect(page.locator(f'#job-rows tr[data-id="{second}"]')).to_have_class(re.compile("gone"), **live)
     assert dash.watch.problems == []
 
 

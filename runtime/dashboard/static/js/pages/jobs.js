@@ -123,12 +123,15 @@ export default async function jobs(view, page) {
   };
 
   let cursor = null;
+  let firstPage = null; // ids of the first page as last read
   const query = (extra) => ({ ...filter, per_page: PER_PAGE, order: "desc", ...extra });
 
   const loadPage = async () => {
+    const first = cursor === null;
     const reply = await api("/ojs/v1/admin/jobs", { query: query({ cursor }) });
     if (!page.alive()) return;
     for (const job of reply.items || []) put(job);
+    if (first) firstPage = new Set((reply.items || []).map((job) => job.id));
     const p = reply.pagination || {};
     cursor = p.next_cursor || null;
     more.hidden = !cursor;
@@ -137,15 +140,27 @@ export default async function jobs(view, page) {
     empty.hidden = rows.size > 0;
   };
 
-  // The first page again: changed rows are redrawn in place, new jobs put on top.
+  // The first page again: changed rows are redrawn in place, new jobs put on top, and a row of
+  // the first page that is no longer in it is marked (it left the filter: its state changed,
+  // or it was deleted) rather than shown as it was.
   const refresh = async () => {
     const reply = await api("/ojs/v1/admin/jobs", { query: query({}) });
     if (!page.alive()) return;
-    for (const job of [...(reply.items || [])].reverse()) {
+    const items = reply.items || [];
+    for (const job of [...items].reverse()) {
       const known = rows.get(job.id);
       if (!known) put(job, { atTop: true });
-      else if (known.job.state !== job.state || known.job.attempt !== job.attempt) put(job);
+      else if (known.job.state !== job.state || known.job.attempt !== job.attempt || known.tr.classList.contains("gone")) put(job);
     }
+    const now = new Set(items.map((job) => job.id));
+    for (const id of firstPage || []) {
+      const row = rows.get(id);
+      if (row && !now.has(id)) {
+        row.tr.classList.add("gone");
+        row.tr.title = "No longer matches the filter";
+      }
+    }
+    firstPage = now;
     empty.hidden = rows.size > 0;
   };
 
