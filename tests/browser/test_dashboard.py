@@ -132,6 +132,7 @@ def test_a_dead_letter_retried_from_the_page_is_back_in_its_queue(
     dash.confirm()
     expect(page.locator("#dead-letter-list tbody tr")).to_have_count(2)
     expect(page.locator(f'#dead-letter-list tr[data-id="{target}"]')).to_have_count(0)
+    expect(page.locator('#by-error_type [data-error-type="PaymentDeclined"]')).to_contain_text("2")
 
     assert db.zscore(KEYS.dlq, target) is None
     assert state_in_redis(db, target) == "available"

@@ -51,6 +51,12 @@ class Page {
     this.timers.add(setTimeout(run, ms));
   }
 
+  // Renders this page again from scratch (after an action that changes what all of it shows).
+  reshow() {
+    if (this.alive()) return show();
+    return undefined;
+  }
+
   close() {
     this.closed = true;
     for (const timer of this.timers) clearTimeout(timer);

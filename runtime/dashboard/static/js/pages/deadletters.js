@@ -55,12 +55,6 @@ export default async function deadLetters(view, page) {
     more.hidden = !(cursor && p.has_more !== false);
     render();
   };
-  const reload = async () => {
-    shown.length = 0;
-    boxes.clear();
-    cursor = null;
-    await loadPage();
-  };
   more.addEventListener("click", loadPage);
 
   const selected = () => [...boxes.entries()].filter(([, box]) => box.checked).map(([id]) => id);
@@ -70,7 +64,7 @@ export default async function deadLetters(view, page) {
     if (!(await confirmDialog("Retry dead letters", `Retry ${what}? They go back to their queues.`, { confirmLabel: "Retry" }))) return;
     const total = await repeatWhileMore(() => api("/ojs/v1/admin/dead-letter/retry", { method: "POST", body: { ...scope, confirm: true } }));
     toast(`Retried ${fmtNumber(total.succeeded)}${total.failed ? `, ${fmtNumber(total.failed)} failed` : ""}`, total.failed > 0);
-    await reload();
+    await page.reshow(); // the group counts change too
   };
   const retryChosen = async () => {
     const ids = selected();
@@ -91,7 +85,7 @@ export default async function deadLetters(view, page) {
       deleted = (await repeatWhileMore(() => api("/ojs/v1/admin/dead-letter", { method: "DELETE", body: { ...filter, confirm: true } }))).purged_count;
     }
     toast(`Deleted ${fmtNumber(deleted)}`);
-    await reload();
+    await page.reshow();
   };
 
   clear(view,
