@@ -79,6 +79,8 @@ def test_every_page_shows_the_seeded_data(open_dashboard: Any, seeded: Seeded) -
     expect(page.locator("#args")).to_contain_text("slow@example.com")
 
     dash.open(f"#/jobs/{seeded.dead_declined[0]}")
+    expect(page.locator("#timeline li").last).to_contain_text("discarded")
+    expect(page.locator("#timeline")).not_to_contain_text("completed")
     expect(page.locator("#errors")).to_contain_text("PaymentDeclined")
     page.locator("#errors summary", has_text="Traceback").first.click()
     expect(page.locator("#errors details pre").first).to_contain_text("gateway.charge(card, amount)")

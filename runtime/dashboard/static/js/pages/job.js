@@ -30,12 +30,18 @@ function progressView(progress) {
     h("div", { class: "muted" }, `${(fraction * 100).toFixed(0)}%${message ? ` · ${message}` : ""}`));
 }
 
+// Events at the same millisecond keep the order a job lives them: a failure before its discard.
+const RANK = { created_at: 0, scheduled_at: 1, enqueued_at: 2, re_enqueued_at: 2, started_at: 3, error: 4 };
+
 function timeline(job) {
-  const events = TIMELINE.filter(([field]) => job[field]).map(([field, label]) => ({ at: job[field], label, kind: field }));
+  // A job that ended otherwise than completed carries completed_at as its end time too: said once.
+  const ended = job.state !== "completed" && (job.discarded_at || job.cancelled_at || job.expired_at);
+  const events = TIMELINE.filter(([field]) => job[field] && !(field === "completed_at" && ended))
+    .map(([field, label]) => ({ at: job[field], label, kind: field }));
   for (const err of job.errors || []) {
     if (errorTime(err)) events.push({ at: errorTime(err), label: `attempt ${err.attempt ?? "?"} failed: ${err.type || err.code || "error"}`, kind: "error" });
   }
-  events.sort((a, b) => new Date(a.at) - new Date(b.at));
+  events.sort((a, b) => new Date(a.at) - new Date(b.at) || (RANK[a.kind] ?? 5) - (RANK[b.kind] ?? 5));
   const first = events.length ? new Date(events[0].at).getTime() : 0;
   return h("ol", { class: "timeline", id: "timeline" }, events.map((e) => h("li", {
     class: e.kind === "error" || e.kind === "discarded_at" ? "bad" : e.kind === "completed_at" ? "good" : "",

@@ -54,10 +54,12 @@ export default async function workers(view, page) {
     const items = list.items || [];
     const summary = list.summary || {};
     const busy = items.reduce((n, w) => n + (w.active_jobs || 0), 0);
-    const capacity = items.reduce((n, w) => n + (w.concurrency || 0), 0);
+    // Free slots are known only for workers that say their concurrency (HTTP workers may not).
+    const sized = items.filter((w) => w.concurrency);
+    const free = sized.length ? sized.reduce((n, w) => n + Math.max(0, w.concurrency - (w.active_jobs || 0)), 0) : null;
     clear(summaryBox, card("Workers", fmtNumber(summary.total ?? items.length)), card("Running", fmtNumber(summary.running)),
       card("Quiet", fmtNumber(summary.quiet)), card("Stale", fmtNumber(summary.stale)),
-      card("Busy slots", fmtNumber(busy)), card("Free slots", fmtNumber(Math.max(0, capacity - busy))));
+      card("Busy slots", fmtNumber(busy)), card("Free slots", fmtNumber(free)));
     if (pools.absent) clear(poolsBox, h("div", { class: "empty" }, "This server does not list the fair-scheduling extension: no pool endpoints."));
     else if (pools.error) clear(poolsBox, errorBox(pools.error));
     else clear(poolsBox, table([
@@ -70,7 +72,7 @@ export default async function workers(view, page) {
     clear(workersBox, table([
       { label: "Worker", cell: (w) => h("a", { href: "#", class: "mono", onclick: (e) => { e.preventDefault(); showJobs(w.id); } }, w.id) },
       { label: "Kind", cell: (w) => w.kind },
-      { label: "Host", cell: (w) => `${w.hostname || "?"}${w.pid ? `:${w.pid}` : ""}` },
+      { label: "Host", cell: (w) => (w.hostname ? `${w.hostname}${w.pid ? `:${w.pid}` : ""}` : "–") },
       { label: "State", cell: (w) => badge(w.state) },
       { label: "Queues", cell: (w) => (w.queues || []).join(", ") },
       { label: "Slots", cell: (w) => slots(w.active_jobs || 0, w.concurrency || 0) },
