@@ -61,6 +61,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # The admin API shows a worker silent for this many intervals as stale, and lets an operator
     # deregister it from then on (before the automatic removal above).
     worker_stale_heartbeats: int = 3
+    # The pool an ojs-run supervisor's processes belong to (the fair-scheduling extension's pools:
+    # an operator's stored definition for this name sets their queue weights and strategy).
+    pool_name: str = "default"
     # The statistics history (admin API): minutes kept this long, hours this long.
     stats_minute_retention_ms: int = 86_400_000
     stats_hour_retention_ms: int = 30 * 86_400_000
@@ -117,6 +120,8 @@ def settings_from_env(**overrides: object) -> Settings:
         values["api_key"] = os.environ["OJS_API_KEY"]
     if os.environ.get("OJS_API_READ_KEYS"):
         values["api_read_keys"] = tuple(k.strip() for k in os.environ["OJS_API_READ_KEYS"].split(",") if k.strip())
+    if os.environ.get("OJS_POOL_NAME"):
+        values["pool_name"] = os.environ["OJS_POOL_NAME"].strip()
     if os.environ.get("OJS_DATA_DIR"):
         values["data_dir"] = os.environ["OJS_DATA_DIR"]
     if os.environ.get("OJS_APPENDFSYNC"):

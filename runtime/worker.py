@@ -79,6 +79,7 @@ from runtime.executor import (
 from runtime.handlers import Registry
 from runtime.liveness import EXIT_BOOT_ERROR, EXIT_OK, Board, Liveness, Phase
 from runtime.middleware import compose, notify
+from runtime.pool_membership import PoolMembership
 from runtime.redis_link import RedisLink
 
 logger = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ class Pool:
         self.queues = [name for name, _ in named]
         self.weights = [weight for _, weight in named]
         self.scores = fairness.initial_scores(len(named))
+        self.strategy = config.strategy  # an operator's pool definition may change it (and the weights)
         # Both keyed by claim (the fencing token), never by job id: one job can have two runs here
         # (a lapsed lease, claimed again), each with its own lease, settle and cleanup.
         self.active: dict[str, _Running] = {}  # claimed and not yet settled (heartbeats keep their leases)
@@ -188,6 +190,10 @@ class Pool:
         self.abandoned: set[str] = set()
         self.redis = redis_client(config.settings)
         self.broker = Broker(self.redis, config.settings)
+        self.membership = PoolMembership(
+            self.broker, worker_id=self.worker_id, pool=config.settings.pool_name, queues=self.queues,
+            weights=self.weights, strategy=config.strategy, concurrency=config.concurrency,
+        )
         self.batcher = Batcher(self.broker, window_s=config.ack_window_s, settle_for_s=config.lease_ms / 1000,
                                on_trouble=self._settle_trouble)
         terminal = Terminal(registry, threads=self.threads, grace_s=config.timeout_grace_s)
@@ -288,7 +294,7 @@ class Pool:
 
     async def _fetch(self, count: int) -> None:
         quotas = None
-        if self.config.strategy == fairness.WEIGHTED and len(self.queues) > 1:
+        if self.strategy == fairness.WEIGHTED and len(self.queues) > 1:
             quotas, self.scores = fairness.quotas(self.weights, self.scores, count)
         try:
             claimed = await self.broker.fetch(
@@ -540,6 +546,7 @@ class Pool:
     async def _heartbeats(self) -> None:
         while True:
             await self._beat()
+            await self._follow_pool()
             leases = [r.ctx.job.visibility_timeout_ms or self.config.lease_ms for r in self.active.values()]
             leases += [lease_ms for _, _, lease_ms in self.ready.values() if lease_ms]
             interval_s = min(self.config.heartbeat_interval_s, min([self.config.lease_ms, *leases]) / 3000)
@@ -548,6 +555,20 @@ class Pool:
                 await asyncio.wait_for(self.beat_soon.wait(), max(0.05, interval_s))
             except TimeoutError:
                 pass
+
+    async def _follow_pool(self) -> None:
+        """The pool's stored definition, if an operator changed it: new weights and strategy."""
+        try:
+            changed = await self.membership.refresh()
+        except BACKEND_ERRORS as err:
+            logger.debug("pool definition not read (%s); again at the next beat", err)
+            return
+        if changed is not None and changed != (self.weights, self.strategy):
+            self.weights, self.strategy = changed
+            self.scores = fairness.initial_scores(len(self.weights))
+            logger.info("pool %s: queues %s (%s), from pool %s's definition", self.worker_id,
+                        ",".join(f"{q}:{w}" for q, w in zip(self.queues, self.weights, strict=True)),
+                        self.strategy, self.config.settings.pool_name)
 
     async def _beat(self) -> None:
         try:

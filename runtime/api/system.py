@@ -46,10 +46,20 @@ def manifest() -> dict[str, Any]:
             "batch_enqueue": True, "cron_jobs": True, "dead_letter": True, "delayed_jobs": True,
             "job_ttl": True, "priority_queues": True, "rate_limiting": True, "schema_validation": False,
             "unique_jobs": {"strength": "strong", "mechanism": "atomic check-and-insert in one Lua script"},
-            "workflows": True, "pause_resume": True,
+            "workflows": True, "pause_resume": True, "admin_api": True, "backpressure": True,
+            "maintenance_mode": True,
         },
-        "extensions": {"events": {"transport": ["http-polling"]}},
-        "endpoints": {"base": "/ojs/v1", "manifest": "/ojs/manifest", "health": "/ojs/v1/health"},
+        "extensions": {
+            "events": {"transport": ["http-polling"]},
+            "admin-api": {"base": "/ojs/v1/admin", "bulk_max": 1000, "stats_history": ["1m", "5m", "15m", "1h", "1d"],
+                          "maintenance_mode": True, "read_only_keys": True},
+            "backpressure": {"strategies": ["reject"], "bounds": ["max_depth"]},
+            "dead-letter": {"list": True, "stats": True, "retry": True, "delete": True, "purge": True},
+            "fair-scheduling": {"strategies": ["weighted", "strict", "round_robin"], "pools": True},
+            "progress": True,
+        },
+        "endpoints": {"base": "/ojs/v1", "manifest": "/ojs/manifest", "health": "/ojs/v1/health",
+                      "admin": "/ojs/v1/admin"},
     }
 
 

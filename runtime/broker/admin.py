@@ -284,6 +284,12 @@ class Admin:
                  for (worker_id, beat), record in zip(page, records, strict=True)]
         return total, items, summary
 
+    async def all_workers(self, *, now_ms: int, stale_after_ms: int) -> list[dict[str, Any]]:
+        """Every registered worker's view (the registry holds live workers only)."""
+        total = await self.redis.zcard(self.keys.workers)
+        _, items, _ = await self.workers(offset=0, limit=max(1, total), now_ms=now_ms, stale_after_ms=stale_after_ms)
+        return items
+
     async def worker_view(self, worker_id: str, *, now_ms: int, stale_after_ms: int) -> dict[str, Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self.keys.worker(worker_id))
@@ -340,6 +346,9 @@ def _worker_view(worker_id: str, record: dict[bytes, bytes], beat_ms: int, now_m
         "concurrency": int(get(b"concurrency", b"0")) or None,
         "active_jobs": int(get(b"active_jobs", b"0")),
         "directive": get(b"directive", b"").decode() or None,
+        "pool": get(b"pool", b"").decode() or None,
+        "weights": [int(w) for w in get(b"weights", b"").decode().split(",") if w.isdigit()],
+        "strategy": get(b"strategy", b"").decode() or None,
         "last_heartbeat_at": timefmt.format_ms(beat_ms) if beat_ms else None,
     }
     if (started := get(b"started_at")) is not None:

@@ -45,14 +45,17 @@ key                            type        content
 ``P notify:<q>``               channel     pub/sub wake-up: a job became available in queue q
 ``P workflow:<id>``            hash        a workflow: state, counters, member ids (j<i>), dependents
                                            (d<i>), labels (s<i>), results (r<i>)
+``P pools``                    hash        pool name -> stored definition (JSON: strategy, queues,
+                                           weights), read by that pool's processes at each beat
 ``P workflows``                zset        workflow id -> creation time (ms): the workflow listing
 ``P workflow-outbox``          list        outbox: ids of workflow jobs that ended, for advance.lua
                                            (its own namespace: no workflow id can name it)
 ``P crons``                    hash        cron name -> registration (JSON)
 ``P cron:next``                zset        cron name -> next fire time (ms); the per-tick claim
 ``P stats:m:<minute ms>``       hash        statistics history, one minute: <metric>:<queue> -> n
-                                           (metrics enqueued, completed, failed, discarded,
-                                           cancelled); kept 24 h (the rollup sets the expiry)
+                                           (metrics enqueued, started, completed, failed,
+                                           discarded, cancelled, and wait_ms: the sum of the
+                                           started jobs' waits); kept 24 h (the rollup expires it)
 ``P stats:h:<hour ms>``         hash        the same per hour, summed by the rollup; kept 30 days
 ``P stats:rolled``              string      the last minute the rollup added into its hour
 ``P maintenance``               hash        present while maintenance mode is on: enabled_at,
@@ -84,6 +87,7 @@ SUFFIXES: dict[str, str] = {
     "reaper": "reaper",
     "stats_rolled": "stats:rolled",
     "workflows": "workflows",
+    "pools": "pools",
     "maintenance": "maintenance",
 }
 
@@ -193,6 +197,10 @@ class Keys:
     @property
     def stats_rolled(self) -> str:
         return self.prefix + SUFFIXES["stats_rolled"]
+
+    @property
+    def pools(self) -> str:
+        return self.prefix + SUFFIXES["pools"]
 
     @property
     def workflows(self) -> str:

@@ -21,7 +21,7 @@ from runtime.errors import InvalidRequest
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
-METRICS = ("enqueued", "completed", "failed", "discarded", "cancelled")
+METRICS = ("enqueued", "started", "completed", "failed", "discarded", "cancelled", "wait_ms")
 PERIODS_MS = {"1m": MINUTE_MS, "5m": 5 * MINUTE_MS, "15m": 15 * MINUTE_MS, "1h": HOUR_MS, "1d": 24 * HOUR_MS}
 MAX_POINTS = 1_500
 ROLLUP_MINUTES_PER_CALL = 120
@@ -101,9 +101,28 @@ class StatsHistory:
         for n in range(points):
             at = first + n * step
             counts = buckets.get(at) or dict.fromkeys(METRICS, 0)
-            data.append({"timestamp": timefmt.format_ms(at), **counts, "processed": counts["completed"]})
+            waited = counts.pop("wait_ms")
+            data.append({"timestamp": timefmt.format_ms(at), **counts, "processed": counts["completed"],
+                         "avg_wait_ms": round(waited / counts["started"], 1) if counts["started"] else None})
         return {"period": period, "since": timefmt.format_ms(first), "until": timefmt.format_ms(until),
                 "queue": queue, "data": data}
+
+    async def last_minute(self, *, now_ms: int | None = None) -> dict[str, dict[str, int]]:
+        """queue -> metric -> count over the minute before now (the minute now is in and the one
+        before it, which together cover it). Two HGETALLs."""
+        now = timefmt.now_ms() if now_ms is None else now_ms
+        current = now - now % MINUTE_MS
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.stats_minute(current - MINUTE_MS))
+            pipe.hgetall(self.keys.stats_minute(current))
+            replies = await pipe.execute()
+        out: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(METRICS, 0))
+        for fields in replies:
+            for field, value in fields.items():
+                metric, _, name = field.decode().partition(":")
+                if metric in METRICS:
+                    out[name][metric] += int(value)
+        return dict(out)
 
     async def per_minute(self, *, now_ms: int | None = None) -> dict[str, dict[str, float]]:
         """queue -> {"processed_per_minute", "failed_per_minute"}, plus "*" for all queues: the

@@ -68,6 +68,7 @@ promote_due(T, tonumber(ARGV[7]))
 expire_due(T, tonumber(ARGV[7]), ARGV[9])
 
 local claimed_per_queue = {}
+local waited_per_queue = {}  -- ms from enqueue (or promotion) to this claim, summed: the history's wait
 local SKIPPED = {}  -- claim's answer for a suspect the caller may not run
 local skipped = {}  -- {id, score, queue} of the suspects popped and skipped: put back at the end
 
@@ -86,7 +87,7 @@ end
 local function claim(id, queue, alone)
   local job_key = prefix .. "job:" .. id
   local f = rcall("HMGET", job_key, "state", "type", "visibility_timeout_ms", "timeout_ms", "expires_ms",
-    "attempt", "worker_id", "exec_deadline", "progress", "progress_at", "suspect")
+    "attempt", "worker_id", "exec_deadline", "progress", "progress_at", "suspect", "enqueued_at")
   if f[1] ~= "available" then
     return nil -- a stale index entry (the job was flushed or moved): drop it
   end
@@ -129,6 +130,7 @@ local function claim(id, queue, alone)
   if #drop > 0 then rcall("HDEL", job_key, unpack(drop)) end
   rcall("ZADD", T.active, deadline, id)
   claimed_per_queue[queue] = (claimed_per_queue[queue] or 0) + 1
+  waited_per_queue[queue] = (waited_per_queue[queue] or 0) + math.max(0, now - (tonumber(f[12]) or now))
   emit(T, "job.started", id, {job_id = id, job_type = f[2], queue = queue, state = "active",
     worker_id = worker_id, attempt = attempt})
   return rcall("HGETALL", job_key)
@@ -292,5 +294,7 @@ for queue, n in pairs(claimed_per_queue) do
   local counts = prefix .. "queue:" .. queue .. ":counts"
   rcall("HINCRBY", counts, "available", -n)
   rcall("HINCRBY", counts, "active", n)
+  count_stat(T, "started", queue, n)
+  count_stat(T, "wait_ms", queue, waited_per_queue[queue])
 end
 return claimed
