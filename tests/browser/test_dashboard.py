@@ -255,7 +255,7 @@ def test_the_job_list_shows_new_and_changed_jobs_without_a_reload(
     assert dash.watch.problems == []
 
 
-def test_a_pool_shows_its_busy_slots_and_job_and_is_quieted_from_the_page(
+def test_a_pool_shows_its_busy_and_free_slots_and_job_and_is_quieted_from_the_page(
     open_dashboard: Any, server: BrokerProcess, api: httpx.Client, db: redis.Redis, tmp_path: Path,
 ) -> None:
     runtime = Runtime(server.redis_url, "tests.fixtures.pool_handlers", "--processes", "1", "--concurrency", "3",
@@ -274,8 +274,13 @@ def _quiet_a_busy_pool(open_dashboard: Any, api: httpx.Client, db: redis.Redis) 
     dash: Dashboard = open_dashboard()
     page = dash.page
     dash.open("#/workers")
-    row = page.locator("#workers-table tbody tr").first  # the pool is the only worker
-    expect(row).to_contain_text("1 busy", timeout=10_000)  # from the pool's next heartbeat
+    row = page.locator("#workers-table tbody tr").first  # the pool process is the only worker
+    expect(row).to_contain_text("1 busy / 2 free", timeout=10_000)  # from the pool's next heartbeat
+    expect(row).to_contain_text("pool-q")
+    pool = page.locator('#pools tr[data-pool="default"]')
+    expect(pool).to_contain_text("pool-q ×1")
+    expect(pool).to_contain_text("1 busy / 2 free")
+    expect(page.locator("#scheduling")).to_contain_text("pool-q")
     worker_id = row.get_attribute("data-worker")
     row.locator("a", has_text=worker_id).click()
     expect(page.locator("#worker-jobs")).to_contain_text(job_id)

@@ -1,6 +1,6 @@
 // Workers and pools: slots busy/free, heartbeats, the jobs a worker holds, quiet and deregister.
 import { api } from "../api.js";
-import { action, badge, bar, card, clear, confirmDialog, errorBox, fmtNumber, h, hasExtension, jobLink, table, toast, when } from "../ui.js";
+import { action, badge, bar, card, clear, confirmDialog, errorBox, fmtDuration, fmtNumber, h, hasExtension, jobLink, table, toast, when } from "../ui.js";
 
 function slots(busy, total) {
   if (!total) return `${fmtNumber(busy)} busy`;
@@ -46,9 +46,10 @@ export default async function workers(view, page) {
 
   const load = async () => {
     // The pools are shown apart: a failure there must not hide the workers.
-    const [list, pools] = await Promise.all([
+    const [list, pools, scheduling] = await Promise.all([
       api("/ojs/v1/admin/workers", { query: { per_page: 100 } }),
       hasExtension("fair-scheduling") ? api("/ojs/v1/admin/pools").catch((err) => ({ error: err })) : { absent: true },
+      hasExtension("fair-scheduling") ? api("/ojs/v1/admin/scheduling/stats").catch((err) => ({ error: err })) : { absent: true },
     ]);
     if (!page.alive()) return;
     const items = list.items || [];
@@ -64,11 +65,18 @@ export default async function workers(view, page) {
     else if (pools.error) clear(poolsBox, errorBox(pools.error));
     else clear(poolsBox, table([
       { label: "Pool", cell: (p) => p.name },
-      { label: "Queues", cell: (p) => (p.queues || []).join(", ") },
+      { label: "Queues (weight)", cell: (p) => (p.queues || []).map((q) => (p.weights && p.weights[q] !== undefined ? `${q} ×${p.weights[q]}` : q)).join(", ") },
       { label: "Strategy", cell: (p) => p.strategy || "–" },
       { label: "Workers", num: true, cell: (p) => fmtNumber(p.active_workers) },
       { label: "Slots", cell: (p) => slots(p.active_jobs || 0, p.concurrency || 0) },
-    ], pools.items || [], { empty: "No pools." }));
+    ], pools.items || [], { empty: "No pools.", rowAttrs: (p) => ({ dataset: { pool: p.name } }) }),
+    scheduling.absent || scheduling.error ? null : h("div", { id: "scheduling" }, h("h2", {}, "Dispatch over the last minute"), table([
+      { label: "Queue", cell: (q) => q.name },
+      { label: "Claims", num: true, cell: (q) => fmtNumber(q.dispatch_count_1m) },
+      { label: "Share", num: true, cell: (q) => (q.dispatch_ratio_1m === undefined || q.dispatch_ratio_1m === null ? "–" : `${(q.dispatch_ratio_1m * 100).toFixed(0)}%`) },
+      { label: "Mean wait", num: true, cell: (q) => (q.avg_wait_ms === undefined || q.avg_wait_ms === null ? "–" : fmtDuration(q.avg_wait_ms)) },
+      { label: "Active", num: true, cell: (q) => fmtNumber(q.active_jobs) },
+    ], scheduling.queues || [], { empty: "Nothing claimed in the last minute." })));
     clear(workersBox, table([
       { label: "Worker", cell: (w) => h("a", { href: "#", class: "mono", onclick: (e) => { e.preventDefault(); showJobs(w.id); } }, w.id) },
       { label: "Kind", cell: (w) => w.kind },
