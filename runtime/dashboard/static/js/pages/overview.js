@@ -51,7 +51,7 @@ export default async function overview(view, page) {
       card("Workers", fmtNumber(stats.workers)),
       card("Processed / min", fmtNumber((stats.throughput || {}).processed_per_minute)),
       card("Failure rate", `${(rate * 100).toFixed(1)}%`, `failed / (completed + failed), ${RANGES[range].label}`));
-    clear(chartBox, lineChart(points, ["enqueued", "completed", "failed"]));
+    clear(chartBox, lineChart(points, ["enqueued", "completed", "failed", "discarded"]));
     showMaintenance(Boolean(stats.maintenance));
     const items = queueList.items || [];
     const deepest = Math.max(1, ...items.map((q) => q.depth || 0));
