@@ -18,8 +18,9 @@ export default async function overview(view, page) {
     Object.entries(RANGES).map(([key, r]) => h("option", { value: key, selected: key === range }, r.label)));
   const queuesBox = h("div", { id: "queue-depths" });
   const maintenanceBox = h("div", { id: "maintenance" });
+  const toggleBox = h("span", { id: "maintenance-toggle" });
   clear(view,
-    h("h1", {}, "Overview"),
+    h("div", { class: "toolbar heading" }, h("h1", {}, "Overview"), h("span", { class: "spacer" }), toggleBox),
     maintenanceBox,
     cards,
     h("section", { class: "panel" }, h("div", { class: "toolbar" }, h("h2", {}, "Throughput"), h("span", { class: "spacer" }), rangeSelect), chartBox),
@@ -75,9 +76,8 @@ export default async function overview(view, page) {
       toast(on ? "Maintenance mode off" : "Maintenance mode on");
       await load();
     }, { danger: !on });
-    clear(maintenanceBox, on
-      ? h("div", { class: "error-box toolbar" }, h("strong", {}, "Maintenance mode: no job is handed out."), h("span", { class: "spacer" }), toggle)
-      : h("div", { class: "toolbar" }, h("span", { class: "spacer" }), toggle));
+    clear(toggleBox, toggle);
+    clear(maintenanceBox, on ? h("div", { class: "error-box" }, h("strong", {}, "Maintenance mode: no job is handed out."), " Enqueues go on.") : null);
   };
 
   await load();
