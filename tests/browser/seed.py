@@ -68,9 +68,11 @@ def seed(client: httpx.Client) -> Seeded:
     large = {"html": "x" * LARGE_RESULT_CHARS}
     _ok(client.post("/ojs/v1/workers/ack", json={"job_id": s.large_result_job, "result": large, "worker_id": WORKER_ID}))
     _ok(client.put(f"/ojs/v1/jobs/{s.active_job}/progress", json={"progress": 40, "percent": True, "message": "sending"}))
+    # It says it beats every 10 minutes: on a slow machine a test outlasting the default 5 s
+    # interval must not see it go stale, or lose its job to the dead-worker reaper.
     _ok(client.post("/ojs/v1/workers/heartbeat", json={
         "worker_id": WORKER_ID, "active_jobs": [s.active_job], "hostname": "dash-host", "pid": 4242,
-        "queues": ["email", "billing"], "concurrency": 4,
+        "queues": ["email", "billing"], "concurrency": 4, "heartbeat_interval_ms": 600_000,
     }))
     for n in range(6):
         s.email_available.append(enqueue(client, "email", "email.send", [{"to": f"later{n}@example.com", "ref": f"needle-{n}"}]))
