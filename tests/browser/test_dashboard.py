@@ -356,3 +356,27 @@ def test_dead_letters_deleted_from_the_page_are_gone_the_selected_then_a_whole_g
     assert not db.exists(KEYS.job(rest)) and db.zscore(KEYS.dlq, rest) is None
     assert all(db.zscore(KEYS.dlq, j) is not None for j in seeded.dead_declined)
     assert dash.watch.problems == []
+
+
+def test_a_job_cancelled_then_retried_then_deleted_from_its_page(
+    open_dashboard: Any, seeded: Seeded, db: redis.Redis,
+) -> None:
+    dash: Dashboard = open_dashboard()
+    page = dash.page
+    job_id = seeded.email_available[0]
+    dash.open(f"#/jobs/{job_id}")
+    actions = page.locator("#view .toolbar")
+    for label, state in (("Cancel", "cancelled"), ("Retry", "available")):
+        actions.locator("button", has_text=label).click()
+        dash.confirm()
+        expect(page.locator("#view h1 .badge")).to_have_text(state)
+        assert state_in_redis(db, job_id) == state
+    actions.locator("button", has_text="Cancel").click()
+    dash.confirm()
+    expect(page.locator("#view h1 .badge")).to_have_text("cancelled")
+    actions.locator("button", has_text="Delete").click()
+    dash.confirm()
+    expect(page).to_have_url(re.compile(r"#/jobs$"))  # back to the list, once the delete was answered
+    dash.ready("jobs")
+    assert not db.exists(KEYS.job(job_id))
+    assert dash.watch.problems == []
