@@ -60,6 +60,9 @@ def test_every_page_shows_the_seeded_data(open_dashboard: Any, seeded: Seeded) -
     expect(page.locator("#job-rows tr")).to_have_count(len(seeded.backlog))
     expect(page.locator("#load-more")).to_be_hidden()
     assert page.locator("#job-rows tr").last.get_attribute("data-id") == seeded.backlog[0]  # newest first
+    dash.open("#/jobs?queue=backlog&order=asc")
+    expect(page.locator("#job-rows tr").first).to_have_attribute("data-id", seeded.backlog[0])
+    expect(page.locator("#filter-order")).to_have_value("asc")
 
     dash.open("#/jobs?type=billing.ch*")
     expect(page.locator("#job-rows tr")).to_have_count(len(seeded.dead_declined))

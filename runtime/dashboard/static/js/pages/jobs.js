@@ -5,6 +5,7 @@ import { action, badge, clear, confirmDialog, fmtNumber, h, jobLink, preview, ta
 
 const STATES = ["", "available", "active", "scheduled", "retryable", "pending", "completed", "discarded", "cancelled"];
 const FILTERS = ["queue", "state", "type", "since", "until", "worker", "error_type", "q"];
+const ORDERS = { desc: "newest first", asc: "oldest first" };
 const PER_PAGE = 50;
 const REFRESH_CHOICES = { 1: "every 1 s", 3: "every 3 s", 10: "every 10 s", 0: "paused" };
 const DEFAULT_REFRESH_S = 3;
@@ -25,12 +26,9 @@ function toLocal(iso) {
 export default async function jobs(view, page) {
   const filter = {};
   for (const name of FILTERS) if (page.query.get(name)) filter[name] = page.query.get(name);
+  const order = page.query.get("order") in ORDERS ? page.query.get("order") : "desc";
   const chosen = page.query.get("every");
   const refreshS = chosen !== null && chosen in REFRESH_CHOICES ? Number(chosen) : DEFAULT_REFRESH_S;
-  const hashWith = (params) => {
-    if (refreshS !== DEFAULT_REFRESH_S) params.set("every", String(refreshS));
-    return `#/jobs?${params}`;
-  };
 
   const field = (name, label, input) => {
     input.name = name;
@@ -48,6 +46,7 @@ export default async function jobs(view, page) {
     field("worker", "Worker", h("input", { value: filter.worker || "", placeholder: "any" })),
     field("error_type", "Error type", h("input", { value: filter.error_type || "", placeholder: "any" })),
     field("q", "Args / meta contain", h("input", { type: "search", value: filter.q || "", placeholder: "text" })),
+    field("order", "Order (by creation)", h("select", {}, Object.entries(ORDERS).map(([value, label]) => h("option", { value, selected: value === order }, label)))),
     h("div", { class: "toolbar" }, h("button", { type: "submit", class: "primary" }, "Search"),
       h("a", { href: "#/jobs", class: "button" }, "Reset")));
   form.addEventListener("submit", (event) => {
@@ -58,7 +57,9 @@ export default async function jobs(view, page) {
       if (name === "since" || name === "until") value = toIso(value);
       if (value) params.set(name, value);
     }
-    location.hash = hashWith(params);
+    if (form.elements.order.value !== "desc") params.set("order", form.elements.order.value);
+    if (refreshS !== DEFAULT_REFRESH_S) params.set("every", String(refreshS));
+    location.hash = `#/jobs?${params}`;
   });
 
   const tbody = h("tbody", { id: "job-rows" });
@@ -124,7 +125,7 @@ export default async function jobs(view, page) {
 
   let cursor = null;
   let firstPage = null; // ids of the first page as last read
-  const query = (extra) => ({ ...filter, per_page: PER_PAGE, order: "desc", ...extra });
+  const query = (extra) => ({ ...filter, per_page: PER_PAGE, order, ...extra });
 
   const loadPage = async () => {
     const first = cursor === null;
@@ -149,7 +150,12 @@ export default async function jobs(view, page) {
     const items = reply.items || [];
     for (const job of [...items].reverse()) {
       const known = rows.get(job.id);
-      if (!known) put(job, { atTop: true });
+      // A new job is the newest: on top when newest come first; oldest first, at the end once
+      // the whole list is shown (before that, "load more" reaches it).
+      if (!known) {
+        if (order === "desc") put(job, { atTop: true });
+        else if (cursor === null) put(job);
+      }
       else if (known.job.state !== job.state || known.job.attempt !== job.attempt || known.tr.classList.contains("gone")) put(job);
     }
     const now = new Set(items.map((job) => job.id));
