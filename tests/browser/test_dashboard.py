@@ -64,6 +64,14 @@ def test_every_page_shows_the_seeded_data(open_dashboard: Any, seeded: Seeded) -
     expect(page.locator("#job-rows tr").first).to_have_attribute("data-id", seeded.backlog[0])
     expect(page.locator("#filter-order")).to_have_value("asc")
 
+    page.locator("#filter-queue").fill("billing")
+    page.locator("#filter-state").select_option("discarded")
+    page.locator("#filter-since").fill("2000-01-01T00:00")
+    page.locator("#job-filters button[type=submit]").click()
+    expect(page).to_have_url(re.compile(r"#/jobs\?queue=billing&state=discarded&since=2000-01-01T"))
+    dash.ready("jobs")
+    expect(page.locator("#job-rows tr")).to_have_count(len(seeded.dead_declined) + len(seeded.dead_timeout))
+
     dash.open("#/jobs?type=billing.ch*")
     expect(page.locator("#job-rows tr")).to_have_count(len(seeded.dead_declined))
 
