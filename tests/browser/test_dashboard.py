@@ -38,12 +38,19 @@ def test_every_page_shows_the_seeded_data(open_dashboard: Any, seeded: Seeded) -
     dash: Dashboard = open_dashboard()
     page = dash.page
 
+    done = len(seeded.email_completed) + 1  # and the large result's job
     dash.open("#/overview")
     expect(page.locator("#throughput svg path.s-completed")).to_be_attached()
+    expect(page.locator("#throughput .legend")).to_contain_text(f"completed ({done})")
     expect(page.locator("#queue-depths tr", has_text="email")).to_be_visible()
     expect(page.locator("#queue-depths")).to_contain_text("reports")
     expect(page.locator("#overview-cards")).to_contain_text("Failure rate")
     dash.shot("overview")
+    for span in ("24h", "30d"):  # hourly and daily points
+        page.locator("#range").select_option(span)
+        expect(page).to_have_url(re.compile(f"range={span}$"))
+        dash.ready("overview")
+        expect(page.locator("#throughput .legend")).to_contain_text(f"completed ({done})")
 
     dash.open("#/queues")
     for queue in ("email", "reports", "billing"):
