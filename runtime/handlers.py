@@ -7,6 +7,9 @@ A handlers module registers at import time::
     @handler("email.send", queue="email", timeout_s=30)
     async def send_email(ctx: JobContext, to: str, subject: str) -> dict: ...
 
+    await send_email.enqueue("a@example.com", "Hi")   # the decorator returns a task handle
+
+
     @execution_middleware.add
     async def timing(ctx, call_next): ...
 
@@ -22,15 +25,20 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 
 import msgspec
 
 from runtime.envelope import TYPE_PATTERN
 from runtime.middleware import Chain, Middleware, Observer
+from runtime.tasks import Task
 
-F = TypeVar("F", bound=Callable[..., Any])
+if TYPE_CHECKING:
+    from runtime.context import JobContext
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 class HandlerSpec(msgspec.Struct, frozen=True, kw_only=True):
     """One registered handler and its options."""
@@ -67,12 +75,32 @@ class HandlerError(ValueError):
     """A handler registration is invalid."""
 
 
+class _Register:
+    """What ``handler(...)`` returns: registers the function it is applied to, returns its
+    :class:`~runtime.tasks.Task` handle (typed from the function's signature, ``ctx`` excluded)."""
+
+    def __init__(self, register: Callable[[Callable[..., Any]], Task[Any, Any, Any]]) -> None:
+        self._register = register
+
+    @overload
+    def __call__(  # type: ignore[overload-overlap]  # an async function is matched first
+        self, fn: Callable[Concatenate[JobContext, P], Coroutine[Any, Any, T]],
+    ) -> Task[P, Coroutine[Any, Any, T], T]: ...
+
+    @overload
+    def __call__(self, fn: Callable[Concatenate[JobContext, P], T]) -> Task[P, T, T]: ...
+
+    def __call__(self, fn: Callable[..., Any]) -> Task[Any, Any, Any]:
+        return self._register(fn)
+
+
 def handler(
     job_type: str, *, queue: str | None = None, timeout_s: float | None = None,
     retry: dict[str, Any] | None = None, concurrency: int | None = None,
-) -> Callable[[F], F]:
+) -> _Register:
     """Register `fn(ctx, *args)` for jobs of `job_type`. Async functions run as tasks on the pool's
-    event loop; plain functions run in the pool's thread pool."""
+    event loop; plain functions run in the pool's thread pool. Returns the function's task handle:
+    callable as the function, plus ``enqueue`` (see :mod:`runtime.tasks`)."""
     if not re.fullmatch(TYPE_PATTERN, job_type):
         raise HandlerError(f"invalid job type {job_type!r} (dot-separated lowercase segments)")
     if timeout_s is not None and timeout_s <= 0:
@@ -80,16 +108,18 @@ def handler(
     if concurrency is not None and concurrency < 1:
         raise HandlerError(f"{job_type}: concurrency must be at least 1")
 
-    def register(fn: F) -> F:
+    def register(fn: Callable[..., Any]) -> Task[Any, Any, Any]:
+        if isinstance(fn, Task):  # applied to a handle: register what it wraps
+            fn = fn.fn
         if job_type in _HANDLERS and _HANDLERS[job_type].fn is not fn:
             raise HandlerError(f"a handler for {job_type!r} is registered already")
         _HANDLERS[job_type] = HandlerSpec(
             job_type=job_type, fn=fn, is_async=inspect.iscoroutinefunction(fn), queue=queue,
             timeout_s=timeout_s, retry=retry, concurrency=concurrency,
         )
-        return fn
+        return Task(fn, job_type)
 
-    return register
+    return _Register(register)
 
 
 def registered(job_type: str) -> HandlerSpec | None:
