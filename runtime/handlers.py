@@ -83,7 +83,7 @@ class _Register:
         self._register = register
 
     @overload
-    def __call__(  # type: ignore[overload-overlap]  # an async function is matched first
+    def __call__(  # an async function is matched first
         self, fn: Callable[Concatenate[JobContext, P], Coroutine[Any, Any, T]],
     ) -> Task[P, Coroutine[Any, Any, T], T]: ...
 
