@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
+import traceback
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 
@@ -67,12 +69,17 @@ class Registry(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _HANDLERS: dict[str, HandlerSpec] = {}
+_RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 execution_middleware: Chain[Middleware] = Chain()
 observers: Chain[Observer] = Chain()
 
 
 class HandlerError(ValueError):
     """A handler registration is invalid."""
+
+
+class ModuleImportError(Exception):
+    """The handlers module does not import; the message says why and where, in one line."""
 
 
 class _Register:
@@ -128,10 +135,38 @@ def registered(job_type: str) -> HandlerSpec | None:
 
 
 def load(module: str) -> Registry:
-    """Import the handlers module and freeze what it registered. Import errors propagate: the
-    caller turns them into a boot error."""
-    importlib.import_module(module)
+    """Import the handlers module and freeze what it registered. An import that fails raises
+    :class:`ModuleImportError`: the caller turns it into a boot error."""
+    try:
+        importlib.import_module(module)
+    except Exception as err:
+        raise ModuleImportError(f"cannot import the handlers module {module!r}: {describe_error(err)}") from err
     return snapshot(module)
+
+
+def describe_error(err: BaseException) -> str:
+    """``Type: message (at file:line)``: where the error was raised in the importing code, not in
+    the import machinery. A syntax error is located where Python reports it."""
+    text = f"{type(err).__name__}: {err}"
+    if isinstance(err, SyntaxError) and err.filename:
+        return f"{type(err).__name__}: {err.msg} (at {err.filename}:{err.lineno})"
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith("<frozen")]
+    own = [f for f in frames if not f.filename.startswith(_RUNTIME_DIR) and f.filename != importlib.__file__]
+    if own:
+        return f"{text} (at {own[-1].filename}:{own[-1].lineno})"
+    return text
+
+
+def takes_context(fn: Callable[..., Any]) -> bool:
+    """Whether `fn` can be called as ``fn(ctx, *args)``: it has a positional first parameter (or
+    ``*args``). A callable whose signature cannot be read is given the benefit of the doubt."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    return bool(params) and params[0].kind in (
+        inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.VAR_POSITIONAL,
+    )
 
 
 def snapshot(module: str = "") -> Registry:

@@ -57,6 +57,7 @@ from collections.abc import Callable
 
 import msgspec
 import psutil  # type: ignore[import-untyped,unused-ignore]
+import redis
 
 from runtime import metrics, recovery, sdnotify, worker
 from runtime.broker.pool_ops import release_worker_blocking
@@ -79,8 +80,13 @@ RELEASE_TIMEOUT_S = 10.0  # one release attempt (its own process)
 RELEASE_STOP_GRACE_S = 15.0  # at a stop, pending releases are retried this long after the pools are gone
 REDIS_DOWN_PING_S = 10.0  # the embedded Redis down this long: no more watchdog pings
 LOCK_WAIT_S = 15.0  # a previous runtime on the same data dir may still be finishing its stop
+REDIS_BOOT_WAIT_S = 5.0  # an external Redis that does not answer this long at start: a boot error
 _PR_SET_PDEATHSIG = 1
 _HELD_ACROSS_FORK = {signal.SIGTERM}  # not SIGTSTP: its default action would freeze the child
+
+
+class RedisUnreachable(Exception):
+    """The Redis given does not answer at start (the message names it, password hidden)."""
 
 
 class SupervisorConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -148,7 +154,7 @@ class Supervisor:
         self._install_signals()
         try:
             self._boot()
-        except (OSError, InsecureBinding, EmbeddedRedisError) as err:
+        except (OSError, InsecureBinding, EmbeddedRedisError, RedisUnreachable) as err:
             logger.critical("cannot start: %s", err)
             self._cleanup()
             return EXIT_BOOT_ERROR
@@ -182,7 +188,9 @@ class Supervisor:
             check_binding(settings, host, what="/metrics, /health and /ready")
             self.metrics_listener = open_listener(host, self.config.metrics_port)
             logger.info("metrics on http://%s:%s/metrics", host, self.metrics_listener.getsockname()[1])
-        if settings.redis_url is None:
+        if settings.redis_url is not None:
+            self._reach_redis(settings.redis_url)
+        else:
             if not self.config.http:
                 logger.warning("--no-http with the embedded Redis: no scheduler loops run, so "
                                "expired leases and timeouts are not reaped")
@@ -197,6 +205,33 @@ class Supervisor:
             logger.info("using embedded Redis at %s", redacted(url))
             settings = msgspec.structs.replace(settings, redis_url=url)
             self.pool = msgspec.structs.replace(self.pool, settings=settings)
+
+    def _reach_redis(self, url: str) -> None:
+        """A Redis that is not there at start is a mistake to report, not an outage to ride out
+        (that comes later, once it has answered): wait a little for one that is starting too,
+        then stop with its URL. A blocking client, closed before the first fork."""
+        deadline = time.monotonic() + REDIS_BOOT_WAIT_S
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        said_waiting = False
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.AuthenticationError as err:
+                    raise RedisUnreachable(f"Redis at {redacted(url)} refused the credentials: {err}") from None
+                except redis.RedisError as err:
+                    if time.monotonic() > deadline or any(
+                        sig in (signal.SIGTERM, signal.SIGINT) for sig in self.signals
+                    ):
+                        raise RedisUnreachable(f"cannot reach Redis at {redacted(url)}: {err}") from None
+                    if not said_waiting:
+                        logger.info("waiting for Redis at %s", redacted(url))
+                        said_waiting = True
+                    time.sleep(0.25)
+        finally:
+            client.close()
+            client.connection_pool.disconnect()
 
     def _install_signals(self) -> None:
         for fd in (self._wake_r, self._wake_w):
