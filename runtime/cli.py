@@ -8,7 +8,7 @@ import re
 import sys
 from collections.abc import Callable
 
-from runtime import fairness, handler_check, logs
+from runtime import fairness, handler_check, logs, reloader
 from runtime.config import settings_from_env
 from runtime.embedded_redis import EmbeddedRedisError
 from runtime.envelope import QUEUE_PATTERN
@@ -154,6 +154,13 @@ def _run_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _reload_paths(module: str) -> tuple[str, ...]:
+    paths = reloader.source_paths(module)
+    if not paths:  # the pools will say why it does not import
+        print(f"ojs-run: --reload: cannot find the source of {module!r} to watch", file=sys.stderr)
+    return paths
+
+
 def run_main(argv: list[str] | None = None) -> int:
     """`ojs-run MODULE`: the supervisor, its pool processes and (unless --no-http) the broker."""
     args = _run_parser().parse_args(argv)
@@ -175,7 +182,7 @@ def run_main(argv: list[str] | None = None) -> int:
         processes=int(args.processes), http=not args.no_http, max_memory_mb=int(args.max_memory_mb or 0),
         liveness_timeout_s=args.liveness_timeout,
         metrics_port=int(args.metrics_port) if args.metrics_port else None, metrics_host=args.metrics_host,
-        stall_s=args.stall_timeout,
+        stall_s=args.stall_timeout, reload_paths=_reload_paths(args.module) if args.reload else (),
     )
     return Supervisor(pool, config=config).run()
 

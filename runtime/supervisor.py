@@ -59,7 +59,7 @@ import msgspec
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import redis
 
-from runtime import metrics, recovery, sdnotify, worker
+from runtime import metrics, recovery, reloader, sdnotify, worker
 from runtime.broker.pool_ops import release_worker_blocking
 from runtime.config import Settings
 from runtime.embedded_redis import EmbeddedRedis, EmbeddedRedisError, default_data_dir, redacted
@@ -99,6 +99,7 @@ class SupervisorConfig(msgspec.Struct, frozen=True, kw_only=True):
     metrics_port: int | None = None  # a separate /metrics, /health, /ready endpoint
     metrics_host: str | None = None  # its address; None: the HTTP host
     stall_s: float = 60.0  # /ready fails when no pool has fetched for this long
+    reload_paths: tuple[str, ...] = ()  # --reload: replace the pools when Python files here change
 
 
 class _Child:
@@ -149,6 +150,10 @@ class Supervisor:
         self.redis_lost = False
         self.pings_withheld = False
         self._wake_r, self._wake_w = os.pipe()
+        # --reload: the watcher process writes to this pipe when files change (see runtime.reloader)
+        self._changed_r, self._changed_w = os.pipe() if config.reload_paths else (-1, -1)
+        self.reload_wanted = False
+        self.probing = False  # a probe process is checking that the edited module imports
 
     def run(self) -> int:
         self._install_signals()
@@ -164,6 +169,7 @@ class Supervisor:
                 self._spawn_missing()
                 self._wait(self.config.tick_s)
                 self._handle_signals()
+                self._start_reload()
                 self._reap()
                 self._watch_redis()
                 self._check_children()
@@ -234,8 +240,9 @@ class Supervisor:
             client.connection_pool.disconnect()
 
     def _install_signals(self) -> None:
-        for fd in (self._wake_r, self._wake_w):
-            os.set_blocking(fd, False)
+        for fd in (self._wake_r, self._wake_w, self._changed_r):
+            if fd >= 0:
+                os.set_blocking(fd, False)
         signal.set_wakeup_fd(self._wake_w)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGTSTP, signal.SIGCONT):
             signal.signal(sig, self._on_signal)
@@ -244,12 +251,15 @@ class Supervisor:
         self.signals.append(signum)  # record only: the loop acts (conventions §3.2)
 
     def _wait(self, timeout_s: float) -> None:
-        select.select([self._wake_r], [], [], timeout_s)
-        try:
-            while os.read(self._wake_r, 512):
+        readable, _, _ = select.select([fd for fd in (self._wake_r, self._changed_r) if fd >= 0], [], [], timeout_s)
+        for fd in readable:
+            try:
+                while os.read(fd, 512):
+                    pass
+            except BlockingIOError:
                 pass
-        except BlockingIOError:
-            pass
+            if fd == self._changed_r:
+                self.reload_wanted = True
 
     def _handle_signals(self) -> None:
         while self.signals:
@@ -290,6 +300,34 @@ class Supervisor:
             child.kill_reason = reason
             _send(child.pid, signal.SIGKILL)
 
+    # --- reload ----------------------------------------------------------------------------------
+
+    def _start_reload(self) -> None:
+        """Files changed: first see, in a fresh fork, that the module still imports."""
+        if not self.reload_wanted or self.probing or self.stopping:
+            return
+        self.reload_wanted = False  # changes from now on make another round
+        self.probing = True
+        module = self.pool.module
+        self._fork("probe", lambda _pid: "probe", None, lambda _id: reloader.probe(module))
+
+    def _on_probe_exit(self, code: int) -> None:
+        self.probing = False
+        if self.stopping:
+            return
+        if code != EXIT_OK:
+            logger.warning("not reloading: the handlers module does not import (above); the running "
+                           "pools keep their code until the next change")
+            return
+        pools = [c for c in self._pools() if not c.retiring]
+        logger.info("reloading: replacing %d pool process(es); they drain for up to %.0fs",
+                    len(pools), self.pool.drain_timeout_s)
+        deadline = time.monotonic() + self.pool.drain_timeout_s + self.pool.cancel_deadline_s + STOP_MARGIN_S
+        for child in pools:
+            metrics.POOL_RECYCLES.labels("reload").inc()
+            self._terminate(child, deadline)  # retiring: _spawn_missing forks its replacement
+        self.backoff.pop("pool", None)  # new code: a pool that failed to boot before may now
+
     # --- children ------------------------------------------------------------------------------
 
     def _pools(self) -> list[_Child]:
@@ -306,6 +344,9 @@ class Supervisor:
             probes = self.metrics_listener
             self._fork("metrics", lambda _pid: "metrics", None,
                        lambda _id: _serve_http(self.pool.settings, probes, self.board, probes_only=True))
+        if self.config.reload_paths and not self._running("reloader") and self._may_respawn("reloader"):
+            paths, changed_w = self.config.reload_paths, self._changed_w
+            self._fork("reloader", lambda _pid: "reloader", None, lambda _id: reloader.watch(paths, changed_w))
         while sum(not c.retiring for c in self._pools()) < self.config.processes and self._may_respawn("pool"):
             seq = self.ids.next_seq()  # the id names the pool's own pid: made on each side of the fork
             liveness = Liveness()
@@ -358,6 +399,10 @@ class Supervisor:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
         os.close(self._wake_r)
         os.close(self._wake_w)
+        if self._changed_r >= 0:
+            os.close(self._changed_r)
+            if kind != "reloader":
+                os.close(self._changed_w)
         if self.embedded is not None:
             self.embedded.after_fork()  # a user of the embedded Redis, not its owner
         os.setpgid(0, 0)  # out of the terminal's process group: only the supervisor gets Ctrl-C
@@ -388,6 +433,10 @@ class Supervisor:
             metrics.mark_process_dead(child.pid)
             self._on_release_exit(child, code)
             return
+        if child.kind == "probe":
+            metrics.mark_process_dead(child.pid)
+            self._on_probe_exit(code)
+            return
         how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
         level = logging.INFO if code == 0 or child.kill_reason == "shutdown" else logging.WARNING
         logger.log(level, "%s process %s (pid %d) ended: %s", child.kind, child.worker_id, child.pid, how)
@@ -402,7 +451,12 @@ class Supervisor:
                 metrics.POOL_RESTARTS.labels(child.stop_reason or child.kill_reason or "crashed").inc()
             self._release(child.worker_id, crashed=code != 0 and child.kill_reason in (None, "unresponsive"),
                           record=record)
-        if code == EXIT_BOOT_ERROR:
+        if code == EXIT_BOOT_ERROR and self.config.reload_paths and child.kind == "pool" and not self.stopping:
+            # Developing: the module is mid-edit. Retry with backoff; the next change retries at once.
+            backoff_s = min(max(0.5, self.backoff.get("pool", (0.0, 0.0))[0] * 2), MAX_BACKOFF_S)
+            self.backoff["pool"] = (backoff_s, time.monotonic() + backoff_s)
+            logger.warning("pool process could not boot (above): retrying in %.1fs, or at the next change", backoff_s)
+        elif code == EXIT_BOOT_ERROR:
             logger.critical("%s process could not boot (see the error above): stopping", child.kind)
             self.exit_code = EXIT_BOOT_ERROR
             if not self.stopping:
@@ -562,6 +616,9 @@ class Supervisor:
         path, created = self.metrics_dir
         metrics.disable_multiprocess(path, created=created)
         signal.set_wakeup_fd(-1)
+        for fd in (self._changed_r, self._changed_w):
+            if fd >= 0:
+                os.close(fd)
 
 
 def _release_jobs(settings: Settings, pending: _Release) -> int:
