@@ -59,7 +59,7 @@ import msgspec
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import redis
 
-from runtime import metrics, recovery, reloader, sdnotify, worker
+from runtime import default_client, metrics, recovery, reloader, sdnotify, worker
 from runtime.broker.pool_ops import release_worker_blocking
 from runtime.config import Settings
 from runtime.embedded_redis import EmbeddedRedis, EmbeddedRedisError, default_data_dir, redacted
@@ -353,6 +353,8 @@ class Supervisor:
 
             def run_pool(worker_id: str, liveness: Liveness = liveness) -> int:
                 config = msgspec.structs.replace(self.pool, worker_id=worker_id)
+                # Task handles enqueue from handlers into the Redis this runtime serves.
+                default_client.configure(settings=config.settings)
                 return worker.main(config, liveness, self.board)
 
             self._fork("pool", functools.partial(self.ids.make, seq), liveness, run_pool)

@@ -26,7 +26,7 @@ def test_check_lists_the_handlers_with_queues_options_and_signatures() -> None:
     done = ojs_run("--check", "tests.fixtures.task_handlers")
     out = done.stdout
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "4 handler(s)" in out
+    assert "5 handler(s)" in out
     email = next(line for line in out.splitlines() if "handle.email" in line)
     assert "queue=mail" in email and "async" in email
     assert "send_email(to: str, subject: str = 'hello') -> dict[str, str]" in email

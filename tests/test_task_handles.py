@@ -9,6 +9,7 @@ import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from runtime.envelope import ErrorInfo
 from runtime.handlers import registered
 from runtime.job_handle import JobFailed, JobHandle
 from tests.fixtures import task_handlers
+from tests.fixtures.procs import Runtime
 from tests.fixtures.task_handlers import add, flagged, greet, send_email
 
 
@@ -249,3 +251,24 @@ def _fresh_defaults() -> Iterator[None]:
     runtime.configure()
 
 
+
+
+@pytest.mark.slow
+def test_a_handler_enqueues_through_a_handle_into_the_runtimes_redis(redis_url: str, tmp_path: Path) -> None:
+    # Given a runtime told its Redis on the command line, while the environment names another
+    runtime = Runtime(redis_url, "tests.fixtures.task_handlers", "--processes", "1", "--no-http",
+                      log_path=tmp_path / "ojs-run.log", extra_env={"OJS_REDIS_URL": "redis://127.0.0.1:1/0"})
+    try:
+        runtime.wait_ready(1)
+
+        async def go() -> int:
+            async with Client(redis_url) as client:
+                parent = await client.enqueue_job("handle.fanout", [21])
+                child_id = await parent.result(timeout=30)
+                return int(await client.job(child_id).result(timeout=30))
+
+        # When a handler enqueues another job through a handle, Then it lands there and runs
+        assert asyncio.run(go()) == 42
+    finally:
+        runtime.stop()
+        print(runtime.log())
