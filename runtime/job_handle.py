@@ -12,8 +12,9 @@ job's terminal event arrives. A waiter registers, makes sure the reader's positi
 than now, and only then reads the job's state once: a job that ended before the wait is seen by
 that read, one that ends after it by the reader.
 
-The stream is capped (``OJS_EVENTS_MAXLEN``): a reader that falls a full page behind may have lost
-entries to the trim, so after a full page every waiter reads its job's state once more. With the
+The stream is capped (``OJS_EVENTS_MAXLEN``): a reader that falls a full page (at most half the
+cap) behind may have lost entries to the trim, so after a full page every waiter reads its job's
+state once more. With the
 event stream disabled (``OJS_EVENTS_MAXLEN=0``) there is nothing to wait on, and a wait falls
 back to reading the state with a growing delay (up to one second).
 """
@@ -67,6 +68,9 @@ class ResultWatch:
         self._starting = asyncio.Lock()
         self._position = "0-0"
         self._closed = False
+        # A page well under the cap: a reader that might have lost entries to the trim reads a
+        # full page, and then has every waiter read its state again.
+        self._page = max(1, min(READ_COUNT, client.settings.events_maxlen // 2))
 
     async def wait(self, job_id: str, timeout: float | None) -> dict[str, Any]:
         """The job's envelope once it has ended. TimeoutError past `timeout` seconds."""
@@ -121,7 +125,7 @@ class ResultWatch:
         while self._waiters:
             try:
                 reply = await self._redis.xread({self._stream: self._position}, block=READ_BLOCK_MS,
-                                                count=READ_COUNT)
+                                                count=self._page)
             except Exception as err:  # Redis away: the events wait in the stream meanwhile
                 logger.warning("cannot read the event stream (retrying): %s", err)
                 await asyncio.sleep(READ_RETRY_S)
@@ -131,7 +135,7 @@ class ResultWatch:
                 self._position = stream_id.decode()
                 if fields.get(b"type") in ENDING_EVENTS:
                     self._wake(fields.get(b"subject", b"").decode())
-            if len(entries) >= READ_COUNT:
+            if len(entries) >= self._page:
                 self._wake_all()  # possibly behind the trim: every waiter reads its state again
         self._reader = None
 
