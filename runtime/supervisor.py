@@ -309,7 +309,8 @@ class Supervisor:
         self.reload_wanted = False  # changes from now on make another round
         self.probing = True
         module = self.pool.module
-        self._fork("probe", lambda _pid: "probe", None, lambda _id: reloader.probe(module))
+        probe = self._fork("probe", lambda _pid: "probe", None, lambda _id: reloader.probe(module))
+        probe.deadline = time.monotonic() + self.config.boot_timeout_s  # an import that hangs is killed
 
     def _on_probe_exit(self, code: int) -> None:
         self.probing = False
