@@ -4,7 +4,9 @@
 
 1. the client set for the current context by ``with runtime.using_client(client):`` (a contextvar:
    it follows asyncio tasks, and does not leak into other threads or concurrent tests). Any object
-   with ``async enqueue_job(type, args, **options)`` will do, e.g. a testing kit's fake;
+   with ``async enqueue_job(type, args, **options)`` will do, e.g. a testing kit's fake; what it
+   returns is the handle the caller gets (``id``, ``async status()``, ``async result(timeout)``,
+   as :class:`~runtime.job_handle.JobHandle` has);
 2. else the default client of the running event loop, made on first use as ``Client()`` makes one
    (``OJS_REDIS_URL`` / ``REDIS_URL``, else the running embedded Redis) or as set by
    ``runtime.configure(redis_url=..., settings=...)``. One per event loop, because a Redis

@@ -245,6 +245,26 @@ def test_a_handler_enqueues_through_the_current_client(redis_url: str) -> None:
     scenario(redis_url, body)
 
 
+def test_the_sync_variant_uses_the_client_of_the_callers_context() -> None:
+    seen: list[Any] = []
+
+    class FakeHandle:
+        id = "fake-1"
+
+        async def status(self) -> str:
+            return "completed"
+
+    class Fake:  # no Redis at all: what a testing kit's fake mode would be
+        async def enqueue_job(self, type: str, args: list[Any], **options: Any) -> FakeHandle:
+            seen.append((type, args, options))
+            return FakeHandle()
+
+    with runtime.using_client(Fake()):
+        job = add.options(queue="sums").enqueue_sync(1, 2)
+    assert seen == [("handle.add", [1, 2], {"queue": "sums"})]
+    assert (job.id, job.status()) == ("fake-1", "completed")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_defaults() -> Iterator[None]:
     yield
