@@ -9,7 +9,6 @@ A handlers module registers at import time::
 
     await send_email.enqueue("a@example.com", "Hi")   # the decorator returns a task handle
 
-
     @execution_middleware.add
     async def timing(ctx, call_next): ...
 
@@ -26,6 +25,7 @@ import importlib
 import inspect
 import os
 import re
+import sysconfig
 import traceback
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
@@ -70,6 +70,9 @@ class Registry(msgspec.Struct, frozen=True, kw_only=True):
 
 _HANDLERS: dict[str, HandlerSpec] = {}
 _RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_LIBRARY_DIRS = tuple(dict.fromkeys(
+    os.path.abspath(sysconfig.get_paths()[name]) + os.sep for name in ("stdlib", "platstdlib", "purelib", "platlib")
+))
 execution_middleware: Chain[Middleware] = Chain()
 observers: Chain[Observer] = Chain()
 
@@ -145,13 +148,16 @@ def load(module: str) -> Registry:
 
 
 def describe_error(err: BaseException) -> str:
-    """``Type: message (at file:line)``: where the error was raised in the importing code, not in
-    the import machinery. A syntax error is located where Python reports it."""
+    """``Type: message (at file:line)``: the innermost line of the application's own code that
+    the error went through (not the import machinery, the runtime, the standard library or an
+    installed package, unless nothing else is left). A syntax error is located where Python
+    reports it."""
     text = f"{type(err).__name__}: {err}"
     if isinstance(err, SyntaxError) and err.filename:
         return f"{type(err).__name__}: {err.msg} (at {err.filename}:{err.lineno})"
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith("<frozen")]
-    own = [f for f in frames if not f.filename.startswith(_RUNTIME_DIR) and f.filename != importlib.__file__]
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if not f.filename.startswith(("<", _RUNTIME_DIR)) and f.filename != importlib.__file__]
+    own = [f for f in frames if not f.filename.startswith(_LIBRARY_DIRS)] or frames
     if own:
         return f"{text} (at {own[-1].filename}:{own[-1].lineno})"
     return text

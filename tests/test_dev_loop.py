@@ -79,6 +79,12 @@ def test_check_reports_a_module_that_does_not_import_in_one_line() -> None:
     assert "Traceback" not in missing.stderr
 
 
+def test_an_import_error_raised_in_a_library_is_located_in_the_applications_code() -> None:
+    done = ojs_run("--check", "tests.fixtures.bad_config_handlers")
+    assert done.returncode == 1
+    assert "JSONDecodeError" in done.stderr and "bad_config_handlers.py:7" in done.stderr, done.stderr
+
+
 # --- clear errors at start ---------------------------------------------------------------------------
 
 
