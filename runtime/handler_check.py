@@ -36,6 +36,11 @@ def describe(registry: Registry, queues: Sequence[tuple[str, int]] = ()) -> list
         lines.append(f"  {spec.job_type:<{width}}  {_options(spec)}  {_signature(spec)}")
     served = queues or [(name, 1) for name in registry.queues()]
     lines.append("queues: " + ", ".join(f"{name}:{weight}" for name, weight in served))
+    names = {name for name, _weight in served}
+    for spec in specs:
+        if spec.queue and spec.queue not in names:
+            lines.append(f"note: {spec.job_type} enqueues to {spec.queue!r}, which --queues leaves out: "
+                         "its jobs are not served here")
     if registry.middleware:
         lines.append(f"execution middleware: {', '.join(_name(m) for m in registry.middleware)}")
     return lines

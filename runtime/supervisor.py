@@ -18,6 +18,10 @@ children's liveness records, and forks what is missing:
 * a process that cannot boot (exit code 3, the handlers module does not import) stops everything
   with exit code 3 instead of crash-looping; a pool or HTTP process that dies right after it
   started is respawned with backoff.
+* with ``reload_paths`` (``--reload``), a watcher child reports changed Python files on a pipe;
+  once a probe child has imported the edited module, the pools are retired like a recycle and
+  their replacements import the new code (see :mod:`runtime.reloader`). A pool that cannot boot
+  is then retried with backoff rather than stopping everything: the module is being edited.
 
 Releases run in short-lived forked processes, never in the loop, so signals and the watchdog keep
 being served while Redis is slow or away; a release that fails is retried with backoff, and at a
