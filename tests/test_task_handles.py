@@ -177,6 +177,30 @@ def test_many_waiters_share_the_notifications(redis_url: str) -> None:
     scenario(redis_url, body)
 
 
+def test_a_wait_reads_the_job_once_after_subscribing_and_once_at_its_own_event(redis_url: str) -> None:
+    async def body(client: Client, broker: Broker) -> None:
+        others = [await add.enqueue(i, i) for i in range(20)]  # they run first (FIFO)
+        target = await add.enqueue(1, 1)
+        reads: list[str] = []
+        read = client.get
+
+        async def counted(job_id: str) -> dict[str, Any]:
+            reads.append(job_id)
+            return await read(job_id)
+
+        client.get = counted  # type: ignore[method-assign]
+        waiting = asyncio.create_task(target.result(timeout=10))
+        while not reads:  # subscribed, and read once: the job is not done
+            await asyncio.sleep(0)
+        for _ in others:  # their events wake the reader, not this waiter
+            await run_one(broker, "default", b"0")
+        await run_one(broker, "default", b"2")
+        assert await waiting == 2
+        assert reads == [target.id, target.id]
+
+    scenario(redis_url, body)
+
+
 def test_a_discarded_job_raises_its_error(redis_url: str) -> None:
     async def body(client: Client, broker: Broker) -> None:
         job = await add.options(retry={"max_attempts": 1}).enqueue(1, 1)
