@@ -201,6 +201,26 @@ def test_a_wait_reads_the_job_once_after_subscribing_and_once_at_its_own_event(r
     scenario(redis_url, body)
 
 
+def test_a_job_that_ends_right_after_the_waits_state_read_is_not_missed(redis_url: str) -> None:
+    async def body(client: Client, broker: Broker) -> None:
+        job = await add.enqueue(3, 4)
+        read = client.get
+        first = True
+
+        async def read_then_complete(job_id: str) -> dict[str, Any]:
+            nonlocal first
+            envelope = await read(job_id)
+            if first:  # the job ends between this read and the wait that follows it
+                first = False
+                await run_one(broker, "default", b"7")
+            return envelope
+
+        client.get = read_then_complete  # type: ignore[method-assign]
+        assert await job.result(timeout=10) == 7
+
+    scenario(redis_url, body)
+
+
 def test_a_discarded_job_raises_its_error(redis_url: str) -> None:
     async def body(client: Client, broker: Broker) -> None:
         job = await add.options(retry={"max_attempts": 1}).enqueue(1, 1)
