@@ -1,0 +1,315 @@
+"""Fake and inline mode: the jobs live in this process' memory, no Redis is involved.
+
+An enqueue goes through the real :class:`runtime.client.Client` (its defaults, its enqueue
+middleware, and :func:`runtime.broker.records.job_from_body`, the validation the HTTP binding
+and the broker use), and only the final insert lands here instead of enqueue.lua. What the
+store does with a job mirrors the scripts: the same hash fields, rendered by the same
+:func:`runtime.broker.render.render_job`; a unique policy's lock; cancel refused for a job that
+has ended; and after a failed execution the same verdicts and backoff as nack.lua (jitter
+excepted: the fake backoff is the policy's nominal delay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from runtime import timefmt
+from runtime.broker import failures
+from runtime.broker.core import Enqueued, EnqueuedJobs
+from runtime.broker.records import NewJob
+from runtime.broker.render import as_hash, encode_job
+from runtime.broker.workflows import WorkflowRequest, plan
+from runtime.claimed_job import job_of_hash
+from runtime.client import Client
+from runtime.config import Settings
+from runtime.envelope import ErrorInfo
+from runtime.errors import Conflict, Duplicate, NotFound
+from runtime.executor import Cancelled, Completed, Discarded, Outcome, RetryLater
+from runtime.ids import uuid7
+from runtime.testing.kit import DrainSummary, TestContext, execution_record, redirect, summary_of
+
+FAKE_URL = "redis://fake.invalid:6379/0"  # never connected to: the store below answers instead
+ENDED = frozenset({"completed", "cancelled", "discarded"})
+WAITING = frozenset({"scheduled", "retryable"})
+_envelope = msgspec.json.Decoder(dict[str, Any])
+_json = msgspec.json.Decoder()
+
+
+class JobFailed(Exception):
+    """Inline mode: a job's last attempt failed (its retries, if any, are spent)."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        error = job.get("error") or {}
+        super().__init__(f"job {job['id']} ({job['type']}) failed: {error.get('type')}: {error.get('message')}")
+        self.job = job
+
+
+class MemoryStore:
+    """Job hashes by id, in enqueue order, and the state changes the scripts would make."""
+
+    def __init__(self, on_enqueued: Callable[[list[str]], Any]) -> None:
+        self.hashes: dict[str, dict[bytes, bytes]] = {}
+        self._on_enqueued = on_enqueued
+
+    # --- the broker surface Client uses ---------------------------------------------------------
+
+    async def enqueue(self, jobs: Sequence[NewJob], *, now_ms: int, workflow: dict[str, str] | None = None) -> EnqueuedJobs:
+        out = EnqueuedJobs()
+        fresh: list[NewJob] = []
+        for job in jobs:  # all or nothing: every check before the first insert
+            if job.id in self.hashes or any(j.id == job.id for j in fresh):
+                raise Duplicate(f"Job '{job.id}' already exists.", details={"job_id": job.id})
+            holder = self._unique_holder(job, now_ms)
+            if holder is not None and job.unique is not None and job.unique.on_conflict in ("ignore", "use_existing"):
+                out.append(Enqueued(holder, True))
+                continue
+            if holder is not None:
+                state = self.hashes[holder][b"state"].decode()
+                raise Duplicate(
+                    f"A unique job of this kind already exists (job '{holder}', state '{state}').",
+                    details={"existing_job_id": holder, "existing_job_state": state},
+                )
+            fresh.append(job)
+            out.append(Enqueued(job.id, False))
+        for job in fresh:
+            fields = as_hash(job)
+            if job.due_ms is not None:
+                fields[b"due_ms"] = str(job.due_ms).encode()
+            if workflow is not None:
+                fields[b"workflow_id"] = workflow["id"].encode()
+            self.hashes[job.id] = fields
+        result = self._on_enqueued([job.id for job in fresh])
+        if asyncio.iscoroutine(result):
+            await result
+        return out
+
+    async def get(self, job_id: str) -> dict[bytes, bytes]:
+        if job_id not in self.hashes:
+            raise NotFound(f"Job '{job_id}' not found.")
+        return self.hashes[job_id]
+
+    async def cancel(self, job_id: str) -> str:
+        fields = await self.get(job_id)
+        state = fields[b"state"].decode()
+        if state in ENDED:
+            raise Conflict(f"Cannot cancel job '{job_id}' in state '{state}'.", details={"state": state})
+        fields.update({b"state": b"cancelled", b"cancelled_at": str(timefmt.now_ms()).encode()})
+        return state
+
+    async def close(self) -> None:
+        pass
+
+    def _unique_holder(self, job: NewJob, now_ms: int) -> str | None:
+        lock = job.unique
+        if lock is None:
+            return None
+        states = set(lock.states.split(","))
+        for job_id, fields in self.hashes.items():
+            if fields.get(b"unique_key") != lock.fingerprint.encode() or fields[b"state"].decode() not in states:
+                continue
+            if lock.period_ms is not None and int(fields[b"created_at"]) + lock.period_ms <= now_ms:
+                continue
+            return job_id
+        return None
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def envelope(self, job_id: str) -> dict[str, Any]:
+        return _envelope.decode(encode_job(self.hashes[job_id]))
+
+    def due(self, queue: str | None, *, with_scheduled: bool) -> str | None:
+        """The next job a pool would take: available (or due) ones, highest priority first, FIFO."""
+        now = timefmt.now_ms()
+        best: tuple[int, int] | None = None
+        chosen = None
+        for seq, (job_id, fields) in enumerate(self.hashes.items()):
+            state = fields[b"state"].decode()
+            if queue is not None and fields[b"queue"].decode() != queue:
+                continue
+            if state in WAITING:
+                if not with_scheduled and int(fields.get(b"due_ms", b"0")) > now:
+                    continue
+            elif state != "available":
+                continue
+            rank = (-int(fields[b"priority"]), seq)
+            if best is None or rank < best:
+                best, chosen = rank, job_id
+        return chosen
+
+    # --- an execution and its settlement (ack.lua / nack.lua in memory) -----------------------------
+
+    def start(self, job_id: str) -> dict[bytes, bytes]:
+        fields = self.hashes[job_id]
+        fields[b"attempt"] = str(int(fields.get(b"attempt", b"0")) + 1).encode()
+        fields[b"state"] = b"active"
+        fields[b"started_at"] = str(timefmt.now_ms()).encode()
+        fields.pop(b"due_ms", None)
+        return fields
+
+    def settle(self, job_id: str, outcome: Outcome) -> tuple[str, Any, dict[str, Any] | None]:
+        """Apply an execution's outcome; returns (outcome name, result, error)."""
+        fields = self.hashes[job_id]
+        now = timefmt.now_ms()
+        if isinstance(outcome, Completed):
+            fields.update({b"state": b"completed", b"completed_at": str(now).encode()})
+            if outcome.result:
+                fields[b"result"] = outcome.result
+            return "completed", _json.decode(outcome.result) if outcome.result else None, None
+        if isinstance(outcome, Cancelled):
+            fields.update({b"state": b"cancelled", b"cancelled_at": str(now).encode()})
+            return "cancelled", None, None
+        error: ErrorInfo = outcome.error  # type: ignore[union-attr]  # every other outcome has one
+        policy = _json.decode(fields[b"retry"]) if b"retry" in fields else {}
+        delay_ms = None
+        if isinstance(outcome, RetryLater):
+            verdict, delay_ms = "retry", outcome.delay_ms
+        elif isinstance(outcome, Discarded):
+            verdict = "discard"
+        else:
+            verdict = failures.verdict(error, requeue=False, non_retryable=list(policy.get("non_retryable_errors") or []))
+        record = failures.error_record(error, now)
+        count = int(fields.get(b"nerr", b"0")) + 1
+        fields.update({b"error": record, b"nerr": str(count).encode(), f"e{count}".encode(): record})
+        attempt, max_attempts = int(fields[b"attempt"]), int(fields[b"max_attempts"])
+        if verdict == "retry" and attempt < max_attempts:
+            delay = backoff_ms(fields, attempt) if delay_ms is None else delay_ms
+            fields.update({b"state": b"retryable", b"retry_delay_ms": str(delay).encode(),
+                           b"next_attempt_at": str(now + delay).encode(), b"due_ms": str(now + delay).encode()})
+            state = "retryable"
+        else:
+            fields.update({b"state": b"discarded", b"discarded_at": str(now).encode(), b"completed_at": str(now).encode()})
+            state = "discarded"
+            if verdict == "dead_letter" or (verdict != "discard" and policy.get("on_exhaustion") == "dead_letter"):
+                fields[b"dead_lettered"] = b"1"
+        name = failures.settled_outcome(verdict, state, on_exhaustion=policy.get("on_exhaustion"))
+        return name, None, _json.decode(record)
+
+
+def backoff_ms(fields: dict[bytes, bytes], attempt: int) -> int:
+    """nack.lua's backoff_ms, without the jitter."""
+    initial = float(fields.get(b"r_initial_ms", b"1000"))
+    coef = float(fields.get(b"r_coef", b"2"))
+    max_ms = float(fields.get(b"r_max_ms", b"300000"))
+    strategy = fields.get(b"r_strategy", b"exponential").decode()
+    if strategy == "linear":
+        raw = initial * attempt
+    elif strategy in ("constant", "none"):
+        raw = initial
+    elif strategy == "polynomial":
+        raw = initial * attempt ** coef
+    else:
+        raw = initial * coef ** (attempt - 1)
+    return int(min(raw, max_ms) + 0.5)
+
+
+class MemoryWorkflows:
+    """Workflow creation in memory: validated and planned as the broker plans it, recorded, and
+    its first steps enqueued; later steps are not (the fake store does not orchestrate)."""
+
+    def __init__(self, context: MemoryContext) -> None:
+        self._context = context
+        self._created: dict[str, dict[str, Any]] = {}
+
+    async def create(self, req: WorkflowRequest) -> dict[str, Any]:
+        now = timefmt.now_ms()
+        kind, members, total = plan(req, now)
+        workflow_id = uuid7()
+        view = {"id": workflow_id, "type": kind, "name": req.name or kind, "state": "running", "total": total,
+                "created_at": timefmt.format_ms(now)}
+        self._created[workflow_id] = view
+        self._context.record_workflow(req, view)
+        roots = [m.job for m in members if not m.deps]
+        await self._context.store.enqueue(roots, now_ms=now, workflow={"id": workflow_id})
+        return dict(view)
+
+    async def get(self, workflow_id: str) -> dict[str, Any]:
+        if workflow_id not in self._created:
+            raise NotFound(f"Workflow '{workflow_id}' not found.")
+        return dict(self._created[workflow_id])
+
+    async def cancel(self, workflow_id: str) -> dict[str, Any]:
+        view = self._created.get(workflow_id)
+        if view is None:
+            raise NotFound(f"Workflow '{workflow_id}' not found.")
+        view["state"] = "cancelled"
+        return dict(view)
+
+
+class MemoryContext(TestContext):
+    """Fake mode (``inline=False``): jobs are recorded and run only by ``drain``. Inline mode:
+    each enqueue runs its job at once, attempt after attempt as its retry policy allows (the
+    backoff is not waited for), before the enqueue returns."""
+
+    def __init__(self, *, inline: bool = False, raise_failures: bool = True) -> None:
+        super().__init__()
+        self.mode = "inline" if inline else "fake"
+        self.raise_failures = raise_failures
+        self.store = MemoryStore(self._run_inline if inline else _ignore)
+        self.memory_workflows = MemoryWorkflows(self)
+
+    def bind_client(self, client: Client, init: Callable[..., None], settings: Settings | None,
+                    middleware: Sequence[Any]) -> None:
+        settings = msgspec.structs.replace(settings or Settings(), redis_url=FAKE_URL)
+        init(client, FAKE_URL, settings=settings, middleware=middleware)
+        redirect(client, self.store, self.memory_workflows)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [self.store.envelope(job_id) for job_id in self.store.hashes]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        if job_id not in self.store.hashes:
+            raise AssertionError(f"no job {job_id} in this test's {self.mode} store")
+        return self.store.envelope(job_id)
+
+    def clear_all(self) -> None:
+        super().clear_all()
+        self.store.hashes.clear()
+
+    async def drain(self, queue: str | None = None, *, max_jobs: int | None = None, timeout_s: float = 30.0,
+                    with_scheduled: bool = False) -> DrainSummary:
+        """Run the due jobs in FIFO order (within a priority), and what they enqueue; with
+        `with_scheduled`, also scheduled jobs and retries before they are due. Inline mode has
+        nothing left to drain, unless jobs were scheduled past the clock."""
+        runs: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout_s
+        while max_jobs is None or len(runs) < max_jobs:
+            job_id = self.store.due(queue, with_scheduled=with_scheduled)
+            if job_id is None:
+                return summary_of(runs)
+            if time.monotonic() > deadline:
+                return summary_of(runs, timed_out=True)
+            runs.append(await self.execute(job_id))
+        return summary_of(runs)
+
+    async def execute(self, job_id: str) -> dict[str, Any]:
+        """One execution of one job, settled in the store and recorded."""
+        fields = self.store.start(job_id)
+        job = job_of_hash(fields)
+        ctx = self.runner.context(job, loop=asyncio.get_running_loop())
+        before = self.store.envelope(job_id)
+        outcome = await self.runner.run(ctx)
+        if self.store.hashes[job_id][b"state"] == b"cancelled":  # cancelled while it ran
+            outcome = Cancelled()
+        name, result, error = self.store.settle(job_id, outcome)
+        run = execution_record(before, name, result=result, error=error)
+        self.executions.append(run)
+        return run
+
+    async def _run_inline(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            while True:
+                await self.execute(job_id)
+                state = self.store.hashes[job_id][b"state"]
+                if state != b"retryable":
+                    break
+            if state == b"discarded" and self.raise_failures:
+                raise JobFailed(self.store.envelope(job_id))
+
+
+def _ignore(_job_ids: list[str]) -> None:
+    return None
