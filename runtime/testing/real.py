@@ -154,7 +154,7 @@ class RealContext(TestContext):
                     return summary_of(runs, timed_out=True)
                 await broker.scheduler_step()
                 await crons.tick()
-                queues = [queue] if queue else sorted(q.decode() for q in await broker.redis.hkeys(broker.keys.queues))
+                queues = [queue] if queue else await self._queues(broker)
                 claimed = await broker.fetch(queues, count=1, worker_id=self.worker_id) if queues else []
                 if not claimed:
                     break
@@ -195,6 +195,15 @@ class RealContext(TestContext):
         run = execution_record(before, name, result=result, error=error)
         self.executions.append(run)
         return run
+
+    async def _queues(self, broker: Broker) -> list[str]:
+        """Every queue of the namespace: those enqueued into, and those that only a workflow's
+        later step uses (advance.lua makes them available without registering them)."""
+        names = {q.decode() for q in await broker.redis.hkeys(broker.keys.queues)}
+        head, tail = len(self.key_prefix) + len("queue:"), -len(":available")
+        async for key in broker.redis.scan_iter(match=self._glob("queue:*:available"), count=1000):
+            names.add(key.decode()[head:tail])
+        return sorted(names)
 
     # --- plumbing -------------------------------------------------------------------------------
 
