@@ -14,7 +14,7 @@ import abc
 import collections
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, Self
 
 import msgspec
 
@@ -58,7 +58,7 @@ class TestContext(abc.ABC):
     """One test's jobs, executions, clock and injected failures."""
 
     __test__ = False  # not a pytest test class
-    mode: ClassVar[str]
+    mode: str  # fake, inline or real
 
     def __init__(self) -> None:
         self.clock = TestClock()

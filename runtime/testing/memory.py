@@ -36,6 +36,7 @@ from runtime.testing.kit import DrainSummary, TestContext, execution_record, red
 FAKE_URL = "redis://fake.invalid:6379/0"  # never connected to: the store below answers instead
 ENDED = frozenset({"completed", "cancelled", "discarded"})
 WAITING = frozenset({"scheduled", "retryable"})
+EXPIRABLE = frozenset({"available", "scheduled", "retryable", "pending"})
 _envelope = msgspec.json.Decoder(dict[str, Any])
 _json = msgspec.json.Decoder()
 
@@ -125,6 +126,7 @@ class MemoryStore:
     def due(self, queue: str | None, *, with_scheduled: bool) -> str | None:
         """The next job a pool would take: available (or due) ones, highest priority first, FIFO."""
         now = timefmt.now_ms()
+        self._expire(now)
         best: tuple[int, int] | None = None
         chosen = None
         for seq, (job_id, fields) in enumerate(self.hashes.items()):
@@ -140,6 +142,19 @@ class MemoryStore:
             if best is None or rank < best:
                 best, chosen = rank, job_id
         return chosen
+
+    def _expire(self, now: int) -> None:
+        """lib.lua's expire_job: a job past its expires_at that has not started never will."""
+        for fields in self.hashes.values():
+            state = fields[b"state"].decode()
+            if state in EXPIRABLE and b"expires_ms" in fields and int(fields[b"expires_ms"]) <= now:
+                iso = timefmt.format_ms(now)
+                error = {"code": "expired", "type": "expired", "retryable": False,
+                         "message": "Job expired before it could start", "occurred_at": iso, "timestamp": iso}
+                fields.update({b"state": b"discarded", b"discarded_at": str(now).encode(),
+                               b"expired_at": str(now).encode(), b"previous_state": state.encode(),
+                               b"error": msgspec.json.encode(error)})
+                fields.pop(b"due_ms", None)
 
     # --- an execution and its settlement (ack.lua / nack.lua in memory) -----------------------------
 

@@ -197,3 +197,12 @@ def test_each_context_starts_empty() -> None:
         first.assert_enqueued("kit.echo")
     with testing.fake_mode() as second:
         second.refute_enqueued("kit.echo")
+
+
+def test_a_job_past_its_expiry_on_the_test_clock_never_runs(ojs_fake: TestContext) -> None:
+    ojs_fake.freeze_time("2026-03-01T12:00:00Z")
+    job_id = run(enqueue("kit.echo", [1], expires_at="+PT1M"))
+    ojs_fake.advance_time("PT1M")
+    assert run(ojs_fake.drain()).counts == {}
+    job = ojs_fake.assert_job_state(job_id, "discarded")
+    assert job["error"]["type"] == "expired" and job["expired_at"] == "2026-03-01T12:01:00.000Z"
