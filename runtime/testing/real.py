@@ -136,6 +136,31 @@ class RealContext(TestContext):
             view, _new = await Crons(broker).register(request)
             return view
 
+    # --- waiting on workers outside the test ---------------------------------------------------
+
+    async def wait_for_state(self, job_id: str, *states: str, timeout_s: float = 10.0) -> dict[str, Any]:
+        """Wait until the job is in one of `states` (processed by ``drain`` in another task, or
+        by an ``ojs-run`` started on this context's Redis and ``key_prefix``); returns its
+        envelope. Woken by the broker's event stream, not by polling; AssertionError, saying
+        what state it is in, after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        async with self._broker() as broker:
+            events = broker.keys.events
+            newest = await broker.redis.xrevrange(events, count=1)
+            cursor = newest[0][0] if newest else b"0-0"  # events after this one wake us
+            while True:
+                fields = await broker.redis.hgetall(broker.keys.job(job_id))
+                state = fields.get(b"state", b"").decode()
+                if state in states:
+                    return _envelope.decode(encode_job(fields))
+                left_s = deadline - time.monotonic()
+                if left_s <= 0:
+                    raise AssertionError(f"job {job_id} is still {state or 'missing'!r} after {timeout_s:g} s "
+                                         f"(waiting for {', '.join(states)})")
+                reply = await broker.redis.xread({events: cursor}, count=1000, block=max(1, round(min(left_s, 1.0) * 1000)))
+                if reply:
+                    cursor = reply[-1][1][-1][0]
+
     # --- the embedded worker --------------------------------------------------------------------
 
     async def drain(self, queue: str | None = None, *, max_jobs: int | None = None, timeout_s: float = 30.0,

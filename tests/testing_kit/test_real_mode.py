@@ -139,3 +139,22 @@ def test_drain_of_one_queue_leaves_the_others(ojs_real: RealContext) -> None:
 def test_scheduled_jobs_are_not_forced_in_real_mode(ojs_real: RealContext) -> None:
     with pytest.raises(NotImplementedError, match="advance_time"):
         run(ojs_real.drain(with_scheduled=True))
+
+
+def test_wait_for_state_wakes_on_the_brokers_events(ojs_real: RealContext) -> None:
+    async def scenario() -> tuple[dict[str, Any], Any]:
+        job_id = await enqueue("kit.echo", ["waited"])
+        waiting = asyncio.create_task(ojs_real.wait_for_state(job_id, "completed", timeout_s=10))
+        await asyncio.sleep(0)  # the waiter reads the state (available) before the job runs
+        summary = await ojs_real.drain()
+        return await waiting, summary
+
+    job, summary = run(scenario())
+    assert job["state"] == "completed" and job["result"] == {"value": "waited", "attempt": 1}
+    assert summary.counts == {"completed": 1}
+
+
+def test_wait_for_state_says_what_the_job_is_when_it_times_out(ojs_real: RealContext) -> None:
+    job_id = run(enqueue("kit.echo", [1]))
+    with pytest.raises(AssertionError, match=r"still 'available' after 0.2 s \(waiting for completed\)"):
+        run(ojs_real.wait_for_state(job_id, "completed", timeout_s=0.2))
