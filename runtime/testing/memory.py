@@ -65,12 +65,12 @@ class MemoryStore:
         for job in jobs:  # all or nothing: every check before the first insert
             if job.id in self.hashes or any(j.id == job.id for j in fresh):
                 raise Duplicate(f"Job '{job.id}' already exists.", details={"job_id": job.id})
-            holder = self._unique_holder(job, now_ms)
+            holder = self._unique_holder(job, now_ms, fresh)
             if holder is not None and job.unique is not None and job.unique.on_conflict in ("ignore", "use_existing"):
                 out.append(Enqueued(holder, True))
                 continue
             if holder is not None:
-                state = self.hashes[holder][b"state"].decode()
+                state = self.hashes[holder][b"state"].decode() if holder in self.hashes else "available"
                 raise Duplicate(
                     f"A unique job of this kind already exists (job '{holder}', state '{state}').",
                     details={"existing_job_id": holder, "existing_job_state": state},
@@ -105,10 +105,15 @@ class MemoryStore:
     async def close(self) -> None:
         pass
 
-    def _unique_holder(self, job: NewJob, now_ms: int) -> str | None:
+    def _unique_holder(self, job: NewJob, now_ms: int, earlier: Sequence[NewJob]) -> str | None:
+        """The job holding `job`'s unique lock: a stored one, or one earlier in the same call
+        (enqueue.lua takes the locks one job after the other)."""
         lock = job.unique
         if lock is None:
             return None
+        for other in earlier:
+            if other.unique is not None and other.unique.fingerprint == lock.fingerprint:
+                return other.id
         states = set(lock.states.split(","))
         for job_id, fields in self.hashes.items():
             if fields.get(b"unique_key") != lock.fingerprint.encode() or fields[b"state"].decode() not in states:

@@ -205,18 +205,20 @@ class RealContext(TestContext):
         elif isinstance(item, Completion):
             (acked,) = await broker.ack_many([item])
             if isinstance(acked, Exception):
-                raise acked
-            name = "completed"
-            if isinstance(outcome, Completed) and outcome.result:
-                result = _json.decode(outcome.result)
+                name = await _refused(broker, job.id, acked)
+            else:
+                name = "completed"
+                if isinstance(outcome, Completed) and outcome.result:
+                    result = _json.decode(outcome.result)
         else:
             (nacked,) = await broker.fail_many([item], now_ms=timefmt.now_ms())
             if isinstance(nacked, Exception):
-                raise nacked
-            assert isinstance(nacked, NackResult)
-            name = failures.settled_outcome(item.verdict, nacked.state,
-                                            on_exhaustion=(job.retry or {}).get("on_exhaustion"))
-            error = _json.decode(item.error) if item.error else None
+                name = await _refused(broker, job.id, nacked)
+            else:
+                assert isinstance(nacked, NackResult)
+                name = failures.settled_outcome(item.verdict, nacked.state,
+                                                on_exhaustion=(job.retry or {}).get("on_exhaustion"))
+                error = _json.decode(item.error) if item.error else None
         run = execution_record(before, name, result=result, error=error)
         self.executions.append(run)
         return run
@@ -267,6 +269,15 @@ class _OpenBroker:
         assert self._broker is not None and self._redis is not None
         await self._broker.close()
         await self._redis.aclose()
+
+
+async def _refused(broker: Broker, job_id: str, err: Exception) -> str:
+    """A settle the broker refused: fine for a job cancelled while it ran (a pool logs it and
+    moves on; the job stays cancelled), an error of the kit or the test otherwise."""
+    state = await broker.redis.hget(broker.keys.job(job_id), "state")
+    if state == b"cancelled":
+        return "cancelled"
+    raise err
 
 
 async def _write_progress(broker: Broker, claim: str, job_id: str, update: ProgressUpdate) -> None:

@@ -48,3 +48,11 @@ async def kit_recorder(ctx: JobContext, call_next: Any) -> Any:
     if ctx.job.type.startswith("kit."):
         SEEN_BY_MIDDLEWARE.append(f"{ctx.job.type}#{ctx.attempt}")
     return await call_next()
+
+
+@handler("kit.self-cancel")
+async def self_cancel(ctx: JobContext) -> str:
+    """Its job is cancelled while it runs (as an operator would): its result is never recorded."""
+    async with Client() as client:
+        await client.cancel(ctx.job_id)
+    return "finished anyway"

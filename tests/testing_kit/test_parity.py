@@ -1,0 +1,99 @@
+"""Fake mode answers as the real broker does: the same scenario, run in both, ends the same."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+import pytest
+
+from runtime import Client, Draft, testing
+from runtime.errors import OJSError
+from runtime.testing import TestContext
+from tests.testing_kit import handlers  # noqa: F401  (registers the kit.* handlers)
+
+UNIQUE = {"keys": ["type", "args"]}
+Mode = Callable[[], AbstractContextManager[TestContext]]
+
+
+@pytest.fixture(params=["fake", "real"])
+def mode(request: pytest.FixtureRequest, ojs_redis_url: str) -> Iterator[Mode]:
+    if request.param == "fake":
+        yield testing.fake_mode
+    else:
+        yield lambda: testing.real_mode(ojs_redis_url)
+
+
+def outcome(scenario: Callable[[Client], Any]) -> Any:
+    """What the scenario returned, or the error class and status it raised."""
+    async def go() -> Any:
+        async with Client() as client:
+            try:
+                return await scenario(client)
+            except OJSError as err:
+                return (type(err).__name__, err.status)
+
+    return asyncio.run(go())
+
+
+async def two_unique_in_one_batch(client: Client) -> Any:
+    return await client.enqueue_many([Draft(type="kit.echo", args=[1], options={"unique": UNIQUE}),
+                                      Draft(type="kit.echo", args=[1], options={"unique": UNIQUE})])
+
+
+async def two_unique_in_one_batch_ignored(client: Client) -> Any:
+    policy = {**UNIQUE, "on_conflict": "ignore"}
+    first, second = await client.enqueue_many([Draft(type="kit.echo", args=[1], options={"unique": policy}),
+                                               Draft(type="kit.echo", args=[1], options={"unique": policy})])
+    return first == second
+
+
+async def a_batch_with_a_taken_id_inserts_nothing(client: Client) -> Any:
+    taken = await client.enqueue("kit.echo", [0])
+    try:
+        await client.enqueue_many([Draft(type="kit.echo", args=[1]), Draft(type="kit.echo", args=[2], id=taken)])
+    except OJSError as err:
+        return type(err).__name__
+
+
+async def cancel_twice(client: Client) -> Any:
+    job_id = await client.enqueue("kit.echo", [1], delay_ms=60_000)
+    assert job_id is not None
+    first = await client.cancel(job_id)
+    try:
+        await client.cancel(job_id)
+    except OJSError as err:
+        return first, type(err).__name__, (await client.get(job_id))["state"]
+
+
+async def get_missing(client: Client) -> Any:
+    return await client.get("01900000-0000-7000-8000-000000000000")
+
+
+@pytest.mark.parametrize("scenario", [two_unique_in_one_batch, two_unique_in_one_batch_ignored,
+                                      a_batch_with_a_taken_id_inserts_nothing, cancel_twice, get_missing])
+def test_fake_mode_matches_the_broker(mode: Mode, scenario: Callable[[Client], Any]) -> None:
+    with mode() as ojs:
+        got = outcome(scenario)
+        jobs = sorted((j["args"], j["state"]) for j in ojs.all_enqueued())
+    expected = EXPECTED[scenario.__name__]
+    assert (got, jobs) == expected
+
+
+EXPECTED: dict[str, Any] = {
+    "two_unique_in_one_batch": (("Duplicate", 409), []),
+    "two_unique_in_one_batch_ignored": (True, [([1], "available")]),
+    "a_batch_with_a_taken_id_inserts_nothing": ("Duplicate", [([0], "available")]),
+    "cancel_twice": (("scheduled", "Conflict", "cancelled"), [([1], "cancelled")]),
+    "get_missing": (("NotFound", 404), []),
+}
+
+
+def test_a_job_cancelled_while_it_runs_stays_cancelled(mode: Mode) -> None:
+    with mode() as ojs:
+        job_id = outcome(lambda client: client.enqueue("kit.self-cancel"))
+        summary = asyncio.run(ojs.drain())
+        assert summary.counts == {"cancelled": 1}
+        assert "result" not in ojs.assert_job_state(job_id, "cancelled")
