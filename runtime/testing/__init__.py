@@ -50,7 +50,7 @@ workflows              recorded; first       recorded; first steps run   orchest
                        steps enqueued
 concurrency limits,    not applied           not applied                 applied to the fetch;
 rate limits, leases                                                      one job at a time
-progress               dropped               dropped                     recorded
+progress, checkpoints  recorded              recorded                    recorded
 =====================  ====================  ==========================  ========================
 
 In every mode the jobs run one at a time in the test's process, and a sync handler runs in a

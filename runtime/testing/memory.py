@@ -27,7 +27,8 @@ from runtime.broker.workflows import WorkflowRequest, plan
 from runtime.claimed_job import job_of_hash
 from runtime.client import Client
 from runtime.config import Settings
-from runtime.envelope import ErrorInfo
+from runtime.context import ProgressThrottle, ProgressUpdate
+from runtime.envelope import ErrorInfo, decode_checkpoint
 from runtime.errors import Conflict, Duplicate, NotFound
 from runtime.executor import Cancelled, Completed, Discarded, Outcome, RetryLater
 from runtime.ids import uuid7
@@ -160,6 +161,21 @@ class MemoryStore:
                                b"expired_at": str(now).encode(), b"previous_state": state.encode(),
                                b"error": msgspec.json.encode(error)})
                 fields.pop(b"due_ms", None)
+
+    async def record_progress(self, job_id: str, update: ProgressUpdate) -> None:
+        """progress.lua's fields: the highest value, the latest message and data, and the
+        checkpoint the next attempt starts from."""
+        fields = self.hashes[job_id]
+        current = fields.get(b"progress")
+        if update.value is not None and (current is None or update.value > float(current)):  # it never goes back
+            fields[b"progress"] = repr(update.value).encode()
+        if update.message is not None:
+            fields[b"progress_message"] = update.message.encode()
+        if update.data is not None:
+            fields[b"progress_data"] = update.data
+        if update.checkpoint is not None:
+            fields[b"checkpoint"] = update.checkpoint
+        fields[b"progress_at"] = str(timefmt.now_ms()).encode()
 
     # --- an execution and its settlement (ack.lua / nack.lua in memory) -----------------------------
 
@@ -310,9 +326,14 @@ class MemoryContext(TestContext):
         """One execution of one job, settled in the store and recorded."""
         fields = self.store.start(job_id)
         job = job_of_hash(fields)
-        ctx = self.runner.context(job, loop=asyncio.get_running_loop())
+        checkpoint = fields.get(b"checkpoint")
+        ctx = self.runner.context(
+            job, loop=asyncio.get_running_loop(), last_checkpoint=decode_checkpoint(checkpoint) if checkpoint else None,
+            progress=ProgressThrottle(job_id, sink=self.store.record_progress, interval_s=0.0),
+        )
         before = self.store.envelope(job_id)
         outcome = await self.runner.run(ctx)
+        await ctx.flush_progress()
         if self.store.hashes[job_id][b"state"] == b"cancelled":  # cancelled while it ran
             outcome = Cancelled()
         name, result, error = self.store.settle(job_id, outcome)

@@ -37,7 +37,7 @@ from runtime.client import Client
 from runtime.config import Settings
 from runtime.context import ProgressThrottle, ProgressUpdate
 from runtime.embedded_redis import EmbeddedRedis
-from runtime.envelope import CronRequest
+from runtime.envelope import CronRequest, decode_checkpoint
 from runtime.executor import Completed, settle
 from runtime.testing.kit import DrainSummary, TestContext, execution_record, redirect, summary_of
 
@@ -192,8 +192,9 @@ class RealContext(TestContext):
         claim = fields.get(b"claim", b"").decode()
         job = job_of_hash(fields)
         progress = ProgressThrottle(job.id, sink=functools.partial(_write_progress, broker, claim), interval_s=0.0)
+        checkpoint = fields.get(b"checkpoint")
         ctx = self.runner.context(job, worker_id=self.worker_id, loop=asyncio.get_running_loop(), progress=progress,
-                                  claim=claim)
+                                  claim=claim, last_checkpoint=decode_checkpoint(checkpoint) if checkpoint else None)
         before = _envelope.decode(encode_job(fields))
         outcome = await self.runner.run(ctx)
         await ctx.flush_progress()

@@ -56,3 +56,12 @@ async def self_cancel(ctx: JobContext) -> str:
     async with Client() as client:
         await client.cancel(ctx.job_id)
     return "finished anyway"
+
+
+@handler("kit.resumable", retry={"max_attempts": 2, "initial_interval": "PT1S", "jitter": False})
+async def resumable(ctx: JobContext) -> Any:
+    """Checkpoints, fails its first attempt, and returns the checkpoint its second one starts from."""
+    if ctx.attempt == 1:
+        await ctx.progress(0.5, "half way", checkpoint={"step": 1})
+        raise ConnectionError("lost half way")
+    return ctx.last_checkpoint

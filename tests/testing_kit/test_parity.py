@@ -97,3 +97,15 @@ def test_a_job_cancelled_while_it_runs_stays_cancelled(mode: Mode) -> None:
         summary = asyncio.run(ojs.drain())
         assert summary.counts == {"cancelled": 1}
         assert "result" not in ojs.assert_job_state(job_id, "cancelled")
+
+
+def test_a_retry_resumes_from_the_checkpoint_of_the_attempt_before(mode: Mode) -> None:
+    with mode() as ojs:
+        ojs.freeze_time()
+        job_id = outcome(lambda client: client.enqueue("kit.resumable"))
+        asyncio.run(ojs.drain())
+        job = ojs.assert_job_state(job_id, "retryable")
+        assert job["progress"] == 0.5
+        ojs.advance_time("1s")
+        summary = asyncio.run(ojs.drain())
+        assert summary.jobs[0]["result"] == {"step": 1}

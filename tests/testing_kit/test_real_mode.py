@@ -158,3 +158,4 @@ def test_wait_for_state_says_what_the_job_is_when_it_times_out(ojs_real: RealCon
     job_id = run(enqueue("kit.echo", [1]))
     with pytest.raises(AssertionError, match=r"still 'available' after 0.2 s \(waiting for completed\)"):
         run(ojs_real.wait_for_state(job_id, "completed", timeout_s=0.2))
+
