@@ -12,7 +12,8 @@ from the plugin this package registers with pytest) or a context manager::
 
 While a mode is active, every ``Client()`` of the process (the test's and the code under
 test's) is bound to the test's own context; leaving the mode restores ``Client`` and the clock.
-Nothing is read from the environment to choose a mode.
+A client made before the mode was entered (at import time, say) keeps its real store: make
+clients where they are used. Nothing is read from the environment to choose a mode.
 
 Modes
 -----
