@@ -61,34 +61,76 @@ class MemoryStore:
     # --- the broker surface Client uses ---------------------------------------------------------
 
     async def enqueue(self, jobs: Sequence[NewJob], *, now_ms: int, workflow: dict[str, str] | None = None) -> EnqueuedJobs:
-        out = EnqueuedJobs()
-        fresh: list[NewJob] = []
-        for job in jobs:  # all or nothing: every check before the first insert
-            if job.id in self.hashes or any(j.id == job.id for j in fresh):
+        """enqueue.lua in memory: all or nothing; a unique lock is taken one job after the
+        other, so a job meets an earlier twin of the same call as its holder (reject: 409;
+        ignore: the earlier one's id; replace: the later one is created instead)."""
+        holders: dict[int, str] = {}  # job index -> the stored job holding its lock
+        twin_of: dict[int, int] = {}  # ignore: the earlier job of this call it defers to
+        replaced_by: dict[int, int] = {}  # replace: the later job of this call that replaces it
+        kept_schedule: dict[int, tuple[bytes, bytes]] = {}  # replace_except_schedule: (due, scheduled_at)
+        by_lock: dict[str, int] = {}  # fingerprint -> the job of this call that will hold it
+        for j, job in enumerate(jobs):  # every check before the first insert
+            if job.id in self.hashes or any(other.id == job.id for other in jobs[:j]):
                 raise Duplicate(f"Job '{job.id}' already exists.", details={"job_id": job.id})
-            holder = self._unique_holder(job, now_ms, fresh)
-            if holder is not None and job.unique is not None and job.unique.on_conflict in ("ignore", "use_existing"):
-                out.append(Enqueued(holder, True))
+            lock = job.unique
+            if lock is None:
                 continue
+            earlier = by_lock.get(lock.fingerprint)
+            if earlier is not None:
+                if lock.on_conflict == "reject" or workflow is not None:
+                    raise _unique_conflict(jobs[earlier].id, jobs[earlier].state, lock.fingerprint)
+                if lock.on_conflict == "ignore":
+                    twin_of[j] = earlier
+                    continue
+                replaced_by[earlier] = j
+                if earlier in holders:
+                    holders[j] = holders[earlier]
+                by_lock[lock.fingerprint] = j
+                continue
+            holder = self._unique_holder(job, now_ms)
             if holder is not None:
-                state = self.hashes[holder][b"state"].decode() if holder in self.hashes else "available"
-                raise Duplicate(
-                    f"A unique job of this kind already exists (job '{holder}', state '{state}').",
-                    details={"existing_job_id": holder, "existing_job_state": state},
-                )
-            fresh.append(job)
-            out.append(Enqueued(job.id, False))
-        for job in fresh:
-            fields = as_hash(job)
-            if job.due_ms is not None:
-                fields[b"due_ms"] = str(job.due_ms).encode()
-            if workflow is not None:
-                fields[b"workflow_id"] = workflow["id"].encode()
-            self.hashes[job.id] = fields
-        result = self._on_enqueued([job.id for job in fresh])
+                state = self.hashes[holder][b"state"].decode()
+                if lock.on_conflict == "reject" or (lock.on_conflict == "ignore" and workflow is not None):
+                    raise _unique_conflict(holder, state, lock.fingerprint)
+                holders[j] = holder
+                if lock.on_conflict == "replace_except_schedule" and state == "scheduled" and job.state != "waiting":
+                    stored = self.hashes[holder]
+                    kept_schedule[j] = (stored[b"due_ms"], stored[b"scheduled_at"])
+            by_lock[lock.fingerprint] = j
+        out = EnqueuedJobs()
+        created: list[str] = []
+        for j, job in enumerate(jobs):
+            if j in holders and job.unique is not None and job.unique.on_conflict == "ignore":
+                out.append(Enqueued(holders[j], True))
+            elif j in twin_of:
+                out.append(Enqueued(jobs[twin_of[j]].id, True))
+            elif j in replaced_by:
+                last = replaced_by[j]
+                while last in replaced_by:
+                    last = replaced_by[last]
+                out.append(Enqueued(jobs[last].id, True))
+            else:
+                if j in holders and self.hashes[holders[j]][b"state"] != b"cancelled":
+                    self._cancel(holders[j])
+                self._insert(job, workflow, kept_schedule.get(j))
+                created.append(job.id)
+                out.append(Enqueued(job.id, False))
+        result = self._on_enqueued(created)
         if asyncio.iscoroutine(result):
             await result
         return out
+
+    def _insert(self, job: NewJob, workflow: dict[str, str] | None, schedule: tuple[bytes, bytes] | None) -> None:
+        fields = as_hash(job)
+        if schedule is not None:  # the replacement fires when the holder would have
+            fields[b"due_ms"], fields[b"scheduled_at"] = schedule
+            fields[b"state"] = b"scheduled"
+            fields.pop(b"enqueued_at", None)
+        elif job.due_ms is not None:
+            fields[b"due_ms"] = str(job.due_ms).encode()
+        if workflow is not None:
+            fields[b"workflow_id"] = workflow["id"].encode()
+        self.hashes[job.id] = fields
 
     async def get(self, job_id: str) -> dict[bytes, bytes]:
         if job_id not in self.hashes:
@@ -100,21 +142,23 @@ class MemoryStore:
         state = fields[b"state"].decode()
         if state in ENDED:
             raise Conflict(f"Cannot cancel job '{job_id}' in state '{state}'.", details={"state": state})
-        fields.update({b"state": b"cancelled", b"cancelled_at": str(timefmt.now_ms()).encode()})
+        self._cancel(job_id)
         return state
+
+    def _cancel(self, job_id: str) -> None:
+        fields = self.hashes[job_id]
+        fields.update({b"state": b"cancelled", b"cancelled_at": str(timefmt.now_ms()).encode()})
+        fields.pop(b"due_ms", None)
 
     async def close(self) -> None:
         pass
 
-    def _unique_holder(self, job: NewJob, now_ms: int, earlier: Sequence[NewJob]) -> str | None:
-        """The job holding `job`'s unique lock: a stored one, or one earlier in the same call
-        (enqueue.lua takes the locks one job after the other)."""
+    def _unique_holder(self, job: NewJob, now_ms: int) -> str | None:
+        """The stored job holding `job`'s unique lock, if any (in one of the lock's states, and
+        within its period)."""
         lock = job.unique
         if lock is None:
             return None
-        for other in earlier:
-            if other.unique is not None and other.unique.fingerprint == lock.fingerprint:
-                return other.id
         states = set(lock.states.split(","))
         for job_id, fields in self.hashes.items():
             if fields.get(b"unique_key") != lock.fingerprint.encode() or fields[b"state"].decode() not in states:
@@ -224,6 +268,13 @@ class MemoryStore:
                 fields[b"dead_lettered"] = b"1"
         name = failures.settled_outcome(verdict, state, on_exhaustion=policy.get("on_exhaustion"))
         return name, None, _json.decode(record)
+
+
+def _unique_conflict(holder: str, state: str, fingerprint: str) -> Duplicate:
+    return Duplicate(
+        f"A unique job of this kind already exists (job '{holder}', state '{state}').",
+        details={"existing_job_id": holder, "existing_job_state": state, "unique_key": fingerprint},
+    )
 
 
 def backoff_ms(fields: dict[bytes, bytes], attempt: int) -> int:

@@ -72,8 +72,36 @@ async def get_missing(client: Client) -> Any:
     return await client.get("01900000-0000-7000-8000-000000000000")
 
 
+async def replace_a_stored_holder(client: Client) -> Any:
+    policy = {**UNIQUE, "on_conflict": "replace"}
+    first = await client.enqueue("kit.echo", [1], unique=policy, meta={"n": 1})
+    second = await client.enqueue("kit.echo", [1], unique=policy, meta={"n": 2})
+    return first != second, (await client.get(first))["state"], (await client.get(second))["meta"]
+
+
+async def replace_a_twin_in_one_batch(client: Client) -> Any:
+    policy = {**UNIQUE, "on_conflict": "replace"}
+    first, second = await client.enqueue_many([
+        Draft(type="kit.echo", args=[1], meta={"n": 1}, options={"unique": policy}),
+        Draft(type="kit.echo", args=[1], meta={"n": 2}, options={"unique": policy}),
+    ])
+    assert second is not None
+    return first == second, (await client.get(second))["meta"]
+
+
+async def replace_keeping_the_schedule(client: Client) -> Any:
+    policy = {**UNIQUE, "on_conflict": "replace_except_schedule"}
+    first = await client.enqueue("kit.echo", [1], unique=policy, scheduled_at="2030-01-01T00:00:00Z")
+    second = await client.enqueue("kit.echo", [1], unique=policy)
+    assert first is not None and second is not None
+    kept = await client.get(second)
+    return (await client.get(first))["state"], kept["state"], kept["scheduled_at"]
+
+
 @pytest.mark.parametrize("scenario", [two_unique_in_one_batch, two_unique_in_one_batch_ignored,
-                                      a_batch_with_a_taken_id_inserts_nothing, cancel_twice, get_missing])
+                                      a_batch_with_a_taken_id_inserts_nothing, cancel_twice, get_missing,
+                                      replace_a_stored_holder, replace_a_twin_in_one_batch,
+                                      replace_keeping_the_schedule])
 def test_fake_mode_matches_the_broker(mode: Mode, scenario: Callable[[Client], Any]) -> None:
     with mode() as ojs:
         got = outcome(scenario)
@@ -88,6 +116,10 @@ EXPECTED: dict[str, Any] = {
     "a_batch_with_a_taken_id_inserts_nothing": ("Duplicate", [([0], "available")]),
     "cancel_twice": (("scheduled", "Conflict", "cancelled"), [([1], "cancelled")]),
     "get_missing": (("NotFound", 404), []),
+    "replace_a_stored_holder": ((True, "cancelled", {"n": 2}), [([1], "available"), ([1], "cancelled")]),
+    "replace_a_twin_in_one_batch": ((True, {"n": 2}), [([1], "available")]),
+    "replace_keeping_the_schedule": (("cancelled", "scheduled", "2030-01-01T00:00:00Z"),
+                                     [([1], "cancelled"), ([1], "scheduled")]),
 }
 
 
