@@ -184,9 +184,9 @@ def advance_time(by: DurationLike) -> int:
     return current().advance_time(by)
 
 
-def fail_next(type: str, error: BaseException | str) -> None:
+def fail_next(type: str, error: BaseException | type[BaseException] | str) -> None:
     current().fail_next(type, error)
 
 
-def fail_all(type: str, error: BaseException | str | None) -> None:
+def fail_all(type: str, error: BaseException | type[BaseException] | str | None) -> None:
     current().fail_all(type, error)

@@ -86,8 +86,9 @@ class TestContext(abc.ABC):
 
     @abc.abstractmethod
     def bind_client(self, client: Client, init: Callable[..., None], settings: Settings | None,
-                    middleware: Sequence[Any]) -> None:
-        """Initialise a ``Client`` made while this context is current so it talks to it."""
+                    middleware: Sequence[Any], **options: Any) -> None:
+        """Initialise a ``Client`` made while this context is current so it talks to it (any
+        other option of ``Client`` is passed on as given)."""
 
     # --- what the mode provides --------------------------------------------------------------
 
@@ -207,12 +208,12 @@ class TestContext(abc.ABC):
         jobs, retries and cron ticks that fall due run at the next ``drain``."""
         return self.clock.advance(by)
 
-    def fail_next(self, type: str, error: BaseException | str) -> None:
+    def fail_next(self, type: str, error: BaseException | type[BaseException] | str) -> None:
         """The next execution of `type` raises `error` instead of running its handler (each call
         queues one more)."""
         self.injection.fail_next(type, error)
 
-    def fail_all(self, type: str, error: BaseException | str | None) -> None:
+    def fail_all(self, type: str, error: BaseException | type[BaseException] | str | None) -> None:
         """Every execution of `type` raises `error`, until ``fail_all(type, None)``."""
         self.injection.fail_all(type, error)
 
@@ -233,10 +234,10 @@ def current() -> TestContext:
 
 
 def _bound_init(client: Client, redis_url: str | None = None, *, settings: Settings | None = None,
-                middleware: Sequence[Any] = ()) -> None:
+                middleware: Sequence[Any] = (), **options: Any) -> None:
     # The caller's redis_url is ignored on purpose: the test context decides where jobs go.
     assert _REAL_INIT is not None
-    current().bind_client(client, _REAL_INIT, settings, middleware)
+    current().bind_client(client, _REAL_INIT, settings, middleware, **options)
 
 
 def _push(context: TestContext) -> None:

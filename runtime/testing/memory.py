@@ -340,9 +340,9 @@ class MemoryContext(TestContext):
         self.memory_workflows = MemoryWorkflows(self)
 
     def bind_client(self, client: Client, init: Callable[..., None], settings: Settings | None,
-                    middleware: Sequence[Any]) -> None:
+                    middleware: Sequence[Any], **options: Any) -> None:
         settings = msgspec.structs.replace(settings or Settings(), redis_url=FAKE_URL)
-        init(client, FAKE_URL, settings=settings, middleware=middleware)
+        init(client, FAKE_URL, settings=settings, middleware=middleware, **options)
         redirect(client, self.store, self.memory_workflows)
 
     def jobs(self) -> list[dict[str, Any]]:

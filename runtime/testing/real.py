@@ -92,9 +92,9 @@ class RealContext(TestContext):
         self._inspect = redis.Redis.from_url(self.redis_url)
 
     def bind_client(self, client: Client, init: Callable[..., None], settings: Settings | None,
-                    middleware: Sequence[Any]) -> None:
+                    middleware: Sequence[Any], **options: Any) -> None:
         settings = msgspec.structs.replace(settings or self.settings, redis_url=self.redis_url, key_prefix=self.key_prefix)
-        init(client, self.redis_url, settings=settings, middleware=middleware)
+        init(client, self.redis_url, settings=settings, middleware=middleware, **options)
         redirect(client, client._broker, _RecordingWorkflows(client._workflows, self))  # noqa: SLF001
 
     def close(self) -> None:

@@ -18,19 +18,20 @@ from runtime.handlers import Registry
 from runtime.middleware import CallNext, compose
 
 GRACE_S = 1.0  # a sync handler past its timeout, before its run counts as stuck
+Injected = BaseException | type[BaseException]  # what failure injection raises
 
 
 class FailureInjection:
     """Errors to raise instead of running a job type's handler: the next N runs, or every run."""
 
     def __init__(self) -> None:
-        self._next: dict[str, collections.deque[BaseException]] = collections.defaultdict(collections.deque)
-        self._all: dict[str, BaseException] = {}
+        self._next: dict[str, collections.deque[Injected]] = collections.defaultdict(collections.deque)
+        self._all: dict[str, Injected] = {}
 
-    def fail_next(self, job_type: str, error: BaseException | str) -> None:
+    def fail_next(self, job_type: str, error: Injected | str) -> None:
         self._next[job_type].append(_as_error(error))
 
-    def fail_all(self, job_type: str, error: BaseException | str | None) -> None:
+    def fail_all(self, job_type: str, error: Injected | str | None) -> None:
         """Every run of `job_type` fails with `error`; ``None`` stops it."""
         if error is None:
             self._all.pop(job_type, None)
@@ -41,7 +42,7 @@ class FailureInjection:
         self._next.clear()
         self._all.clear()
 
-    def take(self, job_type: str) -> BaseException | None:
+    def take(self, job_type: str) -> Injected | None:
         queued = self._next.get(job_type)
         if queued:
             return queued.popleft()
@@ -56,7 +57,8 @@ class FailureInjection:
     name = "ojs_failure_injection"
 
 
-def _as_error(error: BaseException | str) -> BaseException:
+def _as_error(error: Injected | str) -> Injected:
+    """A message is raised as a RuntimeError; an exception class is raised as `raise` would."""
     return RuntimeError(error) if isinstance(error, str) else error
 
 

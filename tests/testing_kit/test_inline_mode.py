@@ -87,3 +87,9 @@ def test_arguments_that_do_not_bind_fail_without_retry(ojs_inline: TestContext) 
     with pytest.raises(JobFailed, match="invalid_arguments"):
         run(enqueue("kit.echo", [1, 2, 3]))
     ojs_inline.assert_failed("kit.echo", count=1)
+
+
+def test_an_injected_exception_class_is_raised_like_an_instance(ojs_inline: TestContext) -> None:
+    testing.fail_next("kit.echo", LookupError)
+    job = run(enqueue_and_get("kit.echo", [1]))
+    assert job["errors"][0]["type"] == "LookupError" and job["state"] == "completed"
