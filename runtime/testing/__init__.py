@@ -52,6 +52,8 @@ workflows              recorded; first       recorded; first steps run   orchest
 concurrency limits,    not applied           not applied                 applied to the fetch;
 rate limits, leases                                                      one job at a time
 progress, checkpoints  recorded              recorded                    recorded
+lifecycle events       in memory, the same   in memory, the same         the events stream
+                       types                 types
 =====================  ====================  ==========================  ========================
 
 In every mode the jobs run one at a time in the test's process, and a sync handler runs in a

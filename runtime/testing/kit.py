@@ -101,6 +101,15 @@ class TestContext(abc.ABC):
         """One job's envelope (AssertionError if this context has no such job)."""
 
     @abc.abstractmethod
+    def event_log(self) -> list[dict[str, Any]]:
+        """Every lifecycle event of this context, oldest first."""
+
+    def events(self, type: str | None = None) -> list[dict[str, Any]]:
+        """The lifecycle events (``job.enqueued``, ``job.started``, ``job.completed``, ...), each
+        ``{"type", "subject", "time" (epoch ms), "data"}``, optionally of one type."""
+        return [e for e in self.event_log() if type is None or e["type"] == type]
+
+    @abc.abstractmethod
     async def drain(self, queue: str | None = None, *, max_jobs: int | None = None, timeout_s: float = 30.0,
                     with_scheduled: bool = False) -> DrainSummary:
         """Run what is due, including what those jobs enqueue, until nothing is."""

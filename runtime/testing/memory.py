@@ -56,6 +56,7 @@ class MemoryStore:
 
     def __init__(self, on_enqueued: Callable[[list[str]], Any]) -> None:
         self.hashes: dict[str, dict[bytes, bytes]] = {}
+        self.events: list[dict[str, Any]] = []  # what the scripts would XADD to the events stream
         self._on_enqueued = on_enqueued
 
     # --- the broker surface Client uses ---------------------------------------------------------
@@ -131,6 +132,8 @@ class MemoryStore:
         if workflow is not None:
             fields[b"workflow_id"] = workflow["id"].encode()
         self.hashes[job.id] = fields
+        state = fields[b"state"].decode()
+        self.emit("job.scheduled" if state == "scheduled" else "job.enqueued", job.id, state=state)
 
     async def get(self, job_id: str) -> dict[bytes, bytes]:
         if job_id not in self.hashes:
@@ -147,8 +150,15 @@ class MemoryStore:
 
     def _cancel(self, job_id: str) -> None:
         fields = self.hashes[job_id]
+        previous = fields[b"state"].decode()
         fields.update({b"state": b"cancelled", b"cancelled_at": str(timefmt.now_ms()).encode()})
         fields.pop(b"due_ms", None)
+        self.emit("job.cancelled", job_id, state="cancelled", previous_state=previous)
+
+    def emit(self, event_type: str, job_id: str, **data: Any) -> None:
+        fields = self.hashes[job_id]
+        self.events.append({"type": event_type, "subject": job_id, "time": timefmt.now_ms(), "data": {
+            "job_id": job_id, "job_type": fields[b"type"].decode(), "queue": fields[b"queue"].decode(), **data}})
 
     async def close(self) -> None:
         pass
@@ -205,6 +215,7 @@ class MemoryStore:
                                b"expired_at": str(now).encode(), b"previous_state": state.encode(),
                                b"error": msgspec.json.encode(error)})
                 fields.pop(b"due_ms", None)
+                self.emit("job.expired", fields[b"id"].decode(), state="discarded")
 
     async def record_progress(self, job_id: str, update: ProgressUpdate) -> None:
         """progress.lua's fields: the highest value, the latest message and data, and the
@@ -229,6 +240,7 @@ class MemoryStore:
         fields[b"state"] = b"active"
         fields[b"started_at"] = str(timefmt.now_ms()).encode()
         fields.pop(b"due_ms", None)
+        self.emit("job.started", job_id, state="active", attempt=int(fields[b"attempt"]))
         return fields
 
     def settle(self, job_id: str, outcome: Outcome) -> tuple[str, Any, dict[str, Any] | None]:
@@ -239,9 +251,11 @@ class MemoryStore:
             fields.update({b"state": b"completed", b"completed_at": str(now).encode()})
             if outcome.result:
                 fields[b"result"] = outcome.result
+            self.emit("job.completed", job_id, state="completed", attempt=int(fields[b"attempt"]))
             return "completed", _json.decode(outcome.result) if outcome.result else None, None
         if isinstance(outcome, Cancelled):
-            fields.update({b"state": b"cancelled", b"cancelled_at": str(now).encode()})
+            if fields[b"state"] != b"cancelled":
+                self._cancel(job_id)
             return "cancelled", None, None
         error: ErrorInfo = outcome.error  # type: ignore[union-attr]  # every other outcome has one
         policy = _json.decode(fields[b"retry"]) if b"retry" in fields else {}
@@ -256,16 +270,22 @@ class MemoryStore:
         count = int(fields.get(b"nerr", b"0")) + 1
         fields.update({b"error": record, b"nerr": str(count).encode(), f"e{count}".encode(): record})
         attempt, max_attempts = int(fields[b"attempt"]), int(fields[b"max_attempts"])
+        self.emit("job.failed", job_id, attempt=attempt,
+                  error={"code": error.code, "message": error.message, "type": error.type})
         if verdict == "retry" and attempt < max_attempts:
             delay = backoff_ms(fields, attempt) if delay_ms is None else delay_ms
             fields.update({b"state": b"retryable", b"retry_delay_ms": str(delay).encode(),
                            b"next_attempt_at": str(now + delay).encode(), b"due_ms": str(now + delay).encode()})
             state = "retryable"
+            self.emit("job.retrying", job_id, state=state, attempt=attempt, max_attempts=max_attempts,
+                      next_retry_at=now + delay, retry_delay_ms=delay)
         else:
             fields.update({b"state": b"discarded", b"discarded_at": str(now).encode(), b"completed_at": str(now).encode()})
             state = "discarded"
-            if verdict == "dead_letter" or (verdict != "discard" and policy.get("on_exhaustion") == "dead_letter"):
+            dead_letter = verdict == "dead_letter" or (verdict != "discard" and policy.get("on_exhaustion") == "dead_letter")
+            if dead_letter:
                 fields[b"dead_lettered"] = b"1"
+            self.emit("job.discarded", job_id, state=state, total_attempts=attempt, dead_letter=dead_letter)
         name = failures.settled_outcome(verdict, state, on_exhaustion=policy.get("on_exhaustion"))
         return name, None, _json.decode(record)
 
@@ -348,6 +368,9 @@ class MemoryContext(TestContext):
     def jobs(self) -> list[dict[str, Any]]:
         return [self.store.envelope(job_id) for job_id in self.store.hashes]
 
+    def event_log(self) -> list[dict[str, Any]]:
+        return list(self.store.events)
+
     def job(self, job_id: str) -> dict[str, Any]:
         if job_id not in self.store.hashes:
             raise AssertionError(f"no job {job_id} in this test's {self.mode} store")
@@ -356,6 +379,7 @@ class MemoryContext(TestContext):
     def clear_all(self) -> None:
         super().clear_all()
         self.store.hashes.clear()
+        self.store.events.clear()
 
     async def drain(self, queue: str | None = None, *, max_jobs: int | None = None, timeout_s: float = 30.0,
                     with_scheduled: bool = False) -> DrainSummary:

@@ -121,6 +121,11 @@ class RealContext(TestContext):
             raise AssertionError(f"no job {job_id} under this test's prefix {self.key_prefix}")
         return _envelope.decode(encode_job(fields))
 
+    def event_log(self) -> list[dict[str, Any]]:
+        rows = self._inspect.xrange(f"{self.key_prefix}events")
+        return [{"type": f[b"type"].decode(), "subject": f[b"subject"].decode(), "time": int(f[b"time"]),
+                 "data": _json.decode(f[b"data"])} for _id, f in rows]
+
     def clear_all(self) -> None:
         super().clear_all()
         self._delete_keys()

@@ -141,3 +141,21 @@ def test_a_retry_resumes_from_the_checkpoint_of_the_attempt_before(mode: Mode) -
         ojs.advance_time("1s")
         summary = asyncio.run(ojs.drain())
         assert summary.jobs[0]["result"] == {"step": 1}
+
+
+def test_the_same_events_are_emitted(mode: Mode) -> None:
+    with mode() as ojs:
+        ojs.freeze_time()
+        retried = outcome(lambda client: client.enqueue("kit.flaky", [2]))
+        asyncio.run(ojs.drain())
+        ojs.advance_time("PT10M")
+        asyncio.run(ojs.drain())
+        later = outcome(lambda client: client.enqueue("kit.echo", [1], delay_ms=1000))
+        outcome(lambda client: client.cancel(later))
+        events = [(e["type"], e["subject"]) for e in ojs.events()]
+        assert ojs.events("job.completed")[0]["data"]["job_type"] == "kit.flaky"
+    assert events == [
+        ("job.enqueued", retried), ("job.started", retried), ("job.failed", retried), ("job.retrying", retried),
+        ("job.started", retried), ("job.completed", retried),
+        ("job.scheduled", later), ("job.cancelled", later),
+    ]
