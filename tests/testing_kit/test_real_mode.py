@@ -159,3 +159,12 @@ def test_wait_for_state_says_what_the_job_is_when_it_times_out(ojs_real: RealCon
     with pytest.raises(AssertionError, match=r"still 'available' after 0.2 s \(waiting for completed\)"):
         run(ojs_real.wait_for_state(job_id, "completed", timeout_s=0.2))
 
+
+
+def test_without_a_url_real_mode_starts_an_embedded_redis_once_per_process() -> None:
+    with testing.real_mode() as first:
+        run(enqueue("kit.echo", [1]))
+        assert run(first.drain()).counts == {"completed": 1}
+    with testing.real_mode() as second:
+        assert second.redis_url == first.redis_url and second.key_prefix != first.key_prefix
+        second.refute_enqueued("kit.echo")
