@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import redis
+from redis.asyncio import Redis as AsyncRedis
 
 from runtime import Client, Draft, testing
 from runtime.testing import RealContext
@@ -141,12 +142,25 @@ def test_scheduled_jobs_are_not_forced_in_real_mode(ojs_real: RealContext) -> No
         run(ojs_real.drain(with_scheduled=True))
 
 
+async def blocked_in_xread(url: str) -> None:
+    """Until a connection of this Redis waits in XREAD (the waiter has seen the job unfinished)."""
+    inspect = AsyncRedis.from_url(url)
+    try:
+        for _ in range(500):
+            if any(c.get("cmd") == "xread" for c in await inspect.client_list()):
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("nothing ever waited in XREAD")
+    finally:
+        await inspect.aclose()
+
+
 def test_wait_for_state_wakes_on_the_brokers_events(ojs_real: RealContext) -> None:
     async def scenario() -> tuple[dict[str, Any], Any]:
         job_id = await enqueue("kit.echo", ["waited"])
-        waiting = asyncio.create_task(ojs_real.wait_for_state(job_id, "completed", timeout_s=10))
-        await asyncio.sleep(0)  # the waiter reads the state (available) before the job runs
-        summary = await ojs_real.drain()
+        waiting = asyncio.create_task(ojs_real.wait_for_state(job_id, "completed", timeout_s=30))
+        await blocked_in_xread(ojs_real.redis_url)
+        summary = await ojs_real.drain()  # its events wake the waiter, long before its timeout
         return await waiting, summary
 
     job, summary = run(scenario())
