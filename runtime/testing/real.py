@@ -172,7 +172,8 @@ class RealContext(TestContext):
                     with_scheduled: bool = False) -> DrainSummary:
         """Run everything due in `queue` (default: every queue of this namespace), including what
         the jobs enqueue, until nothing is left to claim; a retry waiting on its backoff, or a
-        scheduled job, is due once the test clock reaches it (``advance_time``)."""
+        scheduled job, is due once the test clock reaches it (``advance_time``). A job whose type
+        has no handler in this process fails without retry, as in a pool that claimed it."""
         if with_scheduled:
             raise NotImplementedError("real mode runs scheduled jobs when due: use advance_time")
         runs: list[dict[str, Any]] = []
