@@ -178,11 +178,13 @@ class RealContext(TestContext):
             raise NotImplementedError("real mode runs scheduled jobs when due: use advance_time")
         runs: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout_s
+        timed_out = False
         async with self._broker() as broker:
             crons = Crons(broker)
             while max_jobs is None or len(runs) < max_jobs:
                 if time.monotonic() > deadline:
-                    return summary_of(runs, timed_out=True)
+                    timed_out = True
+                    break
                 await broker.scheduler_step()
                 await crons.tick()
                 queues = [queue] if queue else await self._queues(broker)
@@ -192,7 +194,7 @@ class RealContext(TestContext):
                 runs.append(await self._run_claimed(broker, claimed[0]))
             await broker.redis.zrem(broker.keys.workers, self.worker_id)
             await broker.redis.delete(broker.keys.worker(self.worker_id), broker.keys.worker_jobs(self.worker_id))
-        return summary_of(runs)
+        return summary_of(runs, timed_out=timed_out)
 
     async def _run_claimed(self, broker: Broker, fields: dict[bytes, bytes]) -> dict[str, Any]:
         claim = fields.get(b"claim", b"").decode()

@@ -206,3 +206,13 @@ def test_a_job_past_its_expiry_on_the_test_clock_never_runs(ojs_fake: TestContex
     assert run(ojs_fake.drain()).counts == {}
     job = ojs_fake.assert_job_state(job_id, "discarded")
     assert job["error"]["type"] == "expired" and job["expired_at"] == "2026-03-01T12:01:00.000Z"
+
+
+def test_drain_stops_at_max_jobs_and_at_its_timeout(ojs_fake: TestContext) -> None:
+    for n in range(3):
+        run(enqueue("kit.echo", [n]))
+    first = run(ojs_fake.drain(max_jobs=2))
+    assert first.counts == {"completed": 2} and not first.timed_out
+    stopped = run(ojs_fake.drain(timeout_s=-1))
+    assert stopped.counts == {} and stopped.timed_out
+    assert run(ojs_fake.drain()).counts == {"completed": 1}

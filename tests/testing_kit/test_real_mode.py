@@ -182,3 +182,13 @@ def test_without_a_url_real_mode_starts_an_embedded_redis_once_per_process() -> 
     with testing.real_mode() as second:
         assert second.redis_url == first.redis_url and second.key_prefix != first.key_prefix
         second.refute_enqueued("kit.echo")
+
+
+def test_drain_stops_at_max_jobs_and_at_its_timeout(ojs_real: RealContext) -> None:
+    for n in range(3):
+        run(enqueue("kit.echo", [n]))
+    first = run(ojs_real.drain(max_jobs=2))
+    assert first.counts == {"completed": 2} and not first.timed_out
+    stopped = run(ojs_real.drain(timeout_s=-1))
+    assert stopped.counts == {} and stopped.timed_out
+    assert run(ojs_real.drain()).counts == {"completed": 1}
