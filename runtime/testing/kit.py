@@ -36,7 +36,7 @@ class DrainSummary(msgspec.Struct, kw_only=True):
 
     counts: dict[str, int]
     jobs: list[dict[str, Any]]
-    timed_out: bool = False  # stopped at its timeout with jobs still due
+    timed_out: bool = False  # stopped at its timeout: jobs may be left to run
 
 
 def summary_of(executions: Sequence[dict[str, Any]], *, timed_out: bool = False) -> DrainSummary:
