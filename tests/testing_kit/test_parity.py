@@ -98,6 +98,17 @@ async def replace_keeping_the_schedule(client: Client) -> Any:
     return (await client.get(first))["state"], kept["state"], kept["scheduled_at"]
 
 
+async def invalid_options(client: Client) -> Any:
+    refused = []
+    for options in ({"priority": 1000}, {"retry": {"initial_interval": "PT0S"}}, {"scheduled_at": "tomorrow"},
+                    {"unique": {"keys": ["nonsense"]}}, {"timeout_ms": -1}):
+        try:
+            await client.enqueue("kit.echo", [1], **options)
+        except OJSError as err:
+            refused.append((type(err).__name__, err.status, err.message))
+    return refused
+
+
 @pytest.mark.parametrize("scenario", [two_unique_in_one_batch, two_unique_in_one_batch_ignored,
                                       a_batch_with_a_taken_id_inserts_nothing, cancel_twice, get_missing,
                                       replace_a_stored_holder, replace_a_twin_in_one_batch,
@@ -159,3 +170,11 @@ def test_the_same_events_are_emitted(mode: Mode) -> None:
         ("job.started", retried), ("job.completed", retried),
         ("job.scheduled", later), ("job.cancelled", later),
     ]
+
+
+def test_invalid_options_are_refused_with_the_same_errors(ojs_redis_url: str) -> None:
+    with testing.fake_mode():
+        fake = outcome(invalid_options)
+    with testing.real_mode(ojs_redis_url):
+        real = outcome(invalid_options)
+    assert fake == real and len(real) == 5, (fake, real)
