@@ -52,7 +52,8 @@ def page_requests(job_id: str, *, pools: bool) -> dict[str, list[str]]:
         "job": [f"/ojs/v1/admin/jobs/{job_id}"],
         "dead letters": ["/ojs/v1/admin/dead-letter/stats", "/ojs/v1/admin/dead-letter?per_page=50"],
         "dead letters (one error type)": ["/ojs/v1/admin/dead-letter?error_type=TimeoutError&per_page=50"],
-        "workers": ["/ojs/v1/admin/workers?per_page=100", *(["/ojs/v1/admin/pools"] if pools else [])],
+        "workers": ["/ojs/v1/admin/workers?per_page=100",
+                    *(["/ojs/v1/admin/pools", "/ojs/v1/admin/scheduling/stats"] if pools else [])],
         "cron": ["/ojs/v1/cron"],
         "workflows": ["/ojs/v1/workflows?per_page=50"],
     }

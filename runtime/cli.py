@@ -8,7 +8,7 @@ import re
 import sys
 from collections.abc import Callable
 
-from runtime import fairness, logs
+from runtime import fairness, handler_check, logs, reloader
 from runtime.config import settings_from_env
 from runtime.embedded_redis import EmbeddedRedisError
 from runtime.envelope import QUEUE_PATTERN
@@ -96,6 +96,12 @@ def _run_parser() -> argparse.ArgumentParser:
         "endpoint and the scheduler loops (and an embedded Redis when no --redis is given).",
     )
     p.add_argument("module", help="the handlers module to import in each pool, e.g. handlers_example")
+    p.add_argument("--check", action="store_true",
+                   help="import the module, list its handlers (queues, options, signatures) and exit: "
+                   "non-zero on a problem (an import error, a handler without ctx, an unknown queue in --queues)")
+    p.add_argument("--reload", action="store_true",
+                   help="development: restart the pools (draining their jobs) when a source file of the "
+                   "handlers' package changes")
     p.add_argument("--queues", type=_queues, metavar="Q:W,...", default=_env("OJS_QUEUES"),
                    help="weighted queues, e.g. default:1,email:3 (env OJS_QUEUES; default: the "
                    "handlers' queues and default, weight 1)")
@@ -148,12 +154,21 @@ def _run_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _reload_paths(module: str) -> tuple[str, ...]:
+    paths = reloader.source_paths(module)
+    if not paths:  # the pools will say why it does not import
+        print(f"ojs-run: --reload: cannot find the source of {module!r} to watch", file=sys.stderr)
+    return paths
+
+
 def run_main(argv: list[str] | None = None) -> int:
     """`ojs-run MODULE`: the supervisor, its pool processes and (unless --no-http) the broker."""
     args = _run_parser().parse_args(argv)
     logs.configure(args.log_level, args.log_format,
                    text_format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
     sys.path.insert(0, os.getcwd())  # like uvicorn and gunicorn: the app's modules are found from here
+    if args.check:
+        return handler_check.check(args.module, args.queues or ())
     host, port = args.http if args.http else (None, None)
     settings = settings_from_env(host=host, port=port, redis_url=args.redis_url, data_dir=args.data_dir)
     pool = PoolConfig(
@@ -167,7 +182,7 @@ def run_main(argv: list[str] | None = None) -> int:
         processes=int(args.processes), http=not args.no_http, max_memory_mb=int(args.max_memory_mb or 0),
         liveness_timeout_s=args.liveness_timeout,
         metrics_port=int(args.metrics_port) if args.metrics_port else None, metrics_host=args.metrics_host,
-        stall_s=args.stall_timeout,
+        stall_s=args.stall_timeout, reload_paths=_reload_paths(args.module) if args.reload else (),
     )
     return Supervisor(pool, config=config).run()
 

@@ -5,6 +5,8 @@ binding does (same validation, same scripts), without an HTTP hop::
         job_id = await client.enqueue("email.send", ["a@example.com", "Hi"], queue="email")
         ids = await client.enqueue_many([Draft(type="report.build", args=["2024-06-01"])])
         job = await client.get(job_id)        # the OJS envelope, JSON-native
+        handle = await client.enqueue_job("email.send", ["a@example.com", "Hi"])
+        await handle.result(timeout=10)       # the handler's result (or JobFailed); see job_handle
         flow = await client.chain([Draft(type="a"), Draft(type="b")])   # also group, batch, workflow
 
 Options are the OJS enqueue option names (``queue``, ``priority``, ``timeout_ms``,
@@ -36,6 +38,7 @@ from runtime.embedded_redis import EmbeddedRedisError, default_data_dir, publish
 from runtime.envelope import EnqueueOptions
 from runtime.handlers import registered
 from runtime.ids import uuid7
+from runtime.job_handle import JobHandle, ResultWatch
 from runtime.middleware import CallNext, compose
 
 OPTION_NAMES = frozenset(EnqueueOptions.__struct_fields__)
@@ -84,6 +87,7 @@ class Client:
         self._broker = Broker(self._redis, self.settings)
         self._workflows = Workflows(self._broker)
         self._chain = compose(list(middleware), _insert_as_is)
+        self._watch: ResultWatch | None = None
 
     async def __aenter__(self) -> Self:
         return self
@@ -94,6 +98,8 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
+        if self._watch is not None:
+            await self._watch.close()
         await self._broker.close()
         await self._redis.aclose()
 
@@ -105,6 +111,28 @@ class Client:
         or None when enqueue middleware dropped it."""
         (job_id,) = await self.enqueue_many([Draft(type=type, args=list(args), meta=meta or {}, options=options, id=id)])
         return job_id
+
+    async def enqueue_job(
+        self, type: str, args: Sequence[Any] = (), *, meta: dict[str, Any] | None = None,
+        id: str | None = None, **options: Any,
+    ) -> JobHandle[Any]:
+        """`enqueue`, returning a handle to wait on (``await handle.result(timeout=10)``).
+        ValueError when enqueue middleware dropped the job: there is nothing to wait for."""
+        job_id = await self.enqueue(type, args, meta=meta, id=id, **options)
+        if job_id is None:
+            raise ValueError(f"enqueue middleware dropped the {type} job")
+        return JobHandle(job_id, self)
+
+    def job(self, job_id: str) -> JobHandle[Any]:
+        """A handle on a job enqueued earlier (by anyone), to read its status or wait for it."""
+        return JobHandle(job_id, self)
+
+    @property
+    def watch(self) -> ResultWatch:
+        """The reader of the event stream that result handles wait on (made on first use)."""
+        if self._watch is None:
+            self._watch = ResultWatch(self)
+        return self._watch
 
     async def enqueue_many(self, drafts: Sequence[Draft]) -> list[str | None]:
         """Enqueue all the jobs or none (one script call); None for each job middleware dropped."""

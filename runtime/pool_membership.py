@@ -23,20 +23,22 @@ class PoolMembership:
         self.queues = list(queues)
         self.started_with = (list(weights), strategy)  # back to these when the definition goes
         self.concurrency = concurrency
-        self.registered = False
         self.seen: bytes | None = None
 
     async def refresh(self) -> tuple[list[int], str] | None:
         """Register (once), then read the pool's definition: the weights and strategy to use
         from now on when they changed since the last call, else None. Raises what Redis raises."""
-        if not self.registered:
+        async with self.broker.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self.broker.keys.pools, self.pool)
+            pipe.hexists(self.broker.keys.worker(self.worker_id), "pool")
+            raw, described = await pipe.execute()
+        if not described:  # first beat, or the record was removed (found silent) and made anew
             await Admin(self.broker).describe_worker(self.worker_id, {
                 "kind": "pool", "pool": self.pool, "hostname": socket.gethostname(), "pid": str(os.getpid()),
                 "queues": ",".join(self.queues), "weights": ",".join(map(str, self.started_with[0])),
                 "strategy": self.started_with[1], "concurrency": str(self.concurrency),
             })
-            self.registered = True
-        raw = await self.broker.redis.hget(self.broker.keys.pools, self.pool)
+            self.seen = None  # and the definition is written into the new record again
         if raw == self.seen:
             return None
         self.seen = raw

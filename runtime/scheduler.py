@@ -12,6 +12,7 @@ from runtime.broker import BACKEND_ERRORS
 from runtime.broker.core import Broker
 from runtime.broker.crons import Crons
 from runtime.broker.dead_workers import SilentWorkers
+from runtime.broker.migrations import EndedIndexMigration
 from runtime.broker.stats_history import StatsHistory
 from runtime.config import Settings
 
@@ -37,6 +38,22 @@ class Scheduler:
         if self.history is not None:
             self._tasks.append(asyncio.create_task(
                 self._loop("stats", self.history.rollup, self.settings.stats_rollup_interval_ms)))
+        self._tasks.append(asyncio.create_task(self._migrate()))
+
+    async def _migrate(self) -> None:
+        """The store upgrades, once, in the background (retried while Redis is away)."""
+        migration = EndedIndexMigration(self.broker)
+        delay_s = 1.0
+        while True:
+            try:
+                await migration.run()
+                return
+            except BACKEND_ERRORS as err:
+                logger.warning("store upgrade %s waits for the job store (%s)", migration.NAME, err)
+            except Exception:
+                logger.exception("store upgrade %s failed; retrying", migration.NAME)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 60.0)
 
     async def stop(self) -> None:
         for task in self._tasks:

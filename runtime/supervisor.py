@@ -18,6 +18,10 @@ children's liveness records, and forks what is missing:
 * a process that cannot boot (exit code 3, the handlers module does not import) stops everything
   with exit code 3 instead of crash-looping; a pool or HTTP process that dies right after it
   started is respawned with backoff.
+* with ``reload_paths`` (``--reload``), a watcher child reports changed Python files on a pipe;
+  once a probe child has imported the edited module, the pools are retired like a recycle and
+  their replacements import the new code (see :mod:`runtime.reloader`). A pool that cannot boot
+  is then retried with backoff rather than stopping everything: the module is being edited.
 
 Releases run in short-lived forked processes, never in the loop, so signals and the watchdog keep
 being served while Redis is slow or away; a release that fails is retried with backoff, and at a
@@ -57,8 +61,9 @@ from collections.abc import Callable
 
 import msgspec
 import psutil  # type: ignore[import-untyped,unused-ignore]
+import redis
 
-from runtime import metrics, recovery, sdnotify, worker
+from runtime import default_client, metrics, recovery, reloader, sdnotify, worker
 from runtime.broker.pool_ops import release_worker_blocking
 from runtime.config import Settings
 from runtime.embedded_redis import EmbeddedRedis, EmbeddedRedisError, default_data_dir, redacted
@@ -79,8 +84,13 @@ RELEASE_TIMEOUT_S = 10.0  # one release attempt (its own process)
 RELEASE_STOP_GRACE_S = 15.0  # at a stop, pending releases are retried this long after the pools are gone
 REDIS_DOWN_PING_S = 10.0  # the embedded Redis down this long: no more watchdog pings
 LOCK_WAIT_S = 15.0  # a previous runtime on the same data dir may still be finishing its stop
+REDIS_BOOT_WAIT_S = 5.0  # an external Redis that does not answer this long at start: a boot error
 _PR_SET_PDEATHSIG = 1
 _HELD_ACROSS_FORK = {signal.SIGTERM}  # not SIGTSTP: its default action would freeze the child
+
+
+class RedisUnreachable(Exception):
+    """The Redis given does not answer at start (the message names it, password hidden)."""
 
 
 class SupervisorConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -93,6 +103,7 @@ class SupervisorConfig(msgspec.Struct, frozen=True, kw_only=True):
     metrics_port: int | None = None  # a separate /metrics, /health, /ready endpoint
     metrics_host: str | None = None  # its address; None: the HTTP host
     stall_s: float = 60.0  # /ready fails when no pool has fetched for this long
+    reload_paths: tuple[str, ...] = ()  # --reload: replace the pools when Python files here change
 
 
 class _Child:
@@ -143,12 +154,16 @@ class Supervisor:
         self.redis_lost = False
         self.pings_withheld = False
         self._wake_r, self._wake_w = os.pipe()
+        # --reload: the watcher process writes to this pipe when files change (see runtime.reloader)
+        self._changed_r, self._changed_w = os.pipe() if config.reload_paths else (-1, -1)
+        self.reload_wanted = False
+        self.probing = False  # a probe process is checking that the edited module imports
 
     def run(self) -> int:
         self._install_signals()
         try:
             self._boot()
-        except (OSError, InsecureBinding, EmbeddedRedisError) as err:
+        except (OSError, InsecureBinding, EmbeddedRedisError, RedisUnreachable) as err:
             logger.critical("cannot start: %s", err)
             self._cleanup()
             return EXIT_BOOT_ERROR
@@ -158,6 +173,7 @@ class Supervisor:
                 self._spawn_missing()
                 self._wait(self.config.tick_s)
                 self._handle_signals()
+                self._start_reload()
                 self._reap()
                 self._watch_redis()
                 self._check_children()
@@ -182,7 +198,9 @@ class Supervisor:
             check_binding(settings, host, what="/metrics, /health and /ready")
             self.metrics_listener = open_listener(host, self.config.metrics_port)
             logger.info("metrics on http://%s:%s/metrics", host, self.metrics_listener.getsockname()[1])
-        if settings.redis_url is None:
+        if settings.redis_url is not None:
+            self._reach_redis(settings.redis_url)
+        else:
             if not self.config.http:
                 logger.warning("--no-http with the embedded Redis: no scheduler loops run, so "
                                "expired leases and timeouts are not reaped")
@@ -198,9 +216,37 @@ class Supervisor:
             settings = msgspec.structs.replace(settings, redis_url=url)
             self.pool = msgspec.structs.replace(self.pool, settings=settings)
 
+    def _reach_redis(self, url: str) -> None:
+        """A Redis that is not there at start is a mistake to report, not an outage to ride out
+        (that comes later, once it has answered): wait a little for one that is starting too,
+        then stop with its URL. A blocking client, closed before the first fork."""
+        deadline = time.monotonic() + REDIS_BOOT_WAIT_S
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        said_waiting = False
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.AuthenticationError as err:
+                    raise RedisUnreachable(f"Redis at {redacted(url)} refused the credentials: {err}") from None
+                except redis.RedisError as err:
+                    if time.monotonic() > deadline or any(
+                        sig in (signal.SIGTERM, signal.SIGINT) for sig in self.signals
+                    ):
+                        raise RedisUnreachable(f"cannot reach Redis at {redacted(url)}: {err}") from None
+                    if not said_waiting:
+                        logger.info("waiting for Redis at %s", redacted(url))
+                        said_waiting = True
+                    time.sleep(0.25)
+        finally:
+            client.close()
+            client.connection_pool.disconnect()
+
     def _install_signals(self) -> None:
-        for fd in (self._wake_r, self._wake_w):
-            os.set_blocking(fd, False)
+        for fd in (self._wake_r, self._wake_w, self._changed_r):
+            if fd >= 0:
+                os.set_blocking(fd, False)
         signal.set_wakeup_fd(self._wake_w)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGTSTP, signal.SIGCONT):
             signal.signal(sig, self._on_signal)
@@ -209,12 +255,15 @@ class Supervisor:
         self.signals.append(signum)  # record only: the loop acts (conventions §3.2)
 
     def _wait(self, timeout_s: float) -> None:
-        select.select([self._wake_r], [], [], timeout_s)
-        try:
-            while os.read(self._wake_r, 512):
+        readable, _, _ = select.select([fd for fd in (self._wake_r, self._changed_r) if fd >= 0], [], [], timeout_s)
+        for fd in readable:
+            try:
+                while os.read(fd, 512):
+                    pass
+            except BlockingIOError:
                 pass
-        except BlockingIOError:
-            pass
+            if fd == self._changed_r:
+                self.reload_wanted = True
 
     def _handle_signals(self) -> None:
         while self.signals:
@@ -255,6 +304,35 @@ class Supervisor:
             child.kill_reason = reason
             _send(child.pid, signal.SIGKILL)
 
+    # --- reload ----------------------------------------------------------------------------------
+
+    def _start_reload(self) -> None:
+        """Files changed: first see, in a fresh fork, that the module still imports."""
+        if not self.reload_wanted or self.probing or self.stopping:
+            return
+        self.reload_wanted = False  # changes from now on make another round
+        self.probing = True
+        module = self.pool.module
+        probe = self._fork("probe", lambda _pid: "probe", None, lambda _id: reloader.probe(module))
+        probe.deadline = time.monotonic() + self.config.boot_timeout_s  # an import that hangs is killed
+
+    def _on_probe_exit(self, code: int) -> None:
+        self.probing = False
+        if self.stopping:
+            return
+        if code != EXIT_OK:
+            logger.warning("not reloading: the handlers module does not import (above); the running "
+                           "pools keep their code until the next change")
+            return
+        pools = [c for c in self._pools() if not c.retiring]
+        logger.info("reloading: replacing %d pool process(es); they drain for up to %.0fs",
+                    len(pools), self.pool.drain_timeout_s)
+        deadline = time.monotonic() + self.pool.drain_timeout_s + self.pool.cancel_deadline_s + STOP_MARGIN_S
+        for child in pools:
+            metrics.POOL_RECYCLES.labels("reload").inc()
+            self._terminate(child, deadline)  # retiring: _spawn_missing forks its replacement
+        self.backoff.pop("pool", None)  # new code: a pool that failed to boot before may now
+
     # --- children ------------------------------------------------------------------------------
 
     def _pools(self) -> list[_Child]:
@@ -271,12 +349,17 @@ class Supervisor:
             probes = self.metrics_listener
             self._fork("metrics", lambda _pid: "metrics", None,
                        lambda _id: _serve_http(self.pool.settings, probes, self.board, probes_only=True))
+        if self.config.reload_paths and not self._running("reloader") and self._may_respawn("reloader"):
+            paths, changed_w = self.config.reload_paths, self._changed_w
+            self._fork("reloader", lambda _pid: "reloader", None, lambda _id: reloader.watch(paths, changed_w))
         while sum(not c.retiring for c in self._pools()) < self.config.processes and self._may_respawn("pool"):
             seq = self.ids.next_seq()  # the id names the pool's own pid: made on each side of the fork
             liveness = Liveness()
 
             def run_pool(worker_id: str, liveness: Liveness = liveness) -> int:
                 config = msgspec.structs.replace(self.pool, worker_id=worker_id)
+                # Task handles enqueue from handlers into the Redis this runtime serves.
+                default_client.configure(settings=config.settings)
                 return worker.main(config, liveness, self.board)
 
             self._fork("pool", functools.partial(self.ids.make, seq), liveness, run_pool)
@@ -323,6 +406,10 @@ class Supervisor:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
         os.close(self._wake_r)
         os.close(self._wake_w)
+        if self._changed_r >= 0:
+            os.close(self._changed_r)
+            if kind != "reloader":
+                os.close(self._changed_w)
         if self.embedded is not None:
             self.embedded.after_fork()  # a user of the embedded Redis, not its owner
         os.setpgid(0, 0)  # out of the terminal's process group: only the supervisor gets Ctrl-C
@@ -353,6 +440,10 @@ class Supervisor:
             metrics.mark_process_dead(child.pid)
             self._on_release_exit(child, code)
             return
+        if child.kind == "probe":
+            metrics.mark_process_dead(child.pid)
+            self._on_probe_exit(code)
+            return
         how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
         level = logging.INFO if code == 0 or child.kill_reason == "shutdown" else logging.WARNING
         logger.log(level, "%s process %s (pid %d) ended: %s", child.kind, child.worker_id, child.pid, how)
@@ -367,7 +458,12 @@ class Supervisor:
                 metrics.POOL_RESTARTS.labels(child.stop_reason or child.kill_reason or "crashed").inc()
             self._release(child.worker_id, crashed=code != 0 and child.kill_reason in (None, "unresponsive"),
                           record=record)
-        if code == EXIT_BOOT_ERROR:
+        if code == EXIT_BOOT_ERROR and self.config.reload_paths and child.kind == "pool" and not self.stopping:
+            # Developing: the module is mid-edit. Retry with backoff; the next change retries at once.
+            backoff_s = min(max(0.5, self.backoff.get("pool", (0.0, 0.0))[0] * 2), MAX_BACKOFF_S)
+            self.backoff["pool"] = (backoff_s, time.monotonic() + backoff_s)
+            logger.warning("pool process could not boot (above): retrying in %.1fs, or at the next change", backoff_s)
+        elif code == EXIT_BOOT_ERROR:
             logger.critical("%s process could not boot (see the error above): stopping", child.kind)
             self.exit_code = EXIT_BOOT_ERROR
             if not self.stopping:
@@ -527,6 +623,9 @@ class Supervisor:
         path, created = self.metrics_dir
         metrics.disable_multiprocess(path, created=created)
         signal.set_wakeup_fd(-1)
+        for fd in (self._changed_r, self._changed_w):
+            if fd >= 0:
+                os.close(fd)
 
 
 def _release_jobs(settings: Settings, pending: _Release) -> int:

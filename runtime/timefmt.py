@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import re
 import time
+from collections.abc import Callable
 from datetime import date
 
 __all__ = [
@@ -93,9 +94,22 @@ _SHORT_DURATION_RE = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h|d))+")
 _SHORT_UNIT_MS = {"ms": 1, "s": _MS_PER_S, "m": _MS_PER_MIN, "h": _MS_PER_H, "d": _MS_PER_DAY}
 
 
-def now_ms() -> int:
+def wall_now_ms() -> int:
     """Wall-clock epoch milliseconds: the unit of every Redis score and Lua ``now_ms``."""
     return time.time_ns() // 1_000_000
+
+
+# "Now" for the broker, the client and the cron loop. A plain module attribute, not a wrapper,
+# so the hot paths pay nothing for it; every caller reads it as ``timefmt.now_ms()`` at call
+# time (never a copy imported by name), which is what lets `use_clock` move it.
+now_ms: Callable[[], int] = wall_now_ms
+
+
+def use_clock(clock: Callable[[], int] | None) -> None:
+    """Replace ``now_ms`` for every caller in this process (the testing kit's time control,
+    :mod:`runtime.testing`); ``None`` restores the wall clock."""
+    global now_ms
+    now_ms = clock or wall_now_ms
 
 
 def format_ms(ms: int) -> str:

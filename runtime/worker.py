@@ -124,8 +124,8 @@ def main(config: PoolConfig, liveness: Liveness, board: Board | None = None) -> 
     metrics.set_label_cap(config.settings.metrics_label_cap)
     try:
         registry = handlers.load(config.module)
-    except Exception:
-        logger.critical("cannot import the handlers module %r", config.module, exc_info=True)
+    except handlers.ModuleImportError as err:  # one line says what and where: no traceback
+        logger.critical("%s", err)
         return EXIT_BOOT_ERROR
     # Not closed on purpose: the process ends with os._exit right after, and closing the loop
     # would wait forever on a handler that swallows its cancellation.

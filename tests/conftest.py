@@ -131,6 +131,13 @@ def _database_count(client: redis.Redis) -> int:
 
 
 @pytest.fixture(scope="session")
+def ojs_redis_url(redis_server: RedisServer) -> str:
+    """The testing kit's real mode (``ojs_real``) runs on the session's server, not one of its
+    own; each test is isolated by a key prefix of its own there."""
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
 def _test_db_numbers(redis_server: RedisServer) -> Iterator[int]:
     """Endless round-robin over the DBs that tests may use (8 and up)."""
     return itertools.cycle(range(FIRST_TEST_DB, redis_server.databases))

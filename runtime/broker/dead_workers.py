@@ -63,9 +63,13 @@ class SilentWorkers:
         settings = self.broker.settings
         now = timefmt.now_ms()
         k = self.broker.keys
+        # After an outage every worker gets its threshold afresh from Redis' return, as with the
+        # automatic detection: it could not beat while Redis was away.
+        resume_at = int(await self.broker.redis.hget(k.reaper, "resume_at_ms") or 0)
+        since = max(0, resume_at - settings.reaper_outage_grace_ms)
         reply = await self.broker.scripts.call(
             "silent_workers", keys=[k.prefix, k.workers],
-            args=[str(now), "0", str(missed), str(settings.worker_heartbeat_interval_ms), "1", worker_id],
+            args=[str(now), str(since), str(missed), str(settings.worker_heartbeat_interval_ms), "1", worker_id],
         )
         if not reply:
             return None

@@ -61,18 +61,20 @@ class JobAdmin:
         if status != Status.OK:
             raise Conflict(reason)
 
-    async def purge(self, queue: str, states: Sequence[str], *, older_than_ms: int | None) -> tuple[int, bool]:
+    async def purge(self, queue: str, states: Sequence[str], *, older_than_ms: int | None,
+                    budget: int = MAX_PURGE) -> tuple[int, bool]:
         """Delete a queue's jobs in the given ended states that ended at or before
-        `older_than_ms` (all of them when None), oldest first, at most MAX_PURGE per call.
-        Returns (deleted, has_more). Members of running workflows are kept."""
+        `older_than_ms` (all of them when None), oldest first, at most `budget` per call (and
+        as many kept entries examined). Returns (deleted, has_more). Members of running
+        workflows are kept."""
         bound = "+inf" if older_than_ms is None else str(older_than_ms)
         deleted = 0
         more = False
         for state in states:
             offset = 0
             while True:
-                room = min(PURGE_CHUNK, MAX_PURGE - deleted)
-                if room <= 0:
+                room = min(PURGE_CHUNK, budget - deleted)
+                if room <= 0 or offset >= budget:
                     more = True
                     break
                 gone, skipped, examined = (int(x) for x in await self.broker.scripts.call(
@@ -89,22 +91,33 @@ class JobAdmin:
 
     async def bulk(
         self, action: str, *, flt: JobFilter | None, ids: Sequence[str] | None, cursor: str | None,
-        dry_run: bool, limit: int = MAX_BULK,
+        dry_run: bool, limit: int = MAX_BULK, only_state: str | None = None,
     ) -> BulkResult:
         """Apply `action` to the jobs named (ids) or matching the filter, at most `limit`;
-        `has_more` and `next_cursor` say whether more matched beyond them."""
+        `has_more` and `next_cursor` say whether more matched beyond them (follow the cursor: the
+        jobs that could not be changed stay where they were). With `only_state`, named jobs in
+        another state are reported failed and left alone."""
         next_cursor = None
+        refused: list[dict[str, str]] = []
         if ids is not None:
             chosen = list(dict.fromkeys(ids))[:limit]
             more = len(ids) > limit
+            if only_state is not None:
+                async with self.broker.redis.pipeline(transaction=False) as pipe:
+                    for job_id in chosen:
+                        pipe.hget(self.keys.job(job_id), "state")
+                    states = await pipe.execute()
+                refused = [{"job_id": i, "error": f"Job '{i}' is not {only_state}."}
+                           for i, st in zip(chosen, states, strict=True) if st != only_state.encode()]
+                chosen = [i for i, st in zip(chosen, states, strict=True) if st == only_state.encode()]
         else:
             assert flt is not None
             page = await self.listing.page(flt, limit=limit, cursor=cursor, ids_only=True)
             chosen = [item["id"] for item in page.items]
             next_cursor = page.next_cursor
             more = next_cursor is not None
-        result = BulkResult(action=action, matched=len(chosen), succeeded=0, failed=0, errors=[],
-                            dry_run=dry_run, has_more=more, next_cursor=next_cursor, job_ids=chosen)
+        result = BulkResult(action=action, matched=len(chosen) + len(refused), succeeded=0, failed=len(refused),
+                            errors=refused, dry_run=dry_run, has_more=more, next_cursor=next_cursor, job_ids=chosen)
         if dry_run or not chosen:
             return result
         if action == "retry":
@@ -136,6 +149,10 @@ class JobAdmin:
                 out.append((status, f"unique job: job '{reply[1].decode()}' ({reply[2].decode()}) holds its lock"))
             elif status == Status.CONFLICT and reply[1]:
                 out.append((status, f"member of workflow '{reply[1].decode()}', which is still running"))
+            elif status == Status.CONFLICT and reply[2] == b"cancelled_running":
+                until = timefmt.format_ms(int(reply[3]))
+                out.append((status, f"Job '{job_id}' was cancelled while running, and its worker may not have "
+                                    f"stopped it yet: retry it after {until} (its lease)."))
             elif status == Status.CONFLICT:
                 out.append((status, f"Job '{job_id}' is {reply[2].decode()}: only discarded or cancelled jobs "
                                     "are retried."))

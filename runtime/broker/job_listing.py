@@ -19,6 +19,7 @@ one HGETALL of each queue's counts for the total. Nothing grows with the number 
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +42,8 @@ MAX_MERGED_QUEUES = 500
 SCAN_WINDOW = 2_000  # index entries read per call when filters apply
 TEXT_SCAN_WINDOW = 500  # the same when the text search reads args and meta
 MAX_TEXT = 256
+CHUNK = 100  # index entries read at a time when filters apply
+TIE_ROOM = 16  # extra entries read past a cursor, for those tied with it
 
 _SUMMARY_FIELDS = (
     "id", "type", "queue", "state", "priority", "attempt", "max_attempts", "created_at", "enqueued_at",
@@ -106,7 +109,7 @@ def decode_cursor(text: str) -> _Cursor:
         cursor = _cursor_decoder.decode(raw)
     except (ValueError, msgspec.DecodeError):
         raise InvalidRequest("Query parameter 'cursor' must be a cursor returned by this endpoint.") from None
-    if cursor.state < 0:
+    if cursor.state < 0 or not math.isfinite(cursor.score):
         raise InvalidRequest("Query parameter 'cursor' must be a cursor returned by this endpoint.")
     return cursor
 
@@ -142,10 +145,12 @@ class JobListing:
             if scanned >= window or len(items) >= limit:  # out of room before this state began
                 next_cursor = encode_cursor(_Cursor(position, 0.0, b"", True))
                 break
+            # Only a per-queue index of this state, unfiltered, says all a listing of ids needs.
+            blind = ids_only and not flt.refines_index() and state not in _GLOBAL_INDEX
             while len(items) < limit:
-                budget = window - scanned
-                if not flt.refines_index():
-                    budget = min(budget, limit - len(items))
+                # In chunks: a match found early ends the read early.
+                budget = min(window - scanned, limit - len(items) if not flt.refines_index()
+                             else max(CHUNK, 2 * (limit - len(items))))
                 if budget <= 0:
                     break
                 entries = await self._entries(state, queues, desc=desc, after=after, count=budget)
@@ -153,15 +158,20 @@ class JobListing:
                     after = None
                     break
                 scanned += len(entries)
-                rows = await self._read([member for _, member in entries], flt, want_text=flt.text is not None)
-                for (score, member), row in zip(entries, rows, strict=True):
+                rows: list[dict[str, bytes] | None] = (
+                    [] if blind else await self._read([m for _, m in entries], flt, want_text=flt.text is not None))
+                for n, (score, member) in enumerate(entries):
                     after = (score, member)
-                    if row is None or not _matches(row, flt, state):
-                        continue
-                    items.append({"id": member.decode()} if ids_only else _summary(row))
+                    if blind:
+                        items.append({"id": member.decode()})
+                    else:
+                        row = rows[n]
+                        if row is None or not _matches(row, flt, state):
+                            continue
+                        items.append({"id": member.decode()} if ids_only else _summary(row))
                     if len(items) >= limit:
                         break
-                if len(entries) < budget:
+                if len(entries) < budget and len(items) < limit:
                     after = None
                     break
             if after is not None:  # stopped inside this state: continue from here
@@ -175,9 +185,21 @@ class JobListing:
         rows = await self._read([i.encode() for i in ids], JobFilter(), want_text=False)
         return [_summary(row) for row in rows if row is not None]
 
+    async def error_types(self, ids: Sequence[str]) -> list[str]:
+        """The type (else code) of each named job's last error, "unknown" without one. One
+        pipelined HGET."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(self.keys.job(job_id), "error")
+            replies = await pipe.execute()
+        return [(info.type or info.code or "unknown") if (info := _error_info(raw)) else "unknown" for raw in replies]
+
     async def _queue_names(self) -> list[str]:
         names = sorted(n.decode() for n in await self.redis.hkeys(self.keys.queues))
-        return names[:MAX_MERGED_QUEUES]
+        if len(names) > MAX_MERGED_QUEUES:
+            raise InvalidRequest(f"There are {len(names)} queues; a listing across more than {MAX_MERGED_QUEUES} "
+                                 "needs a queue filter.")
+        return names
 
     def _indexes(self, state: str, queues: Sequence[str]) -> list[str]:
         k = self.keys
@@ -193,8 +215,22 @@ class JobListing:
         """The next `count` entries of the state's indexes (merged by score, then member) after
         the position `after`, in the order asked."""
         indexes = self._indexes(state, queues)
-        lists = [await self._after(index, desc=desc, after=after, count=count) for index in indexes]
-        merged = sorted((e for part in lists for e in part), reverse=desc)
+        if after is None:
+            start, end = ("+inf", "-inf") if desc else ("-inf", "+inf")
+        else:
+            start, end = (after[0], "-inf") if desc else (after[0], "+inf")
+        want = count + (TIE_ROOM if after else 0)
+        async with self.redis.pipeline(transaction=False) as pipe:  # one round trip for every queue
+            for index in indexes:
+                pipe.zrange(index, start, end, desc=desc, withscores=True, byscore=True, offset=0, num=want)
+            chunks = await pipe.execute()
+        merged: list[tuple[float, bytes]] = []
+        for index, chunk in zip(indexes, chunks, strict=True):
+            part = [(score, member) for member, score in chunk if not _seen(score, member, after, desc)]
+            if len(chunk) == want and len(part) < count:
+                part = await self._after(index, desc=desc, after=after, count=count)  # a long run of ties
+            merged += part
+        merged.sort(reverse=desc)
         return merged[:count]
 
     async def _after(
@@ -207,14 +243,13 @@ class JobListing:
         out: list[tuple[float, bytes]] = []
         offset = 0
         while len(out) < count:
-            want = count - len(out) + (16 if after else 0)  # room for entries tied with the cursor
+            want = count - len(out) + (TIE_ROOM if after else 0)  # room for entries tied with the cursor
             chunk = await self.redis.zrange(index, start, end, desc=desc, withscores=True, byscore=True,
                                             offset=offset, num=want)
             offset += len(chunk)
             for member, score in chunk:
-                if after is not None and score == after[0] and (member <= after[1] if not desc else member >= after[1]):
-                    continue
-                out.append((score, member))
+                if not _seen(score, member, after, desc):
+                    out.append((score, member))
             if len(chunk) < want:
                 break
         return out[:count]
@@ -239,6 +274,14 @@ class JobListing:
                 pipe.hmget(self.keys.counts(queue), list(states))
             replies = await pipe.execute()
         return sum(max(0, int(v)) for reply in replies for v in reply if v is not None)
+
+
+def _seen(score: float, member: bytes, after: tuple[float, bytes] | None, desc: bool) -> bool:
+    """Whether an index entry is at or before the cursor in the walk's order (score, then member:
+    Redis orders equal scores by member, reversed with REV)."""
+    if after is None or score != after[0]:
+        return False
+    return member >= after[1] if desc else member <= after[1]
 
 
 def _matches(row: dict[str, bytes], flt: JobFilter, state: str) -> bool:

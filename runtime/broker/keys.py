@@ -45,6 +45,7 @@ key                            type        content
 ``P notify:<q>``               channel     pub/sub wake-up: a job became available in queue q
 ``P workflow:<id>``            hash        a workflow: state, counters, member ids (j<i>), dependents
                                            (d<i>), labels (s<i>), results (r<i>)
+``P migrations``               hash        one-time store upgrades done (runtime.broker.migrations)
 ``P pools``                    hash        pool name -> stored definition (JSON: strategy, queues,
                                            weights), read by that pool's processes at each beat
 ``P workflows``                zset        workflow id -> creation time (ms): the workflow listing
@@ -88,6 +89,7 @@ SUFFIXES: dict[str, str] = {
     "stats_rolled": "stats:rolled",
     "workflows": "workflows",
     "pools": "pools",
+    "migrations": "migrations",
     "maintenance": "maintenance",
 }
 
@@ -197,6 +199,10 @@ class Keys:
     @property
     def stats_rolled(self) -> str:
         return self.prefix + SUFFIXES["stats_rolled"]
+
+    @property
+    def migrations(self) -> str:
+        return self.prefix + SUFFIXES["migrations"]
 
     @property
     def pools(self) -> str:

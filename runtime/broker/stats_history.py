@@ -79,10 +79,12 @@ class StatsHistory:
         if step < HOUR_MS:
             sources = [(t, self.keys.stats_minute(t)) for t in range(first, end, MINUTE_MS)]
         else:
+            rolled = int(await self.redis.get(self.keys.stats_rolled) or 0)  # last minute in its hour
             for hour in range(first - first % HOUR_MS, end, HOUR_MS):
-                if hour < minute_floor:  # its minutes may be gone; the rollup has them all
+                if hour < minute_floor or hour + HOUR_MS - MINUTE_MS <= rolled:
+                    # Every minute of it is in the hour's hash (and some may be gone by now).
                     sources.append((hour, self.keys.stats_hour(hour)))
-                else:  # read minute by minute: includes the minute still open
+                else:  # read minute by minute: includes the minutes not rolled yet
                     sources += [(t, self.keys.stats_minute(t)) for t in range(hour, hour + HOUR_MS, MINUTE_MS)]
         async with self.redis.pipeline(transaction=False) as pipe:
             for _, key in sources:

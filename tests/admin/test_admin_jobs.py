@@ -191,3 +191,19 @@ def test_purge_deletes_a_queues_ended_jobs_older_than_given(api: Api) -> None:
     purged = api.http.request("DELETE", path, json={"states": ["completed"], "confirm": True}).json()
     assert (purged["purged_count"], purged["has_more"]) == (3, False)
     assert _list(api, queue=Q, state="completed")["items"] == []
+
+
+def test_a_far_page_of_a_listing_that_matches_little_is_refused_not_walked(api: Api) -> None:
+    for _ in range(3):
+        body = {"jobs": [{"type": "mail.send", "args": [], "options": {"queue": Q}} for _ in range(1000)]}
+        assert api.http.post("/ojs/v1/jobs/batch", json=body).status_code == 201
+    for _ in range(2):
+        for job in api.fetch(Q, 1000):
+            api.http.post("/ojs/v1/workers/ack", json={"job_id": job["id"]})
+    # No job matches: page 2 would read through every index. Far pages are bounded instead.
+    reply = api.http.get("/ojs/v1/admin/jobs", params={"type": "nomatch", "page": 2, "per_page": 100})
+    assert reply.status_code in (200, 400), reply.text
+    if reply.status_code == 200:
+        assert reply.json()["items"] == []
+    else:
+        assert_error(reply, 400)

@@ -81,7 +81,7 @@ def test_dead_letter_purge_needs_confirm_and_takes_them_all(api: Api) -> None:
     api.fail(Q, 3)
     assert_error(api.http.request("DELETE", "/ojs/v1/admin/dead-letter", json={}), 400)
     purged = api.http.request("DELETE", "/ojs/v1/admin/dead-letter", json={"confirm": True}).json()
-    assert purged == {"purged_count": 3, "has_more": False}
+    assert purged == {"purged_count": 3, "has_more": False, "next_cursor": None}
     assert api.http.get("/ojs/v1/admin/dead-letter/stats").json()["total"] == 0
 
 
@@ -139,3 +139,44 @@ def test_a_read_only_key_sees_everything_and_changes_nothing(api: Api, server: B
     assert api.http.get("/ojs/v1/admin/auth").json()["read_only"] is False
     with httpx.Client(base_url=server.url, headers={"Authorization": "Bearer guess"}) as stranger:
         assert_error(stranger.get("/ojs/v1/admin/queues"), 401)
+
+
+def test_dead_letter_bulk_retry_by_ids_leaves_jobs_that_are_not_dead_letters(api: Api) -> None:
+    dead = api.enqueue("t.x", [], queue=Q, retry={"max_attempts": 1})
+    api.fail(Q, 1)
+    cancelled = api.enqueue("t.x", [], queue=Q)
+    api.http.delete(f"/ojs/v1/jobs/{cancelled}")
+    result = api.http.post("/ojs/v1/admin/dead-letter/retry", json={"ids": [dead, cancelled], "confirm": True}).json()
+    assert (result["succeeded"], result["failed"]) == (1, 1)
+    assert [e["job_id"] for e in result["errors"]] == [cancelled]
+    assert (api.state(dead), api.state(cancelled)) == ("available", "cancelled")
+
+
+def test_a_dead_letter_purge_by_error_type_follows_its_cursor_past_other_errors(api: Api) -> None:
+    wanted = [api.enqueue("t.x", [n], queue=Q, retry={"max_attempts": 1}) for n in range(2)]
+    api.fail(Q, 2, "rare")
+    for n in range(120):  # newer dead letters of another error, between the start and the wanted ones
+        api.enqueue("t.x", [n], queue=Q, retry={"max_attempts": 1})
+    api.fail(Q, 120, "common")
+    purged, cursor = 0, None
+    for _ in range(50):
+        body = {"error_type": "rare", "confirm": True, **({"cursor": cursor} if cursor else {})}
+        reply = api.http.request("DELETE", "/ojs/v1/admin/dead-letter", json=body).json()
+        purged += reply["purged_count"]
+        if not (cursor := reply["next_cursor"]):
+            break
+    assert purged == 2 and {api.state(i) for i in wanted} == {None}
+    assert api.http.get("/ojs/v1/admin/dead-letter/stats").json()["total"] == 120
+
+
+def test_no_worker_is_deregistered_during_the_grace_after_an_outage(api: Api, store: redis.Redis) -> None:
+    api.enqueue("t.x", [], queue=Q)
+    (held,) = api.fetch(Q, 1, worker_id="w-out")
+    _beat(api, "w-out", [held["id"]])
+    minute_ago = timefmt.now_ms() - 60_000
+    store.zadd("{ojs}:workers", {"w-out": minute_ago})
+    store.hset("{ojs}:worker:w-out", "last_heartbeat_at", minute_ago)
+    # Redis was away until a moment ago: no worker could beat meanwhile.
+    store.hset("{ojs}:reaper", "resume_at_ms", timefmt.now_ms() + 10_000)
+    assert_error(api.http.delete("/ojs/v1/admin/workers/w-out"), 409)
+    assert api.state(held["id"]) == "active"

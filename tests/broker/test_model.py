@@ -213,6 +213,7 @@ class Job:
     # A member put back to work (retried) after its workflow ended runs on its own: the
     # workflow counted it already and does not count it again.
     outside: bool = False
+    run_until: int | None = None  # cancelled while active: that run may go on until its lease
     # The last settle and what it left: (claim serial, what, clock, state after). A worker that
     # sends that settle again (its reply was lost) is told it is done, and nothing changes.
     settled: tuple[int, str, int, str] | None = None
@@ -301,6 +302,7 @@ class Model:
             self.end(job, "discarded", dead_letter=job.dead_letter)
 
     def cancel(self, job: Job) -> None:
+        job.run_until = job.lease if job.state == "active" else None
         self.end(job, "cancelled")
 
     def resolve(self, wf: Workflow, index: int, *, ok: bool) -> None:
@@ -344,18 +346,21 @@ class Model:
         if job.workflow is not None:
             assert self.workflows[job.workflow].state != "running", "model: reopened a running workflow's member"
             job.outside = True
-        job.state, job.attempt, job.in_dlq = "available", 0, False
+        job.state, job.attempt, job.in_dlq, job.run_until = "available", 0, False, None
 
 
-def retry_allowed(model: Model, job_id: str, *, dead_letter_only: bool) -> bool:
+def retry_allowed(model: Model, job_id: str, *, dead_letter_only: bool, now: int) -> bool:
     """Whether a retry puts the job back to work (dlq_retry.lua). The data plane's retries only
     dead-lettered jobs, the operator's any discarded or cancelled one. Refused: a unique job
     whose key another live job holds (two live holders are never allowed), and a member of a
     workflow still running (the workflow resolved the member already and acted on it; running it
     again inside the workflow would count it twice). A member of an ended workflow is retried and
-    runs on its own (Model.reopen)."""
+    runs on its own (Model.reopen). A job cancelled while running is not retried before that
+    run's lease has passed: it may still be running."""
     job = model.jobs.get(job_id)
     if job is None:
+        return False
+    if job.state == "cancelled" and job.run_until is not None and job.run_until > now:
         return False
     if not (job.in_dlq if dead_letter_only else job.state in ("discarded", "cancelled")):
         return False
@@ -651,7 +656,7 @@ class BrokerMachine(RuleBasedStateMachine):
 
     @rule(job_id=jobs)
     def dead_letter_retry(self, job_id: str) -> None:
-        if not retry_allowed(self.model, job_id, dead_letter_only=True):
+        if not retry_allowed(self.model, job_id, dead_letter_only=True, now=self.clock.now):
             self._refused(self.admin.dead_letter_retry(job_id), OJSError, f"dead letter retry of {job_id}")
             return
         self.run(self.admin.dead_letter_retry(job_id))
@@ -679,7 +684,7 @@ class BrokerMachine(RuleBasedStateMachine):
         if job is None:
             self._refused(self.job_admin.retry(job_id), NotFound, f"admin retry of deleted {job_id}")
             return
-        if not retry_allowed(self.model, job_id, dead_letter_only=False):
+        if not retry_allowed(self.model, job_id, dead_letter_only=False, now=self.clock.now):
             self._refused(self.job_admin.retry(job_id), Conflict, f"admin retry of {job.state} {job_id}")
             return
         self.run(self.job_admin.retry(job_id))

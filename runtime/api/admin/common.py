@@ -82,6 +82,7 @@ def query_filter(request: Request) -> JobFilter:
 
 
 MAX_SKIP = 10_000  # `page` beyond the first walks the listing: bounded
+MAX_SKIP_SCAN = 20_000  # index entries that walk may read
 
 
 async def listing_page(listing: JobListing, flt: JobFilter, request: Request, *, ids_only: bool = False) -> tuple[Page, dict[str, Any]]:
@@ -96,12 +97,16 @@ async def listing_page(listing: JobListing, flt: JobFilter, request: Request, *,
         skip = (page - 1) * per_page
         if skip > MAX_SKIP:
             raise InvalidRequest(f"page reaches past {MAX_SKIP} items; follow next_cursor instead.")
+        scanned = 0
         while skip > 0:
             walked = await listing.page(flt, limit=min(skip, 100), cursor=cursor, order=order, ids_only=True)
             skip -= len(walked.items)
+            scanned += walked.scanned
             cursor = walked.next_cursor
             if cursor is None:
                 break
+            if scanned > MAX_SKIP_SCAN:
+                raise InvalidRequest("Reaching that page would read too much of the store; follow next_cursor instead.")
         if skip > 0 or cursor is None:
             empty = Page(items=[], total=None, next_cursor=None, scanned=0)
             return empty, pagination(None, page, per_page)

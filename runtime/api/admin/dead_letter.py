@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import msgspec
 
 from runtime.api.admin.common import FilterBody, checked_filter, listing_page, query_filter, time_ms
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
-from runtime.broker.job_admin import MAX_BULK, summary
+from runtime.broker.job_admin import MAX_BULK, MAX_PURGE, summary
 from runtime.broker.job_listing import JobFilter
 from runtime.broker.render import encode_job
 from runtime.errors import InvalidRequest, NotFound
+
+STATS_SAMPLE = 1_000  # newest dead letters whose error types are counted
 
 
 class DeadLetterBulk(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -19,6 +23,7 @@ class DeadLetterBulk(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     confirm: bool = False
     dry_run: bool = False
     limit: int = MAX_BULK
+    cursor: str | None = None
 
 
 class DeadLetterPurge(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -27,6 +32,7 @@ class DeadLetterPurge(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     type: str | None = None
     older_than: str | None = None
     confirm: bool = False
+    cursor: str | None = None  # with error_type or type: where the last call stopped
 
 
 _bulk_decoder = msgspec.json.Decoder(DeadLetterBulk)
@@ -60,18 +66,17 @@ def register(router: Router, services: Services) -> None:
         names = await admin.queue_names()
         views = await admin.queue_views(names, {}) if names else []
         by_queue = {v["name"]: v["counts"]["discarded"] for v in views if v["counts"]["discarded"]}
-        newest = await job_admin.listing.page(JobFilter(state="discarded"), limit=1_000)
-        by_error: dict[str, int] = {}
-        for item in newest.items:
-            kind = (item.get("error") or {}).get("type") or "unknown"
-            by_error[kind] = by_error.get(kind, 0) + 1
+        newest = await job_admin.listing.page(JobFilter(state="discarded"), limit=STATS_SAMPLE, ids_only=True)
+        ids = [item["id"] for item in newest.items]
+        by_error = Counter(await job_admin.listing.error_types(ids))
+        ends = await job_admin.listing.summaries(ids[:1])
         oldest = await job_admin.listing.page(JobFilter(state="discarded"), limit=1, order="asc")
         return json_response(200, {
             "total": sum(by_queue.values()), "by_queue": by_queue,
-            "by_error_type": dict(sorted(by_error.items(), key=lambda kv: -kv[1])),
-            "sampled": len(newest.items),
+            "by_error_type": dict(by_error.most_common()),
+            "sampled": len(ids),
             "oldest_at": oldest.items[0].get("discarded_at") if oldest.items else None,
-            "newest_at": newest.items[0].get("discarded_at") if newest.items else None,
+            "newest_at": ends[0].get("discarded_at") if ends else None,
         })
 
     async def discarded_only(job_id: str) -> None:
@@ -99,7 +104,8 @@ def register(router: Router, services: Services) -> None:
         if not 1 <= req.limit <= MAX_BULK or (req.ids is not None and len(req.ids) > MAX_BULK):
             raise InvalidRequest(f"At most {MAX_BULK} jobs per call.")
         flt = None if req.ids is not None else _discarded(checked_filter(req.filter or FilterBody()))
-        result = await job_admin.bulk(action, flt=flt, ids=req.ids, cursor=None, dry_run=req.dry_run, limit=req.limit)
+        result = await job_admin.bulk(action, flt=flt, ids=req.ids, cursor=req.cursor, dry_run=req.dry_run,
+                                      limit=req.limit, only_state="discarded")
         return json_response(200, summary(result))
 
     async def retry_many(request: Request) -> Response:
@@ -117,14 +123,16 @@ def register(router: Router, services: Services) -> None:
             queues = [req.queue] if req.queue else await admin.queue_names()
             deleted, more = 0, False
             for queue in queues:
-                gone, more = await job_admin.purge(queue, ["discarded"], older_than_ms=older)
+                gone, more = await job_admin.purge(queue, ["discarded"], older_than_ms=older,
+                                                   budget=MAX_PURGE - deleted)
                 deleted += gone
                 if more:
                     break
-            return json_response(200, {"purged_count": deleted, "has_more": more})
+            return json_response(200, {"purged_count": deleted, "has_more": more, "next_cursor": None})
         flt = _discarded(checked_filter(FilterBody(queue=req.queue, error_type=req.error_type, type=req.type)))
-        result = await job_admin.bulk("delete", flt=flt, ids=None, cursor=None, dry_run=False)
-        return json_response(200, {"purged_count": result.succeeded, "has_more": result.has_more})
+        result = await job_admin.bulk("delete", flt=flt, ids=None, cursor=req.cursor, dry_run=False)
+        return json_response(200, {"purged_count": result.succeeded, "has_more": result.has_more,
+                                   "next_cursor": result.next_cursor})
 
     router.add("GET", "/ojs/v1/admin/dead-letter", list_dead)
     router.add("DELETE", "/ojs/v1/admin/dead-letter", purge)

@@ -27,6 +27,8 @@
 
   Returns: {OK} | {NOT_FOUND} | {UNIQUE_CONFLICT, holder id, holder state} | {CONFLICT, workflow id}
            | {CONFLICT, "", state} (mode "ended": the job is live)
+           | {CONFLICT, "", "cancelled_running", until ms} (mode "ended": it was cancelled while
+             running, and that run may go on until its lease or execution deadline)
 ]]
 local T = context(KEYS[1], ARGV[1], ARGV[2])
 local key, id = KEYS[2], ARGV[3]
@@ -37,6 +39,10 @@ local state = f[1]
 if ARGV[4] == "ended" then
   if not state then return {S.NOT_FOUND} end
   if state ~= "discarded" and state ~= "cancelled" then return {S.CONFLICT, "", state} end
+  local run_until = tonumber(rcall("HGET", key, "cancelled_run_until"))
+  if state == "cancelled" and run_until and run_until > T.now_ms then
+    return {S.CONFLICT, "", "cancelled_running", run_until}  -- its cancelled run may still go on
+  end
 elseif rcall("ZSCORE", T.dlq, id) == false or state ~= "discarded" then
   return {S.NOT_FOUND}
 end
@@ -60,7 +66,8 @@ unindex_ended(T, id, f[2], state)
 if f[5] then rcall("ZADD", T.expiring, f[5], id) end
 rcall("HSET", key, "state", "available", "attempt", 0, "enqueued_at", T.now, "re_enqueued_at", T.now)
 rcall("HDEL", key, "error", "completed_at", "discarded_at", "cancelled_at", "retry_delay_ms",
-  "next_attempt_at", "started_at", "worker_id", "dead_lettered", "lost", "shared_lost", "suspect")
+  "next_attempt_at", "started_at", "worker_id", "dead_lettered", "lost", "shared_lost", "suspect",
+  "cancelled_run_until")
 move_count(T, f[2], state, "available")
 index_available(T, id, f[2], tonumber(f[3]))
 emit(T, "job.enqueued", id, {job_id = id, job_type = f[4], queue = f[2], state = "available",

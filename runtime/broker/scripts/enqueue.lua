@@ -99,6 +99,18 @@ for j = 1, n do
   seen_ids[id] = true
 end
 
+-- A queue's bound (the backpressure extension): nil when unbounded, else its depth now (available,
+-- scheduled, retryable and pending jobs), max_depth and warning ratio.
+local DEPTH_STATES = {available = true, scheduled = true, retryable = true, pending = true}
+local function queue_bound(queue)
+  local bound = rcall("HMGET", prefix .. "queue:" .. queue .. ":config", "max_depth", "bp_warn")
+  local max_depth = tonumber(bound[1])
+  if not max_depth or max_depth <= 0 then return nil end
+  local c = rcall("HMGET", prefix .. "queue:" .. queue .. ":counts", "available", "scheduled", "retryable", "pending")
+  local depth = (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) + (tonumber(c[3]) or 0) + (tonumber(c[4]) or 0)
+  return depth, max_depth, tonumber(bound[2]) or 0.8
+end
+
 -- A cron firing: claim the tick first, so that whatever stops this tick's job consumes the tick;
 -- the overlap policy acts only for the server that holds the tick.
 local cron_state = prefix .. "cron:state:" .. cron_name
@@ -115,7 +127,15 @@ if cron_name ~= "" then
   end
   rcall("ZADD", T.cron_next, cron_next, cron_name)
   local last_id = rcall("HGET", cron_state, "last_job_id")
-  local last_state = last_id and rcall("HGET", prefix .. "job:" .. last_id, "state")
+  local last = last_id and rcall("HMGET", prefix .. "job:" .. last_id, "state", "queue") or {}
+  local last_state = last[1]
+  -- A full queue consumes the tick before the overlap policy acts: a tick that creates nothing
+  -- must not cancel the previous job either (unless that job's leaving makes the room).
+  local depth, max_depth = queue_bound(jobs[1].queue)
+  if depth then
+    local leaving = (cron_policy == "cancel_previous" and DEPTH_STATES[last_state] and last[2] == jobs[1].queue) and 1 or 0
+    if depth + 1 - leaving > max_depth then return skip_tick("queue_full", "") end
+  end
   if last_state and not TERMINAL[last_state] then
     if cron_policy == "skip" then
       return skip_tick("overlap_skip", last_id)
@@ -187,9 +207,9 @@ end
 
 -- Queue bounds (the backpressure extension): a queue whose config sets max_depth takes no job
 -- past it; depth counts its available, scheduled, retryable and pending jobs. The whole call
--- is refused (all or nothing, as always: nothing is written before this point but a cron's
--- tick claim, and a cron tick that finds its queue full is consumed as a skip). A queue past
--- its warning threshold is reported.
+-- is refused (all or nothing, as always: nothing is written before this point, but for a cron
+-- firing its tick claim and overlap policy, which come after the same check; a cron tick that
+-- finds its queue full is consumed as a skip). A queue past its warning threshold is reported.
 local arriving = {}  -- queue -> jobs of this call that would count towards its depth
 for j = 1, n do
   local job = jobs[j]
@@ -199,17 +219,14 @@ for j = 1, n do
 end
 local pressure = nil
 for queue, count in pairs(arriving) do
-  local bound = rcall("HMGET", prefix .. "queue:" .. queue .. ":config", "max_depth", "bp_warn")
-  local max_depth = tonumber(bound[1])
-  if max_depth and max_depth > 0 then
-    local c = rcall("HMGET", prefix .. "queue:" .. queue .. ":counts", "available", "scheduled", "retryable", "pending")
-    local depth = (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) + (tonumber(c[3]) or 0) + (tonumber(c[4]) or 0)
+  local depth, max_depth, warn = queue_bound(queue)
+  if depth then
     if depth + count > max_depth then
       if cron_name ~= "" then return skip_tick("queue_full", "") end
       return {S.QUEUE_FULL, queue, depth, max_depth}
     end
     local after = depth + count
-    if after / max_depth >= (tonumber(bound[2]) or 0.8) and (not pressure or after / max_depth > pressure[2] / pressure[3]) then
+    if after / max_depth >= warn and (not pressure or after / max_depth > pressure[2] / pressure[3]) then
       pressure = {queue, after, max_depth}
     end
   end

@@ -48,9 +48,13 @@ end
 -- field <metric>:<queue>, written by the transition itself (no round trip of its own). The
 -- scheduler's rollup (stats_rollup.lua) adds each closed minute into its hour's hash and gives
 -- both their retention.
+local STATS_FIRST_TTL_MS = 172800000  -- until the rollup sets the retention: no key lives for ever
 local function count_stat(T, metric, queue, n)
-  rcall("HINCRBY", T.prefix .. "stats:m:" .. string.format("%d", T.now_ms - T.now_ms % 60000),
-    metric .. ":" .. queue, n)
+  local minute = T.now_ms - T.now_ms % 60000
+  local key = T.prefix .. "stats:m:" .. string.format("%d", minute)
+  if rcall("HINCRBY", key, metric .. ":" .. queue, n) == n then  -- a new field, maybe a new key
+    rcall("PEXPIREAT", key, string.format("%d", minute + STATS_FIRST_TTL_MS), "NX")
+  end
 end
 
 local function move_count(T, queue, from, to)
@@ -118,6 +122,9 @@ end
 -- Returns on_end's workflow flag.
 local function cancel_job(T, key, id, state, reason)
   local f = rcall("HMGET", key, "queue", "type", "worker_id")
+  -- A run cancelled while active goes on until its worker hears of it (its next heartbeat), at
+  -- the latest until its lease or execution deadline: no retry puts the job back to work before.
+  local run_until = state == "active" and rcall("ZSCORE", T.active, id)
   if state ~= "waiting" then
     unindex(T, key, id, f[1], f[3])
     move_count(T, f[1], state, "cancelled")
@@ -125,6 +132,7 @@ local function cancel_job(T, key, id, state, reason)
     move_count(T, f[1], nil, "cancelled")
   end
   rcall("HSET", key, "state", "cancelled", "cancelled_at", T.now, "previous_state", state)
+  if run_until then rcall("HSET", key, "cancelled_run_until", run_until) end
   index_ended(T, id, f[1], "cancelled")
   count_stat(T, "cancelled", f[1], 1)
   emit(T, "job.cancelled", id, {job_id = id, job_type = f[2], queue = f[1], state = "cancelled",
