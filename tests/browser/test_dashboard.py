@@ -205,7 +205,7 @@ def test_a_read_only_key_sees_every_page_and_no_action(open_dashboard: Any, seed
     routes = [f"#/{name}" for name in PAGES] + [f"#/jobs/{seeded.dead_declined[0]}", f"#/workflows/{seeded.workflow_id}"]
     for route in routes:
         dash.open(route)
-        expect(page.locator("#whoami")).to_have_text("read-only key")
+        expect(page.locator("#key-kind")).to_have_text("read-only key")
         expect(page.locator("#view")).not_to_contain_text("Could not load")
         assert page.locator("#view button.action, #view input.action").filter(visible=True).count() == 0, route
         assert page.locator("#view button:visible", has_text="Pause").count() == 0
@@ -233,6 +233,12 @@ def test_the_key_is_asked_once_and_kept_for_the_session(open_dashboard: Any, see
     dash.ready("overview")
     expect(page.locator("#key-dialog")).to_have_count(0)
     assert dash.watch.problems == []
+    # Forgotten, it is asked for again.
+    dash.watch.allow(r"HTTP 401: GET .*/ojs/v1/admin/auth$")
+    dash.watch.allow(r"console error: Failed to load resource: the server responded with a status of 401")
+    page.locator("#forget-key").click()
+    expect(page.locator("#key-dialog")).to_be_visible()
+    assert page.evaluate("sessionStorage.getItem('ojs.admin.key')") is None
 
 
 def test_a_one_megabyte_result_is_cut_until_asked_for(open_dashboard: Any, seeded: Seeded) -> None:

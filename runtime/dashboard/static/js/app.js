@@ -1,6 +1,6 @@
 // Hash router: `#/page/arg?query`. Each page module renders into <main> and may poll; a page's
 // timers stop and its late replies are dropped when another page is shown.
-import { api, ApiError } from "./api.js";
+import { api, ApiError, apiKey, forgetKey } from "./api.js";
 import { clear, errorBox, h, session } from "./ui.js";
 import overview from "./pages/overview.js";
 import queues from "./pages/queues.js";
@@ -106,7 +106,18 @@ async function whoAmI() {
   // What the server serves beyond the admin API (the pool endpoints, say); asked once.
   session.manifest = await api("/ojs/manifest").catch(() => ({}));
   document.body.classList.toggle("read-only", session.readOnly);
-  document.getElementById("whoami").textContent = session.readOnly ? "read-only key" : "";
+  const who = document.getElementById("whoami");
+  clear(who, session.readOnly ? h("span", { id: "key-kind" }, "read-only key") : null);
+  if (apiKey()) {
+    who.append(h("a", {
+      href: "#", id: "forget-key", title: "Remove the key from this tab; the page asks again",
+      onclick: (event) => {
+        event.preventDefault();
+        forgetKey();
+        location.reload();
+      },
+    }, "forget key"));
+  }
 }
 
 window.addEventListener("hashchange", show);
