@@ -1,9 +1,9 @@
 """The dashboard in a real headless Chromium against a real server and Redis.
 
 Each test opens pages the way an operator does, then checks what a click did in Redis and
-through the API. Tests that change something get a server of their own; those that only look
-share one seeded server (`open_dashboard`). The watch in conftest.py fails a test on any console error, failed request or
-4xx/5xx reply it did not name as expected.
+through the API. Every test starts from an emptied Redis and the same seeded data (conftest.py).
+The watch there fails a test on any console error, failed request or 4xx/5xx reply that the
+test did not name as expected.
 """
 
 from __future__ import annotations
