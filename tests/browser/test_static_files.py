@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -13,18 +12,13 @@ import httpx
 import pytest
 
 from runtime.api import dashboard
-from tests.browser.conftest import SERVER_ENV
-from tests.conftest import RedisServer
-from tests.fixtures.broker_process import BrokerProcess, serving
+from tests.fixtures.broker_process import BrokerProcess
 
 
-@pytest.fixture(scope="module")
-def plain_server(redis_server: RedisServer, _test_db_numbers: Iterator[int],
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
-    """One server for these read-only checks (none of them writes anything)."""
-    url = redis_server.url_for_db(next(_test_db_numbers))
-    with serving(url, tmp_path_factory.mktemp("static"), env=SERVER_ENV) as running:
-        yield running
+@pytest.fixture
+def plain_server(module_server: BrokerProcess) -> BrokerProcess:
+    """The module's server: these checks only read files, so no Redis reset or seeding."""
+    return module_server
 
 
 def test_every_file_is_served_with_its_type_and_revalidation(plain_server: BrokerProcess) -> None:
