@@ -46,7 +46,7 @@ export default async function jobs(view, page) {
     field("worker", "Worker", h("input", { value: filter.worker || "", placeholder: "any" })),
     field("error_type", "Error type", h("input", { value: filter.error_type || "", placeholder: "any" })),
     field("q", "Args / meta contain", h("input", { type: "search", value: filter.q || "", placeholder: "text" })),
-    field("order", "Order (by creation)", h("select", {}, Object.entries(ORDERS).map(([value, label]) => h("option", { value, selected: value === order }, label)))),
+    field("order", "Order", h("select", {}, Object.entries(ORDERS).map(([value, label]) => h("option", { value, selected: value === order }, label)))),
     h("div", { class: "toolbar" }, h("button", { type: "submit", class: "primary" }, "Search"),
       h("a", { href: "#/jobs", class: "button" }, "Reset")));
   form.addEventListener("submit", (event) => {
