@@ -37,6 +37,8 @@ from pathlib import Path
 import msgspec
 
 SLOWDOWN = 50  # how much slower a process runs under valgrind, roughly
+# Commands get no deadline (redis_command_timeout_ms=0): under valgrind one batched script call
+# takes many times the 5 s a live server is allowed.
 BASELINE_JOBS = 500
 FETCH_COUNT = 5
 
@@ -76,7 +78,7 @@ def _fill(url: str, n: int) -> None:
 
     async def go() -> None:
         client = Redis.from_url(url)
-        broker = Broker(client, Settings(redis_url=url))
+        broker = Broker(client, Settings(redis_url=url, redis_command_timeout_ms=0))
         now = timefmt.now_ms()
         body = msgspec.json.encode({"type": "bench.noop", "args": [1]})
         for i in range(0, n, 500):
@@ -103,7 +105,7 @@ def drain_in_pool(url: str, n: int) -> None:
     metrics.Tally.__init__.__defaults__ = (0.005 * SLOWDOWN,)
     registry = Registry(module="inline", handlers={
         "bench.noop": HandlerSpec(job_type="bench.noop", fn=noop, is_async=True)})
-    config = PoolConfig(module="inline", settings=Settings(redis_url=url), worker_id="instructions",
+    config = PoolConfig(module="inline", settings=Settings(redis_url=url, redis_command_timeout_ms=0), worker_id="instructions",
                         queues=(("default", 1),), concurrency=10, max_jobs=n,
                         ack_window_s=0.002 * SLOWDOWN, prefetch_hold_s=0.2 * SLOWDOWN)
     uvloop.run(Pool(config, registry=registry, liveness=Liveness()).run())
@@ -143,7 +145,7 @@ async def _fetch_then_ack(url: str, n: int, dump: object) -> None:
     from runtime.config import Settings
 
     client = Redis.from_url(url)
-    broker = Broker(client, Settings(redis_url=url))
+    broker = Broker(client, Settings(redis_url=url, redis_command_timeout_ms=0))
     # Older versions (to compare against) had neither the fetch's `idle` nor the claim's token.
     says_idle = {"idle": False} if "idle" in inspect.signature(broker.fetch).parameters else {}
     tokens = "claim" in Completion.__struct_fields__

@@ -11,6 +11,7 @@ clock exactly as they were; contexts nest (the innermost one is current).
 from __future__ import annotations
 
 import abc
+import asyncio
 import collections
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
@@ -18,7 +19,7 @@ from typing import Any, Self
 
 import msgspec
 
-from runtime import timefmt
+from runtime import default_client, timefmt
 from runtime.broker.workflows import WorkflowRequest, plan
 from runtime.client import Client
 from runtime.config import Settings
@@ -71,6 +72,10 @@ class TestContext(abc.ABC):
 
     def __enter__(self) -> Self:
         _push(self)
+        # Task handles (`send_email.enqueue(...)`) enqueue through this context too, whatever
+        # default client they made before it began.
+        self._handles = _HandleClients()
+        self._handles_token = default_client._using.set(self._handles)  # noqa: SLF001
         return self
 
     def __exit__(
@@ -79,6 +84,8 @@ class TestContext(abc.ABC):
         try:
             self.close()
         finally:
+            default_client._using.reset(self._handles_token)  # noqa: SLF001
+            self._handles.close()
             _pop(self)
 
     def close(self) -> None:
@@ -240,6 +247,28 @@ def current() -> TestContext:
             "or the ojs_fake / ojs_inline / ojs_real pytest fixtures)"
         )
     return _ACTIVE[-1]
+
+
+class _HandleClients:
+    """What task handles enqueue through while a test context is current: a ``Client`` made in
+    that context (so bound to it), one per event loop, as a default client would be."""
+
+    def __init__(self) -> None:
+        self._per_loop: dict[asyncio.AbstractEventLoop, Client] = {}
+
+    async def enqueue_job(self, type: str, args: list[Any], **options: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        client = self._per_loop.get(loop)
+        if client is None:
+            client = self._per_loop[loop] = Client()
+        return await client.enqueue_job(type, args, **options)
+
+    def close(self) -> None:
+        """Close the clients whose loops can still run a close; the rest went with their loop."""
+        for loop, client in self._per_loop.items():
+            if not loop.is_closed() and not loop.is_running():
+                loop.run_until_complete(client.close())
+        self._per_loop.clear()
 
 
 def _bound_init(client: Client, redis_url: str | None = None, *, settings: Settings | None = None,

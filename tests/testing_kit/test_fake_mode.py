@@ -216,3 +216,19 @@ def test_drain_stops_at_max_jobs_and_at_its_timeout(ojs_fake: TestContext) -> No
     stopped = run(ojs_fake.drain(timeout_s=-1))
     assert stopped.counts == {} and stopped.timed_out
     assert run(ojs_fake.drain()).counts == {"completed": 1}
+
+
+def test_task_handles_enqueue_into_each_tests_own_context_one_after_the_other() -> None:
+    # The sync variant runs on one long-lived private loop, whose default client outlives any one
+    # test: the second context must still get its own job, not the first one's store.
+    for value in ("first", "second"):
+        with testing.fake_mode() as context:
+            assert handlers.echo.enqueue_sync(value).id
+            assert run(_handle_enqueue(f"{value} async"))
+            context.assert_enqueued("kit.echo", args=[value], count=1)
+            context.assert_enqueued("kit.echo", args=[f"{value} async"], count=1)
+            assert len(context.all_enqueued()) == 2
+
+
+async def _handle_enqueue(value: str) -> str:
+    return str((await handlers.echo.enqueue(value)).id)
