@@ -121,6 +121,10 @@ def test_every_page_shows_the_seeded_data(open_dashboard: Any, seeded: Seeded) -
     cron = page.locator(f'#cron-table tr[data-cron="{seeded.cron_name}"]')
     expect(cron).to_contain_text("0 3 * * *")
     expect(cron).to_contain_text("enabled")
+    runs = cron.locator(".next-run")
+    expect(runs).to_have_count(3)  # the server's next run, and the two after it
+    for n in range(3):
+        expect(runs.nth(n)).to_contain_text(" 03:00:00Z")
     dash.shot("cron")
 
     dash.open("#/workflows")
@@ -404,4 +408,32 @@ def test_a_job_cancelled_then_retried_then_deleted_from_its_page(
     expect(page).to_have_url(re.compile(r"#/jobs$"))  # back to the list, once the delete was answered
     dash.ready("jobs")
     assert not db.exists(KEYS.job(job_id))
+    assert dash.watch.problems == []
+
+
+CRON_FORMS = ["0 3 * * *", "*/15 * * * *", "30 9 * * 1-5", "0 0 1 * *", "@hourly", "@daily",
+              "0 12 13 * 5", "0 0 * * 7", "5,35 8-18/2 * 1,6 *", "@every 5m"]
+
+
+def test_the_cron_pages_later_runs_are_the_servers_schedule(open_dashboard: Any, server: BrokerProcess) -> None:
+    """The runs the page computes after a cron's next one are the server's own schedule
+    (runtime.cron_schedule), run for run, for every form the page computes."""
+    from runtime.cron_schedule import parse_cron
+    from runtime.timefmt import format_ms
+
+    dash: Dashboard = open_dashboard()
+    dash.open("#/cron")
+    after_ms = 1_796_000_000_000  # a fixed instant: 2026-11-30
+    for expression in CRON_FORMS:
+        schedule = parse_cron(expression, "UTC")
+        expected, t = [], after_ms
+        for _ in range(4):
+            t = schedule.next_after_ms(t)
+            expected.append(format_ms(t))
+        computed = dash.page.evaluate(
+            "async ([e, after]) => (await import('./js/cron.js')).runsAfter(e, 'UTC', after, 3)",
+            [expression, expected[0]],
+        )
+        assert computed == expected[1:], expression
+    assert dash.page.evaluate("async () => (await import('./js/cron.js')).runsAfter('0 3 * * *', 'Europe/Paris', '2026-12-02T02:00:00.000Z', 2)") is None
     assert dash.watch.problems == []

@@ -1,6 +1,7 @@
 // Cron: schedules, next and last runs, enable/disable, trigger now.
 import { api } from "../api.js";
-import { action, clear, confirmDialog, fmtNumber, fmtTime, h, table, toast, when } from "../ui.js";
+import { runsAfter } from "../cron.js";
+import { action, ago, clear, confirmDialog, fmtNumber, fmtTime, h, table, toast, when } from "../ui.js";
 
 export default async function crons(view, page) {
   const box = h("div", { id: "cron-table" });
@@ -31,8 +32,9 @@ export default async function crons(view, page) {
       { label: "Job type", cell: (c) => (c.job_template || {}).type || "–" },
       { label: "Enabled", cell: (c) => h("span", { class: `badge ${c.enabled ? "completed" : "cancelled"}` }, c.enabled ? "enabled" : "disabled") },
       { label: "Next runs", cell: (c) => {
-        const runs = c.next_runs || (c.next_run_at ? [c.next_run_at] : []);
-        return runs.length ? runs.slice(0, 3).map((t) => h("div", { title: fmtTime(t) }, when(t))) : "–";
+        const later = c.next_run_at ? runsAfter(c.expression || c.cron, c.timezone, c.next_run_at, 2) || [] : [];
+        const runs = c.next_runs || (c.next_run_at ? [c.next_run_at, ...later] : []);
+        return runs.length ? runs.slice(0, 3).map((t) => h("div", { class: "next-run", title: fmtTime(t) }, fmtTime(t), " ", h("span", { class: "muted" }, `(${ago(t)})`))) : "–";
       } },
       { label: "Last run", cell: (c) => when(c.last_run_at) },
       { label: "Runs", num: true, cell: (c) => fmtNumber(c.run_count) },
