@@ -129,9 +129,16 @@ class Dashboard:
         self.ready(name)
 
     def ready(self, name: str) -> None:
-        from playwright.sync_api import expect
-
-        expect(self.page.locator(f'#view[data-page="{name}"][data-ready="true"]')).to_be_attached()
+        """Until the view has rendered the route now in the address bar, as page `name` (the
+        old view of a route just left never passes: hashchange comes a moment after the hash)."""
+        self.page.wait_for_function(
+            """name => {
+                const view = document.getElementById("view");
+                return view && view.dataset.route === location.hash && view.dataset.page === name
+                    && view.dataset.ready === "true";
+            }""",
+            arg=name,
+        )
 
     def shot(self, name: str) -> Path:
         self.shots.mkdir(parents=True, exist_ok=True)

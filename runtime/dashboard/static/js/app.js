@@ -79,6 +79,7 @@ async function show() {
   for (const link of document.querySelectorAll("#nav a")) link.classList.toggle("current", link.dataset.page === name);
   const view = document.getElementById("view");
   view.dataset.page = name;
+  view.dataset.route = location.hash; // with `ready`, tells which route the view has finished
   view.dataset.ready = "false";
   if (!entry) {
     clear(view, h("h1", {}, "Not found"), h("p", {}, `No page named "${name}".`));
