@@ -190,6 +190,7 @@ class Pool:
         self.abandoned: set[str] = set()
         self.redis = redis_client(config.settings)
         self.broker = Broker(self.redis, config.settings)
+        self.pool_read: asyncio.Future[tuple[list[int], str] | None] | None = None
         self.membership = PoolMembership(
             self.broker, worker_id=self.worker_id, pool=config.settings.pool_name, queues=self.queues,
             weights=self.weights, strategy=config.strategy, concurrency=config.concurrency,
@@ -235,6 +236,10 @@ class Pool:
                 logger.error("pool %s crashed with %d job(s) running: left to the worker-loss path",
                              self.worker_id, len(self.active))
             else:
+                if self.pool_read is not None:  # a pool definition read still on its way
+                    await asyncio.wait([self.pool_read], timeout=self.config.cancel_deadline_s)
+                    if self.pool_read.done() and not self.pool_read.cancelled():
+                        self.pool_read.exception()  # seen: its failure needs no report now
                 await self._deregister()
             await self.broker.close()
             await self.redis.aclose()
@@ -557,9 +562,15 @@ class Pool:
                 pass
 
     async def _follow_pool(self) -> None:
-        """The pool's stored definition, if an operator changed it: new weights and strategy."""
+        """The pool's stored definition, if an operator changed it: new weights and strategy.
+        The read is shielded: cancelling the heartbeats at shutdown must not cut a command off
+        half-way, which would leave its reply on a pooled connection for the next command
+        (the deregistration) to read."""
+        if self.stopping.is_set():
+            return
+        self.pool_read = asyncio.ensure_future(self.membership.refresh())
         try:
-            changed = await self.membership.refresh()
+            changed = await asyncio.shield(self.pool_read)
         except BACKEND_ERRORS as err:
             logger.debug("pool definition not read (%s); again at the next beat", err)
             return
