@@ -270,17 +270,19 @@ class Admin:
         everyone = await self.redis.zrange(self.keys.workers, 0, -1, desc=True, withscores=True)
         async with self.redis.pipeline(transaction=False) as pipe:
             for worker_id, _ in everyone:
-                pipe.hget(self.keys.worker(worker_id.decode()), "state")
+                pipe.hmget(self.keys.worker(worker_id.decode()), ["state", "heartbeat_interval_ms"])
             states = await pipe.execute()
         summary = {"total": total, "running": 0, "quiet": 0, "stale": 0}
-        for (_, beat), state in zip(everyone, states, strict=True):
-            summary[_worker_state(state, int(beat), now_ms, stale_after_ms)] += 1
+        default_ms = self.broker.settings.worker_heartbeat_interval_ms
+        for (_, beat), (state, interval) in zip(everyone, states, strict=True):
+            summary[_worker_state(state, int(beat), now_ms, _stale_after(stale_after_ms, interval, default_ms))] += 1
         page = everyone[offset: offset + limit]
         async with self.redis.pipeline(transaction=False) as pipe:
             for worker_id, _ in page:
                 pipe.hgetall(self.keys.worker(worker_id.decode()))
             records = await pipe.execute()
-        items = [_worker_view(worker_id.decode(), record, int(beat), now_ms, stale_after_ms)
+        items = [_worker_view(worker_id.decode(), record, int(beat), now_ms,
+                              _stale_after(stale_after_ms, record.get(b"heartbeat_interval_ms"), default_ms))
                  for (worker_id, beat), record in zip(page, records, strict=True)]
         return total, items, summary
 
@@ -298,7 +300,9 @@ class Admin:
             record, beat, held = await pipe.execute()
         if not record:
             raise NotFound(f"Worker '{worker_id}' not found.")
-        view = _worker_view(worker_id, record, int(beat or 0), now_ms, stale_after_ms)
+        stale_ms = _stale_after(stale_after_ms, record.get(b"heartbeat_interval_ms"),
+                                self.broker.settings.worker_heartbeat_interval_ms)
+        view = _worker_view(worker_id, record, int(beat or 0), now_ms, stale_ms)
         view["job_ids"] = sorted(j.decode() for j in held)
         return view
 
@@ -323,6 +327,16 @@ class Admin:
         else:
             await self.redis.delete(self.keys.maintenance)
         return await self.maintenance()
+
+
+def _stale_after(stale_after_ms: int, interval: bytes | None, default_interval_ms: int) -> int:
+    """`stale_after_ms` is a number of the server's heartbeat intervals; a worker that beats
+    less often (it said so in its heartbeats) is stale after as many of its own intervals, as
+    the dead-worker detection counts them."""
+    own = int(interval) if interval and interval.isdigit() else 0
+    if own <= default_interval_ms:
+        return stale_after_ms
+    return stale_after_ms * own // max(1, default_interval_ms)
 
 
 def _worker_state(state: bytes | None, beat_ms: int, now_ms: int, stale_after_ms: int) -> str:

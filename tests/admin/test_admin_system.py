@@ -180,3 +180,15 @@ def test_no_worker_is_deregistered_during_the_grace_after_an_outage(api: Api, st
     store.hset("{ojs}:reaper", "resume_at_ms", timefmt.now_ms() + 10_000)
     assert_error(api.http.delete("/ojs/v1/admin/workers/w-out"), 409)
     assert api.state(held["id"]) == "active"
+
+
+def test_a_worker_that_beats_rarely_is_stale_only_after_its_own_intervals(api: Api, store: redis.Redis) -> None:
+    reply = api.http.post("/ojs/v1/workers/heartbeat", json={"worker_id": "w-slow", "active_jobs": [],
+                                                           "heartbeat_interval_ms": 600_000})
+    assert reply.status_code == 200, reply.text
+    minute_ago = timefmt.now_ms() - 60_000
+    store.zadd("{ojs}:workers", {"w-slow": minute_ago})
+    store.hset("{ojs}:worker:w-slow", "last_heartbeat_at", minute_ago)
+    assert api.http.get("/ojs/v1/admin/workers/w-slow").json()["state"] == "running"
+    assert api.http.get("/ojs/v1/admin/workers").json()["summary"]["stale"] == 0
+    assert_error(api.http.delete("/ojs/v1/admin/workers/w-slow"), 409)
