@@ -35,9 +35,11 @@ SERVER_ENV = {
 }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the session (a new context per test keeps them apart)."""
+    """One headless Chromium per test module (a new context per test keeps them apart). Not per
+    session: Playwright's sync API keeps an event loop running in this thread while it is open,
+    and every later test that runs one of its own (asyncio.run) would fail."""
     if not CHROMIUM.exists():
         skip_or_fail(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     try:
