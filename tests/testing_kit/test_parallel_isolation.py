@@ -37,7 +37,9 @@ def run_pair(tmp_path: Path, redis_url: str, conftest: str = "") -> subprocess.C
            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}  # only the two plugins it needs: a faster start
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "xdist", "-n", "2", "--dist", "load", "-p", "runtime.testing.pytest_plugin",
-         "-p", "no:cacheprovider", "--ojs-redis-url", redis_url, "-q", "test_pair.py"],
+         "-p", "no:cacheprovider", "--ojs-redis-url", redis_url, "-q",
+         "-rN",  # no short summary (its lines repeat each failure, in full under CI=true)
+         "test_pair.py"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )
 
