@@ -69,6 +69,14 @@ class Admin:
     async def queue_names(self) -> list[str]:
         return sorted(n.decode() for n in await self.redis.hkeys(self.keys.queues))
 
+    async def state_counts(self, names: list[str], state: str) -> dict[str, int]:
+        """Each named queue's number of jobs in one state, from its counters. One round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hget(self.keys.counts(name), state)
+            replies = await pipe.execute()
+        return {name: max(0, int(n or 0)) for name, n in zip(names, replies, strict=True)}
+
     async def queue_views(self, names: list[str], rates: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
         """The admin view of each named queue: counts, paused, depth, rates (given, from the
         statistics history), configuration, and when its next available job was enqueued.

@@ -9,6 +9,7 @@ safe: jobs already changed no longer match the filter, and by id they fail with 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -136,12 +137,13 @@ class JobAdmin:
 
     async def _retry_many(self, ids: Sequence[str]) -> list[tuple[int, str]]:
         k = self.keys
+        now, maxlen = str(timefmt.now_ms()), str(self.broker.settings.events_maxlen)
+        # One atomic script per job, all sent at once: the lean connection pipelines them.
+        replies = await asyncio.gather(*(
+            self.broker.scripts.call("dlq_retry", keys=[k.prefix, k.job(job_id)], args=[now, maxlen, job_id, "ended"])
+            for job_id in ids))
         out = []
-        for job_id in ids:
-            reply = await self.broker.scripts.call(
-                "dlq_retry", keys=[k.prefix, k.job(job_id)],
-                args=[str(timefmt.now_ms()), str(self.broker.settings.events_maxlen), job_id, "ended"],
-            )
+        for job_id, reply in zip(ids, replies, strict=True):
             status = int(reply[0])
             if status == Status.OK:
                 out.append((status, ""))

@@ -215,10 +215,7 @@ class JobListing:
         """The next `count` entries of the state's indexes (merged by score, then member) after
         the position `after`, in the order asked."""
         indexes = self._indexes(state, queues)
-        if after is None:
-            start, end = ("+inf", "-inf") if desc else ("-inf", "+inf")
-        else:
-            start, end = (after[0], "-inf") if desc else (after[0], "+inf")
+        start, end = _bounds(desc, after)
         want = count + (TIE_ROOM if after else 0)
         async with self.redis.pipeline(transaction=False) as pipe:  # one round trip for every queue
             for index in indexes:
@@ -236,10 +233,7 @@ class JobListing:
     async def _after(
         self, index: str, *, desc: bool, after: tuple[float, bytes] | None, count: int,
     ) -> list[tuple[float, bytes]]:
-        if after is None:
-            start, end = ("+inf", "-inf") if desc else ("-inf", "+inf")
-        else:
-            start, end = (after[0], "-inf") if desc else (after[0], "+inf")
+        start, end = _bounds(desc, after)
         out: list[tuple[float, bytes]] = []
         offset = 0
         while len(out) < count:
@@ -274,6 +268,14 @@ class JobListing:
                 pipe.hmget(self.keys.counts(queue), list(states))
             replies = await pipe.execute()
         return sum(max(0, int(v)) for reply in replies for v in reply if v is not None)
+
+
+def _bounds(desc: bool, after: tuple[float, bytes] | None) -> tuple[float | str, str]:
+    """The ZRANGE BYSCORE bounds of a walk from the cursor's score (inclusive: ties are dropped
+    by _seen) to the end of the index, in the walk's direction."""
+    if after is None:
+        return ("+inf", "-inf") if desc else ("-inf", "+inf")
+    return (after[0], "-inf") if desc else (after[0], "+inf")
 
 
 def _seen(score: float, member: bytes, after: tuple[float, bytes] | None, desc: bool) -> bool:

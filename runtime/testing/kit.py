@@ -75,7 +75,8 @@ class TestContext(abc.ABC):
         # Task handles (`send_email.enqueue(...)`) enqueue through this context too, whatever
         # default client they made before it began.
         self._handles = _HandleClients()
-        self._handles_token = default_client._using.set(self._handles)  # noqa: SLF001
+        self._using_handles = default_client.using_client(self._handles)
+        self._using_handles.__enter__()
         return self
 
     def __exit__(
@@ -84,7 +85,7 @@ class TestContext(abc.ABC):
         try:
             self.close()
         finally:
-            default_client._using.reset(self._handles_token)  # noqa: SLF001
+            self._using_handles.__exit__(None, None, None)
             self._handles.close()
             _pop(self)
 

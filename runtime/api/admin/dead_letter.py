@@ -64,8 +64,7 @@ def register(router: Router, services: Services) -> None:
         """Totals by queue (exact, from the counters) and by error type among the newest 1,000
         (a bounded read: `sampled` says how many)."""
         names = await admin.queue_names()
-        views = await admin.queue_views(names, {}) if names else []
-        by_queue = {v["name"]: v["counts"]["discarded"] for v in views if v["counts"]["discarded"]}
+        by_queue = {name: n for name, n in (await admin.state_counts(names, "discarded")).items() if n}
         newest = await job_admin.listing.page(JobFilter(state="discarded"), limit=STATS_SAMPLE, ids_only=True)
         ids = [item["id"] for item in newest.items]
         by_error = Counter(await job_admin.listing.error_types(ids))

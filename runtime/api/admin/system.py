@@ -6,7 +6,7 @@ from __future__ import annotations
 import msgspec
 
 from runtime import timefmt
-from runtime.api.admin.common import MAX_PER_PAGE, time_ms
+from runtime.api.admin.common import page_args, time_ms
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
 from runtime.errors import InvalidRequest
@@ -103,9 +103,7 @@ def register(router: Router, services: Services) -> None:
         state = request.query("state") or None
         if state is not None and state not in _WORKFLOW_STATES:
             raise InvalidRequest(f"state must be one of {', '.join(_WORKFLOW_STATES)}.")
-        limit = request.query_int("per_page", default=request.query_int("limit", default=20, minimum=1,
-                                                                        maximum=MAX_PER_PAGE),
-                                  minimum=1, maximum=MAX_PER_PAGE)
+        _, limit = page_args(request)
         after = None
         if raw := request.query("cursor"):
             try:

@@ -84,17 +84,17 @@ def register(router: Router, services: Services) -> None:
         from enqueue to claim, and the jobs active now. Cost: two HGETALLs and the queue counts."""
         last = await services.history.last_minute()
         names = await admin.queue_names()
-        views = {v["name"]: v for v in await admin.queue_views(names, {})} if names else {}
+        active = await admin.state_counts(names, "active")
         total = sum(m["started"] for m in last.values())
         queues = []
-        for name in sorted(set(last) | set(views)):
+        for name in sorted(set(last) | set(active)):
             started = last.get(name, {}).get("started", 0)
             waited = last.get(name, {}).get("wait_ms", 0)
             queues.append({
                 "name": name, "dispatch_count_1m": started,
                 "dispatch_ratio_1m": round(started / total, 4) if total else 0.0,
                 "avg_wait_ms": round(waited / started, 1) if started else None,
-                "active_jobs": views[name]["counts"]["active"] if name in views else 0,
+                "active_jobs": active.get(name, 0),
             })
         return json_response(200, {"stats": {"dispatched_1m": total, "queues": len(queues),
                                              "pools": len(await pool_views())},
