@@ -31,7 +31,8 @@ SUITES: dict[str, tuple[str, ...]] = {
     "level-3-workflows": ("level-3-workflows",),
     "level-4-advanced": ("level-4-advanced",),
     "extensions": ("ext-progress", "ext-observability", "ext-middleware", "ext-graceful-shutdown"),
-    "admin-extensions": ("ext-admin-api", "ext-dead-letter", "ext-backpressure", "ext-fair-scheduling"),
+    "admin-extensions": ("ext-admin-api", "ext-dead-letter", "ext-backpressure", "ext-fair-scheduling",
+                         "ext-rate-limiting"),
 }
 KNOWN_UNPASSABLE = {
     # Its expected error types (ConnectionTimeout, ...) cannot be derived from its input; only a
@@ -48,6 +49,7 @@ KNOWN_UNPASSABLE = {
     "EXT-ADM-004": "relies on {{job_id}} substitution the runner does not do",
     "EXT-DLQ-003": "relies on {{job_id}} substitution the runner does not do",
     "EXT-DLQ-004": "relies on {{job_id}} substitution the runner does not do",
+    "EXT-RL-003": "relies on {{job_id}} substitution the runner does not do",
 }
 SUITE_TIMEOUT_S = 900.0
 

@@ -11,6 +11,7 @@ from runtime.broker.crons import Crons
 from runtime.broker.dead_workers import SilentWorkers
 from runtime.broker.job_admin import JobAdmin
 from runtime.broker.queue_config import QueueConfig
+from runtime.broker.rate_limits import RateLimits
 from runtime.broker.stats_history import StatsHistory
 from runtime.broker.workflows import Workflows
 from runtime.config import Settings
@@ -25,6 +26,7 @@ class Services:
         self.workflows = Workflows(broker)
         self.job_admin = JobAdmin(broker)
         self.queue_config = QueueConfig(broker.redis, broker.keys)
+        self.rate_limits = RateLimits(broker.redis, broker.keys.prefix)
         self.history = StatsHistory(
             broker.redis, broker.keys, broker.scripts, minute_retention_ms=settings.stats_minute_retention_ms,
             hour_retention_ms=settings.stats_hour_retention_ms,

@@ -46,7 +46,7 @@ _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
 _MUST_EXPIRE = frozenset({"available", "scheduled", "retryable", "pending"})
 _JOB_FIELDS = (
     "state", "queue", "id", "expires_ms", "next_attempt_at", "visible_until", "exec_deadline",
-    "dead_lettered", "worker_id", "suspect",
+    "dead_lettered", "worker_id", "suspect", "rl_key",
 )
 _AVAILABLE_SUFFIX = ":available"
 _COUNTS_SUFFIX = ":counts"
@@ -66,6 +66,7 @@ class _Job:
     dead_lettered: str | None
     worker_id: str | None
     suspect: str | None
+    rl_key: str | None
 
 
 @dataclass(slots=True)
@@ -79,6 +80,9 @@ class _Store:
     queues: set[str] = field(default_factory=set)
     # worker id -> ids in its worker-jobs:<id> set
     held: dict[str, set[str]] = field(default_factory=dict)
+    # rate-limit key -> ids in its rl-active:<key> set, and in its rl-jobs:<key> set
+    rl_active: dict[str, set[str]] = field(default_factory=dict)
+    rl_jobs: dict[str, set[str]] = field(default_factory=dict)
 
 
 def _text(value: Any) -> str | None:
@@ -100,6 +104,7 @@ async def check_integrity(redis: Redis, keys: Keys) -> list[str]:
     problems += _check_dangling(store, keys)
     problems += _check_counts(store, keys)
     problems += _check_held(store, keys)
+    problems += _check_rate_limits(store, keys)
     return sorted(problems)
 
 
@@ -109,6 +114,7 @@ async def check_integrity(redis: Redis, keys: Keys) -> list[str]:
 async def _load(redis: Redis, keys: Keys) -> _Store:
     store = _Store()
     await _load_jobs(redis, keys, store)
+    await _load_rate_limit_sets(redis, keys, store)
     queue_prefix = f"{keys.prefix}queue:"
     async for raw in redis.scan_iter(match=_glob_escape(queue_prefix) + "*", count=SCAN_COUNT):
         name = _text(raw) or ""
@@ -148,6 +154,14 @@ async def _load_held(redis: Redis, keys: Keys, store: _Store) -> None:
         worker_id = name[len(worker_prefix):]
         members = {_text(m) or "" async for m in redis.sscan_iter(name, count=SCAN_COUNT)}
         store.held[worker_id] = members
+
+
+async def _load_rate_limit_sets(redis: Redis, keys: Keys, store: _Store) -> None:
+    for part, into in (("rl-active:", store.rl_active), ("rl-jobs:", store.rl_jobs)):
+        set_prefix = keys.prefix + part
+        async for raw in redis.scan_iter(match=_glob_escape(set_prefix) + "*", count=SCAN_COUNT, _type="set"):
+            name = _text(raw) or ""
+            into[name[len(set_prefix):]] = {_text(m) or "" async for m in redis.sscan_iter(name, count=SCAN_COUNT)}
 
 
 async def _load_jobs(redis: Redis, keys: Keys, store: _Store) -> None:
@@ -303,6 +317,31 @@ def _check_held(store: _Store, keys: Keys) -> list[str]:
                     else f"state {held.state!r}, worker_id {held.worker_id!r}"
                 )
                 problems.append(f"{keys.worker_jobs(worker_id)} holds {job_id!r} ({what})")
+    return problems
+
+
+def _check_rate_limits(store: _Store, keys: Keys) -> list[str]:
+    """A keyed job holds a concurrency slot exactly while it is active, and is among its key's
+    unfinished jobs exactly while it has not ended."""
+    problems = []
+    for job_id, job in store.jobs.items():
+        if not job.rl_key:
+            continue
+        running = job_id in store.rl_active.get(job.rl_key, ())
+        if (job.state == "active") != running:
+            problems.append(f"job {job_id}: {job.state}, but {'in' if running else 'not in'} "
+                            f"{keys.prefix}rl-active:{job.rl_key}")
+        listed = job_id in store.rl_jobs.get(job.rl_key, ())
+        if (job.state not in _TERMINAL) != listed:
+            problems.append(f"job {job_id}: {job.state}, but {'in' if listed else 'not in'} "
+                            f"{keys.prefix}rl-jobs:{job.rl_key}")
+    for sets, part in ((store.rl_active, "rl-active"), (store.rl_jobs, "rl-jobs")):
+        for key, members in sets.items():
+            for job_id in members:
+                job = store.jobs.get(job_id)
+                if job is None or job.rl_key != key:
+                    problems.append(f"{keys.prefix}{part}:{key} holds {job_id!r} "
+                                    f"({'missing' if job is None else f'its key is {job.rl_key!r}'})")
     return problems
 
 

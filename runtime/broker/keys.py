@@ -61,6 +61,8 @@ key                            type        content
 ``P stats:rolled``              string      the last minute the rollup added into its hour
 ``P maintenance``               hash        present while maintenance mode is on: enabled_at,
                                            reason (fetches return nothing; enqueues go on)
+``P rl:<key>``, ``P rl-active:<key>``, ``P rl-starts:<key>``, ``P rl-jobs:<key>``, ``P rate-limits``
+                                           per-key rate limits: see runtime/broker/rate_limits.py
 ``P reaper``                   hash        last_step_ms, resume_at_ms on Redis' clock: lease expiry
                                            waits after an outage (broker/outage.py)
 =============================  ==========  ======================================================
@@ -91,6 +93,7 @@ SUFFIXES: dict[str, str] = {
     "pools": "pools",
     "migrations": "migrations",
     "maintenance": "maintenance",
+    "rate_limits": "rate-limits",
 }
 
 

@@ -6,6 +6,8 @@
   enqueue replies carry the ``X-OJS-Queue-*`` headers. enqueue.lua reads both fields.
 - ``rate_limit``: at most ``limit`` claims per ``period`` (fetch.lua reads ``rl_max`` and
   ``rl_window_ms``, the fields an enqueue's queue-wide rate limit also sets).
+- ``concurrency``: at most N of the queue's jobs active at once, across every worker (fetch.lua
+  reads ``max_active`` against the queue's exact active count).
 """
 
 from __future__ import annotations
@@ -39,6 +41,17 @@ class QueueConfigRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
     backpressure: Backpressure | None | msgspec.UnsetType = msgspec.UNSET
     max_depth: int | msgspec.UnsetType = msgspec.UNSET  # shorthand for backpressure.max_depth
     rate_limit: RateLimit | None | msgspec.UnsetType = msgspec.UNSET
+    concurrency: int | None | msgspec.UnsetType = msgspec.UNSET
+
+
+class QueueRateLimitRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``PUT .../queues/{q}/rate-limit`` (the rate-limiting extension's queue-level form)."""
+
+    concurrency: int | None | msgspec.UnsetType = msgspec.UNSET
+    rate: RateLimit | None | msgspec.UnsetType = msgspec.UNSET
+
+    def as_config(self) -> QueueConfigRequest:
+        return QueueConfigRequest(rate_limit=self.rate, concurrency=self.concurrency)
 
 
 def _period_ms(text: str) -> int:
@@ -82,6 +95,12 @@ def _changes(req: QueueConfigRequest) -> tuple[dict[str, str], list[str]]:
         put.update(rl_max=str(rl.limit), rl_window_ms=str(_period_ms(rl.period)))
     elif rl is None:
         drop += ["rl_max", "rl_window_ms"]
+    if isinstance(req.concurrency, int):
+        if isinstance(req.concurrency, bool) or not 0 <= req.concurrency <= MAX_DEPTH:
+            raise InvalidRequest(f"concurrency must be between 0 and {MAX_DEPTH}.")
+        put["max_active"] = str(req.concurrency)
+    elif req.concurrency is None:
+        drop.append("max_active")
     return put, drop
 
 
@@ -115,5 +134,6 @@ def view(raw: dict[bytes, bytes]) -> dict[str, Any]:
     if (limit := get(b"rl_max")) is not None:
         window = int(get(b"rl_window_ms", b"1000"))
         rate_limit = {"limit": int(limit), "period": timefmt.format_duration_ms(window), "window_ms": window}
+    concurrency = get(b"max_active")
     return {"backpressure": backpressure, "max_depth": backpressure["max_depth"] if backpressure else None,
-            "rate_limit": rate_limit}
+            "rate_limit": rate_limit, "concurrency": int(concurrency) if concurrency is not None else None}

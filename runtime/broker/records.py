@@ -15,6 +15,7 @@ import msgspec
 from msgspec import Raw
 
 from runtime import timefmt
+from runtime.broker.rate_limits import policy_fields
 from runtime.broker.uniqueness import UniqueLock, unique_lock
 from runtime.envelope import (
     ENVELOPE_FIELDS,
@@ -281,8 +282,8 @@ def build_job(
         fields["unique_key"] = lock.fingerprint
         fields["unique_states"] = lock.states
     if opts.rate_limit is not None:
+        fields.update(policy_fields(opts.rate_limit, queue))
         fields["rate_limit"] = _encode(opts.rate_limit).decode()
-        fields.update(_queue_rate_limit(opts.rate_limit))
     if req.schema is not None:
         fields["schema"] = req.schema
     directive = meta.get("test_directive")
@@ -301,18 +302,6 @@ def build_job(
         unique=lock,
         fields=fields,
     )
-
-
-def _queue_rate_limit(policy: dict[str, Any]) -> dict[str, str]:
-    """A keyless rate limit applies to the job's queue: at most N claims per window."""
-    if "key" in policy:
-        return {}  # keyed limits are a separate extension
-    per_second = policy.get("max_per_second")
-    if per_second is not None:
-        if not isinstance(per_second, int) or isinstance(per_second, bool) or per_second < 1:
-            raise InvalidRequest("rate_limit.max_per_second must be a positive integer")
-        return {"rl_max": str(per_second), "rl_window_ms": "1000"}
-    return {}
 
 
 def split_extras(top: dict[str, Raw]) -> dict[str, Raw]:

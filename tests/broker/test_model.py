@@ -85,6 +85,7 @@ LIVE = frozenset({"available", "active", "scheduled", "retryable", "pending"})  
 TERMINAL = frozenset({"completed", "cancelled", "discarded"})
 UNIQUE_TYPES = ("uniq.a", "uniq.b")
 CONFLICT_POLICIES = ("reject", "ignore", "replace", "replace_except_schedule")
+RATE_KEY, RATE_CONCURRENCY = "model-key", 1  # the keyed rate limit of the "limited" jobs
 
 
 def retry_policy(max_attempts: int, dead_letter: bool) -> dict[str, Any]:
@@ -217,6 +218,7 @@ class Job:
     # The last settle and what it left: (claim serial, what, clock, state after). A worker that
     # sends that settle again (its reply was lost) is told it is done, and nothing changes.
     settled: tuple[int, str, int, str] | None = None
+    rate_key: str | None = None  # a keyed concurrency limit: RATE_CONCURRENCY active at most
 
 
 @dataclass
@@ -256,6 +258,14 @@ class Model:
 
     def available(self) -> list[Job]:
         return [j for j in self.jobs.values() if j.state == "available"]
+
+    def key_active(self, key: str) -> int:
+        return sum(1 for j in self.jobs.values() if j.rate_key == key and j.state == "active")
+
+    def eligible(self) -> list[Job]:
+        """Available jobs a fetch may claim: their rate-limit key (if any) has a free slot."""
+        return [j for j in self.available()
+                if j.rate_key is None or self.key_active(j.rate_key) < RATE_CONCURRENCY]
 
     def counts(self) -> Counter[str]:
         return Counter(j.state for j in self.jobs.values() if j.state != "waiting")
@@ -465,6 +475,18 @@ class BrokerMachine(RuleBasedStateMachine):
         self.model.add(self._job(done.job_id, max_attempts, dead_letter, delay_ms))
         return done.job_id
 
+    @rule(target=jobs, max_attempts=st.integers(1, 3), delay_ms=st.sampled_from([None, None, 2_000]))
+    def enqueue_limited(self, max_attempts: int, delay_ms: int | None) -> Any:
+        """A job of a keyed concurrency limit: at most RATE_CONCURRENCY of them active at once,
+        whatever way the others left `active`."""
+        b = self._new("limited", max_attempts=max_attempts, dead_letter=False, delay_ms=delay_ms)
+        b["options"]["rate_limit"] = {"key": RATE_KEY, "concurrency": RATE_CONCURRENCY}
+        done = self._enqueue(b)
+        job = self._job(done.job_id, max_attempts, False, delay_ms)
+        job.rate_key = RATE_KEY
+        self.model.add(job)
+        return done.job_id
+
     def _job(self, job_id: str, max_attempts: int, dead_letter: bool, delay_ms: int | None,
              ukey: str | None = None) -> Job:
         due = self.clock.now + delay_ms if delay_ms else None
@@ -551,13 +573,15 @@ class BrokerMachine(RuleBasedStateMachine):
         self.model.promote_due(self.clock.now)
         claim = self.workers.fetch(worker, visibility_ms)
         if claim is None:
-            assert not self.model.available(), "fetch returned nothing while jobs were available"
+            assert not self.model.eligible(), "fetch returned nothing while jobs were eligible"
             return None
         assert claim.job_id not in self.cancelled_ever, f"a cancelled job was fetched: {claim}"
         job = self.model.jobs.get(claim.job_id)
         assert job is not None and job.state == "available", (
             f"fetched {claim} whose model state is {job.state if job else 'gone'}")
         assert claim.attempt == job.attempt + 1
+        assert job.rate_key is None or self.model.key_active(job.rate_key) < RATE_CONCURRENCY, (
+            f"fetched {claim} past its key's concurrency")
         self.model.claim(claim, self.clock.now + visibility_ms)
         return claim
 

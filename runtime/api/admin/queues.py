@@ -10,10 +10,11 @@ from runtime.api.queues import checked_queue
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
 from runtime.broker.job_admin import ENDED_STATES
-from runtime.broker.queue_config import QueueConfigRequest
+from runtime.broker.queue_config import QueueConfigRequest, QueueRateLimitRequest
 from runtime.errors import InvalidRequest, NotFound
 
 _config_decoder = msgspec.json.Decoder(QueueConfigRequest)
+_rate_limit_decoder = msgspec.json.Decoder(QueueRateLimitRequest)
 
 
 class PurgeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -66,6 +67,14 @@ def register(router: Router, services: Services) -> None:
         configuration = await services.queue_config.update(name, req)
         return json_response(200, {"name": name, "configuration": configuration})
 
+    async def put_rate_limit(request: Request) -> Response:
+        """The queue-level limits alone (concurrency, rate), as the rate-limiting extension puts them."""
+        name = checked_queue(request)
+        req: QueueRateLimitRequest = request.decode(_rate_limit_decoder)
+        configuration = await services.queue_config.update(name, req.as_config())
+        return json_response(200, {"name": name, "concurrency": configuration["concurrency"],
+                                   "rate": configuration["rate_limit"], "configuration": configuration})
+
     async def purge(request: Request) -> Response:
         """Delete the queue's ended jobs in the given states (that ended before older_than),
         oldest first, at most 10,000 per call (has_more: call again). Cost: the jobs deleted."""
@@ -86,4 +95,5 @@ def register(router: Router, services: Services) -> None:
     router.add("POST", "/ojs/v1/admin/queues/{name}/pause", pause)
     router.add("POST", "/ojs/v1/admin/queues/{name}/resume", resume)
     router.add("PUT", "/ojs/v1/admin/queues/{name}/config", put_config)
+    router.add("PUT", "/ojs/v1/admin/queues/{name}/rate-limit", put_rate_limit)
     router.add("DELETE", "/ojs/v1/admin/queues/{name}/jobs", purge)

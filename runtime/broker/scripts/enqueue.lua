@@ -42,7 +42,8 @@
     expires_ms|"", unique fingerprint|"", unique states (comma-separated), unique period_ms|"",
     on_conflict (reject|ignore|replace|replace_except_schedule)|"", client id "1"|"" (only a client-chosen id can
     collide, so only those are checked), then field/value pairs written to the job hash as they
-    are (a `rl_max`/`rl_window_ms` pair also sets the queue's rate limit)
+    are (a `rl_max`/`rl_window_ms` pair also sets the queue's rate limit; `rl_key`/`rl_policy`
+    register the job with its rate-limit partition, rl:<key>, rl-jobs:<key>, rate-limits)
   ARGV[9 + N] optional workflow record: one msgpack array of field/value pairs for workflow:<id>
     (its `id` field names the workflow)
 
@@ -77,6 +78,8 @@ for j = 1, n do
   for f = 12, #t, 2 do
     local name = t[f]
     if name == "type" then job.type = t[f + 1]
+    elseif name == "rl_key" then job.rl_key = t[f + 1]
+    elseif name == "rl_policy" then job.rl_policy = t[f + 1]
     elseif name == "rl_max" then job.rl_max = t[f + 1]
     elseif name == "rl_window_ms" then job.rl_window = t[f + 1] end
   end
@@ -277,6 +280,11 @@ for j = 1, n do
       cancel_job(T, prefix .. "job:" .. job.holder, job.holder, job.holder_state, "unique_replace")
     end
     rcall("HSET", prefix .. "job:" .. job.id, unpack(job.t, 12))
+    if job.rl_key then  -- a keyed rate limit: the partition's latest policy and its unfinished jobs
+      rcall("HSET", prefix .. "rl:" .. job.rl_key, "policy", job.rl_policy)
+      rcall("SADD", prefix .. "rl-jobs:" .. job.rl_key, job.id)
+      rcall("ZADD", T.rate_limits, now, job.rl_key)
+    end
     if job.ukey ~= "" then
       local lock = prefix .. "unique:" .. job.ukey
       if job.uperiod then

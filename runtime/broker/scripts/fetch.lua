@@ -11,12 +11,18 @@
   that reported itself quiet or draining gets nothing. Before claiming, the due part of the
   scheduler step runs (promote_due, expire_due: the same helpers step.lua runs), so a job whose
   time has come is claimable at once.
+  Keyed rate limits (the job's rl_key, rl_policy; runtime/broker/rate_limits.py): a job its
+  limit holds is skipped and the next one tried; on_limit wait leaves it available in its place,
+  reschedule makes it scheduled (available -> scheduled, due when the limit should allow it),
+  drop discards it (available -> discarded, error rate_limited). A queue's config max_active
+  bounds its active jobs.
   Suspects (jobs that were running when their process died, see nack.lua) are skipped, and stay
   where they are; only an idle caller (`idle` = 1, or a worker that holds no job, or one without
   a worker id) gets one, first and alone: the call then claims that job and nothing else.
 
   KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|paused|counts|config|ratelog,
-                 worker:<id>, worker-jobs:<id>, unique:<fp>, queue:<q>:suspects, claims and the
+                 worker:<id>, worker-jobs:<id>, unique:<fp>, queue:<q>:suspects,
+                 rl:<key>, rl-active:<key>, rl-starts:<key>, rl-jobs:<key>, claims and the
                  fixed keys)
 
   ARGV[1] now_ms
@@ -84,10 +90,141 @@ local function new_token()
   return next_token - 1
 end
 
+-- Keyed rate limits (runtime/broker/rate_limits.py). A job's own policy (rl_policy:
+-- "concurrency,rate limit,rate window ms,throttle interval ms,on_limit") is checked against the
+-- counters its key shares with every job of that key, here in the claim's own script: the check,
+-- the claim and the count are one step. A job held by its limit stays where it is (put back in
+-- its place at the end of the call, like a skipped suspect), and the next job is tried; at most
+-- RL_SCAN held jobs per queue per call, so a long run of held jobs costs a bounded scan.
+local HELD = {}      -- claim's answer for a job its rate limit holds (on_limit wait)
+local held = {}      -- {id, score, queue} of the held jobs: put back at the end
+local held_in = {}   -- queue -> held jobs met by this call
+local RL_SCAN = 256
+local HEAL_EVERY_MS = 5000
+local limiters = {}  -- key -> the key's counters, read once per call
+local policies = {}  -- policy text -> parsed
+local verdicts = {}  -- key .. policy -> why it is held (limits cannot loosen within one call)
+
+local function policy_of(text)
+  local p = policies[text]
+  if p then return p end
+  local c, rm, rw, th, on = string.match(text, "^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*)$")
+  p = {conc = tonumber(c), rate_max = tonumber(rm), rate_ms = tonumber(rw), throttle_ms = tonumber(th),
+       on_limit = on or "wait"}
+  policies[text] = p
+  return p
+end
+
+local function limiter(key)
+  local l = limiters[key]
+  if l then return l end
+  local hash = prefix .. "rl:" .. key
+  local f = rcall("HMGET", hash, "ov_conc", "ov_until", "next_at", "until", "healed_at", "blocked")
+  l = {key = key, hash = hash, active_key = prefix .. "rl-active:" .. key,
+       starts_key = prefix .. "rl-starts:" .. key, next_at = tonumber(f[3]) or 0, until_ms = tonumber(f[4]) or 0,
+       healed_at = tonumber(f[5]) or 0, blocked = f[6] ~= false}
+  if f[2] and tonumber(f[2]) > now then l.ov_conc = tonumber(f[1]) end
+  l.active = rcall("SCARD", l.active_key)
+  limiters[key] = l
+  return l
+end
+
+-- The key is full: drop members that are no longer its active jobs (a release some path missed;
+-- the set, unlike a counter, makes this check possible), at most every HEAL_EVERY_MS.
+local function heal(l)
+  for _, jid in ipairs(rcall("SMEMBERS", l.active_key)) do
+    local s = rcall("HMGET", prefix .. "job:" .. jid, "state", "rl_key")
+    if s[1] ~= "active" or s[2] ~= l.key then rcall("SREM", l.active_key, jid) end
+  end
+  l.healed_at = now
+  rcall("HSET", l.hash, "healed_at", now)
+  l.active = rcall("SCARD", l.active_key)
+end
+
+-- nil when a job of policy p may start now; else the strategy that holds it, its limit, the
+-- current count, and when it should allow a start (for on_limit reschedule).
+local function held_by(l, p)
+  if l.until_ms > now then return "dynamic", 0, 0, l.until_ms end
+  local conc = p.conc
+  if l.ov_conc and (not conc or l.ov_conc < conc) then conc = l.ov_conc end
+  if conc and l.active >= conc and now - l.healed_at >= HEAL_EVERY_MS then heal(l) end
+  if conc and l.active >= conc then return "concurrency", conc, l.active, now + 1000 end
+  if p.rate_max then
+    local started = rcall("ZCOUNT", l.starts_key, "(" .. (now - p.rate_ms), "+inf")
+    if started >= p.rate_max then
+      local first = rcall("ZRANGEBYSCORE", l.starts_key, "(" .. (now - p.rate_ms), "+inf", "WITHSCORES",
+        "LIMIT", 0, 1)
+      return "rate", p.rate_max, started, tonumber(first[2]) + p.rate_ms
+    end
+  end
+  if p.throttle_ms and l.next_at > now then return "throttle", 1, 1, l.next_at end
+  return nil
+end
+
+local function rl_admit(l, p, id, token)
+  rcall("SADD", l.active_key, id)
+  l.active = l.active + 1
+  if p.rate_max then
+    rcall("ZADD", l.starts_key, now, id .. ":" .. token)
+    rcall("ZREMRANGEBYSCORE", l.starts_key, "-inf", now - p.rate_ms)
+    rcall("PEXPIRE", l.starts_key, p.rate_ms)
+  end
+  if p.throttle_ms then
+    l.next_at = now + p.throttle_ms
+    rcall("HSET", l.hash, "next_at", l.next_at)
+  end
+  if l.blocked then
+    l.blocked = false
+    rcall("HDEL", l.hash, "blocked")
+    emit(T, "rate_limit.released", id, {key = l.key, job_id = id})
+  end
+end
+
+-- The job's limit holds it: on_limit says what becomes of it. Returns HELD (it stays available,
+-- put back in its place) or nil (it left the available set: rescheduled or dropped).
+local function rl_hold(l, p, id, queue, job_type, strategy, limit, current, allowed_at, suspect)
+  local verdict_key = l.key .. "|" .. strategy
+  if not verdicts[verdict_key] then
+    verdicts[verdict_key] = true
+    emit(T, "rate_limit.exceeded", l.key, {key = l.key, strategy = strategy, limit = limit, current = current})
+  end
+  if not l.blocked then
+    l.blocked = true
+    rcall("HSET", l.hash, "blocked", "1")
+  end
+  local job_key = prefix .. "job:" .. id
+  if suspect then return HELD end
+  if p.on_limit == "reschedule" then
+    rcall("HSET", job_key, "state", "scheduled", "next_attempt_at", allowed_at)
+    rcall("HDEL", job_key, "enqueued_at")
+    rcall("ZADD", T.delayed, allowed_at, id)
+    move_count(T, queue, "available", "scheduled")
+    emit(T, "job.scheduled", id, {job_id = id, job_type = job_type, queue = queue, state = "scheduled",
+      scheduled_at = allowed_at, reason = "rate_limited"})
+    return nil
+  elseif p.on_limit == "drop" then
+    unindex(T, job_key, id, queue, nil)
+    local err = cjson.encode({code = "rate_limited", type = "rate_limited", retryable = false,
+      message = "Dropped by its rate limit '" .. l.key .. "' (" .. strategy .. ")", occurred_at = ARGV[9],
+      timestamp = ARGV[9]})
+    rcall("HSET", job_key, "state", "discarded", "discarded_at", now, "previous_state", "available", "error", err)
+    move_count(T, queue, "available", "discarded")
+    index_ended(T, id, queue, "discarded")
+    count_stat(T, "discarded", queue, 1)
+    on_end(T, job_key, id, "discarded")
+    emit(T, "rate_limit.dropped", id, {key = l.key, job_id = id, job_type = job_type})
+    emit(T, "job.discarded", id, {job_id = id, job_type = job_type, queue = queue, state = "discarded",
+      total_attempts = 0, last_error = {code = "rate_limited", message = "Dropped by its rate limit"}})
+    return nil
+  end
+  return HELD
+end
+
 local function claim(id, queue, alone)
   local job_key = prefix .. "job:" .. id
   local f = rcall("HMGET", job_key, "state", "type", "visibility_timeout_ms", "timeout_ms", "expires_ms",
-    "attempt", "worker_id", "exec_deadline", "progress", "progress_at", "suspect", "enqueued_at")
+    "attempt", "worker_id", "exec_deadline", "progress", "progress_at", "suspect", "enqueued_at", "rl_key",
+    "rl_policy")
   if f[1] ~= "available" then
     return nil -- a stale index entry (the job was flushed or moved): drop it
   end
@@ -98,6 +235,15 @@ local function claim(id, queue, alone)
     -- Past its TTL but not yet reached by expire_due (more were due than one step handles).
     expire_job(T, id, ARGV[9])
     return nil
+  end
+  local l, p
+  if f[13] then
+    l, p = limiter(f[13]), policy_of(f[14] or ",,,,wait")
+    local strategy, limit, current, allowed_at = held_by(l, p)
+    if strategy then
+      -- A suspect stays in its two indexes whatever its on_limit says (it must still run alone).
+      return rl_hold(l, p, id, queue, f[2], strategy, limit, current, allowed_at, f[11] ~= false)
+    end
   end
   local vis = tonumber(f[3]) or request_vis or default_vis
   local visible_until = now + vis
@@ -126,6 +272,7 @@ local function claim(id, queue, alone)
   elseif f[8] then
     drop[#drop + 1] = "exec_deadline"
   end
+  if l then rl_admit(l, p, id, set[10]) end
   rcall("HSET", job_key, unpack(set))
   if #drop > 0 then rcall("HDEL", job_key, unpack(drop)) end
   rcall("ZADD", T.active, deadline, id)
@@ -159,14 +306,23 @@ end
 
 -- Queue rate limit (sliding window log): at most rl_max claims per rl_window_ms per queue,
 -- across every worker and host, because the check and the claim are one script.
+-- A queue's concurrency (config max_active): at most that many of its jobs active at once, read
+-- from its exact per-state counts (this call's claims are counted at its end, so added here).
 local function rate_budget(queue)
-  local cfg = rcall("HMGET", prefix .. "queue:" .. queue .. ":config", "rl_max", "rl_window_ms")
+  local cfg = rcall("HMGET", prefix .. "queue:" .. queue .. ":config", "rl_max", "rl_window_ms", "max_active")
+  local budget = nil
+  local max_active = tonumber(cfg[3])
+  if max_active then
+    local active = tonumber(rcall("HGET", prefix .. "queue:" .. queue .. ":counts", "active")) or 0
+    budget = math.max(0, max_active - active - (claimed_per_queue[queue] or 0))
+  end
   local max = tonumber(cfg[1])
-  if not max then return nil end
+  if not max then return budget end
   local log = prefix .. "queue:" .. queue .. ":ratelog"
   local window = tonumber(cfg[2])
   rcall("ZREMRANGEBYSCORE", log, "-inf", now - window)
-  return math.max(0, max - rcall("ZCARD", log)), log, window
+  local left = math.max(0, max - rcall("ZCARD", log))
+  return budget and math.min(budget, left) or left, log, window
 end
 
 -- Claim one popped index entry: a suspect the caller may not run is kept aside (put back at the
@@ -176,6 +332,11 @@ local function take(id, score, queue, log, window)
   local job = claim(id, queue)
   if job == SKIPPED then
     skipped[#skipped + 1] = {id, score, queue}
+    return false
+  end
+  if job == HELD then
+    held[#held + 1] = {id, score, queue}
+    held_in[queue] = (held_in[queue] or 0) + 1
     return false
   end
   if not job then return false end
@@ -193,7 +354,7 @@ local function claim_with_room(queue, available_key, limit, log, window)
   local taken = 0
   local head = rcall("ZRANGE", available_key, 0, ROOM_SCAN - 1, "WITHSCORES")
   for h = 1, #head, 2 do
-    if #claimed >= count or taken >= limit then return end
+    if #claimed >= count or taken >= limit or (held_in[queue] or 0) >= RL_SCAN then return end
     local id = head[h]
     local job_type = rcall("HGET", prefix .. "job:" .. id, "type")
     local left = job_type and room[job_type]
@@ -216,7 +377,7 @@ local function claim_from(queue, limit)
   local taken = 0
   -- Pop as many as may be claimed in one call; a stale entry among them (dropped by claim) is
   -- made up for by the next round.
-  while #claimed < count and taken < limit do
+  while #claimed < count and taken < limit and (held_in[queue] or 0) < RL_SCAN do
     local heads = rcall("ZPOPMIN", available_key, math.min(count - #claimed, limit - taken))
     if #heads == 0 then return end
     for h = 1, #heads, 2 do
@@ -238,6 +399,10 @@ local function claim_suspect()
         if #head == 0 then break end
         if rcall("ZREM", queue_key(T, queue, "available"), head[1]) == 1 then
           local job = claim(head[1], queue, true)
+          if job == HELD then
+            skipped[#skipped + 1] = {head[1], head[2], queue}  -- back to both indexes
+            job = nil
+          end
           if job then
             if worker_id ~= "" then
               local lease = rcall("ZSCORE", T.active, head[1])
@@ -285,6 +450,9 @@ else
     if #claimed >= count then break end
     claim_from(ARGV[10 + q], count)
   end
+end
+for _, h in ipairs(held) do
+  rcall("ZADD", queue_key(T, h[3], "available"), h[2], h[1])
 end
 for _, s in ipairs(skipped) do
   rcall("ZADD", queue_key(T, s[3], "available"), s[2], s[1])

@@ -96,9 +96,21 @@ local function release_unique(T, id, fingerprint, states, state)
   end
 end
 
+-- Keyed rate limits (runtime/broker/rate_limits.py): a job of key `rl_key` left `active`, so its
+-- concurrency slot is free; when a fetch found the key at its limit, the queue's idle workers
+-- are woken to claim what waits.
+local function rl_leave(T, id, rl_key, queue)
+  if not rl_key then return end
+  if rcall("SREM", T.prefix .. "rl-active:" .. rl_key, id) == 1 and rcall("HEXISTS", T.prefix .. "rl:" .. rl_key,
+      "blocked") == 1 then
+    rcall("PUBLISH", T.prefix .. "notify:" .. queue, "1")
+  end
+end
+
 local function on_end(T, key, id, state)
-  local u = rcall("HMGET", key, "unique_key", "unique_states", "workflow_id")
+  local u = rcall("HMGET", key, "unique_key", "unique_states", "workflow_id", "rl_key")
   release_unique(T, id, u[1], u[2], state)
+  if u[4] then rcall("SREM", T.prefix .. "rl-jobs:" .. u[4], id) end
   if u[3] then
     rcall("RPUSH", T.outbox, id)
     return 1
@@ -121,7 +133,7 @@ end
 -- Cancel a job in a live state (or `waiting`, a workflow step never indexed or counted).
 -- Returns on_end's workflow flag.
 local function cancel_job(T, key, id, state, reason)
-  local f = rcall("HMGET", key, "queue", "type", "worker_id")
+  local f = rcall("HMGET", key, "queue", "type", "worker_id", "rl_key")
   -- A run cancelled while active goes on until its worker hears of it (its next heartbeat), at
   -- the latest until its lease or execution deadline: no retry puts the job back to work before.
   local run_until = state == "active" and rcall("ZSCORE", T.active, id)
@@ -132,7 +144,10 @@ local function cancel_job(T, key, id, state, reason)
     move_count(T, f[1], nil, "cancelled")
   end
   rcall("HSET", key, "state", "cancelled", "cancelled_at", T.now, "previous_state", state)
-  if run_until then rcall("HSET", key, "cancelled_run_until", run_until) end
+  if run_until then
+    rcall("HSET", key, "cancelled_run_until", run_until)
+    rl_leave(T, id, f[4], f[1])
+  end
   index_ended(T, id, f[1], "cancelled")
   count_stat(T, "cancelled", f[1], 1)
   emit(T, "job.cancelled", id, {job_id = id, job_type = f[2], queue = f[1], state = "cancelled",

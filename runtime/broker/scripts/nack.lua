@@ -85,8 +85,10 @@ local function record_error(job_key, err, attempt)
 end
 
 local function leave_active(job_key, id, queue, to_state)
-  local holder = rcall("HGET", job_key, "worker_id")
+  local h = rcall("HMGET", job_key, "worker_id", "rl_key")
+  local holder = h[1]
   if holder then rcall("SREM", prefix .. "worker-jobs:" .. holder, id) end
+  rl_leave(T, id, h[2], queue)
   rcall("ZREM", T.active, id)
   rcall("HDEL", job_key, "visible_until", "exec_deadline")
   move_count(T, queue, "active", to_state)

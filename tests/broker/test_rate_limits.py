@@ -1,0 +1,235 @@
+"""Per-key rate limits, enforced by the claim itself: concurrency, sliding window, throttle, the
+on_limit actions, overrides, queue-level concurrency, and every way out of `active` freeing its
+slot. The autouse integrity check also asserts, after each test, that a keyed job is in its key's
+active set exactly while it is active."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import pytest
+
+from runtime import timefmt
+from runtime.broker.core import Broker, Failure
+from runtime.broker.queue_config import QueueConfig, QueueConfigRequest
+from runtime.broker.rate_limits import OverrideRequest, RateLimits, policy_fields
+from runtime.errors import InvalidRequest
+from tests.broker.conftest import Run, body
+
+
+def limited(key: str, queue: str = "rl", **policy: Any) -> dict[str, Any]:
+    return body("t.rl", queue=queue, rate_limit={"key": key, **policy})
+
+
+def ids(jobs: list[dict[bytes, bytes]]) -> list[str]:
+    return [j[b"id"].decode() for j in jobs]
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """``clock(ms)`` moves the broker's clock forward by ms (the claim reads timefmt.now_ms)."""
+    start = timefmt.now_ms()
+    offset = [0]
+    monkeypatch.setattr(timefmt, "now_ms", lambda: start + offset[0])
+
+    def advance(ms: int) -> None:
+        offset[0] += ms
+
+    return advance
+
+
+def test_a_key_at_its_concurrency_is_skipped_and_the_next_eligible_job_is_claimed(
+    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]],
+) -> None:
+    first, second = enqueue(limited("api", concurrency=1), limited("api", concurrency=1))
+    (other,) = enqueue(limited("other", concurrency=1))
+    got = run(broker.fetch(["rl"], count=3, worker_id="w"))
+    assert ids(got) == [first, other]
+    job = run(broker.get(second))
+    assert job[b"state"] == b"available"
+    assert run(broker.redis.zscore(broker.keys.available("rl"), second)) is not None  # in its place
+    assert run(broker.fetch(["rl"], count=3, worker_id="w")) == []
+    run(broker.ack(first, worker_id="w"))
+    assert ids(run(broker.fetch(["rl"], count=3, worker_id="w"))) == [second]
+
+
+def test_a_held_job_keeps_its_place_ahead_of_later_jobs_of_its_key(
+    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]],
+) -> None:
+    jobs = enqueue(*(limited("k", concurrency=1) for _ in range(4)))
+    for expected in jobs:
+        (got,) = run(broker.fetch(["rl"], count=4, worker_id="w"))
+        assert got[b"id"].decode() == expected
+        run(broker.ack(expected, worker_id="w"))
+
+
+@pytest.mark.parametrize("way_out", ["ack", "retry", "discard", "cancel", "handback", "lease_expired", "worker_lost"])
+def test_every_way_out_of_active_frees_the_slot(
+    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]], way_out: str,
+) -> None:
+    first, second = enqueue(limited("one", concurrency=1), limited("one", concurrency=1))
+    (claimed,) = run(broker.fetch(["rl"], count=2, worker_id="w"))
+    assert claimed[b"id"].decode() == first
+    claim = claimed[b"claim"].decode()
+    err = b'{"code":"handler_error","message":"no"}'
+    verdicts = {"retry": "retry", "discard": "discard", "handback": "release", "lease_expired": "lease_expired",
+                "worker_lost": "worker_lost"}
+    if way_out == "ack":
+        run(broker.ack(first, worker_id="w"))
+    elif way_out == "cancel":
+        run(broker.cancel(first))
+    else:
+        now = int(claimed[b"visible_until"]) + 1 if way_out == "lease_expired" else timefmt.now_ms()
+        (result,) = run(broker.fail_many([Failure(job_id=first, verdict=verdicts[way_out], error=err, worker_id="w",
+                                                  claim=claim)], now_ms=now))
+        assert not isinstance(result, Exception), result
+    # The slot is free: a job of the key is claimed (a lost run's job, now a suspect, comes first
+    # and alone).
+    expected = first if way_out == "worker_lost" else second
+    assert ids(run(broker.fetch(["rl"], count=2, worker_id="w2"))) == [expected]
+
+
+def test_keys_are_independent(broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]]) -> None:
+    a1, _a2, b1, _b2 = enqueue(limited("a", concurrency=1), limited("a", concurrency=1),
+                               limited("b", concurrency=1), limited("b", concurrency=1))
+    assert ids(run(broker.fetch(["rl"], count=4, worker_id="w"))) == [a1, b1]
+
+
+def test_the_sliding_window_allows_n_starts_per_period(
+    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]], clock: Callable[[int], None],
+) -> None:
+    jobs = enqueue(*(limited("w", rate={"limit": 2, "period": "PT1M"}) for _ in range(3)))
+    assert ids(run(broker.fetch(["rl"], count=3, worker_id="w"))) == jobs[:2]
+    clock(30_000)
+    assert run(broker.fetch(["rl"], count=3, worker_id="w")) == []
+    clock(30_001)  # the first two starts have left the window
+    assert ids(run(broker.fetch(["rl"], count=3, worker_id="w"))) == jobs[2:]
+
+
+def test_a_bare_rate_with_a_period_word_is_a_window(
+    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]],
+) -> None:
+    first, _ = enqueue(limited("rps", rate=1, period="second"), limited("rps", rate=1, period="second"))
+    assert ids(run(broker.fetch(["rl"], count=2, worker_id="w"))) == [first]
+
+
+def test_a_throttle_spaces_starts_evenly(
+    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]], clock: Callable[[int], None],
+) -> None:
+    jobs = enqueue(*(limited("t", throttle={"limit": 2, "period": "PT1S"}) for _ in range(3)))
+    assert ids(run(broker.fetch(["rl"], count=3, worker_id="w"))) == jobs[:1]
+    clock(499)
+    assert run(broker.fetch(["rl"], count=3, worker_id="w")) == []
+    clock(1)
+    assert ids(run(broker.fetch(["rl"], count=3, worker_id="w"))) == jobs[1:2]
+
+
+def test_on_limit_reschedule_makes_the_job_scheduled_for_when_the_window_allows(
+    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]], clock: Callable[[int], None],
+) -> None:
+    first, second = enqueue(*(limited("r", rate={"limit": 1, "period": "PT10S"}, on_limit="reschedule")
+                              for _ in range(2)))
+    started = timefmt.now_ms()
+    assert ids(run(broker.fetch(["rl"], count=2, worker_id="w"))) == [first]
+    job = run(broker.get(second))
+    assert job[b"state"] == b"scheduled"
+    assert int(job[b"next_attempt_at"]) == started + 10_000
+    clock(10_000)
+    assert ids(run(broker.fetch(["rl"], count=2, worker_id="w"))) == [second]
+
+
+def test_on_limit_drop_discards_the_job_with_a_rate_limited_error(
+    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]],
+) -> None:
+    first, second = enqueue(*(limited("d", concurrency=1, on_limit="drop") for _ in range(2)))
+    assert ids(run(broker.fetch(["rl"], count=2, worker_id="w"))) == [first]
+    job = run(broker.get(second))
+    assert job[b"state"] == b"discarded"
+    assert msgspec.json.decode(job[b"error"])["code"] == "rate_limited"
+    assert run(broker.redis.zscore(broker.keys.ended("rl", "discarded"), second)) is not None
+
+
+def test_the_limit_is_exceeded_and_released_as_events(
+    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]],
+) -> None:
+    first, second = enqueue(limited("e", concurrency=1), limited("e", concurrency=1))
+    run(broker.fetch(["rl"], count=2, worker_id="w"))
+    run(broker.ack(first, worker_id="w"))
+    run(broker.fetch(["rl"], count=2, worker_id="w"))
+    events = run(broker.redis.xrange(broker.keys.events))
+    kinds = [(e[b"type"].decode(), msgspec.json.decode(e[b"data"])) for _, e in events
+             if e[b"type"].startswith(b"rate_limit.")]
+    assert [k for k, _ in kinds] == ["rate_limit.exceeded", "rate_limit.released"]
+    assert kinds[0][1] == {"key": "e", "strategy": "concurrency", "limit": 1, "current": 1}
+    assert kinds[1][1] == {"key": "e", "job_id": second}
+
+
+def test_inspection_shows_the_partition(
+    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]],
+) -> None:
+    enqueue(*(limited("seen", concurrency=2, rate={"limit": 10, "period": "PT1M"}) for _ in range(3)))
+    run(broker.fetch(["rl"], count=3, worker_id="w"))
+    view = run(RateLimits(broker.redis, broker.keys.prefix).inspect("seen", timefmt.now_ms()))
+    assert view["key"] == "seen"
+    assert view["concurrency"] == {"limit": 2, "active": 2, "available": 0}
+    assert view["rate"]["current_count"] == 2 and view["rate"]["limit"] == 10
+    assert view["waiting_count"] == 1
+    empty = run(RateLimits(broker.redis, broker.keys.prefix).inspect("never-used", timefmt.now_ms()))
+    assert empty == {"key": "never-used", "active": 0, "waiting_count": 0}
+
+
+def test_an_override_stops_a_key_until_it_expires_or_is_cleared(
+    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]], clock: Callable[[int], None],
+) -> None:
+    limits = RateLimits(broker.redis, broker.keys.prefix)
+    (job,) = enqueue(limited("down"))
+    until = timefmt.format_ms(timefmt.now_ms() + 60_000)
+    view = run(limits.override("down", OverrideRequest(concurrency=0, expires_at=until), timefmt.now_ms()))
+    assert view["concurrency"]["limit"] == 0
+    assert run(broker.fetch(["rl"], worker_id="w")) == []
+    clock(60_000)
+    assert ids(run(broker.fetch(["rl"], worker_id="w"))) == [job]
+    with pytest.raises(InvalidRequest):
+        run(limits.override("down", OverrideRequest(concurrency=0, expires_at=until), timefmt.now_ms()))
+
+
+def test_a_missed_release_heals_when_the_key_is_full(
+    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]],
+) -> None:
+    (job,) = enqueue(limited("heal", concurrency=1))
+    (ended,) = enqueue(limited("heal", concurrency=1, queue="elsewhere"))
+    run(broker.fetch(["elsewhere"], worker_id="w"))
+    run(broker.ack(ended, worker_id="w"))
+    # A slot held by a job that is not active any more (as a lost release would leave it):
+    run(broker.redis.sadd(f"{broker.keys.prefix}rl-active:heal", ended))
+    assert ids(run(broker.fetch(["rl"], worker_id="w"))) == [job]
+
+
+def test_queue_concurrency_bounds_its_active_jobs_across_workers(
+    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]],
+) -> None:
+    run(QueueConfig(broker.redis, broker.keys).update("qc", msgspec.convert({"concurrency": 2}, QueueConfigRequest)))
+    jobs = enqueue(*(body("t.x", queue="qc") for _ in range(4)))
+    assert ids(run(broker.fetch(["qc"], count=1, worker_id="a"))) == jobs[:1]
+    assert ids(run(broker.fetch(["qc"], count=4, worker_id="b"))) == jobs[1:2]
+    run(broker.ack(jobs[0], worker_id="a"))
+    assert ids(run(broker.fetch(["qc"], count=4, worker_id="a"))) == jobs[2:3]
+
+
+def test_a_keyless_concurrency_limits_the_queue_partition() -> None:
+    fields = policy_fields({"concurrency": 3}, "mail")
+    assert fields["rl_key"] == "queue:mail"
+    assert policy_fields({"max_per_second": 5}, "mail") == {"rl_max": "5", "rl_window_ms": "1000"}
+
+
+@pytest.mark.parametrize("policy", [
+    {"key": "bad key"}, {"key": ""}, {"key": "k", "concurrency": -1}, {"key": "k", "concurrency": "2"},
+    {"key": "k", "rate": {"limit": 0, "period": "PT1S"}}, {"key": "k", "rate": {"limit": 1, "period": "soon"}},
+    {"key": "k", "on_limit": "explode"}, {"key": "k", "burst": 3}, {"key": "k" * 300}, "k",
+    {"key": "k", "throttle": {"limit": 1, "period": "P90D"}},
+])
+def test_a_bad_policy_is_refused_at_enqueue(policy: Any) -> None:
+    with pytest.raises(InvalidRequest):
+        policy_fields(policy, "q")
