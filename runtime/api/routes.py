@@ -6,6 +6,7 @@ from runtime.api import (
     admin,
     crons,
     dashboard,
+    job_priority,
     jobs,
     queues,
     rate_limits,
@@ -19,6 +20,6 @@ from runtime.api.services import Services
 
 def build_router(services: Services) -> Router:
     router = Router()
-    for module in (system, jobs, workers, queues, crons, workflows, rate_limits, admin, dashboard):
+    for module in (system, jobs, job_priority, workers, queues, crons, workflows, rate_limits, admin, dashboard):
         module.register(router, services)
     return router

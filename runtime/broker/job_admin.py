@@ -62,6 +62,20 @@ class JobAdmin:
         if status != Status.OK:
             raise Conflict(reason)
 
+    async def set_priority(self, job_id: str, priority: int) -> int:
+        """A job that has not started gets a new priority; returns the previous one. Only
+        available and scheduled jobs (409 otherwise: a running or ended job has no dispatch left)."""
+        reply = await self.broker.scripts.call(
+            "set_priority", keys=[self.keys.prefix],
+            args=[str(timefmt.now_ms()), str(self.broker.settings.events_maxlen), job_id, str(priority)])
+        status = int(reply[0])
+        if status == Status.NOT_FOUND:
+            raise NotFound(f"Job '{job_id}' not found.")
+        if status != Status.OK:
+            raise Conflict(f"Job '{job_id}' is {reply[1].decode()}: only an available or scheduled job's priority "
+                           "can change.")
+        return int(reply[1])
+
     async def purge(self, queue: str, states: Sequence[str], *, older_than_ms: int | None,
                     budget: int = MAX_PURGE) -> tuple[int, bool]:
         """Delete a queue's jobs in the given ended states that ended at or before
