@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Raw
 
+from runtime import timefmt
+
 TYPE_PATTERN = r"^[a-z][a-z0-9_\-]*(\.[a-z][a-z0-9_\-]*)*$"
 QUEUE_PATTERN = r"^[a-z0-9][a-z0-9\-\.]*$"
 UUID7_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
@@ -141,6 +143,16 @@ class ErrorInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     details: dict[str, Any] | None = None
     backtrace: list[str] | str | None = None
     response_code: str | None = None
+    # Dynamic rate limiting: the downstream's limit holds until then (RFC 3339); the job's
+    # rate-limit key takes no new starts before it.
+    rate_limit_until: Annotated[str, Meta(max_length=64)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.rate_limit_until is not None:
+            try:
+                timefmt.parse_timestamp_ms(self.rate_limit_until)
+            except ValueError as err:
+                raise ValueError(f"rate_limit_until must be an RFC 3339 timestamp: {err}") from None
 
 
 class NackRequest(msgspec.Struct, kw_only=True):

@@ -164,12 +164,18 @@ class BackendOutcomeUnknown(BackendUnavailable):
 
 class Retry(Exception):
     """Raised by a handler: fail this attempt and run the job again, after `delay_s` when given,
-    else after the retry policy's backoff. The attempt counts; a job out of attempts is discarded."""
+    else after the retry policy's backoff. The attempt counts; a job out of attempts is discarded.
 
-    def __init__(self, message: str = "retry requested by the handler", *, delay_s: float | None = None) -> None:
+    `key_paused_s` (a downstream said "429, come back in N s"): the job's rate-limit key takes no
+    new starts for that long, for every job of the key, not only this one; the retry waits as
+    long unless `delay_s` says otherwise."""
+
+    def __init__(self, message: str = "retry requested by the handler", *, delay_s: float | None = None,
+                 key_paused_s: float | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.delay_s = delay_s
+        self.delay_s = delay_s if delay_s is not None else key_paused_s
+        self.key_paused_s = key_paused_s
 
 
 class Discard(Exception):

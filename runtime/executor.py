@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from runtime import metrics, tracing
+from runtime import metrics, timefmt, tracing
 from runtime.binding import ArgumentCheck, InvalidArguments
 from runtime.broker import failures
 from runtime.broker.core import Completion, Failure, NackResult
@@ -187,7 +187,11 @@ async def execute(ctx: JobContext, chain: Chain, handlers: Container[str]) -> Ou
         return Failed(ErrorInfo(code="invalid_arguments", type="invalid_arguments", retryable=False, message=str(err)))
     except Retry as err:
         delay_ms = None if err.delay_s is None else max(0, round(err.delay_s * 1000))
-        return RetryLater(ErrorInfo(code="RETRY", type="Retry", message=err.message, retryable=True), delay_ms)
+        until = None
+        if err.key_paused_s is not None:  # the broker stops the job's rate-limit key until then
+            until = timefmt.format_ms(timefmt.now_ms() + max(0, round(err.key_paused_s * 1000)))
+        return RetryLater(ErrorInfo(code="RETRY", type="Retry", message=err.message, retryable=True,
+                                    rate_limit_until=until), delay_ms)
     except Discard as err:
         return Discarded(ErrorInfo(
             code="DISCARD", type="Discard", message=err.reason, retryable=False, response_code="DISCARD",

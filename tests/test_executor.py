@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from runtime import timefmt
 from runtime.broker.core import Completion, Failure
 from runtime.context import CANCELLED, SHUTDOWN, Job, JobContext, ProgressThrottle, ProgressUpdate
 from runtime.errors import Discard, Retry
@@ -116,6 +117,20 @@ def test_execute_retry_asks_for_a_retry_with_its_delay(threads: ThreadPoolExecut
     assert isinstance(outcome, RetryLater) and outcome.delay_ms == 2500
     item = settle(outcome, ctx, worker_id="w1", now_ms=1)
     assert isinstance(item, Failure) and item.verdict == "retry"
+
+
+def test_a_retry_that_pauses_the_rate_limit_key_carries_until_when(threads: ThreadPoolExecutor) -> None:
+    async def throttled(ctx: JobContext) -> None:
+        raise Retry("429 from the API", key_paused_s=30)
+
+    ctx = make_ctx("t.throttled")
+    before = timefmt.now_ms()
+    outcome = run_job(registry({"t.throttled": throttled}), ctx, threads)
+    assert isinstance(outcome, RetryLater) and outcome.delay_ms == 30_000
+    assert outcome.error.rate_limit_until is not None
+    assert timefmt.parse_timestamp_ms(outcome.error.rate_limit_until) >= before + 30_000
+    item = settle(outcome, ctx, worker_id="w1", now_ms=1)
+    assert isinstance(item, Failure) and b'"rate_limit_until_ms"' in item.error
 
 
 def test_execute_discard_discards_without_retry(threads: ThreadPoolExecutor) -> None:

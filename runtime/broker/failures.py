@@ -104,6 +104,10 @@ def error_record(error: ErrorInfo, now_ms: int) -> bytes:
         record["details"] = error.details
     if (frames := _backtrace(error.backtrace)) is not None:
         record["backtrace"] = frames
+    if error.rate_limit_until is not None:
+        until_ms = timefmt.parse_timestamp_ms(error.rate_limit_until)
+        record["rate_limit_until"] = timefmt.format_ms(until_ms)
+        record["rate_limit_until_ms"] = until_ms  # read by nack.lua: it stops the job's key until then
     record["occurred_at"] = when
     record["timestamp"] = when
     return _encode(record)

@@ -12,9 +12,11 @@ import msgspec
 import pytest
 
 from runtime import timefmt
+from runtime.broker import failures
 from runtime.broker.core import Broker, Failure
 from runtime.broker.queue_config import QueueConfig, QueueConfigRequest
 from runtime.broker.rate_limits import OverrideRequest, RateLimits, policy_fields
+from runtime.envelope import ErrorInfo
 from runtime.errors import InvalidRequest
 from tests.broker.conftest import Run, body
 
@@ -233,3 +235,27 @@ def test_a_keyless_concurrency_limits_the_queue_partition() -> None:
 def test_a_bad_policy_is_refused_at_enqueue(policy: Any) -> None:
     with pytest.raises(InvalidRequest):
         policy_fields(policy, "q")
+
+
+def test_a_handler_reporting_its_downstream_limit_stops_the_key_until_then(
+    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]], clock: Callable[[int], None],
+) -> None:
+    first, second = enqueue(limited("upstream", concurrency=5), limited("upstream", concurrency=5))
+    (claimed,) = run(broker.fetch(["rl"], count=1, worker_id="w"))
+    until = timefmt.now_ms() + 30_000
+    error = ErrorInfo(message="429 from the API", rate_limit_until=timefmt.format_ms(until))
+    (result,) = run(broker.fail_many([Failure(job_id=first, verdict="retry", worker_id="w",
+                                              claim=claimed[b"claim"].decode(),
+                                              error=failures.error_record(error, timefmt.now_ms()))],
+                                     now_ms=timefmt.now_ms()))
+    assert not isinstance(result, Exception)
+    assert run(broker.fetch(["rl"], count=2, worker_id="w")) == []  # the other job waits too
+    view = run(RateLimits(broker.redis, broker.keys.prefix).inspect("upstream", timefmt.now_ms()))
+    assert view["paused_until"] == timefmt.format_ms(until)
+    clock(30_000)  # the key starts again: the waiting job, and the failed one's retry (due by now)
+    assert sorted(ids(run(broker.fetch(["rl"], count=2, worker_id="w")))) == sorted([first, second])
+
+
+def test_a_malformed_rate_limit_until_is_refused_where_the_error_is_decoded() -> None:
+    with pytest.raises(msgspec.ValidationError, match="rate_limit_until"):
+        msgspec.json.decode(b'{"message": "x", "rate_limit_until": "soon"}', type=ErrorInfo)

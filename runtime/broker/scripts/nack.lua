@@ -142,6 +142,20 @@ local function index_suspect(job_key, id, queue)
   rcall("ZADD", queue_key(T, queue, "suspects"), score, id)
 end
 
+-- Dynamic rate limiting: a handler that reports its downstream's limit (the error's
+-- rate_limit_until) stops its job's key until then, for every job of that key.
+local function pause_key(job_key, id, decoded)
+  local key = rcall("HGET", job_key, "rl_key")
+  local until_ms = tonumber(decoded.rate_limit_until_ms)
+  if not key or not until_ms or until_ms <= now then return end
+  local hash = prefix .. "rl:" .. key
+  if until_ms > (tonumber(rcall("HGET", hash, "until")) or 0) then
+    rcall("HSET", hash, "until", string.format("%d", until_ms))
+    emit(T, "rate_limit.dynamic_adjusted", key, {key = key, ["until"] = decoded.rate_limit_until,
+      reason = decoded.message, job_id = id})
+  end
+end
+
 local OWN_OUTCOME = {retry = true, nonretryable = true, discard = true, dead_letter = true}
 -- The reaper's verdicts: they hold only while the job's deadline (its active score) has passed.
 local REAPED = {lease_expired = true, timed_out = true}
@@ -189,6 +203,7 @@ for j = 2, #KEYS do
     if err ~= "" then
       local ok, decoded = pcall(cjson.decode, err)
       if ok then last_error = {code = decoded.code, message = decoded.message, type = decoded.type} end
+      if ok and decoded.rate_limit_until_ms then pause_key(job_key, id, decoded) end
       emit(T, "job.failed", id, {job_id = id, job_type = f.type, queue = f.queue, attempt = f.attempt,
         error = last_error})
       count_stat(T, "failed", f.queue, 1)
