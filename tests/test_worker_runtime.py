@@ -167,6 +167,20 @@ def test_pool_cancelled_job_stops_its_handler(redis_url: str, redis_client: redi
     assert integrity_problems(redis_url) == []
 
 
+def test_pools_keep_a_rate_limit_keys_concurrency_and_drain_every_job(
+    redis_url: str, redis_client: redis.Redis, start: Start,
+) -> None:
+    # Given 40 jobs of one key allowed 2 at a time, and two pools with room for 8 each
+    policy = {"key": "shared-api", "concurrency": 2}
+    ids = enqueue(redis_url, *(Draft(type="limited.job", options={"rate_limit": policy}) for _ in range(40)))
+    start("--processes", "2", "--concurrency", "8", "--no-http")
+    # Then every job runs (a freed slot wakes the waiting pools), never more than 2 at once
+    wait_until(lambda: completed(redis_client, ids), timeout_s=60, what="the 40 limited jobs to complete")
+    seen = [int(x) for x in redis_client.lrange("pooltest:limited:seen", 0, -1)]
+    assert len(seen) == 40 and max(seen) <= 2, seen
+    assert integrity_problems(redis_url) == []
+
+
 def test_pool_weighted_fairness_on_a_full_backlog(redis_url: str, redis_client: redis.Redis, start: Start) -> None:
     # Given both queues full before any worker starts (each holds more than 2,000 jobs)
     enqueue(redis_url, *(Draft(type="record.queue", options={"queue": q}) for q in ("a", "b") for _ in range(2_100)))
