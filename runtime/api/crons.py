@@ -44,3 +44,7 @@ def register(router: Router, services: Services) -> None:
     router.add("GET", "/ojs/v1/cron/{name}", get)
     router.add("DELETE", "/ojs/v1/cron/{name}", delete)
     router.add("PATCH", "/ojs/v1/cron/{name}", patch)
+    # The plural form the admin UIs call (the list is in runtime/api/admin/system.py).
+    router.add("GET", "/ojs/v1/crons/{name}", get)
+    router.add("DELETE", "/ojs/v1/crons/{name}", delete)
+    router.add("PATCH", "/ojs/v1/crons/{name}", patch)

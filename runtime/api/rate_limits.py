@@ -32,6 +32,12 @@ def register(router: Router, services: Services) -> None:
         req: OverrideRequest = request.decode(_override_decoder)
         return json_response(200, await limits.override(key, req, timefmt.now_ms()))
 
+    async def clear_override(request: Request) -> Response:
+        key = check_key(request.params["key"])
+        await limits.override(key, OverrideRequest(clear=True), timefmt.now_ms())
+        return Response(204, b"")
+
     router.add("GET", "/ojs/v1/rate-limits", list_keys)
+    router.add("DELETE", "/ojs/v1/rate-limits/{key}/override", clear_override)
     router.add("GET", "/ojs/v1/rate-limits/{key}", inspect)
     router.add("PUT", "/ojs/v1/rate-limits/{key}", override)

@@ -146,10 +146,23 @@ def _parse_policy(text: bytes | None) -> dict[str, Any] | None:
             "on_limit": on_limit or "wait"}
 
 
+def _effective(policy: dict[str, Any] | None, fields: list[bytes | None], now_ms: int) -> dict[str, Any] | None:
+    """The policy with an active window override in place of its own window."""
+    _, _, ov_until, _, _, ov_rate, ov_rate_ms = fields
+    if ov_until is None or int(ov_until) <= now_ms or ov_rate is None or ov_rate_ms is None:
+        return policy
+    return {**(policy or {"concurrency": None, "throttle_ms": None, "on_limit": "wait"}),
+            "rate": int(ov_rate), "rate_ms": int(ov_rate_ms)}
+
+
 class OverrideRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """``PUT /ojs/v1/rate-limits/{key}``: a temporary concurrency cap, e.g. 0 while an API is down."""
+    """``PUT /ojs/v1/rate-limits/{key}``: a temporary concurrency cap (0 while an API is down),
+    a temporary window (``rate`` {limit, period}, or ``limit`` and ``period`` flat), or both."""
 
     concurrency: int | None = None
+    rate: dict[str, Any] | None = None
+    limit: int | None = None
+    period: str | None = None
     expires_at: str | None = None
     clear: bool = False
 
@@ -175,11 +188,11 @@ class RateLimits:
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in names:
                 h, active, _, jobs = self._keys(key)
-                pipe.hmget(h, "policy", "ov_conc", "ov_until", "next_at", "until")
+                pipe.hmget(h, "policy", "ov_conc", "ov_until", "next_at", "until", "ov_rate", "ov_rate_ms")
                 pipe.scard(active)
                 pipe.scard(jobs)
             replies = await pipe.execute()
-        policies = [_parse_policy(replies[i * 3][0]) for i in range(len(names))]
+        policies = [_effective(_parse_policy(replies[i * 3][0]), replies[i * 3], now_ms) for i in range(len(names))]
         async with self.redis.pipeline(transaction=False) as pipe:
             for key, policy in zip(names, policies, strict=True):
                 window = (policy or {}).get("rate_ms")
@@ -198,13 +211,18 @@ class RateLimits:
     @staticmethod
     def _view(key: str, policy: dict[str, Any] | None, fields: list[bytes | None], active: int, unfinished: int,
               in_window: int, oldest: Any, now_ms: int) -> dict[str, Any]:
-        _, ov_conc, ov_until, next_at, until = fields
-        view: dict[str, Any] = {"key": key, "active": active, "waiting_count": max(0, unfinished - active)}
+        _, ov_conc, ov_until, next_at, until, ov_rate, ov_rate_ms = fields
+        waiting = max(0, unfinished - active)
+        view: dict[str, Any] = {"key": key, "active": active, "waiting_count": waiting}
         limit = (policy or {}).get("concurrency")
-        override = None
-        if ov_conc is not None and ov_until is not None and int(ov_until) > now_ms:
-            override = {"concurrency": int(ov_conc), "expires_at": timefmt.format_ms(int(ov_until))}
-            limit = int(ov_conc) if limit is None else min(limit, int(ov_conc))
+        override: dict[str, Any] | None = None
+        if ov_until is not None and int(ov_until) > now_ms:
+            override = {"expires_at": timefmt.format_ms(int(ov_until))}
+            if ov_conc is not None:
+                override["concurrency"] = int(ov_conc)
+                limit = int(ov_conc) if limit is None else min(limit, int(ov_conc))
+            if ov_rate is not None and ov_rate_ms is not None:
+                override.update(limit=int(ov_rate), period=timefmt.format_duration_ms(int(ov_rate_ms)))
         if limit is not None:
             view["concurrency"] = {"limit": limit, "active": active, "available": max(0, limit - active)}
         if policy and policy.get("rate"):
@@ -222,6 +240,13 @@ class RateLimits:
             view["on_limit"] = policy["on_limit"]
         if override:
             view["override"] = override
+        if view != {"key": key, "active": active, "waiting_count": waiting}:
+            # The flat summary some admin UIs read: the window's limit and period, else the
+            # concurrency limit; and the waiting jobs.
+            if "rate" in view:
+                view.update(limit=view["rate"]["limit"], period=view["rate"]["period"], waiting=waiting)
+            elif "concurrency" in view:
+                view.update(limit=view["concurrency"]["limit"], period=None, waiting=waiting)
         return view
 
     async def list(self, page: int, per_page: int, now_ms: int) -> dict[str, Any]:
@@ -236,11 +261,20 @@ class RateLimits:
         check_key(key)
         h = self._keys(key)[0]
         if req.clear:
-            await self.redis.hdel(h, "ov_conc", "ov_until")
+            await self.redis.hdel(h, "ov_conc", "ov_rate", "ov_rate_ms", "ov_until")
             return await self.inspect(key, now_ms)
-        if req.concurrency is None:
-            raise InvalidRequest("concurrency is required (or clear: true to remove the override).")
-        concurrency = _count(req.concurrency, "concurrency", least=0)
+        mapping: dict[str, int | str] = {}
+        if req.concurrency is not None:
+            mapping["ov_conc"] = _count(req.concurrency, "concurrency", least=0)
+        rate = req.rate if req.rate is not None else (
+            {"limit": req.limit, "period": req.period or "PT1S"} if req.limit is not None else None)
+        if rate is not None:
+            if not isinstance(rate, dict):
+                raise InvalidRequest("rate must be an object {limit, period}.")
+            limit, window = _windowed(rate, "rate", None)
+            mapping.update(ov_rate=limit, ov_rate_ms=window)
+        if not mapping:
+            raise InvalidRequest("Give concurrency, rate (or limit and period), or clear: true to remove the override.")
         if req.expires_at is None:
             raise InvalidRequest("expires_at is required: an override is temporary.")
         try:
@@ -249,8 +283,10 @@ class RateLimits:
             raise InvalidRequest(f"expires_at: {err}") from None
         if until <= now_ms:
             raise InvalidRequest("expires_at must be in the future.")
+        mapping["ov_until"] = until
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(h, mapping={"ov_conc": concurrency, "ov_until": until})
+            pipe.hdel(h, "ov_conc", "ov_rate", "ov_rate_ms")  # an override replaces the one before
+            pipe.hset(h, mapping=mapping)
             pipe.zadd(f"{self.prefix}rate-limits", {key: now_ms}, nx=True)
             await pipe.execute()
         return await self.inspect(key, now_ms)

@@ -104,3 +104,27 @@ def test_a_waiting_jobs_priority_changes_its_place_and_a_running_ones_cannot(api
     assert_error(api.http.patch(f"/ojs/v1/jobs/{low}", json={"prio": 1}), 400)
     assert_error(api.http.patch("/ojs/v1/jobs/0190aaaa-0000-7000-8000-000000000000", json={"priority": 1}), 404)
     assert api.http.patch(f"/ojs/v1/jobs/{low}", json={"priority": "HIGH"}).json()["priority"] == 10
+
+
+def test_a_window_override_as_the_admin_ui_sends_it_and_its_delete(api: Api) -> None:
+    first = keyed(api, "ui-key", concurrency=10)
+    second = keyed(api, "ui-key", concurrency=10)
+    until = timefmt.format_ms(timefmt.now_ms() + 3_600_000)
+    reply = api.http.put("/ojs/v1/rate-limits/ui-key", json={"limit": 1, "period": "PT1H", "expires_at": until})
+    assert reply.status_code == 200, reply.text
+    view = reply.json()
+    assert view["override"] == {"expires_at": until, "limit": 1, "period": "PT1H"}
+    assert (view["limit"], view["period"], view["waiting"]) == (1, "PT1H", 2)
+    assert [j["id"] for j in api.fetch("rlq", count=2, worker_id="w")] == [first]  # one start per hour
+    reply = api.http.delete("/ojs/v1/rate-limits/ui-key/override")
+    assert reply.status_code == 204
+    assert [j["id"] for j in api.fetch("rlq", count=2, worker_id="w")] == [second]
+
+
+def test_the_plural_cron_routes_read_patch_and_delete(api: Api) -> None:
+    body = {"name": "nightly-report", "expression": "0 3 * * *", "job_template": {"type": "report.build"}}
+    assert api.http.post("/ojs/v1/cron", json=body).status_code == 201
+    assert api.http.get("/ojs/v1/crons/nightly-report").json()["cron"]["name"] == "nightly-report"
+    assert api.http.patch("/ojs/v1/crons/nightly-report", json={"enabled": False}).status_code == 200
+    assert api.http.delete("/ojs/v1/crons/nightly-report").status_code in (200, 204)
+    assert_error(api.http.get("/ojs/v1/crons/nightly-report"), 404)

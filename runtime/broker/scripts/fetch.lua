@@ -119,11 +119,15 @@ local function limiter(key)
   local l = limiters[key]
   if l then return l end
   local hash = prefix .. "rl:" .. key
-  local f = rcall("HMGET", hash, "ov_conc", "ov_until", "next_at", "until", "healed_at", "blocked")
+  local f = rcall("HMGET", hash, "ov_conc", "ov_until", "next_at", "until", "healed_at", "blocked", "ov_rate",
+    "ov_rate_ms")
   l = {key = key, hash = hash, active_key = prefix .. "rl-active:" .. key,
        starts_key = prefix .. "rl-starts:" .. key, next_at = tonumber(f[3]) or 0, until_ms = tonumber(f[4]) or 0,
        healed_at = tonumber(f[5]) or 0, blocked = f[6] ~= false}
-  if f[2] and tonumber(f[2]) > now then l.ov_conc = tonumber(f[1]) end
+  if f[2] and tonumber(f[2]) > now then  -- an override (PUT /rate-limits/{key}) until ov_until
+    l.ov_conc = tonumber(f[1])
+    l.ov_rate, l.ov_rate_ms = tonumber(f[7]), tonumber(f[8])
+  end
   l.active = rcall("SCARD", l.active_key)
   limiters[key] = l
   return l
@@ -141,6 +145,12 @@ local function heal(l)
   l.active = rcall("SCARD", l.active_key)
 end
 
+-- The window that holds: an override's, else the job's own policy's (limit, ms; nil: none).
+local function window_of(l, p)
+  if l.ov_rate then return l.ov_rate, l.ov_rate_ms end
+  return p.rate_max, p.rate_ms
+end
+
 -- nil when a job of policy p may start now; else the strategy that holds it, its limit, the
 -- current count, and when it should allow a start (for on_limit reschedule).
 local function held_by(l, p)
@@ -149,12 +159,13 @@ local function held_by(l, p)
   if l.ov_conc and (not conc or l.ov_conc < conc) then conc = l.ov_conc end
   if conc and l.active >= conc and now - l.healed_at >= HEAL_EVERY_MS then heal(l) end
   if conc and l.active >= conc then return "concurrency", conc, l.active, now + 1000 end
-  if p.rate_max then
-    local started = rcall("ZCOUNT", l.starts_key, "(" .. (now - p.rate_ms), "+inf")
-    if started >= p.rate_max then
-      local first = rcall("ZRANGEBYSCORE", l.starts_key, "(" .. (now - p.rate_ms), "+inf", "WITHSCORES",
+  local rate_max, rate_ms = window_of(l, p)
+  if rate_max then
+    local started = rcall("ZCOUNT", l.starts_key, "(" .. (now - rate_ms), "+inf")
+    if started >= rate_max then
+      local first = rcall("ZRANGEBYSCORE", l.starts_key, "(" .. (now - rate_ms), "+inf", "WITHSCORES",
         "LIMIT", 0, 1)
-      return "rate", p.rate_max, started, tonumber(first[2]) + p.rate_ms
+      return "rate", rate_max, started, (tonumber(first[2]) or now) + rate_ms
     end
   end
   if p.throttle_ms and l.next_at > now then return "throttle", 1, 1, l.next_at end
@@ -164,10 +175,11 @@ end
 local function rl_admit(l, p, id, token)
   rcall("SADD", l.active_key, id)
   l.active = l.active + 1
-  if p.rate_max then
+  local rate_max, rate_ms = window_of(l, p)
+  if rate_max then
     rcall("ZADD", l.starts_key, now, id .. ":" .. token)
-    rcall("ZREMRANGEBYSCORE", l.starts_key, "-inf", now - p.rate_ms)
-    rcall("PEXPIRE", l.starts_key, p.rate_ms)
+    rcall("ZREMRANGEBYSCORE", l.starts_key, "-inf", now - rate_ms)
+    rcall("PEXPIRE", l.starts_key, rate_ms)
   end
   if p.throttle_ms then
     l.next_at = now + p.throttle_ms
