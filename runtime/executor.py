@@ -186,10 +186,10 @@ async def execute(ctx: JobContext, chain: Chain, handlers: Container[str]) -> Ou
     except InvalidArguments as err:
         return Failed(ErrorInfo(code="invalid_arguments", type="invalid_arguments", retryable=False, message=str(err)))
     except Retry as err:
-        delay_ms = None if err.delay_s is None else max(0, round(err.delay_s * 1000))
+        delay_ms = None if err.delay_s is None else _bounded_ms(err.delay_s)
         until = None
         if err.key_paused_s is not None:  # the broker stops the job's rate-limit key until then
-            until = timefmt.format_ms(timefmt.now_ms() + max(0, round(err.key_paused_s * 1000)))
+            until = timefmt.format_ms(timefmt.now_ms() + _bounded_ms(err.key_paused_s, MAX_KEY_PAUSE_MS))
         return RetryLater(ErrorInfo(code="RETRY", type="Retry", message=err.message, retryable=True,
                                     rate_limit_until=until), delay_ms)
     except Discard as err:
@@ -201,6 +201,17 @@ async def execute(ctx: JobContext, chain: Chain, handlers: Container[str]) -> Ou
     if ctx.stop_reason == CANCELLED:
         return Cancelled()
     return _completed(value)
+
+
+MAX_RETRY_DELAY_MS = 365 * 86_400_000  # a handler's own retry delay, at most a year
+MAX_KEY_PAUSE_MS = failures.MAX_KEY_PAUSE_MS  # a handler's pause of its rate-limit key, at most a week
+
+
+def _bounded_ms(seconds: float, most: int = MAX_RETRY_DELAY_MS) -> int:
+    """A handler's duration in ms, within [0, most] (NaN: 0), so no value can fail the settle."""
+    if seconds != seconds:  # NaN
+        return 0
+    return int(min(max(seconds * 1000, 0), most))
 
 
 def _completed(value: Any) -> Outcome:

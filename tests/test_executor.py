@@ -133,6 +133,18 @@ def test_a_retry_that_pauses_the_rate_limit_key_carries_until_when(threads: Thre
     assert isinstance(item, Failure) and b'"rate_limit_until_ms"' in item.error
 
 
+@pytest.mark.parametrize("seconds", [1e12, float("inf"), float("nan"), -5.0])
+def test_any_retry_delay_or_key_pause_still_settles_the_job(threads: ThreadPoolExecutor, seconds: float) -> None:
+    async def throttled(ctx: JobContext) -> None:
+        raise Retry("429", delay_s=seconds, key_paused_s=seconds)
+
+    ctx = make_ctx("t.throttled")
+    outcome = run_job(registry({"t.throttled": throttled}), ctx, threads)
+    assert isinstance(outcome, RetryLater) and 0 <= (outcome.delay_ms or 0) <= 365 * 86_400_000
+    item = settle(outcome, ctx, worker_id="w1", now_ms=1)
+    assert isinstance(item, Failure) and item.verdict == "retry"
+
+
 def test_execute_discard_discards_without_retry(threads: ThreadPoolExecutor) -> None:
     def drop(ctx: JobContext) -> None:
         raise Discard("stale")

@@ -90,6 +90,9 @@ def _backtrace(value: list[str] | str | None) -> list[str] | None:
     return list(reversed(kept))
 
 
+MAX_KEY_PAUSE_MS = 7 * 86_400_000
+
+
 def error_record(error: ErrorInfo, now_ms: int) -> bytes:
     """The error as stored on the job (nack.lua adds the attempt number in front)."""
     when = timefmt.format_ms(now_ms)
@@ -104,8 +107,8 @@ def error_record(error: ErrorInfo, now_ms: int) -> bytes:
         record["details"] = error.details
     if (frames := _backtrace(error.backtrace)) is not None:
         record["backtrace"] = frames
-    if error.rate_limit_until is not None:
-        until_ms = timefmt.parse_timestamp_ms(error.rate_limit_until)
+    if error.rate_limit_until is not None:  # at most a week ahead: a typo cannot stop a key for years
+        until_ms = min(timefmt.parse_timestamp_ms(error.rate_limit_until), now_ms + MAX_KEY_PAUSE_MS)
         record["rate_limit_until"] = timefmt.format_ms(until_ms)
         record["rate_limit_until_ms"] = until_ms  # read by nack.lua: it stops the job's key until then
     record["occurred_at"] = when

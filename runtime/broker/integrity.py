@@ -46,7 +46,7 @@ _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
 _MUST_EXPIRE = frozenset({"available", "scheduled", "retryable", "pending"})
 _JOB_FIELDS = (
     "state", "queue", "id", "expires_ms", "next_attempt_at", "visible_until", "exec_deadline",
-    "dead_lettered", "worker_id", "suspect", "rl_key",
+    "dead_lettered", "worker_id", "suspect", "rl_key", "cancelled_run_until",
 )
 _AVAILABLE_SUFFIX = ":available"
 _COUNTS_SUFFIX = ":counts"
@@ -67,6 +67,7 @@ class _Job:
     worker_id: str | None
     suspect: str | None
     rl_key: str | None
+    cancelled_run_until: str | None
 
 
 @dataclass(slots=True)
@@ -321,14 +322,17 @@ def _check_held(store: _Store, keys: Keys) -> list[str]:
 
 
 def _check_rate_limits(store: _Store, keys: Keys) -> list[str]:
-    """A keyed job holds a concurrency slot exactly while it is active, and is among its key's
-    unfinished jobs exactly while it has not ended."""
+    """A keyed job holds a concurrency slot while it is active (and may while it is cancelled
+    with a run that may still go on), none otherwise, and is among its key's unfinished jobs
+    exactly while it has not ended."""
     problems = []
     for job_id, job in store.jobs.items():
         if not job.rl_key:
             continue
         running = job_id in store.rl_active.get(job.rl_key, ())
-        if (job.state == "active") != running:
+        if job.state == "cancelled" and job.cancelled_run_until is not None and running:
+            pass  # its cancelled run keeps the slot until the fetch finds the run over
+        elif (job.state == "active") != running:
             problems.append(f"job {job_id}: {job.state}, but {'in' if running else 'not in'} "
                             f"{keys.prefix}rl-active:{job.rl_key}")
         listed = job_id in store.rl_jobs.get(job.rl_key, ())

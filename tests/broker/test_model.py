@@ -259,13 +259,23 @@ class Model:
     def available(self) -> list[Job]:
         return [j for j in self.jobs.values() if j.state == "available"]
 
-    def key_active(self, key: str) -> int:
-        return sum(1 for j in self.jobs.values() if j.rate_key == key and j.state == "active")
+    def key_held(self, key: str, now: int) -> int:
+        """The key's slots surely taken: its active jobs, and those cancelled while running whose
+        run may still go on (until their lease). A claim must find fewer than the limit."""
+        return sum(1 for j in self.jobs.values() if j.rate_key == key and (
+            j.state == "active" or (j.state == "cancelled" and j.run_until is not None and j.run_until > now)))
+
+    def key_may_hold(self, key: str) -> int:
+        """The slots the broker may still count: a cancelled run's slot is freed only when a fetch
+        finds the key full (at most every few seconds) after that run's lease."""
+        return sum(1 for j in self.jobs.values() if j.rate_key == key and (
+            j.state == "active" or (j.state == "cancelled" and j.run_until is not None)))
 
     def eligible(self) -> list[Job]:
-        """Available jobs a fetch may claim: their rate-limit key (if any) has a free slot."""
+        """Available jobs a fetch must be able to claim: their rate-limit key (if any) surely has
+        a free slot."""
         return [j for j in self.available()
-                if j.rate_key is None or self.key_active(j.rate_key) < RATE_CONCURRENCY]
+                if j.rate_key is None or self.key_may_hold(j.rate_key) < RATE_CONCURRENCY]
 
     def counts(self) -> Counter[str]:
         return Counter(j.state for j in self.jobs.values() if j.state != "waiting")
@@ -580,7 +590,7 @@ class BrokerMachine(RuleBasedStateMachine):
         assert job is not None and job.state == "available", (
             f"fetched {claim} whose model state is {job.state if job else 'gone'}")
         assert claim.attempt == job.attempt + 1
-        assert job.rate_key is None or self.model.key_active(job.rate_key) < RATE_CONCURRENCY, (
+        assert job.rate_key is None or self.model.key_held(job.rate_key, self.clock.now) < RATE_CONCURRENCY, (
             f"fetched {claim} past its key's concurrency")
         self.model.claim(claim, self.clock.now + visibility_ms)
         return claim

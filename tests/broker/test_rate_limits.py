@@ -16,6 +16,7 @@ from runtime.broker import failures
 from runtime.broker.core import Broker, Failure
 from runtime.broker.queue_config import QueueConfig, QueueConfigRequest
 from runtime.broker.rate_limits import OverrideRequest, RateLimits, policy_fields
+from runtime.broker.workflows import WorkflowRequest, Workflows
 from runtime.envelope import ErrorInfo
 from runtime.errors import InvalidRequest
 from tests.broker.conftest import Run, body
@@ -69,7 +70,7 @@ def test_a_held_job_keeps_its_place_ahead_of_later_jobs_of_its_key(
 
 @pytest.mark.parametrize("way_out", ["ack", "retry", "discard", "cancel", "handback", "lease_expired", "worker_lost"])
 def test_every_way_out_of_active_frees_the_slot(
-    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]], way_out: str,
+    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]], way_out: str, clock: Callable[[int], None],
 ) -> None:
     first, second = enqueue(limited("one", concurrency=1), limited("one", concurrency=1))
     (claimed,) = run(broker.fetch(["rl"], count=2, worker_id="w"))
@@ -82,8 +83,14 @@ def test_every_way_out_of_active_frees_the_slot(
         run(broker.ack(first, worker_id="w"))
     elif way_out == "cancel":
         run(broker.cancel(first))
+        # The cancelled run may go on until its worker hears of it, at the latest its lease: it
+        # keeps the slot until then.
+        assert run(broker.fetch(["rl"], count=2, worker_id="w2")) == []
+        clock(int(claimed[b"visible_until"]) + 1 - timefmt.now_ms())
     else:
-        now = int(claimed[b"visible_until"]) + 1 if way_out == "lease_expired" else timefmt.now_ms()
+        if way_out == "lease_expired":
+            clock(int(claimed[b"visible_until"]) + 1 - timefmt.now_ms())
+        now = timefmt.now_ms()
         (result,) = run(broker.fail_many([Failure(job_id=first, verdict=verdicts[way_out], error=err, worker_id="w",
                                                   claim=claim)], now_ms=now))
         assert not isinstance(result, Exception), result
@@ -259,3 +266,87 @@ def test_a_handler_reporting_its_downstream_limit_stops_the_key_until_then(
 def test_a_malformed_rate_limit_until_is_refused_where_the_error_is_decoded() -> None:
     with pytest.raises(msgspec.ValidationError, match="rate_limit_until"):
         msgspec.json.decode(b'{"message": "x", "rate_limit_until": "soon"}', type=ErrorInfo)
+
+
+def test_a_shorter_window_in_the_same_key_keeps_the_longer_windows_starts(
+    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]], clock: Callable[[int], None],
+) -> None:
+    hourly = {"limit": 2, "period": "PT1H"}
+    (a,) = enqueue(limited("mix", rate=hourly))
+    assert ids(run(broker.fetch(["rl"], count=1, worker_id="w"))) == [a]
+    clock(2_000)
+    (b,) = enqueue(limited("mix", rate={"limit": 100, "period": "PT1S"}))
+    assert ids(run(broker.fetch(["rl"], count=1, worker_id="w"))) == [b]
+    clock(10)
+    enqueue(limited("mix", rate=hourly))
+    assert run(broker.fetch(["rl"], count=1, worker_id="w")) == []  # a and b started within the hour
+
+
+def test_a_job_without_a_window_counts_against_its_keys_window(
+    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]],
+) -> None:
+    enqueue(limited("shared", rate={"limit": 1, "period": "PT1H"}))  # registers the key's window
+    (plain,) = enqueue(body("t.rl", queue="rl", priority=10, rate_limit={"key": "shared", "concurrency": 5}))
+    assert ids(run(broker.fetch(["rl"], count=1, worker_id="w"))) == [plain]  # first by its priority
+    assert run(broker.fetch(["rl"], count=1, worker_id="w")) == []  # its start used the hour's one
+
+
+def test_a_cancelled_waiting_workflow_step_leaves_its_keys_unfinished_jobs(broker: Broker, run: Run[Any]) -> None:
+    steps = [{"type": "s.one", "args": [1]}, {"type": "s.two", "args": [2]},
+             {"type": "s.three", "args": [3], "options": {"rate_limit": {"key": "wf", "concurrency": 1}}}]
+    run(Workflows(broker).create(WorkflowRequest(type="chain", steps=steps)))
+    (first,) = run(broker.fetch(["default"]))
+    run(broker.ack(first[b"id"].decode()))
+    run(broker.advance_workflows())
+    (second,) = run(broker.fetch(["default"]))
+    run(broker.cancel(second[b"id"].decode()))
+    run(broker.advance_workflows())  # the waiting third step is cancelled by the workflow
+    assert run(broker.redis.smembers(f"{broker.keys.prefix}rl-jobs:wf")) == set()
+
+
+def test_replacing_a_holder_its_limit_rescheduled_keeps_the_replacement_claimable(
+    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]], clock: Callable[[int], None],
+) -> None:
+    unique = {"keys": ["type"], "on_conflict": "replace_except_schedule"}
+    rl = {"key": "rs", "concurrency": 1, "on_limit": "reschedule"}
+    (first,) = enqueue(body("t.other", queue="rl", rate_limit=rl))
+    assert ids(run(broker.fetch(["rl"], count=1, worker_id="w"))) == [first]
+    (holder,) = enqueue(body("t.digest", queue="rl", rate_limit=rl, unique=unique))
+    assert run(broker.fetch(["rl"], count=1, worker_id="w")) == []
+    assert run(broker.get(holder))[b"state"] == b"scheduled"  # rescheduled by its limit
+    (replacement,) = enqueue(body("t.digest", queue="rl", rate_limit=rl, unique=unique))
+    assert run(broker.get(replacement))[b"state"] == b"scheduled"
+    run(broker.ack(first, worker_id="w"))
+    clock(5_000)  # past the replacement's due time (at most 5 s after the hold), the key has room
+    assert ids(run(broker.fetch(["rl"], count=1, worker_id="w"))) == [replacement]
+
+
+def test_an_eligible_job_behind_a_long_run_of_held_jobs_is_reached_within_a_few_fetches(
+    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]],
+) -> None:
+    (running,) = enqueue(limited("hot", concurrency=1))
+    assert ids(run(broker.fetch(["rl"], count=1, worker_id="w"))) == [running]
+    enqueue(*(limited("hot", concurrency=1) for _ in range(1_000)))
+    (free,) = enqueue(limited("cold", concurrency=1))
+    got = [ids(run(broker.fetch(["rl"], count=1, worker_id="w"))) for _ in range(3)]
+    assert [free] in got, got
+
+
+def test_one_fetch_reschedules_a_bounded_number_of_jobs(
+    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]],
+) -> None:
+    rl = {"concurrency": 1, "on_limit": "reschedule"}
+    (running,) = enqueue(limited("many", **rl))
+    assert ids(run(broker.fetch(["rl"], count=1, worker_id="w"))) == [running]
+    waiting = enqueue(*(limited("many", **rl) for _ in range(2_000)))
+    run(broker.fetch(["rl"], count=1, worker_id="w"))
+    states = [run(broker.get(j))[b"state"] for j in waiting]
+    assert 0 < states.count(b"scheduled") <= 3 * 256  # the head, one look past it, the second pass
+
+
+def test_a_rescheduled_job_shows_when_it_is_due(broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]]) -> None:
+    first, second = enqueue(*(limited("when", rate={"limit": 1, "period": "PT1M"}, on_limit="reschedule")
+                              for _ in range(2)))
+    run(broker.fetch(["rl"], count=2, worker_id="w"))
+    job = run(broker.get(second))
+    assert job[b"scheduled_at"].decode() == timefmt.format_ms(int(job[b"next_attempt_at"]))

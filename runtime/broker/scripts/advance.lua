@@ -84,8 +84,9 @@ end
 
 local function cancel_member(wf_key, index)
   local key, id = member_key(wf_key, index)
-  local f = rcall("HMGET", key, "state", "queue", "unique_key", "unique_states")
+  local f = rcall("HMGET", key, "state", "queue", "unique_key", "unique_states", "rl_key")
   if f[1] ~= "waiting" then return false end
+  if f[5] then rcall("SREM", T.prefix .. "rl-jobs:" .. f[5], id) end
   rcall("HSET", key, "state", "cancelled", "cancelled_at", now, "previous_state", "waiting")
   move_count(T, f[2], nil, "cancelled")
   index_ended(T, id, f[2], "cancelled")

@@ -70,7 +70,10 @@ rcall("HDEL", key, "error", "completed_at", "discarded_at", "cancelled_at", "ret
   "cancelled_run_until")
 move_count(T, f[2], state, "available")
 local rl_key = rcall("HGET", key, "rl_key")
-if rl_key then rcall("SADD", T.prefix .. "rl-jobs:" .. rl_key, id) end  -- unfinished again
+if rl_key then  -- unfinished again; a slot its cancelled run kept is free (that run is over)
+  rcall("SADD", T.prefix .. "rl-jobs:" .. rl_key, id)
+  rcall("SREM", T.prefix .. "rl-active:" .. rl_key, id)
+end
 index_available(T, id, f[2], tonumber(f[3]))
 emit(T, "job.enqueued", id, {job_id = id, job_type = f[4], queue = f[2], state = "available",
   source = ARGV[4] == "ended" and "admin_retry" or "dead_letter_retry"})

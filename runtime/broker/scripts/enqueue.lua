@@ -64,6 +64,7 @@
 ]]
 local T = context(KEYS[1], ARGV[1], ARGV[2])
 local prefix, now, now_ms = T.prefix, T.now, T.now_ms
+local RL_RETENTION_MS = 30 * 86400000  -- a rate-limit key unused this long is forgotten
 local n = tonumber(ARGV[3])
 local cron_name, cron_tick, cron_next = ARGV[4], ARGV[5], ARGV[6]
 local cron_policy, cron_expr = ARGV[7], ARGV[8]
@@ -197,7 +198,7 @@ for j = 1, n do
         -- The replacement fires when the holder would have.
         job.state = "scheduled"
         job.due = rcall("ZSCORE", T.delayed, holder)
-        job.keep_schedule = rcall("HGET", prefix .. "job:" .. holder, "scheduled_at")
+        job.keep_schedule = rcall("HGET", prefix .. "job:" .. holder, "scheduled_at") or iso_ms(tonumber(job.due))
       end
     end
     if job.ukey ~= "" then batch_holder[job.ukey] = j end
@@ -281,9 +282,15 @@ for j = 1, n do
     end
     rcall("HSET", prefix .. "job:" .. job.id, unpack(job.t, 12))
     if job.rl_key then  -- a keyed rate limit: the partition's latest policy and its unfinished jobs
-      rcall("HSET", prefix .. "rl:" .. job.rl_key, "policy", job.rl_policy)
+      local hash = prefix .. "rl:" .. job.rl_key
+      rcall("HSET", hash, "policy", job.rl_policy)
+      -- The key's start log serves its longest window (policies of one key may differ).
+      local window = tonumber(string.match(job.rl_policy, "^[^,]*,[^,]*,([^,]*),"))
+      if window and window > (tonumber(rcall("HGET", hash, "win")) or 0) then rcall("HSET", hash, "win", window) end
+      rcall("PEXPIRE", hash, RL_RETENTION_MS)
       rcall("SADD", prefix .. "rl-jobs:" .. job.rl_key, job.id)
       rcall("ZADD", T.rate_limits, now, job.rl_key)
+      rcall("ZREMRANGEBYSCORE", T.rate_limits, "-inf", now_ms - RL_RETENTION_MS)
     end
     if job.ukey ~= "" then
       local lock = prefix .. "unique:" .. job.ukey

@@ -95,7 +95,8 @@ end
 -- counters its key shares with every job of that key, here in the claim's own script: the check,
 -- the claim and the count are one step. A job held by its limit stays where it is (put back in
 -- its place at the end of the call, like a skipped suspect), and the next job is tried; at most
--- RL_SCAN held jobs per queue per call, so a long run of held jobs costs a bounded scan.
+-- RL_SCAN held jobs per queue per call (held, rescheduled or dropped), so a long run of held
+-- jobs costs a bounded scan.
 local HELD = {}      -- claim's answer for a job its rate limit holds (on_limit wait)
 local held = {}      -- {id, score, queue} of the held jobs: put back at the end
 local held_in = {}   -- queue -> held jobs met by this call
@@ -120,10 +121,10 @@ local function limiter(key)
   if l then return l end
   local hash = prefix .. "rl:" .. key
   local f = rcall("HMGET", hash, "ov_conc", "ov_until", "next_at", "until", "healed_at", "blocked", "ov_rate",
-    "ov_rate_ms")
+    "ov_rate_ms", "win")
   l = {key = key, hash = hash, active_key = prefix .. "rl-active:" .. key,
        starts_key = prefix .. "rl-starts:" .. key, next_at = tonumber(f[3]) or 0, until_ms = tonumber(f[4]) or 0,
-       healed_at = tonumber(f[5]) or 0, blocked = f[6] ~= false}
+       healed_at = tonumber(f[5]) or 0, blocked = f[6] ~= false, win = tonumber(f[9])}
   if f[2] and tonumber(f[2]) > now then  -- an override (PUT /rate-limits/{key}) until ov_until
     l.ov_conc = tonumber(f[1])
     l.ov_rate, l.ov_rate_ms = tonumber(f[7]), tonumber(f[8])
@@ -133,16 +134,31 @@ local function limiter(key)
   return l
 end
 
--- The key is full: drop members that are no longer its active jobs (a release some path missed;
--- the set, unlike a counter, makes this check possible), at most every HEAL_EVERY_MS.
+-- The key is full: drop members that hold no slot any more, at most every HEAL_EVERY_MS: a job
+-- cancelled while running whose run must be over (its cancelled_run_until passed; lib.lua
+-- rl_leave), and any a missed release left (the set, unlike a counter, makes this possible).
 local function heal(l)
   for _, jid in ipairs(rcall("SMEMBERS", l.active_key)) do
-    local s = rcall("HMGET", prefix .. "job:" .. jid, "state", "rl_key")
-    if s[1] ~= "active" or s[2] ~= l.key then rcall("SREM", l.active_key, jid) end
+    local s = rcall("HMGET", prefix .. "job:" .. jid, "state", "rl_key", "cancelled_run_until")
+    local running = s[1] == "active" or (s[1] == "cancelled" and (tonumber(s[3]) or 0) > now)
+    if not running or s[2] ~= l.key then rcall("SREM", l.active_key, jid) end
   end
   l.healed_at = now
   rcall("HSET", l.hash, "healed_at", now)
   l.active = rcall("SCARD", l.active_key)
+end
+
+-- When a full key's slot may free (on_limit reschedule): a run usually ends well before its
+-- lease, so not later than RESCHEDULE_MAX_MS from now, sooner when a lease of the key's running
+-- jobs (the first few looked at) ends sooner; at least a second from now.
+local RESCHEDULE_MAX_MS = 5000
+local function slot_expected(l)
+  local soonest = now + RESCHEDULE_MAX_MS
+  for _, jid in ipairs(rcall("SRANDMEMBER", l.active_key, 16)) do
+    local deadline = tonumber(rcall("ZSCORE", T.active, jid))
+    if deadline and deadline < soonest then soonest = deadline end
+  end
+  return math.max(now + 1000, soonest)
 end
 
 -- The window that holds: an override's, else the job's own policy's (limit, ms; nil: none).
@@ -158,7 +174,7 @@ local function held_by(l, p)
   local conc = p.conc
   if l.ov_conc and (not conc or l.ov_conc < conc) then conc = l.ov_conc end
   if conc and l.active >= conc and now - l.healed_at >= HEAL_EVERY_MS then heal(l) end
-  if conc and l.active >= conc then return "concurrency", conc, l.active, now + 1000 end
+  if conc and l.active >= conc then return "concurrency", conc, l.active, slot_expected(l) end
   local rate_max, rate_ms = window_of(l, p)
   if rate_max then
     local started = rcall("ZCOUNT", l.starts_key, "(" .. (now - rate_ms), "+inf")
@@ -175,11 +191,14 @@ end
 local function rl_admit(l, p, id, token)
   rcall("SADD", l.active_key, id)
   l.active = l.active + 1
-  local rate_max, rate_ms = window_of(l, p)
-  if rate_max then
+  -- Every start of a key that has a window is logged (a job without a window of its own still
+  -- counts against its neighbours' windows), kept for the key's longest window.
+  local _, rate_ms = window_of(l, p)
+  local keep = math.max(rate_ms or 0, l.win or 0)
+  if keep > 0 then
     rcall("ZADD", l.starts_key, now, id .. ":" .. token)
-    rcall("ZREMRANGEBYSCORE", l.starts_key, "-inf", now - rate_ms)
-    rcall("PEXPIRE", l.starts_key, rate_ms)
+    rcall("ZREMRANGEBYSCORE", l.starts_key, "-inf", now - keep)
+    rcall("PEXPIRE", l.starts_key, keep)
   end
   if p.throttle_ms then
     l.next_at = now + p.throttle_ms
@@ -205,9 +224,10 @@ local function rl_hold(l, p, id, queue, job_type, strategy, limit, current, allo
     rcall("HSET", l.hash, "blocked", "1")
   end
   local job_key = prefix .. "job:" .. id
+  held_in[queue] = (held_in[queue] or 0) + 1  -- held, rescheduled or dropped: the scan's bound
   if suspect then return HELD end
   if p.on_limit == "reschedule" then
-    rcall("HSET", job_key, "state", "scheduled", "next_attempt_at", allowed_at)
+    rcall("HSET", job_key, "state", "scheduled", "next_attempt_at", allowed_at, "scheduled_at", iso_ms(allowed_at))
     rcall("HDEL", job_key, "enqueued_at")
     rcall("ZADD", T.delayed, allowed_at, id)
     move_count(T, queue, "available", "scheduled")
@@ -235,8 +255,7 @@ end
 local function claim(id, queue, alone)
   local job_key = prefix .. "job:" .. id
   local f = rcall("HMGET", job_key, "state", "type", "visibility_timeout_ms", "timeout_ms", "expires_ms",
-    "attempt", "worker_id", "exec_deadline", "progress", "progress_at", "suspect", "enqueued_at", "rl_key",
-    "rl_policy")
+    "attempt", "worker_id", "exec_deadline", "progress", "progress_at", "suspect", "enqueued_at", "rl_key")
   if f[1] ~= "available" then
     return nil -- a stale index entry (the job was flushed or moved): drop it
   end
@@ -250,7 +269,8 @@ local function claim(id, queue, alone)
   end
   local l, p
   if f[13] then
-    l, p = limiter(f[13]), policy_of(f[14] or ",,,,wait")
+    -- The policy is read only for a job that has a key: the common claim reads one field more.
+    l, p = limiter(f[13]), policy_of(rcall("HGET", job_key, "rl_policy") or ",,,,wait")
     local strategy, limit, current, allowed_at = held_by(l, p)
     if strategy then
       -- A suspect stays in its two indexes whatever its on_limit says (it must still run alone).
@@ -348,7 +368,6 @@ local function take(id, score, queue, log, window)
   end
   if job == HELD then
     held[#held + 1] = {id, score, queue}
-    held_in[queue] = (held_in[queue] or 0) + 1
     return false
   end
   if not job then return false end
@@ -380,6 +399,29 @@ local function claim_with_room(queue, available_key, limit, log, window)
   end
 end
 
+-- The head held RL_SCAN jobs: look RL_SCAN entries further, from where the last such look in
+-- this queue stopped (queue:<q>:rl-cursor, a score; from the head again once it reaches the
+-- end), so an eligible job behind any run of held ones is reached within a few calls, at a
+-- bounded cost per call.
+local function claim_past_held(queue, available_key, limit, taken, log, window)
+  local cursor_key = queue_key(T, queue, "rl-cursor")
+  local from = rcall("GET", cursor_key)
+  local range = rcall("ZRANGEBYSCORE", available_key, from and ("(" .. from) or "-inf", "+inf", "WITHSCORES",
+    "LIMIT", 0, RL_SCAN)
+  local last = nil
+  for h = 1, #range, 2 do
+    if #claimed >= count or taken >= limit then break end
+    last = range[h + 1]
+    rcall("ZREM", available_key, range[h])
+    if take(range[h], range[h + 1], queue, log, window) then taken = taken + 1 end
+  end
+  if last and #range == 2 * RL_SCAN then
+    rcall("SET", cursor_key, last, "PX", 60000)
+  else
+    rcall("DEL", cursor_key)
+  end
+end
+
 local function claim_from(queue, limit)
   if rcall("EXISTS", prefix .. "queue:" .. queue .. ":paused") == 1 then return end
   local budget, log, window = rate_budget(queue)
@@ -396,6 +438,7 @@ local function claim_from(queue, limit)
       if take(heads[h], heads[h + 1], queue, log, window) then taken = taken + 1 end
     end
   end
+  if #claimed < count and taken < limit then claim_past_held(queue, available_key, limit, taken, log, window) end
 end
 
 -- An idle caller's suspect, from the queues' suspects index (an entry whose job has left the

@@ -96,9 +96,31 @@ local function release_unique(T, id, fingerprint, states, state)
   end
 end
 
+-- An epoch-ms time as RFC 3339 in UTC with milliseconds (timefmt.format_ms's form), for the
+-- times a script sets itself (days to civil date: the proleptic Gregorian calendar).
+local function iso_ms(ms)
+  ms = math.floor(ms)
+  local s = math.floor(ms / 1000)
+  local days = math.floor(s / 86400)
+  local rem = s - days * 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
+  return string.format("%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", y, m, d, math.floor(rem / 3600),
+    math.floor(rem % 3600 / 60), rem % 60, ms % 1000)
+end
+
 -- Keyed rate limits (runtime/broker/rate_limits.py): a job of key `rl_key` left `active`, so its
 -- concurrency slot is free; when a fetch found the key at its limit, the queue's idle workers
--- are woken to claim what waits.
+-- are woken to claim what waits. A job cancelled while running keeps its slot: its run may go
+-- on until its worker hears of the cancel, at the latest until cancelled_run_until, and the
+-- fetch that finds the key full frees the slot after that (heal in fetch.lua).
 local function rl_leave(T, id, rl_key, queue)
   if not rl_key then return end
   if rcall("SREM", T.prefix .. "rl-active:" .. rl_key, id) == 1 and rcall("HEXISTS", T.prefix .. "rl:" .. rl_key,
@@ -133,7 +155,7 @@ end
 -- Cancel a job in a live state (or `waiting`, a workflow step never indexed or counted).
 -- Returns on_end's workflow flag.
 local function cancel_job(T, key, id, state, reason)
-  local f = rcall("HMGET", key, "queue", "type", "worker_id", "rl_key")
+  local f = rcall("HMGET", key, "queue", "type", "worker_id")
   -- A run cancelled while active goes on until its worker hears of it (its next heartbeat), at
   -- the latest until its lease or execution deadline: no retry puts the job back to work before.
   local run_until = state == "active" and rcall("ZSCORE", T.active, id)
@@ -144,10 +166,7 @@ local function cancel_job(T, key, id, state, reason)
     move_count(T, f[1], nil, "cancelled")
   end
   rcall("HSET", key, "state", "cancelled", "cancelled_at", T.now, "previous_state", state)
-  if run_until then
-    rcall("HSET", key, "cancelled_run_until", run_until)
-    rl_leave(T, id, f[4], f[1])
-  end
+  if run_until then rcall("HSET", key, "cancelled_run_until", run_until) end
   index_ended(T, id, f[1], "cancelled")
   count_stat(T, "cancelled", f[1], 1)
   emit(T, "job.cancelled", id, {job_id = id, job_type = f[2], queue = f[1], state = "cancelled",
