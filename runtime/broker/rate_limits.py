@@ -261,7 +261,7 @@ class RateLimits:
         check_key(key)
         h = self._keys(key)[0]
         if req.clear:
-            await self.redis.hdel(h, "ov_conc", "ov_rate", "ov_rate_ms", "ov_until")
+            await self.redis.hdel(h, "ov_conc", "ov_rate", "ov_rate_ms", "ov_until", "until")  # and a handler's pause
             return await self.inspect(key, now_ms)
         mapping: dict[str, int | str] = {}
         if req.concurrency is not None:
