@@ -63,6 +63,16 @@ key                            type        content
                                            reason (fetches return nothing; enqueues go on)
 ``P reaper``                   hash        last_step_ms, resume_at_ms on Redis' clock: lease expiry
                                            waits after an outage (broker/outage.py)
+``P webhook:subs``             zset        webhook subscription id -> creation time (ms)
+``P webhook:sub:<id>``         hash        one subscription: url, events, filter (JSON), active,
+                                           secret (and the previous one while rotating),
+                                           consecutive failures, why it was disabled
+``P webhook:cursor``           string      id of the last ``events`` entry fanned out to deliveries
+``P webhook:delivery:<id>``    hash        one delivery of one event to one subscription: body,
+                                           attempt, state; expires once delivered or dead
+``P webhook:due``              zset        pending deliveries; score = due (ms), or the end of
+                                           the lease of a delivery being sent (then redelivered)
+``P webhook:log:<sub id>``     list        the subscription's latest delivery attempts (JSON), capped
 =============================  ==========  ======================================================
 """
 
@@ -91,6 +101,9 @@ SUFFIXES: dict[str, str] = {
     "pools": "pools",
     "migrations": "migrations",
     "maintenance": "maintenance",
+    "webhook_subs": "webhook:subs",
+    "webhook_cursor": "webhook:cursor",
+    "webhook_due": "webhook:due",
 }
 
 
@@ -219,3 +232,26 @@ class Keys:
     @property
     def reaper(self) -> str:
         return self.prefix + SUFFIXES["reaper"]
+
+    # --- webhooks (runtime.broker.webhooks) ---------------------------------------------------
+
+    def webhook_sub(self, sub_id: str) -> str:
+        return f"{self.prefix}webhook:sub:{sub_id}"
+
+    def webhook_delivery(self, delivery_id: str) -> str:
+        return f"{self.prefix}webhook:delivery:{delivery_id}"
+
+    def webhook_log(self, sub_id: str) -> str:
+        return f"{self.prefix}webhook:log:{sub_id}"
+
+    @property
+    def webhook_subs(self) -> str:
+        return self.prefix + SUFFIXES["webhook_subs"]
+
+    @property
+    def webhook_cursor(self) -> str:
+        return self.prefix + SUFFIXES["webhook_cursor"]
+
+    @property
+    def webhook_due(self) -> str:
+        return self.prefix + SUFFIXES["webhook_due"]

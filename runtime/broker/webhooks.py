@@ -1,0 +1,306 @@
+"""Webhook storage: subscriptions, the fan-out of lifecycle events into deliveries, and the
+delivery state machine.
+
+The job transitions already append every lifecycle event to the ``events`` stream; nothing on
+their path knows about webhooks. A fan-out cursor (``webhook:cursor``) walks that stream: each
+step reads the events after it, matches them against the subscriptions, and creates one delivery
+per match while moving the cursor, in one script (webhook_fanout.lua) that only applies when the
+cursor has not moved meanwhile. So an event is fanned out once, whichever server gets there, and
+a server that dies between its read and its script leaves the cursor for the next one.
+
+A delivery is ``pending`` in ``webhook:due`` (score: when it is due), ``delivering`` under a lease
+while a sender has it (score: the end of the lease, after which it is sent again), then
+``delivered``, ``dead`` or ``cancelled`` (its record kept for a while). The events stream is
+capped (``events_maxlen``): a fan-out that falls further behind than the cap loses events.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import msgspec
+
+from runtime import timefmt
+from runtime.broker.core import Broker
+from runtime.broker.scripts import Status
+from runtime.errors import Conflict, NotFound, Unsupported
+from runtime.ids import uuid7
+from runtime.webhooks.model import (
+    Subscription,
+    SubscriptionPatch,
+    SubscriptionRequest,
+    WebhookFilter,
+)
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "ojs://ojs-runtime"
+FANOUT_BATCH = 500
+_DELIVERY_NAMESPACE = uuid.UUID("6f6a732d-7765-6268-6f6f-6b2d64656c69")
+_encode = msgspec.json.encode
+_decode_any = msgspec.json.Decoder(dict[str, Any])
+_decode_filter = msgspec.json.Decoder(WebhookFilter)
+_decode_events = msgspec.json.Decoder(list[str])
+
+
+class Claimed(msgspec.Struct, frozen=True, kw_only=True):
+    """A delivery taken for one attempt, with what sending it needs."""
+
+    id: str
+    subscription_id: str
+    url: str
+    secrets: tuple[str, ...]  # newest first; the previous one while a rotation lasts
+    event_type: str
+    body: bytes
+    attempt: int
+
+
+def delivery_id(subscription_id: str, event_id: str) -> str:
+    """Stable across attempts and fan-out re-runs: the receiver's idempotency key (spec 7.5)."""
+    return "del_" + str(uuid.uuid5(_DELIVERY_NAMESPACE, f"{subscription_id}/{event_id}"))
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode() if value is not None else None
+
+
+def _subscription(fields: dict[bytes, bytes]) -> Subscription:
+    def get(name: str) -> str | None:
+        return _text(fields.get(name.encode()))
+
+    filter_raw, metadata_raw, disabled_at = get("filter"), get("metadata"), get("disabled_at")
+    return Subscription(
+        id=get("id") or "", url=get("url") or "", events=_decode_events.decode(get("events") or "[]"),
+        active=get("active") == "1",
+        filter=_decode_filter.decode(filter_raw) if filter_raw else None,
+        metadata=_decode_any.decode(metadata_raw) if metadata_raw else None,
+        created_at_ms=int(get("created_at") or 0), updated_at_ms=int(get("updated_at") or 0),
+        consecutive_failures=int(get("consecutive_failures") or 0),
+        disabled_reason=get("disabled_reason") or None,
+        disabled_at_ms=int(disabled_at) if disabled_at else None,
+    )
+
+
+def event_envelope(entry_id: str, fields: dict[bytes, bytes]) -> tuple[str, dict[str, Any], bytes]:
+    """(type, data, body) of one stream entry: the OJS event envelope (ojs-events.md) a
+    subscriber receives, its id derived from the entry so every re-run builds the same body."""
+    event_type = _text(fields.get(b"type")) or "unknown"
+    data = _decode_any.decode(fields[b"data"]) if fields.get(b"data") else {}
+    time_ms = int(fields.get(b"time") or entry_id.split("-")[0])
+    envelope = {
+        "specversion": "1.0", "id": f"evt_{entry_id}", "type": event_type, "source": SOURCE,
+        "time": timefmt.format_ms(time_ms), "subject": _text(fields.get(b"subject")) or "", "data": data,
+    }
+    return event_type, data, _encode(envelope)
+
+
+class Webhooks:
+    """Subscriptions and deliveries of one namespace."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.redis = broker.redis
+        self.keys = broker.keys
+        self.scripts = broker.scripts
+        self.settings = broker.settings
+
+    # --- subscriptions ---------------------------------------------------------------------
+
+    async def create(self, req: SubscriptionRequest, secret: str) -> Subscription:
+        if self.settings.events_maxlen <= 0:
+            raise Unsupported("Webhooks need the event stream, which this server has turned off (events_maxlen 0).")
+        now = timefmt.now_ms()
+        sub_id = "sub_" + uuid7()
+        fields: list[str | bytes] = [
+            "id", sub_id, "url", req.url, "events", _encode(req.events), "active", "1" if req.active else "0",
+            "secret", secret, "created_at", str(now), "updated_at", str(now), "consecutive_failures", "0",
+        ]
+        if req.filter is not None:
+            fields += ["filter", _encode(req.filter)]
+        if req.metadata is not None:
+            fields += ["metadata", _encode(req.metadata)]
+        (status,) = await self.scripts.call(
+            "webhook_subscribe",
+            keys=[self.keys.webhook_subs, self.keys.webhook_sub(sub_id), self.keys.webhook_cursor, self.keys.events],
+            args=[str(now), sub_id, str(self.settings.webhook_max_subscriptions), *fields],
+        )
+        if status == Status.CONFLICT:
+            raise Conflict(f"At most {self.settings.webhook_max_subscriptions} webhook subscriptions may exist.",
+                           details={"max_subscriptions": self.settings.webhook_max_subscriptions})
+        return await self.get(sub_id)
+
+    async def get(self, sub_id: str) -> Subscription:
+        fields = await self.redis.hgetall(self.keys.webhook_sub(sub_id))
+        if not fields:
+            raise NotFound(f"Webhook subscription '{sub_id}' not found.")
+        return _subscription(fields)
+
+    async def list(self) -> list[Subscription]:
+        ids = await self.redis.zrange(self.keys.webhook_subs, 0, -1)
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for raw in ids:
+                pipe.hgetall(self.keys.webhook_sub(raw.decode()))
+            rows = await pipe.execute()
+        return [_subscription(fields) for fields in rows if fields]  # deleted meanwhile: skipped
+
+    async def update(self, sub_id: str, patch: SubscriptionPatch) -> Subscription:
+        sets: list[str | bytes] = ["updated_at", str(timefmt.now_ms())]
+        deletes: list[str] = []
+        if patch.url is not msgspec.UNSET:
+            sets += ["url", patch.url]
+        if patch.events is not msgspec.UNSET:
+            sets += ["events", _encode(patch.events)]
+        if patch.active is not msgspec.UNSET:
+            sets += ["active", "1" if patch.active else "0"]
+            if patch.active:  # re-enabled by hand: its failure streak starts again
+                sets += ["consecutive_failures", "0"]
+                deletes += ["disabled_reason", "disabled_at"]
+        for name in ("filter", "metadata"):
+            value = getattr(patch, name)
+            if value is None:
+                deletes.append(name)
+            elif value is not msgspec.UNSET:
+                sets += [name, _encode(value)]
+        await self._write(sub_id, sets, deletes)
+        return await self.get(sub_id)
+
+    async def rotate_secret(self, sub_id: str, new_secret: str, *, overlap_ms: int) -> Subscription:
+        """The new secret signs from now on; the old one signs beside it for `overlap_ms`."""
+        current = await self.redis.hget(self.keys.webhook_sub(sub_id), "secret")
+        if current is None:
+            raise NotFound(f"Webhook subscription '{sub_id}' not found.")
+        now = timefmt.now_ms()
+        await self._write(sub_id, ["secret", new_secret, "old_secret", current,
+                                   "old_secret_until", str(now + overlap_ms), "updated_at", str(now)], [])
+        return await self.get(sub_id)
+
+    async def secrets(self, sub_id: str) -> tuple[str, ...]:
+        secret, old, until = await self.redis.hmget(self.keys.webhook_sub(sub_id), "secret", "old_secret",
+                                                    "old_secret_until")
+        if secret is None:
+            raise NotFound(f"Webhook subscription '{sub_id}' not found.")
+        return _secrets_in_use(secret, old, until, timefmt.now_ms())
+
+    async def _write(self, sub_id: str, sets: list[str | bytes], deletes: list[str]) -> None:
+        (status,) = await self.scripts.call(
+            "webhook_update", keys=[self.keys.webhook_sub(sub_id)], args=[str(len(deletes)), *deletes, *sets])
+        if status == Status.NOT_FOUND:
+            raise NotFound(f"Webhook subscription '{sub_id}' not found.")
+
+    async def delete(self, sub_id: str) -> Subscription:
+        """Its pending deliveries are cancelled when they come due (webhook_claim.lua)."""
+        sub = await self.get(sub_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.webhook_sub(sub_id), self.keys.webhook_log(sub_id))
+            pipe.zrem(self.keys.webhook_subs, sub_id)
+            await pipe.execute()
+        return sub
+
+    async def log(self, sub_id: str, *, limit: int) -> list[dict[str, Any]]:
+        await self.get(sub_id)
+        entries = await self.redis.lrange(self.keys.webhook_log(sub_id), 0, limit - 1)
+        return [_decode_any.decode(entry) for entry in entries]
+
+    async def delivery(self, delivery_id: str) -> dict[str, Any]:
+        fields = await self.redis.hgetall(self.keys.webhook_delivery(delivery_id))
+        if not fields:
+            raise NotFound(f"Webhook delivery '{delivery_id}' not found.")
+        view: dict[str, Any] = {k.decode(): v.decode("utf-8", "replace") for k, v in fields.items() if k != b"body"}
+        view["attempt"] = int(view.get("attempt", 0))
+        view["event"] = _decode_any.decode(fields[b"body"])
+        for name in ("created_at", "updated_at", "next_attempt_at"):
+            if view.get(name):
+                view[name] = timefmt.format_ms(int(view[name]))
+        if view.get("last_status"):
+            view["last_status"] = int(view["last_status"])
+        return view
+
+    async def retry(self, delivery_id: str) -> dict[str, Any]:
+        """A dead (or cancelled) delivery sent again from now, with a fresh attempt count."""
+        key = self.keys.webhook_delivery(delivery_id)
+        state = await self.redis.hget(key, "state")
+        if state is None:
+            raise NotFound(f"Webhook delivery '{delivery_id}' not found.")
+        if state not in (b"dead", b"cancelled"):
+            raise Conflict(f"Delivery '{delivery_id}' is {state.decode()}; only dead or cancelled ones are retried.")
+        now = timefmt.now_ms()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"state": "pending", "attempt": 0, "updated_at": now})
+            pipe.persist(key)
+            pipe.zadd(self.keys.webhook_due, {delivery_id: now})
+            await pipe.execute()
+        return await self.delivery(delivery_id)
+
+    # --- fan-out -----------------------------------------------------------------------------
+
+    async def fan_out(self, *, now_ms: int | None = None) -> int:
+        """Fan one batch of events out into deliveries. Returns the events read (0: caught up)."""
+        every = await self.list()
+        if not every:
+            return 0
+        # Inactive subscriptions still move the cursor: what happens while one is off is not
+        # delivered when it is turned on again.
+        subs = [sub for sub in every if sub.active]
+        cursor = _text(await self.redis.get(self.keys.webhook_cursor))
+        entries = await self.redis.xrange(self.keys.events, min=f"({cursor}" if cursor else "-", count=FANOUT_BATCH)
+        if not entries:
+            return 0
+        args: list[str | bytes] = []
+        for raw_id, fields in entries:
+            entry_id = raw_id.decode()
+            event_type, data, body = event_envelope(entry_id, fields)
+            event_ms = int(entry_id.split("-")[0])
+            for sub in subs:
+                # Only events after the subscription was made reach it.
+                if sub.created_at_ms <= event_ms and sub.wants(event_type, data):
+                    args += [delivery_id(sub.id, entry_id), sub.id, event_type, body]
+        now = timefmt.now_ms() if now_ms is None else now_ms
+        status, _created, dropped = await self.scripts.call(
+            "webhook_fanout", keys=[self.keys.prefix, self.keys.webhook_cursor, self.keys.webhook_due],
+            args=[str(now), cursor or "", entries[-1][0], str(self.settings.webhook_max_pending), *args],
+        )
+        if dropped:
+            logger.warning("webhooks: %s deliveries not made: %s are pending already", dropped,
+                           self.settings.webhook_max_pending)
+        return len(entries) if status == Status.OK else 0
+
+    # --- delivery ----------------------------------------------------------------------------
+
+    async def claim(self, limit: int, *, now_ms: int | None = None) -> list[Claimed]:
+        now = timefmt.now_ms() if now_ms is None else now_ms
+        rows = await self.scripts.call(
+            "webhook_claim", keys=[self.keys.prefix, self.keys.webhook_due],
+            args=[str(now), str(self.settings.webhook_lease_ms), str(limit), str(self.settings.webhook_retention_ms)],
+        )
+        return [
+            Claimed(id=row[0].decode(), subscription_id=row[1].decode(), url=row[2].decode(),
+                    secrets=_secrets_in_use(row[3], row[4] or None, row[5] or None, now),
+                    event_type=row[6].decode(), body=row[7], attempt=int(row[8]))
+            for row in rows
+        ]
+
+    async def settle(self, claimed: Claimed, *, verdict: str, next_ms: int | None, entry: dict[str, Any],
+                     status: int | None, error: str | None) -> bool | None:
+        """Record an attempt. True when it disabled the subscription; None when the claim was
+        stale (its lease ended and the delivery is someone else's now)."""
+        reply = await self.scripts.call(
+            "webhook_settle",
+            keys=[self.keys.webhook_delivery(claimed.id), self.keys.webhook_sub(claimed.subscription_id),
+                  self.keys.webhook_log(claimed.subscription_id), self.keys.webhook_due],
+            args=[str(timefmt.now_ms()), claimed.id, str(claimed.attempt), verdict,
+                  "" if next_ms is None else str(next_ms), _encode(entry), str(self.settings.webhook_log_length),
+                  str(self.settings.webhook_disable_after_failures), str(self.settings.webhook_retention_ms),
+                  "" if status is None else str(status), error or ""],
+        )
+        if reply[0] == Status.STALE_CLAIM:
+            return None
+        return bool(reply[1])
+
+
+def _secrets_in_use(secret: bytes, old: bytes | None, until: bytes | None, now_ms: int) -> tuple[str, ...]:
+    if old and until and int(until) > now_ms:
+        return secret.decode(), old.decode()
+    return (secret.decode(),)
