@@ -57,6 +57,8 @@ def manifest() -> dict[str, Any]:
             "dead-letter": {"list": True, "stats": True, "retry": True, "delete": True, "purge": True},
             "fair-scheduling": {"strategies": ["weighted", "strict", "round_robin"], "pools": True},
             "progress": True,
+            "webhooks": {"base": "/ojs/v1/webhooks", "signature": "hmac-sha256", "delivery": "at-least-once",
+                         "secret_rotation": True, "test_endpoint": True, "dead_delivery_retry": True},
         },
         "endpoints": {"base": "/ojs/v1", "manifest": "/ojs/manifest", "health": "/ojs/v1/health",
                       "admin": "/ojs/v1/admin"},
