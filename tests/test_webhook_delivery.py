@@ -221,3 +221,22 @@ def test_webhook_redirect_to_another_origin_is_refused(http: httpx.Client) -> No
         log = wait_for(lambda: log_of(http, sub["id"]), "the log entry")
         assert log[0]["outcome"] == "dead" and "another origin" in log[0]["error"]
         assert elsewhere.requests.empty()
+
+
+def test_webhook_test_ping_and_secret_rotation(http: httpx.Client) -> None:
+    with receiving([200, 200]) as receiver:
+        sub = subscribe(http, receiver.url, ["job.completed"])
+        # The test endpoint sends a signed webhook.test now and says how it went
+        reply = http.post(f"/ojs/v1/webhooks/subscriptions/{sub['id']}/test")
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["success"] is True and reply.json()["status_code"] == 200
+        assert reply.json()["response_body"] == "ok"
+        ping = receiver.next()
+        assert ping.headers["x-ojs-event-type"] == json.loads(ping.body)["type"] == "webhook.test"
+        assert signature_ok(ping)
+        # After a rotation both the new and the old secret sign, the new one first
+        new_secret = http.post(f"/ojs/v1/webhooks/subscriptions/{sub['id']}/rotate-secret").json()["secret"]
+        run_job(http)
+        delivered = receiver.next()
+        assert len(delivered.headers["x-ojs-signature"].split(",")) == 2
+        assert signature_ok(delivered, new_secret) and signature_ok(delivered, SECRET)

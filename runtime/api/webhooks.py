@@ -69,7 +69,7 @@ def register(router: Router, services: Services) -> None:
         return _answer(201, await webhooks.create(req, secret), secret=secret)
 
     async def list_subscriptions(request: Request) -> Response:
-        views = [subscription_view(sub) for sub in await webhooks.list()]
+        views = [subscription_view(sub) for sub in await webhooks.subscriptions()]
         return json_response(200, {"subscriptions": views, "count": len(views)})
 
     async def get(request: Request) -> Response:
@@ -105,7 +105,7 @@ def register(router: Router, services: Services) -> None:
     async def recent(request: Request) -> Response:
         limit = request.query_int("limit", default=50, minimum=1, maximum=settings.webhook_log_length)
         wanted = request.query("subscription_id")
-        subs = [s for s in await webhooks.list() if wanted in (None, s.id)]
+        subs = [s for s in await webhooks.subscriptions() if wanted in (None, s.id)]
         entries = [e for sub in subs for e in await webhooks.log(sub.id, limit=limit)]
         entries.sort(key=lambda e: str(e.get("attempted_at", "")), reverse=True)
         return json_response(200, {"deliveries": entries[:limit], "count": min(limit, len(entries))})

@@ -80,15 +80,26 @@ def _subscription(fields: dict[bytes, bytes]) -> Subscription:
         consecutive_failures=int(get("consecutive_failures") or 0),
         disabled_reason=get("disabled_reason") or None,
         disabled_at_ms=int(disabled_at) if disabled_at else None,
+        after_event=stream_position(get("after_event") or "0-0"),
     )
+
+
+def stream_position(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as a comparable (ms, sequence)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def event_envelope(entry_id: str, fields: dict[bytes, bytes]) -> tuple[str, dict[str, Any], bytes]:
     """(type, data, body) of one stream entry: the OJS event envelope (ojs-events.md) a
     subscriber receives, its id derived from the entry so every re-run builds the same body."""
     event_type = _text(fields.get(b"type")) or "unknown"
-    data = _decode_any.decode(fields[b"data"]) if fields.get(b"data") else {}
-    time_ms = int(fields.get(b"time") or entry_id.split("-")[0])
+    try:
+        data = _decode_any.decode(fields[b"data"]) if fields.get(b"data") else {}
+    except msgspec.DecodeError:  # never let one odd entry hold the cursor back for good
+        data = {"raw": fields[b"data"].decode("utf-8", "replace")}
+    raw_time = fields.get(b"time") or b""
+    time_ms = int(raw_time) if raw_time.isdigit() else stream_position(entry_id)[0]
     envelope = {
         "specversion": "1.0", "id": f"evt_{entry_id}", "type": event_type, "source": SOURCE,
         "time": timefmt.format_ms(time_ms), "subject": _text(fields.get(b"subject")) or "", "data": data,
@@ -136,7 +147,7 @@ class Webhooks:
             raise NotFound(f"Webhook subscription '{sub_id}' not found.")
         return _subscription(fields)
 
-    async def list(self) -> list[Subscription]:
+    async def subscriptions(self) -> list[Subscription]:
         ids = await self.redis.zrange(self.keys.webhook_subs, 0, -1)
         if not ids:
             return []
@@ -238,7 +249,7 @@ class Webhooks:
 
     async def fan_out(self, *, now_ms: int | None = None) -> int:
         """Fan one batch of events out into deliveries. Returns the events read (0: caught up)."""
-        every = await self.list()
+        every = await self.subscriptions()
         if not every:
             return 0
         # Inactive subscriptions still move the cursor: what happens while one is off is not
@@ -252,10 +263,10 @@ class Webhooks:
         for raw_id, fields in entries:
             entry_id = raw_id.decode()
             event_type, data, body = event_envelope(entry_id, fields)
-            event_ms = int(entry_id.split("-")[0])
+            position = stream_position(entry_id)
             for sub in subs:
                 # Only events after the subscription was made reach it.
-                if sub.created_at_ms <= event_ms and sub.wants(event_type, data):
+                if position > sub.after_event and sub.wants(event_type, data):
                     args += [delivery_id(sub.id, entry_id), sub.id, event_type, body]
         now = timefmt.now_ms() if now_ms is None else now_ms
         status, _created, dropped = await self.scripts.call(

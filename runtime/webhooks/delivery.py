@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from runtime import timefmt
+from runtime import metrics, timefmt
 from runtime.broker import BACKEND_ERRORS
 from runtime.broker.webhooks import FANOUT_BATCH, Claimed, Webhooks
 from runtime.config import Settings
@@ -129,6 +129,8 @@ class DeliveryLoop:
                                  timeout_s=self.settings.webhook_timeout_ms / 1000)
         result = await asyncio.get_running_loop().run_in_executor(self._threads, send)
         outcome = verdict(result, attempt=claimed.attempt, max_attempts=self.settings.webhook_max_attempts)
+        metrics.WEBHOOK_ATTEMPTS.labels(claimed.event_type, outcome).inc()
+        metrics.WEBHOOK_DURATION.labels(outcome).observe(result.duration_ms / 1000)
         now = timefmt.now_ms()
         next_ms = (_next_attempt_ms(result, claimed.attempt, self.settings.webhook_backoff_base_ms, now)
                    if outcome == "retry" else None)

@@ -64,6 +64,7 @@ class Subscription(msgspec.Struct, kw_only=True):
     consecutive_failures: int = 0
     disabled_reason: str | None = None
     disabled_at_ms: int | None = None
+    after_event: tuple[int, int] = (0, 0)  # the newest event when it was made: it gets later ones
 
     def wants(self, event_type: str, data: dict[str, Any]) -> bool:
         """Type filter and, when present, the attribute filter (spec 5.2: both must match)."""

@@ -1,7 +1,8 @@
 --[[
-  Create a webhook subscription, within the bound on their number. The first subscription of a
-  namespace starts the fan-out cursor at the newest event: deliveries begin with the events that
-  follow it, never with the backlog of the capped stream.
+  Create a webhook subscription, within the bound on their number. It records the newest event
+  (`after_event`): it receives only the events after it, on the stream's own clock. The first
+  subscription of a namespace also starts the fan-out cursor there, so the backlog of the
+  stream is never walked for nobody.
 
   State transition: none -> subscription (active as given)
 
@@ -22,11 +23,12 @@ local now, sub_id, bound = ARGV[1], ARGV[2], tonumber(ARGV[3])
 
 local count = rcall("ZCARD", subs_key)
 if count >= bound then return {S.CONFLICT} end
+local last = rcall("XREVRANGE", events_key, "+", "-", "COUNT", 1)
+local newest = last[1] and last[1][1] or "0-0"
 if count == 0 or rcall("EXISTS", cursor_key) == 0 then
-  local newest = rcall("XREVRANGE", events_key, "+", "-", "COUNT", 1)
-  rcall("SET", cursor_key, newest[1] and newest[1][1] or "0-0")
+  rcall("SET", cursor_key, newest)
 end
-local fields = {}
+local fields = {"after_event", newest}
 for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
 rcall("HSET", sub_key, unpack(fields))
 rcall("ZADD", subs_key, now, sub_id)
