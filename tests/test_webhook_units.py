@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+
 import pytest
 
-from runtime.webhooks import signing
+from runtime.webhooks import sender, signing
 from runtime.webhooks.delivery import retry_delay_ms, verdict
 from runtime.webhooks.model import Subscription, WebhookFilter, type_matches
 from runtime.webhooks.sender import Attempt
@@ -60,3 +63,30 @@ def test_webhook_signature_covers_timestamp_and_body() -> None:
     assert signing.verify("whsec_old_secret_000000", 1700000000, b'{"a":1}', header)
     assert not signing.verify("whsec_new_secret_000000", 1700000001, b'{"a":1}', header)
     assert not signing.verify("whsec_new_secret_000000", 1700000000, b'{"a":2}', header)
+
+
+def test_webhook_attempt_ends_at_its_deadline_against_a_trickling_receiver() -> None:
+    # Given a receiver that answers one byte of its headers at a time, each well within any
+    # single read's timeout, for far longer than the attempt may take
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000:
+                if stop.wait(0.05):
+                    return
+                conn.sendall(bytes([byte]))
+
+    threading.Thread(target=trickle, daemon=True).start()
+    try:
+        # When an attempt with a 1 s deadline is sent to it
+        result = sender.post(f"http://127.0.0.1:{listener.getsockname()[1]}/", b"{}", {}, timeout_s=1.0)
+    finally:
+        stop.set()
+        listener.close()
+    # Then it ends as a timeout (the trickle would last 50 s), to be retried
+    assert result.status is None and result.error is not None and result.error.startswith("timeout")
+    assert verdict(result, attempt=1, max_attempts=8) == "retry"

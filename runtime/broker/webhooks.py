@@ -37,7 +37,8 @@ from runtime.webhooks.model import (
 logger = logging.getLogger(__name__)
 
 SOURCE = "ojs://ojs-runtime"
-FANOUT_BATCH = 500
+FANOUT_BATCH = 500  # events read per fan-out step
+FANOUT_MAX_DELIVERIES = 1_000  # deliveries made per step, at most (plus one event's)
 _DELIVERY_NAMESPACE = uuid.UUID("6f6a732d-7765-6268-6f6f-6b2d64656c69")
 _encode = msgspec.json.encode
 _decode_any = msgspec.json.Decoder(dict[str, Any])
@@ -247,36 +248,54 @@ class Webhooks:
 
     # --- fan-out -----------------------------------------------------------------------------
 
-    async def fan_out(self, *, now_ms: int | None = None) -> int:
-        """Fan one batch of events out into deliveries. Returns the events read (0: caught up)."""
+    async def fan_out(self, *, now_ms: int | None = None) -> bool:
+        """Fan one batch of events out into deliveries. True when more may be waiting."""
         every = await self.subscriptions()
         if not every:
-            return 0
+            return False
         # Inactive subscriptions still move the cursor: what happens while one is off is not
         # delivered when it is turned on again.
         subs = [sub for sub in every if sub.active]
         cursor = _text(await self.redis.get(self.keys.webhook_cursor))
-        entries = await self.redis.xrange(self.keys.events, min=f"({cursor}" if cursor else "-", count=FANOUT_BATCH)
-        if not entries:
-            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xrange(self.keys.events, min=f"({cursor}" if cursor else "-", count=FANOUT_BATCH)
+            pipe.xinfo_stream(self.keys.events)
+            entries, info = await pipe.execute(raise_on_error=False)
+        if isinstance(entries, Exception) or not entries:
+            return False
+        self._warn_if_trimmed(cursor, info)
         args: list[str | bytes] = []
+        last = ""
         for raw_id, fields in entries:
-            entry_id = raw_id.decode()
-            event_type, data, body = event_envelope(entry_id, fields)
-            position = stream_position(entry_id)
+            last = raw_id.decode()
+            event_type, data, body = event_envelope(last, fields)
+            position = stream_position(last)
             for sub in subs:
                 # Only events after the subscription was made reach it.
                 if position > sub.after_event and sub.wants(event_type, data):
-                    args += [delivery_id(sub.id, entry_id), sub.id, event_type, body]
+                    args += [delivery_id(sub.id, last), sub.id, event_type, body]
+            if len(args) >= 4 * FANOUT_MAX_DELIVERIES:
+                break  # one script call stays small; the rest is the next batch
         now = timefmt.now_ms() if now_ms is None else now_ms
         status, _created, dropped = await self.scripts.call(
             "webhook_fanout", keys=[self.keys.prefix, self.keys.webhook_cursor, self.keys.webhook_due],
-            args=[str(now), cursor or "", entries[-1][0], str(self.settings.webhook_max_pending), *args],
+            args=[str(now), cursor or "", last, str(self.settings.webhook_max_pending), *args],
         )
         if dropped:
             logger.warning("webhooks: %s deliveries not made: %s are pending already", dropped,
                            self.settings.webhook_max_pending)
-        return len(entries) if status == Status.OK else 0
+        return status == Status.OK and (len(entries) == FANOUT_BATCH or last != entries[-1][0].decode())
+
+    @staticmethod
+    def _warn_if_trimmed(cursor: str | None, info: Any) -> None:
+        """The capped stream trimmed past the cursor: events that left it before their fan-out
+        are lost (all of them, or at the very least the one the cursor named): say so."""
+        first = info.get("recorded-first-entry-id") if isinstance(info, dict) else None
+        if isinstance(first, bytes):
+            first = first.decode()
+        if cursor and cursor != "0-0" and first and stream_position(first) > stream_position(cursor):
+            logger.warning("webhooks: the event stream (capped by OJS_EVENTS_MAXLEN) now starts at %s, past %s "
+                           "where the fan-out was: events in between may not be delivered", first, cursor)
 
     # --- delivery ----------------------------------------------------------------------------
 

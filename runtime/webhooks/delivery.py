@@ -18,7 +18,7 @@ from typing import Any
 
 from runtime import metrics, timefmt
 from runtime.broker import BACKEND_ERRORS
-from runtime.broker.webhooks import FANOUT_BATCH, Claimed, Webhooks
+from runtime.broker.webhooks import Claimed, Webhooks
 from runtime.config import Settings
 from runtime.webhooks import sender
 from runtime.webhooks.signing import signed_headers
@@ -102,7 +102,7 @@ class DeliveryLoop:
 
     async def step(self) -> None:
         for _ in range(FANOUT_BATCHES_PER_STEP):
-            if await self.webhooks.fan_out() < FANOUT_BATCH:
+            if not await self.webhooks.fan_out():
                 break
         free = self.settings.webhook_concurrency - len(self._in_flight)
         if free <= 0:

@@ -8,8 +8,11 @@ signature is never carried to a host the subscriber did not name.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import socket
 import ssl
+import threading
 import time
 from urllib.parse import urljoin, urlsplit
 
@@ -64,6 +67,17 @@ def _read_bounded(response: http.client.HTTPResponse, conn: http.client.HTTPConn
     return data
 
 
+def _abort(conn: http.client.HTTPConnection, fired: threading.Event) -> None:
+    """At the deadline: end the attempt whatever it is waiting for (a receiver trickling its
+    headers a byte at a time would keep every read within its own timeout). What was read by
+    then is cut short, so the attempt counts as timed out whatever it parsed."""
+    fired.set()
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 def _connection(url: str, timeout_s: float) -> tuple[http.client.HTTPConnection, str]:
     parts = urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -85,18 +99,27 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout_s: float) ->
     for _hop in range(MAX_REDIRECTS + 1):
         try:
             conn, target = _connection(url, _remaining(deadline))
+            fired = threading.Event()
+            watchdog = threading.Timer(_remaining(deadline), _abort, args=(conn, fired))
+            watchdog.daemon = True
+            watchdog.start()
             try:
                 conn.request("POST", target, body=body, headers=headers)
-                conn.sock.settimeout(_remaining(deadline))
+                if conn.sock is not None:
+                    conn.sock.settimeout(_remaining(deadline))
                 response = conn.getresponse()
                 excerpt = _read_bounded(response, conn, deadline).decode("utf-8", "replace")[:EXCERPT_CHARS]
                 location = response.getheader("location")
                 retry_after = _retry_after(response.getheader("retry-after"))
             finally:
+                watchdog.cancel()
                 conn.close()
+            if fired.is_set():
+                raise TimeoutError("timed out")
         except (OSError, http.client.HTTPException, ValueError) as err:
-            kind = "timeout" if isinstance(err, TimeoutError) else type(err).__name__
-            return done(error=f"{kind}: {err}" if str(err) else kind)
+            if isinstance(err, TimeoutError) or time.monotonic() >= deadline:  # the watchdog's doing
+                return done(error="timeout: no complete response in time")
+            return done(error=f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)
         status = response.status
         if status not in REDIRECTS or not location:
             return done(status=status, response_body=excerpt, retry_after_s=retry_after)
