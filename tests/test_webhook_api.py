@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import RedisServer
 from tests.fixtures.broker_process import serving
@@ -103,3 +105,27 @@ def test_webhook_subscription_bad_json_and_bad_patch(http: httpx.Client) -> None
     assert_error(http.patch(f"{SUBS}/{sub['id']}", json={"secret": "x" * 20}), 400, "invalid_request")
     assert_error(http.patch(f"{SUBS}/{sub['id']}", json={"events": None}), 400, "invalid_request")
     assert http.delete(f"{SUBS}/{sub['id']}").status_code == 200
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+FIELDS = ("url", "events", "active", "secret", "filter", "metadata")
+
+
+@settings(derandomize=True, database=None, max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.fixed_dictionaries({}, optional={name: JSON_VALUES for name in FIELDS}), patch=st.booleans())
+def test_webhook_subscription_any_body_gets_an_answer_below_500(
+        http: httpx.Client, body: dict[str, Any], patch: bool) -> None:
+    if patch:
+        reply = http.patch(f"{SUBS}/sub_fuzz", json=body)
+    else:
+        reply = http.post(SUBS, json={**GOOD, **body} if "url" not in body else body)
+    assert reply.status_code < 500, reply.text
+    if reply.status_code >= 400:
+        assert reply.json()["error"]["code"], reply.text
+    elif reply.status_code == 201:
+        assert http.delete(f"{SUBS}/{reply.json()['id']}").status_code == 200
