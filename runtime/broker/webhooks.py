@@ -250,13 +250,13 @@ class Webhooks:
 
     async def fan_out(self, *, now_ms: int | None = None) -> bool:
         """Fan one batch of events out into deliveries. True when more may be waiting."""
-        every = await self.subscriptions()
-        if not every:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.keys.webhook_subs)
+            pipe.get(self.keys.webhook_cursor)
+            count, raw_cursor = await pipe.execute()
+        if not count:
             return False
-        # Inactive subscriptions still move the cursor: what happens while one is off is not
-        # delivered when it is turned on again.
-        subs = [sub for sub in every if sub.active]
-        cursor = _text(await self.redis.get(self.keys.webhook_cursor))
+        cursor = _text(raw_cursor)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xrange(self.keys.events, min=f"({cursor}" if cursor else "-", count=FANOUT_BATCH)
             pipe.xinfo_stream(self.keys.events)
@@ -264,6 +264,11 @@ class Webhooks:
         if isinstance(entries, Exception) or not entries:
             return False
         self._warn_if_trimmed(cursor, info)
+        # Read after the events: a subscription made since has its after_event at or past all of
+        # them (the stream only grows), so none of this batch is one it should have had.
+        # Inactive subscriptions still move the cursor: what happens while one is off is not
+        # delivered when it is turned on again.
+        subs = [sub for sub in await self.subscriptions() if sub.active]
         args: list[str | bytes] = []
         last = ""
         for raw_id, fields in entries:
