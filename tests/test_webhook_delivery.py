@@ -239,3 +239,25 @@ def test_webhook_test_ping_and_secret_rotation(http: httpx.Client) -> None:
         delivered = receiver.next()
         assert len(delivered.headers["x-ojs-signature"].split(",")) == 2
         assert signature_ok(delivered, new_secret) and signature_ok(delivered, SECRET)
+
+
+def test_webhook_server_stops_without_waiting_out_an_attempt_in_flight(redis_url: str, tmp_path: Path) -> None:
+    slow = {**FAST, "OJS_WEBHOOK_TIMEOUT_MS": "300000", "OJS_WEBHOOK_LEASE_MS": "400000"}
+    with receiving(hold_first=True) as receiver:
+        server = BrokerProcess(redis_url, tmp_path, env=slow)
+        try:
+            server.wait_ready()
+            with httpx.Client(base_url=server.url, timeout=10) as http:
+                subscribe(http, receiver.url, ["job.completed"])
+                run_job(http)
+            # Given an attempt the receiver holds, with minutes left before its deadline
+            receiver.next()
+            assert receiver.holding.wait(10)
+            # When the server is asked to stop
+            server.proc.terminate()
+            # Then it exits by itself (the attempt is given up, to be redelivered) after its
+            # graceful shutdown, which ends by re-raising the SIGTERM
+            assert server.proc.wait(timeout=60) in (0, -signal.SIGTERM), server.log_tail()
+            assert "Traceback" not in server.log_tail(200)
+        finally:
+            server.stop()

@@ -6,7 +6,6 @@ A subscription is answered both at the top level (the spec's prose) and under `s
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -139,7 +138,7 @@ async def _ping(sub: Subscription, secrets: tuple[str, ...], timeout_ms: int) ->
     })
     headers = signed_headers(subscription_id=sub.id, delivery_id=f"del_{uuid7()}", event_type=TEST_EVENT,
                              secrets_in_use=secrets, body=body, timestamp=int(time.time()))
-    result = await asyncio.to_thread(sender.post, sub.url, body, headers, timeout_s=timeout_ms / 1000)
+    result = await sender.send(sub.url, body, headers, timeout_s=timeout_ms / 1000)
     answer: dict[str, Any] = {
         "success": result.status is not None and 200 <= result.status < 300, "status_code": result.status,
         "response_time_ms": result.duration_ms, "response_body": result.response_body,

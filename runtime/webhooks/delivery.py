@@ -1,5 +1,5 @@
 """The delivery loop every server process runs: fan new lifecycle events out into deliveries,
-claim the due ones and send them, each attempt in a worker thread so a slow receiver never holds
+claim the due ones and send them, each attempt in a thread of its own so a slow receiver never holds
 the event loop (nor any job transition, which never waits on a webhook at all).
 
 A sender that dies mid-attempt leaves its delivery leased; when the lease ends the delivery is
@@ -10,10 +10,8 @@ deduplicate on ``X-OJS-Delivery-ID``.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from runtime import metrics, timefmt
@@ -63,12 +61,10 @@ class DeliveryLoop:
     def __init__(self, webhooks: Webhooks, settings: Settings) -> None:
         self.webhooks = webhooks
         self.settings = settings
-        self._threads: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._threads = ThreadPoolExecutor(self.settings.webhook_concurrency, thread_name_prefix="webhook")
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -81,9 +77,6 @@ class DeliveryLoop:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
-            self._threads = None
 
     async def _run(self) -> None:
         interval_s = self.settings.webhook_interval_ms / 1000
@@ -120,14 +113,11 @@ class DeliveryLoop:
             logger.exception("webhook delivery %s: attempt %s failed", claimed.id, claimed.attempt)
 
     async def _attempt(self, claimed: Claimed) -> None:
-        assert self._threads is not None
         timestamp = int(time.time())
         headers = signed_headers(subscription_id=claimed.subscription_id, delivery_id=claimed.id,
                                  event_type=claimed.event_type, secrets_in_use=claimed.secrets,
                                  body=claimed.body, timestamp=timestamp)
-        send = functools.partial(sender.post, claimed.url, claimed.body, headers,
-                                 timeout_s=self.settings.webhook_timeout_ms / 1000)
-        result = await asyncio.get_running_loop().run_in_executor(self._threads, send)
+        result = await sender.send(claimed.url, claimed.body, headers, timeout_s=self.settings.webhook_timeout_ms / 1000)
         outcome = verdict(result, attempt=claimed.attempt, max_attempts=self.settings.webhook_max_attempts)
         metrics.WEBHOOK_ATTEMPTS.labels(claimed.event_type, outcome).inc()
         metrics.WEBHOOK_DURATION.labels(outcome).observe(result.duration_ms / 1000)

@@ -1,4 +1,4 @@
-"""One delivery attempt: a blocking HTTP POST, run in a worker thread, never on the event loop.
+"""One delivery attempt: a blocking HTTP POST, run in a thread of its own, never on the event loop.
 
 The whole attempt (connect, send, redirects, reading the response) is bounded by one deadline,
 and only the first bytes of the response are read. Redirects are followed (spec 7.1, up to 3)
@@ -8,6 +8,7 @@ signature is never carried to a host the subscriber did not name.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import socket
@@ -129,3 +130,22 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout_s: float) ->
                         error=f"redirect to another origin refused: {next_url[:200]}")
         url = next_url
     return done(status=status, permanent=True, error=f"more than {MAX_REDIRECTS} redirects")
+
+
+async def send(url: str, body: bytes, headers: dict[str, str], *, timeout_s: float) -> Attempt:
+    """`post` in a daemon thread of its own. Not a thread pool: its threads are joined at exit,
+    so a stopping server would wait out attempts it has given up on (they are redelivered)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Attempt] = loop.create_future()
+
+    def settle(result: Attempt) -> None:
+        if not future.done():
+            future.set_result(result)
+
+    def attempt() -> None:
+        result = post(url, body, headers, timeout_s=timeout_s)
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result)
+
+    threading.Thread(target=attempt, name="webhook-attempt", daemon=True).start()
+    return await future
