@@ -111,8 +111,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if not 0 < self.webhook_timeout_ms < self.webhook_lease_ms:
             raise ValueError("webhook_timeout_ms must be positive and below webhook_lease_ms")
         if min(self.webhook_max_attempts, self.webhook_concurrency, self.webhook_interval_ms,
-               self.webhook_max_subscriptions, self.webhook_log_length, self.webhook_backoff_base_ms) <= 0:
-            raise ValueError("webhook attempts, concurrency, interval, limits and backoff must be positive")
+               self.webhook_max_subscriptions, self.webhook_log_length, self.webhook_backoff_base_ms,
+               self.webhook_max_pending, self.webhook_retention_ms) <= 0 or self.webhook_disable_after_failures < 0:
+            raise ValueError("webhook attempts, concurrency, interval, limits, backoff and retention must be "
+                             "positive; webhook_disable_after_failures 0 or more")
 
 
 def _env_int(name: str) -> int | None:

@@ -68,6 +68,7 @@ key                            type        content
                                            secret (and the previous one while rotating),
                                            consecutive failures, why it was disabled
 ``P webhook:cursor``           string      id of the last ``events`` entry fanned out to deliveries
+``P webhook:fanout-lease``     string      id of the server process doing the fan-out; expires
 ``P webhook:delivery:<id>``    hash        one delivery of one event to one subscription: body,
                                            attempt, state; expires once delivered or dead
 ``P webhook:due``              zset        pending deliveries; score = due (ms), or the end of
@@ -103,6 +104,7 @@ SUFFIXES: dict[str, str] = {
     "maintenance": "maintenance",
     "webhook_subs": "webhook:subs",
     "webhook_cursor": "webhook:cursor",
+    "webhook_fanout_lease": "webhook:fanout-lease",
     "webhook_due": "webhook:due",
 }
 
@@ -251,6 +253,10 @@ class Keys:
     @property
     def webhook_cursor(self) -> str:
         return self.prefix + SUFFIXES["webhook_cursor"]
+
+    @property
+    def webhook_fanout_lease(self) -> str:
+        return self.prefix + SUFFIXES["webhook_fanout_lease"]
 
     @property
     def webhook_due(self) -> str:

@@ -17,6 +17,8 @@ capped (``events_maxlen``): a fan-out that falls further behind than the cap los
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import uuid
 from typing import Any
 
@@ -39,6 +41,8 @@ logger = logging.getLogger(__name__)
 SOURCE = "ojs://ojs-runtime"
 FANOUT_BATCH = 500  # events read per fan-out step
 FANOUT_MAX_DELIVERIES = 1_000  # deliveries made per step, at most (plus one event's)
+# One process fans out at a time; another takes over this long after it stopped renewing (died).
+FANOUT_LEASE_MS = 5_000
 _DELIVERY_NAMESPACE = uuid.UUID("6f6a732d-7765-6268-6f6f-6b2d64656c69")
 _encode = msgspec.json.encode
 _decode_any = msgspec.json.Decoder(dict[str, Any])
@@ -116,6 +120,7 @@ class Webhooks:
         self.keys = broker.keys
         self.scripts = broker.scripts
         self.settings = broker.settings
+        self._process_id = f"{socket.gethostname()}:{os.getpid()}:{uuid7()}"
 
     # --- subscriptions ---------------------------------------------------------------------
 
@@ -254,7 +259,7 @@ class Webhooks:
             pipe.zcard(self.keys.webhook_subs)
             pipe.get(self.keys.webhook_cursor)
             count, raw_cursor = await pipe.execute()
-        if not count:
+        if not count or not await self._hold_fanout():
             return False
         cursor = _text(raw_cursor)
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -290,6 +295,12 @@ class Webhooks:
             logger.warning("webhooks: %s deliveries not made: %s are pending already", dropped,
                            self.settings.webhook_max_pending)
         return status == Status.OK and (len(entries) == FANOUT_BATCH or last != entries[-1][0].decode())
+
+    async def _hold_fanout(self) -> bool:
+        """Whether this process does the fan-out now (webhook_fanout_lease.lua)."""
+        (held,) = await self.scripts.call("webhook_fanout_lease", keys=[self.keys.webhook_fanout_lease],
+                                          args=[self._process_id, str(FANOUT_LEASE_MS)])
+        return bool(held)
 
     @staticmethod
     def _warn_if_trimmed(cursor: str | None, info: Any) -> None:

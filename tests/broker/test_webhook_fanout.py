@@ -77,3 +77,26 @@ def test_fanout_gives_a_subscription_made_meanwhile_the_events_after_it(
     assert (made["sub"].id, made["job"]) in got, got
     assert (made["sub"].id, before) not in got
     assert {(first.id, before), (first.id, made["job"])} <= set(got)
+
+
+def test_fanout_is_done_by_one_process_at_a_time(
+        broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]], redis_client: redis.Redis) -> None:
+    # Given two server processes' webhook stores, and a subscription
+    first, second = Webhooks(broker), Webhooks(broker)
+    sub = run(first.create(subscription("https://a.example.com", ["job.enqueued"]), SECRET))
+    (one,) = enqueue(body())
+    # When both fan out, the first one first
+    run(first.fan_out())
+    (two,) = enqueue(body())
+    run(second.fan_out())
+    # Then the second leaves the work to the first while its lease lasts
+    assert deliveries(redis_client, broker) == [(sub.id, one)]
+    run(first.fan_out())
+    assert deliveries(redis_client, broker) == sorted([(sub.id, one), (sub.id, two)])
+    # and takes over once the first stopped renewing it (its lease ended)
+    redis_client.delete(broker.keys.webhook_fanout_lease)
+    (three,) = enqueue(body())
+    run(second.fan_out())
+    assert (sub.id, three) in deliveries(redis_client, broker)
+    run(first.fan_out())  # the first, back, finds the role taken
+    assert redis_client.get(broker.keys.webhook_fanout_lease) == second._process_id.encode()
