@@ -17,8 +17,9 @@ import httpx
 import pytest
 import redis
 
-from tests.fixtures.broker_process import BrokerProcess, serving, stop_process
+from tests.fixtures.broker_process import ROOT, BrokerProcess, serving, stop_process
 from tests.fixtures.webhook_receiver import Received, receiving
+from tests.readme_examples import blocks
 
 SECRET = "whsec_test_secret_0123456789"
 FAST = {
@@ -70,6 +71,14 @@ def signature_ok(received: Received, secret: str = SECRET) -> bool:
     return any(hmac.compare_digest(expected, s) for s in sent)
 
 
+def readme_verify() -> Callable[..., bool]:
+    """The README's receiver-side check, as written there."""
+    block = next(b for b in blocks(ROOT / "README.md") if b.file == "receiver/verify.py")
+    namespace: dict[str, Any] = {}
+    exec(compile(block.code, block.where, "exec"), namespace)  # noqa: S102 (our own README)
+    return namespace["verify"]  # type: ignore[no-any-return]
+
+
 def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = 20.0) -> Any:
     """Poll an HTTP-visible condition (the server has nothing to subscribe to)."""
     deadline = time.monotonic() + timeout_s
@@ -116,6 +125,7 @@ def test_webhook_delivers_signed_event_matching_its_filters(http: httpx.Client, 
             assert received.headers["x-ojs-delivery-id"].startswith("del_")
             assert signature_ok(received)
             assert not signature_ok(received, "whsec_some_other_secret_000")
+            assert readme_verify()(SECRET, received.headers, received.body)
             assert event["specversion"] == "1.0" and event["id"].startswith("evt_")
             assert event["data"]["queue"] == "hooks" and event["data"]["job_type"] == "hook.test"
         # and nothing else was made for either subscription: the second job's earlier events
