@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from runtime.api import admin, crons, dashboard, jobs, queues, system, webhooks, workers, workflows
+from runtime.api import admin, crons, dashboard, jobs, queues, system, workers, workflows
 from runtime.api.routing import Router
 from runtime.api.services import Services
+from runtime.api.webhooks import register as register_webhooks
 
 
 def build_router(services: Services) -> Router:
     router = Router()
-    for module in (system, jobs, workers, queues, crons, workflows, webhooks, admin, dashboard):
+    for module in (system, jobs, workers, queues, crons, workflows, admin, dashboard):
         module.register(router, services)
+    register_webhooks(router, services)
     return router

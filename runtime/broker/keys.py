@@ -92,6 +92,10 @@ SUFFIXES: dict[str, str] = {
     "seq": "seq",
     "claims": "claims",
     "events": "events",
+    "webhook_subs": "webhook:subs",
+    "webhook_cursor": "webhook:cursor",
+    "webhook_fanout_lease": "webhook:fanout-lease",
+    "webhook_due": "webhook:due",
     "workers": "workers",
     "crons": "crons",
     "cron_next": "cron:next",
@@ -102,10 +106,6 @@ SUFFIXES: dict[str, str] = {
     "pools": "pools",
     "migrations": "migrations",
     "maintenance": "maintenance",
-    "webhook_subs": "webhook:subs",
-    "webhook_cursor": "webhook:cursor",
-    "webhook_fanout_lease": "webhook:fanout-lease",
-    "webhook_due": "webhook:due",
 }
 
 
