@@ -30,6 +30,7 @@ MAX_RETRY_AFTER_MS = 86_400_000
 FANOUT_BATCHES_PER_STEP = 20
 STOP_GRACE_S = 5.0  # in-flight attempts get this long to settle at shutdown; the rest are redelivered
 MAX_ERROR_BACKOFF_S = 5.0
+IDLE_SLOWDOWN = 5
 
 
 def retry_delay_ms(attempt: int, base_ms: int) -> int:
@@ -83,8 +84,10 @@ class DeliveryLoop:
         backoff_s = interval_s
         while True:
             try:
-                await self.step()
-                backoff_s = interval_s
+                busy = await self.step()
+                # Idle (nothing to send): look less often, up to IDLE_SLOWDOWN intervals apart, so
+                # an idle server costs Redis a round trip or two a second, not ten.
+                backoff_s = interval_s if busy else min(backoff_s * 2, interval_s * IDLE_SLOWDOWN)
             except BACKEND_ERRORS as err:
                 logger.warning("webhook loop: job store unavailable (%s); retrying in %.1fs", err, backoff_s)
                 backoff_s = min(backoff_s * 2, max(interval_s, MAX_ERROR_BACKOFF_S))
@@ -93,17 +96,20 @@ class DeliveryLoop:
                 backoff_s = min(backoff_s * 2, max(interval_s, MAX_ERROR_BACKOFF_S))
             await asyncio.sleep(backoff_s)
 
-    async def step(self) -> None:
+    async def step(self) -> bool:
+        """Fan out, then claim what is due. True while there is delivery work in hand."""
         for _ in range(FANOUT_BATCHES_PER_STEP):
             if not await self.webhooks.fan_out():
                 break
         free = self.settings.webhook_concurrency - len(self._in_flight)
         if free <= 0:
-            return
-        for claimed in await self.webhooks.claim(free):
+            return True
+        claimed_now = await self.webhooks.claim(free)
+        for claimed in claimed_now:
             task = asyncio.create_task(self._deliver(claimed))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
+        return bool(claimed_now or self._in_flight)
 
     async def _deliver(self, claimed: Claimed) -> None:
         try:
