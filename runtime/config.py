@@ -80,6 +80,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # (then a retryable 503) instead of failing at once when all are busy.
     redis_max_connections: int = 100
     redis_pool_timeout_ms: int = 5_000
+    # Webhooks (runtime/webhooks): every server process delivers. A delivery being sent is leased
+    # for webhook_lease_ms, then redelivered (its sender died); so the lease outlasts the timeout.
+    webhooks_allow_http: bool = False  # plain-HTTP subscriber URLs: development and tests only
+    webhook_timeout_ms: int = 30_000  # one delivery attempt, connect to last byte read
+    webhook_lease_ms: int = 60_000
+    webhook_backoff_base_ms: int = 30_000  # the spec's schedule (30 s, 2 min, 10 min, ...) is in these units
+    webhook_max_attempts: int = 8
+    webhook_disable_after_failures: int = 20  # consecutive failed attempts; 0: never disable
+    webhook_concurrency: int = 8  # deliveries in flight per process
+    webhook_interval_ms: int = 200
+    webhook_max_subscriptions: int = 100
+    webhook_log_length: int = 100  # attempts kept per subscription
+    webhook_max_pending: int = 100_000  # deliveries waiting; past it new events are not delivered
+    webhook_retention_ms: int = 86_400_000  # a finished delivery's record
 
     def __post_init__(self) -> None:
         if self.embedded_appendfsync not in ("always", "everysec", "no"):
@@ -94,6 +108,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                self.redis_pool_timeout_ms) <= 0 or self.http_max_concurrency < 0:
             raise ValueError("HTTP timeouts and the Redis pool size must be positive; "
                              "http_max_concurrency 0 or more")
+        if not 0 < self.webhook_timeout_ms < self.webhook_lease_ms:
+            raise ValueError("webhook_timeout_ms must be positive and below webhook_lease_ms")
+        if min(self.webhook_max_attempts, self.webhook_concurrency, self.webhook_interval_ms,
+               self.webhook_max_subscriptions, self.webhook_log_length, self.webhook_backoff_base_ms,
+               self.webhook_max_pending, self.webhook_retention_ms) <= 0 or self.webhook_disable_after_failures < 0:
+            raise ValueError("webhook attempts, concurrency, interval, limits, backoff and retention must be "
+                             "positive; webhook_disable_after_failures 0 or more")
 
 
 def _env_int(name: str) -> int | None:
@@ -129,6 +150,7 @@ def settings_from_env(**overrides: object) -> Settings:
     if os.environ.get("OJS_KEY_PREFIX"):
         values["key_prefix"] = os.environ["OJS_KEY_PREFIX"]
     values["allow_insecure_no_auth"] = _env_bool("OJS_ALLOW_INSECURE_NO_AUTH")
+    values["webhooks_allow_http"] = _env_bool("OJS_WEBHOOKS_ALLOW_HTTP")
     for field, env in (
         ("max_body_bytes", "OJS_MAX_BODY_BYTES"),
         ("redis_command_timeout_ms", "OJS_REDIS_COMMAND_TIMEOUT_MS"),
@@ -148,6 +170,9 @@ def settings_from_env(**overrides: object) -> Settings:
         ("http_max_concurrency", "OJS_HTTP_MAX_CONCURRENCY"),
         ("redis_max_connections", "OJS_REDIS_MAX_CONNECTIONS"),
         ("redis_pool_timeout_ms", "OJS_REDIS_POOL_TIMEOUT_MS"),
+        *((f"webhook_{name}", f"OJS_WEBHOOK_{name.upper()}") for name in (
+            "timeout_ms", "lease_ms", "backoff_base_ms", "max_attempts", "disable_after_failures",
+            "concurrency", "interval_ms", "max_subscriptions", "log_length", "max_pending", "retention_ms")),
     ):
         if (number := _env_int(env)) is not None:
             values[field] = number

@@ -172,11 +172,22 @@ REDIS_CALL_FAILURES = Counter(
     "connection or a reply: fetch, heartbeat, settle, reconcile", ("operation",),
 )
 
+# --- webhooks (labels: event_type, from the fixed event catalog; outcome) -----------------------
+
+WEBHOOK_ATTEMPTS = Counter(
+    "ojs_webhook_delivery_attempts_total", "Webhook delivery attempts: delivered (2xx), retry (it will be "
+    "sent again) or dead (a client error, a refused redirect, or out of attempts)", ("event_type", "outcome"),
+)
+WEBHOOK_DURATION = Histogram(
+    "ojs_webhook_delivery_duration_seconds", "Webhook delivery attempts, request sent to response read",
+    ("outcome",),
+)
+
 ALL = (
     JOBS_ENQUEUED, JOBS_STARTED, JOBS_COMPLETED, JOBS_FAILED, JOBS_RETRIED, JOBS_DEAD_LETTERED,
     JOBS_CANCELLED, JOBS_TIMED_OUT, JOB_DURATION, JOB_QUEUE_TIME, LEASES_EXPIRED, LEASE_EXPIRY_DEFERRALS,
     JOBS_RECOVERED, CRON_TICKS_SKIPPED, POOL_SLOTS, POOL_RESTARTS, POOL_RECYCLES, REDIS_UP,
-    REDIS_CALL_FAILURES,
+    REDIS_CALL_FAILURES, WEBHOOK_ATTEMPTS, WEBHOOK_DURATION,
 )
 
 # --- recording helpers --------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from runtime.config import Settings
 from runtime.embedded_redis import EmbeddedRedis, default_data_dir, redacted
 from runtime.liveness import EXIT_BOOT_ERROR, EXIT_OK, Board
 from runtime.scheduler import Scheduler
+from runtime.webhooks.delivery import DeliveryLoop
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +113,9 @@ def build_app(
         system.register(router, services, probes_only=True)
         return _app(router, settings, startup=[probe.start], shutdown=[probe.stop]), services
     scheduler = Scheduler(broker, services.crons, settings, services.history)
-    app = _app(build_router(services), settings, startup=[probe.start, scheduler.start],
-               shutdown=[scheduler.stop, probe.stop])
+    deliveries = DeliveryLoop(services.webhooks, settings)  # the webhook outbox, drained beside the scheduler
+    app = _app(build_router(services), settings, startup=[probe.start, scheduler.start, deliveries.start],
+               shutdown=[deliveries.stop, scheduler.stop, probe.stop])
     return app, services
 
 

@@ -16,10 +16,12 @@ from runtime.api import (
 )
 from runtime.api.routing import Router
 from runtime.api.services import Services
+from runtime.api.webhooks import register as register_webhooks
 
 
 def build_router(services: Services) -> Router:
     router = Router()
     for module in (system, jobs, job_priority, workers, queues, crons, workflows, rate_limits, admin, dashboard):
         module.register(router, services)
+    register_webhooks(router, services)
     return router

@@ -13,6 +13,7 @@ from runtime.broker.job_admin import JobAdmin
 from runtime.broker.queue_config import QueueConfig
 from runtime.broker.rate_limits import RateLimits
 from runtime.broker.stats_history import StatsHistory
+from runtime.broker.webhooks import Webhooks
 from runtime.broker.workflows import Workflows
 from runtime.config import Settings
 from runtime.liveness import Board
@@ -32,6 +33,7 @@ class Services:
             hour_retention_ms=settings.stats_hour_retention_ms,
         )
         self.silent_workers = SilentWorkers(broker)
+        self.webhooks = Webhooks(broker)
         self.settings = settings
         self.started_monotonic = time.monotonic()
         self.draining = False

@@ -51,6 +51,8 @@ def manifest() -> dict[str, Any]:
         },
         "extensions": {
             "events": {"transport": ["http-polling"]},
+            "webhooks": {"base": "/ojs/v1/webhooks", "signature": "hmac-sha256", "delivery": "at-least-once",
+                         "secret_rotation": True, "test_endpoint": True, "dead_delivery_retry": True},
             "admin-api": {"base": "/ojs/v1/admin", "bulk_max": 1000, "stats_history": ["1m", "5m", "15m", "1h", "1d"],
                           "maintenance_mode": True, "read_only_keys": True},
             "backpressure": {"strategies": ["reject"], "bounds": ["max_depth"]},

@@ -65,6 +65,17 @@ key                            type        content
                                            per-key rate limits: see runtime/broker/rate_limits.py
 ``P reaper``                   hash        last_step_ms, resume_at_ms on Redis' clock: lease expiry
                                            waits after an outage (broker/outage.py)
+``P webhook:subs``             zset        webhook subscription id -> creation time (ms)
+``P webhook:sub:<id>``         hash        one subscription: url, events, filter (JSON), active,
+                                           secret (and the previous one while rotating),
+                                           consecutive failures, why it was disabled
+``P webhook:cursor``           string      id of the last ``events`` entry fanned out to deliveries
+``P webhook:fanout-lease``     string      id of the server process doing the fan-out; expires
+``P webhook:delivery:<id>``    hash        one delivery of one event to one subscription: body,
+                                           attempt, state; expires once delivered or dead
+``P webhook:due``              zset        pending deliveries; score = due (ms), or the end of
+                                           the lease of a delivery being sent (then redelivered)
+``P webhook:log:<sub id>``     list        the subscription's latest delivery attempts (JSON), capped
 =============================  ==========  ======================================================
 """
 
@@ -83,6 +94,10 @@ SUFFIXES: dict[str, str] = {
     "seq": "seq",
     "claims": "claims",
     "events": "events",
+    "webhook_subs": "webhook:subs",
+    "webhook_cursor": "webhook:cursor",
+    "webhook_fanout_lease": "webhook:fanout-lease",
+    "webhook_due": "webhook:due",
     "workers": "workers",
     "crons": "crons",
     "cron_next": "cron:next",
@@ -222,3 +237,30 @@ class Keys:
     @property
     def reaper(self) -> str:
         return self.prefix + SUFFIXES["reaper"]
+
+    # --- webhooks (runtime.broker.webhooks) ---------------------------------------------------
+
+    def webhook_sub(self, sub_id: str) -> str:
+        return f"{self.prefix}webhook:sub:{sub_id}"
+
+    def webhook_delivery(self, delivery_id: str) -> str:
+        return f"{self.prefix}webhook:delivery:{delivery_id}"
+
+    def webhook_log(self, sub_id: str) -> str:
+        return f"{self.prefix}webhook:log:{sub_id}"
+
+    @property
+    def webhook_subs(self) -> str:
+        return self.prefix + SUFFIXES["webhook_subs"]
+
+    @property
+    def webhook_cursor(self) -> str:
+        return self.prefix + SUFFIXES["webhook_cursor"]
+
+    @property
+    def webhook_fanout_lease(self) -> str:
+        return self.prefix + SUFFIXES["webhook_fanout_lease"]
+
+    @property
+    def webhook_due(self) -> str:
+        return self.prefix + SUFFIXES["webhook_due"]

@@ -1,0 +1,102 @@
+"""The webhook fan-out (webhook_fanout.lua and runtime.broker.webhooks): events of the stream
+become deliveries once, for the subscriptions that existed when they happened."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import redis
+
+from runtime import timefmt
+from runtime.broker.core import Broker
+from runtime.broker.webhooks import Webhooks
+from runtime.webhooks.model import SubscriptionRequest
+from tests.broker.conftest import Run, body, new_job
+
+SECRET = "whsec_fanout_test_secret"
+
+
+def subscription(url: str, events: list[str]) -> SubscriptionRequest:
+    return msgspec.convert({"url": url, "events": events}, SubscriptionRequest)
+
+
+def deliveries(redis_client: redis.Redis, broker: Broker) -> list[tuple[str, str]]:
+    """(subscription id, event subject) of every delivery made."""
+    found = []
+    for key in redis_client.scan_iter(match=broker.keys.prefix + "webhook:delivery:*"):
+        row = redis_client.hgetall(key)
+        subject = msgspec.json.decode(row[b"body"])["subject"]
+        found.append((row[b"subscription_id"].decode(), subject))
+    return sorted(found)
+
+
+def test_fanout_makes_one_delivery_per_event_and_matching_subscription(
+        broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]], redis_client: redis.Redis) -> None:
+    hooks = Webhooks(broker)
+    # Given a job enqueued before any subscription, and two subscriptions
+    enqueue(body())
+    enqueued = run(hooks.create(subscription("https://a.example.com", ["job.enqueued"]), SECRET))
+    scheduled = run(hooks.create(subscription("https://b.example.com", ["job.scheduled"]), SECRET))
+    # When jobs are enqueued and the fan-out runs (twice: the second finds nothing new)
+    job_ids = enqueue(body(), body())
+    run(hooks.fan_out())
+    run(hooks.fan_out())
+    # Then each later enqueue is one delivery to the subscription that wants it, and nothing else
+    assert deliveries(redis_client, broker) == sorted((enqueued.id, job_id) for job_id in job_ids)
+    assert scheduled.id not in {sub for sub, _ in deliveries(redis_client, broker)}
+
+
+def test_fanout_gives_a_subscription_made_meanwhile_the_events_after_it(
+        broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]], redis_client: redis.Redis) -> None:
+    hooks = Webhooks(broker)
+    first = run(hooks.create(subscription("https://a.example.com", ["job.enqueued"]), SECRET))
+    made: dict[str, Any] = {}
+    read_subscriptions = hooks.subscriptions
+
+    async def subscriptions_then_a_new_one_and_an_event() -> Any:
+        # Given a fan-out step that has read the subscriptions when another is made and a job
+        # is enqueued
+        found = await read_subscriptions()
+        if not made:
+            made["sub"] = await hooks.create(subscription("https://b.example.com", ["job.enqueued"]), SECRET)
+            now = timefmt.now_ms()
+            (done,) = await broker.enqueue([new_job(body(), now_ms=now)], now_ms=now)
+            made["job"] = done.job_id
+        return found
+
+    hooks.subscriptions = subscriptions_then_a_new_one_and_an_event  # type: ignore[method-assign]
+    before = enqueue(body())[0]
+    # When the fan-out runs to the end
+    while run(hooks.fan_out()):
+        pass
+    run(hooks.fan_out())
+    # Then the new subscription gets the job enqueued after it, and not the one before
+    got = deliveries(redis_client, broker)
+    assert (made["sub"].id, made["job"]) in got, got
+    assert (made["sub"].id, before) not in got
+    assert {(first.id, before), (first.id, made["job"])} <= set(got)
+
+
+def test_fanout_is_done_by_one_process_at_a_time(
+        broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]], redis_client: redis.Redis) -> None:
+    # Given two server processes' webhook stores, and a subscription
+    first, second = Webhooks(broker), Webhooks(broker)
+    sub = run(first.create(subscription("https://a.example.com", ["job.enqueued"]), SECRET))
+    (one,) = enqueue(body())
+    # When both fan out, the first one first
+    run(first.fan_out())
+    (two,) = enqueue(body())
+    run(second.fan_out())
+    # Then the second leaves the work to the first while its lease lasts
+    assert deliveries(redis_client, broker) == [(sub.id, one)]
+    run(first.fan_out())
+    assert deliveries(redis_client, broker) == sorted([(sub.id, one), (sub.id, two)])
+    # and takes over once the first stopped renewing it (its lease ended)
+    redis_client.delete(broker.keys.webhook_fanout_lease)
+    (three,) = enqueue(body())
+    run(second.fan_out())
+    assert (sub.id, three) in deliveries(redis_client, broker)
+    run(first.fan_out())  # the first, back, finds the role taken
+    assert redis_client.get(broker.keys.webhook_fanout_lease) == second._process_id.encode()
