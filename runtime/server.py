@@ -196,9 +196,11 @@ def run(settings: Settings) -> None:
     try:
         if metrics.multiprocess_enabled():  # set in the environment: start from an empty directory
             metrics.enable_multiprocess()
-        trace_export.start("server")
         with redis_url_for(settings) as url, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(serve(settings, url, listener))
+            trace_export.start("server")  # after the embedded Redis is launched: its exporter holds a thread
+            try:
+                runner.run(serve(settings, url, listener))
+            finally:
+                trace_export.stop()
     finally:
-        trace_export.stop()
         listener.close()

@@ -243,7 +243,7 @@ class Producer:
     def link_own(self, meta: dict[str, Any]) -> bool:
         """Link to the context a job's meta carries of its own (not this span's); True if so."""
         own = meta.get("traceparent")
-        if not valid_traceparent(own) or own == self.traceparent:
+        if not isinstance(own, str) or not valid_traceparent(own) or own == self.traceparent:
             return False
         self.span.add_link(_link(own, meta.get("tracestate")).context)
         return True
