@@ -187,7 +187,7 @@ def job_span(job: Job, *, worker_id: str, workflow_step: int | None = None,
     ) as span:
         token = TRACEPARENT.set(_format(span.get_span_context()) or parent)
         try:
-            yield Attempt(span)
+            yield Attempt(span) if span.is_recording() else None  # the API alone: nothing to tell
         finally:
             TRACEPARENT.reset(token)
 

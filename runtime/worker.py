@@ -484,7 +484,7 @@ class Pool:
             outcome = await execute(ctx, self.chain, self.registry.handlers)
             self._slot_freed(run)  # the next job starts while this one's ack is on its way
             await ctx.flush_progress()
-            if ctx.span_traceparent is not None and ctx.job.workflow_id is not None:
+            if ctx.span_traceparent is not None and ctx.job.workflow_id is not None and tracing.enabled():
                 await self._record_step_trace(ctx.job.id, ctx.span_traceparent)
             await self._settle(ctx, outcome)
         finally:

@@ -66,6 +66,8 @@ def register(router: Router, services: Services) -> None:
     settings = services.settings
 
     async def enqueue(request: Request) -> Response:
+        if not tracing.enabled():
+            return await _enqueue(request, None)
         with tracing.producer_span(exporting_only=True) as producer:
             return await _enqueue(request, producer)
 
@@ -88,6 +90,8 @@ def register(router: Router, services: Services) -> None:
         )
 
     async def enqueue_batch(request: Request) -> Response:
+        if not tracing.enabled():
+            return await _enqueue_batch(request, None)
         with tracing.producer_span(exporting_only=True) as producer:
             return await _enqueue_batch(request, producer)
 
