@@ -140,9 +140,8 @@ class Attempt:
         sets the span's status to ERROR and records it (OJS distributed tracing §8)."""
         span = self.span
         span.set_attribute("ojs.job.outcome", outcome)
-        if error_type is None:
-            if outcome == "completed":
-                span.set_status(otel_trace.StatusCode.OK)
+        if error_type is None:  # a cancellation is not an error either (OJS distributed tracing §8.1)
+            span.set_status(otel_trace.StatusCode.OK)
             return
         span.set_attributes({"error.type": error_type, "error.message": error_message or "",
                              "ojs.job.error.attempt": attempt})
