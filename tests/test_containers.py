@@ -5,11 +5,16 @@ Kubernetes manifest against the Dockerfile and the README's "Containers" section
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.fixtures.broker_process import free_port, serving
 from tests.fixtures.procs import REPO
 
 yaml = pytest.importorskip("yaml")
@@ -121,11 +126,23 @@ def test_dockerfile_runs_ojs_run_as_pid_1_as_a_non_root_user_with_a_health_check
     assert exec_form(final.last("ENTRYPOINT")) == ["ojs-run"]
     assert exec_form(final.last("CMD")) == ["handlers_example"]
     health = final.last("HEALTHCHECK")
-    assert health.split(" CMD ")[1].strip().startswith("["), "exec form: no shell in the check"
+    assert exec_form(health.split(" CMD ", 1)[1])[0] == "python", "exec form: no shell (nor curl) in the image"
     assert "/health" in health
     env = " ".join(final.all("ENV"))
     port = re.search(r"OJS_HTTP=0\.0\.0\.0:(\d+)", env)
     assert port and final.last("EXPOSE") == port.group(1)
+
+
+def test_the_health_check_command_passes_against_a_serving_endpoint_and_fails_without_one(
+        dockerfile: Any, redis_url: str, tmp_path: Path) -> None:
+    _args, stages = dockerfile
+    command = exec_form(stages[-1].last("HEALTHCHECK").split(" CMD ", 1)[1])
+    command[0] = sys.executable  # the image's `python`
+    with serving(redis_url, tmp_path) as server:
+        serving_env = {**os.environ, "OJS_HTTP": f"0.0.0.0:{server.port}"}
+        assert subprocess.run(command, env=serving_env, capture_output=True).returncode == 0
+    nobody = {**os.environ, "OJS_HTTP": f"0.0.0.0:{free_port()}"}
+    assert subprocess.run(command, env=nobody, capture_output=True).returncode != 0
 
 
 def test_compose_runs_redis_with_aof_on_a_named_volume_and_the_example(compose: dict[str, Any], dockerfile: Any) -> None:
