@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(BIN)/pip install --upgrade pip >/dev/null
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e '.[dev,embedded]'
+	$(BIN)/pip install -e '.[dev,embedded,otel]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -16,6 +16,9 @@ machine as on a quiet one, so two versions can be compared one after the other:
 * redis: the Redis server runs under ``valgrind --tool=callgrind``; counters are zeroed after
   the jobs are enqueued, then dumped after the fetches (5 jobs per call) and after the acks.
 
+With ``--traced`` the pool exports its spans over OTLP (to a sink in this process that answers
+every export) and only the pool's count is taken: the cost of tracing per job (the otel extra).
+
 Needs valgrind (Debian: ``apt-get install valgrind``); a few minutes. Not part of ``make test``.
 """
 
@@ -108,7 +111,31 @@ def drain_in_pool(url: str, n: int) -> None:
     config = PoolConfig(module="inline", settings=Settings(redis_url=url, redis_command_timeout_ms=0), worker_id="instructions",
                         queues=(("default", 1),), concurrency=10, max_jobs=n,
                         ack_window_s=0.002 * SLOWDOWN, prefetch_hold_s=0.2 * SLOWDOWN)
+    from runtime import trace_export
+
+    trace_export.start("pool")  # with --traced only: the environment names an endpoint
     uvloop.run(Pool(config, registry=registry, liveness=Liveness()).run())
+    trace_export.stop()
+
+
+def _otlp_sink() -> str:
+    """An OTLP/HTTP endpoint that accepts every export and keeps nothing."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("content-length", "0")))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def _cachegrind_total(output: str) -> int:
@@ -195,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", "-n", type=int, default=3000, help="jobs drained (default 3000)")
     parser.add_argument("--drain-in-pool", nargs=2, metavar=("URL", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--traced", action="store_true", help="the pool exports its spans over OTLP; pool count only")
     args = parser.parse_args(argv)
     if args.drain_in_pool:
         drain_in_pool(args.drain_in_pool[0], int(args.drain_in_pool[1]))
@@ -204,6 +232,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"needs {', '.join(missing)} (Debian: apt-get install valgrind)")
     if args.jobs <= BASELINE_JOBS:
         sys.exit(f"--jobs must be above {BASELINE_JOBS}")
+    for name in [k for k in os.environ if k.startswith("OTEL_") or k.startswith("OJS_OTEL_")]:
+        del os.environ[name]  # the pool's environment decides alone whether it traces
+    if args.traced:
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = _otlp_sink()
+        os.environ["OTEL_BSP_SCHEDULE_DELAY"] = str(5000 * SLOWDOWN)  # its default, stretched
+        print(f"instructions per no-op job, traced: pool {pool_instructions(args.jobs):,.0f}")
+        return
     pool = pool_instructions(args.jobs)
     fetch, ack = redis_instructions(args.jobs)
     print(f"instructions per no-op job: pool {pool:,.0f}; redis {fetch + ack:,.0f} "

@@ -28,7 +28,7 @@ from typing import Any, Self
 import msgspec
 from redis.asyncio import Redis
 
-from runtime import timefmt
+from runtime import timefmt, tracing
 from runtime.broker.core import Broker
 from runtime.broker.records import job_from_body
 from runtime.broker.render import encode_job
@@ -135,7 +135,13 @@ class Client:
         return self._watch
 
     async def enqueue_many(self, drafts: Sequence[Draft]) -> list[str | None]:
-        """Enqueue all the jobs or none (one script call); None for each job middleware dropped."""
+        """Enqueue all the jobs or none (one script call); None for each job middleware dropped.
+        Traced (an exporting runtime, or an SDK the application configured): one PRODUCER span
+        for the call, whose context each job carries unless it brought its own."""
+        with tracing.producer_span() as producer:
+            return await self._enqueue_many(drafts, producer)
+
+    async def _enqueue_many(self, drafts: Sequence[Draft], producer: tracing.Producer | None) -> list[str | None]:
         now = timefmt.now_ms()
         bodies: list[bytes] = []
         chosen: list[bool] = []  # the caller chose the id (it may collide), or it was made here
@@ -150,9 +156,13 @@ class Client:
             if not isinstance(kept, Draft) or kept.id != given_id:
                 raise ValueError("enqueue middleware must return the draft (or None) and keep its id")
             slots.append(len(bodies))
+            if producer is not None:
+                producer.inject(kept.meta)
             bodies.append(_body(kept))
             chosen.append(original.id is not None)
         jobs = [job_from_body(body, now_ms=now) for body in bodies]
+        if producer is not None and jobs:
+            producer.jobs([(job.id, job.fields["type"], job.queue) for job in jobs])
         for job, caller_chose in zip(jobs, chosen, strict=True):
             job.client_id = caller_chose  # a fresh UUIDv7 cannot collide: enqueue.lua skips the check
         done = await self._broker.enqueue(jobs, now_ms=now) if jobs else []

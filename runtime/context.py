@@ -144,6 +144,11 @@ class JobContext:
         self.timeout_s = timeout_s
         self.last_checkpoint = last_checkpoint
         self.metadata: dict[str, Any] = {}  # scoped to this execution, shared by the middleware
+        # Traced runs only: a workflow step's index and the traceparents of the steps it waited
+        # for, and the context of this attempt's own span (the steps after it link to it).
+        self.workflow_step: int | None = None
+        self.step_links: tuple[str, ...] = ()
+        self.span_traceparent: str | None = None
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
         self.started_s = time.monotonic()
         self._progress = progress

@@ -32,7 +32,7 @@ from runtime import metrics, timefmt, tracing
 from runtime.binding import ArgumentCheck, InvalidArguments
 from runtime.broker import failures
 from runtime.broker.core import Completion, Failure, NackResult
-from runtime.context import CANCELLED, SHUTDOWN, TIMEOUT, JobContext
+from runtime.context import CANCELLED, SHUTDOWN, TIMEOUT, Job, JobContext
 from runtime.envelope import ErrorInfo
 from runtime.errors import Discard, Retry
 from runtime.handlers import HandlerSpec, Registry
@@ -168,9 +168,18 @@ async def execute(ctx: JobContext, chain: Chain, handlers: Container[str]) -> Ou
             code="handler_error", type="UnknownJobType", retryable=False,
             message=f"No handler is registered for job type '{ctx.job.type}'.",
         ))
+    with tracing.job_span(ctx.job, worker_id=ctx.worker_id, workflow_step=ctx.workflow_step,
+                          step_links=ctx.step_links) as attempt:
+        outcome = await _run(ctx, chain)
+        if attempt is not None:
+            ctx.span_traceparent = attempt.traceparent
+            _trace_outcome(attempt, outcome, ctx.job)
+    return outcome
+
+
+async def _run(ctx: JobContext, chain: Chain) -> Outcome:
     try:
-        with tracing.job_span(ctx.job, worker_id=ctx.worker_id):
-            value = await chain(ctx)
+        value = await chain(ctx)
     except asyncio.CancelledError:
         if ctx.stop_reason == CANCELLED:
             _uncancel()
@@ -212,6 +221,27 @@ def _bounded_ms(seconds: float, most: int = MAX_RETRY_DELAY_MS) -> int:
     if seconds != seconds:  # NaN
         return 0
     return int(min(max(seconds * 1000, 0), most))
+
+
+def _trace_outcome(attempt: tracing.Attempt, outcome: Outcome, job: Job) -> None:
+    """The attempt's outcome on its consumer span: a failure the retry policy retries is
+    ``retry`` while attempts are left, else ``failed`` (as :func:`settle` and nack.lua judge)."""
+    if isinstance(outcome, Completed):
+        attempt.outcome("completed")
+        return
+    if isinstance(outcome, Cancelled | Released):
+        attempt.outcome("cancelled" if isinstance(outcome, Cancelled) else "released")
+        return
+    error = outcome.error
+    if isinstance(outcome, Discarded):
+        name = "discarded"
+    else:
+        non_retryable = list((job.retry or {}).get("non_retryable_errors") or [])
+        retried = isinstance(outcome, RetryLater) or failures.verdict(error, requeue=False, non_retryable=non_retryable) == "retry"
+        name = "retry" if retried and job.attempt < job.max_attempts else "failed"
+    backtrace = "\n".join(error.backtrace) if isinstance(error.backtrace, list) else error.backtrace
+    attempt.outcome(name, error_type=error.type or error.code or "error", error_message=error.message,
+                    backtrace=backtrace, attempt=job.attempt)
 
 
 def _completed(value: Any) -> Outcome:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import uvicorn
 import uvloop
 
-from runtime import metrics, sdnotify
+from runtime import metrics, sdnotify, trace_export
 from runtime.api import system
 from runtime.api.app import App, Hook
 from runtime.api.http_protocol import HttpLimits, protocol_factory
@@ -199,6 +199,10 @@ def run(settings: Settings) -> None:
         if metrics.multiprocess_enabled():  # set in the environment: start from an empty directory
             metrics.enable_multiprocess()
         with redis_url_for(settings) as url, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(serve(settings, url, listener))
+            trace_export.start("server")  # after the embedded Redis is launched: its exporter holds a thread
+            try:
+                runner.run(serve(settings, url, listener))
+            finally:
+                trace_export.stop()
     finally:
         listener.close()

@@ -63,7 +63,7 @@ import msgspec
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import redis
 
-from runtime import default_client, metrics, recovery, reloader, sdnotify, worker
+from runtime import default_client, metrics, recovery, reloader, sdnotify, trace_export, worker
 from runtime.broker.pool_ops import release_worker_blocking
 from runtime.config import Settings
 from runtime.embedded_redis import EmbeddedRedis, EmbeddedRedisError, default_data_dir, redacted
@@ -87,6 +87,7 @@ LOCK_WAIT_S = 15.0  # a previous runtime on the same data dir may still be finis
 REDIS_BOOT_WAIT_S = 5.0  # an external Redis that does not answer this long at start: a boot error
 _PR_SET_PDEATHSIG = 1
 _HELD_ACROSS_FORK = {signal.SIGTERM}  # not SIGTSTP: its default action would freeze the child
+_TRACED_KINDS = frozenset({"pool", "http"})  # the processes that serve requests and run jobs
 
 
 class RedisUnreachable(Exception):
@@ -384,12 +385,15 @@ class Supervisor:
             try:
                 self._become_child(kind)
                 signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
+                if kind in _TRACED_KINDS:  # here, after the fork: the exporter holds a thread
+                    trace_export.start(kind)
                 code = target(name(os.getpid()))
             except SystemExit as exit_:
                 code = exit_.code if isinstance(exit_.code, int) else EXIT_FORCED
             except BaseException:
                 logger.exception("%s process failed", kind)
             finally:
+                trace_export.stop()  # os._exit below would drop the spans still buffered
                 logging.shutdown()
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)

@@ -56,7 +56,7 @@ from concurrent.futures import ThreadPoolExecutor
 import msgspec
 import uvloop
 
-from runtime import fairness, handlers, logs, metrics, timefmt
+from runtime import fairness, handlers, logs, metrics, timefmt, tracing
 from runtime.broker import BACKEND_ERRORS, failures
 from runtime.broker.clients import redis_client
 from runtime.broker.core import Broker, Completion, Failure
@@ -458,6 +458,10 @@ class Pool:
             last_checkpoint=last_checkpoint,
             claim=claim,
         )
+        if tracing.enabled() and job.workflow_id is not None:
+            index = fields.get(b"wf_index")
+            ctx.workflow_step = int(index) if index is not None and index.isdigit() else None
+            ctx.step_links = tuple((fields.get(b"step_traces") or b"").decode().split())
         metrics.job_started(job.queue, job.type, fields)
         self.liveness.jobs.started(job.id, claim)  # recorded before the handler's first step
         task = loop.create_task(self._run_job(ctx), name=f"job:{job.id}")
@@ -480,6 +484,8 @@ class Pool:
             outcome = await execute(ctx, self.chain, self.registry.handlers)
             self._slot_freed(run)  # the next job starts while this one's ack is on its way
             await ctx.flush_progress()
+            if ctx.span_traceparent is not None and ctx.job.workflow_id is not None and tracing.enabled():
+                await self._record_step_trace(ctx.job.id, ctx.span_traceparent)
             await self._settle(ctx, outcome)
         finally:
             self._slot_freed(run)
@@ -494,6 +500,15 @@ class Pool:
             self.liveness.notify(Phase.STUCK)
             self.state = "terminate"  # no more fetches; the supervisor kills us within a tick
             self._hand_back_ready(list(self.ready))
+
+    async def _record_step_trace(self, job_id: str, traceparent: str) -> None:
+        """A traced workflow step's span context on its job, before its ack: advance.lua hands
+        it to the steps that waited for it (their spans link to it). Traced runs only, and
+        best effort: a lost write loses a link, never the job."""
+        try:
+            await self.redis.hset(self.broker.keys.job(job_id), "trace", traceparent)
+        except BACKEND_ERRORS as err:
+            logger.debug("job %s: its trace context was not recorded: %s", job_id, err)
 
     def _slot_freed(self, run: _Running) -> None:
         if run.executing:

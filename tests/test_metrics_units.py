@@ -69,8 +69,8 @@ def test_enqueue_takes_the_trace_headers_only_when_meta_has_none() -> None:
 
 def test_tracing_job_span_sets_the_context_around_the_handler_only() -> None:
     job = Job(id="j1", type="a.b", queue="q", meta={"traceparent": PARENT})
-    if tracing.otel_trace is not None:
-        pytest.skip("opentelemetry is installed: see the otel test")
+    # With opentelemetry installed and no SDK configured (the dev install) the same holds: the
+    # API's no-op tracer makes no span of its own.
     assert tracing.TRACEPARENT.get() is None
     with tracing.job_span(job, worker_id="w"):
         assert tracing.TRACEPARENT.get() == PARENT

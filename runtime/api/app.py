@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from runtime import logs
+from runtime import logs, tracing
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.broker import BACKEND_ERRORS, outcome
 from runtime.errors import (
@@ -115,14 +115,12 @@ class App:
         request_id = given_id if 0 < len(given_id) <= MAX_REQUEST_ID else f"req_{uuid7()}"
         token = logs.REQUEST_ID.set(request_id)  # on every log line of this request
         try:
-            response = await self._dispatch(scope, receive, headers, request_id)
-        except OJSError as err:
-            response = json_response(err.status, error_body(err, request_id), list(err.headers))
-            if isinstance(err, RequestTimeout):  # the rest of the body may still come: not a next request
-                response.headers.append((b"connection", b"close"))
-        except Exception:
-            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            response = json_response(500, error_body(OJSError("Internal server error."), request_id))
+            if tracing.enabled():  # a SERVER span, parent of the enqueue's PRODUCER span
+                with tracing.server_span(scope["method"], headers) as span:
+                    response = await self._answer(scope, receive, headers, request_id, span)
+                    tracing.response_status(span, response.status)
+            else:
+                response = await self._answer(scope, receive, headers, request_id, None)
         finally:
             logs.REQUEST_ID.reset(token)
         response.headers.append((b"ojs-version", b"1.0"))
@@ -131,7 +129,22 @@ class App:
         await send({"type": "http.response.start", "status": response.status, "headers": response.headers})
         await send({"type": "http.response.body", "body": response.body})
 
-    async def _dispatch(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes], request_id: str) -> Response:
+    async def _answer(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes], request_id: str,
+                      span: Any) -> Response:
+        """The response to one request, errors included (as the OJS error body)."""
+        try:
+            return await self._dispatch(scope, receive, headers, request_id, span)
+        except OJSError as err:
+            response = json_response(err.status, error_body(err, request_id), list(err.headers))
+            if isinstance(err, RequestTimeout):  # the rest of the body may still come: not a next request
+                response.headers.append((b"connection", b"close"))
+            return response
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            return json_response(500, error_body(OJSError("Internal server error."), request_id))
+
+    async def _dispatch(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes], request_id: str,
+                        span: Any) -> Response:
         path: str = scope["path"]
         method: str = scope["method"]
         read_only = False
@@ -142,7 +155,9 @@ class App:
         version = headers.get(b"ojs-version")
         if version is not None and version.strip() not in (b"1.0", b"1"):
             raise Unsupported(f"OJS-Version '{version.decode('latin-1')}' is not supported; use 1.0.")
-        handler, params, path_known = self.router.match(method, path.rstrip("/") or "/")
+        handler, params, path_known, template = self.router.resolve(method, path.rstrip("/") or "/")
+        if span is not None and template is not None:
+            tracing.name_route(span, method, template)
         if handler is None:
             if path_known:
                 raise MethodNotAllowed(f"Method {method} is not allowed on {path}.")

@@ -11,13 +11,14 @@ from runtime import metrics, timefmt, tracing
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
 from runtime.broker.core import Progress, QueuePressure
-from runtime.broker.records import job_from_body, present
+from runtime.broker.records import NewJob, job_from_body, present
 from runtime.broker.render import as_hash, encode_job
 from runtime.envelope import BatchRequest, ProgressRequest, decode_checkpoint
 from runtime.errors import InvalidRequest, OJSError
 
 _batch_decoder = msgspec.json.Decoder(BatchRequest)
 _progress_decoder = msgspec.json.Decoder(ProgressRequest)
+_meta_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
 def _progress_body(job_id: str, p: Progress) -> dict[str, Any]:
@@ -42,6 +43,13 @@ def _trace_context(request: Request) -> dict[str, str]:
     return tracing.header_context(request.headers.get(b"traceparent"), request.headers.get(b"tracestate"))
 
 
+def _describe(producer: tracing.Producer, jobs: list[NewJob]) -> None:
+    """The enqueue span named after its jobs, linked to the contexts they carried themselves."""
+    for job in jobs:
+        producer.link_own(_meta_decoder.decode(job.fields["meta"]))
+    producer.jobs([(job.id, job.fields["type"], job.queue) for job in jobs])
+
+
 def _pressure_headers(pressure: QueuePressure | None) -> list[tuple[bytes, bytes]]:
     """The backpressure extension's warning: a bounded queue past its threshold."""
     if pressure is None:
@@ -58,10 +66,19 @@ def register(router: Router, services: Services) -> None:
     settings = services.settings
 
     async def enqueue(request: Request) -> Response:
+        if not tracing.enabled():
+            return await _enqueue(request, None)
+        with tracing.producer_span(exporting_only=True) as producer:
+            return await _enqueue(request, producer)
+
+    async def _enqueue(request: Request, producer: tracing.Producer | None) -> Response:
         now = timefmt.now_ms()
         job = job_from_body(
-            request.body, now_ms=now, request_id=_client_request_id(request), trace_context=_trace_context(request),
+            request.body, now_ms=now, request_id=_client_request_id(request),
+            trace_context=producer.carrier() if producer else _trace_context(request),
         )
+        if producer is not None:
+            _describe(producer, [job])
         outcome = await broker.enqueue([job], now_ms=now)
         (done,) = outcome
         if done.deduplicated:
@@ -73,6 +90,12 @@ def register(router: Router, services: Services) -> None:
         )
 
     async def enqueue_batch(request: Request) -> Response:
+        if not tracing.enabled():
+            return await _enqueue_batch(request, None)
+        with tracing.producer_span(exporting_only=True) as producer:
+            return await _enqueue_batch(request, producer)
+
+    async def _enqueue_batch(request: Request, producer: tracing.Producer | None) -> Response:
         batch: BatchRequest = request.decode(_batch_decoder)
         if not batch.jobs:
             raise InvalidRequest("jobs must contain at least one job")
@@ -80,7 +103,7 @@ def register(router: Router, services: Services) -> None:
             raise InvalidRequest(f"A batch holds at most {settings.max_batch_size} jobs.")
         now = timefmt.now_ms()
         jobs = []
-        trace_context = _trace_context(request)
+        trace_context = producer.carrier() if producer else _trace_context(request)
         for index, raw in enumerate(batch.jobs):
             try:
                 jobs.append(job_from_body(bytes(raw), now_ms=now, request_id=_client_request_id(request),
@@ -88,6 +111,8 @@ def register(router: Router, services: Services) -> None:
             except OJSError as err:
                 err.message = f"jobs[{index}]: {err.message}"
                 raise
+        if producer is not None:
+            _describe(producer, jobs)
         outcomes = await broker.enqueue(jobs, now_ms=now)
         rendered = [
             encode_job(await broker.get(done.job_id)) if done.deduplicated else encode_job(as_hash(job))

@@ -90,20 +90,25 @@ _PARAM = re.compile(r"\{(\w+)\}")
 
 class Router:
     def __init__(self) -> None:
-        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self._routes: list[tuple[str, re.Pattern[str], Handler, str]] = []
 
     def add(self, method: str, template: str, handler: Handler) -> None:
         pattern = "^" + _PARAM.sub(r"(?P<\1>[^/]+)", template) + "$"
-        self._routes.append((method, re.compile(pattern), handler))
+        self._routes.append((method, re.compile(pattern), handler, template))
 
     def match(self, method: str, path: str) -> tuple[Handler | None, dict[str, str], bool]:
         """(handler, params, path_known). path_known without a handler means 405."""
+        handler, params, path_known, _template = self.resolve(method, path)
+        return handler, params, path_known
+
+    def resolve(self, method: str, path: str) -> tuple[Handler | None, dict[str, str], bool, str | None]:
+        """`match`, and the route template that matched (a low-cardinality name for the request)."""
         path_known = False
-        for route_method, pattern, handler in self._routes:
+        for route_method, pattern, handler, template in self._routes:
             found = pattern.match(path)
             if found is None:
                 continue
             path_known = True
             if route_method == method:
-                return handler, found.groupdict(), True
-        return None, {}, path_known
+                return handler, found.groupdict(), True, template
+        return None, {}, path_known, None

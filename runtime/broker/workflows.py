@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from runtime import timefmt
+from runtime import timefmt, tracing
 from runtime.broker.core import Broker
 from runtime.broker.records import NewJob, job_from_body
 from runtime.errors import InvalidRequest, NotFound, OJSError
@@ -55,6 +55,13 @@ def _step_job(step: dict[str, Any], defaults: dict[str, Any] | None, now_ms: int
     except OJSError as err:
         err.message = f"{where}: {err.message}"
         raise
+
+
+def _member_bodies(req: WorkflowRequest) -> list[dict[str, Any]]:
+    """Every job body of a workflow request: steps, jobs and callbacks."""
+    bodies = [*(req.steps or []), *(req.jobs or [])]
+    bodies.extend(body for body in (req.callbacks or {}).values() if isinstance(body, dict))
+    return [body for body in bodies if isinstance(body, dict)]
 
 
 def _dag_deps(steps: list[dict[str, Any]]) -> list[list[int]]:
@@ -155,6 +162,21 @@ class Workflows:
         self.keys = broker.keys
 
     async def create(self, req: WorkflowRequest) -> dict[str, Any]:
+        # One PRODUCER span for the workflow's jobs: each carries it as its traceparent and as
+        # `ojs.workflow.trace_origin` (a job's own traceparent is kept), and each step enqueued
+        # later links to the spans of the steps it waited for (advance.lua's `step_traces`).
+        with tracing.producer_span("ojs.workflow.create") as producer:
+            if producer is not None:
+                for body in _member_bodies(req):
+                    meta = body.setdefault("meta", {})
+                    if isinstance(meta, dict):  # else plan() rejects it
+                        producer.inject(meta, workflow=True)
+            view = await self._create(req)
+            if producer is not None:
+                producer.workflow(view["id"], view["type"], len(view["steps"]))
+            return view
+
+    async def _create(self, req: WorkflowRequest) -> dict[str, Any]:
         now = timefmt.now_ms()
         kind, members, total = plan(req, now)
         workflow_id = uuid7()

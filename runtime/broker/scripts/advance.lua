@@ -9,6 +9,8 @@
     chain, of every earlier step). The array is bounded: results are taken newest first while
     they fit in `parent_results_max_bytes`; older ones become null, so indexes keep their
     meaning (the immediately preceding result is always included).
+  - A dependent enqueued gets `step_traces`: the `trace` field (the span context a traced pool
+    recorded) of each of its dependencies that has one, space-separated.
   - A member fails (discarded or cancelled): dependents that are plain steps never run (they are
     cancelled, transitively); callbacks (wf_cond always / success / failure) only count it.
   - A callback whose dependencies are resolved runs if its condition holds, else it is cancelled.
@@ -68,12 +70,27 @@ local function member_key(wf_key, index)
   return job_key(T, id), id
 end
 
+-- The trace contexts a traced pool recorded on the dependencies (field `trace`), for the
+-- member's span to link to: "" when none was traced.
+local function step_traces(wf_key, deps)
+  local traces = {}
+  for _, d in ipairs(deps) do
+    local dep_key = member_key(wf_key, d)
+    local trace = rcall("HGET", dep_key, "trace")
+    if trace then traces[#traces + 1] = trace end
+  end
+  return table.concat(traces, " ")
+end
+
 local function enqueue_member(wf_key, wf_type, index)
   local key, id = member_key(wf_key, index)
   local f = rcall("HMGET", key, "state", "queue", "priority", "type", "wf_deps", "expires_ms")
   if f[1] ~= "waiting" then return end  -- cancelled meanwhile (or gone): it never runs
+  local deps = split(f[5])
   rcall("HSET", key, "state", "available", "enqueued_at", now,
-    "parent_results", parent_results(wf_key, wf_type, index, split(f[5])))
+    "parent_results", parent_results(wf_key, wf_type, index, deps))
+  local traces = step_traces(wf_key, deps)
+  if traces ~= "" then rcall("HSET", key, "step_traces", traces) end
   move_count(T, f[2], nil, "available")
   count_stat(T, "enqueued", f[2], 1)
   index_available(T, id, f[2], tonumber(f[3]))
