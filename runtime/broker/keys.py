@@ -63,6 +63,13 @@ key                            type        content
                                            reason (fetches return nothing; enqueues go on)
 ``P reaper``                   hash        last_step_ms, resume_at_ms on Redis' clock: lease expiry
                                            waits after an outage (broker/outage.py)
+``P schemas``                  set         job types with a registered args schema (schema registry)
+``P schema:<type>``            hash        version key -> registration (JSON: version, schema,
+                                           created_at, compatible_with)
+``P schemas:gen``              string      the registry's generation: a new random token at every
+                                           change; absent while nothing was ever registered.
+                                           enqueue.lua compares it with the one the args were
+                                           checked against (broker/args_schemas.py)
 =============================  ==========  ======================================================
 """
 
@@ -91,6 +98,8 @@ SUFFIXES: dict[str, str] = {
     "pools": "pools",
     "migrations": "migrations",
     "maintenance": "maintenance",
+    "schema_types": "schemas",
+    "schemas_gen": "schemas:gen",
 }
 
 
@@ -142,6 +151,17 @@ class Keys:
 
     def workflow(self, workflow_id: str) -> str:
         return f"{self.prefix}workflow:{workflow_id}"
+
+    def schema(self, job_type: str) -> str:
+        return f"{self.prefix}schema:{job_type}"
+
+    @property
+    def schema_types(self) -> str:
+        return self.prefix + SUFFIXES["schema_types"]
+
+    @property
+    def schemas_gen(self) -> str:
+        return self.prefix + SUFFIXES["schemas_gen"]
 
     def suspects(self, queue: str) -> str:
         return f"{self.prefix}queue:{queue}:suspects"
