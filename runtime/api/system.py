@@ -44,7 +44,7 @@ def manifest() -> dict[str, Any]:
         "unique_job_strength": "strong",
         "capabilities": {
             "batch_enqueue": True, "cron_jobs": True, "dead_letter": True, "delayed_jobs": True,
-            "job_ttl": True, "priority_queues": True, "rate_limiting": True, "schema_validation": False,
+            "job_ttl": True, "priority_queues": True, "rate_limiting": True, "schema_validation": True,
             "unique_jobs": {"strength": "strong", "mechanism": "atomic check-and-insert in one Lua script"},
             "workflows": True, "pause_resume": True, "admin_api": True, "backpressure": True,
             "maintenance_mode": True,
@@ -57,6 +57,9 @@ def manifest() -> dict[str, Any]:
             "dead-letter": {"list": True, "stats": True, "retry": True, "delete": True, "purge": True},
             "fair-scheduling": {"strategies": ["weighted", "strict", "round_robin"], "pools": True},
             "progress": True,
+            "schema-registry": {"base": "/ojs/v1/schemas", "admin_base": "/ojs/v1/admin/schemas",
+                                "dialect": "https://json-schema.org/draft/2020-12/schema",
+                                "validation_modes": ["strict"]},
         },
         "endpoints": {"base": "/ojs/v1", "manifest": "/ojs/manifest", "health": "/ojs/v1/health",
                       "admin": "/ojs/v1/admin"},
