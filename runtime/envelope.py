@@ -127,11 +127,22 @@ class BatchRequest(msgspec.Struct, kw_only=True):
     jobs: list[Raw]
 
 
+class HandlerVersions(msgspec.Struct, kw_only=True):
+    """A worker's declaration for one job type (ojs-job-versioning.md 8.1)."""
+
+    type: JobType
+    versions: Annotated[str, Meta(max_length=256)] = "*"
+
+
 class FetchRequest(msgspec.Struct, kw_only=True):
     queues: Annotated[list[QueueName], Meta(min_length=1, max_length=100)]
     count: Annotated[int, Meta(ge=1)] = 1
     worker_id: WorkerId | None = None
     visibility_timeout_ms: PositiveMs | None = None
+    # The versions this worker takes, per job type: `versions` as a map, or the spec's
+    # `handlers` list; a type left out takes every version.
+    versions: Annotated[dict[JobType, Annotated[str, Meta(max_length=256)]], Meta(max_length=100)] | None = None
+    handlers: Annotated[list[HandlerVersions], Meta(max_length=100)] | None = None
 
 
 class AckRequest(msgspec.Struct, kw_only=True):

@@ -93,3 +93,42 @@ def test_two_versions_of_a_type_are_different_unique_jobs(api: httpx.Client) -> 
     again = api.post("/ojs/v1/jobs", json=unique("1.0"))
     assert again.status_code == 409, again.text
     assert again.json()["error"]["details"]["existing_job_id"] == first["id"]
+
+
+# --- routing by version at fetch -------------------------------------------------------------
+
+
+def fetch_ids(api: httpx.Client, queue: str, **declared: Any) -> list[tuple[str, Any]]:
+    response = api.post("/ojs/v1/workers/fetch", json={"queues": [queue], "count": 10, **declared})
+    assert response.status_code == 200, response.text
+    return [(j["args"][0], j.get("version")) for j in response.json()["jobs"]]
+
+
+def test_a_worker_that_declares_versions_gets_only_those_and_the_rest_wait_for_a_compatible_one(
+    api: httpx.Client,
+) -> None:
+    queue = "ver-route"
+    for name, version in (("old", "1.4"), ("new", "2.0"), ("plain", None), ("newer", "2.10"), ("rc", "2.0.0-rc.1")):
+        extra = {} if version is None else {"version": version}
+        enqueue(api, {"type": "invoice.generate", "args": [name], **extra, "options": {"queue": queue}})
+    enqueue(api, {"type": "email.send", "args": ["other-type"], "version": "1.0", "options": {"queue": queue}})
+    # When: a worker that takes 2.x of invoice.generate (and anything of other types) fetches
+    got = fetch_ids(api, queue, handlers=[{"type": "invoice.generate", "versions": ">=2.0, <3.0"}])
+    # Then: 2.0 and 2.10 (2.10 > 2.0 as versions), the unversioned job and the other type's job;
+    # not 2.0.0-rc.1, which precedes 2.0
+    assert got == [("new", "2.0"), ("plain", None), ("newer", "2.10"), ("other-type", "1.0")]
+    # And: the 1.4 and 2.0.0-rc.1 jobs stay available for a worker that takes them
+    assert fetch_ids(api, queue, versions={"invoice.generate": ">=2.0 <3.0"}) == []
+    assert fetch_ids(api, queue, versions={"invoice.generate": "1.4"}) == [("old", "1.4")]
+    assert fetch_ids(api, queue, versions={"invoice.generate": "*"}) == [("rc", "2.0.0-rc.1")]
+
+
+@pytest.mark.parametrize("declared", [
+    {"versions": {"invoice.generate": "two"}},
+    {"versions": {"invoice.generate": ">=1.0 <"}},
+    {"handlers": [{"type": "invoice.generate", "versions": "~1.0"}]},
+])
+def test_a_malformed_version_range_is_400(api: httpx.Client, declared: dict[str, Any]) -> None:
+    response = api.post("/ojs/v1/workers/fetch", json={"queues": ["ver-bad-range"], **declared})
+    assert response.status_code == 400, response.text
+    assert "versions of invoice.generate" in response.json()["error"]["message"]

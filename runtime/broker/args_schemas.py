@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import msgspec
-from jsonschema.protocols import Validator
-from referencing.exceptions import Unresolvable
 
 from runtime.broker.job_versions import precedence, version_key
 from runtime.broker.records import NewJob
 from runtime.errors import ArgsSchemaMismatch, InvalidSchema
+
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
+
+# jsonschema is imported where a schema is first compiled, not with the broker: a server whose
+# registry stays empty never loads it.
 
 # Before the first snapshot: a generation no registry has, so the first enqueue learns the
 # stored one from enqueue.lua's refusal (and reads the registry only when it is not empty).
@@ -54,6 +57,8 @@ def compile_schema(document: Any) -> Validator:
     The dialect is the one `$schema` names; without `$schema`, draft 2020-12 (the registry's
     format), unless the document is valid only in draft 2019-09 (its array form of `items`, which
     2020-12 renamed `prefixItems`): it is read in the dialect it was written for."""
+    import jsonschema
+
     if not isinstance(document, dict | bool):
         raise InvalidSchema("schema must be a JSON Schema document (an object or a boolean).")
     declared = isinstance(document, dict) and "$schema" in document
@@ -61,7 +66,7 @@ def compile_schema(document: Any) -> Validator:
     if declared and cls is None:
         raise InvalidSchema(f"schema: unknown $schema dialect {document['$schema']!r}.")
     candidates = [cls] if cls is not None else [jsonschema.Draft202012Validator, jsonschema.Draft201909Validator]
-    first_error: jsonschema.SchemaError | None = None
+    first_error: Any = None
     for candidate in candidates:
         try:
             candidate.check_schema(document)
@@ -78,7 +83,7 @@ def compile_schema(document: Any) -> Validator:
 class _Entry(msgspec.Struct):
     text: bytes  # the stored registration, to tell a changed one from the same
     registration: Registration
-    validator: Validator | None = None  # compiled on first use
+    validator: Any = None  # a jsonschema Validator, compiled on first use
 
 
 class _TypeSchemas(msgspec.Struct):
@@ -122,6 +127,8 @@ class ArgsGuard:
         job_type = job.fields["type"]
         if entry.validator is None:
             entry.validator = compile_schema(_json.decode(entry.registration.schema))
+        from referencing.exceptions import Unresolvable
+
         args = _json.decode(job.fields["args"])
         try:
             errors = sorted(entry.validator.iter_errors(args), key=lambda e: list(map(str, e.absolute_path)))

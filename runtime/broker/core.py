@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from runtime import metrics, timefmt
 from runtime.broker import failures
 from runtime.broker.args_schemas import ArgsGuard
+from runtime.broker.job_versions import VersionRange
 from runtime.broker.keys import Keys
 from runtime.broker.outage import LeaseExpiryGuard
 from runtime.broker.records import NewJob
@@ -249,6 +250,7 @@ class Broker:
         exec_grace_ms: int | None = None,
         idle: bool | None = None,
         type_room: Mapping[str, int] | None = None,
+        version_ranges: Mapping[str, VersionRange] | None = None,
     ) -> list[dict[bytes, bytes]]:
         """Claim up to `count` jobs, trying the queues in order. Returns the claimed job hashes.
 
@@ -257,7 +259,8 @@ class Broker:
         enforces execution timeouts itself, from its handler's start, passes `exec_grace_ms`: the
         broker's own deadline for these claims comes that much later. With `type_room` (job
         type -> how many more the caller can start), jobs of a type without room are left in
-        their queue.
+        their queue. With `version_ranges` (job type -> the versions the caller takes), a versioned
+        job of such a type outside its range is left in its queue for a compatible caller.
 
         Suspects (jobs running beside others when their process died) are only given to an
         `idle` caller, one that runs and holds no job: it then gets that one job alone (its hash
@@ -277,6 +280,8 @@ class Broker:
                 *queues, *([str(q) for q in quotas] if quotas else [""] * len(queues)),
                 "" if idle is None else ("1" if idle else "0"), str(len(type_room or ())),
                 *(x for job_type, room in (type_room or {}).items() for x in (job_type, str(max(0, room)))),
+                str(len(version_ranges or ())),
+                *(x for job_type, r in (version_ranges or {}).items() for x in (job_type, *r.script_args())),
             ],
         )
         return [pairs_to_dict(flat) for flat in reply]

@@ -15,7 +15,7 @@ import msgspec
 from msgspec import Raw
 
 from runtime import timefmt
-from runtime.broker.job_versions import version_key
+from runtime.broker.job_versions import sort_key, version_key
 from runtime.broker.uniqueness import UniqueLock, unique_lock
 from runtime.envelope import (
     ENVELOPE_FIELDS,
@@ -264,6 +264,7 @@ def build_job(
     }
     if version is not None:
         fields["version"] = _encode(version).decode()  # as sent: 2 stays a number, "2.0" a string
+        fields["version_order"] = sort_key(version_key(version))  # what fetch.lua routes by
     if state is State.AVAILABLE:
         fields["enqueued_at"] = str(now_ms)
     if scheduled_display is not None:
