@@ -135,6 +135,7 @@ def test_a_registration_without_its_fields_is_400(api: httpx.Client, path: str, 
     ({"type": "no-such-type"}, "schema.type"),
     ({"type": "object", "properties": {"n": {"minimum": "zero"}}}, "schema.properties.n.minimum"),
     ({"$schema": "https://example.com/not-a-dialect", "type": "array"}, None),
+    ({"$schema": ["not", "a", "uri"], "type": "array"}, None),
     ([1, 2], None),
 ])
 def test_a_document_that_is_no_json_schema_is_refused_with_422(api: httpx.Client, schema: Any, path: str | None) -> None:
@@ -226,3 +227,14 @@ def test_a_registration_on_one_server_checks_the_enqueues_of_another_at_once(
         # And: once a deletes it, b no longer checks
         assert api_a.delete("/ojs/v1/schemas/email.send/1").status_code == 200
         assert enqueue(api_b, "email.send", [1]).status_code == 201
+
+
+@pytest.mark.parametrize("schema", [
+    {"$ref": "#"},  # refers to itself for ever
+    {"$ref": "https://example.com/schemas/args.json"},  # remote: never fetched
+])
+def test_a_schema_that_cannot_be_evaluated_refuses_the_enqueue_with_422_not_500(api: httpx.Client, schema: Any) -> None:
+    assert register(api, "odd.schema", "1", schema).status_code == 201
+    response = enqueue(api, "odd.schema", [1])
+    assert response.status_code == 422, response.text
+    assert "cannot be evaluated" in response.json()["error"]["message"]

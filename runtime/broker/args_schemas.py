@@ -61,10 +61,12 @@ def compile_schema(document: Any) -> Validator:
 
     if not isinstance(document, dict | bool):
         raise InvalidSchema("schema must be a JSON Schema document (an object or a boolean).")
-    declared = isinstance(document, dict) and "$schema" in document
-    cls: Any = jsonschema.validators.validator_for(document, default=None) if declared else None
-    if declared and cls is None:
-        raise InvalidSchema(f"schema: unknown $schema dialect {document['$schema']!r}.")
+    dialect = document.get("$schema") if isinstance(document, dict) else None
+    if dialect is not None and not isinstance(dialect, str):
+        raise InvalidSchema("schema: $schema must be the URI of a JSON Schema dialect.")
+    cls: Any = jsonschema.validators.validator_for(document, default=None) if dialect is not None else None
+    if dialect is not None and cls is None:
+        raise InvalidSchema(f"schema: unknown $schema dialect {dialect!r}.")
     candidates = [cls] if cls is not None else [jsonschema.Draft202012Validator, jsonschema.Draft201909Validator]
     first_error: Any = None
     for candidate in candidates:
@@ -73,6 +75,8 @@ def compile_schema(document: Any) -> Validator:
         except jsonschema.SchemaError as err:
             first_error = first_error or err
             continue
+        except RecursionError:
+            raise InvalidSchema("schema is nested too deeply.") from None
         validator: Validator = candidate(document, format_checker=candidate.FORMAT_CHECKER)
         return validator
     assert first_error is not None
@@ -132,7 +136,7 @@ class ArgsGuard:
         args = _json.decode(job.fields["args"])
         try:
             errors = sorted(entry.validator.iter_errors(args), key=lambda e: list(map(str, e.absolute_path)))
-        except (Unresolvable, re.error) as err:
+        except (Unresolvable, re.error, RecursionError) as err:
             raise ArgsSchemaMismatch(
                 f"The schema for {job_type}@{key} cannot be evaluated: {err}",
                 details={"job_type": job_type, "version": entry.registration.version},
@@ -178,4 +182,5 @@ class ArgsGuard:
 
 def latest_version(keys: Any) -> str:
     """The highest version key by precedence (ties: the longer spelling, 2.0.0 over 2)."""
-    return max(keys, key=lambda k: (precedence(k), k))
+    latest: str = max(keys, key=lambda k: (precedence(k), k))
+    return latest
