@@ -238,3 +238,12 @@ def test_a_schema_that_cannot_be_evaluated_refuses_the_enqueue_with_422_not_500(
     response = enqueue(api, "odd.schema", [1])
     assert response.status_code == 422, response.text
     assert "cannot be evaluated" in response.json()["error"]["message"]
+
+
+def test_numbers_python_cannot_hold_are_a_4xx_in_a_schema_and_in_checked_args(api: httpx.Client) -> None:
+    # Valid JSON, out of a float's range: sent as text, as a client may
+    huge = api.post("/ojs/v1/schemas", content=b'{"job_type":"big.numbers","version":"1","schema":{"maximum":1e400}}')
+    assert huge.status_code == 400, huge.text
+    assert register(api, "big.numbers", "1", {"type": "array"}).status_code == 201
+    refused = api.post("/ojs/v1/jobs", content=b'{"type":"big.numbers","args":[1e400]}')
+    assert refused.status_code == 422, refused.text

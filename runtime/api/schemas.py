@@ -71,7 +71,10 @@ def _checked_version(version: str) -> str:
 def _schema_document(raw: msgspec.Raw) -> Any:
     if not present(raw):
         raise InvalidRequest("schema is required: the JSON Schema the job type's args must match.")
-    return _document.decode(bytes(raw))
+    try:
+        return _document.decode(bytes(raw))
+    except msgspec.MsgspecError as err:  # valid JSON that Python cannot hold (1e400)
+        raise InvalidRequest(f"schema: {err}") from None
 
 
 def register(router: Router, services: Services) -> None:

@@ -133,7 +133,13 @@ class ArgsGuard:
             entry.validator = compile_schema(_json.decode(entry.registration.schema))
         from referencing.exceptions import Unresolvable
 
-        args = _json.decode(job.fields["args"])
+        try:
+            args = _json.decode(job.fields["args"])
+        except msgspec.MsgspecError as err:  # valid JSON that Python cannot hold (1e400)
+            raise ArgsSchemaMismatch(
+                f"The args of this {job_type} job cannot be checked against its schema: {err}",
+                details={"job_type": job_type, "version": entry.registration.version},
+            ) from None
         try:
             errors = sorted(entry.validator.iter_errors(args), key=lambda e: list(map(str, e.absolute_path)))
         except (Unresolvable, re.error, RecursionError) as err:
