@@ -247,3 +247,12 @@ def test_numbers_python_cannot_hold_are_a_4xx_in_a_schema_and_in_checked_args(ap
     assert register(api, "big.numbers", "1", {"type": "array"}).status_code == 201
     refused = api.post("/ojs/v1/jobs", content=b'{"type":"big.numbers","args":[1e400]}')
     assert refused.status_code == 422, refused.text
+
+
+def test_a_workflow_with_a_step_that_misses_its_schema_is_refused_whole(api: httpx.Client) -> None:
+    assert register(api, "email.send", "1", {"type": "array", "items": {"type": "string"}}).status_code == 201
+    steps = [{"type": "report.build", "args": ["2024-06-01"]}, {"type": "email.send", "args": [42]}]
+    response = api.post("/ojs/v1/workflows", json={"type": "chain", "name": "checked", "steps": steps})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["details"]["path"] == "args[0]"
+    assert api.get("/ojs/v1/workflows").json()["workflows"] == []
