@@ -29,6 +29,7 @@ _dict = msgspec.json.Decoder(dict[str, Any])
 _optional_list = msgspec.json.Decoder(list[Any] | None)
 _optional_dict = msgspec.json.Decoder(dict[str, Any] | None)
 _optional_tags = msgspec.json.Decoder(list[str] | None)
+_version = msgspec.json.Decoder(int | str | None)
 
 
 def job_of_hash(h: dict[bytes, bytes]) -> Job:
@@ -59,6 +60,7 @@ def job_of_hash(h: dict[bytes, bytes]) -> Job:
             errors=[_dict.decode(entry) for entry in error_history(h)] if b"nerr" in h else [],
             workflow_id=None if (v := get(b"workflow_id")) is None else v.decode(),
             parent_results=None if (v := get(b"parent_results")) is None else _optional_list.decode(v),
+            version=None if (v := get(b"version")) is None else _version.decode(v),
         )
     except KeyError as missing:
         raise ValueError(f"the job hash has no {missing.args[0].decode()}") from None

@@ -48,6 +48,7 @@ class Job(msgspec.Struct, kw_only=True, frozen=True):
     errors: list[dict[str, Any]] = []
     workflow_id: str | None = None
     parent_results: list[Any] | None = None
+    version: int | str | None = None  # as the producer stamped it (job-versioning extension)
 
 
 class ProgressUpdate(msgspec.Struct, frozen=True, kw_only=True):

@@ -18,10 +18,17 @@ TYPE_PATTERN = r"^[a-z][a-z0-9_\-]*(\.[a-z][a-z0-9_\-]*)*$"
 QUEUE_PATTERN = r"^[a-z0-9][a-z0-9\-\.]*$"
 UUID7_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 WORKER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$"
+# A job version (the job-versioning extension): "2", "2.0", "2.0.0", "2.0.0-rc.1"... It starts
+# with a digit, so no version can be mistaken for the path word "versions".
+VERSION_PATTERN = r"^[0-9][0-9A-Za-z.+\-]{0,63}$"
+# An enqueue request's type may carry its version after an `@` (ojs-job-versioning.md 5.3).
+VERSIONED_TYPE_PATTERN = TYPE_PATTERN.removesuffix("$") + "(@" + VERSION_PATTERN.removeprefix("^")[:-1] + ")?$"
 
 JobType = Annotated[str, Meta(pattern=TYPE_PATTERN, max_length=255)]
 QueueName = Annotated[str, Meta(pattern=QUEUE_PATTERN, max_length=128)]
 JobId = Annotated[str, Meta(pattern=UUID7_PATTERN)]
+VersionText = Annotated[str, Meta(pattern=VERSION_PATTERN)]
+JobVersion = Annotated[int, Meta(ge=0, le=2**53)] | VersionText
 WorkerId = Annotated[str, Meta(min_length=1, max_length=256)]
 Priority = Annotated[int, Meta(ge=-100, le=100)]
 NamedPriority = Literal["HIGH", "NORMAL", "LOW", "high", "normal", "low"]
@@ -89,8 +96,9 @@ class EnqueueOptions(msgspec.Struct, kw_only=True):
 class EnqueueRequest(msgspec.Struct, kw_only=True):
     """POST /ojs/v1/jobs. Flat wire-format fields are accepted; options win when both are set."""
 
-    type: JobType
+    type: Annotated[str, Meta(pattern=VERSIONED_TYPE_PATTERN, max_length=255 + 65)]
     args: Raw
+    version: JobVersion | None = None  # wins over a version given in `type` after an `@`
     id: JobId | None = None
     meta: dict[str, Any] | None = None
     schema: Annotated[str, Meta(max_length=2048)] | None = None
@@ -121,11 +129,22 @@ class BatchRequest(msgspec.Struct, kw_only=True):
     jobs: list[Raw]
 
 
+class HandlerVersions(msgspec.Struct, kw_only=True):
+    """A worker's declaration for one job type (ojs-job-versioning.md 8.1)."""
+
+    type: JobType
+    versions: Annotated[str, Meta(max_length=256)] = "*"
+
+
 class FetchRequest(msgspec.Struct, kw_only=True):
     queues: Annotated[list[QueueName], Meta(min_length=1, max_length=100)]
     count: Annotated[int, Meta(ge=1)] = 1
     worker_id: WorkerId | None = None
     visibility_timeout_ms: PositiveMs | None = None
+    # The versions this worker takes, per job type: `versions` as a map, or the spec's
+    # `handlers` list; a type left out takes every version.
+    versions: Annotated[dict[JobType, Annotated[str, Meta(max_length=256)]], Meta(max_length=100)] | None = None
+    handlers: Annotated[list[HandlerVersions], Meta(max_length=100)] | None = None
 
 
 class AckRequest(msgspec.Struct, kw_only=True):
@@ -232,3 +251,24 @@ class CronPatch(msgspec.Struct, kw_only=True):
 
 class PauseRequest(msgspec.Struct, kw_only=True):
     reason: str | None = None
+
+
+class SchemaPut(msgspec.Struct, kw_only=True):
+    """PUT /ojs/v1/admin/schemas/{type}/{version} (ojs-job-versioning.md 6.1): `schema`, or the
+    prose's `args_schema`; `type` and `version`, when given, must be the path's."""
+
+    schema: Raw = Raw()
+    args_schema: Raw = Raw()
+    type: str | None = None
+    version: JobVersion | None = None
+    compatible_with: Annotated[list[JobVersion], Meta(max_length=100)] | None = None
+
+
+class SchemaPost(msgspec.Struct, kw_only=True):
+    """POST /ojs/v1/schemas (ojs-schema-registry.md 4.1); `type` is accepted for `job_type`."""
+
+    job_type: JobType | None = None
+    type: JobType | None = None
+    version: JobVersion | None = None
+    schema: Raw = Raw()
+    compatible_with: Annotated[list[JobVersion], Meta(max_length=100)] | None = None

@@ -55,6 +55,24 @@ class EnqueueRejected(OJSError):
     error_type = "validation_error"
 
 
+class ArgsSchemaMismatch(OJSError):
+    """A job's args do not match the schema registered for its type and version."""
+
+    status = 422
+    code = "validation_error"
+    error_type = "validation_error"
+    hint = "Send args that match the schema: GET /ojs/v1/schemas/{type} shows the latest one."
+
+
+class InvalidSchema(OJSError):
+    """A schema registration whose document is not a valid JSON Schema."""
+
+    status = 422
+    code = "validation_error"
+    error_type = "validation_error"
+    hint = "Register a JSON Schema document (draft 2020-12 unless its $schema names another)."
+
+
 class Unsupported(OJSError):
     status = 422
     code = "unsupported"

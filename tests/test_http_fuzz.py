@@ -659,6 +659,10 @@ OTHER_BODIES: dict[str, tuple[dict[str, Any], list[str]]] = {
     "/ojs/v1/queues/fuzz-pq/pause": ({}, ["reason"]),
     "/ojs/v1/queues/fuzz-pq/resume": ({}, ["reason"]),
     "/ojs/v1/dead-letter/" + str(uuid.UUID(int=0)) + "/retry": ({}, ["reason"]),
+    "/ojs/v1/schemas": (
+        {"job_type": "fuzz.schema", "version": "1.0", "schema": {"type": "array", "items": {"type": "string"}}},
+        ["job_type", "type", "version", "schema", "schema.type", "schema.items", "compatible_with"],
+    ),
 }
 BODY_ENDPOINTS: list[tuple[str, str]] = [
     ("POST", "/ojs/v1/jobs"),
@@ -685,6 +689,9 @@ ROUTES: list[tuple[str, str]] = [
     ("PATCH", "/ojs/v1/cron/{}"), ("GET", "/metrics"),
     ("POST", "/ojs/v1/jobs/{}/activate"), ("PUT", "/ojs/v1/jobs/{}/progress"),
     ("GET", "/ojs/v1/jobs/{}/progress"),
+    ("POST", "/ojs/v1/schemas"), ("GET", "/ojs/v1/schemas/{}"), ("GET", "/ojs/v1/schemas/{}/versions"),
+    ("DELETE", "/ojs/v1/schemas/fuzz.schema/{}"), ("PUT", "/ojs/v1/admin/schemas/fuzz.schema/{}"),
+    ("GET", "/ojs/v1/admin/schemas/{}"),
 ]
 # fmt: on
 PARAM_ROUTES = [route for route in ROUTES if "{}" in route[1]]

@@ -10,6 +10,7 @@ from runtime.api import (
     jobs,
     queues,
     rate_limits,
+    schemas,
     system,
     workers,
     workflows,
@@ -21,7 +22,8 @@ from runtime.api.webhooks import register as register_webhooks
 
 def build_router(services: Services) -> Router:
     router = Router()
-    for module in (system, jobs, job_priority, workers, queues, crons, workflows, rate_limits, admin, dashboard):
+    for module in (system, jobs, job_priority, workers, queues, crons, workflows, rate_limits, admin, schemas,
+                   dashboard):
         module.register(router, services)
     register_webhooks(router, services)
     return router

@@ -44,7 +44,7 @@ def manifest() -> dict[str, Any]:
         "unique_job_strength": "strong",
         "capabilities": {
             "batch_enqueue": True, "cron_jobs": True, "dead_letter": True, "delayed_jobs": True,
-            "job_ttl": True, "priority_queues": True, "rate_limiting": True, "schema_validation": False,
+            "job_ttl": True, "priority_queues": True, "rate_limiting": True, "schema_validation": True,
             "unique_jobs": {"strength": "strong", "mechanism": "atomic check-and-insert in one Lua script"},
             "workflows": True, "pause_resume": True, "admin_api": True, "backpressure": True,
             "maintenance_mode": True,
@@ -62,6 +62,9 @@ def manifest() -> dict[str, Any]:
             "rate-limiting": {"strategies": ["concurrency", "rate", "throttle"], "window": "sliding",
                               "on_limit": ["wait", "reschedule", "drop"], "queue_level": True,
                               "override": True, "inspect": "/ojs/v1/rate-limits/{key}"},
+            "schema-registry": {"base": "/ojs/v1/schemas", "admin_base": "/ojs/v1/admin/schemas",
+                                "dialect": "https://json-schema.org/draft/2020-12/schema",
+                                "validation_modes": ["strict"]},
         },
         "endpoints": {"base": "/ojs/v1", "manifest": "/ojs/manifest", "health": "/ojs/v1/health",
                       "admin": "/ojs/v1/admin"},

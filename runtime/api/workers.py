@@ -7,6 +7,7 @@ import msgspec
 from runtime import metrics, timefmt
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
+from runtime.broker.job_versions import VersionRange, parse_range
 from runtime.broker.records import present
 from runtime.broker.render import encode_job
 from runtime.envelope import AckRequest, FetchRequest, HeartbeatRequest, NackRequest
@@ -24,6 +25,21 @@ def _result_bytes(raw: msgspec.Raw) -> bytes | None:
     return bytes(raw).strip() if present(raw) else None
 
 
+def _version_ranges(req: FetchRequest) -> dict[str, VersionRange] | None:
+    """The worker's version declarations (job-versioning extension); 400 for a malformed range."""
+    declared = dict(req.versions or {})
+    declared.update((h.type, h.versions) for h in req.handlers or ())
+    ranges = {}
+    for job_type, text in declared.items():
+        try:
+            parsed = parse_range(text)
+        except ValueError as err:
+            raise InvalidRequest(f"versions of {job_type}: {err}") from None
+        if parsed is not None:
+            ranges[job_type] = parsed
+    return ranges or None
+
+
 def register(router: Router, services: Services) -> None:
     broker = services.broker
     settings = services.settings
@@ -34,6 +50,7 @@ def register(router: Router, services: Services) -> None:
             raise InvalidRequest(f"count must be at most {settings.max_fetch_count}")
         jobs = await broker.fetch(
             req.queues, count=req.count, worker_id=req.worker_id, visibility_ms=req.visibility_timeout_ms,
+            version_ranges=_version_ranges(req),
         )
         for fields in jobs:
             metrics.job_started(fields.get(b"queue", b"").decode(), fields.get(b"type", b"").decode(), fields)

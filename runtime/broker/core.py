@@ -16,16 +16,22 @@ from redis.asyncio import Redis
 
 from runtime import metrics, timefmt
 from runtime.broker import failures
+from runtime.broker.args_schemas import ArgsGuard
+from runtime.broker.job_versions import VersionRange
 from runtime.broker.keys import Keys
 from runtime.broker.outage import LeaseExpiryGuard
 from runtime.broker.records import NewJob
 from runtime.broker.render import pairs_to_dict
+from runtime.broker.schema_registry import SchemaRegistry
 from runtime.broker.scripts import Scripts, Status
 from runtime.config import Settings
 from runtime.envelope import ErrorInfo
-from runtime.errors import Conflict, Duplicate, NotFound, QueueFull
+from runtime.errors import ArgsSchemaMismatch, Conflict, Duplicate, NotFound, QueueFull
 
 _retry_display = msgspec.json.Decoder(dict[str, Any])
+# An enqueue checks its args again when the schema registry changed meanwhile; a registry that
+# changes this many times in a row during one enqueue is refused rather than chased for ever.
+MAX_SCHEMA_CHECKS = 8
 _pack = msgspec.msgpack.Encoder().encode
 
 
@@ -136,6 +142,8 @@ class Broker:
         self.scripts = Scripts(redis, command_timeout_s=settings.redis_command_timeout_ms / 1000)
         self._maxlen = str(settings.events_maxlen)
         self._lease_expiry = LeaseExpiryGuard(self.scripts, self.keys, settings)
+        self.args_guard = ArgsGuard()
+        self.schemas = SchemaRegistry(self.scripts, self.keys, redis, self.args_guard)
 
     # --- enqueue ---------------------------------------------------------------------------
 
@@ -147,10 +155,27 @@ class Broker:
         bounded queue without room for the call's jobs refuses them all (429 QUEUE_FULL)."""
         args: list[str | bytes] = [str(now_ms), self._maxlen, str(len(jobs)), "", "", "", "", ""]
         args += [job.script_arg() for job in jobs]
+        args.append("")  # the schema registry generation, set below
         if workflow is not None:
             args.append(_pack([x for pair in workflow.items() for x in pair]))
-        reply = await self.scripts.call("enqueue", keys=self._enqueue_keys(), args=args)
-        status = int(reply[0])
+        for _ in range(MAX_SCHEMA_CHECKS):
+            try:
+                args[8 + len(jobs)] = self.args_guard.check(jobs)
+            except ArgsSchemaMismatch:
+                # Refused by this process' snapshot: only a current one may refuse (the schema
+                # may have been removed or replaced since). The one extra read is on this path.
+                stored = await self.schemas.stored_generation()
+                if stored == self.args_guard.generation:
+                    raise
+                await self.schemas.refresh_guard(stored)
+                continue
+            reply = await self.scripts.call("enqueue", keys=self._enqueue_keys(), args=args)
+            status = int(reply[0])
+            if status != Status.SCHEMAS_CHANGED:
+                break
+            await self.schemas.refresh_guard(reply[1].decode())
+        else:
+            raise Conflict("The schema registry kept changing during this enqueue; retry it.")
         if status == Status.DUPLICATE_ID:
             dup = jobs[int(reply[1]) - 1]
             raise Duplicate(f"Job '{dup.id}' already exists.", details={"job_id": dup.id})
@@ -186,7 +211,7 @@ class Broker:
         id, reason), reason overlap_skip or unique_conflict (enqueue.lua has recorded the skip)."""
         args: list[str | bytes] = [
             str(now_ms), self._maxlen, "1", cron_name, str(tick_ms), str(next_ms), overlap, expression,
-            job.script_arg(),
+            job.script_arg(), "*",  # a cron's jobs are not checked against the schema registry
         ]
         reply = await self.scripts.call("enqueue", keys=self._enqueue_keys(), args=args)
         status = int(reply[0])
@@ -225,6 +250,7 @@ class Broker:
         exec_grace_ms: int | None = None,
         idle: bool | None = None,
         type_room: Mapping[str, int] | None = None,
+        version_ranges: Mapping[str, VersionRange] | None = None,
     ) -> list[dict[bytes, bytes]]:
         """Claim up to `count` jobs, trying the queues in order. Returns the claimed job hashes.
 
@@ -233,7 +259,8 @@ class Broker:
         enforces execution timeouts itself, from its handler's start, passes `exec_grace_ms`: the
         broker's own deadline for these claims comes that much later. With `type_room` (job
         type -> how many more the caller can start), jobs of a type without room are left in
-        their queue.
+        their queue. With `version_ranges` (job type -> the versions the caller takes), a versioned
+        job of such a type outside its range is left in its queue for a compatible caller.
 
         Suspects (jobs running beside others when their process died) are only given to an
         `idle` caller, one that runs and holds no job: it then gets that one job alone (its hash
@@ -253,6 +280,8 @@ class Broker:
                 *queues, *([str(q) for q in quotas] if quotas else [""] * len(queues)),
                 "" if idle is None else ("1" if idle else "0"), str(len(type_room or ())),
                 *(x for job_type, room in (type_room or {}).items() for x in (job_type, str(max(0, room)))),
+                str(len(version_ranges or ())),
+                *(x for job_type, r in (version_ranges or {}).items() for x in (job_type, *r.script_args())),
             ],
         )
         return [pairs_to_dict(flat) for flat in reply]

@@ -76,6 +76,13 @@ key                            type        content
 ``P webhook:due``              zset        pending deliveries; score = due (ms), or the end of
                                            the lease of a delivery being sent (then redelivered)
 ``P webhook:log:<sub id>``     list        the subscription's latest delivery attempts (JSON), capped
+``P schemas``                  set         job types with a registered args schema (schema registry)
+``P schema:<type>``            hash        version key -> registration (JSON: version, schema,
+                                           created_at, compatible_with)
+``P schemas:gen``              string      the registry's generation: a new random token at every
+                                           change; absent while nothing was ever registered.
+                                           enqueue.lua compares it with the one the args were
+                                           checked against (broker/args_schemas.py)
 =============================  ==========  ======================================================
 """
 
@@ -109,6 +116,8 @@ SUFFIXES: dict[str, str] = {
     "migrations": "migrations",
     "maintenance": "maintenance",
     "rate_limits": "rate-limits",
+    "schema_types": "schemas",
+    "schemas_gen": "schemas:gen",
 }
 
 
@@ -160,6 +169,17 @@ class Keys:
 
     def workflow(self, workflow_id: str) -> str:
         return f"{self.prefix}workflow:{workflow_id}"
+
+    def schema(self, job_type: str) -> str:
+        return f"{self.prefix}schema:{job_type}"
+
+    @property
+    def schema_types(self) -> str:
+        return self.prefix + SUFFIXES["schema_types"]
+
+    @property
+    def schemas_gen(self) -> str:
+        return self.prefix + SUFFIXES["schemas_gen"]
 
     def suspects(self, queue: str) -> str:
         return f"{self.prefix}queue:{queue}:suspects"

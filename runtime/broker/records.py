@@ -16,6 +16,7 @@ from msgspec import Raw
 
 from runtime import timefmt
 from runtime.broker.rate_limits import policy_fields
+from runtime.broker.job_versions import sort_key, version_key
 from runtime.broker.uniqueness import UniqueLock, unique_lock
 from runtime.envelope import (
     ENVELOPE_FIELDS,
@@ -198,6 +199,8 @@ def build_job(
 ) -> NewJob:
     """Validate what types cannot express and turn the request into hash fields."""
     opts = req.options or EnqueueOptions()
+    job_type, _, embedded_version = req.type.partition("@")
+    version = req.version if req.version is not None else (embedded_version or None)
     args = _check_args(req.args)
     meta = dict(req.meta or {})
     if opts.metadata:
@@ -243,7 +246,7 @@ def build_job(
 
     fields: dict[str, str] = {
         "id": job_id,
-        "type": req.type,
+        "type": job_type,
         "queue": queue,
         "state": state.value,
         "priority": str(priority),
@@ -260,6 +263,9 @@ def build_job(
         "r_strategy": retry.strategy,
         "on_exhaustion": retry.on_exhaustion,
     }
+    if version is not None:
+        fields["version"] = _encode(version).decode()  # as sent: 2 stays a number, "2.0" a string
+        fields["version_order"] = sort_key(version_key(version))  # what fetch.lua routes by
     if state is State.AVAILABLE:
         fields["enqueued_at"] = str(now_ms)
     if scheduled_display is not None:
@@ -278,7 +284,9 @@ def build_job(
     lock = None
     if unique is not None:
         fields["unique"] = _encode(unique).decode()
-        lock = unique_lock(unique, job_type=req.type, queue=queue, args_json=args, meta=meta)
+        # Two versions of a type are different jobs for uniqueness (ojs-job-versioning.md 15.5).
+        kind = job_type if version is None else f"{job_type}@{version_key(version)}"
+        lock = unique_lock(unique, job_type=kind, queue=queue, args_json=args, meta=meta)
         fields["unique_key"] = lock.fingerprint
         fields["unique_states"] = lock.states
     if opts.rate_limit is not None:

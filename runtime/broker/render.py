@@ -59,6 +59,8 @@ def render_job(h: dict[bytes, bytes]) -> dict[str, Any]:
             env[name] = Raw(value)
     if (schema := get(b"schema")) is not None:
         env["schema"] = schema.decode()
+    if (version := get(b"version")) is not None:
+        env["version"] = Raw(version)
     for name, field in _TIME_FIELDS:
         if (value := get(field)) is not None:
             env[name] = timefmt.format_ms(int(value))

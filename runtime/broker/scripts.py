@@ -53,6 +53,7 @@ class Status(enum.IntEnum):
     CRON_SKIPPED = 6  # enqueue: the tick was consumed without a job (overlap)
     UNIQUE_CONFLICT = 7  # a unique job's lock is held by another live job
     QUEUE_FULL = 8  # enqueue: a bounded queue has no room (the backpressure extension)
+    SCHEMAS_CHANGED = 9  # enqueue: the schema registry changed since the args were checked
 
 
 def _load_sources() -> dict[str, str]:

@@ -136,3 +136,11 @@ def test_a_fragment_with_text_after_it_is_rejected_not_spliced_into_the_job(
     assert general(h).type == "other"  # the general path's splice: why the pool does not use it
     with pytest.raises(DECODE_ERRORS):
         job_of_hash(h)
+
+
+@pytest.mark.parametrize("version", [2, "2.0"])
+def test_a_versioned_claimed_job_reads_its_version_as_sent(broker: Any, run: Any, enqueue: Any, version: Any) -> None:
+    enqueue({**body(), "version": version})
+    h = claim_one(broker, run)
+    assert job_of_hash(h) == general(h)
+    assert job_of_hash(h).version == version

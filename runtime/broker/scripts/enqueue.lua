@@ -44,7 +44,9 @@
     collide, so only those are checked), then field/value pairs written to the job hash as they
     are (a `rl_max`/`rl_window_ms` pair also sets the queue's rate limit; `rl_key`/`rl_policy`
     register the job with its rate-limit partition, rl:<key>, rl-jobs:<key>, rate-limits)
-  ARGV[9 + N] optional workflow record: one msgpack array of field/value pairs for workflow:<id>
+  ARGV[9 + N] the schema registry generation the jobs' args were checked against ("" for an
+    empty registry), or "*" for jobs that are not checked (cron firings)
+  ARGV[10 + N] optional workflow record: one msgpack array of field/value pairs for workflow:<id>
     (its `id` field names the workflow)
 
   Publishes "1" on channel <prefix>notify:<q> once per queue that received available jobs.
@@ -59,6 +61,8 @@
                                 or unique_conflict (existing_id holds the template's unique lock)
     {UNIQUE_CONFLICT, index, existing_id, existing_state, fingerprint}   unique conflict refused
     {QUEUE_FULL, queue, depth, max_depth}   a bounded queue has no room for this call's jobs
+    {SCHEMAS_CHANGED, generation}   the schema registry changed since the args were checked
+                                (nothing written): check them again against this generation
   After the ids of an OK reply, one more entry {queue, depth, max_depth} when a bounded queue
   is past its warning threshold (config bp_warn, default 0.8) once this call's jobs are in.
 ]]
@@ -86,7 +90,14 @@ for j = 1, n do
   end
   jobs[j] = job
 end
-local wf_fields = ARGV[9 + n] and cmsgpack.unpack(ARGV[9 + n]) or nil
+-- The schema registry: the caller checked the args against a snapshot of it (one GET here
+-- instead of a read before every enqueue); a registry changed since refuses the call.
+local checked_gen = ARGV[9 + n]
+if checked_gen ~= "*" then
+  local gen = rcall("GET", T.schemas_gen) or ""
+  if gen ~= checked_gen then return {S.SCHEMAS_CHANGED, gen} end
+end
+local wf_fields = ARGV[10 + n] and cmsgpack.unpack(ARGV[10 + n]) or nil
 local wf_id = ""
 if wf_fields then
   for f = 1, #wf_fields, 2 do

@@ -48,6 +48,13 @@
                       this call; the others stay in place in their queue (a pool's per-type
                       concurrency: it must not claim what it cannot start). With M > 0 each queue
                       is scanned from its head over at most ROOM_SCAN entries.
+  ARGV[13+2N+2M]      number V of job types the caller takes only some versions of ("" or
+                      absent: 0; the job-versioning extension)
+  ARGV[14+2N+2M ..]   V groups of 5: job type, lowest version, ">=" or ">", highest version,
+                      "<=" or "<" (versions as their `version_order` keys, "" for no bound). A
+                      versioned job of such a type outside its range stays in place (held for a
+                      compatible worker); unversioned jobs are taken. As with M > 0, each queue is
+                      then scanned from its head over at most ROOM_SCAN entries.
 
   Returns: an array with one flat HGETALL array per claimed job, in claim order.
 ]]
@@ -66,6 +73,20 @@ for t = 1, tonumber(ARGV[12 + 2 * nq]) or 0 do
   room[ARGV[11 + 2 * nq + 2 * t]] = tonumber(ARGV[12 + 2 * nq + 2 * t])
 end
 local ROOM_SCAN = 256
+local ranges = nil  -- job type -> {lo, lo_op, hi, hi_op}; nil: every version of every type
+local nroom = tonumber(ARGV[12 + 2 * nq]) or 0
+for v = 1, tonumber(ARGV[13 + 2 * nq + 2 * nroom]) or 0 do
+  local at = 13 + 2 * nq + 2 * nroom + 5 * (v - 1)
+  ranges = ranges or {}
+  ranges[ARGV[at + 1]] = {ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5]}
+end
+local function version_fits(job_type, order)
+  local r = ranges[job_type]
+  if not r or not order then return true end
+  if r[1] ~= "" and (order < r[1] or (order == r[1] and r[2] == ">")) then return false end
+  if r[3] ~= "" and (order > r[3] or (order == r[3] and r[4] == "<")) then return false end
+  return true
+end
 
 -- Maintenance mode (the admin API): nothing is claimed, anywhere; enqueues go on.
 if rcall("EXISTS", T.maintenance) == 1 then return {} end
@@ -379,17 +400,24 @@ local function take(id, score, queue, log, window)
   return true
 end
 
--- With per-type room: the queue's head, in order, skipping (and leaving in place) the jobs of a
--- type without room; only what is claimed leaves the queue.
+-- With per-type room or version ranges: the queue's head, in order, skipping (and leaving in
+-- place) the jobs of a type without room and those of a version the caller does not take; only
+-- what is claimed leaves the queue.
 local function claim_with_room(queue, available_key, limit, log, window)
   local taken = 0
   local head = rcall("ZRANGE", available_key, 0, ROOM_SCAN - 1, "WITHSCORES")
   for h = 1, #head, 2 do
     if #claimed >= count or taken >= limit or (held_in[queue] or 0) >= RL_SCAN then return end
     local id = head[h]
-    local job_type = rcall("HGET", prefix .. "job:" .. id, "type")
-    local left = job_type and room[job_type]
-    if not left or left > 0 then
+    local job_type, order
+    if ranges then
+      local f = rcall("HMGET", prefix .. "job:" .. id, "type", "version_order")
+      job_type, order = f[1], f[2]
+    else
+      job_type = rcall("HGET", prefix .. "job:" .. id, "type")
+    end
+    local left = job_type and room and room[job_type]
+    if (not left or left > 0) and (not ranges or not job_type or version_fits(job_type, order)) then
       rcall("ZREM", available_key, id)
       if take(id, head[h + 1], queue, log, window) then
         taken = taken + 1
@@ -427,7 +455,7 @@ local function claim_from(queue, limit)
   local budget, log, window = rate_budget(queue)
   if budget then limit = math.min(limit, budget) end
   local available_key = prefix .. "queue:" .. queue .. ":available"
-  if room then return claim_with_room(queue, available_key, limit, log, window) end
+  if room or ranges then return claim_with_room(queue, available_key, limit, log, window) end
   local taken = 0
   -- Pop as many as may be claimed in one call; a stale entry among them (dropped by claim) is
   -- made up for by the next round.
