@@ -15,8 +15,8 @@ import msgspec
 from msgspec import Raw
 
 from runtime import timefmt
-from runtime.broker.rate_limits import policy_fields
 from runtime.broker.job_versions import sort_key, version_key
+from runtime.broker.rate_limits import policy_fields
 from runtime.broker.uniqueness import UniqueLock, unique_lock
 from runtime.envelope import (
     ENVELOPE_FIELDS,
