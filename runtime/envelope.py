@@ -186,18 +186,13 @@ class ProgressRequest(msgspec.Struct, kw_only=True):
     checkpoint: Raw = Raw()
 
 
-class CronJobTemplate(msgspec.Struct, kw_only=True):
-    type: JobType
-    args: list[Any] = []
-    meta: dict[str, Any] | None = None
-    options: dict[str, Any] | None = None
-
-
 CronName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-\.]*$", max_length=255)]
 
 
 class CronRequest(msgspec.Struct, kw_only=True):
-    """POST /ojs/v1/cron, in the openapi shape; the prose shape's fields are accepted as aliases."""
+    """POST /ojs/v1/cron, in the openapi shape (`job_template`) or the prose one (the job's fields
+    at the top level). The template is an enqueue request body, validated as one at registration;
+    the top-level fields this struct does not name are the job's (see CRON_FIELDS)."""
 
     name: CronName
     expression: Annotated[str, Meta(max_length=256)] | None = None
@@ -207,11 +202,18 @@ class CronRequest(msgspec.Struct, kw_only=True):
     overlap_policy: Literal["skip", "allow", "cancel", "cancel_previous", "enqueue"] = "skip"
     enabled: bool = True
     description: Annotated[str, Meta(max_length=1024)] | None = None
-    job_template: CronJobTemplate | None = None
+    job_template: dict[str, Any] | None = None
     type: JobType | None = None
     args: list[Any] | None = None
     meta: dict[str, Any] | None = None
     options: dict[str, Any] | None = None
+
+
+# The registration's own top-level names; any other top-level field of a cron request belongs to
+# the job it enqueues (`queue`, `priority`, ... as on POST /ojs/v1/jobs).
+CRON_FIELDS = frozenset(CronRequest.__struct_fields__) - {"type", "args", "meta", "options"}
+# Job fields an enqueue request takes both at the top level and in `options`.
+FLAT_OPTION_FIELDS = frozenset(EnqueueRequest.__struct_fields__) & frozenset(EnqueueOptions.__struct_fields__)
 
 
 class CronPatch(msgspec.Struct, kw_only=True):

@@ -1,0 +1,149 @@
+"""The requests the official OJS SDKs (Python, JavaScript) and the reference server's README send,
+exactly as they send them, against a real `ojs-server` process; and the response fields each of
+them parses. CI has neither SDK installed, so these tests speak HTTP as the SDKs do."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from runtime.broker.core import Broker
+from runtime.broker.crons import Crons
+from runtime.config import Settings
+from tests.fixtures.broker_process import serving
+from tests.fixtures.procs import integrity_problems
+
+# The reference README's cron example, verbatim: the queue at the top level, no args.
+README_CRON = {"name": "daily-report", "schedule": "0 9 * * *", "timezone": "America/New_York",
+               "type": "reports.generate", "queue": "reports"}
+# What the Python SDK's register_cron_job sends (its options gather queue, priority, tags).
+PYTHON_SDK_CRON = {"name": "nightly-sync", "cron": "0 3 * * *", "type": "sync.run", "args": ["full"],
+                   "timezone": "UTC", "meta": {"owner": "data"},
+                   "options": {"queue": "sync", "priority": 5, "tags": ["nightly"]}}
+
+
+@pytest.fixture
+def http(redis_url: str, tmp_path: Path) -> Iterator[httpx.Client]:
+    with serving(redis_url, tmp_path) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+        yield client
+    assert integrity_problems(redis_url) == []
+
+
+def enqueue(http: httpx.Client, queue: str, job_type: str = "client.job") -> str:
+    reply = http.post("/ojs/v1/jobs", json={"type": job_type, "args": [], "options": {"queue": queue}})
+    assert reply.status_code == 201, reply.text
+    return str(reply.json()["job"]["id"])
+
+
+def claim(http: httpx.Client, queue: str, worker_id: str = "sdk-worker") -> dict[str, Any]:
+    reply = http.post("/ojs/v1/workers/fetch", json={"queues": [queue], "count": 1, "worker_id": worker_id,
+                                                      "visibility_timeout_ms": 30000})
+    assert reply.status_code == 200, reply.text
+    (job,) = reply.json()["jobs"]
+    return dict(job)
+
+
+def fire_due_crons(redis_url: str, name: str) -> int:
+    """One cron tick at the cron's next fire time, as the server's scheduler will run it then."""
+    async def go() -> int:
+        client = Redis.from_url(redis_url)
+        broker = Broker(client, Settings(redis_url=redis_url))
+        try:
+            next_ms = await client.zscore(broker.keys.cron_next, name)
+            assert next_ms is not None, f"cron {name} is not scheduled"
+            return await Crons(broker).tick(now_ms=int(next_ms))
+        finally:
+            await broker.close()
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+# --- a cron's top-level queue ---------------------------------------------------------------------
+
+def test_cron_with_top_level_queue_puts_its_jobs_in_that_queue(http: httpx.Client, redis_url: str) -> None:
+    # Given: the README's cron, whose queue is a top-level field
+    reply = http.post("/ojs/v1/cron", json=README_CRON)
+    assert reply.status_code == 201, reply.text
+    # When: it fires
+    assert fire_due_crons(redis_url, "daily-report") == 1
+    # Then: its job is in `reports`, and nothing in `default`
+    assert http.post("/ojs/v1/workers/fetch", json={"queues": ["default"]}).json()["jobs"] == []
+    job = claim(http, "reports")
+    assert job["type"] == "reports.generate" and job["queue"] == "reports"
+    # and the registration shows where its jobs go
+    template = http.get("/ojs/v1/cron/daily-report").json()["cron"]["job_template"]
+    assert template["options"]["queue"] == "reports" and template["args"] == []
+
+
+def test_cron_flat_job_fields_are_honoured_and_conflicting_ones_refused(http: httpx.Client, redis_url: str) -> None:
+    # A top-level priority is the job's priority, like on an enqueue
+    reply = http.post("/ojs/v1/cron", json={**README_CRON, "name": "prio", "priority": 7})
+    assert reply.status_code == 201, reply.text
+    assert reply.json()["cron_job"]["options"] == {"queue": "reports", "priority": 7}
+    assert fire_due_crons(redis_url, "prio") == 1
+    assert claim(http, "reports")["priority"] == 7
+    # A queue given twice, differently, is not silently resolved
+    twice = {**README_CRON, "name": "twice", "options": {"queue": "other"}}
+    refused = http.post("/ojs/v1/cron", json=twice)
+    assert refused.status_code == 400, refused.text
+    assert "queue" in refused.json()["error"]["message"]
+    # Nor are job fields beside a job_template (one of them would be ignored)
+    mixed = {"name": "mixed", "expression": "0 9 * * *", "queue": "reports",
+             "job_template": {"type": "reports.generate", "args": []}}
+    refused = http.post("/ojs/v1/cron", json=mixed)
+    assert refused.status_code == 400, refused.text
+    assert http.get("/ojs/v1/cron/twice").status_code == 404
+    assert http.get("/ojs/v1/cron/mixed").status_code == 404
+
+
+def test_cron_template_keeps_a_top_level_queue_too(http: httpx.Client, redis_url: str) -> None:
+    body = {"name": "tmpl", "expression": "0 9 * * *",
+            "job_template": {"type": "reports.generate", "queue": "reports"}}
+    reply = http.post("/ojs/v1/cron", json=body)
+    assert reply.status_code == 201, reply.text
+    assert reply.json()["cron"]["job_template"]["options"]["queue"] == "reports"
+    assert fire_due_crons(redis_url, "tmpl") == 1
+    assert claim(http, "reports")["type"] == "reports.generate"
+
+
+# --- response shapes both SDKs parse --------------------------------------------------------------
+
+def test_cron_responses_answer_the_openapi_the_prose_and_both_sdks(http: httpx.Client) -> None:
+    reply = http.post("/ojs/v1/cron", json=PYTHON_SDK_CRON)
+    assert reply.status_code == 201, reply.text
+    body = reply.json()
+    # openapi: `cron` with expression and job_template
+    assert body["cron"]["expression"] == "0 3 * * *"
+    assert body["cron"]["job_template"] == {"type": "sync.run", "args": ["full"], "meta": {"owner": "data"},
+                                            "options": {"queue": "sync", "priority": 5, "tags": ["nightly"]}}
+    # prose (the JavaScript SDK reads `cron_job`): flat type, args, options, status
+    flat = body["cron_job"]
+    assert (flat["name"], flat["cron"], flat["type"], flat["args"]) == ("nightly-sync", "0 3 * * *", "sync.run", ["full"])
+    assert flat["options"] == {"queue": "sync", "priority": 5, "tags": ["nightly"]}
+    assert flat["meta"] == {"owner": "data"}
+    assert flat["status"] == "active" and flat["next_run_at"] and flat["created_at"]
+    # The list as both SDKs read it (`cron_jobs`, `pagination`), and as openapi has it (`crons`)
+    listed = http.get("/ojs/v1/cron", params={"limit": 50, "offset": 0}).json()
+    assert [c["type"] for c in listed["cron_jobs"]] == ["sync.run"]
+    assert [c["job_template"]["type"] for c in listed["crons"]] == ["sync.run"]
+    assert listed["pagination"]["total"] == 1 and listed["pagination"]["has_more"] is False
+    # A disabled cron is shown so
+    paused = http.patch("/ojs/v1/cron/nightly-sync", json={"enabled": False}).json()["cron_job"]
+    assert (paused["enabled"], paused["status"]) == (False, "disabled")
+
+
+def test_cron_list_pages_with_limit_and_offset(http: httpx.Client) -> None:
+    for n in range(3):
+        reply = http.post("/ojs/v1/cron", json={**PYTHON_SDK_CRON, "name": f"c{n}"})
+        assert reply.status_code == 201, reply.text
+    page = http.get("/ojs/v1/cron", params={"limit": 2, "offset": 1}).json()
+    assert [c["name"] for c in page["cron_jobs"]] == ["c1", "c2"]
+    assert page["pagination"] == {"total": 3, "limit": 2, "offset": 1, "has_more": False}
+    assert len(http.get("/ojs/v1/cron").json()["crons"]) == 3
