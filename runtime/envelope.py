@@ -186,6 +186,19 @@ class ProgressRequest(msgspec.Struct, kw_only=True):
     checkpoint: Raw = Raw()
 
 
+class WorkerProgressRequest(msgspec.Struct, kw_only=True):
+    """POST /ojs/v1/workers/progress, as the official SDKs send it: the job in the body and a
+    `percentage` from 0 to 100. The fields of the PUT body are taken too."""
+
+    job_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    percentage: Annotated[float, Meta(ge=0, le=100)] | None = None
+    progress: Annotated[float, Meta(ge=-1e9, le=1e9)] | None = None
+    percent: bool = False
+    message: Annotated[str, Meta(max_length=1_000)] | None = None
+    data: Raw = Raw()
+    checkpoint: Raw = Raw()
+
+
 CronName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-\.]*$", max_length=255)]
 
 

@@ -113,6 +113,28 @@ def test_cron_template_keeps_a_top_level_queue_too(http: httpx.Client, redis_url
     assert claim(http, "reports")["type"] == "reports.generate"
 
 
+# --- progress as both SDKs send it ----------------------------------------------------------------
+
+def test_progress_posted_to_workers_progress_as_the_sdks_send_it(http: httpx.Client) -> None:
+    job_id = enqueue(http, "imports")
+    claim(http, "imports")
+    # The body both SDKs' report_progress / reportProgress send: a percentage 0-100
+    body = {"job_id": job_id, "percentage": 47, "message": "Processed 47 rows", "data": {"rows": 47}}
+    reply = http.post("/ojs/v1/workers/progress", json=body)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["progress"] == pytest.approx(0.47)
+    shown = http.get(f"/ojs/v1/jobs/{job_id}/progress").json()
+    assert shown["progress"] == pytest.approx(0.47)
+    assert shown["message"] == "Processed 47 rows" and shown["data"] == {"rows": 47}
+    # Out of range, or without a job: 400 with the error body
+    for bad in ({"job_id": job_id, "percentage": 101}, {"percentage": 5}):
+        refused = http.post("/ojs/v1/workers/progress", json=bad)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["code"]
+    missing = http.post("/ojs/v1/workers/progress", json={"job_id": "0" * 8, "percentage": 5})
+    assert missing.status_code == 404, missing.text
+
+
 # --- response shapes both SDKs parse --------------------------------------------------------------
 
 def test_cron_responses_answer_the_openapi_the_prose_and_both_sdks(http: httpx.Client) -> None:
