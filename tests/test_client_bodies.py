@@ -137,6 +137,22 @@ def test_progress_posted_to_workers_progress_as_the_sdks_send_it(http: httpx.Cli
 
 # --- response shapes both SDKs parse --------------------------------------------------------------
 
+def test_queue_stats_answer_the_openapi_the_prose_and_both_sdks(http: httpx.Client) -> None:
+    for _ in range(3):
+        enqueue(http, "stats-q")
+    claim(http, "stats-q")
+    body = http.get("/ojs/v1/queues/stats-q/stats").json()
+    # openapi (and the conformance suites): a `queue` object
+    assert body["queue"]["name"] == "stats-q"
+    assert (body["queue"]["available"], body["queue"]["active"], body["queue"]["paused"]) == (2, 1, False)
+    # prose (and the Python SDK's QueueStats.from_dict): `status`, `stats`, `computed_at`
+    assert body["status"] == "active" and body["computed_at"]
+    assert (body["stats"]["available"], body["stats"]["active"], body["stats"]["scheduled"]) == (2, 1, 0)
+    # the JavaScript SDK's QueueStats: the body itself, flat
+    assert body["name"] == "stats-q"
+    assert (body["available"], body["active"], body["completed"], body["paused"]) == (2, 1, 0, False)
+
+
 def test_cron_responses_answer_the_openapi_the_prose_and_both_sdks(http: httpx.Client) -> None:
     reply = http.post("/ojs/v1/cron", json=PYTHON_SDK_CRON)
     assert reply.status_code == 201, reply.text
