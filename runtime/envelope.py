@@ -143,9 +143,36 @@ class ErrorInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     response_code: str | None = None
 
 
+# An error given as a plain string (`"error": "connection timeout"`) is its message.
+ErrorMessage = Annotated[str, Meta(max_length=10_000)]
+
+
+def error_info(error: ErrorInfo | str | None) -> ErrorInfo | None:
+    return ErrorInfo(message=error) if isinstance(error, str) else error
+
+
 class NackRequest(msgspec.Struct, kw_only=True):
     job_id: Annotated[str, Meta(min_length=1, max_length=64)]
-    error: ErrorInfo | None = None
+    error: ErrorInfo | ErrorMessage | None = None
+    requeue: bool = False
+    worker_id: WorkerId | None = None
+    attempt: Annotated[int, Meta(ge=1)] | None = None
+
+
+class JobAckRequest(msgspec.Struct, kw_only=True):
+    """POST /ojs/v1/jobs/{id}/ack: an AckRequest whose job is named by the path."""
+
+    job_id: Annotated[str, Meta(max_length=64)] | None = None
+    result: Raw = Raw()
+    worker_id: WorkerId | None = None
+    attempt: Annotated[int, Meta(ge=1)] | None = None
+
+
+class JobNackRequest(msgspec.Struct, kw_only=True):
+    """POST /ojs/v1/jobs/{id}/nack: a NackRequest whose job is named by the path."""
+
+    job_id: Annotated[str, Meta(max_length=64)] | None = None
+    error: ErrorInfo | ErrorMessage | None = None
     requeue: bool = False
     worker_id: WorkerId | None = None
     attempt: Annotated[int, Meta(ge=1)] | None = None

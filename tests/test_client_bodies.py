@@ -185,3 +185,94 @@ def test_cron_list_pages_with_limit_and_offset(http: httpx.Client) -> None:
     assert [c["name"] for c in page["cron_jobs"]] == ["c1", "c2"]
     assert page["pagination"] == {"total": 3, "limit": 2, "offset": 1, "has_more": False}
     assert len(http.get("/ojs/v1/cron").json()["crons"]) == 3
+
+
+# --- a nack whose error is a plain string ---------------------------------------------------------
+
+def test_nack_with_a_plain_string_error_is_recorded_as_its_message(http: httpx.Client) -> None:
+    job_id = enqueue(http, "flaky")
+    claim(http, "flaky")
+    reply = http.post("/ojs/v1/workers/nack", json={"job_id": job_id, "error": "connection timeout"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["state"] == "retryable"
+    job = http.get(f"/ojs/v1/jobs/{job_id}").json()["job"]
+    assert job["error"]["message"] == "connection timeout"
+    # Neither a string nor an error object: still a 400
+    refused = http.post("/ojs/v1/workers/nack", json={"job_id": job_id, "error": 42})
+    assert refused.status_code == 400, refused.text
+
+
+# --- the ack response's job; ack and nack under /jobs/{id} ----------------------------------------
+
+def test_worker_ack_response_carries_the_job(http: httpx.Client) -> None:
+    job_id = enqueue(http, "acks", "serverless.process")
+    claim(http, "acks")
+    reply = http.post("/ojs/v1/workers/ack", json={"job_id": job_id, "result": {"output": "ok"}})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["acknowledged"] is True and body["state"] == "completed"
+    job = body["job"]
+    assert (job["id"], job["state"], job["type"], job["queue"]) == (job_id, "completed", "serverless.process", "acks")
+    assert job["result"] == {"output": "ok"} and job["completed_at"] == body["completed_at"]
+
+
+def test_worker_nack_response_carries_the_job(http: httpx.Client) -> None:
+    job_id = enqueue(http, "nacks")
+    claim(http, "nacks")
+    reply = http.post("/ojs/v1/workers/nack", json={"job_id": job_id, "error": {"message": "boom"}})
+    assert reply.status_code == 200, reply.text
+    job = reply.json()["job"]
+    assert (job["id"], job["state"], job["queue"], job["attempt"]) == (job_id, "retryable", "nacks", 1)
+
+
+def test_ack_and_nack_under_the_job_path_settle_the_job(http: httpx.Client) -> None:
+    # ack with only the worker id (ext-job-versioning VER-005's body)
+    first = enqueue(http, "paths")
+    claim(http, "paths", "w1")
+    reply = http.post(f"/ojs/v1/jobs/{first}/ack", json={"worker_id": "w1", "result": {"n": 1}})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["job"]["state"] == "completed"
+    assert http.get(f"/ojs/v1/jobs/{first}").json()["job"]["result"] == {"n": 1}
+    # nack, with the error as the reference README writes it
+    second = enqueue(http, "paths")
+    claim(http, "paths", "w1")
+    reply = http.post(f"/ojs/v1/jobs/{second}/nack", json={"worker_id": "w1", "error": "connection timeout"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["job"]["state"] == "retryable"
+    assert http.get(f"/ojs/v1/jobs/{second}").json()["job"]["error"]["message"] == "connection timeout"
+    # An ack with no body at all
+    third = enqueue(http, "paths")
+    claim(http, "paths", "w1")
+    assert http.post(f"/ojs/v1/jobs/{third}/ack").json()["job"]["state"] == "completed"
+
+
+def test_ack_and_nack_under_the_job_path_are_fenced_like_the_worker_routes(http: httpx.Client) -> None:
+    job_id = enqueue(http, "fenced")
+    claim(http, "fenced", "holder")
+
+    def both(verb: str, body: dict[str, Any]) -> tuple[tuple[int, str], tuple[int, str]]:
+        by_path = http.post(f"/ojs/v1/jobs/{job_id}/{verb}", json=body)
+        by_worker = http.post(f"/ojs/v1/workers/{verb}", json={"job_id": job_id, **body})
+        return ((by_path.status_code, by_path.json()["error"]["code"]),
+                (by_worker.status_code, by_worker.json()["error"]["code"]))
+
+    # Another worker's claim, and a stale attempt: refused alike, the job untouched
+    for body in ({"worker_id": "intruder"}, {"worker_id": "holder", "attempt": 2}):
+        for verb in ("ack", "nack"):
+            by_path, by_worker = both(verb, body)
+            assert by_path == by_worker and by_path[0] == 409, (verb, body, by_path, by_worker)
+    assert http.get(f"/ojs/v1/jobs/{job_id}").json()["job"]["state"] == "active"
+    # A job that is not active any more: the same conflict
+    assert http.post(f"/ojs/v1/jobs/{job_id}/ack", json={"worker_id": "holder"}).status_code == 200
+    for verb in ("ack", "nack"):
+        by_path, by_worker = both(verb, {})
+        assert by_path == by_worker and by_path[0] == 409, (verb, by_path, by_worker)
+    # A job that does not exist: the same 404
+    missing = "019539a4-b68c-7def-8000-1a2b3c4d5e6f"
+    for verb in ("ack", "nack"):
+        by_path = http.post(f"/ojs/v1/jobs/{missing}/{verb}", json={})
+        by_worker = http.post(f"/ojs/v1/workers/{verb}", json={"job_id": missing})
+        assert by_path.status_code == by_worker.status_code == 404, (by_path.text, by_worker.text)
+    # A body naming another job than the path: 400, not a silent choice
+    refused = http.post(f"/ojs/v1/jobs/{job_id}/ack", json={"job_id": missing})
+    assert refused.status_code == 400, refused.text
