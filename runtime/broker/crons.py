@@ -116,16 +116,12 @@ def _schedule(entry: CronEntry) -> CronSchedule:
 def _template_job(entry: CronEntry, tick_ms: int, now_ms: int) -> NewJob:
     """The job one tick enqueues: the template as an enqueue request body, with the cron's meta.
     Its fields the envelope does not name are kept, as an enqueue keeps them."""
-    template = dict(entry.job_template)
-    meta = dict(template.get("meta") or {})
-    meta["cron_name"] = entry.name
-    meta["cron_triggered_at"] = timefmt.format_ms(tick_ms)
-    template["meta"] = meta
-    template.setdefault("args", [])
+    template = {"args": [], **entry.job_template}
     try:
         req = msgspec.json.decode(_encode(template), type=EnqueueRequest)
     except msgspec.DecodeError as err:
         raise InvalidRequest(f"Invalid job_template: {err}") from None
+    req.meta = {**(req.meta or {}), "cron_name": entry.name, "cron_triggered_at": timefmt.format_ms(tick_ms)}
     extras = split_extras({name: msgspec.Raw(_encode(value)) for name, value in template.items()})
     return build_job(req, extras, job_id=uuid7(), now_ms=now_ms)
 
