@@ -30,7 +30,7 @@ SUITES: dict[str, tuple[str, ...]] = {
     "level-2-scheduled": ("level-2-scheduled",),
     "level-3-workflows": ("level-3-workflows",),
     "level-4-advanced": ("level-4-advanced",),
-    "extensions": ("ext-progress", "ext-observability", "ext-middleware", "ext-graceful-shutdown"),
+    "extensions": ("ext-progress", "ext-observability", "ext-middleware", "ext-graceful-shutdown", "ext-serverless"),
     "admin-extensions": ("ext-admin-api", "ext-dead-letter", "ext-backpressure", "ext-fair-scheduling"),
 }
 KNOWN_UNPASSABLE = {
