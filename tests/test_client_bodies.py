@@ -113,6 +113,16 @@ def test_cron_template_keeps_a_top_level_queue_too(http: httpx.Client, redis_url
     assert claim(http, "reports")["type"] == "reports.generate"
 
 
+def test_cron_template_fields_of_the_wrong_type_are_a_400(http: httpx.Client) -> None:
+    for template in ({"type": "reports.generate", "meta": ["not", "an", "object"]},
+                     {"type": "reports.generate", "options": "reports"},
+                     {"type": "reports.generate", "queue": 5}):
+        reply = http.post("/ojs/v1/cron", json={"name": "typed", "expression": "0 9 * * *", "job_template": template})
+        assert reply.status_code == 400, (template, reply.text)
+        assert reply.json()["error"]["message"]
+    assert http.get("/ojs/v1/cron/typed").status_code == 404
+
+
 # --- progress as both SDKs send it ----------------------------------------------------------------
 
 def test_progress_posted_to_workers_progress_as_the_sdks_send_it(http: httpx.Client) -> None:
