@@ -174,9 +174,36 @@ class ErrorInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
                 raise ValueError(f"rate_limit_until must be an RFC 3339 timestamp: {err}") from None
 
 
+# An error given as a plain string (`"error": "connection timeout"`) is its message.
+ErrorMessage = Annotated[str, Meta(max_length=10_000)]
+
+
+def error_info(error: ErrorInfo | str | None) -> ErrorInfo | None:
+    return ErrorInfo(message=error) if isinstance(error, str) else error
+
+
 class NackRequest(msgspec.Struct, kw_only=True):
     job_id: Annotated[str, Meta(min_length=1, max_length=64)]
-    error: ErrorInfo | None = None
+    error: ErrorInfo | ErrorMessage | None = None
+    requeue: bool = False
+    worker_id: WorkerId | None = None
+    attempt: Annotated[int, Meta(ge=1)] | None = None
+
+
+class JobAckRequest(msgspec.Struct, kw_only=True):
+    """POST /ojs/v1/jobs/{id}/ack: an AckRequest whose job is named by the path."""
+
+    job_id: Annotated[str, Meta(max_length=64)] | None = None
+    result: Raw = Raw()
+    worker_id: WorkerId | None = None
+    attempt: Annotated[int, Meta(ge=1)] | None = None
+
+
+class JobNackRequest(msgspec.Struct, kw_only=True):
+    """POST /ojs/v1/jobs/{id}/nack: a NackRequest whose job is named by the path."""
+
+    job_id: Annotated[str, Meta(max_length=64)] | None = None
+    error: ErrorInfo | ErrorMessage | None = None
     requeue: bool = False
     worker_id: WorkerId | None = None
     attempt: Annotated[int, Meta(ge=1)] | None = None
@@ -217,18 +244,26 @@ class ProgressRequest(msgspec.Struct, kw_only=True):
     checkpoint: Raw = Raw()
 
 
-class CronJobTemplate(msgspec.Struct, kw_only=True):
-    type: JobType
-    args: list[Any] = []
-    meta: dict[str, Any] | None = None
-    options: dict[str, Any] | None = None
+class WorkerProgressRequest(msgspec.Struct, kw_only=True):
+    """POST /ojs/v1/workers/progress, as the official SDKs send it: the job in the body and a
+    `percentage` from 0 to 100. The fields of the PUT body are taken too."""
+
+    job_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    percentage: Annotated[float, Meta(ge=0, le=100)] | None = None
+    progress: Annotated[float, Meta(ge=-1e9, le=1e9)] | None = None
+    percent: bool = False
+    message: Annotated[str, Meta(max_length=1_000)] | None = None
+    data: Raw = Raw()
+    checkpoint: Raw = Raw()
 
 
 CronName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-\.]*$", max_length=255)]
 
 
 class CronRequest(msgspec.Struct, kw_only=True):
-    """POST /ojs/v1/cron, in the openapi shape; the prose shape's fields are accepted as aliases."""
+    """POST /ojs/v1/cron, in the openapi shape (`job_template`) or the prose one (the job's fields
+    at the top level). The template is an enqueue request body, validated as one at registration;
+    the top-level fields this struct does not name are the job's (see CRON_FIELDS)."""
 
     name: CronName
     expression: Annotated[str, Meta(max_length=256)] | None = None
@@ -238,11 +273,18 @@ class CronRequest(msgspec.Struct, kw_only=True):
     overlap_policy: Literal["skip", "allow", "cancel", "cancel_previous", "enqueue"] = "skip"
     enabled: bool = True
     description: Annotated[str, Meta(max_length=1024)] | None = None
-    job_template: CronJobTemplate | None = None
+    job_template: dict[str, Any] | None = None
     type: JobType | None = None
     args: list[Any] | None = None
     meta: dict[str, Any] | None = None
     options: dict[str, Any] | None = None
+
+
+# The registration's own top-level names; any other top-level field of a cron request belongs to
+# the job it enqueues (`queue`, `priority`, ... as on POST /ojs/v1/jobs).
+CRON_FIELDS = frozenset(CronRequest.__struct_fields__) - {"type", "args", "meta", "options"}
+# Job fields an enqueue request takes both at the top level and in `options`.
+FLAT_OPTION_FIELDS = frozenset(EnqueueRequest.__struct_fields__) & frozenset(EnqueueOptions.__struct_fields__)
 
 
 class CronPatch(msgspec.Struct, kw_only=True):

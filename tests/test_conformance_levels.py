@@ -31,9 +31,9 @@ SUITES: dict[str, tuple[str, ...]] = {
     "level-3-workflows": ("level-3-workflows",),
     "level-4-advanced": ("level-4-advanced",),
     "extensions": ("ext-progress", "ext-observability", "ext-middleware", "ext-graceful-shutdown", "ext-webhooks",
-                   "ext-schema-registry", "ext-job-versioning"),
+                   "ext-serverless"),
     "admin-extensions": ("ext-admin-api", "ext-dead-letter", "ext-backpressure", "ext-fair-scheduling",
-                         "ext-rate-limiting"),
+                         "ext-rate-limiting", "ext-schema-registry", "ext-job-versioning"),
 }
 KNOWN_UNPASSABLE = {
     # Its expected error types (ConnectionTimeout, ...) cannot be derived from its input; only a
@@ -51,9 +51,6 @@ KNOWN_UNPASSABLE = {
     "EXT-DLQ-003": "relies on {{job_id}} substitution the runner does not do",
     "EXT-DLQ-004": "relies on {{job_id}} substitution the runner does not do",
     "EXT-RL-003": "relies on {{job_id}} substitution the runner does not do",
-    # Its ack step is POST /ojs/v1/jobs/{id}/ack (issue 12 item 6), which is not here yet; its
-    # enqueue and fetch steps (the version kept through the claim) pass. Remove once it is.
-    "EXT-VER-005": "acks through POST /ojs/v1/jobs/{id}/ack, not implemented yet (issue 12 item 6)",
 }
 SUITE_TIMEOUT_S = 900.0
 

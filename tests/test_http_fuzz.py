@@ -600,6 +600,10 @@ OTHER_BODIES: dict[str, tuple[dict[str, Any], list[str]]] = {
             "attempt",
         ],
     ),
+    "/ojs/v1/workers/progress": (
+        {"job_id": str(uuid.UUID(int=0)), "percentage": 5},
+        ["job_id", "percentage", "progress", "percent", "message", "data", "checkpoint"],
+    ),
     "/ojs/v1/workers/heartbeat": (
         {"worker_id": "fuzz-worker", "active_jobs": []},
         [
@@ -652,6 +656,9 @@ OTHER_BODIES: dict[str, tuple[dict[str, Any], list[str]]] = {
             "args",
             "meta",
             "options",
+            "queue",
+            "priority",
+            "unknown_top",
         ],
     ),
     "/ojs/v1/cron/fuzz-cron": ({"enabled": False}, ["enabled", "expression"]),
@@ -688,7 +695,8 @@ ROUTES: list[tuple[str, str]] = [
     ("DELETE", "/ojs/v1/cron/{}"),
     ("PATCH", "/ojs/v1/cron/{}"), ("GET", "/metrics"),
     ("POST", "/ojs/v1/jobs/{}/activate"), ("PUT", "/ojs/v1/jobs/{}/progress"),
-    ("GET", "/ojs/v1/jobs/{}/progress"),
+    ("GET", "/ojs/v1/jobs/{}/progress"), ("POST", "/ojs/v1/workers/progress"),
+    ("POST", "/ojs/v1/jobs/{}/ack"), ("POST", "/ojs/v1/jobs/{}/nack"),
     ("POST", "/ojs/v1/schemas"), ("GET", "/ojs/v1/schemas/{}"), ("GET", "/ojs/v1/schemas/{}/versions"),
     ("DELETE", "/ojs/v1/schemas/fuzz.schema/{}"), ("PUT", "/ojs/v1/admin/schemas/fuzz.schema/{}"),
     ("GET", "/ojs/v1/admin/schemas/{}"),

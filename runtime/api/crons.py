@@ -1,29 +1,42 @@
 """Cron endpoints. Responses carry both the openapi (`cron`, `crons`) and prose (`cron_job`,
-`cron_jobs`) spellings."""
+`cron_jobs`) spellings; each registration has both shapes too (see Crons._view)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
+from runtime.api.queues import MAX_OFFSET
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
-from runtime.envelope import CronPatch, CronRequest
+from runtime.envelope import CRON_FIELDS, CronPatch, CronRequest
 
 _register_decoder = msgspec.json.Decoder(CronRequest)
+_fields_decoder = msgspec.json.Decoder(dict[str, Any])
 _patch_decoder = msgspec.json.Decoder(CronPatch)
 
 
 def register(router: Router, services: Services) -> None:
     crons = services.crons
+    max_page = services.settings.max_page_size
 
     async def create(request: Request) -> Response:
         req: CronRequest = request.decode(_register_decoder)
-        view, created = await crons.register(req)
+        top: dict[str, Any] = request.decode(_fields_decoder)
+        view, created = await crons.register(req, {k: v for k, v in top.items() if k not in CRON_FIELDS})
         return json_response(201 if created else 200, {"cron": view, "cron_job": view})
 
     async def list_crons(request: Request) -> Response:
         views = await crons.list()
-        return json_response(200, {"crons": views, "cron_jobs": views, "count": len(views)})
+        total = len(views)
+        limit = request.query_int("limit", default=max(total, 1), minimum=1, maximum=max_page)
+        offset = request.query_int("offset", default=0, minimum=0, maximum=MAX_OFFSET)
+        page = views[offset : offset + limit]
+        pagination = {"total": total, "limit": limit, "offset": offset, "has_more": offset + limit < total}
+        return json_response(200, {
+            "crons": page, "cron_jobs": page, "count": len(page), "pagination": pagination,
+        })
 
     async def get(request: Request) -> Response:
         view = await crons.get(request.params["name"])

@@ -1,4 +1,4 @@
-"""Job endpoints: enqueue (single and batch), info, cancel."""
+"""Job endpoints: enqueue (single and batch), info, cancel, progress (also as the SDKs post it)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from runtime.api.services import Services
 from runtime.broker.core import Progress, QueuePressure
 from runtime.broker.records import NewJob, job_from_body, present
 from runtime.broker.render import as_hash, encode_job
-from runtime.envelope import BatchRequest, ProgressRequest, decode_checkpoint
+from runtime.envelope import BatchRequest, ProgressRequest, WorkerProgressRequest, decode_checkpoint
 from runtime.errors import InvalidRequest, OJSError
 
 _batch_decoder = msgspec.json.Decoder(BatchRequest)
 _progress_decoder = msgspec.json.Decoder(ProgressRequest)
 _meta_decoder = msgspec.json.Decoder(dict[str, Any])
+_worker_progress_decoder = msgspec.json.Decoder(WorkerProgressRequest)
 
 
 def _progress_body(job_id: str, p: Progress) -> dict[str, Any]:
@@ -131,22 +132,43 @@ def register(router: Router, services: Services) -> None:
         metrics.JOBS_CANCELLED.labels(fields.get(b"queue", b"").decode(), fields.get(b"type", b"").decode()).inc()
         return json_response(200, _job_reply(fields))
 
-    async def put_progress(request: Request) -> Response:
-        req: ProgressRequest = request.decode(_progress_decoder)
-        if req.progress is None and req.message is None and not present(req.data) and not present(req.checkpoint):
+    async def record_progress(
+        job_id: str, *, value: float | None, message: str | None, data: Raw, checkpoint: Raw,
+    ) -> Response:
+        if value is None and message is None and not present(data) and not present(checkpoint):
             raise InvalidRequest("Send at least one of progress, message, data, checkpoint.")
-        value = req.progress / 100 if req.progress is not None and req.progress > 1 and req.percent else req.progress
-        if present(req.checkpoint):
+        if present(checkpoint):
             try:  # the decoder the pool uses at the claim: what is stored here, it can read
-                decode_checkpoint(bytes(req.checkpoint))
+                decode_checkpoint(bytes(checkpoint))
             except msgspec.MsgspecError as err:
                 raise InvalidRequest(f"Invalid request: checkpoint: {err}") from None
         state = await broker.progress(
-            request.params["job_id"], value=value, message=req.message,
-            data=bytes(req.data) if present(req.data) else None,
-            checkpoint=bytes(req.checkpoint) if present(req.checkpoint) else None,
+            job_id, value=value, message=message,
+            data=bytes(data) if present(data) else None,
+            checkpoint=bytes(checkpoint) if present(checkpoint) else None,
         )
-        return json_response(200, _progress_body(request.params["job_id"], state))
+        return json_response(200, _progress_body(job_id, state))
+
+    async def put_progress(request: Request) -> Response:
+        req: ProgressRequest = request.decode(_progress_decoder)
+        value = req.progress / 100 if req.progress is not None and req.progress > 1 and req.percent else req.progress
+        return await record_progress(
+            request.params["job_id"], value=value, message=req.message, data=req.data, checkpoint=req.checkpoint,
+        )
+
+    async def post_worker_progress(request: Request) -> Response:
+        """The SDKs' progress call: the job in the body, a percentage from 0 to 100."""
+        req: WorkerProgressRequest = request.decode(_worker_progress_decoder)
+        if req.percentage is not None and req.progress is not None:
+            raise InvalidRequest("Send either percentage (0-100) or progress, not both.")
+        if req.percentage is not None:
+            value: float | None = req.percentage / 100
+        elif req.progress is not None and req.progress > 1 and req.percent:
+            value = req.progress / 100
+        else:
+            value = req.progress
+        return await record_progress(req.job_id, value=value, message=req.message, data=req.data,
+                                     checkpoint=req.checkpoint)
 
     async def get_progress(request: Request) -> Response:
         state = await broker.read_progress(request.params["job_id"])
@@ -155,6 +177,7 @@ def register(router: Router, services: Services) -> None:
     router.add("POST", "/ojs/v1/jobs", enqueue)
     router.add("PUT", "/ojs/v1/jobs/{job_id}/progress", put_progress)
     router.add("GET", "/ojs/v1/jobs/{job_id}/progress", get_progress)
+    router.add("POST", "/ojs/v1/workers/progress", post_worker_progress)
     router.add("POST", "/ojs/v1/jobs/batch", enqueue_batch)
     router.add("GET", "/ojs/v1/jobs/{job_id}", info)
     router.add("DELETE", "/ojs/v1/jobs/{job_id}", cancel)

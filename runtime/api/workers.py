@@ -1,4 +1,5 @@
-"""Worker protocol endpoints: fetch, ack, nack, heartbeat, and the graceful-shutdown beat."""
+"""Worker protocol endpoints: fetch, ack, nack (also as /ojs/v1/jobs/{id}/ack|nack, the form of
+the results and serverless extensions), heartbeat, and the graceful-shutdown beat."""
 
 from __future__ import annotations
 
@@ -10,13 +11,25 @@ from runtime.api.services import Services
 from runtime.broker.job_versions import VersionRange, parse_range
 from runtime.broker.records import present
 from runtime.broker.render import encode_job
-from runtime.envelope import AckRequest, FetchRequest, HeartbeatRequest, NackRequest
+from runtime.envelope import (
+    AckRequest,
+    ErrorInfo,
+    FetchRequest,
+    HeartbeatRequest,
+    JobAckRequest,
+    JobNackRequest,
+    NackRequest,
+    error_info,
+)
 from runtime.errors import InvalidRequest
 
 _fetch_decoder = msgspec.json.Decoder(FetchRequest)
 _ack_decoder = msgspec.json.Decoder(AckRequest)
 _nack_decoder = msgspec.json.Decoder(NackRequest)
 _heartbeat_decoder = msgspec.json.Decoder(HeartbeatRequest)
+_job_ack_decoder = msgspec.json.Decoder(JobAckRequest)
+_job_nack_decoder = msgspec.json.Decoder(JobNackRequest)
+_encode = msgspec.json.encode
 
 DRAINING_STATES = frozenset({"drain", "draining", "terminate", "shutting_down", "quiet"})
 
@@ -40,6 +53,14 @@ def _version_ranges(req: FetchRequest) -> dict[str, VersionRange] | None:
     return ranges or None
 
 
+def _path_job(request: Request, given: str | None) -> str:
+    """The job of /ojs/v1/jobs/{id}/ack|nack; a body may name it too, but not another one."""
+    job_id = request.params["job_id"]
+    if given is not None and given != job_id:
+        raise InvalidRequest(f"job_id '{given}' in the body is not the job of the path ('{job_id}').")
+    return job_id
+
+
 def register(router: Router, services: Services) -> None:
     broker = services.broker
     settings = services.settings
@@ -60,20 +81,23 @@ def register(router: Router, services: Services) -> None:
             body += b',"job":' + encoded[0]
         return json_response(200, body + b"}")
 
-    async def ack(request: Request) -> Response:
-        req: AckRequest = request.decode(_ack_decoder)
-        done = await broker.ack(req.job_id, _result_bytes(req.result), worker_id=req.worker_id, attempt=req.attempt)
+    async def settle_ack(job_id: str, result: msgspec.Raw, worker_id: str | None, attempt: int | None) -> Response:
+        done = await broker.ack(job_id, _result_bytes(result), worker_id=worker_id, attempt=attempt)
         metrics.job_outcome(done.queue, done.type, "completed")
-        return json_response(200, {
-            "acknowledged": True, "id": req.job_id, "job_id": req.job_id, "state": "completed",
-            "completed_at": timefmt.format_ms(done.completed_at_ms),
-        })
+        completed_at = timefmt.format_ms(done.completed_at_ms)
+        # The job as ack.lua leaves it, from what it answered: no read after the write.
+        job = b'{"id":' + _encode(job_id) + b',"type":' + _encode(done.type) + b',"queue":' + _encode(done.queue)
+        job += b',"state":"completed","completed_at":' + _encode(completed_at)
+        if present(result):
+            job += b',"result":' + bytes(result).strip()
+        head = _encode({"acknowledged": True, "id": job_id, "job_id": job_id, "state": "completed",
+                        "completed_at": completed_at})
+        return json_response(200, head[:-1] + b',"job":' + job + b"}}")
 
-    async def nack(request: Request) -> Response:
-        req: NackRequest = request.decode(_nack_decoder)
-        out = await broker.nack(
-            req.job_id, req.error, requeue=req.requeue, worker_id=req.worker_id, attempt=req.attempt,
-        )
+    async def settle_nack(
+        job_id: str, error: ErrorInfo | None, *, requeue: bool, worker_id: str | None, attempt: int | None,
+    ) -> Response:
+        out = await broker.nack(job_id, error, requeue=requeue, worker_id=worker_id, attempt=attempt)
         metrics.job_outcome(out.queue, out.type, out.outcome)
         body: dict[str, object] = {
             "id": out.job_id, "job_id": out.job_id, "state": out.state, "attempt": out.attempt,
@@ -84,7 +108,30 @@ def register(router: Router, services: Services) -> None:
             body["next_attempt_at"] = body["next_retry_at"] = timefmt.format_ms(out.next_attempt_ms)
         elif out.state == "discarded":
             body["discarded_at"] = body["completed_at"] = timefmt.format_ms(out.now_ms)
+        # The job as nack.lua leaves it, from what the nack read and answered.
+        body["job"] = {"type": out.type, "queue": out.queue,
+                       **{k: v for k, v in body.items() if k not in ("job_id", "retry_delay_ms", "next_retry_at")}}
         return json_response(200, body)
+
+    async def ack(request: Request) -> Response:
+        req: AckRequest = request.decode(_ack_decoder)
+        return await settle_ack(req.job_id, req.result, req.worker_id, req.attempt)
+
+    async def nack(request: Request) -> Response:
+        req: NackRequest = request.decode(_nack_decoder)
+        return await settle_nack(req.job_id, error_info(req.error), requeue=req.requeue, worker_id=req.worker_id,
+                                 attempt=req.attempt)
+
+    async def job_ack(request: Request) -> Response:
+        req: JobAckRequest = request.decode(_job_ack_decoder, allow_empty=True)
+        job_id = _path_job(request, req.job_id)
+        return await settle_ack(job_id, req.result, req.worker_id, req.attempt)
+
+    async def job_nack(request: Request) -> Response:
+        req: JobNackRequest = request.decode(_job_nack_decoder, allow_empty=True)
+        job_id = _path_job(request, req.job_id)
+        return await settle_nack(job_id, error_info(req.error), requeue=req.requeue, worker_id=req.worker_id,
+                                 attempt=req.attempt)
 
     async def heartbeat(request: Request) -> Response:
         req: HeartbeatRequest = request.decode(_heartbeat_decoder)
@@ -128,6 +175,8 @@ def register(router: Router, services: Services) -> None:
     router.add("POST", "/ojs/v1/workers/fetch", fetch)
     router.add("POST", "/ojs/v1/workers/ack", ack)
     router.add("POST", "/ojs/v1/workers/nack", nack)
+    router.add("POST", "/ojs/v1/jobs/{job_id}/ack", job_ack)
+    router.add("POST", "/ojs/v1/jobs/{job_id}/nack", job_nack)
     router.add("POST", "/ojs/v1/workers/heartbeat", heartbeat)
     router.add("POST", "/ojs/v1/workers/beat", beat)
     router.add("GET", "/ojs/v1/workers/{worker_id}/health", worker_health)

@@ -23,9 +23,9 @@ from redis.exceptions import WatchError
 from runtime import metrics, timefmt
 from runtime.broker import BACKEND_ERRORS
 from runtime.broker.core import Broker
-from runtime.broker.records import build_job
+from runtime.broker.records import NewJob, build_job, split_extras
 from runtime.cron_schedule import CronSchedule, parse_cron
-from runtime.envelope import CronRequest, EnqueueRequest
+from runtime.envelope import FLAT_OPTION_FIELDS, CronRequest, EnqueueRequest
 from runtime.errors import InvalidRequest, NotFound
 from runtime.ids import uuid7
 
@@ -53,27 +53,52 @@ _entry_decoder = msgspec.json.Decoder(CronEntry)
 _encode = msgspec.json.encode
 
 
-def _normalise(req: CronRequest) -> CronEntry:
+def _normalise(req: CronRequest, job_fields: dict[str, Any]) -> CronEntry:
+    """The registration to store. `job_fields` are the request's top-level fields that are not the
+    registration's own (envelope.CRON_FIELDS): in the prose shape they are the job's."""
     expression = req.expression or req.cron or req.schedule
     if not expression:
         raise InvalidRequest("expression is required")
+    flat = {"type": req.type, "args": req.args, "meta": req.meta, "options": req.options, **job_fields}
+    flat = {name: value for name, value in flat.items() if value is not None}
     if req.job_template is not None:
-        template = msgspec.to_builtins(req.job_template)
+        if flat:  # one of the two would be ignored
+            raise InvalidRequest(
+                "Give the job either as job_template or as top-level fields, not both "
+                f"(top-level: {', '.join(sorted(flat))}).")
+        template = dict(req.job_template)
     elif req.type is not None:
-        template = {"type": req.type, "args": req.args or []}
-        if req.meta is not None:
-            template["meta"] = req.meta
-        if req.options is not None:
-            template["options"] = req.options
+        template = {**flat, "args": req.args or []}
     else:
         raise InvalidRequest("job_template.type is required")
     policy = "cancel_previous" if req.overlap_policy == "cancel" else req.overlap_policy
     now = timefmt.now_ms()
     return CronEntry(
         name=req.name, expression=expression, timezone=req.timezone, overlap_policy=policy,
-        enabled=req.enabled, description=req.description, job_template=template,
+        enabled=req.enabled, description=req.description, job_template=_gather_options(template),
         created_at=now, updated_at=now,
     )
+
+
+def _gather_options(template: dict[str, Any]) -> dict[str, Any]:
+    """Move the job fields given at the template's top level (`queue`, `priority`...) into its
+    `options`, where the stored template and its view keep them. The same field given in both
+    places with different values is refused rather than one of them dropped."""
+    options = template.get("options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest("Invalid job_template: options must be an object")
+    gathered = dict(options or {})
+    out = {}
+    for name, value in template.items():
+        if name not in FLAT_OPTION_FIELDS:
+            out[name] = value
+        elif name in gathered and gathered[name] != value:
+            raise InvalidRequest(f"'{name}' is given both at the top level and in options, with different values.")
+        else:
+            gathered[name] = value
+    if gathered:
+        out["options"] = gathered
+    return out
 
 
 def _time_field(state: dict[bytes, bytes], name: bytes) -> str | None:
@@ -88,17 +113,17 @@ def _schedule(entry: CronEntry) -> CronSchedule:
         raise InvalidRequest(f"Invalid cron: {err}") from None
 
 
-def _template_request(entry: CronEntry, tick_ms: int) -> EnqueueRequest:
-    template = dict(entry.job_template)
-    meta = dict(template.get("meta") or {})
-    meta["cron_name"] = entry.name
-    meta["cron_triggered_at"] = timefmt.format_ms(tick_ms)
-    template["meta"] = meta
-    template.setdefault("args", [])
+def _template_job(entry: CronEntry, tick_ms: int, now_ms: int) -> NewJob:
+    """The job one tick enqueues: the template as an enqueue request body, with the cron's meta.
+    Its fields the envelope does not name are kept, as an enqueue keeps them."""
+    template = {"args": [], **entry.job_template}
     try:
-        return msgspec.json.decode(_encode(template), type=EnqueueRequest)
+        req = msgspec.json.decode(_encode(template), type=EnqueueRequest)
     except msgspec.DecodeError as err:
         raise InvalidRequest(f"Invalid job_template: {err}") from None
+    req.meta = {**(req.meta or {}), "cron_name": entry.name, "cron_triggered_at": timefmt.format_ms(tick_ms)}
+    extras = split_extras({name: msgspec.Raw(_encode(value)) for name, value in template.items()})
+    return build_job(req, extras, job_id=uuid7(), now_ms=now_ms)
 
 
 class Crons:
@@ -109,12 +134,14 @@ class Crons:
         self.redis = broker.redis
         self.keys = broker.keys
 
-    async def register(self, req: CronRequest) -> tuple[dict[str, Any], bool]:
-        """Create or replace (upsert by name). Returns the view and whether it was new."""
-        entry = _normalise(req)
+    async def register(
+        self, req: CronRequest, job_fields: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Create or replace (upsert by name). Returns the view and whether it was new.
+        `job_fields`: the request's other top-level fields (see `_normalise`)."""
+        entry = _normalise(req, job_fields or {})
         schedule = _schedule(entry)
-        # Validate the template now, not at the first tick.
-        build_job(_template_request(entry, 0), {}, job_id=uuid7(), now_ms=entry.created_at)
+        _template_job(entry, 0, entry.created_at)  # validate the template now, not at the first tick
         previous = await self.redis.hget(self.keys.crons, entry.name)
         if previous is not None:
             entry.created_at = _entry_decoder.decode(previous).created_at
@@ -183,7 +210,7 @@ class Crons:
             raise NotFound(f"Cron '{name}' not found.")
         entry = _entry_decoder.decode(raw)
         now = timefmt.now_ms()
-        job = build_job(_template_request(entry, now), {}, job_id=uuid7(), now_ms=now)
+        job = _template_job(entry, now, now)
         (done,) = await self.broker.enqueue([job], now_ms=now)
         return done.job_id
 
@@ -207,7 +234,14 @@ class Crons:
             "last_skip_reason": state[b"last_skip_reason"].decode() if b"last_skip_reason" in state else None,
             "created_at": timefmt.format_ms(entry.created_at),
             "updated_at": timefmt.format_ms(entry.updated_at),
+            # The prose's shape beside openapi's: the template's fields flat, and a status
+            "type": entry.job_template.get("type"),
+            "args": entry.job_template.get("args", []),
+            "status": "active" if scheduled else "disabled",
         }
+        for name in ("meta", "options"):
+            if name in entry.job_template:
+                view[name] = entry.job_template[name]
         if entry.description is not None:
             view["description"] = entry.description
         if last_job := state.get(b"last_job_id"):
@@ -254,7 +288,7 @@ class Crons:
         # skip and cancel_previous act inside the script, after the per-tick claim: a server that
         # lost the claim changes nothing (it must not cancel the winner's fresh job).
         overlap = entry.overlap_policy if entry.overlap_policy in ("skip", "cancel_previous") else "allow"
-        job = build_job(_template_request(entry, tick_ms), {}, job_id=uuid7(), now_ms=now_ms)
+        job = _template_job(entry, tick_ms, now_ms)
         outcome, existing, reason = await self.broker.enqueue_cron_tick(
             job, cron_name=name, expression=entry.expression, tick_ms=tick_ms, next_ms=next_ms,
             overlap=overlap, now_ms=now_ms,

@@ -37,7 +37,7 @@ from runtime.client import Client
 from runtime.config import Settings
 from runtime.context import ProgressThrottle, ProgressUpdate
 from runtime.embedded_redis import EmbeddedRedis
-from runtime.envelope import CronRequest, decode_checkpoint
+from runtime.envelope import CRON_FIELDS, CronRequest, decode_checkpoint
 from runtime.executor import Completed, settle
 from runtime.testing.kit import DrainSummary, TestContext, execution_record, redirect, summary_of
 
@@ -135,10 +135,12 @@ class RealContext(TestContext):
     async def register_cron(self, name: str, expression: str, type: str, args: Sequence[Any] = (), *,
                             options: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
         """Register a cron in this test's namespace (as ``POST /ojs/v1/cron`` does)."""
+        own = {k: v for k, v in fields.items() if k in CRON_FIELDS}
         request = msgspec.convert({"name": name, "expression": expression, "type": type, "args": list(args),
-                                   "options": options, **fields}, CronRequest)
+                                   "options": options, **own}, CronRequest)
+        job_fields = {k: v for k, v in fields.items() if k not in CRON_FIELDS}
         async with self._broker() as broker:
-            view, _new = await Crons(broker).register(request)
+            view, _new = await Crons(broker).register(request, job_fields)
             return view
 
     # --- waiting on workers outside the test ---------------------------------------------------
