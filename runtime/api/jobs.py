@@ -10,6 +10,7 @@ from msgspec import Raw
 from runtime import metrics, timefmt, tracing
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
+from runtime.api.tenancy import check_owner, request_tenant
 from runtime.broker.core import Progress, QueuePressure
 from runtime.broker.records import job_from_body, present
 from runtime.broker.render import as_hash, encode_job
@@ -61,6 +62,7 @@ def register(router: Router, services: Services) -> None:
         now = timefmt.now_ms()
         job = job_from_body(
             request.body, now_ms=now, request_id=_client_request_id(request), trace_context=_trace_context(request),
+            tenant=request_tenant(request),
         )
         outcome = await broker.enqueue([job], now_ms=now)
         (done,) = outcome
@@ -81,10 +83,11 @@ def register(router: Router, services: Services) -> None:
         now = timefmt.now_ms()
         jobs = []
         trace_context = _trace_context(request)
+        tenant = request_tenant(request)
         for index, raw in enumerate(batch.jobs):
             try:
                 jobs.append(job_from_body(bytes(raw), now_ms=now, request_id=_client_request_id(request),
-                                          trace_context=trace_context))
+                                          trace_context=trace_context, tenant=tenant))
             except OJSError as err:
                 err.message = f"jobs[{index}]: {err.message}"
                 raise
@@ -97,10 +100,14 @@ def register(router: Router, services: Services) -> None:
         return json_response(201, body + str(len(jobs)).encode() + b"}", _pressure_headers(outcomes.pressure))
 
     async def info(request: Request) -> Response:
-        return json_response(200, _job_reply(await broker.get(request.params["job_id"])))
+        fields = await broker.get(request.params["job_id"])
+        check_owner(request, request.params["job_id"], fields.get(b"tenant"))
+        return json_response(200, _job_reply(fields))
 
     async def cancel(request: Request) -> Response:
         job_id = request.params["job_id"]
+        if request_tenant(request) is not None:  # a job's tenant never changes: read, then cancel
+            check_owner(request, job_id, await broker.redis.hget(broker.keys.job(job_id), "tenant"))
         await broker.cancel(job_id)
         fields = await broker.get(job_id)
         metrics.JOBS_CANCELLED.labels(fields.get(b"queue", b"").decode(), fields.get(b"type", b"").decode()).inc()
@@ -133,3 +140,4 @@ def register(router: Router, services: Services) -> None:
     router.add("POST", "/ojs/v1/jobs/batch", enqueue_batch)
     router.add("GET", "/ojs/v1/jobs/{job_id}", info)
     router.add("DELETE", "/ojs/v1/jobs/{job_id}", cancel)
+    router.add("POST", "/ojs/v1/jobs/{job_id}/cancel", cancel)

@@ -11,6 +11,7 @@ from runtime.api import (
     queues,
     rate_limits,
     system,
+    tenancy,
     workers,
     workflows,
 )
@@ -20,6 +21,7 @@ from runtime.api.services import Services
 
 def build_router(services: Services) -> Router:
     router = Router()
-    for module in (system, jobs, job_priority, workers, queues, crons, workflows, rate_limits, admin, dashboard):
+    for module in (system, jobs, job_priority, workers, queues, crons, workflows, rate_limits, tenancy, admin,
+                   dashboard):
         module.register(router, services)
     return router

@@ -7,6 +7,7 @@ import msgspec
 from runtime import metrics, timefmt
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
+from runtime.api.tenancy import request_tenant
 from runtime.broker.records import present
 from runtime.broker.render import encode_job
 from runtime.envelope import AckRequest, FetchRequest, HeartbeatRequest, NackRequest
@@ -34,6 +35,7 @@ def register(router: Router, services: Services) -> None:
             raise InvalidRequest(f"count must be at most {settings.max_fetch_count}")
         jobs = await broker.fetch(
             req.queues, count=req.count, worker_id=req.worker_id, visibility_ms=req.visibility_timeout_ms,
+            tenant=request_tenant(request),
         )
         for fields in jobs:
             metrics.job_started(fields.get(b"queue", b"").decode(), fields.get(b"type", b"").decode(), fields)

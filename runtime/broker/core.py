@@ -225,6 +225,7 @@ class Broker:
         exec_grace_ms: int | None = None,
         idle: bool | None = None,
         type_room: Mapping[str, int] | None = None,
+        tenant: str | None = None,
     ) -> list[dict[bytes, bytes]]:
         """Claim up to `count` jobs, trying the queues in order. Returns the claimed job hashes.
 
@@ -238,6 +239,8 @@ class Broker:
         Suspects (jobs running beside others when their process died) are only given to an
         `idle` caller, one that runs and holds no job: it then gets that one job alone (its hash
         has ``suspect``), and must run nothing else until it is settled.
+
+        With `tenant`, only that tenant's jobs are claimed (the others stay in place).
         """
         now = timefmt.now_ms() if now_ms is None else now_ms
         k = self.keys
@@ -253,6 +256,7 @@ class Broker:
                 *queues, *([str(q) for q in quotas] if quotas else [""] * len(queues)),
                 "" if idle is None else ("1" if idle else "0"), str(len(type_room or ())),
                 *(x for job_type, room in (type_room or {}).items() for x in (job_type, str(max(0, room)))),
+                tenant or "",
             ],
         )
         return [pairs_to_dict(flat) for flat in reply]

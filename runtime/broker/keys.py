@@ -63,6 +63,8 @@ key                            type        content
                                            reason (fetches return nothing; enqueues go on)
 ``P rl:<key>``, ``P rl-active:<key>``, ``P rl-starts:<key>``, ``P rl-jobs:<key>``, ``P rate-limits``
                                            per-key rate limits: see runtime/broker/rate_limits.py
+``P tenants``, ``P tenant:<t>``, ``P tenant-jobs:<t>``, ``P queue:<q>:tenant-tags``
+                                           multi-tenancy: see runtime/broker/tenants.py
 ``P reaper``                   hash        last_step_ms, resume_at_ms on Redis' clock: lease expiry
                                            waits after an outage (broker/outage.py)
 =============================  ==========  ======================================================
@@ -94,6 +96,7 @@ SUFFIXES: dict[str, str] = {
     "migrations": "migrations",
     "maintenance": "maintenance",
     "rate_limits": "rate-limits",
+    "tenants": "tenants",
 }
 
 
@@ -145,6 +148,19 @@ class Keys:
 
     def workflow(self, workflow_id: str) -> str:
         return f"{self.prefix}workflow:{workflow_id}"
+
+    def tenant(self, tenant_id: str) -> str:
+        return f"{self.prefix}tenant:{tenant_id}"
+
+    def tenant_jobs(self, tenant_id: str) -> str:
+        return f"{self.prefix}tenant-jobs:{tenant_id}"
+
+    def tenant_tags(self, queue: str) -> str:
+        return f"{self.prefix}queue:{queue}:tenant-tags"
+
+    @property
+    def tenants(self) -> str:
+        return self.prefix + SUFFIXES["tenants"]
 
     def suspects(self, queue: str) -> str:
         return f"{self.prefix}queue:{queue}:suspects"

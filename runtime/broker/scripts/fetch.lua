@@ -48,6 +48,15 @@
                       this call; the others stay in place in their queue (a pool's per-type
                       concurrency: it must not claim what it cannot start). With M > 0 each queue
                       is scanned from its head over at most ROOM_SCAN entries.
+  ARGV[13+2N+2M]      tenant ("" or absent: any): only that tenant's jobs are claimed (the
+                      multi-tenancy extension's X-OJS-Tenant). Another tenant's job is held like
+                      one its rate limit holds: left in its place, put back at the end of the
+                      call. The held jobs share the RL_SCAN bound: once RL_SCAN jobs of other
+                      tenants (or held by their rate limits) were passed over in a queue, this
+                      call looks no further in it, and may claim fewer than `count` although
+                      the tenant has jobs deeper down. The fair tags of enqueue.lua interleave
+                      the tenants, so a tenant's next job is normally within a few entries per
+                      queued tenant of the head.
 
   Returns: an array with one flat HGETALL array per claimed job, in claim order.
 ]]
@@ -66,6 +75,8 @@ for t = 1, tonumber(ARGV[12 + 2 * nq]) or 0 do
   room[ARGV[11 + 2 * nq + 2 * t]] = tonumber(ARGV[12 + 2 * nq + 2 * t])
 end
 local ROOM_SCAN = 256
+local tenant = ARGV[13 + 2 * nq + 2 * (tonumber(ARGV[12 + 2 * nq]) or 0)]
+if tenant == "" then tenant = nil end
 
 -- Maintenance mode (the admin API): nothing is claimed, anywhere; enqueues go on.
 if rcall("EXISTS", T.maintenance) == 1 then return {} end
@@ -236,9 +247,12 @@ local function claim(id, queue, alone)
   local job_key = prefix .. "job:" .. id
   local f = rcall("HMGET", job_key, "state", "type", "visibility_timeout_ms", "timeout_ms", "expires_ms",
     "attempt", "worker_id", "exec_deadline", "progress", "progress_at", "suspect", "enqueued_at", "rl_key",
-    "rl_policy")
+    "rl_policy", "tenant")
   if f[1] ~= "available" then
     return nil -- a stale index entry (the job was flushed or moved): drop it
+  end
+  if tenant and f[15] ~= tenant then
+    return HELD  -- another tenant's job: before any check with an effect (expiry, rate limits)
   end
   if f[11] and not alone then
     return SKIPPED
