@@ -32,7 +32,7 @@ SUITES: dict[str, tuple[str, ...]] = {
     "level-4-advanced": ("level-4-advanced",),
     "extensions": ("ext-progress", "ext-observability", "ext-middleware", "ext-graceful-shutdown"),
     "admin-extensions": ("ext-admin-api", "ext-dead-letter", "ext-backpressure", "ext-fair-scheduling",
-                         "ext-rate-limiting"),
+                         "ext-rate-limiting", "ext-multi-tenancy"),
 }
 KNOWN_UNPASSABLE = {
     # Its expected error types (ConnectionTimeout, ...) cannot be derived from its input; only a

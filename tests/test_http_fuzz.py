@@ -684,7 +684,8 @@ ROUTES: list[tuple[str, str]] = [
     ("DELETE", "/ojs/v1/cron/{}"),
     ("PATCH", "/ojs/v1/cron/{}"), ("GET", "/metrics"),
     ("POST", "/ojs/v1/jobs/{}/activate"), ("PUT", "/ojs/v1/jobs/{}/progress"),
-    ("GET", "/ojs/v1/jobs/{}/progress"),
+    ("GET", "/ojs/v1/jobs/{}/progress"), ("POST", "/ojs/v1/jobs/{}/cancel"), ("GET", "/ojs/v1/queues/{}"),
+    ("GET", "/ojs/v1/admin/tenants/{}"), ("GET", "/ojs/v1/admin/tenants/{}/stats"),
 ]
 # fmt: on
 PARAM_ROUTES = [route for route in ROUTES if "{}" in route[1]]
@@ -1158,6 +1159,7 @@ ROUTE_BODIES = {
                 "Range",
                 "Cookie",
                 "Host",
+                "X-OJS-Tenant",
             ]
         ),
         header_values(),
