@@ -10,7 +10,7 @@ from msgspec import Raw
 from runtime import metrics, timefmt, tracing
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
-from runtime.api.tenancy import check_owner, request_tenant
+from runtime.api.tenancy import check_owner, guard_job, request_tenant
 from runtime.broker.core import Progress, QueuePressure
 from runtime.broker.records import job_from_body, present
 from runtime.broker.render import as_hash, encode_job
@@ -106,8 +106,7 @@ def register(router: Router, services: Services) -> None:
 
     async def cancel(request: Request) -> Response:
         job_id = request.params["job_id"]
-        if request_tenant(request) is not None:  # a job's tenant never changes: read, then cancel
-            check_owner(request, job_id, await broker.redis.hget(broker.keys.job(job_id), "tenant"))
+        await guard_job(request, broker, job_id)
         await broker.cancel(job_id)
         fields = await broker.get(job_id)
         metrics.JOBS_CANCELLED.labels(fields.get(b"queue", b"").decode(), fields.get(b"type", b"").decode()).inc()
@@ -115,6 +114,7 @@ def register(router: Router, services: Services) -> None:
 
     async def put_progress(request: Request) -> Response:
         req: ProgressRequest = request.decode(_progress_decoder)
+        await guard_job(request, broker, request.params["job_id"])
         if req.progress is None and req.message is None and not present(req.data) and not present(req.checkpoint):
             raise InvalidRequest("Send at least one of progress, message, data, checkpoint.")
         value = req.progress / 100 if req.progress is not None and req.progress > 1 and req.percent else req.progress
@@ -131,6 +131,7 @@ def register(router: Router, services: Services) -> None:
         return json_response(200, _progress_body(request.params["job_id"], state))
 
     async def get_progress(request: Request) -> Response:
+        await guard_job(request, broker, request.params["job_id"])
         state = await broker.read_progress(request.params["job_id"])
         return json_response(200, _progress_body(request.params["job_id"], state))
 

@@ -1,8 +1,8 @@
 """Multi-tenancy endpoints and the request's tenant (the X-OJS-Tenant header).
 
-A request with the header acts as that tenant: it enqueues for it, and sees, cancels and
-claims only its jobs (another tenant's job answers 404, as a missing one would: its existence
-is not revealed). A request without it is not scoped (an operator, or a deployment without
+A request with the header acts as that tenant: it enqueues for it, and sees, cancels, changes
+(priority, progress) and claims only its jobs (another tenant's job answers 404, as a missing
+one would: its existence is not revealed). A request without it is not scoped (an operator, or a deployment without
 tenants). The listing and stats are admin reads: GET /ojs/v1/admin/tenants, .../{id},
 .../{id}/stats. GET /ojs/v1/queues/{name} with the header counts only that tenant's jobs.
 """
@@ -15,6 +15,7 @@ from runtime import timefmt
 from runtime.api.queues import NON_TERMINAL, checked_queue
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
+from runtime.broker.core import Broker
 from runtime.broker.tenants import Tenants, checked_tenant
 from runtime.errors import NotFound
 
@@ -38,6 +39,13 @@ def check_owner(request: Request, job_id: str, owner: bytes | str | None) -> Non
         owner = owner.decode()
     if owner != tenant:
         raise NotFound(f"Job '{job_id}' not found.")
+
+
+async def guard_job(request: Request, broker: Broker, job_id: str) -> None:
+    """check_owner for a handler that does not read the job itself: one read, only when the
+    request names a tenant (a job's tenant never changes, so reading first is no race)."""
+    if request_tenant(request) is not None:
+        check_owner(request, job_id, await Tenants(broker.redis, broker.keys).owner(job_id))
 
 
 def _stats_body(stats: dict[str, Any]) -> dict[str, Any]:

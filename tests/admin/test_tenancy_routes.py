@@ -80,9 +80,14 @@ def test_another_tenants_job_is_not_found_for_reads_and_cancels(api: Api) -> Non
     assert_error(api.http.get(path, headers=as_tenant("tenant-b")), 404)
     assert_error(api.http.delete(path, headers=as_tenant("tenant-b")), 404)
     assert_error(api.http.post(path + "/cancel", json={}, headers=as_tenant("tenant-b")), 404)
+    assert_error(api.http.patch(path, json={"priority": 9}, headers=as_tenant("tenant-b")), 404)
+    assert_error(api.http.get(path + "/progress", headers=as_tenant("tenant-b")), 404)
+    assert_error(api.http.put(path + "/progress", json={"progress": 0.5}, headers=as_tenant("tenant-b")), 404)
     missing = "/ojs/v1/jobs/01900000-0000-7000-8000-000000000000"
     assert_error(api.http.get(missing, headers=as_tenant("tenant-b")), 404)  # the same answer as a missing job
-    assert api.http.get(path, headers=as_tenant("tenant-a")).json()["job"]["state"] == "available"
+    own = api.http.get(path, headers=as_tenant("tenant-a")).json()["job"]
+    assert own["state"] == "available" and own["priority"] == 0
+    assert api.http.patch(path, json={"priority": 9}, headers=as_tenant("tenant-a")).status_code == 200
     # an untenanted job is no tenant's
     untenanted = enqueue_for(api, None)
     assert_error(api.http.get(f"/ojs/v1/jobs/{untenanted['id']}", headers=as_tenant("tenant-a")), 404)
