@@ -20,7 +20,8 @@
       (reject or ignore) is a skipped tick, consumed and recorded like an overlap skip, never an
       error that stalls the cron.
 
-  KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|counts|config|paused,
+  KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|counts|config|paused|tenant-tags,
+                  tenant:<t>, tenant-jobs:<t>, tenants,
                   unique:<fingerprint>, cron:state:<name>, workflow:<id>, outbox)
   KEYS[2] seq         (string, INCR)
   KEYS[3] delayed     (zset)
