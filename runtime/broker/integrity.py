@@ -363,10 +363,10 @@ def _check_tenants(store: _Store, keys: Keys) -> list[str]:
                             f"{keys.tenant_jobs(job.tenant)}")
     for tenant, members in store.tenant_jobs.items():
         for job_id in members:
-            job = store.jobs.get(job_id)
-            if job is None or job.tenant != tenant:
-                problems.append(f"{keys.tenant_jobs(tenant)} holds {job_id!r} "
-                                f"({'missing' if job is None else f'its tenant is {job.tenant!r}'})")
+            listed_job = store.jobs.get(job_id)
+            if listed_job is None or listed_job.tenant != tenant:
+                what = "missing" if listed_job is None else f"its tenant is {listed_job.tenant!r}"
+                problems.append(f"{keys.tenant_jobs(tenant)} holds {job_id!r} ({what})")
     return problems
 
 
