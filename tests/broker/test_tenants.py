@@ -162,3 +162,17 @@ def test_the_tenant_records_follow_every_way_a_job_ends(enqueue: Enqueue, broker
     assert run(broker.get(left))[b"tenant"] == b"acme"
     assert run(tenants.stats("nobody")) is None
     assert run(tenants.listing(limit=10, offset=0)) == (1, ["acme"])
+
+
+def test_another_tenants_fetch_leaves_a_rate_limited_job_alone(enqueue: Enqueue, broker: Broker, run: Run[Any]) -> None:
+    # Given: tenant a's key allows one job at a time, one runs, the next would be dropped by it
+    policy = {"key": "a-api", "concurrency": 1, "on_limit": "drop"}
+    running, waiting = enqueue(*(tenant_body("a", rate_limit=policy) for _ in range(2)))
+    assert ids_of(run(broker.fetch(["default"], count=1, tenant="a"))) == [running]
+    # When: tenant b fetches from the same queue
+    assert run(broker.fetch(["default"], count=5, tenant="b")) == []
+    # Then: a's job was passed over before its limit was looked at: still available, not dropped
+    assert run(broker.get(waiting))[b"state"] == b"available"
+    run(broker.ack(running))
+    assert ids_of(run(broker.fetch(["default"], count=1, tenant="a"))) == [waiting]
+    run(broker.ack(waiting))
