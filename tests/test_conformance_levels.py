@@ -33,7 +33,8 @@ SUITES: dict[str, tuple[str, ...]] = {
     "extensions": ("ext-progress", "ext-observability", "ext-middleware", "ext-graceful-shutdown", "ext-webhooks",
                    "ext-serverless"),
     "admin-extensions": ("ext-admin-api", "ext-dead-letter", "ext-backpressure", "ext-fair-scheduling",
-                         "ext-rate-limiting", "ext-schema-registry", "ext-job-versioning"),
+                         "ext-rate-limiting", "ext-schema-registry", "ext-job-versioning",
+                         "ext-multi-tenancy"),
 }
 KNOWN_UNPASSABLE = {
     # Its expected error types (ConnectionTimeout, ...) cannot be derived from its input; only a

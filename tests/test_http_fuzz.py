@@ -697,6 +697,8 @@ ROUTES: list[tuple[str, str]] = [
     ("POST", "/ojs/v1/jobs/{}/activate"), ("PUT", "/ojs/v1/jobs/{}/progress"),
     ("GET", "/ojs/v1/jobs/{}/progress"), ("POST", "/ojs/v1/workers/progress"),
     ("POST", "/ojs/v1/jobs/{}/ack"), ("POST", "/ojs/v1/jobs/{}/nack"),
+    ("POST", "/ojs/v1/jobs/{}/cancel"), ("GET", "/ojs/v1/queues/{}"),
+    ("GET", "/ojs/v1/admin/tenants/{}"), ("GET", "/ojs/v1/admin/tenants/{}/stats"),
     ("POST", "/ojs/v1/schemas"), ("GET", "/ojs/v1/schemas/{}"), ("GET", "/ojs/v1/schemas/{}/versions"),
     ("DELETE", "/ojs/v1/schemas/fuzz.schema/{}"), ("PUT", "/ojs/v1/admin/schemas/fuzz.schema/{}"),
     ("GET", "/ojs/v1/admin/schemas/{}"),
@@ -1173,6 +1175,7 @@ ROUTE_BODIES = {
                 "Range",
                 "Cookie",
                 "Host",
+                "X-OJS-Tenant",
             ]
         ),
         header_values(),

@@ -6,6 +6,7 @@ import msgspec
 
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
+from runtime.api.tenancy import guard_job
 from runtime.envelope import NAMED_PRIORITIES, NamedPriority, Priority
 
 
@@ -21,6 +22,7 @@ def register(router: Router, services: Services) -> None:
         """Only available and scheduled jobs (409 for the others). Cost: one script, O(log n)."""
         job_id = request.params["job_id"]
         req: PriorityUpdate = request.decode(_decoder)
+        await guard_job(request, services.broker, job_id)
         priority = NAMED_PRIORITIES[req.priority.lower()] if isinstance(req.priority, str) else req.priority
         previous = await services.job_admin.set_priority(job_id, priority)
         return json_response(200, {"id": job_id, "priority": priority, "previous_priority": previous})

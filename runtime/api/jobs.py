@@ -10,6 +10,7 @@ from msgspec import Raw
 from runtime import metrics, timefmt, tracing
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
+from runtime.api.tenancy import check_owner, guard_job, request_tenant
 from runtime.broker.core import Progress, QueuePressure
 from runtime.broker.records import NewJob, job_from_body, present
 from runtime.broker.render import as_hash, encode_job
@@ -76,7 +77,7 @@ def register(router: Router, services: Services) -> None:
         now = timefmt.now_ms()
         job = job_from_body(
             request.body, now_ms=now, request_id=_client_request_id(request),
-            trace_context=producer.carrier() if producer else _trace_context(request),
+            trace_context=producer.carrier() if producer else _trace_context(request), tenant=request_tenant(request),
         )
         if producer is not None:
             _describe(producer, [job])
@@ -105,10 +106,11 @@ def register(router: Router, services: Services) -> None:
         now = timefmt.now_ms()
         jobs = []
         trace_context = producer.carrier() if producer else _trace_context(request)
+        tenant = request_tenant(request)
         for index, raw in enumerate(batch.jobs):
             try:
                 jobs.append(job_from_body(bytes(raw), now_ms=now, request_id=_client_request_id(request),
-                                          trace_context=trace_context))
+                                          trace_context=trace_context, tenant=tenant))
             except OJSError as err:
                 err.message = f"jobs[{index}]: {err.message}"
                 raise
@@ -123,18 +125,22 @@ def register(router: Router, services: Services) -> None:
         return json_response(201, body + str(len(jobs)).encode() + b"}", _pressure_headers(outcomes.pressure))
 
     async def info(request: Request) -> Response:
-        return json_response(200, _job_reply(await broker.get(request.params["job_id"])))
+        fields = await broker.get(request.params["job_id"])
+        check_owner(request, request.params["job_id"], fields.get(b"tenant"))
+        return json_response(200, _job_reply(fields))
 
     async def cancel(request: Request) -> Response:
         job_id = request.params["job_id"]
+        await guard_job(request, broker, job_id)
         await broker.cancel(job_id)
         fields = await broker.get(job_id)
         metrics.JOBS_CANCELLED.labels(fields.get(b"queue", b"").decode(), fields.get(b"type", b"").decode()).inc()
         return json_response(200, _job_reply(fields))
 
     async def record_progress(
-        job_id: str, *, value: float | None, message: str | None, data: Raw, checkpoint: Raw,
+        request: Request, job_id: str, *, value: float | None, message: str | None, data: Raw, checkpoint: Raw,
     ) -> Response:
+        await guard_job(request, broker, job_id)
         if value is None and message is None and not present(data) and not present(checkpoint):
             raise InvalidRequest("Send at least one of progress, message, data, checkpoint.")
         if present(checkpoint):
@@ -153,7 +159,7 @@ def register(router: Router, services: Services) -> None:
         req: ProgressRequest = request.decode(_progress_decoder)
         value = req.progress / 100 if req.progress is not None and req.progress > 1 and req.percent else req.progress
         return await record_progress(
-            request.params["job_id"], value=value, message=req.message, data=req.data, checkpoint=req.checkpoint,
+            request, request.params["job_id"], value=value, message=req.message, data=req.data, checkpoint=req.checkpoint,
         )
 
     async def post_worker_progress(request: Request) -> Response:
@@ -167,10 +173,11 @@ def register(router: Router, services: Services) -> None:
             value = req.progress / 100
         else:
             value = req.progress
-        return await record_progress(req.job_id, value=value, message=req.message, data=req.data,
+        return await record_progress(request, req.job_id, value=value, message=req.message, data=req.data,
                                      checkpoint=req.checkpoint)
 
     async def get_progress(request: Request) -> Response:
+        await guard_job(request, broker, request.params["job_id"])
         state = await broker.read_progress(request.params["job_id"])
         return json_response(200, _progress_body(request.params["job_id"], state))
 
@@ -181,3 +188,4 @@ def register(router: Router, services: Services) -> None:
     router.add("POST", "/ojs/v1/jobs/batch", enqueue_batch)
     router.add("GET", "/ojs/v1/jobs/{job_id}", info)
     router.add("DELETE", "/ojs/v1/jobs/{job_id}", cancel)
+    router.add("POST", "/ojs/v1/jobs/{job_id}/cancel", cancel)

@@ -12,6 +12,7 @@ from runtime.api import (
     rate_limits,
     schemas,
     system,
+    tenancy,
     workers,
     workflows,
 )
@@ -22,7 +23,8 @@ from runtime.api.webhooks import register as register_webhooks
 
 def build_router(services: Services) -> Router:
     router = Router()
-    for module in (system, jobs, job_priority, workers, queues, crons, workflows, rate_limits, admin, schemas,
+    for module in (system, jobs, job_priority, workers, queues, crons, workflows, rate_limits, tenancy, admin,
+                   schemas,
                    dashboard):
         module.register(router, services)
     register_webhooks(router, services)

@@ -58,6 +58,8 @@ def manifest() -> dict[str, Any]:
             "backpressure": {"strategies": ["reject"], "bounds": ["max_depth"]},
             "dead-letter": {"list": True, "stats": True, "retry": True, "delete": True, "purge": True},
             "fair-scheduling": {"strategies": ["weighted", "strict", "round_robin"], "pools": True},
+            "multi-tenancy": {"isolation": "shared", "header": "X-OJS-Tenant", "fairness": "fair_queuing",
+                              "stats": "/ojs/v1/admin/tenants/{id}/stats", "limits": False},
             "progress": True,
             "rate-limiting": {"strategies": ["concurrency", "rate", "throttle"], "window": "sliding",
                               "on_limit": ["wait", "reschedule", "drop"], "queue_level": True,

@@ -8,6 +8,7 @@ import msgspec
 from runtime import metrics, timefmt
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
+from runtime.api.tenancy import request_tenant
 from runtime.broker.job_versions import VersionRange, parse_range
 from runtime.broker.records import present
 from runtime.broker.render import encode_job
@@ -72,6 +73,7 @@ def register(router: Router, services: Services) -> None:
         jobs = await broker.fetch(
             req.queues, count=req.count, worker_id=req.worker_id, visibility_ms=req.visibility_timeout_ms,
             version_ranges=_version_ranges(req),
+            tenant=request_tenant(request),
         )
         for fields in jobs:
             metrics.job_started(fields.get(b"queue", b"").decode(), fields.get(b"type", b"").decode(), fields)

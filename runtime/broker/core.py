@@ -251,6 +251,7 @@ class Broker:
         idle: bool | None = None,
         type_room: Mapping[str, int] | None = None,
         version_ranges: Mapping[str, VersionRange] | None = None,
+        tenant: str | None = None,
     ) -> list[dict[bytes, bytes]]:
         """Claim up to `count` jobs, trying the queues in order. Returns the claimed job hashes.
 
@@ -265,6 +266,8 @@ class Broker:
         Suspects (jobs running beside others when their process died) are only given to an
         `idle` caller, one that runs and holds no job: it then gets that one job alone (its hash
         has ``suspect``), and must run nothing else until it is settled.
+
+        With `tenant`, only that tenant's jobs are claimed (the others stay in place).
         """
         now = timefmt.now_ms() if now_ms is None else now_ms
         k = self.keys
@@ -282,6 +285,7 @@ class Broker:
                 *(x for job_type, room in (type_room or {}).items() for x in (job_type, str(max(0, room)))),
                 str(len(version_ranges or ())),
                 *(x for job_type, r in (version_ranges or {}).items() for x in (job_type, *r.script_args())),
+                tenant or "",
             ],
         )
         return [pairs_to_dict(flat) for flat in reply]

@@ -16,6 +16,7 @@ invariants (the key schema is in :mod:`runtime.broker.keys`):
   ``queue:<q>:dlq`` exactly those of that queue; ``queue:<q>:suspects`` holds exactly the
   available jobs of that queue flagged ``suspect`` (they must run alone);
 * ``worker-jobs:<w>`` holds exactly the active jobs whose ``worker_id`` is ``w``;
+* ``tenant-jobs:<t>`` (and ``rl-jobs:<key>``) holds exactly the unfinished jobs of that tenant (key);
 * no index entry points at a missing job;
 * each queue's ``counts`` hash equals the real number of its jobs in every OJS state (and has no
   other non-zero field: ``waiting`` jobs are not counted).
@@ -46,7 +47,7 @@ _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
 _MUST_EXPIRE = frozenset({"available", "scheduled", "retryable", "pending"})
 _JOB_FIELDS = (
     "state", "queue", "id", "expires_ms", "next_attempt_at", "visible_until", "exec_deadline",
-    "dead_lettered", "worker_id", "suspect", "rl_key", "cancelled_run_until",
+    "dead_lettered", "worker_id", "suspect", "rl_key", "cancelled_run_until", "tenant",
 )
 _AVAILABLE_SUFFIX = ":available"
 _COUNTS_SUFFIX = ":counts"
@@ -68,6 +69,7 @@ class _Job:
     suspect: str | None
     rl_key: str | None
     cancelled_run_until: str | None
+    tenant: str | None
 
 
 @dataclass(slots=True)
@@ -84,6 +86,8 @@ class _Store:
     # rate-limit key -> ids in its rl-active:<key> set, and in its rl-jobs:<key> set
     rl_active: dict[str, set[str]] = field(default_factory=dict)
     rl_jobs: dict[str, set[str]] = field(default_factory=dict)
+    # tenant -> ids in its tenant-jobs:<tenant> set
+    tenant_jobs: dict[str, set[str]] = field(default_factory=dict)
 
 
 def _text(value: Any) -> str | None:
@@ -106,6 +110,7 @@ async def check_integrity(redis: Redis, keys: Keys) -> list[str]:
     problems += _check_counts(store, keys)
     problems += _check_held(store, keys)
     problems += _check_rate_limits(store, keys)
+    problems += _check_tenants(store, keys)
     return sorted(problems)
 
 
@@ -158,7 +163,8 @@ async def _load_held(redis: Redis, keys: Keys, store: _Store) -> None:
 
 
 async def _load_rate_limit_sets(redis: Redis, keys: Keys, store: _Store) -> None:
-    for part, into in (("rl-active:", store.rl_active), ("rl-jobs:", store.rl_jobs)):
+    for part, into in (("rl-active:", store.rl_active), ("rl-jobs:", store.rl_jobs),
+                       ("tenant-jobs:", store.tenant_jobs)):
         set_prefix = keys.prefix + part
         async for raw in redis.scan_iter(match=_glob_escape(set_prefix) + "*", count=SCAN_COUNT, _type="set"):
             name = _text(raw) or ""
@@ -346,6 +352,25 @@ def _check_rate_limits(store: _Store, keys: Keys) -> list[str]:
                 if job is None or job.rl_key != key:
                     problems.append(f"{keys.prefix}{part}:{key} holds {job_id!r} "
                                     f"({'missing' if job is None else f'its key is {job.rl_key!r}'})")
+    return problems
+
+
+def _check_tenants(store: _Store, keys: Keys) -> list[str]:
+    """A tenant's job is among its tenant's unfinished jobs exactly while it has not ended."""
+    problems = []
+    for job_id, job in store.jobs.items():
+        if not job.tenant:
+            continue
+        listed = job_id in store.tenant_jobs.get(job.tenant, ())
+        if (job.state not in _TERMINAL) != listed:
+            problems.append(f"job {job_id}: {job.state}, but {'in' if listed else 'not in'} "
+                            f"{keys.tenant_jobs(job.tenant)}")
+    for tenant, members in store.tenant_jobs.items():
+        for job_id in members:
+            listed_job = store.jobs.get(job_id)
+            if listed_job is None or listed_job.tenant != tenant:
+                what = "missing" if listed_job is None else f"its tenant is {listed_job.tenant!r}"
+                problems.append(f"{keys.tenant_jobs(tenant)} holds {job_id!r} ({what})")
     return problems
 
 

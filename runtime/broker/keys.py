@@ -63,6 +63,8 @@ key                            type        content
                                            reason (fetches return nothing; enqueues go on)
 ``P rl:<key>``, ``P rl-active:<key>``, ``P rl-starts:<key>``, ``P rl-jobs:<key>``, ``P rate-limits``
                                            per-key rate limits: see runtime/broker/rate_limits.py
+``P tenants``, ``P tenant:<t>``, ``P tenant-jobs:<t>``, ``P queue:<q>:tenant-tags``
+                                           multi-tenancy: see runtime/broker/tenants.py
 ``P reaper``                   hash        last_step_ms, resume_at_ms on Redis' clock: lease expiry
                                            waits after an outage (broker/outage.py)
 ``P webhook:subs``             zset        webhook subscription id -> creation time (ms)
@@ -118,6 +120,7 @@ SUFFIXES: dict[str, str] = {
     "rate_limits": "rate-limits",
     "schema_types": "schemas",
     "schemas_gen": "schemas:gen",
+    "tenants": "tenants",
 }
 
 
@@ -180,6 +183,19 @@ class Keys:
     @property
     def schemas_gen(self) -> str:
         return self.prefix + SUFFIXES["schemas_gen"]
+
+    def tenant(self, tenant_id: str) -> str:
+        return f"{self.prefix}tenant:{tenant_id}"
+
+    def tenant_jobs(self, tenant_id: str) -> str:
+        return f"{self.prefix}tenant-jobs:{tenant_id}"
+
+    def tenant_tags(self, queue: str) -> str:
+        return f"{self.prefix}queue:{queue}:tenant-tags"
+
+    @property
+    def tenants(self) -> str:
+        return self.prefix + SUFFIXES["tenants"]
 
     def suspects(self, queue: str) -> str:
         return f"{self.prefix}queue:{queue}:suspects"

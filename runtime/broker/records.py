@@ -17,6 +17,7 @@ from msgspec import Raw
 from runtime import timefmt
 from runtime.broker.job_versions import sort_key, version_key
 from runtime.broker.rate_limits import policy_fields
+from runtime.broker.tenants import checked_tenant
 from runtime.broker.uniqueness import UniqueLock, unique_lock
 from runtime.envelope import (
     ENVELOPE_FIELDS,
@@ -196,8 +197,10 @@ def build_job(
     now_ms: int,
     request_id: str | None = None,
     trace_context: dict[str, str] | None = None,
+    tenant: str | None = None,
 ) -> NewJob:
-    """Validate what types cannot express and turn the request into hash fields."""
+    """Validate what types cannot express and turn the request into hash fields. `tenant` is
+    the request's tenant (its X-OJS-Tenant header, already checked)."""
     opts = req.options or EnqueueOptions()
     job_type, _, embedded_version = req.type.partition("@")
     version = req.version if req.version is not None else (embedded_version or None)
@@ -209,6 +212,7 @@ def build_job(
         meta["request_id"] = request_id
     if trace_context and "traceparent" not in meta:  # the request's trace headers
         meta.update(trace_context)
+    tenant = _job_tenant(meta, tenant)
     if meta.get("ojs_validate") is True and args == "[]":
         # The server-side enqueue validation hook: a job that asks to be validated must carry
         # arguments to validate.
@@ -292,6 +296,8 @@ def build_job(
     if opts.rate_limit is not None:
         fields.update(policy_fields(opts.rate_limit, queue))
         fields["rate_limit"] = _encode(opts.rate_limit).decode()
+    if tenant is not None:
+        fields["tenant"] = tenant
     if req.schema is not None:
         fields["schema"] = req.schema
     directive = meta.get("test_directive")
@@ -312,6 +318,22 @@ def build_job(
     )
 
 
+def _job_tenant(meta: dict[str, Any], header: str | None) -> str | None:
+    """The job's tenant: the header's, copied into meta.tenant_id, or meta.tenant_id's own. Both
+    given and different is a 400 (the multi-tenancy spec, 5.3): the request names two owners,
+    and picking either would file the job under a tenant its producer may not have meant."""
+    given = meta.get("tenant_id")
+    if header is None:
+        return None if given is None else checked_tenant(given, "meta.tenant_id")
+    if given is not None and given != header:
+        raise InvalidRequest(
+            "meta.tenant_id and the X-OJS-Tenant header name different tenants.",
+            details={"meta.tenant_id": given if isinstance(given, str) else None, "header": header},
+        )
+    meta["tenant_id"] = header
+    return header
+
+
 def split_extras(top: dict[str, Raw]) -> dict[str, Raw]:
     """Unknown top-level fields of an enqueue request, kept verbatim."""
     return {k: v for k, v in top.items() if k not in ENVELOPE_FIELDS}
@@ -319,6 +341,7 @@ def split_extras(top: dict[str, Raw]) -> dict[str, Raw]:
 
 def job_from_body(
     body: bytes, *, now_ms: int, request_id: str | None = None, trace_context: dict[str, str] | None = None,
+    tenant: str | None = None,
 ) -> NewJob:
     """One enqueue request body (JSON) into a validated job: 400 / 422 on bad input."""
     if not body.strip():
@@ -335,7 +358,7 @@ def job_from_body(
         raise InvalidRequest(f"Invalid job: {err}") from None
     job = build_job(
         req, split_extras(top), job_id=req.id or uuid7(), now_ms=now_ms, request_id=request_id,
-        trace_context=trace_context,
+        trace_context=trace_context, tenant=tenant,
     )
     job.client_id = req.id is not None
     return job

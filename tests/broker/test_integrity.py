@@ -146,3 +146,22 @@ def test_integrity_workflow_step_with_expiry_is_expiring_once_enqueued(
     (first,) = run(broker.fetch(["default"]))
     run(broker.ack(first[b"id"].decode()))
     assert run(check_integrity(broker.redis, broker.keys)) == []
+
+
+def test_integrity_holds_the_tenant_sets_to_the_job_states(
+    enqueue: Callable[..., list[str]], broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys,
+    allow_inconsistency: None,
+) -> None:
+    # Given: a tenant's live job and its ended one, consistent
+    live, ended = enqueue(*(dict(body(), meta={"tenant_id": "acme"}) for _ in range(2)))
+    run(broker.cancel(ended))
+    assert run(check_integrity(broker.redis, keys)) == []
+    # When: the live one drops out of the set, the ended one and a stranger get into it
+    redis_client.srem(keys.tenant_jobs("acme"), live)
+    redis_client.sadd(keys.tenant_jobs("acme"), ended)
+    redis_client.sadd(keys.tenant_jobs("other"), ended)
+    problems = run(check_integrity(broker.redis, keys))
+    # Then: each is named
+    assert any(f"job {live}: available, but not in" in p for p in problems), problems
+    assert any(f"job {ended}: cancelled, but in" in p for p in problems), problems
+    assert any(f"tenant-jobs:other holds '{ended}' (its tenant is 'acme')" in p for p in problems), problems

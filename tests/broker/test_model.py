@@ -1,8 +1,8 @@
 """Model-based test of the job lifecycle: random interleavings of every broker operation, each
 checked against a small pure-Python reference model.
 
-Operations: enqueue (plain, scheduled, unique under each conflict policy, workflows chain / group /
-batch), fetch by two workers, ack, nack (retry, discard, dead letter), cancel, heartbeat, release,
+Operations: enqueue (plain, scheduled, a tenant's, unique under each conflict policy, workflows
+chain / group / batch), fetch by two workers, ack, nack (retry, discard, dead letter), cancel, heartbeat, release,
 dead letter retry and delete, cron ticks fired by two schedulers racing for the same tick, the
 scheduler step and lease expiry. Time is the test's own clock (``timefmt.now_ms`` is patched and
 ``now_ms`` is passed where the API takes it), so a rule advances it past leases and schedules
@@ -483,6 +483,17 @@ class BrokerMachine(RuleBasedStateMachine):
         done = self._enqueue(self._new("plain", max_attempts=max_attempts, dead_letter=dead_letter,
                                        delay_ms=delay_ms))
         assert not done.deduplicated
+        self.model.add(self._job(done.job_id, max_attempts, dead_letter, delay_ms))
+        return done.job_id
+
+    @rule(target=jobs, tenant=st.sampled_from(["tenant-a", "tenant-b"]), max_attempts=st.integers(1, 3),
+          dead_letter=st.booleans(), delay_ms=st.sampled_from([None, None, 2_000]))
+    def enqueue_for_tenant(self, tenant: str, max_attempts: int, dead_letter: bool, delay_ms: int | None) -> Any:
+        """A tenant's job: placed by its fair-queuing tag, listed among its tenant's unfinished
+        jobs until it ends (the integrity check holds the set to the job states)."""
+        b = self._new("plain", max_attempts=max_attempts, dead_letter=dead_letter, delay_ms=delay_ms)
+        b["meta"] = {"tenant_id": tenant}
+        done = self._enqueue(b)
         self.model.add(self._job(done.job_id, max_attempts, dead_letter, delay_ms))
         return done.job_id
 

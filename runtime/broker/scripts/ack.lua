@@ -34,7 +34,7 @@ for j = 2, #KEYS do
   local a = 3 + (j - 2) * 4
   local worker_id, attempt, token, result = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local f = rcall("HMGET", job_key, "state", "worker_id", "attempt", "queue", "type", "started_at", "id",
-    "progress", "expires_ms", "unique_key", "workflow_id", "claim", "rl_key")
+    "progress", "expires_ms", "unique_key", "workflow_id", "claim", "rl_key", "tenant")
   if not f[1] then
     out[#out + 1] = {S.NOT_FOUND, "", 0, "", ""}
   elseif f[1] == "completed" and token ~= "" and token == f[12] then
@@ -71,7 +71,7 @@ for j = 2, #KEYS do
     emit(T, "job.completed", id, {job_id = id, job_type = f[5], queue = queue, state = "completed",
       attempt = tonumber(f[3]), duration_ms = T.now_ms - tonumber(f[6])})
     local queued = 0
-    if f[10] or f[11] or f[13] then queued = on_end(T, job_key, id, "completed") end
+    if f[10] or f[11] or f[13] or f[14] then queued = on_end(T, job_key, id, "completed") end
     out[#out + 1] = {S.OK, "completed", queued, queue, f[5]}
   end
 end

@@ -84,7 +84,7 @@ end
 
 local function enqueue_member(wf_key, wf_type, index)
   local key, id = member_key(wf_key, index)
-  local f = rcall("HMGET", key, "state", "queue", "priority", "type", "wf_deps", "expires_ms")
+  local f = rcall("HMGET", key, "state", "queue", "priority", "type", "wf_deps", "expires_ms", "tenant")
   if f[1] ~= "waiting" then return end  -- cancelled meanwhile (or gone): it never runs
   local deps = split(f[5])
   rcall("HSET", key, "state", "available", "enqueued_at", now,
@@ -93,7 +93,7 @@ local function enqueue_member(wf_key, wf_type, index)
   if traces ~= "" then rcall("HSET", key, "step_traces", traces) end
   move_count(T, f[2], nil, "available")
   count_stat(T, "enqueued", f[2], 1)
-  index_available(T, id, f[2], tonumber(f[3]))
+  index_available(T, id, f[2], tonumber(f[3]), f[7])
   if f[6] then rcall("ZADD", T.expiring, f[6], id) end
   emit(T, "job.enqueued", id, {job_id = id, job_type = f[4], queue = f[2], state = "available",
     workflow_id = rcall("HGET", wf_key, "id")})

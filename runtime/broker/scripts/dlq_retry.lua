@@ -34,7 +34,7 @@ local T = context(KEYS[1], ARGV[1], ARGV[2])
 local key, id = KEYS[2], ARGV[3]
 
 local f = rcall("HMGET", key, "state", "queue", "priority", "type", "expires_ms", "unique_key",
-  "unique_states", "workflow_id")
+  "unique_states", "workflow_id", "tenant")
 local state = f[1]
 if ARGV[4] == "ended" then
   if not state then return {S.NOT_FOUND} end
@@ -74,7 +74,8 @@ if rl_key then  -- unfinished again; a slot its cancelled run kept is free (that
   rcall("SADD", T.prefix .. "rl-jobs:" .. rl_key, id)
   rcall("SREM", T.prefix .. "rl-active:" .. rl_key, id)
 end
-index_available(T, id, f[2], tonumber(f[3]))
+if f[9] then rcall("SADD", T.prefix .. "tenant-jobs:" .. f[9], id) end
+index_available(T, id, f[2], tonumber(f[3]), f[9])
 emit(T, "job.enqueued", id, {job_id = id, job_type = f[4], queue = f[2], state = "available",
   source = ARGV[4] == "ended" and "admin_retry" or "dead_letter_retry"})
 return {S.OK}

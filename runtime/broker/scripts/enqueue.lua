@@ -20,7 +20,8 @@
       (reject or ignore) is a skipped tick, consumed and recorded like an overlap skip, never an
       error that stalls the cron.
 
-  KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|counts|config|paused,
+  KEYS[1] prefix (derived keys: job:<id>, queue:<q>:available|counts|config|paused|tenant-tags,
+                  tenant:<t>, tenant-jobs:<t>, tenants,
                   unique:<fingerprint>, cron:state:<name>, workflow:<id>, outbox)
   KEYS[2] seq         (string, INCR)
   KEYS[3] delayed     (zset)
@@ -43,7 +44,10 @@
     on_conflict (reject|ignore|replace|replace_except_schedule)|"", client id "1"|"" (only a client-chosen id can
     collide, so only those are checked), then field/value pairs written to the job hash as they
     are (a `rl_max`/`rl_window_ms` pair also sets the queue's rate limit; `rl_key`/`rl_policy`
-    register the job with its rate-limit partition, rl:<key>, rl-jobs:<key>, rate-limits)
+    register the job with its rate-limit partition, rl:<key>, rl-jobs:<key>, rate-limits; a
+    `tenant` is the job's tenant: it is counted in tenant:<t>, tenant-jobs:<t>, tenants, and an
+    available one is placed by its tenant's fair-queuing tag, queue:<q>:tenant-tags, in place of
+    the global seq)
   ARGV[9 + N] the schema registry generation the jobs' args were checked against ("" for an
     empty registry), or "*" for jobs that are not checked (cron firings)
   ARGV[10 + N] optional workflow record: one msgpack array of field/value pairs for workflow:<id>
@@ -86,7 +90,8 @@ for j = 1, n do
     elseif name == "rl_key" then job.rl_key = t[f + 1]
     elseif name == "rl_policy" then job.rl_policy = t[f + 1]
     elseif name == "rl_max" then job.rl_max = t[f + 1]
-    elseif name == "rl_window_ms" then job.rl_window = t[f + 1] end
+    elseif name == "rl_window_ms" then job.rl_window = t[f + 1]
+    elseif name == "tenant" then job.tenant = t[f + 1] end
   end
   jobs[j] = job
 end
@@ -261,10 +266,12 @@ local ids = {S.OK}
 local per_queue = {}   -- queue -> {counts = {state -> n}, available = {score, id, ...}}
 local n_available = 0
 for j = 1, n do
-  if jobs[j].state == "available" and not skipped(jobs[j]) then
+  if jobs[j].state == "available" and not skipped(jobs[j]) and not jobs[j].tenant then
     n_available = n_available + 1
   end
 end
+local tags = new_tags()   -- the tenants' fair-queuing tags (lib.lua next_tag), saved once at the end
+local per_tenant = {}     -- tenant -> jobs created for it by this call
 local seq = n_available > 0 and (rcall("INCRBY", T.seq, n_available) - n_available) or 0
 
 local function queue_batch(queue)
@@ -303,6 +310,10 @@ for j = 1, n do
       rcall("ZADD", T.rate_limits, now, job.rl_key)
       rcall("ZREMRANGEBYSCORE", T.rate_limits, "-inf", now_ms - RL_RETENTION_MS)
     end
+    if job.tenant then  -- its tenant's unfinished jobs (on_end removes it), and the tenant's count
+      rcall("SADD", prefix .. "tenant-jobs:" .. job.tenant, job.id)
+      per_tenant[job.tenant] = (per_tenant[job.tenant] or 0) + 1
+    end
     if job.ukey ~= "" then
       local lock = prefix .. "unique:" .. job.ukey
       if job.uperiod then
@@ -326,7 +337,10 @@ for j = 1, n do
       rcall("HSET", prefix .. "queue:" .. job.queue .. ":config", "rl_max", job.rl_max,
         "rl_window_ms", job.rl_window)
     end
-    if job.state == "available" then
+    if job.state == "available" and job.tenant then
+      b.available[#b.available + 1] = queue_score(job.priority, next_tag(T, tags, job.queue, job.priority, job.tenant))
+      b.available[#b.available + 1] = job.id
+    elseif job.state == "available" then
       seq = seq + 1
       b.available[#b.available + 1] = queue_score(job.priority, seq)
       b.available[#b.available + 1] = job.id
@@ -368,6 +382,11 @@ for queue, b in pairs(per_queue) do
     end
     rcall("PUBLISH", prefix .. "notify:" .. queue, "1")
   end
+end
+save_tags(T, tags)
+for tenant, created in pairs(per_tenant) do
+  rcall("HINCRBY", prefix .. "tenant:" .. tenant, "total_jobs", created)
+  rcall("ZADD", T.tenants, now, tenant)
 end
 if wf_id ~= "" then
   rcall("HSET", prefix .. "workflow:" .. wf_id, unpack(wf_fields))

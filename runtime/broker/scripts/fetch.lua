@@ -55,6 +55,15 @@
                       versioned job of such a type outside its range stays in place (held for a
                       compatible worker); unversioned jobs are taken. As with M > 0, each queue is
                       then scanned from its head over at most ROOM_SCAN entries.
+  ARGV[14+2N+2M+5V]   tenant ("" or absent: any): only that tenant's jobs are claimed (the
+                      multi-tenancy extension's X-OJS-Tenant). Another tenant's job is held like
+                      one its rate limit holds: left in its place, put back at the end of the
+                      call. The held jobs share the RL_SCAN bound: once RL_SCAN jobs of other
+                      tenants (or held by their rate limits) were passed over in a queue, this
+                      call looks no further in it (beyond one further look from a cursor), and
+                      may claim fewer than `count` although the tenant has jobs deeper down. The
+                      fair tags of enqueue.lua interleave the tenants, so a tenant's next job is
+                      normally within a few entries per queued tenant of the head.
 
   Returns: an array with one flat HGETALL array per claimed job, in claim order.
 ]]
@@ -87,6 +96,9 @@ local function version_fits(job_type, order)
   if r[3] ~= "" and (order > r[3] or (order == r[3] and r[4] == "<")) then return false end
   return true
 end
+local nversions = tonumber(ARGV[13 + 2 * nq + 2 * nroom]) or 0
+local tenant = ARGV[14 + 2 * nq + 2 * nroom + 5 * nversions]
+if tenant == "" then tenant = nil end
 
 -- Maintenance mode (the admin API): nothing is claimed, anywhere; enqueues go on.
 if rcall("EXISTS", T.maintenance) == 1 then return {} end
@@ -276,9 +288,13 @@ end
 local function claim(id, queue, alone)
   local job_key = prefix .. "job:" .. id
   local f = rcall("HMGET", job_key, "state", "type", "visibility_timeout_ms", "timeout_ms", "expires_ms",
-    "attempt", "worker_id", "exec_deadline", "progress", "progress_at", "suspect", "enqueued_at", "rl_key")
+    "attempt", "worker_id", "exec_deadline", "progress", "progress_at", "suspect", "enqueued_at", "rl_key",
+    "tenant")
   if f[1] ~= "available" then
     return nil -- a stale index entry (the job was flushed or moved): drop it
+  end
+  if tenant and f[14] ~= tenant then
+    return HELD  -- another tenant's job: before any check with an effect (expiry, rate limits)
   end
   if f[11] and not alone then
     return SKIPPED

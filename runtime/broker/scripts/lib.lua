@@ -63,9 +63,72 @@ local function move_count(T, queue, from, to)
   if to then rcall("HINCRBY", counts, to, 1) end
 end
 
--- Index a job in its queue's available set and wake the idle workers of that queue.
-local function index_available(T, id, queue, priority)
-  rcall("ZADD", queue_key(T, queue, "available"), queue_score(priority, rcall("INCR", T.seq)), id)
+-- Fair selection between the tenants of one queue (runtime/broker/tenants.py): start-time fair
+-- queuing on the available set itself. A tenant's job takes, in place of the global sequence,
+-- the tag max(V, last) + 1 where V is the sequence part of the head of its priority band
+-- (nothing queued there: the band's highest tag so far, or the global sequence if larger) and
+-- last the tenant's previous tag in that band (queue:<q>:tenant-tags, field <priority>|<tenant>;
+-- field *<priority> holds the band's highest tag). A tenant with a deep backlog holds tags far
+-- ahead, one arriving later starts at the head: they interleave. The priority part of the score
+-- still comes first. `tags` caches what one call read and wrote; save_tags writes it back.
+local TAG_BAND = 1e13
+local function new_tags() return {v = {}, last = {}, dirty = {}} end
+
+local function next_tag(T, tags, queue, priority, tenant)
+  local band = queue .. "\0" .. priority
+  local tags_key = queue_key(T, queue, "tenant-tags")
+  local v = tags.v[band]
+  if not v then
+    local low = (100 - priority) * TAG_BAND
+    local head = rcall("ZRANGEBYSCORE", queue_key(T, queue, "available"), string.format("%.0f", low),
+      "(" .. string.format("%.0f", low + TAG_BAND), "WITHSCORES", "LIMIT", 0, 1)
+    if head[2] then
+      v = tonumber(head[2]) - low
+    else  -- an empty band: every tenant of it starts afresh, none behind a tag handed out earlier
+      v = math.max(tonumber(rcall("GET", T.seq)) or 0, tonumber(rcall("HGET", tags_key, "*" .. priority)) or 0)
+    end
+    tags.v[band] = v
+  end
+  local field = priority .. "|" .. tenant
+  local last = tags.last[queue .. "\0" .. field]
+  if last == nil then last = tonumber(rcall("HGET", tags_key, field)) or 0 end
+  local tag = math.max(v, last) + 1
+  tags.last[queue .. "\0" .. field] = tag
+  local entry = tags.dirty[tags_key] or {}
+  tags.dirty[tags_key] = entry
+  entry[field] = tag
+  if tag > (entry["*" .. priority] or 0) then entry["*" .. priority] = tag end
+  return tag
+end
+
+local function save_tags(T, tags)
+  for tags_key, entry in pairs(tags.dirty) do
+    local args = {}
+    for field, tag in pairs(entry) do
+      if string.sub(field, 1, 1) == "*" then
+        local stored = tonumber(rcall("HGET", tags_key, field)) or 0
+        if stored > tag then tag = stored end
+      end
+      args[#args + 1] = field
+      args[#args + 1] = string.format("%.0f", tag)
+    end
+    rcall("HSET", tags_key, unpack(args))
+  end
+end
+
+-- Index a job in its queue's available set and wake the idle workers of that queue. A tenant's
+-- job (a retry, a requeue, a workflow step, a promoted job) is tagged anew, like an enqueue: it
+-- joins the end of its tenant's share, so failures earn a tenant no extra turns.
+local function index_available(T, id, queue, priority, tenant)
+  local seq
+  if tenant then
+    local tags = new_tags()
+    seq = next_tag(T, tags, queue, priority, tenant)
+    save_tags(T, tags)
+  else
+    seq = rcall("INCR", T.seq)
+  end
+  rcall("ZADD", queue_key(T, queue, "available"), queue_score(priority, seq), id)
   rcall("PUBLISH", T.prefix .. "notify:" .. queue, "1")
 end
 
@@ -130,9 +193,13 @@ local function rl_leave(T, id, rl_key, queue)
 end
 
 local function on_end(T, key, id, state)
-  local u = rcall("HMGET", key, "unique_key", "unique_states", "workflow_id", "rl_key")
+  local u = rcall("HMGET", key, "unique_key", "unique_states", "workflow_id", "rl_key", "tenant")
   release_unique(T, id, u[1], u[2], state)
   if u[4] then rcall("SREM", T.prefix .. "rl-jobs:" .. u[4], id) end
+  if u[5] then  -- a tenant's job: no longer among its unfinished ones, and counted as ended
+    rcall("SREM", T.prefix .. "tenant-jobs:" .. u[5], id)
+    rcall("HINCRBY", T.prefix .. "tenant:" .. u[5], state, 1)
+  end
   if u[3] then
     rcall("RPUSH", T.outbox, id)
     return 1
@@ -222,12 +289,12 @@ local function promote_due(T, limit)
   for _, id in ipairs(rcall("ZRANGEBYSCORE", T.delayed, "-inf", T.now_ms, "LIMIT", 0, limit)) do
     rcall("ZREM", T.delayed, id)
     local key = job_key(T, id)
-    local f = rcall("HMGET", key, "state", "queue", "priority")
+    local f = rcall("HMGET", key, "state", "queue", "priority", "tenant")
     if f[1] == "scheduled" or f[1] == "retryable" then
       rcall("HSET", key, "state", "available", "enqueued_at", T.now)
       rcall("HDEL", key, "next_attempt_at")
       move_count(T, f[2], f[1], "available")
-      index_available(T, id, f[2], tonumber(f[3]))
+      index_available(T, id, f[2], tonumber(f[3]), f[4])
       promoted = promoted + 1
     end
   end

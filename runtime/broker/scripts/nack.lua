@@ -99,7 +99,7 @@ local function to_available(job_key, id, f)
   keep_expiry(T, job_key, id)
   rcall("HSET", job_key, "state", "available", "enqueued_at", T.now)
   rcall("HDEL", job_key, "started_at", "worker_id")
-  index_available(T, id, f.queue, f.priority)
+  index_available(T, id, f.queue, f.priority, f.tenant)
   return {S.OK, "available", f.attempt, f.max_attempts, "", "", 0}
 end
 
@@ -177,7 +177,7 @@ for j = 2, #KEYS do
   local jitter_factor = tonumber(ARGV[a + 5]) or 1
   local delay_override = tonumber(ARGV[a + 6])
   local r = rcall("HMGET", job_key, "state", "worker_id", "attempt", "queue", "type", "priority",
-    "max_attempts", "on_exhaustion", "id", "claim", "suspect")
+    "max_attempts", "on_exhaustion", "id", "claim", "suspect", "tenant")
   if not r[1] then
     out[#out + 1] = {S.NOT_FOUND, "", "", "", "", "", 0}
   elseif applied_already(job_key, r, verdict, err, guard, token) then
@@ -196,7 +196,7 @@ for j = 2, #KEYS do
   else
     if verdict == "timed_out" then verdict = "retry" end
     local f = {attempt = tonumber(r[3]), queue = r[4], type = r[5], priority = tonumber(r[6]),
-               max_attempts = tonumber(r[7]), dlq = r[8] == "dead_letter"}
+               max_attempts = tonumber(r[7]), dlq = r[8] == "dead_letter", tenant = r[12]}
     local id = r[9]
     record_error(job_key, err, f.attempt)
     local last_error = nil
