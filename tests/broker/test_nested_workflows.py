@@ -262,3 +262,35 @@ def test_nested_parts_take_their_own_options_over_the_outer_defaults(
 
 def _member(redis_client: redis.Redis, keys: Keys, workflow_id: str, index: int) -> str:
     return str(redis_client.hget(keys.workflow(workflow_id), f"j{index}").decode())
+
+
+def test_a_workflow_recorded_before_nesting_still_advances_by_its_old_rules(
+    flow: Any, redis_client: redis.Redis, keys: Keys
+) -> None:
+    # Given: a chain and a batch as an older server recorded them (no `open`, no result
+    # sequences, no member contexts)
+    old_chain = flow(chain(step("a"), step("b"), step("c")))
+    old_batch = flow(batch(step("j1"), step("j2", **ONCE), on_success=step("cb.success"), on_failure=step("cb.failure")))
+    for f in (old_chain, old_batch):
+        record = keys.workflow(f.id)
+        redis_client.hdel(record, "open", *[k for k in redis_client.hkeys(record) if k.startswith(b"q")])
+        for i in range(int(redis_client.hget(record, "members"))):
+            redis_client.hdel(keys.job(redis_client.hget(record, f"j{i}").decode()), "wf_ctx")
+    # When / Then: each step still receives every earlier step's result
+    assert old_chain.runnable() == ["a", "j1", "j2"]
+    old_chain.ack("a", "A")
+    assert old_chain.runnable() == ["b"]
+    assert old_chain.parents("b") == ["A"]
+    old_chain.ack("b", "B")
+    assert old_chain.runnable() == ["c"]
+    assert old_chain.parents("c") == ["A", "B"]
+    old_chain.ack("c")
+    assert old_chain.get()["state"] == "completed"
+    # and the batch ends with its jobs, judging its callbacks by the workflow's failures
+    old_batch.claimed.update(old_chain.claimed)
+    old_batch.ack("j1", "J1")
+    old_batch.dead_letter("j2")
+    assert old_batch.get()["state"] == "failed"
+    assert old_batch.runnable() == ["cb.failure"]
+    assert old_batch.parents("cb.failure") == ["J1", None]
+    old_batch.ack("cb.failure")

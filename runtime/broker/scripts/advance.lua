@@ -120,10 +120,10 @@ end
 
 -- Whether a callback runs, once its dependencies are resolved: by the failures among them (its
 -- batch's jobs), or, in records written before nesting (no `open` field), the workflow's.
-local function condition_holds(wf_key, djob, cond)
+local function condition_holds(wf_key, counts_open, djob, cond)
   if not cond or cond == "always" then return true end
   local failures
-  if rcall("HEXISTS", wf_key, "open") == 1 then
+  if counts_open then
     failures = tonumber(rcall("HGET", djob, "wf_failed") or "0")
   else
     failures = tonumber(rcall("HGET", wf_key, "failed") or "0")
@@ -134,7 +134,7 @@ end
 -- Resolve member `index` and everything that follows from it; each member at most once. An
 -- outcome is "ok" (completed), "failed" (discarded, cancelled) or "skipped" (a callback whose
 -- condition did not hold: cancelled, but no failure for what follows it).
-local function resolve(wf_key, wf_type, index, outcome)
+local function resolve(wf_key, wf_type, counts_open, index, outcome)
   local stack = {{index, outcome}}
   while #stack > 0 do
     local item = table.remove(stack)
@@ -147,7 +147,7 @@ local function resolve(wf_key, wf_type, index, outcome)
       elseif c[2] and failed then
         rcall("HINCRBY", wf_key, "callbacks_failed", 1)  -- a nested batch failed through it
       end
-      if (not c[1] or c[2]) and rcall("HEXISTS", wf_key, "open") == 1 then
+      if (not c[1] or c[2]) and counts_open then
         rcall("HINCRBY", wf_key, "open", -1)
       end
       for _, d in ipairs(split(rcall("HGET", wf_key, "d" .. m))) do
@@ -160,7 +160,7 @@ local function resolve(wf_key, wf_type, index, outcome)
         else
           if failed then rcall("HINCRBY", djob, "wf_failed", 1) end
           if rcall("HINCRBY", djob, "wf_pending", -1) == 0 then
-            if condition_holds(wf_key, djob, cond) then
+            if condition_holds(wf_key, counts_open, djob, cond) then
               enqueue_member(wf_key, wf_type, d)
             elseif cancel_member(wf_key, d) then
               stack[#stack + 1] = {d, "skipped"}
@@ -195,7 +195,7 @@ while handled < limit do
   handled = handled + 1
   local f = rcall("HMGET", job_key(T, id), "state", "workflow_id", "wf_index", "result", "type")
   local wf_key = f[2] and (prefix .. "workflow:" .. f[2])
-  local w = wf_key and rcall("HMGET", wf_key, "state", "type", "name")
+  local w = wf_key and rcall("HMGET", wf_key, "state", "type", "name", "open")
   local index = tonumber(f[3])
   if w and w[1] == "running" and TERMINAL[f[1]] and rcall("HEXISTS", wf_key, "x" .. index) == 0 then
     local ok = f[1] == "completed"
@@ -204,7 +204,7 @@ while handled < limit do
       emit(T, "workflow.step_completed", f[2], {workflow_id = f[2], workflow_name = w[3],
         step_id = id, step_type = f[5], step_index = index})
     end
-    resolve(wf_key, w[2], index, ok and "ok" or "failed")
+    resolve(wf_key, w[2], w[4] ~= false, index, ok and "ok" or "failed")
     finish_if_done(wf_key, f[2])
   end
 end
