@@ -17,19 +17,11 @@ import msgspec
 
 from runtime import timefmt
 from runtime.broker.core import Broker
-from runtime.broker.workflow_plan import (
-    CALLBACKS,
-    MAX_MEMBERS,
-    MAX_NESTING_DEPTH,
-    Member,
-    WorkflowRequest,
-    build,
-    plan,
-)
+from runtime.broker.workflow_plan import MAX_NESTING_DEPTH, Member, WorkflowRequest, build, plan
 from runtime.errors import NotFound
 from runtime.ids import uuid7
 
-__all__ = ["CALLBACKS", "MAX_MEMBERS", "MAX_NESTING_DEPTH", "Member", "WorkflowRequest", "Workflows", "plan"]
+__all__ = ["MAX_NESTING_DEPTH", "WorkflowRequest", "Workflows", "plan"]
 
 
 def _wire(workflow_id: str, members: list[Member]) -> dict[str, str]:
