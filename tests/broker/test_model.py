@@ -2,8 +2,9 @@
 checked against a small pure-Python reference model.
 
 Operations: enqueue (plain, scheduled, unique under each conflict policy, workflows chain / group /
-batch), fetch by two workers, ack, nack (retry, discard, dead letter), cancel, heartbeat, release,
-dead letter retry and delete, cron ticks fired by two schedulers racing for the same tick, the
+batch; in a second test also nested ones, chains, groups and batches inside each other), fetch by
+two workers, ack, nack (retry, discard, dead letter), cancel, heartbeat, release, dead letter
+retry and delete, cron ticks fired by two schedulers racing for the same tick, the
 scheduler step and lease expiry. Time is the test's own clock (``timefmt.now_ms`` is patched and
 ``now_ms`` is passed where the API takes it), so a rule advances it past leases and schedules
 without sleeping; job ids are made deterministic for the same reason (the scripts break score
@@ -608,33 +609,6 @@ class BrokerMachine(RuleBasedStateMachine):
         self.model.workflows[view["id"]] = Workflow(view["id"], kind, members, all_deps, size, open=size)
         return multiple(*members)
 
-    @rule(target=jobs, shape=st.sampled_from(NESTED_SHAPES), max_attempts=st.integers(1, 2),
-          dead_letter=st.booleans())
-    def enqueue_nested_workflow(self, shape: Shape, max_attempts: int, dead_letter: bool) -> Any:
-        """Chains, groups and batches inside each other: one graph, flattened here independently
-        of the broker's planner (request order, depth first, a batch's callbacks after its jobs)."""
-        def step() -> dict[str, Any]:
-            return self._new("wf.step", max_attempts=max_attempts, dead_letter=dead_letter, delay_ms=None)
-
-        def callback() -> dict[str, Any]:
-            return self._new("wf.callback", max_attempts=1, dead_letter=dead_letter, delay_ms=None)
-
-        view = self.run(Workflows(self.broker).create(WorkflowRequest(**nested_request(shape, step, callback))))
-        raw = self.run(self.broker.redis.hgetall(self.broker.keys.workflow(view["id"])))
-        members = [raw[f"j{i}".encode()].decode() for i in range(int(raw[b"members"]))]
-        graph: list[tuple[list[int], str | None, bool]] = []
-        nested_graph(shape, [], 0, graph)
-        assert len(graph) == len(members), f"{len(members)} members, the model's graph has {len(graph)}"
-        for i, (deps, cond, awaited) in enumerate(graph):
-            self.model.add(Job(members[i], "waiting" if deps else "available", max_attempts if cond is None else 1,
-                               dead_letter, workflow=view["id"], index=i, cond=cond, awaited=awaited,
-                               pending=len(deps)))
-        plain = sum(1 for _, cond, _ in graph if cond is None)
-        awaited_callbacks = sum(1 for _, _, awaited in graph if awaited)
-        self.model.workflows[view["id"]] = Workflow(view["id"], shape[0], members, [g[0] for g in graph], plain,
-                                                    open=plain + awaited_callbacks)
-        return multiple(*members)
-
     # --- the worker side ---
 
     @rule(target=claims, worker=st.sampled_from(WORKERS), visibility_ms=st.sampled_from([5_000, 60_000]))
@@ -1000,6 +974,38 @@ class BrokerMachine(RuleBasedStateMachine):
             assert score == cron.next_ms, f"cron {cron.name}: next fire {score}, model {cron.next_ms}"
 
 
+class NestedWorkflowMachine(BrokerMachine):
+    """The same machine with nested workflows among its operations (its own test, so that the
+    interleavings of the machine above stay what they were)."""
+
+    @rule(target=BrokerMachine.jobs, shape=st.sampled_from(NESTED_SHAPES), max_attempts=st.integers(1, 2),
+          dead_letter=st.booleans())
+    def enqueue_nested_workflow(self, shape: Shape, max_attempts: int, dead_letter: bool) -> Any:
+        """Chains, groups and batches inside each other: one graph, flattened here independently
+        of the broker's planner (request order, depth first, a batch's callbacks after its jobs)."""
+        def step() -> dict[str, Any]:
+            return self._new("wf.step", max_attempts=max_attempts, dead_letter=dead_letter, delay_ms=None)
+
+        def callback() -> dict[str, Any]:
+            return self._new("wf.callback", max_attempts=1, dead_letter=dead_letter, delay_ms=None)
+
+        view = self.run(Workflows(self.broker).create(WorkflowRequest(**nested_request(shape, step, callback))))
+        raw = self.run(self.broker.redis.hgetall(self.broker.keys.workflow(view["id"])))
+        members = [raw[f"j{i}".encode()].decode() for i in range(int(raw[b"members"]))]
+        graph: list[tuple[list[int], str | None, bool]] = []
+        nested_graph(shape, [], 0, graph)
+        assert len(graph) == len(members), f"{len(members)} members, the model's graph has {len(graph)}"
+        for i, (deps, cond, awaited) in enumerate(graph):
+            self.model.add(Job(members[i], "waiting" if deps else "available", max_attempts if cond is None else 1,
+                               dead_letter, workflow=view["id"], index=i, cond=cond, awaited=awaited,
+                               pending=len(deps)))
+        plain = sum(1 for _, cond, _ in graph if cond is None)
+        awaited_callbacks = sum(1 for _, _, awaited in graph if awaited)
+        self.model.workflows[view["id"]] = Workflow(view["id"], shape[0], members, [g[0] for g in graph], plain,
+                                                    open=plain + awaited_callbacks)
+        return multiple(*members)
+
+
 # --- the test --------------------------------------------------------------------------------
 
 
@@ -1013,3 +1019,15 @@ def test_broker_follows_the_lifecycle_model(
         monkeypatch.setattr(module, "uuid7", ids)
     BrokerMachine.env = Env(broker, run, clock, ids)
     run_state_machine_as_test(BrokerMachine, settings=MODEL_SETTINGS)
+
+
+def test_nested_workflows_follow_the_lifecycle_model(
+    broker: Broker, run: Run[Any], monkeypatch: pytest.MonkeyPatch, allow_inconsistency: None
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(timefmt, "now_ms", clock)
+    ids = Ids()
+    for module in (records_module, workflows_module, crons_module):
+        monkeypatch.setattr(module, "uuid7", ids)
+    NestedWorkflowMachine.env = Env(broker, run, clock, ids)
+    run_state_machine_as_test(NestedWorkflowMachine, settings=MODEL_SETTINGS)
