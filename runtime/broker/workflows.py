@@ -2,7 +2,8 @@
 
 All forms become one graph of member jobs, created in one enqueue.lua call: members without
 dependencies are enqueued at once, the others are stored as `waiting` and enqueued by advance.lua
-when their dependencies resolve. Every transition that ends a member queues it on the workflow
+when their dependencies resolve. Nested chains, groups and batches are flattened into that graph
+by runtime.broker.workflow_plan. Every transition that ends a member queues it on the workflow
 outbox in the same script, and advance.lua applies it; the broker runs advance.lua right after
 such a transition and from the scheduler loop, so a crash can delay a workflow by one scheduler
 tick but never leave it stuck.
@@ -10,127 +11,37 @@ tick but never leave it stuck.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import msgspec
-from msgspec import Meta
 
 from runtime import timefmt, tracing
 from runtime.broker.core import Broker
-from runtime.broker.records import NewJob, job_from_body
-from runtime.errors import InvalidRequest, NotFound, OJSError
+from runtime.broker.workflow_plan import MAX_NESTING_DEPTH, Member, WorkflowRequest, build, plan
+from runtime.errors import NotFound
 from runtime.ids import uuid7
 
-MAX_MEMBERS = 1_000
-CALLBACKS = ("on_complete", "on_success", "on_failure")
-_CONDITION = {"on_complete": "always", "on_success": "success", "on_failure": "failure"}
-
-StepList = Annotated[list[dict[str, Any]], Meta(min_length=1, max_length=MAX_MEMBERS)]
-
-
-class WorkflowRequest(msgspec.Struct, kw_only=True):
-    type: Literal["chain", "group", "batch"] | None = None
-    name: Annotated[str, Meta(max_length=255)] | None = None
-    steps: StepList | None = None
-    jobs: StepList | None = None
-    callbacks: dict[str, dict[str, Any]] | None = None
-    options: dict[str, Any] | None = None
-
-
-class Member(msgspec.Struct, kw_only=True):
-    label: str
-    job: NewJob
-    deps: list[int]
-    condition: str | None = None  # callbacks: always | success | failure
-
-
-def _step_job(step: dict[str, Any], defaults: dict[str, Any] | None, now_ms: int, where: str) -> NewJob:
-    if "steps" in step or "jobs" in step:
-        raise InvalidRequest(f"{where}: nested workflows are not supported; flatten them into depends_on")
-    body = {k: v for k, v in step.items() if k not in ("id", "depends_on", "name")}
-    if defaults:
-        body["options"] = {**defaults, **(body.get("options") or {})}
-    try:
-        return job_from_body(msgspec.json.encode(body), now_ms=now_ms)
-    except OJSError as err:
-        err.message = f"{where}: {err.message}"
-        raise
+__all__ = ["MAX_NESTING_DEPTH", "WorkflowRequest", "Workflows", "plan"]
 
 
 def _member_bodies(req: WorkflowRequest) -> list[dict[str, Any]]:
-    """Every job body of a workflow request: steps, jobs and callbacks."""
-    bodies = [*(req.steps or []), *(req.jobs or [])]
-    bodies.extend(body for body in (req.callbacks or {}).values() if isinstance(body, dict))
-    return [body for body in bodies if isinstance(body, dict)]
+    """Every job body of a workflow request, in nested parts too: steps, jobs and callbacks (a
+    part with steps, jobs or callbacks of its own is a nested workflow, as workflow_plan reads it)."""
+    bodies: list[dict[str, Any]] = []
 
+    def walk(steps: Any, jobs: Any, callbacks: Any) -> None:
+        parts = [*(steps if isinstance(steps, list) else []), *(jobs if isinstance(jobs, list) else [])]
+        parts += list(callbacks.values()) if isinstance(callbacks, dict) else []
+        for part in parts:
+            if not isinstance(part, dict):
+                continue
+            if "steps" in part or "jobs" in part or "callbacks" in part:
+                walk(part.get("steps"), part.get("jobs"), part.get("callbacks"))
+            else:
+                bodies.append(part)
 
-def _dag_deps(steps: list[dict[str, Any]]) -> list[list[int]]:
-    """depends_on ids into member indexes; unknown ids and cycles are rejected."""
-    index: dict[str, int] = {}
-    for i, step in enumerate(steps):
-        sid = step.get("id")
-        if not isinstance(sid, str) or not sid or sid in index:
-            raise InvalidRequest(f"steps[{i}].id must be a unique non-empty string")
-        index[sid] = i
-    deps: list[list[int]] = []
-    for i, step in enumerate(steps):
-        wanted = step.get("depends_on") or []
-        if not isinstance(wanted, list) or not all(isinstance(d, str) for d in wanted):
-            raise InvalidRequest(f"steps[{i}].depends_on must be a list of step ids")
-        missing = [d for d in wanted if d not in index]
-        if missing:
-            raise InvalidRequest(f"steps[{i}].depends_on: unknown step ids {missing}")
-        deps.append(sorted({index[d] for d in wanted}))
-    _check_acyclic(deps)
-    return deps
-
-
-def _check_acyclic(deps: list[list[int]]) -> None:
-    remaining = {i: set(d) for i, d in enumerate(deps)}
-    while remaining:
-        ready = [i for i, d in remaining.items() if not d]
-        if not ready:
-            raise InvalidRequest("workflow steps form a cycle")
-        for i in ready:
-            del remaining[i]
-        for d in remaining.values():
-            d.difference_update(ready)
-
-
-def plan(req: WorkflowRequest, now_ms: int) -> tuple[str, list[Member], int]:
-    """(kind, members, number of plain members) for a request in any accepted form."""
-    opts = req.options
-    if req.type == "chain":
-        steps = req.steps or req.jobs
-        if not steps:
-            raise InvalidRequest("a chain needs at least one step in steps")
-        members = [Member(label=str(i), job=_step_job(s, opts, now_ms, f"steps[{i}]"), deps=[i - 1] if i else [])
-                   for i, s in enumerate(steps)]
-        return "chain", members, len(members)
-    if req.type is None:
-        if not req.steps:
-            raise InvalidRequest("a workflow needs type chain|group|batch, or steps with id and depends_on")
-        deps = _dag_deps(req.steps)
-        members = [Member(label=str(s["id"]), job=_step_job(s, opts, now_ms, f"steps[{i}]"), deps=deps[i])
-                   for i, s in enumerate(req.steps)]
-        return "dag", members, len(members)
-    jobs = req.jobs or req.steps
-    if not jobs:
-        raise InvalidRequest(f"a {req.type} needs at least one job in jobs")
-    members = [Member(label=str(i), job=_step_job(j, opts, now_ms, f"jobs[{i}]"), deps=[]) for i, j in enumerate(jobs)]
-    callbacks = req.callbacks or {}
-    unknown = set(callbacks) - set(CALLBACKS)
-    if unknown:
-        raise InvalidRequest(f"unknown callbacks: {sorted(unknown)}")
-    if req.type == "batch" and not callbacks:
-        raise InvalidRequest("a batch needs at least one of callbacks.on_complete, on_success, on_failure")
-    for name in CALLBACKS:
-        if name in callbacks:
-            job = _step_job(callbacks[name], None, now_ms, f"callbacks.{name}")
-            members.append(Member(label=name, job=job, deps=list(range(len(jobs))), condition=_CONDITION[name]))
-    if len(members) > MAX_MEMBERS:
-        raise InvalidRequest(f"a workflow holds at most {MAX_MEMBERS} jobs")
-    return req.type, members, len(jobs)
+    walk(req.steps, req.jobs, req.callbacks)
+    return bodies
 
 
 def _wire(workflow_id: str, members: list[Member]) -> dict[str, str]:
@@ -146,6 +57,10 @@ def _wire(workflow_id: str, members: list[Member]) -> dict[str, str]:
             fields["wf_deps"] = ",".join(map(str, m.deps))
         if m.condition:
             fields["wf_cond"] = m.condition
+        if m.awaited_callback:
+            fields["wf_awaited"] = "1"
+        if m.context:
+            fields["wf_ctx"] = m.context
         if m.deps and m.job.state in ("available", "scheduled"):
             m.job.state = "waiting"
             fields["state"] = "waiting"
@@ -153,6 +68,9 @@ def _wire(workflow_id: str, members: list[Member]) -> dict[str, str]:
             fields.pop("enqueued_at", None)
             m.job.due_ms = None
     return {f"d{i}": ",".join(map(str, ds)) for i, ds in dependents.items()}
+
+
+_sequence_json = msgspec.json.Encoder()
 
 
 class Workflows:
@@ -178,13 +96,18 @@ class Workflows:
 
     async def _create(self, req: WorkflowRequest) -> dict[str, Any]:
         now = timefmt.now_ms()
-        kind, members, total = plan(req, now)
+        graph = build(req, now)
+        kind, members = graph.kind, graph.members
         workflow_id = uuid7()
+        # `open`: the members the workflow waits for (plain ones and a nested batch's callbacks);
+        # it ends when none is left. q<k>: the result sequences members' contexts refer to.
+        awaited = graph.total + sum(1 for m in members if m.awaited_callback)
         record: dict[str, str] = {
             "id": workflow_id, "type": kind, "name": req.name or kind, "state": "running",
-            "total": str(total), "completed": "0", "failed": "0", "created_at": str(now),
-            "members": str(len(members)),
+            "total": str(graph.total), "completed": "0", "failed": "0", "created_at": str(now),
+            "members": str(len(members)), "open": str(awaited),
         }
+        record.update({f"q{k}": _sequence_json.encode(seq).decode() for k, seq in enumerate(graph.sequences)})
         record.update(_wire(workflow_id, members))
         for i, m in enumerate(members):
             record[f"j{i}"] = m.job.id

@@ -210,7 +210,7 @@ class TestContext(abc.ABC):
         kind, members, total = plan(req, timefmt.now_ms())
         self.workflows.append({
             "id": created.get("id"), "type": kind, "name": req.name or kind, "step_count": total,
-            "step_types": [m.job.fields["type"] for m in members[:total]],
+            "step_types": [m.job.fields["type"] for m in members if m.condition is None],  # nested too
         })
 
     # --- time control and failure injection --------------------------------------------------

@@ -2,7 +2,8 @@
 checked against a small pure-Python reference model.
 
 Operations: enqueue (plain, scheduled, a tenant's, unique under each conflict policy, workflows
-chain / group / batch), fetch by two workers, ack, nack (retry, discard, dead letter), cancel, heartbeat, release,
+chain / group / batch; in a second test also nested ones, chains, groups and batches inside each
+other), fetch by two workers, ack, nack (retry, discard, dead letter), cancel, heartbeat, release,
 dead letter retry and delete, cron ticks fired by two schedulers racing for the same tick, the
 scheduler step and lease expiry. Time is the test's own clock (``timefmt.now_ms`` is patched and
 ``now_ms`` is passed where the API takes it), so a rule advances it past leases and schedules
@@ -211,7 +212,9 @@ class Job:
     workflow: str | None = None
     index: int = -1
     cond: str | None = None  # a callback's condition: always | success | failure
+    awaited: bool = False  # a nested batch's callback: its workflow waits for it
     pending: int = 0  # a waiting member's unresolved dependencies
+    failed_deps: int = 0  # a waiting callback's dependencies that failed
     # A member put back to work (retried) after its workflow ended runs on its own: the
     # workflow counted it already and does not count it again.
     outside: bool = False
@@ -227,11 +230,21 @@ class Workflow:
     id: str
     kind: str
     members: list[str]
-    dependents: dict[int, list[int]]
+    deps: list[list[int]]
     total: int  # plain members (callbacks are not counted)
+    open: int  # members the workflow waits for: plain ones and nested batches' callbacks
     completed: int = 0
     failed: int = 0
+    callbacks_failed: int = 0
     state: str = "running"
+
+    @property
+    def dependents(self) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for i, deps in enumerate(self.deps):
+            for d in deps:
+                out.setdefault(d, []).append(i)
+        return out
 
 
 @dataclass
@@ -328,38 +341,45 @@ class Model:
 
     def resolve(self, wf: Workflow, index: int, *, ok: bool) -> None:
         """A member resolved: count it, release or cancel what depended on it, finish the workflow.
-        Only a member still waiting is ever enqueued or cancelled by its workflow."""
+        Only a member still waiting is ever enqueued or cancelled by its workflow. A callback whose
+        condition does not hold is skipped: cancelled, but no failure for what follows it."""
         if wf.state != "running":
             return
-        stack = [(index, ok)]
+        dependents = wf.dependents
+        stack = [(index, "ok" if ok else "failed")]
         while stack:
-            m, m_ok = stack.pop()
-            if self.jobs[wf.members[m]].cond is None:
-                if m_ok:
+            m, how = stack.pop()
+            member = self.jobs[wf.members[m]]
+            if member.cond is None:
+                if how == "ok":
                     wf.completed += 1
                 else:
                     wf.failed += 1
-            for d in wf.dependents.get(m, []):
+            elif member.awaited and how == "failed":
+                wf.callbacks_failed += 1
+            if member.cond is None or member.awaited:
+                wf.open -= 1
+            for d in dependents.get(m, []):
                 dep = self.jobs.get(wf.members[d])
-                if dep is None:
+                if dep is None or dep.state != "waiting":
                     continue
-                if not m_ok and dep.cond is None:
-                    if dep.state == "waiting":
-                        dep.state = "cancelled"
-                        stack.append((d, False))
+                if how == "failed" and dep.cond is None:
+                    dep.state = "cancelled"
+                    stack.append((d, "failed"))
                     continue
+                dep.failed_deps += how == "failed"
                 dep.pending -= 1
-                if dep.pending > 0 or dep.state != "waiting":
+                if dep.pending > 0:
                     continue
-                runs = dep.cond in (None, "always") or (dep.cond == "success" and wf.failed == 0) or (
-                    dep.cond == "failure" and wf.failed > 0)
+                runs = dep.cond in (None, "always") or (dep.cond == "success" and dep.failed_deps == 0) or (
+                    dep.cond == "failure" and dep.failed_deps > 0)
                 if runs:
                     dep.state = "available"
                 else:
                     dep.state = "cancelled"
-                    stack.append((d, False))
-        if wf.completed + wf.failed >= wf.total:
-            wf.state = "completed" if wf.failed == 0 else "failed"
+                    stack.append((d, "skipped"))
+        if wf.open == 0:
+            wf.state = "completed" if wf.failed == 0 and wf.callbacks_failed == 0 else "failed"
 
     def reopen(self, job: Job) -> None:
         """An ended job put back to work (a retry). A workflow member only ever is once its
@@ -413,6 +433,56 @@ class StaleDueView:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._redis, name)
+
+
+# Nested workflow shapes: "s" is a step; (kind, parts) a chain or group; ("batch", parts, callbacks).
+Shape = Any
+NESTED_SHAPES: tuple[Shape, ...] = (
+    ("chain", ["s", ("group", ["s", "s"]), "s"]),
+    ("group", [("chain", ["s", "s"]), ("batch", ["s", "s"], ("on_success", "on_failure"))]),
+    ("chain", ["s", ("batch", ["s", ("chain", ["s", "s"])], ("on_complete", "on_failure")), "s"]),
+    ("batch", [("group", ["s", "s"]), "s"], ("on_complete", "on_success")),
+    ("chain", [("group", [("chain", ["s", "s"]), ("batch", ["s"], ("on_complete", "on_success", "on_failure"))]),
+               "s"]),
+)
+CONDITIONS = {"on_complete": "always", "on_success": "success", "on_failure": "failure"}
+
+
+def nested_request(shape: Shape, step: Any, callback: Any) -> dict[str, Any]:
+    if shape == "s":
+        return dict(step())
+    kind, parts = shape[0], shape[1]
+    out: dict[str, Any] = {"type": kind, "steps" if kind == "chain" else "jobs":
+                           [nested_request(p, step, callback) for p in parts]}
+    if kind == "batch":
+        out["callbacks"] = {name: callback() for name in shape[2]}
+    return out
+
+
+def nested_graph(shape: Shape, deps: list[int], level: int, out: list[tuple[list[int], str | None, bool]]) -> list[int]:
+    """Append each member's (dependencies, callback condition, awaited) in request order; return
+    the part's exit members (what follows it waits for)."""
+    if shape == "s":
+        out.append((list(deps), None, False))
+        return [len(out) - 1]
+    kind, parts = shape[0], shape[1]
+    if kind == "chain":
+        exits = deps
+        for part in parts:
+            exits = nested_graph(part, exits, level + 1, out)
+        return exits
+    exits = []
+    for part in parts:
+        exits += nested_graph(part, deps, level + 1, out)
+    if kind == "batch":
+        fired = []
+        for name in ("on_complete", "on_success", "on_failure"):
+            if name in shape[2]:
+                out.append((list(exits), CONDITIONS[name], level > 0))
+                fired.append(len(out) - 1)
+        if level > 0:
+            exits = exits + fired
+    return exits
 
 
 CRONS = (  # name, overlap policy, job type, unique (reject) template
@@ -569,19 +639,18 @@ class BrokerMachine(RuleBasedStateMachine):
         view = self.run(flows.create(req))
         raw = self.run(self.broker.redis.hgetall(self.broker.keys.workflow(view["id"])))
         members = [raw[f"j{i}".encode()].decode() for i in range(int(raw[b"members"]))]
-        dependents: dict[int, list[int]] = {}
+        all_deps: list[list[int]] = []
         conds = {size + n: {"on_complete": "always", "on_success": "success", "on_failure": "failure"}[c]
                  for n, c in enumerate(named)}
         for i in range(len(members)):
             deps = ([i - 1] if i and kind == "chain" else []) if i < size else list(range(size))
-            for d in deps:
-                dependents.setdefault(d, []).append(i)
+            all_deps.append(deps)
             job = Job(members[i], "waiting" if deps else "available",
                       max_attempts if i < size else 1, dead_letter, workflow=view["id"], index=i,
                       cond=conds.get(i), pending=len(deps),
                       ukey=unique_key if unique_first and i == 0 else None)
             self.model.add(job)
-        self.model.workflows[view["id"]] = Workflow(view["id"], kind, members, dependents, size)
+        self.model.workflows[view["id"]] = Workflow(view["id"], kind, members, all_deps, size, open=size)
         return multiple(*members)
 
     # --- the worker side ---
@@ -936,17 +1005,51 @@ class BrokerMachine(RuleBasedStateMachine):
                 f"workflow {wf.kind} {wf.id}: broker (state, completed, failed) {seen}, "
                 f"model {(wf.state, wf.completed, wf.failed)}")
             states = self.run(self._states(wf.members))
-            plain_resolved = all(s is None or s in TERMINAL or getattr(self.model.jobs.get(m), "outside", False)
-                                 for m, s in zip(wf.members[: wf.total], states, strict=False))
-            for i in range(wf.total, len(wf.members)):
-                if states[i] not in ("waiting", "cancelled"):
-                    assert plain_resolved, (
-                        f"callback {wf.members[i]} is {states[i]} while members are {states[: wf.total]}")
+            resolved = [s is None or s in TERMINAL or getattr(self.model.jobs.get(m), "outside", False)
+                        for m, s in zip(wf.members, states, strict=True)]
+            for i, member in enumerate(wf.members):
+                job = self.model.jobs.get(member)
+                if job is not None and job.cond is not None and states[i] not in ("waiting", "cancelled"):
+                    assert all(resolved[d] for d in wf.deps[i]), (
+                        f"callback {member} is {states[i]} while its batch's members are "
+                        f"{[states[d] for d in wf.deps[i]]}")
 
     def crons_stay_scheduled(self) -> None:
         for cron in self.model.crons.values():
             score = self.run(self.broker.redis.zscore(self.broker.keys.cron_next, cron.name))
             assert score == cron.next_ms, f"cron {cron.name}: next fire {score}, model {cron.next_ms}"
+
+
+class NestedWorkflowMachine(BrokerMachine):
+    """The same machine with nested workflows among its operations (its own test, so that the
+    interleavings of the machine above stay what they were)."""
+
+    @rule(target=BrokerMachine.jobs, shape=st.sampled_from(NESTED_SHAPES), max_attempts=st.integers(1, 2),
+          dead_letter=st.booleans())
+    def enqueue_nested_workflow(self, shape: Shape, max_attempts: int, dead_letter: bool) -> Any:
+        """Chains, groups and batches inside each other: one graph, flattened here independently
+        of the broker's planner (request order, depth first, a batch's callbacks after its jobs)."""
+        def step() -> dict[str, Any]:
+            return self._new("wf.step", max_attempts=max_attempts, dead_letter=dead_letter, delay_ms=None)
+
+        def callback() -> dict[str, Any]:
+            return self._new("wf.callback", max_attempts=1, dead_letter=dead_letter, delay_ms=None)
+
+        view = self.run(Workflows(self.broker).create(WorkflowRequest(**nested_request(shape, step, callback))))
+        raw = self.run(self.broker.redis.hgetall(self.broker.keys.workflow(view["id"])))
+        members = [raw[f"j{i}".encode()].decode() for i in range(int(raw[b"members"]))]
+        graph: list[tuple[list[int], str | None, bool]] = []
+        nested_graph(shape, [], 0, graph)
+        assert len(graph) == len(members), f"{len(members)} members, the model's graph has {len(graph)}"
+        for i, (deps, cond, awaited) in enumerate(graph):
+            self.model.add(Job(members[i], "waiting" if deps else "available", max_attempts if cond is None else 1,
+                               dead_letter, workflow=view["id"], index=i, cond=cond, awaited=awaited,
+                               pending=len(deps)))
+        plain = sum(1 for _, cond, _ in graph if cond is None)
+        awaited_callbacks = sum(1 for _, _, awaited in graph if awaited)
+        self.model.workflows[view["id"]] = Workflow(view["id"], shape[0], members, [g[0] for g in graph], plain,
+                                                    open=plain + awaited_callbacks)
+        return multiple(*members)
 
 
 # --- the test --------------------------------------------------------------------------------
@@ -969,5 +1072,22 @@ def test_broker_follows_the_lifecycle_model(
     try:
         BrokerMachine.env = Env(model_broker, run, clock, ids)
         run_state_machine_as_test(BrokerMachine, settings=MODEL_SETTINGS)
+    finally:
+        run(model_broker.close())
+
+
+def test_nested_workflows_follow_the_lifecycle_model(
+    broker: Broker, run: Run[Any], monkeypatch: pytest.MonkeyPatch, allow_inconsistency: None
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(timefmt, "now_ms", clock)
+    ids = Ids()
+    for module in (records_module, workflows_module, crons_module):
+        monkeypatch.setattr(module, "uuid7", ids)
+    settings = msgspec.structs.replace(broker.settings, reaper_outage_gap_ms=3_600_000)  # as above
+    model_broker = Broker(broker.redis, settings)
+    try:
+        NestedWorkflowMachine.env = Env(model_broker, run, clock, ids)
+        run_state_machine_as_test(NestedWorkflowMachine, settings=MODEL_SETTINGS)
     finally:
         run(model_broker.close())

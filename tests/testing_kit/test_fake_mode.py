@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgspec
 import pytest
 
 from runtime import Client, Draft, testing
+from runtime.broker.workflows import WorkflowRequest
 from runtime.client import Client as ClientClass
 from runtime.errors import Conflict, Duplicate, OJSError
 from runtime.testing import TestContext
@@ -129,6 +131,18 @@ def test_workflows_are_recorded_and_their_first_steps_enqueued(ojs_fake: TestCon
     ojs_fake.refute_enqueued("kit.sync-double")  # waits for the first step
     with pytest.raises(AssertionError, match="step_count 2 != 3"):
         ojs_fake.assert_workflow_created("chain", step_count=3)
+
+
+def test_a_nested_workflow_is_recorded_with_its_steps_in_order_and_without_its_callbacks(
+    ojs_fake: TestContext,
+) -> None:
+    shape = {"type": "chain", "steps": [
+        {"type": "kit.a"},
+        {"type": "batch", "jobs": [{"type": "kit.b"}], "callbacks": {"on_complete": {"type": "kit.cb"}}},
+        {"type": "kit.c"},
+    ]}
+    ojs_fake.record_workflow(msgspec.convert(shape, WorkflowRequest), {"id": "w1"})
+    ojs_fake.assert_workflow_created("chain", step_count=3, step_types=["kit.a", "kit.b", "kit.c"])
 
 
 def test_drain_runs_the_recorded_jobs_through_the_middleware(ojs_fake: TestContext) -> None:

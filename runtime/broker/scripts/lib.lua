@@ -192,14 +192,20 @@ local function rl_leave(T, id, rl_key, queue)
   end
 end
 
+-- A job ended (`state`): it leaves its rate-limit key's and its tenant's unfinished jobs, and
+-- its tenant counts it as ended.
+local function end_partitions(T, id, rl_key, tenant, state)
+  if rl_key then rcall("SREM", T.prefix .. "rl-jobs:" .. rl_key, id) end
+  if tenant then
+    rcall("SREM", T.prefix .. "tenant-jobs:" .. tenant, id)
+    rcall("HINCRBY", T.prefix .. "tenant:" .. tenant, state, 1)
+  end
+end
+
 local function on_end(T, key, id, state)
   local u = rcall("HMGET", key, "unique_key", "unique_states", "workflow_id", "rl_key", "tenant")
   release_unique(T, id, u[1], u[2], state)
-  if u[4] then rcall("SREM", T.prefix .. "rl-jobs:" .. u[4], id) end
-  if u[5] then  -- a tenant's job: no longer among its unfinished ones, and counted as ended
-    rcall("SREM", T.prefix .. "tenant-jobs:" .. u[5], id)
-    rcall("HINCRBY", T.prefix .. "tenant:" .. u[5], state, 1)
-  end
+  end_partitions(T, id, u[4], u[5], state)
   if u[3] then
     rcall("RPUSH", T.outbox, id)
     return 1
