@@ -6,7 +6,7 @@ import msgspec
 
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
-from runtime.api.tenancy import guard_job
+from runtime.api.tenant_scope import guard_job
 from runtime.envelope import NAMED_PRIORITIES, NamedPriority, Priority
 
 

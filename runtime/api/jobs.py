@@ -10,7 +10,7 @@ from msgspec import Raw
 from runtime import metrics, timefmt, tracing
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
-from runtime.api.tenancy import check_owner, guard_job, request_tenant
+from runtime.api.tenant_scope import check_owner, guard_job, request_tenant
 from runtime.broker.core import Progress, QueuePressure
 from runtime.broker.records import NewJob, job_from_body, present
 from runtime.broker.render import as_hash, encode_job

@@ -10,6 +10,7 @@ import msgspec
 from runtime import timefmt
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
+from runtime.api.tenant_scope import guard_job, request_tenant
 from runtime.broker.render import encode_job
 from runtime.envelope import QUEUE_PATTERN
 from runtime.errors import InvalidRequest
@@ -96,6 +97,9 @@ def register(router: Router, services: Services) -> None:
     async def dead_letter(request: Request) -> Response:
         limit, offset = page_args(request, 50)
         total, jobs = await admin.dead_letter_page(queue=request.query("queue"), limit=limit, offset=offset)
+        tenant = request_tenant(request)
+        if tenant is not None:  # a tenant sees only its own dead letters (the page may hold fewer)
+            jobs = [h for h in jobs if h.get(b"tenant") == tenant.encode()]
         page = _pagination(total, limit, offset)
         jobs_json = b",".join(encode_job(h) for h in jobs)
         body = b'{"jobs":[' + jobs_json + b'],"pagination":' + msgspec.json.encode(page) + b"}"
@@ -103,11 +107,13 @@ def register(router: Router, services: Services) -> None:
 
     async def dead_letter_retry(request: Request) -> Response:
         job_id = request.params["job_id"]
+        await guard_job(request, services.broker, job_id)
         await admin.dead_letter_retry(job_id)
         return json_response(200, b'{"job":' + encode_job(await services.broker.get(job_id)) + b"}")
 
     async def dead_letter_delete(request: Request) -> Response:
         job_id = request.params["job_id"]
+        await guard_job(request, services.broker, job_id)
         await admin.dead_letter_delete(job_id)
         return json_response(200, {"deleted": True, "job_id": job_id, "id": job_id})
 

@@ -8,7 +8,7 @@ import msgspec
 from runtime import metrics, timefmt
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
-from runtime.api.tenancy import request_tenant
+from runtime.api.tenant_scope import guard_job, request_tenant
 from runtime.broker.job_versions import VersionRange, parse_range
 from runtime.broker.records import present
 from runtime.broker.render import encode_job
@@ -83,7 +83,10 @@ def register(router: Router, services: Services) -> None:
             body += b',"job":' + encoded[0]
         return json_response(200, body + b"}")
 
-    async def settle_ack(job_id: str, result: msgspec.Raw, worker_id: str | None, attempt: int | None) -> Response:
+    async def settle_ack(
+        request: Request, job_id: str, result: msgspec.Raw, worker_id: str | None, attempt: int | None,
+    ) -> Response:
+        await guard_job(request, broker, job_id)  # a tenant settles only its own jobs
         done = await broker.ack(job_id, _result_bytes(result), worker_id=worker_id, attempt=attempt)
         metrics.job_outcome(done.queue, done.type, "completed")
         completed_at = timefmt.format_ms(done.completed_at_ms)
@@ -97,8 +100,10 @@ def register(router: Router, services: Services) -> None:
         return json_response(200, head[:-1] + b',"job":' + job + b"}}")
 
     async def settle_nack(
-        job_id: str, error: ErrorInfo | None, *, requeue: bool, worker_id: str | None, attempt: int | None,
+        request: Request, job_id: str, error: ErrorInfo | None, *, requeue: bool, worker_id: str | None,
+        attempt: int | None,
     ) -> Response:
+        await guard_job(request, broker, job_id)
         out = await broker.nack(job_id, error, requeue=requeue, worker_id=worker_id, attempt=attempt)
         metrics.job_outcome(out.queue, out.type, out.outcome)
         body: dict[str, object] = {
@@ -117,22 +122,22 @@ def register(router: Router, services: Services) -> None:
 
     async def ack(request: Request) -> Response:
         req: AckRequest = request.decode(_ack_decoder)
-        return await settle_ack(req.job_id, req.result, req.worker_id, req.attempt)
+        return await settle_ack(request, req.job_id, req.result, req.worker_id, req.attempt)
 
     async def nack(request: Request) -> Response:
         req: NackRequest = request.decode(_nack_decoder)
-        return await settle_nack(req.job_id, error_info(req.error), requeue=req.requeue, worker_id=req.worker_id,
+        return await settle_nack(request, req.job_id, error_info(req.error), requeue=req.requeue, worker_id=req.worker_id,
                                  attempt=req.attempt)
 
     async def job_ack(request: Request) -> Response:
         req: JobAckRequest = request.decode(_job_ack_decoder, allow_empty=True)
         job_id = _path_job(request, req.job_id)
-        return await settle_ack(job_id, req.result, req.worker_id, req.attempt)
+        return await settle_ack(request, job_id, req.result, req.worker_id, req.attempt)
 
     async def job_nack(request: Request) -> Response:
         req: JobNackRequest = request.decode(_job_nack_decoder, allow_empty=True)
         job_id = _path_job(request, req.job_id)
-        return await settle_nack(job_id, error_info(req.error), requeue=req.requeue, worker_id=req.worker_id,
+        return await settle_nack(request, job_id, error_info(req.error), requeue=req.requeue, worker_id=req.worker_id,
                                  attempt=req.attempt)
 
     async def heartbeat(request: Request) -> Response:

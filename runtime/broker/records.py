@@ -290,7 +290,7 @@ def build_job(
         fields["unique"] = _encode(unique).decode()
         # Two versions of a type are different jobs for uniqueness (ojs-job-versioning.md 15.5).
         kind = job_type if version is None else f"{job_type}@{version_key(version)}"
-        lock = unique_lock(unique, job_type=kind, queue=queue, args_json=args, meta=meta)
+        lock = unique_lock(unique, job_type=kind, queue=queue, args_json=args, meta=meta, tenant=tenant)
         fields["unique_key"] = lock.fingerprint
         fields["unique_states"] = lock.states
     if opts.rate_limit is not None:

@@ -60,7 +60,8 @@ def _selected_args(args: list[Any], names: list[str]) -> dict[str, Any]:
 
 
 def unique_lock(
-    raw_policy: dict[str, Any], *, job_type: str, queue: str, args_json: str, meta: dict[str, Any]
+    raw_policy: dict[str, Any], *, job_type: str, queue: str, args_json: str, meta: dict[str, Any],
+    tenant: str | None = None,
 ) -> UniqueLock:
     try:
         policy = msgspec.convert(raw_policy, UniquePolicy)
@@ -71,6 +72,8 @@ def unique_lock(
     if arg_names:
         dims.add("args")
     subject: dict[str, Any] = {"type": job_type}
+    if tenant is not None:  # tenants never share a lock: one cannot see or replace another's job
+        subject["tenant"] = tenant
     if "queue" in dims:
         subject["queue"] = queue
     if "args" in dims:

@@ -294,6 +294,7 @@ local function claim(id, queue, alone)
     return nil -- a stale index entry (the job was flushed or moved): drop it
   end
   if tenant and f[14] ~= tenant then
+    held_in[queue] = (held_in[queue] or 0) + 1  -- the scan's bound, as for rate-limit holds
     return HELD  -- another tenant's job: before any check with an effect (expiry, rate limits)
   end
   if f[11] and not alone then
@@ -416,53 +417,67 @@ local function take(id, score, queue, log, window)
   return true
 end
 
--- With per-type room or version ranges: the queue's head, in order, skipping (and leaving in
--- place) the jobs of a type without room and those of a version the caller does not take; only
--- what is claimed leaves the queue.
-local function claim_with_room(queue, available_key, limit, log, window)
-  local taken = 0
-  local head = rcall("ZRANGE", available_key, 0, ROOM_SCAN - 1, "WITHSCORES")
-  for h = 1, #head, 2 do
-    if #claimed >= count or taken >= limit or (held_in[queue] or 0) >= RL_SCAN then return end
-    local id = head[h]
-    local job_type, order
+-- One entry of a queue, claimed or left in place. With per-type room or version ranges, a job
+-- of a type without room, or of a version the caller does not take, stays where it is; any
+-- other leaves the set and is taken (held ones are put back at the end). Returns true when
+-- claimed.
+local function consider(queue, available_key, id, score, log, window)
+  local job_type, left
+  if room or ranges then
+    local order
     if ranges then
       local f = rcall("HMGET", prefix .. "job:" .. id, "type", "version_order")
       job_type, order = f[1], f[2]
     else
       job_type = rcall("HGET", prefix .. "job:" .. id, "type")
     end
-    local left = job_type and room and room[job_type]
-    if (not left or left > 0) and (not ranges or not job_type or version_fits(job_type, order)) then
-      rcall("ZREM", available_key, id)
-      if take(id, head[h + 1], queue, log, window) then
-        taken = taken + 1
-        if left then room[job_type] = left - 1 end
-      end
-    end
+    left = job_type and room and room[job_type]
+    if (left and left <= 0) or (ranges and job_type and not version_fits(job_type, order)) then return false end
   end
+  rcall("ZREM", available_key, id)
+  if not take(id, score, queue, log, window) then return false end
+  if left then room[job_type] = left - 1 end
+  return true
 end
 
--- The head held RL_SCAN jobs: look RL_SCAN entries further, from where the last such look in
--- this queue stopped (queue:<q>:rl-cursor, a score; from the head again once it reaches the
--- end), so an eligible job behind any run of held ones is reached within a few calls, at a
--- bounded cost per call.
-local function claim_past_held(queue, available_key, limit, taken, log, window)
+-- Past the head: look RL_SCAN entries further (after `after`, the last head entry looked at and
+-- left in place, if any), from where the last such look in this queue stopped
+-- (queue:<q>:rl-cursor, a score; from the head again once it reaches the end), so an eligible
+-- job behind any run of held (or unfit) ones is reached within a few calls, at a bounded cost
+-- per call.
+local function claim_past_held(queue, available_key, limit, taken, log, window, after)
   local cursor_key = queue_key(T, queue, "rl-cursor")
   local from = rcall("GET", cursor_key)
+  if after and (not from or tonumber(after) > tonumber(from)) then from = after end
   local range = rcall("ZRANGEBYSCORE", available_key, from and ("(" .. from) or "-inf", "+inf", "WITHSCORES",
     "LIMIT", 0, RL_SCAN)
   local last = nil
   for h = 1, #range, 2 do
     if #claimed >= count or taken >= limit then break end
     last = range[h + 1]
-    rcall("ZREM", available_key, range[h])
-    if take(range[h], range[h + 1], queue, log, window) then taken = taken + 1 end
+    if consider(queue, available_key, range[h], range[h + 1], log, window) then taken = taken + 1 end
   end
   if last and #range == 2 * RL_SCAN then
     rcall("SET", cursor_key, last, "PX", 60000)
   else
     rcall("DEL", cursor_key)
+  end
+end
+
+-- With per-type room or version ranges: the queue's head, in order, over at most ROOM_SCAN
+-- entries, then one look further (claim_past_held).
+local function claim_with_room(queue, available_key, limit, log, window)
+  local taken = 0
+  local head = rcall("ZRANGE", available_key, 0, ROOM_SCAN - 1, "WITHSCORES")
+  local after = nil
+  for h = 1, #head, 2 do
+    if #claimed >= count or taken >= limit then return end
+    if (held_in[queue] or 0) >= RL_SCAN then break end
+    if consider(queue, available_key, head[h], head[h + 1], log, window) then taken = taken + 1 end
+    after = head[h + 1]
+  end
+  if #head == 2 * ROOM_SCAN or (held_in[queue] or 0) >= RL_SCAN then
+    claim_past_held(queue, available_key, limit, taken, log, window, after)
   end
 end
 
@@ -482,7 +497,7 @@ local function claim_from(queue, limit)
       if take(heads[h], heads[h + 1], queue, log, window) then taken = taken + 1 end
     end
   end
-  if #claimed < count and taken < limit then claim_past_held(queue, available_key, limit, taken, log, window) end
+  if #claimed < count and taken < limit then claim_past_held(queue, available_key, limit, taken, log, window, nil) end
 end
 
 -- An idle caller's suspect, from the queues' suspects index (an entry whose job has left the
