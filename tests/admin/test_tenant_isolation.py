@@ -2,7 +2,7 @@
 bad input on the tenancy routes answered 4xx."""
 from __future__ import annotations
 
-from tests.admin.conftest import Api, assert_error
+from tests.admin.conftest import Api
 from tests.admin.test_tenancy_routes import as_tenant, enqueue_for, fetch_as
 
 

@@ -6,7 +6,6 @@ from typing import Any
 
 import redis
 
-from runtime import timefmt
 from runtime.broker.core import Broker
 from runtime.broker.integrity import check_integrity
 from runtime.broker.workflows import WorkflowRequest, Workflows
