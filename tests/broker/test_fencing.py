@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis
 
+from runtime.broker.admin import Admin
 from runtime.broker.core import Broker, Completion, Failure
 from runtime.broker.keys import Keys
 from runtime.errors import Conflict
@@ -66,6 +67,27 @@ def test_resent_release_of_an_earlier_claim_is_refused(
     job = read_job(redis_client, keys, job_id)
     assert job["state"] == "active"
     assert job["claim"] == claim_of(second)
+
+
+def test_a_late_release_of_a_run_that_ended_before_a_dead_letter_retry_is_refused(
+    enqueue: Enqueue, broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys
+) -> None:
+    # Given: a one-attempt job whose run lost its lease and was dead-lettered, then retried from
+    # the dead letter queue (attempt back to 0: the old claim's attempt less one)
+    (job_id,) = enqueue(body(retry={"max_attempts": 1, "on_exhaustion": "dead_letter"}))
+    (first,) = run(broker.fetch(["default"], worker_id="w1"))
+    lapsed = Failure(job_id=job_id, verdict="lease_expired", worker_id="w1", claim=claim_of(first))
+    run(broker.fail_many([lapsed], now_ms=int(first[b"visible_until"]) + 1))
+    assert read_job(redis_client, keys, job_id)["state"] == "discarded"
+    run(Admin(broker).dead_letter_retry(job_id))
+    # When: the old run's pool, never told, hands its claim back
+    release = Failure(job_id=job_id, verdict="release", worker_id="w1", attempt=int(first[b"attempt"]),
+                      claim=claim_of(first))
+    (outcome,) = run(broker.fail_many([release], now_ms=int(first[b"visible_until"]) + 2))
+    # Then: it is refused (it is no resend of a release that was applied), and nothing changes
+    assert isinstance(outcome, Conflict)
+    job = read_job(redis_client, keys, job_id)
+    assert (job["state"], job["attempt"]) == ("available", "0")
 
 
 def test_ack_of_a_superseded_claim_is_refused(

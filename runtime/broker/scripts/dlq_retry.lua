@@ -65,9 +65,11 @@ dead_letter_remove(T, id, f[2])
 unindex_ended(T, id, f[2], state)
 if f[5] then rcall("ZADD", T.expiring, f[5], id) end
 rcall("HSET", key, "state", "available", "attempt", 0, "enqueued_at", T.now, "re_enqueued_at", T.now)
+-- The last run's claim goes too: a late release or nack of that claim must find no claim to match
+-- (nack.lua's applied_already would take it for its own first send, with the attempt reset to 0).
 rcall("HDEL", key, "error", "completed_at", "discarded_at", "cancelled_at", "retry_delay_ms",
   "next_attempt_at", "started_at", "worker_id", "dead_lettered", "lost", "shared_lost", "suspect",
-  "cancelled_run_until")
+  "cancelled_run_until", "claim")
 move_count(T, f[2], state, "available")
 local rl_key = rcall("HGET", key, "rl_key")
 if rl_key then  -- unfinished again; a slot its cancelled run kept is free (that run is over)
