@@ -18,7 +18,7 @@ import msgspec
 from runtime import timefmt, tracing
 from runtime.broker.core import Broker
 from runtime.broker.workflow_plan import MAX_NESTING_DEPTH, Member, WorkflowRequest, build, plan
-from runtime.errors import NotFound
+from runtime.errors import InvalidRequest, NotFound
 from runtime.ids import uuid7
 
 __all__ = ["MAX_NESTING_DEPTH", "WorkflowRequest", "Workflows", "plan"]
@@ -79,7 +79,16 @@ class Workflows:
         self.redis = broker.redis
         self.keys = broker.keys
 
-    async def create(self, req: WorkflowRequest) -> dict[str, Any]:
+    async def create(self, req: WorkflowRequest, *, tenant: str | None = None) -> dict[str, Any]:
+        """With `tenant` (the request's X-OJS-Tenant), every member is that tenant's job; a member
+        whose meta names another tenant is a 400."""
+        if tenant is not None:
+            for body in _member_bodies(req):
+                meta = body.setdefault("meta", {})
+                if isinstance(meta, dict):  # else plan() rejects it
+                    if meta.get("tenant_id", tenant) != tenant:
+                        raise InvalidRequest("A member's meta.tenant_id is not the X-OJS-Tenant header's tenant.")
+                    meta["tenant_id"] = tenant
         # One PRODUCER span for the workflow's jobs: each carries it as its traceparent and as
         # `ojs.workflow.trace_origin` (a job's own traceparent is kept), and each step enqueued
         # later links to the spans of the steps it waited for (advance.lua's `step_traces`).
@@ -93,6 +102,11 @@ class Workflows:
             if producer is not None:
                 producer.workflow(view["id"], view["type"], len(view["steps"]))
             return view
+
+    async def first_member(self, workflow_id: str) -> str | None:
+        """The id of a workflow's first member (whose tenant is the workflow's), or None."""
+        raw = await self.redis.hget(self.keys.workflow(workflow_id), "j0")
+        return raw.decode() if raw is not None else None
 
     async def _create(self, req: WorkflowRequest) -> dict[str, Any]:
         now = timefmt.now_ms()

@@ -102,3 +102,22 @@ def test_another_tenants_unique_enqueue_neither_sees_nor_replaces_a_tenants_job(
     print("a's job:", a_state)
     assert "a's secret" not in ignored.text
     assert a_state == "available"
+
+
+def test_a_tenants_workflow_is_the_tenants_and_hidden_from_another(api: Api) -> None:
+    body = {"type": "chain", "steps": [{"type": "t.one", "args": [], "options": {"queue": "mtw"}},
+                                       {"type": "t.two", "args": [], "options": {"queue": "mtw"}}]}
+    reply = api.http.post("/ojs/v1/workflows", json=body, headers=as_tenant("tenant-a"))
+    assert reply.status_code == 201, reply.text
+    workflow_id = reply.json()["workflow"]["id"]
+    (first,) = fetch_as(api, "tenant-a", queue="mtw")
+    assert first["meta"]["tenant_id"] == "tenant-a"
+    assert fetch_as(api, "tenant-b", queue="mtw") == []
+    for call in (api.http.get, api.http.delete):
+        hidden = call(f"/ojs/v1/workflows/{workflow_id}", headers=as_tenant("tenant-b"))
+        assert hidden.status_code == 404 and first["id"] not in hidden.text
+    assert api.http.get(f"/ojs/v1/workflows/{workflow_id}", headers=as_tenant("tenant-a")).status_code == 200
+    mixed = {"type": "group", "jobs": [{"type": "t.x", "args": [], "meta": {"tenant_id": "tenant-b"}}]}
+    refused = api.http.post("/ojs/v1/workflows", json=mixed, headers=as_tenant("tenant-a"))
+    assert refused.status_code == 400, refused.text
+    assert api.http.post(f"/ojs/v1/jobs/{first['id']}/ack", json={}, headers=as_tenant("tenant-a")).status_code == 200
