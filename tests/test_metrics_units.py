@@ -80,7 +80,9 @@ def test_tracing_job_span_sets_the_context_around_the_handler_only() -> None:
         assert tracing.TRACEPARENT.get() is None
 
 
-def test_tracing_with_opentelemetry_starts_a_linked_consumer_span_in_the_producer_trace() -> None:
+def test_tracing_with_opentelemetry_starts_a_linked_consumer_span_in_the_producer_trace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     pytest.importorskip("opentelemetry.sdk")
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
@@ -92,7 +94,9 @@ def test_tracing_with_opentelemetry_starts_a_linked_consumer_span_in_the_produce
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("test")
     job = Job(id="j1", type="email.send", queue="email", attempt=2, meta={"traceparent": PARENT})
-    trace.set_tracer_provider(provider)
+    # The application's own SDK, as the global provider would give it; set for this test only (the
+    # real global can be set once per process, and would trace every later test's enqueues).
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
     with tracing.job_span(job, worker_id="w1"):
         with tracer.start_as_current_span("smtp.send"):
             pass

@@ -12,11 +12,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
+from redis import exceptions as rx
 from redis.asyncio import Redis
 
 from runtime import metrics, timefmt
 from runtime.broker import failures
-from runtime.broker.args_schemas import ArgsGuard
+from runtime.broker.args_schemas import UNKNOWN_GENERATION, ArgsGuard
 from runtime.broker.job_versions import VersionRange
 from runtime.broker.keys import Keys
 from runtime.broker.outage import LeaseExpiryGuard
@@ -24,6 +25,7 @@ from runtime.broker.records import NewJob
 from runtime.broker.render import pairs_to_dict
 from runtime.broker.schema_registry import SchemaRegistry
 from runtime.broker.scripts import Scripts, Status
+from runtime.broker.wire import CommandNotSent
 from runtime.config import Settings
 from runtime.envelope import ErrorInfo
 from runtime.errors import ArgsSchemaMismatch, Conflict, Duplicate, NotFound, QueueFull
@@ -158,6 +160,16 @@ class Broker:
         args.append("")  # the schema registry generation, set below
         if workflow is not None:
             args.append(_pack([x for pair in workflow.items() for x in pair]))
+        if self.args_guard.generation == UNKNOWN_GENERATION:
+            # This process' first enqueue: learn the registry first, so that the enqueue script it
+            # sends is the one that writes (a call that fails for a stale snapshot writes nothing,
+            # and a reply lost after it would leave the client unsure of a job never created).
+            try:
+                stored = await self.schemas.stored_generation()
+            except (rx.ConnectionError, rx.TimeoutError) as err:
+                # A read changes nothing: the request is still surely without effect.
+                raise CommandNotSent(f"Reading the schema registry's generation failed: {err}") from err
+            await self.schemas.refresh_guard(stored)
         for _ in range(MAX_SCHEMA_CHECKS):
             try:
                 args[8 + len(jobs)] = self.args_guard.check(jobs)
