@@ -60,9 +60,11 @@ def test_an_empty_registry_costs_no_read_at_all(broker: Broker, run: Run[Any], e
     sent = count_commands(broker)
     for _ in range(20):
         enqueue(body("report.build"))
-    # The first enqueue learns the (absent) generation from enqueue.lua's refusal and retries;
-    # the registry itself is never read.
-    assert sent == Counter({"enqueue": 21})
+    # The process' first enqueue reads the (absent) generation once, so that its enqueue script
+    # is the one that writes (a refused first call would write nothing: a lost reply after it
+    # would leave its client unsure of a job that was never created); the registry itself is
+    # never read, and no enqueue is sent twice.
+    assert sent == Counter({"enqueue": 20, "GET": 1})
 
 
 def test_validators_are_compiled_once_per_registration_and_again_only_when_it_changes(
