@@ -8,7 +8,6 @@ import hmac
 import json
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 import redis
 
 from tests.fixtures.broker_process import ROOT, BrokerProcess, serving, stop_process
+from tests.fixtures.procs import wait_until
 from tests.fixtures.webhook_receiver import Received, receiving
 from tests.readme_examples import blocks
 
@@ -79,17 +79,6 @@ def readme_verify() -> Callable[..., bool]:
     return namespace["verify"]  # type: ignore[no-any-return]
 
 
-def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = 20.0) -> Any:
-    """Poll an HTTP-visible condition (the server has nothing to subscribe to)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def log_of(http: httpx.Client, sub_id: str) -> list[dict[str, Any]]:
     reply = http.get(f"/ojs/v1/webhooks/subscriptions/{sub_id}/deliveries")
     assert reply.status_code == 200, reply.text
@@ -133,7 +122,7 @@ def test_webhook_delivers_signed_event_matching_its_filters(http: httpx.Client, 
         assert {d[b"event_type"] for d in deliveries_in_store(redis_url, sub["id"])} == {b"job.completed"}
         assert len(deliveries_in_store(redis_url, sub["id"])) == 2
         assert deliveries_in_store(redis_url, other["id"]) == []
-        log = wait_for(lambda: len(log_of(http, sub["id"])) == 2 and log_of(http, sub["id"]), "the log")
+        log = wait_until(lambda: len(log_of(http, sub["id"])) == 2 and log_of(http, sub["id"]), what="the log")
         assert {entry["outcome"] for entry in log} == {"delivered"}
         assert {entry["status_code"] for entry in log} == {200}
 
@@ -149,7 +138,7 @@ def test_webhook_retried_after_500_with_the_same_delivery_id(http: httpx.Client)
         assert first.headers["x-ojs-delivery-id"] == second.headers["x-ojs-delivery-id"]
         assert first.body == second.body and json.loads(second.body)["subject"] == job_id
         assert signature_ok(first) and signature_ok(second)
-        log = wait_for(lambda: len(log_of(http, sub["id"])) == 2 and log_of(http, sub["id"]), "two log entries")
+        log = wait_until(lambda: len(log_of(http, sub["id"])) == 2 and log_of(http, sub["id"]), what="two log entries")
         newest, oldest = log
         assert (oldest["attempt"], oldest["outcome"], oldest["status_code"]) == (1, "retry", 500)
         assert (newest["attempt"], newest["outcome"], newest["status_code"]) == (2, "delivered", 200)
@@ -164,7 +153,7 @@ def test_webhook_client_error_is_not_retried(http: httpx.Client) -> None:
         sub = subscribe(http, receiver.url, ["job.completed"])
         run_job(http)
         delivery_id = receiver.next().headers["x-ojs-delivery-id"]
-        log = wait_for(lambda: log_of(http, sub["id"]), "the log entry")
+        log = wait_until(lambda: log_of(http, sub["id"]), what="the log entry")
         assert [(e["attempt"], e["outcome"], e["status_code"]) for e in log] == [(1, "dead", 410)]
         assert http.get(f"/ojs/v1/webhooks/deliveries/{delivery_id}").json()["delivery"]["state"] == "dead"
         # An operator may send a dead delivery again (spec 12.2: dead delivery replay).
@@ -179,14 +168,14 @@ def test_webhook_subscription_disabled_after_repeated_failures(http: httpx.Clien
         # When a job completes
         run_job(http)
         # Then after the third failed attempt the subscription is inactive, with why
-        disabled = wait_for(lambda: (s := http.get(f"/ojs/v1/webhooks/subscriptions/{sub['id']}").json())
-                            and not s["active"] and s, "the subscription disabled")
+        disabled = wait_until(lambda: (s := http.get(f"/ojs/v1/webhooks/subscriptions/{sub['id']}").json())
+                              and not s["active"] and s, what="the subscription disabled")
         assert disabled["consecutive_failures"] == 3
         assert "3 failed delivery attempts" in disabled["disabled_reason"]
         assert [e["attempt"] for e in log_of(http, sub["id"])] == [3, 2, 1]
         # and its pending retry is cancelled, never sent
         assert len(deliveries_in_store(redis_url, sub["id"])) == 1
-        wait_for(lambda: deliveries_in_store(redis_url, sub["id"])[0][b"state"] == b"cancelled", "cancelled")
+        wait_until(lambda: deliveries_in_store(redis_url, sub["id"])[0][b"state"] == b"cancelled", what="cancelled")
         assert receiver.requests.qsize() == 3
         # Turned on again by hand, it starts a fresh failure streak
         on = http.patch(f"/ojs/v1/webhooks/subscriptions/{sub['id']}", json={"active": True}).json()
@@ -216,7 +205,7 @@ def test_webhook_redelivered_after_its_sender_is_killed(redis_url: str, tmp_path
             assert again.headers["x-ojs-delivery-id"] == held.headers["x-ojs-delivery-id"]
             assert json.loads(again.body)["subject"] == job_id and signature_ok(again)
             with httpx.Client(base_url=second_server.url, timeout=10) as http:
-                log = wait_for(lambda: log_of(http, sub["id"]), "the log entry")
+                log = wait_until(lambda: log_of(http, sub["id"]), what="the log entry")
             # the killed attempt never settled: the log has only the redelivery, as attempt 2
             assert [(e["attempt"], e["outcome"]) for e in log] == [(2, "delivered")]
 
@@ -227,7 +216,7 @@ def test_webhook_redirect_to_another_origin_is_refused(http: httpx.Client) -> No
         sub = subscribe(http, receiver.url, ["job.completed"])
         run_job(http)
         receiver.next()
-        log = wait_for(lambda: log_of(http, sub["id"]), "the log entry")
+        log = wait_until(lambda: log_of(http, sub["id"]), what="the log entry")
         assert log[0]["outcome"] == "dead" and "another origin" in log[0]["error"]
         assert elsewhere.requests.empty()
 

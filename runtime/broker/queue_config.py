@@ -19,10 +19,10 @@ from redis.asyncio import Redis
 
 from runtime import timefmt
 from runtime.broker.keys import Keys
+from runtime.broker.rate_limits import period_ms
 from runtime.errors import InvalidRequest, Unsupported
 
 MAX_DEPTH = 1_000_000_000
-_PERIOD_WORDS = {"second": 1_000, "minute": 60_000, "hour": 3_600_000, "day": 86_400_000}
 
 
 class Backpressure(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -54,18 +54,6 @@ class QueueRateLimitRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=
         return QueueConfigRequest(rate_limit=self.rate, concurrency=self.concurrency)
 
 
-def _period_ms(text: str) -> int:
-    if text in _PERIOD_WORDS:
-        return _PERIOD_WORDS[text]
-    try:
-        value = timefmt.parse_duration_ms(text)
-    except ValueError as err:
-        raise InvalidRequest(f"rate_limit.period: {err}") from None
-    if value < 1:
-        raise InvalidRequest("rate_limit.period must be at least 1 ms")
-    return value
-
-
 def _changes(req: QueueConfigRequest) -> tuple[dict[str, str], list[str]]:
     """(fields to set, fields to delete) of the config hash."""
     put: dict[str, str] = {}
@@ -92,7 +80,7 @@ def _changes(req: QueueConfigRequest) -> tuple[dict[str, str], list[str]]:
     if isinstance(rl, RateLimit):
         if not 1 <= rl.limit <= MAX_DEPTH:
             raise InvalidRequest("rate_limit.limit must be a positive integer.")
-        put.update(rl_max=str(rl.limit), rl_window_ms=str(_period_ms(rl.period)))
+        put.update(rl_max=str(rl.limit), rl_window_ms=str(period_ms(rl.period, "rate_limit.period", most=None)))
     elif rl is None:
         drop += ["rl_max", "rl_window_ms"]
     if isinstance(req.concurrency, int):

@@ -52,8 +52,9 @@ _POLICY_FIELDS = frozenset({"key", "concurrency", "rate", "period", "throttle", 
 ON_LIMIT = ("wait", "reschedule", "drop")
 
 
-def period_ms(value: Any, field: str) -> int:
-    """A period as an ISO 8601 duration (``PT1M``), a short one (``30s``) or a word (``minute``)."""
+def period_ms(value: Any, field: str, *, most: int | None = MAX_PERIOD_MS) -> int:
+    """A period as an ISO 8601 duration (``PT1M``), a short one (``30s``) or a word (``minute``),
+    at least 1 ms and at most `most` (None: unbounded)."""
     if not isinstance(value, str):
         raise InvalidRequest(f"{field} must be an ISO 8601 duration such as 'PT1M'.")
     if value in _PERIOD_WORDS:
@@ -62,7 +63,9 @@ def period_ms(value: Any, field: str) -> int:
         ms = timefmt.parse_duration_ms(value)
     except ValueError as err:
         raise InvalidRequest(f"{field}: {err}") from None
-    if not 1 <= ms <= MAX_PERIOD_MS:
+    if ms < 1:
+        raise InvalidRequest(f"{field} must be at least 1 ms")
+    if most is not None and ms > most:
         raise InvalidRequest(f"{field} must be between 1 ms and 30 days.")
     return ms
 

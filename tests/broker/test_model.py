@@ -1055,9 +1055,8 @@ class NestedWorkflowMachine(BrokerMachine):
 # --- the test --------------------------------------------------------------------------------
 
 
-def test_broker_follows_the_lifecycle_model(
-    broker: Broker, run: Run[Any], monkeypatch: pytest.MonkeyPatch, allow_inconsistency: None
-) -> None:
+def _run_machine(machine: type[BrokerMachine], broker: Broker, run: Run[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run a lifecycle machine on the model's clock and ids, against a broker of its own."""
     clock = Clock()
     monkeypatch.setattr(timefmt, "now_ms", clock)
     ids = Ids()
@@ -1070,24 +1069,19 @@ def test_broker_follows_the_lifecycle_model(
     settings = msgspec.structs.replace(broker.settings, reaper_outage_gap_ms=3_600_000)
     model_broker = Broker(broker.redis, settings)
     try:
-        BrokerMachine.env = Env(model_broker, run, clock, ids)
-        run_state_machine_as_test(BrokerMachine, settings=MODEL_SETTINGS)
+        machine.env = Env(model_broker, run, clock, ids)
+        run_state_machine_as_test(machine, settings=MODEL_SETTINGS)
     finally:
         run(model_broker.close())
+
+
+def test_broker_follows_the_lifecycle_model(
+    broker: Broker, run: Run[Any], monkeypatch: pytest.MonkeyPatch, allow_inconsistency: None
+) -> None:
+    _run_machine(BrokerMachine, broker, run, monkeypatch)
 
 
 def test_nested_workflows_follow_the_lifecycle_model(
     broker: Broker, run: Run[Any], monkeypatch: pytest.MonkeyPatch, allow_inconsistency: None
 ) -> None:
-    clock = Clock()
-    monkeypatch.setattr(timefmt, "now_ms", clock)
-    ids = Ids()
-    for module in (records_module, workflows_module, crons_module):
-        monkeypatch.setattr(module, "uuid7", ids)
-    settings = msgspec.structs.replace(broker.settings, reaper_outage_gap_ms=3_600_000)  # as above
-    model_broker = Broker(broker.redis, settings)
-    try:
-        NestedWorkflowMachine.env = Env(model_broker, run, clock, ids)
-        run_state_machine_as_test(NestedWorkflowMachine, settings=MODEL_SETTINGS)
-    finally:
-        run(model_broker.close())
+    _run_machine(NestedWorkflowMachine, broker, run, monkeypatch)
