@@ -21,7 +21,7 @@ from runtime.broker.args_schemas import UNKNOWN_GENERATION, ArgsGuard
 from runtime.broker.job_versions import VersionRange
 from runtime.broker.keys import Keys
 from runtime.broker.outage import LeaseExpiryGuard
-from runtime.broker.records import NewJob
+from runtime.broker.records import NewJob, retry_display
 from runtime.broker.render import pairs_to_dict
 from runtime.broker.schema_registry import SchemaRegistry
 from runtime.broker.scripts import Scripts, Status
@@ -349,7 +349,7 @@ class Broker:
         stored = await self.redis.hmget(self.keys.job(job_id), ["state", "retry", "queue", "type"])
         if stored[0] is None:
             raise NotFound(f"Job '{job_id}' not found.")
-        policy = _retry_display.decode(stored[1]) if stored[1] else {}
+        policy = _retry_display.decode(retry_display(stored[1]))
         non_retryable = policy.get("non_retryable_errors", [])
         now = timefmt.now_ms()
         failure = Failure(

@@ -86,6 +86,7 @@ class EffectiveRetry(msgspec.Struct, kw_only=True, frozen=True):
     on_exhaustion: str
     non_retryable_errors: list[str]
     display: dict[str, Any]
+    fields: dict[str, str]  # what the job hash stores of it (see retry_hash_fields)
 
 
 def present(raw: Raw) -> bool:
@@ -122,6 +123,15 @@ def _resolve_retry_text(text: bytes) -> EffectiveRetry:
         "on_exhaustion": policy.on_exhaustion,
         "backoff_strategy": strategy,
     }
+    scalars = {
+        "max_attempts": str(policy.max_attempts),
+        "r_initial_ms": str(initial_ms),
+        "r_coef": repr(policy.backoff_coefficient),
+        "r_max_ms": str(max_ms),
+        "r_jitter": "1" if policy.jitter else "0",
+        "r_strategy": strategy,
+        "on_exhaustion": policy.on_exhaustion,
+    }
     return EffectiveRetry(
         max_attempts=policy.max_attempts,
         display_json=_encode(display).decode(),
@@ -133,7 +143,41 @@ def _resolve_retry_text(text: bytes) -> EffectiveRetry:
         on_exhaustion=policy.on_exhaustion,
         non_retryable_errors=policy.non_retryable_errors,
         display=display,
+        fields=retry_hash_fields(display, scalars),
     )
+
+
+# The default policy (a job that names none), as the job hash would hold it in full. A hash
+# stores only what differs from it, so that a common job's hash stays small: every field under
+# Redis' hash-max-listpack-value (64 bytes), the compact encoding (a 193-byte policy in every
+# job made each hash a hashtable, seven times the memory). Readers apply these defaults:
+# nack.lua (its prelude's table D, see scripts.py), render.py, claimed_job.py, the listings.
+_DEFAULT_DISPLAY: dict[str, Any] = {}
+_MISSING = object()
+RETRY_FIELD_DEFAULTS: dict[str, str] = {}
+
+
+def retry_hash_fields(display: dict[str, Any], scalars: dict[str, str]) -> dict[str, str]:
+    """The hash fields of a policy: the scalars nack.lua reads and, as ``retry``, the entries of
+    its display that differ from the default's (``retry_display`` gives the whole back)."""
+    fields = {name: value for name, value in scalars.items() if RETRY_FIELD_DEFAULTS.get(name) != value}
+    differs = {name: value for name, value in display.items() if _DEFAULT_DISPLAY.get(name, _MISSING) != value}
+    if differs:
+        fields["retry"] = _encode(differs).decode()
+    return fields
+
+
+@functools.lru_cache(maxsize=256)
+def retry_display(stored: bytes | None) -> bytes:
+    """The full effective policy (the envelope's ``retry``) of a job hash's ``retry`` field: the
+    default's when absent; a stored part is completed with the defaults. A hash written before
+    only differences were stored holds the whole display, which resolves to itself."""
+    if not stored:
+        return DEFAULT_RETRY_DISPLAY
+    try:
+        return _resolve_retry_text(bytes(stored)).display_json.encode()
+    except PolicyValidationError:
+        return bytes(stored)  # not a policy this version takes: shown as stored, as before
 
 
 def _duration_field(ms: int | None, text: str | None, name: str, default_ms: int) -> int:
@@ -153,6 +197,18 @@ def _duration_field(ms: int | None, text: str | None, name: str, default_ms: int
 def _iso_seconds(ms: int) -> str:
     seconds = ms / 1000
     return f"PT{int(seconds)}S" if seconds == int(seconds) else f"PT{seconds}S"
+
+
+def _init_defaults() -> bytes:
+    # The default policy resolved while nothing is taken as default yet: all of it in fields.
+    default = _resolve_retry_text(b"")
+    _DEFAULT_DISPLAY.update(default.display)
+    RETRY_FIELD_DEFAULTS.update({name: value for name, value in default.fields.items() if name != "retry"})
+    _resolve_retry_text.cache_clear()
+    return default.display_json.encode()
+
+
+DEFAULT_RETRY_DISPLAY = _init_defaults()
 
 
 def _when(text: str, now_ms: int, name: str) -> int:
@@ -255,17 +311,10 @@ def build_job(
         "state": state.value,
         "priority": str(priority),
         "attempt": "0",
-        "max_attempts": str(retry.max_attempts),
         "args": args,
         "meta": _encode(meta).decode(),
         "created_at": str(now_ms),
-        "retry": retry.display_json,
-        "r_initial_ms": str(retry.initial_ms),
-        "r_coef": repr(retry.coefficient),
-        "r_max_ms": str(retry.max_ms),
-        "r_jitter": "1" if retry.jitter else "0",
-        "r_strategy": retry.strategy,
-        "on_exhaustion": retry.on_exhaustion,
+        **retry.fields,
     }
     if version is not None:
         fields["version"] = _encode(version).decode()  # as sent: 2 stays a number, "2.0" a string

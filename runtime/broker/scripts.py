@@ -8,6 +8,7 @@ expiry), defined once. The library is assembled here::
     #!lua name=ojs_<digest>
     local S = {...}   -- the status codes below
     local K = {...}   -- the key suffixes of runtime.broker.keys
+    local D = {...}   -- the values of the retry fields a job hash leaves out (records.py)
     <lib.lua>
     redis.register_function("ojs_<digest>_<name>", function(KEYS, ARGV) <name>.lua end)
     ...
@@ -36,6 +37,7 @@ from redis.exceptions import ResponseError
 
 from runtime.broker import outcome
 from runtime.broker.keys import SUFFIXES
+from runtime.broker.records import RETRY_FIELD_DEFAULTS
 from runtime.broker.wire import Address, CommandNotSent, Wire
 
 LIBRARY_FILE = "lib"
@@ -78,6 +80,7 @@ def _lua_table(values: dict[str, Any]) -> str:
 def _prelude() -> str:
     return (f"local S = {_lua_table({s.name: s.value for s in Status})}\n"
             f"local K = {_lua_table(SUFFIXES)}\n"
+            f"local D = {_lua_table(RETRY_FIELD_DEFAULTS)}\n"
             f"{SOURCES[LIBRARY_FILE]}\n")
 
 
