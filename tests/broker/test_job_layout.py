@@ -15,6 +15,7 @@ import redis
 from runtime import timefmt
 from runtime.broker.core import Broker
 from runtime.broker.keys import Keys
+from runtime.broker.migrations import RetryLayoutMigration
 from runtime.broker.records import resolve_retry
 from runtime.broker.render import render_job
 from runtime.claimed_job import job_of_hash
@@ -124,3 +125,30 @@ def test_default_policy_is_applied_where_read(
             assert out.retry_delay_ms is not None and 500 * 2 ** n <= out.retry_delay_ms <= 1500 * 2 ** n
     assert states == [("retryable", 1, 3), ("retryable", 2, 3), ("discarded", 3, 3)]
     assert redis_client.zscore(keys.dlq, job_id) is None
+
+
+def test_retry_layout_migration_rewrites_old_hashes_to_the_small_layout(
+    enqueue: Enqueue, broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys,
+) -> None:
+    # Given: jobs as the earlier layout stored them (a default policy, a custom one), one of them
+    # with a TTL, and a job of the current layout
+    custom = {"max_attempts": 5, "initial_interval": "PT2S", "jitter": False}
+    old_default, old_custom, old_expiring, current = enqueue(body(), body(retry=custom), body(), body())
+    for job_id, policy in ((old_default, None), (old_custom, custom), (old_expiring, None)):
+        redis_client.hset(keys.job(job_id), mapping=old_layout(policy))
+    redis_client.pexpire(keys.job(old_expiring), 3_600_000)
+    assert redis_client.object("encoding", keys.job(old_default)) == b"hashtable"
+    before = {job_id: envelope(broker, run, job_id) for job_id in (old_default, old_custom, old_expiring, current)}
+    # When
+    migration = RetryLayoutMigration(broker)
+    assert run(migration.run()) == 3
+    # Then: the default jobs hold no policy and are listpacks again; the custom one keeps what
+    # differs; every job reads as before, and the TTL is kept
+    for job_id in (old_default, old_expiring):
+        assert not RETRY_FIELDS & read_job(redis_client, keys, job_id).keys()
+        assert redis_client.object("encoding", keys.job(job_id)) == b"listpack"
+    kept = {k for k in read_job(redis_client, keys, old_custom) if k in RETRY_FIELDS}
+    assert kept == {"retry", "max_attempts", "r_initial_ms", "r_jitter"}
+    assert {job_id: envelope(broker, run, job_id) for job_id in before} == before
+    assert 0 < redis_client.pttl(keys.job(old_expiring)) <= 3_600_000
+    assert run(migration.run()) == 0  # done once: not run again
