@@ -150,7 +150,7 @@ def _resolve_retry_text(text: bytes) -> EffectiveRetry:
 # The default policy (a job that names none), as the job hash would hold it in full. A hash
 # stores only what differs from it, so that a common job's hash stays small: every field under
 # Redis' hash-max-listpack-value (64 bytes), the compact encoding (a 193-byte policy in every
-# job made each hash a hashtable, seven times the memory). Readers apply these defaults:
+# job made each hash a hashtable, over five times the memory). Readers apply these defaults:
 # nack.lua (its prelude's table D, see scripts.py), render.py, claimed_job.py, the listings.
 _DEFAULT_DISPLAY: dict[str, Any] = {}
 _MISSING = object()
