@@ -106,7 +106,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("OJS_DURABILITY must be primary or replicated")
         if self.durability_replicas < 1 or self.durability_timeout_ms < 1:
             raise ValueError("OJS_DURABILITY_REPLICAS and OJS_DURABILITY_TIMEOUT_MS must be positive")
-        if self.redis_command_timeout_ms and self.durability_timeout_ms >= self.redis_command_timeout_ms:
+        if (self.durability == "replicated" and self.redis_command_timeout_ms
+                and self.durability_timeout_ms >= self.redis_command_timeout_ms):
             # A WAIT that runs into the connection's deadline would close the connection.
             raise ValueError("OJS_DURABILITY_TIMEOUT_MS must be below OJS_REDIS_COMMAND_TIMEOUT_MS")
         if self.embedded_appendfsync not in ("always", "everysec", "no"):
