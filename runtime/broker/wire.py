@@ -22,6 +22,10 @@ command): a connection that has had commands waiting and no reply at all for a w
 ``command_timeout_s`` is closed, so each waiter fails with OutcomeUnknown. A command thus waits
 between one and two deadlines at most. TCP keepalive is on as well, for the idle connections
 (a subscription) that the deadline does not watch; :func:`subscribe` pings its connection.
+
+Behind Sentinel (``redis+sentinel://``, :mod:`runtime.broker.sentinel`) each connect first asks
+the Sentinels where the primary is and checks its ``ROLE``; a ``READONLY`` reply (the server was
+demoted) closes the connection and fails the command as not sent, so the next one asks again.
 """
 
 from __future__ import annotations
