@@ -21,7 +21,7 @@ import redis
 from runtime.broker import sentinel
 from runtime.broker.clients import blocking_from_url, from_url
 from runtime.broker.wire import CommandNotSent, Wire
-from runtime.embedded_redis import ServerBinaryNotFoundError, find_server_binary
+from runtime.embedded_redis import ServerBinaryNotFoundError, find_server_binary, redacted
 from tests.conftest import skip_or_fail
 from tests.fixtures.procs import free_port, wait_until
 from tests.fixtures.sentinel_cluster import Node
@@ -171,3 +171,9 @@ def test_no_sentinel_that_knows_the_primary_is_a_connection_error() -> None:
         asyncio.run(sentinel.primary_address(target))
     with pytest.raises(redis.ConnectionError):
         sentinel.primary_address_blocking(target)
+
+
+def test_logs_show_neither_password_of_a_sentinel_url() -> None:
+    shown = redacted("redis+sentinel://app:primary-secret@10.0.0.1:26379/jobs?sentinel_password=sentinel-secret")
+    assert "primary-secret" not in shown and "sentinel-secret" not in shown
+    assert shown.startswith("redis+sentinel://app:***@10.0.0.1:26379/jobs")
