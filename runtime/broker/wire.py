@@ -318,7 +318,9 @@ class Wire:
     async def execute(self, *args: Any) -> Any:
         """Send one command; return its reply (bytes, int, list, None) or raise its error.
         Concurrent callers' commands share the connection and, within one loop iteration, a write."""
-        proto = await self._ready()
+        proto = self._proto
+        if proto is None or proto.loop is not asyncio.get_running_loop() or not proto.is_open():
+            proto = await self._ready()
         try:
             return await proto.request(_pack(args))
         except rx.ReadOnlyError as err:
@@ -335,6 +337,7 @@ class Wire:
         return replies
 
     async def _ready(self) -> _Protocol:
+        """The open connection of this event loop, opened (again) if need be."""
         proto = self._proto
         if proto is None or proto.loop is not asyncio.get_running_loop() or not proto.is_open():
             try:
