@@ -40,6 +40,12 @@ DEFAULT_SENTINEL_PORT = 26379
 ASK_TIMEOUT_S = 1.0
 
 
+def _pack(command: tuple[Any, ...]) -> bytes:
+    # hiredis's stub types the tuple as having one element; any length is accepted.
+    packed: bytes = hiredis.pack_command(command)
+    return packed
+
+
 class PrimaryNotFound(rx.ConnectionError):
     """No Sentinel could say where the primary is (none answered, or none knows it yet): the
     command was not sent."""
@@ -76,8 +82,8 @@ class SentinelTarget:
         command: list[bytes] = []
         if self.password is not None:
             auth = (self.username, self.password) if self.username else (self.password,)
-            command.append(hiredis.pack_command(("AUTH", *auth)))
-        command.append(hiredis.pack_command(("SENTINEL", "get-master-addr-by-name", self.master)))
+            command.append(_pack(("AUTH", *auth)))
+        command.append(_pack(("SENTINEL", "get-master-addr-by-name", self.master)))
         return b"".join(command)
 
     def _replies(self) -> int:
