@@ -16,6 +16,9 @@ answered when the replicas have acknowledged the script's writes.
   survive it, which is an unknown outcome (an HTTP enqueue gets the 503 of one; an enqueue with a
   client-chosen id is safe to repeat, and gets 409 when the first one survived). A pool's acks and
   nacks are sent again until they are confirmed (ack.lua and nack.lua take a repeat as done).
+* **A reply that wrote nothing** (a 409 duplicate, a refused ack) is confirmed as far as WAIT
+  can: up to this connection's last write. The job a duplicate names may have been written over
+  another connection, before a reconnect.
 """
 
 from __future__ import annotations
