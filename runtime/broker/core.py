@@ -141,7 +141,9 @@ class Broker:
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self.scripts = Scripts(redis, command_timeout_s=settings.redis_command_timeout_ms / 1000)
+        self.scripts = Scripts(redis, command_timeout_s=settings.redis_command_timeout_ms / 1000,
+                               replicas=settings.durability_replicas if settings.durability == "replicated" else 0,
+                               replication_timeout_ms=settings.durability_timeout_ms)
         self._maxlen = str(settings.events_maxlen)
         self._lease_expiry = LeaseExpiryGuard(self.scripts, self.keys, settings)
         self.args_guard = ArgsGuard()
