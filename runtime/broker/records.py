@@ -352,13 +352,42 @@ def job_from_body(
         raise InvalidPayload(f"Request body must be a JSON object: {err}") from None
     except RecursionError:
         raise InvalidPayload("Request body is nested too deeply.") from None
-    try:
-        req = _request_decoder.decode(body)
-    except msgspec.DecodeError as err:
-        raise InvalidRequest(f"Invalid job: {err}") from None
+    req = decode_request(body)
     job = build_job(
         req, split_extras(top), job_id=req.id or uuid7(), now_ms=now_ms, request_id=request_id,
         trace_context=trace_context, tenant=tenant,
     )
     job.client_id = req.id is not None
     return job
+
+
+def decode_request(body: bytes) -> EnqueueRequest:
+    """A JSON object's enqueue request: 400 when it is not a valid one."""
+    try:
+        return _request_decoder.decode(body)
+    except msgspec.DecodeError as err:
+        raise InvalidRequest(f"Invalid job: {err}") from None
+    except RecursionError:
+        raise InvalidPayload("Request body is nested too deeply.") from None
+
+
+def shares_build(req: EnqueueRequest) -> bool:
+    """Whether `build_job` reads this request's id and args only to store them as they are (the
+    `id` and `args` fields): no unique lock (its fingerprint may hash the args) and no enqueue
+    validation hook (it looks at the args). Then jobs of the same type, meta and options built
+    at the same instant differ in those two fields only, and one build serves them all
+    (:func:`with_identity`)."""
+    opts = req.options or EnqueueOptions()
+    if req.unique is not None or opts.unique is not None:
+        return False
+    return not any(meta and "ojs_validate" in meta for meta in (req.meta, opts.metadata))
+
+
+def with_identity(template: NewJob, job_id: str, args_json: str) -> NewJob:
+    """`template` (a job `shares_build` allowed to share) as `build_job` builds it for another
+    fresh id and another args array (valid JSON text of an array)."""
+    fields = dict(template.fields)
+    fields["id"] = job_id
+    fields["args"] = args_json
+    return NewJob(id=job_id, queue=template.queue, state=template.state, priority=template.priority,
+                  due_ms=template.due_ms, expires_ms=template.expires_ms, fields=fields)

@@ -1,0 +1,89 @@
+"""Instructions per enqueue of the Python producer (``runtime.client.Client``), one at a time and
+in batches, under cachegrind: the client's own cost, counted the same on a busy machine as on a
+quiet one (the Redis side of the same enqueues: ``enqueue_instructions.py``).
+
+    python benchmarks/client_instructions.py [--jobs 3000] [--batch 1000]
+    PYTHONPATH=../other-checkout python benchmarks/client_instructions.py   # another version
+
+Each figure is the count at `--jobs` minus the count at a tenth of it, over the difference, so
+start-up and imports drop out. User-space instructions only: the system calls of a round trip
+(one write, one read per enqueue) are not in it. Needs valgrind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from instructions import _cachegrind_total, _free_port, _start_redis  # same folder: run as a file
+
+WARMUP = 200
+
+
+def enqueue_in_client(url: str, mode: str, n: int, batch: int) -> None:
+    """The measured process (run under cachegrind by `client_instructions`)."""
+    import asyncio
+
+    import uvloop
+
+    from runtime.client import Client, Draft
+
+    async def go() -> None:
+        client = Client(url)
+        for i in range(WARMUP):
+            await client.enqueue("bench.noop", [i], queue="bench")
+        if mode == "single":
+            for i in range(n):
+                await client.enqueue("bench.noop", [i], queue="bench")
+        else:
+            for first in range(0, n, batch):
+                await client.enqueue_many([Draft(type="bench.noop", args=[i], options={"queue": "bench"})
+                                           for i in range(first, min(n, first + batch))])
+        await client.close()
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.run(go())
+
+
+def _run(url: str, mode: str, n: int, batch: int) -> int:
+    out = subprocess.run(
+        ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+         sys.executable, str(Path(__file__).resolve()), "--enqueue-in-client", url, mode, str(n), str(batch)],
+        capture_output=True, text=True, env=os.environ, check=True)
+    return _cachegrind_total(out.stderr)
+
+
+def client_instructions(mode: str, n: int, batch: int) -> float:
+    port = _free_port()
+    server = _start_redis(port, [])
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        low = max(batch if mode == "batch" else 1, n // 10)
+        return (_run(url, mode, n, batch) - _run(url, mode, low, batch)) / (n - low)
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--only", choices=["single", "batch"])
+    parser.add_argument("--enqueue-in-client", nargs=4, metavar=("URL", "MODE", "N", "BATCH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.enqueue_in_client:
+        url, mode, n, batch = args.enqueue_in_client
+        enqueue_in_client(url, mode, int(n), int(batch))
+        return
+    for mode in ("single", "batch"):
+        if args.only in (None, mode):
+            jobs = args.jobs if mode == "single" else max(args.jobs, 10 * args.batch)
+            print(f"client instructions per job, {mode}: {client_instructions(mode, jobs, args.batch):,.0f}")
+
+
+if __name__ == "__main__":
+    main()
