@@ -151,7 +151,6 @@ class Client:
 
     async def _enqueue_many(self, drafts: Sequence[Draft], producer: tracing.Producer | None) -> list[str | None]:
         now = timefmt.now_ms()
-        jobs: list[NewJob] = []
         slots: list[int | None] = []
         if now != self._builds_ms:  # a build holds its instant (created_at, relative times)
             self._builds, self._builds_ms = {}, now
@@ -159,6 +158,7 @@ class Client:
         # Middleware may change a draft and tracing writes into its meta: they get copies, so the
         # caller's drafts stay as they were. Without either nothing writes into a draft.
         copy = self._middleware or producer is not None
+        kept_drafts: list[tuple[Draft, bool]] = []  # and whether the caller chose the id
         for original in drafts:
             draft = _with_defaults(original, copy=copy)
             if self._middleware:
@@ -170,10 +170,12 @@ class Client:
                 if not isinstance(kept, Draft) or kept.id != given_id:
                     raise ValueError("enqueue middleware must return the draft (or None) and keep its id")
                 draft = kept
-            slots.append(len(jobs))
+            slots.append(len(kept_drafts))
             if producer is not None:
                 producer.inject(draft.meta)
-            jobs.append(_build(draft, original.id is not None, now, builds))
+            kept_drafts.append((draft, original.id is not None))
+        # Validated once every middleware has seen its draft, as the request body of each would be.
+        jobs = [_build(draft, caller_chose, now, builds) for draft, caller_chose in kept_drafts]
         if producer is not None and jobs:
             producer.jobs([(job.id, job.fields["type"], job.queue) for job in jobs])
         done = await self._broker.enqueue(jobs, now_ms=now) if jobs else []
