@@ -52,9 +52,16 @@ class NewJob(msgspec.Struct, kw_only=True):
     # Values are str: the Lua msgpack decoder has no bin type, and every value is valid UTF-8
     # (JSON text that was decoded, or our own strings).
     fields: dict[str, str]
+    # Set by with_identity only: the shared build's block without its id and args (see there).
+    shared: SharedBlock | None = None
 
     def script_arg(self) -> bytes:
         """The job's block for enqueue.lua: one msgpack array of strings (see its header)."""
+        if self.shared is not None and not self.client_id:
+            return self.shared.block(self.id, self.fields)
+        return _pack(self._flat())
+
+    def _flat(self) -> list[str]:
         lock = self.unique
         flat: list[str] = [
             self.id,
@@ -70,7 +77,43 @@ class NewJob(msgspec.Struct, kw_only=True):
             "1" if self.client_id else "",
         ]
         flat.extend(chain.from_iterable(self.fields.items()))
-        return _pack(flat)
+        return flat
+
+
+# The fields a shared build gives each job of its own (with_identity).
+IDENTITY_FIELDS = ("id", "args")
+
+
+class SharedBlock:
+    """A shared build's enqueue.lua block, packed once without what differs per job: the id
+    that opens it and the identity fields, which go last (the script reads the field pairs in
+    any order). msgpack packs an array as its length and then each element, so the pieces join
+    into the same array that packing the whole list gives, reordered."""
+
+    __slots__ = ("head", "middle", "names")
+
+    def __init__(self, template: NewJob) -> None:
+        flat = template._flat()
+        self.names = [name for name in IDENTITY_FIELDS if name in template.fields]
+        rest = [*flat[1:11], *chain.from_iterable((k, v) for k, v in template.fields.items() if k not in self.names)]
+        self.head = _array_header(1 + len(rest) + 2 * len(self.names))
+        self.middle = b"".join(map(_pack, rest))
+
+    def block(self, job_id: str, fields: dict[str, str]) -> bytes:
+        tail = _pack([x for name in self.names for x in (name, fields[name])])
+        return b"".join((self.head, _pack(job_id), self.middle, tail[_array_header_size(2 * len(self.names)):]))
+
+
+def _array_header(length: int) -> bytes:
+    if length < 16:
+        return bytes((0x90 | length,))
+    if length < 0x10000:
+        return b"\xdc" + length.to_bytes(2, "big")
+    return b"\xdd" + length.to_bytes(4, "big")
+
+
+def _array_header_size(length: int) -> int:
+    return 1 if length < 16 else 3 if length < 0x10000 else 5
 
 
 class EffectiveRetry(msgspec.Struct, kw_only=True, frozen=True):
@@ -401,13 +444,46 @@ def job_from_body(
         raise InvalidPayload(f"Request body must be a JSON object: {err}") from None
     except RecursionError:
         raise InvalidPayload("Request body is nested too deeply.") from None
-    try:
-        req = _request_decoder.decode(body)
-    except msgspec.DecodeError as err:
-        raise InvalidRequest(f"Invalid job: {err}") from None
+    req = decode_request(body)
     job = build_job(
         req, split_extras(top), job_id=req.id or uuid7(), now_ms=now_ms, request_id=request_id,
         trace_context=trace_context, tenant=tenant,
     )
     job.client_id = req.id is not None
     return job
+
+
+def decode_request(body: bytes) -> EnqueueRequest:
+    """A JSON object's enqueue request: 400 when it is not a valid one."""
+    try:
+        return _request_decoder.decode(body)
+    except msgspec.DecodeError as err:
+        raise InvalidRequest(f"Invalid job: {err}") from None
+    except RecursionError:
+        raise InvalidPayload("Request body is nested too deeply.") from None
+
+
+def shares_build(req: EnqueueRequest) -> bool:
+    """Whether `build_job` reads this request's id and args only to store them as they are (the
+    `id` and `args` fields): no unique lock (its fingerprint may hash the args) and no enqueue
+    validation hook (it looks at the args). Then jobs of the same type, meta and options built
+    at the same instant differ in those two fields only, and one build serves them all
+    (:func:`with_identity`)."""
+    opts = req.options or EnqueueOptions()
+    if req.unique is not None or opts.unique is not None:
+        return False
+    return not any(meta and "ojs_validate" in meta for meta in (req.meta, opts.metadata))
+
+
+def with_identity(template: NewJob, job_id: str, args_json: str) -> NewJob:
+    """`template` (a job `shares_build` allowed to share) as `build_job` builds it for another
+    fresh id and another args array (valid JSON text of an array). Its block for enqueue.lua is
+    packed from the template's (SharedBlock): such a job is sent as it was made."""
+    fields = dict(template.fields)
+    if "id" in fields:
+        fields["id"] = job_id
+    fields["args"] = args_json
+    if template.shared is None:
+        template.shared = SharedBlock(template)
+    return NewJob(id=job_id, queue=template.queue, state=template.state, priority=template.priority,
+                  due_ms=template.due_ms, expires_ms=template.expires_ms, fields=fields, shared=template.shared)
