@@ -70,7 +70,7 @@ def _start_redis(port: int, prefix: list[str], *extra: str, wait_s: float = 60) 
         try:
             client.ping()
             return proc
-        except (redis.ConnectionError, redis.BusyLoadingError):
+        except (redis.ConnectionError, redis.BusyLoadingError, redis.TimeoutError):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)

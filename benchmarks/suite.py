@@ -455,7 +455,7 @@ class Bench:
                                       "--budget-s", str(budget_s), "--redis", self.url),
                         peer.environ(env, self.url, self.opts.concurrency), peer.cwd(), log)
         try:
-            data = prod.result(self.opts.step_timeout_s if jobs is None else max(self.opts.step_timeout_s, jobs / 2_000))
+            data = prod.result(self.opts.step_timeout_s if jobs is None else max(self.opts.step_timeout_s, jobs / 1_000))
         finally:
             stop_group(prod.proc, 5.0)
         return int(data["jobs"]), float(data["seconds"])
