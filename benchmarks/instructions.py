@@ -209,7 +209,7 @@ def redis_instructions(n: int, *, waiting: int | None = None) -> tuple[float, fl
                 _fill(f"redis://127.0.0.1:{port}/0", waiting)
                 import redis
 
-                redis.Redis(port=port).save()
+                redis.Redis(port=port, socket_timeout=3600).save()
             finally:
                 filler.terminate()
                 filler.wait()

@@ -257,9 +257,9 @@ class ServerWorkers:
     def _become_child(self, slot: _Slot) -> None:
         parent = os.getppid()
         signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        # uvicorn re-raises the signal it stopped on; ignored, the process exits with code 0.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # SIGTERM's default action until it serves: one held across the fork ends it at once.
+        for sig in (signal.SIGCHLD, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
         for fd in (self._wake_r, self._wake_w, self._ready_r):
             os.close(fd)
@@ -344,13 +344,18 @@ class ServerWorkers:
 def _serve_slot(settings: Settings, listener: socket.socket, index: int, ready_w: int) -> int:
     """One server process: the endpoint on its slot's socket (with the loops in slot 0) until
     SIGTERM; exit code 3 when it never got to serve."""
+    # A SIGTERM before uvicorn takes over the signal is recorded and passed on to it once it has;
+    # uvicorn re-raises the one it stopped on at the end, which this handler then only records.
+    early: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: early.append(signum))
+
     async def serve() -> bool:
         redis = endpoint_client(settings, settings.redis_url or "")
         broker = Broker(redis, settings)
         try:
             app, _services = build_app(broker, settings, loops=index == _LOOPS_SLOT)
             server = uvicorn.Server(uvicorn_config(app, settings, graceful_s=GRACEFUL_S))
-            told = asyncio.get_running_loop().create_task(_tell_parent(server, index, ready_w))
+            told = asyncio.get_running_loop().create_task(_tell_parent(server, index, ready_w, early))
             try:
                 await server.serve(sockets=[listener])
             finally:
@@ -364,8 +369,11 @@ def _serve_slot(settings: Settings, listener: socket.socket, index: int, ready_w
     return EXIT_OK if started else EXIT_BOOT_ERROR
 
 
-async def _tell_parent(server: uvicorn.Server, index: int, ready_w: int) -> None:
-    """Once uvicorn serves: the slot number on the parent's pipe (for READY=1)."""
+async def _tell_parent(server: uvicorn.Server, index: int, ready_w: int, early: list[int]) -> None:
+    """Once uvicorn serves: the slot number on the parent's pipe (for READY=1). First run inside
+    uvicorn's serve(), when its signal handlers are in place: a stop asked before is its now."""
+    if early:
+        server.should_exit = True
     while not server.started:
         if server.should_exit:
             return

@@ -113,8 +113,14 @@ def test_sigterm_lets_an_in_flight_request_finish(
     outcome: dict[str, httpx.Response | BaseException] = {}
 
     def blocked() -> bool:
-        found = [(c["db"], c["flags"], c["cmd"], c["argv-mem"]) for c in redis_client.client_list()]
-        return any(d == db and "b" in flags and int(mem) > 100_000 for d, flags, _cmd, mem in found)
+        """The enqueue reached Redis and waits: its script is the blocked command, or it waits
+        in the query buffer of a connection whose command before it is blocked (a process'
+        pipelined connection, behind a paused write of the scheduler loops)."""
+        return any(c["db"] == db and "b" in c["flags"] and max(int(c["argv-mem"]), int(c["qbuf"])) > 100_000
+                   for c in redis_client.client_list())
+
+    for _ in range(40):  # each process has made its first enqueue (a read first): the next one is its script
+        enqueue(server.url)
 
     def send() -> None:
         try:
@@ -126,7 +132,7 @@ def test_sigterm_lets_an_in_flight_request_finish(
     try:
         sender = threading.Thread(target=send)
         sender.start()
-        wait_until(lambda: blocked(), what="the enqueue waiting in Redis")
+        wait_until(blocked, what="the enqueue waiting in Redis")
         server.proc.send_signal(signal.SIGTERM)
         receive(notify[0], "STOPPING=1")
         wait_until(lambda: refused(server.port), what="every process stopped accepting")
