@@ -72,6 +72,8 @@ def _start_redis(port: int, prefix: list[str], *extra: str, wait_s: float = 60) 
             return proc
         except (redis.ConnectionError, redis.BusyLoadingError, redis.TimeoutError):
             if time.monotonic() > deadline:
+                proc.terminate()  # not left running behind the error
+                proc.wait()
                 raise
             time.sleep(0.1)
 
