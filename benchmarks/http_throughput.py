@@ -285,9 +285,11 @@ class CpuMeter:
     def sample(self) -> tuple[float, float, float | None, float | None, float | None]:
         server = None
         if self._server is not None:
-            try:
-                times = self._server.cpu_times()
-                server = times.user + times.system
+            try:  # with --processes N: the parent and its N server processes together
+                server = 0.0
+                for proc in (self._server, *self._server.children(recursive=True)):
+                    times = proc.cpu_times()
+                    server += times.user + times.system
             except Exception:
                 server = None
         redis = self.redis.cpu_seconds() if self.redis is not None else None
@@ -610,6 +612,47 @@ class Bench:
         await self._check_completed(queue, n, result)
         return result
 
+    async def fetch_batch_ack(self) -> WorkloadResult:
+        """fetch K, then one POST /workers/ack/batch for the K jobs."""
+        n, c, k = self.args.jobs, self.args.concurrency, self.args.fetch_count
+        queue = self.queue("batch-ack")
+        self.deadline = time.perf_counter() + self.args.timeout
+        started = time.perf_counter()
+        await self.prefill(queue, n)
+        self.log(f"  pre-enqueued {n} jobs in {time.perf_counter() - started:.2f} s; fetching")
+        fetch_body = msgspec.json.encode({"queues": [queue], "count": k})
+        fetch_op, ack_op = Op("fetch"), Op("ack batch")
+        acked = 0
+        requests = 0
+        last_ack = 0.0
+        conns = await self.connections(c)
+
+        async def worker(conn: Connection) -> None:
+            nonlocal acked, requests, last_ack
+            while True:
+                started = time.perf_counter()
+                status, reply = await conn.call("POST", f"{API}/workers/fetch", fetch_body)
+                if not fetch_op.record(started, status, reply):
+                    return
+                ids = [job.id for job in _fetch_decoder.decode(reply).jobs]
+                if not ids:
+                    fetch_op.latencies.pop()  # the empty fetch that ends a worker: not a job's cost
+                    return
+                started = time.perf_counter()
+                body = msgspec.json.encode({"acks": [{"job_id": job_id} for job_id in ids]})
+                status, reply = await conn.call("POST", f"{API}/workers/ack/batch", body)
+                requests += 2
+                if ack_op.record(started, status, reply):
+                    acked += int(json.loads(reply)["succeeded"])
+                    last_ack = time.perf_counter()
+
+        result = await self._measure("fetch_batch_ack", f"fetch+batch ack, fetch count {k}", n, [fetch_op, ack_op],
+                                     [worker(conn) for conn in conns], lambda: acked, end=lambda: last_ack)
+        await asyncio.gather(*(conn.close() for conn in conns))
+        result.jobs, result.requests = acked, requests
+        await self._check_completed(queue, n, result)
+        return result
+
     async def _check_completed(self, queue: str, n: int, result: WorkloadResult) -> None:
         conn = self.new_connection()
         status, reply = await conn.call("GET", f"{API}/queues/{queue}/stats")
@@ -671,8 +714,9 @@ def _die_with_parent() -> Callable[[], None] | None:
 class ServerUnderTest:
     """A private Redis (no persistence) plus `python -m runtime` on a free port."""
 
-    def __init__(self, server_prefix: str) -> None:
+    def __init__(self, server_prefix: str, processes: int = 1) -> None:
         self.prefix = shlex.split(server_prefix) if server_prefix else []
+        self.processes = processes
         self.redis: Any = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tempfile.NamedTemporaryFile(prefix="ojs-bench-server-", suffix=".log", delete=False)
@@ -690,7 +734,7 @@ class ServerUnderTest:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
         env.pop("OJS_API_KEY", None)
         command = [*self.prefix, sys.executable, "-m", "runtime", "--host", "127.0.0.1", "--port", str(port),
-                   "--redis", self.redis_url, "--log-level", "warning"]
+                   "--redis", self.redis_url, "--log-level", "warning", "--workers", str(self.processes)]
         self.proc = subprocess.Popen(
             command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stop() signals a --server-prefix wrapper too
@@ -828,7 +872,8 @@ def _pct(value: float | None) -> str:
 def print_report(results: list[WorkloadResult], header: dict[str, Any]) -> None:
     print()
     print(f"OJS HTTP throughput: {header['url']}  client={header['client']}  "
-          f"N={header['jobs']} C={header['concurrency']} B={header['batch']} K={header['fetch_count']}")
+          f"N={header['jobs']} C={header['concurrency']} B={header['batch']} K={header['fetch_count']}"
+          + (f"  server processes={header['processes']}" if header.get("processes") else ""))
     m = header["machine"]
     print(f"machine: {m['nproc']} CPU ({m['cpu_model']}), Python {m['python']}, {header.get('redis_version') or 'Redis n/a'}")
     print()
@@ -890,7 +935,7 @@ def print_report(results: list[WorkloadResult], header: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-WORKLOADS = ("enqueue", "batch", "fetch_ack")
+WORKLOADS = ("enqueue", "batch", "fetch_ack", "fetch_batch_ack")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -916,6 +961,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=500, help="unmeasured enqueue requests first (default 500)")
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="time limit of one workload in seconds (default 300)")
+    parser.add_argument("--processes", "-p", type=int, default=1,
+                        help="server processes of the self-started server (ojs-server --workers; default 1)")
     parser.add_argument("--server-prefix", default="",
                         help="command put before the self-started server's python, e.g. a profiler")
     parser.add_argument("--json", metavar="PATH", help="write the figures and machine info as JSON")
@@ -944,6 +991,7 @@ async def run_workloads(bench: Bench) -> list[WorkloadResult]:
     results = []
     steps: dict[str, Callable[[], Awaitable[WorkloadResult]]] = {
         "enqueue": bench.enqueue_single, "batch": bench.enqueue_batch, "fetch_ack": bench.fetch_ack,
+        "fetch_batch_ack": bench.fetch_batch_ack,
     }
     for name in args.workload_list:
         log(f"workload {name} ...")
@@ -976,7 +1024,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if not args.quiet:
                 print("starting a private Redis and server ...", file=sys.stderr, flush=True)
-            server = ServerUnderTest(args.server_prefix)
+            server = ServerUnderTest(args.server_prefix, args.processes)
             server.start()
             assert server.proc is not None
             url, redis_url = server.url, server.redis_url
@@ -995,7 +1043,8 @@ def main(argv: list[str] | None = None) -> int:
         header: dict[str, Any] = {
             "url": url if args.url else "self-started (python -m runtime, private Redis without persistence)",
             "client": args.client, "jobs": args.jobs, "concurrency": args.concurrency, "batch": args.batch,
-            "fetch_count": args.fetch_count, "machine": machine,
+            "fetch_count": args.fetch_count, "processes": args.processes if not args.url else None,
+            "machine": machine,
             "redis_version": redis.version() if redis else None,
             "idle_commands_per_s": {k: round(v, 1) for k, v in redis.idle_rate.items()} if redis else None,
         }

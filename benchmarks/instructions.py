@@ -19,6 +19,11 @@ machine as on a quiet one, so two versions can be compared one after the other:
 With ``--traced`` the pool exports its spans over OTLP (to a sink in this process that answers
 every export) and only the pool's count is taken: the cost of tracing per job (the otel extra).
 
+With ``--backlog B`` only Redis is measured, twice: the same N jobs fetched and acked off the head
+of a queue that holds N jobs, then of one that holds N + B (the backlog row's question: does a
+drained job cost more when many wait behind it?). Both stores are filled by a Redis outside
+valgrind and loaded from its RDB file, so the filling costs seconds, not valgrind's hours.
+
 Needs valgrind (Debian: ``apt-get install valgrind``); a few minutes. Not part of ``make test``.
 """
 
@@ -52,21 +57,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_redis(port: int, prefix: list[str]) -> subprocess.Popen[bytes]:
+def _start_redis(port: int, prefix: list[str], *extra: str, wait_s: float = 60) -> subprocess.Popen[bytes]:
     from runtime.embedded_redis import find_server_binary
 
     proc = subprocess.Popen([*prefix, str(find_server_binary()), "--port", str(port), "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--appendonly", "no", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import redis
 
     client = redis.Redis(port=port)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + wait_s
     while True:
         try:
             client.ping()
             return proc
-        except redis.ConnectionError:
+        except (redis.ConnectionError, redis.BusyLoadingError, redis.TimeoutError):
             if time.monotonic() > deadline:
+                proc.terminate()  # not left running behind the error
+                proc.wait()
                 raise
             time.sleep(0.1)
 
@@ -191,15 +198,30 @@ async def _fetch_then_ack(url: str, n: int, dump: object) -> None:
     await client.aclose()
 
 
-def redis_instructions(n: int) -> tuple[float, float]:
-    """(fetch, ack) instructions of the Redis server per job."""
+def redis_instructions(n: int, *, waiting: int | None = None) -> tuple[float, float]:
+    """(fetch, ack) instructions of the Redis server per job; with `waiting`, the store is filled
+    with that many jobs (outside valgrind, loaded from an RDB file) and N are drained off its head."""
     port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
-        server = _start_redis(port, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
+        load: tuple[str, ...] = ()
+        if waiting is not None:
+            filler = _start_redis(port, [], "--dir", tmp)
+            try:
+                _fill(f"redis://127.0.0.1:{port}/0", waiting)
+                import redis
+
+                redis.Redis(port=port, socket_timeout=3600).save()
+            finally:
+                filler.terminate()
+                filler.wait()
+            load = ("--dir", tmp, "--dbfilename", "dump.rdb")
+        server = _start_redis(port, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"], *load,
+                              wait_s=3600)
         try:
             url = f"redis://127.0.0.1:{port}/0"
-            _fill(url, n)
+            if waiting is None:
+                _fill(url, n)
             subprocess.run(["callgrind_control", "-z", str(server.pid)], capture_output=True, check=True)
             asyncio.run(_fetch_then_ack(url, n, lambda: subprocess.run(
                 ["callgrind_control", "-d", str(server.pid)], capture_output=True, check=True)))
@@ -223,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", "-n", type=int, default=3000, help="jobs drained (default 3000)")
     parser.add_argument("--drain-in-pool", nargs=2, metavar=("URL", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--traced", action="store_true", help="the pool exports its spans over OTLP; pool count only")
+    parser.add_argument("--backlog", type=int, metavar="B",
+                        help="Redis only: N jobs drained off N waiting, then off N + B waiting")
     args = parser.parse_args(argv)
     if args.drain_in_pool:
         drain_in_pool(args.drain_in_pool[0], int(args.drain_in_pool[1]))
@@ -238,6 +262,12 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = _otlp_sink()
         os.environ["OTEL_BSP_SCHEDULE_DELAY"] = str(5000 * SLOWDOWN)  # its default, stretched
         print(f"instructions per no-op job, traced: pool {pool_instructions(args.jobs):,.0f}")
+        return
+    if args.backlog:
+        for waiting in (args.jobs, args.jobs + args.backlog):
+            fetch, ack = redis_instructions(args.jobs, waiting=waiting)
+            print(f"redis instructions per no-op job, {args.jobs} drained off {waiting:,} waiting: "
+                  f"{fetch + ack:,.0f} (fetch {fetch:,.0f}, ack {ack:,.0f})", flush=True)
         return
     pool = pool_instructions(args.jobs)
     fetch, ack = redis_instructions(args.jobs)

@@ -29,7 +29,7 @@ def make_doc() -> dict:
 
     results = {
         "ojs": {"w1_single": fig(3000, 3300, 3100), "w1_bulk": fig(50_000, 52_000, 51_000),
-                "w2_drain": fig(9000, 9100, 8900), "w3_p50": fig(0.8, 0.9, 0.85, unit="ms"),
+                "w2_drain": fig(9000, 9100, 8900), "w2_backlog": fig(8000, 8050, 8100), "w3_p50": fig(0.8, 0.9, 0.85, unit="ms"),
                 "w3_p99": fig(2.0, 2.5, 2.2, unit="ms"), "w1_http_c16": fig(4000, 4100, 4200, unit="req/s")},
         "bullmq": {"w1_single": fig(1500, 1600, 1550), "w1_bulk": fig(20_000, 21_000, 22_000),
                    "w2_drain": fig(3000, 3100, 3200), "w3_p50": fig(2.0, 2.1, 2.2, unit="ms"),
@@ -107,6 +107,7 @@ def test_targets_are_checked() -> None:
     assert "2.90x bullmq (target >= 2.5x): met" in lines
     assert "51,000 jobs/s (target >= 40,000 jobs/s): met" in lines
     assert "4,100 req/s (target >= 5,000 req/s): NOT met" in lines
+    assert "0.89x ojs W2 drain, no-op jobs (target >= 0.9x): NOT met" in lines
 
 
 def test_key_pattern_groups_keys_by_kind() -> None:
@@ -136,7 +137,7 @@ def test_smoke_run(tmp_path: Path) -> None:
     for figure in ("w1_single", "w1_bulk", "w1_http_single", "w1_http_bulk", "w1_http_c16"):
         assert ojs[figure]["median"] > 0
     if not doc["peers"]["ojs"]["skipped"]:  # the worker runtime is there: W2 and W3 ran too
-        assert ojs["w2_drain"]["median"] > 0
+        assert ojs["w2_drain"]["median"] > 0 and ojs["w2_backlog"]["median"] > 0
         assert 0 < ojs["w3_p50"]["median"] <= ojs["w3_p99"]["median"]
         assert ojs["mem_bytes_per_job"]["median"] > 0 and ojs["mem_worker_rss"]["median"] > 0
         (memory,) = doc["details"]["ojs"]["memory"]

@@ -14,6 +14,7 @@ from runtime.embedded_redis import EmbeddedRedisError
 from runtime.envelope import QUEUE_PATTERN
 from runtime.liveness import EXIT_BOOT_ERROR
 from runtime.server import CannotListen, InsecureBinding, run
+from runtime.server_workers import ServerWorkers
 from runtime.supervisor import Supervisor, SupervisorConfig
 from runtime.worker import PoolConfig
 
@@ -25,6 +26,9 @@ def _broker_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--redis", dest="redis_url", help="Redis URL (env REDIS_URL); default: embedded Redis")
     parser.add_argument("--data-dir", help="embedded Redis data directory (env OJS_DATA_DIR; default "
                         "$XDG_STATE_HOME/ojs, else ~/.local/state/ojs)")
+    parser.add_argument("--workers", type=_positive(int), metavar="N", default=_env("OJS_SERVER_WORKERS") or "1",
+                        help="HTTP server processes on the one port, with SO_REUSEPORT (env OJS_SERVER_WORKERS; "
+                        "default 1); the scheduler loops run in one of them")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     _log_format_option(parser)
     return parser
@@ -39,6 +43,8 @@ def _start(args: argparse.Namespace) -> int:
     logs.configure(args.log_level, args.log_format, text_format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from_env(host=args.host, port=args.port, redis_url=args.redis_url, data_dir=args.data_dir)
     try:
+        if int(args.workers) > 1:
+            return ServerWorkers(settings, int(args.workers)).run()
         run(settings)
     except (InsecureBinding, EmbeddedRedisError) as err:
         print(f"ojs: {err}", file=sys.stderr)

@@ -102,9 +102,11 @@ def redis_url_for(settings: Settings) -> Iterator[str]:
 
 def build_app(
     broker: Broker, settings: Settings, *, board: Board | None = None, probes_only: bool = False,
+    loops: bool = True,
 ) -> tuple[App, Services]:
-    """The OJS endpoint with its scheduler loops; with `probes_only`, just /health, /ready and
-    /metrics and no loops (``ojs-run --metrics-port``)."""
+    """The OJS endpoint with its scheduler loops (without them when not `loops`: the other
+    processes of ``ojs-server --workers``); with `probes_only`, just /health, /ready and /metrics
+    and no loops (``ojs-run --metrics-port``)."""
     metrics.set_label_cap(settings.metrics_label_cap)
     services = Services(broker, settings, board=board)
     probe = services.probe
@@ -112,6 +114,8 @@ def build_app(
         router = Router()
         system.register(router, services, probes_only=True)
         return _app(router, settings, startup=[probe.start], shutdown=[probe.stop]), services
+    if not loops:
+        return _app(build_router(services), settings, startup=[probe.start], shutdown=[probe.stop]), services
     scheduler = Scheduler(broker, services.crons, settings, services.history)
     deliveries = DeliveryLoop(services.webhooks, settings)  # the webhook outbox, drained beside the scheduler
     app = _app(build_router(services), settings, startup=[probe.start, scheduler.start, deliveries.start],

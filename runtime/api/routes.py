@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from runtime.api import (
+    ack_batch,
     admin,
     crons,
     dashboard,
@@ -23,7 +24,7 @@ from runtime.api.webhooks import register as register_webhooks
 
 def build_router(services: Services) -> Router:
     router = Router()
-    for module in (system, jobs, job_priority, workers, queues, crons, workflows, rate_limits, tenancy, admin,
+    for module in (system, jobs, job_priority, workers, ack_batch, queues, crons, workflows, rate_limits, tenancy, admin,
                    schemas,
                    dashboard):
         module.register(router, services)
