@@ -145,6 +145,10 @@ def resolve_retry(raw: Raw) -> EffectiveRetry:
 @functools.lru_cache(maxsize=256)
 def _resolve_retry_text(text: bytes) -> EffectiveRetry:
     # Cached: most jobs carry no policy or one of a few, and the result is immutable.
+    return _resolve_policy(text, check_stored=True)
+
+
+def _resolve_policy(text: bytes, *, check_stored: bool) -> EffectiveRetry:
     try:
         policy = _retry_decoder.decode(text) if text else RetryPolicy()
     except msgspec.DecodeError as err:
@@ -175,9 +179,10 @@ def _resolve_retry_text(text: bytes) -> EffectiveRetry:
         "r_strategy": strategy,
         "on_exhaustion": policy.on_exhaustion,
     }
+    display_json = _encode(display).decode()
     return EffectiveRetry(
         max_attempts=policy.max_attempts,
-        display_json=_encode(display).decode(),
+        display_json=display_json,
         initial_ms=initial_ms,
         coefficient=policy.backoff_coefficient,
         max_ms=max_ms,
@@ -186,7 +191,7 @@ def _resolve_retry_text(text: bytes) -> EffectiveRetry:
         on_exhaustion=policy.on_exhaustion,
         non_retryable_errors=policy.non_retryable_errors,
         display=display,
-        fields=retry_hash_fields(display, scalars),
+        fields=retry_hash_fields(display, scalars, display_json if check_stored else None),
     )
 
 
@@ -200,14 +205,29 @@ _MISSING = object()
 RETRY_FIELD_DEFAULTS: dict[str, str] = {}
 
 
-def retry_hash_fields(display: dict[str, Any], scalars: dict[str, str]) -> dict[str, str]:
+def retry_hash_fields(display: dict[str, Any], scalars: dict[str, str], display_json: str | None) -> dict[str, str]:
     """The hash fields of a policy: the scalars nack.lua reads and, as ``retry``, the entries of
-    its display that differ from the default's (``retry_display`` gives the whole back)."""
-    fields = {name: value for name, value in scalars.items() if RETRY_FIELD_DEFAULTS.get(name) != value}
+    its display that differ from the default's (``retry_display`` gives the whole back).
+
+    Every scalar is stored, its default too: the previous layout's nack.lua (a server not yet
+    upgraded, during a rolling deploy, shares the store) reads them all and cannot fail a job
+    that lacks one. They are short, so the hash keeps its listpack encoding; only the display,
+    193 bytes in full, is left out when it is the default's."""
+    fields = dict(scalars)
     differs = {name: value for name, value in display.items() if _DEFAULT_DISPLAY.get(name, _MISSING) != value}
     if differs:
-        fields["retry"] = _encode(differs).decode()
+        part = _encode(differs).decode()
+        # A policy that names a duration in both forms may show a text that is the default's
+        # while its value is not: that part would not give the whole back, so it is kept whole.
+        fields["retry"] = part if display_json is None or _completes(part, display_json) else display_json
     return fields
+
+
+def _completes(part: str, display_json: str) -> bool:
+    try:
+        return _resolve_policy(part.encode(), check_stored=False).display_json == display_json
+    except PolicyValidationError:
+        return False
 
 
 @functools.lru_cache(maxsize=256)
