@@ -36,6 +36,7 @@ from runtime.broker.workflows import WorkflowRequest, Workflows
 from runtime.config import Settings, settings_from_env
 from runtime.embedded_redis import EmbeddedRedisError, default_data_dir, published_url
 from runtime.envelope import EnqueueOptions
+from runtime.errors import InvalidRequest
 from runtime.handlers import registered
 from runtime.ids import uuid7
 from runtime.job_handle import JobHandle, ResultWatch
@@ -158,7 +159,7 @@ class Client:
         # Middleware may change a draft and tracing writes into its meta: they get copies, so the
         # caller's drafts stay as they were. Without either nothing writes into a draft.
         copy = self._middleware or producer is not None
-        kept_drafts: list[tuple[Draft, bool]] = []  # and whether the caller chose the id
+        kept_drafts: list[_Encoded] = []
         for original in drafts:
             draft = _with_defaults(original, copy=copy)
             if self._middleware:
@@ -173,9 +174,10 @@ class Client:
             slots.append(len(kept_drafts))
             if producer is not None:
                 producer.inject(draft.meta)
-            kept_drafts.append((draft, original.id is not None))
+            # Encoded now: a later draft's middleware may write into a container this one shares.
+            kept_drafts.append(_Encoded.of(draft, caller_chose=original.id is not None))
         # Validated once every middleware has seen its draft, as the request body of each would be.
-        jobs = [_build(draft, caller_chose, now, builds) for draft, caller_chose in kept_drafts]
+        jobs = [_build(encoded, now, builds) for encoded in kept_drafts]
         if producer is not None and jobs:
             producer.jobs([(job.id, job.fields["type"], job.queue) for job in jobs])
         done = await self._broker.enqueue(jobs, now_ms=now) if jobs else []
@@ -291,28 +293,66 @@ def _body(draft: Draft) -> bytes:
     return msgspec.json.encode(body)
 
 
-def _build(draft: Draft, caller_chose: bool, now_ms: int, builds: dict[tuple[str, bytes, bytes], NewJob]) -> NewJob:
+class _Encoded(msgspec.Struct, frozen=True):
+    """A draft as its middleware left it: the JSON of its parts, fixed at that moment."""
+
+    id: str
+    type: str
+    args: bytes
+    meta: bytes
+    options: bytes
+    caller_chose: bool  # the caller chose the id (it may collide), or it was made here
+
+    @classmethod
+    def of(cls, draft: Draft, *, caller_chose: bool) -> _Encoded:
+        return cls(id=draft.id or "", type=draft.type, args=_encode(draft.args),
+                   meta=_encode(draft.meta) if draft.meta else b"",
+                   options=_encode(draft.options) if draft.options else b"", caller_chose=caller_chose)
+
+    def body(self) -> bytes:
+        body: dict[str, Any] = {"type": self.type, "args": msgspec.Raw(self.args), "id": self.id}
+        if self.meta:
+            body["meta"] = msgspec.Raw(self.meta)
+        if self.options:
+            body["options"] = msgspec.Raw(self.options)
+        return _encode(body)
+
+
+_valid_args = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def _build(draft: _Encoded, now_ms: int, builds: dict[tuple[str, bytes, bytes], NewJob]) -> NewJob:
     """The job of a draft (with an id), validated as the HTTP binding validates a request body.
     A fresh id next to a job of the same type, meta and options built at the same instant takes
     that job's build with its own id and args (records.with_identity): the per-job work of a
-    batch is then encoding the args. `builds` holds the builds of `now_ms` only."""
-    if caller_chose or type(draft.args) is not list:
-        return _build_alone(draft, caller_chose, now_ms)
-    shape = (draft.type, _encode(draft.meta) if draft.meta else b"", _encode(draft.options) if draft.options else b"")
+    batch is then checking and storing the args. `builds` holds the builds of `now_ms` only."""
+    if draft.caller_chose:
+        return _build_alone(draft, now_ms)
+    shape = (draft.type, draft.meta, draft.options)
     template = builds.get(shape)
     if template is not None:
-        return with_identity(template, draft.id or "", _encode(draft.args).decode())
-    req = decode_request(_body(draft))
-    job = build_job(req, {}, job_id=draft.id or "", now_ms=now_ms)
+        return with_identity(template, draft.id, _checked_args(draft.args))
+    req = decode_request(draft.body())
+    job = build_job(req, {}, job_id=draft.id, now_ms=now_ms)
     if shares_build(req):
         builds[shape] = job
     return job
 
 
-def _build_alone(draft: Draft, caller_chose: bool, now_ms: int) -> NewJob:
+def _checked_args(args: bytes) -> str:
+    # The args as the request decoder takes them: JSON (a msgspec.Raw element is copied as it
+    # is by the encoder, so it is checked here), UTF-8 text.
+    try:
+        _valid_args.decode(args)
+        return args.decode()
+    except (msgspec.DecodeError, UnicodeDecodeError) as err:
+        raise InvalidRequest(f"Invalid job: args: {err}") from None
+
+
+def _build_alone(draft: _Encoded, now_ms: int) -> NewJob:
     # The body holds envelope fields only: no unknown top-level fields to keep.
-    req = decode_request(_body(draft))
-    job = build_job(req, {}, job_id=draft.id or "", now_ms=now_ms)
+    req = decode_request(draft.body())
+    job = build_job(req, {}, job_id=draft.id, now_ms=now_ms)
     # A fresh UUIDv7 cannot collide: enqueue.lua checks only a caller's id for an existing job.
-    job.client_id = caller_chose
+    job.client_id = draft.caller_chose
     return job
