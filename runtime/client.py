@@ -29,6 +29,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from runtime import timefmt, tracing
+from runtime.broker.clients import tls_options
 from runtime.broker.core import Broker
 from runtime.broker.records import job_from_body
 from runtime.broker.render import encode_job
@@ -83,7 +84,7 @@ class Client:
     ) -> None:
         self.settings = settings or settings_from_env(redis_url=redis_url)
         redis_url = redis_url or _default_redis_url(self.settings)
-        self._redis = Redis.from_url(redis_url)
+        self._redis = Redis.from_url(redis_url, **tls_options(self.settings, redis_url))
         self._broker = Broker(self._redis, self.settings)
         self._workflows = Workflows(self._broker)
         self._chain = compose(list(middleware), _insert_as_is)

@@ -29,12 +29,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
 from redis import exceptions as rx
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import SSLConnection, parse_url
 
 CONNECT_ATTEMPTS = 3
 CONNECT_BACKOFF_S = 0.05
@@ -78,33 +79,35 @@ def _error(reply: hiredis.ReplyError) -> rx.RedisError:
 
 
 class Address:
-    """Where and how to connect: TCP host/port or a Unix socket path; credentials; database."""
+    """Where and how to connect: TCP host/port or a Unix socket path; TLS; credentials; database."""
 
-    __slots__ = ("host", "port", "path", "db", "username", "password", "command_timeout_s")
+    __slots__ = ("host", "port", "path", "db", "username", "password", "command_timeout_s", "tls")
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, path: str = "", db: int = 0,
                  username: str | None = None, password: str | None = None,
-                 command_timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S) -> None:
+                 command_timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S, tls: ssl.SSLContext | None = None) -> None:
         self.host, self.port, self.path, self.db = host, port, path, db
         self.username, self.password = username, password
         self.command_timeout_s = command_timeout_s  # the connection's deadline (see the module text)
+        self.tls = tls  # TCP only: the context the connection is wrapped in (rediss://)
 
     def with_timeout(self, command_timeout_s: float) -> Address:
         return Address(host=self.host, port=self.port, path=self.path, db=self.db, username=self.username,
-                       password=self.password, command_timeout_s=command_timeout_s)
+                       password=self.password, command_timeout_s=command_timeout_s, tls=self.tls)
 
     @classmethod
-    def from_url(cls, url: str) -> Address | None:
-        """redis:// and unix:// URLs, parsed as redis-py parses them; None for what this
-        connection does not speak (TLS)."""
-        kwargs = parse_url(url)
+    def from_url(cls, url: str, **options: Any) -> Address | None:
+        """redis://, rediss:// and unix:// URLs, parsed as redis-py parses them (the URL's query
+        wins over `options`, redis-py's keywords such as ``ssl_ca_certs``); None for what this
+        connection does not speak."""
+        kwargs = {**options, **parse_url(url)}
         kind = kwargs.pop("connection_class", None)
         return cls._of(kind.__name__ if kind else "Connection", kwargs)
 
     @classmethod
     def of_client(cls, redis: Any) -> Address | None:
-        """The address a redis-py asyncio client connects to; None when it is not plain TCP or a
-        Unix socket (TLS, a custom connection class)."""
+        """The address a redis-py asyncio client connects to, its TLS settings included; None
+        when it is not TCP, TLS or a Unix socket (a custom connection class)."""
         pool = redis.connection_pool
         return cls._of(pool.connection_class.__name__, pool.connection_kwargs)
 
@@ -112,11 +115,22 @@ class Address:
     def _of(cls, kind: str, kwargs: dict[str, Any]) -> Address | None:
         common: dict[str, Any] = {"db": int(kwargs.get("db") or 0), "username": kwargs.get("username"),
                   "password": kwargs.get("password")}
+        tcp: dict[str, Any] = {"host": kwargs.get("host") or "127.0.0.1", "port": int(kwargs.get("port") or 6379)}
         if kind == "Connection":
-            return cls(host=kwargs.get("host") or "127.0.0.1", port=int(kwargs.get("port") or 6379), **common)
+            return cls(**tcp, **common)
+        if kind == "SSLConnection":
+            return cls(**tcp, **common, tls=tls_context(kwargs))
         if kind == "UnixDomainSocketConnection":
             return cls(path=kwargs["path"], **common)
         return None
+
+
+def tls_context(kwargs: dict[str, Any]) -> ssl.SSLContext:
+    """The TLS context redis-py would build from these connection keywords (``ssl_ca_certs``,
+    ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``, ``ssl_check_hostname``, ...), so both
+    connections verify the server, and present a client certificate, the same way."""
+    context: ssl.SSLContext = SSLConnection(**kwargs).ssl_context.get()
+    return context
 
 
 def keepalive_options() -> dict[int, int]:
@@ -248,9 +262,11 @@ async def _open(address: Address) -> _Protocol:
             if address.path:
                 connect = loop.create_unix_connection(protocol, address.path)
             else:
-                connect = loop.create_connection(protocol, address.host, address.port)
+                connect = loop.create_connection(protocol, address.host, address.port, ssl=address.tls)
             _transport, proto = await asyncio.wait_for(connect, timeout_s)
             break
+        except ssl.SSLError as err:  # a certificate refused, a protocol mismatch: trying again cannot help
+            raise rx.ConnectionError(f"TLS handshake with Redis at {address.host}:{address.port} failed: {err}") from err
         except (OSError, TimeoutError) as err:
             if attempt == CONNECT_ATTEMPTS:
                 where = address.path or f"{address.host}:{address.port}"
@@ -283,8 +299,10 @@ class Wire:
         self._opening: asyncio.Task[_Protocol] | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> Wire:
-        address = Address.from_url(url)
+    def from_url(cls, url: str, **options: Any) -> Wire:
+        """A connection to `url` (redis://, rediss://, unix://); `options` are redis-py's
+        connection keywords (``ssl_ca_certs=...``), which the URL's query overrides."""
+        address = Address.from_url(url, **options)
         if address is None:
             raise ValueError(f"unsupported Redis URL for the lean connection: {url!r}")
         return cls(address)
