@@ -88,6 +88,17 @@ def test_lean_connection_speaks_tls_and_authenticates_the_acl_user(tls_redis: Tl
     asyncio.run(go())
 
 
+def test_lean_connection_takes_its_tls_files_from_the_url_query(tls_redis: TlsRedis) -> None:
+    async def go() -> None:
+        conn = wire.Wire.from_url(tls_redis.url("ojs", "ojs-secret", with_files=True))
+        try:
+            assert await conn.execute("PING") == b"PONG"
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
 def test_the_acl_user_is_restricted_to_the_namespace(tls_redis: TlsRedis) -> None:
     """The premise of the other tests: a key outside the namespace, or a command off the list,
     is refused (so an empty ACL log after them means the runtime needed nothing else)."""
@@ -122,10 +133,11 @@ def test_lean_connection_refuses_a_server_it_cannot_verify(tls_redis: TlsRedis, 
 
 def test_scripts_go_over_the_lean_connection_with_the_clients_tls(tls_redis: TlsRedis) -> None:
     """The broker's transitions take the lean connection over TLS (not redis-py's fallback), with
-    the TLS files of the settings."""
+    the TLS settings of the client they are built on."""
     async def go() -> None:
-        client = redis_client(settings_for(tls_redis))
-        broker = Broker(client, settings_for(tls_redis))
+        settings = Settings(redis_url=tls_redis.url("ojs", "ojs-secret", with_files=True))
+        client = redis_client(settings)
+        broker = Broker(client, settings)
         try:
             assert broker.scripts.wire is not None and broker.scripts.wire.address.tls is not None
             done = await broker.enqueue([new_job("tls.job")], now_ms=timefmt.now_ms())

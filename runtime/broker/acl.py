@@ -27,7 +27,7 @@ CLIENT_COMMANDS = (
     "function|load", "fcall",
     "subscribe", "unsubscribe",
     "multi", "exec", "discard", "watch", "unwatch",
-    "scan", "sscan", "zscan", "hkeys", "lrange", "persist", "type",
+    "scan", "sscan", "zscan", "hkeys", "lrange", "persist",
     "xrange", "xread", "xinfo|stream", "zrevrange",
 )
 
