@@ -3,6 +3,8 @@ URL's own query (the TLS connections themselves: tests/test_managed_redis.py).""
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 import pytest
 
@@ -10,7 +12,7 @@ from runtime.broker.clients import blocking_client, endpoint_client, redis_clien
 from runtime.broker.wire import Address
 from runtime.config import Settings, settings_from_env
 
-TLS = {"redis_tls_ca": "/etc/ca.pem", "redis_tls_cert": "/etc/client.pem", "redis_tls_key": "/etc/client.key"}
+TLS: dict[str, Any] = {"redis_tls_ca": "/etc/ca.pem", "redis_tls_cert": "/etc/client.pem", "redis_tls_key": "/etc/client.key"}
 
 
 def test_tls_settings_without_a_rediss_url_are_a_configuration_error() -> None:
