@@ -112,7 +112,7 @@ def _is_missing_function(err: ResponseError) -> bool:
 class Scripts:
     """The transitions of one Redis client, called by function name. The calls go over a lean
     connection to the client's server; through the client itself only where that connection
-    does not apply (TLS)."""
+    does not apply (a custom connection class)."""
 
     def __init__(self, redis: Redis, *, command_timeout_s: float | None = None) -> None:
         address = Address.of_client(redis)
