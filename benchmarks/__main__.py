@@ -29,7 +29,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--peers", type=_peers, default=DEFAULT_PEERS,
                      help=f"comma-separated, default {','.join(DEFAULT_PEERS)}; 'none' for ojs alone")
     run.add_argument("--no-ojs", action="store_true", help="leave ojs out (peers only)")
-    run.add_argument("--workloads", default="w1,w2,w3", help="subset of w1,w2,w3")
+    run.add_argument("--workloads", default="w1,w2,w3,mem", help="subset of w1,w2,w3,mem")
+    run.add_argument("--memory-jobs", type=int, default=100_000,
+                     help="the memory row's waiting jobs (default 100000)")
     run.add_argument("--latency-jobs", type=int, default=500, help="W3 jobs (default 500)")
     run.add_argument("--budget", type=float, default=10.0,
                      help="W1 loops and W2 drains stop at N jobs or after this many seconds (default 10)")
@@ -103,11 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         latency_jobs=args.latency_jobs, budget_s=args.budget, latency_budget_s=args.latency_budget, gap_ms=args.gap_ms,
         batch=args.batch, processes=args.processes, concurrency=args.concurrency,
         step_timeout_s=args.step_timeout, reinstall=args.reinstall, quiet=args.quiet,
-        chart=not args.no_chart,
+        chart=not args.no_chart, memory_jobs=args.memory_jobs,
     )
     if args.smoke:
         opts.jobs, opts.reps, opts.peers, opts.include_ojs = 500, 1, (), True
         opts.latency_jobs, opts.smoke, opts.chart = 100, True, False
+        opts.memory_jobs = 2_000
         opts.json_path = suite.RESULTS_DIR / "smoke.json"
     if args.json:
         opts.json_path = args.json

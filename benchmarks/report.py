@@ -26,6 +26,8 @@ def num(value: float | None, unit: str) -> str:
         return "n/a"
     if unit == "ms":
         return f"{value:.2f}" if value < 10 else f"{value:,.0f}"
+    if unit == "MiB":
+        return f"{value:,.1f}"
     return f"{value:,.0f}"
 
 
@@ -61,7 +63,7 @@ def why_missing(doc: dict[str, Any], name: str, figure: str) -> str:
         return "not installed"
     if figure in (peer.get("skipped") or {}):
         return "skipped"
-    step = "w3_latency" if figure.startswith("w3") else figure
+    step = step_of(figure)
     if doc.get("failures", {}).get(name, {}).get(step):
         return "failed"
     if figure == "w1_bulk":
@@ -79,8 +81,15 @@ BUDGET_NOTE = (f"{BUDGET_MARK} stopped by the time budget before all N jobs (a s
                "is the rate, or the latencies, over the jobs done in that time; the JSON has the counts.")
 
 
+def step_of(figure: str) -> str:
+    """The measurement (a step of the run) that gives a figure."""
+    if figure.startswith("w3"):
+        return "w3_latency"
+    return "memory" if figure.startswith("mem_") else figure
+
+
 def budget_hit(doc: dict[str, Any], name: str, figure: str) -> bool:
-    step = "w3_latency" if figure.startswith("w3") else figure
+    step = step_of(figure)
     return any(run.get("budget_hit") for run in doc.get("details", {}).get(name, {}).get(step, []))
 
 
@@ -274,6 +283,27 @@ def _print_problems(doc: dict[str, Any], out) -> None:
             out(f"\n{name} {step}: failed {len(messages)}x: {lines[0]}{last}")
 
 
+def memory_sections(doc: dict[str, Any], top: int = 6) -> list[str]:
+    """Where each system's bytes per waiting job go (the last rep's breakdown by key pattern)."""
+    parts: list[str] = []
+    for name in systems(doc):
+        runs = doc.get("details", {}).get(name, {}).get("memory", [])
+        if not runs or not runs[-1].get("breakdown"):
+            continue
+        run = runs[-1]
+        if not parts:
+            parts += ["## Memory per waiting job, by key", "",
+                      f"{doc.get('settings', {}).get('memory_jobs', 0):,} no-op jobs enqueued in batches and left "
+                      "waiting; `MEMORY USAGE` of every key, summed by key pattern (ids as `*`), per job. The "
+                      "figure (INFO `used_memory` delta) also holds the keyspace's own tables.", ""]
+        rows = [[f"`{g['pattern']}`", g["type"], g["encoding"], f"{g['keys']:,}", f"{g['bytes_per_job']:,.1f}"]
+                for g in run["breakdown"][:top]]
+        parts += [f"**{name}**: {run['bytes_per_job']:,.0f} bytes per job, {run['keys_per_job']} keys per job; "
+                  f"idle worker RSS {run.get('worker_rss_mib', 0):.1f} MiB", "",
+                  md_table(["key", "type", "encoding", "keys", "bytes/job"], rows), ""]
+    return parts
+
+
 def results_markdown(doc: dict[str, Any]) -> str:
     parts = [
         "# Benchmark results: ojs and its peers",
@@ -317,6 +347,7 @@ def results_markdown(doc: dict[str, Any]) -> str:
               "above 0.15). Commands per job are the INFO commandstats delta over the window divided by the "
               "jobs, without the harness's own polling and the handlers' one counting command "
               "(INCR, or RPUSH in W3); commands that Lua scripts run are counted too.", ""]
+    parts += memory_sections(doc)
     lines = target_lines(doc)
     if lines:
         parts += ["## Targets for ojs", "", *lines, ""]

@@ -57,7 +57,7 @@ from typing import Any
 import psutil
 import redis
 
-from benchmarks import envs
+from benchmarks import envs, memory_row
 from benchmarks.peerdefs import DEFAULT_PEERS, PEERS, REPO_ROOT, Peer, ojs_worker_status
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -80,6 +80,8 @@ FIGURES: dict[str, dict[str, str]] = {
     "w2_drain": {"title": "W2 drain, no-op jobs", "unit": "jobs/s", "better": "higher"},
     "w3_p50": {"title": "W3 enqueue-to-start latency p50", "unit": "ms", "better": "lower"},
     "w3_p99": {"title": "W3 enqueue-to-start latency p99", "unit": "ms", "better": "lower"},
+    "mem_bytes_per_job": {"title": "Redis memory per waiting job (batch API)", "unit": "bytes", "better": "lower"},
+    "mem_worker_rss": {"title": "RSS of an idle worker process", "unit": "MiB", "better": "lower"},
 }
 
 TARGETS = {  # the targets for ojs, for the report (figure: (op, value, against))
@@ -89,6 +91,7 @@ TARGETS = {  # the issue's targets for ojs, for the report (figure: (op, value, 
     "w1_http_c16": (">=", 5_000, None),
     "w3_p50": ("<=", 1.0, None),
     "w3_p99": ("<=", 3.0, None),
+    "mem_bytes_per_job": (">=", 1.0, "bullmq"),  # BullMQ's bytes over ojs's: at most as many
 }
 
 
@@ -111,7 +114,8 @@ class Options:
     json_path: Path = RESULTS_DIR / "latest.json"
     chart: bool = True
     quiet: bool = False
-    workloads: tuple[str, ...] = ("w1", "w2", "w3")
+    workloads: tuple[str, ...] = ("w1", "w2", "w3", "mem")
+    memory_jobs: int = 100_000  # the memory row's waiting jobs (benchmarks/memory_row.py)
 
 
 class StepFailed(Exception):
@@ -674,6 +678,8 @@ def steps_for(state: PeerState, opts: Options) -> list[tuple[str, Callable[[Benc
         out.append(("w2_drain", lambda b, s: b.run_w2(s)))
     if "w3" in opts.workloads and "w3_p50" not in state.skip:
         out.append(("w3_latency", lambda b, s: b.run_w3(s)))
+    if "mem" in opts.workloads and "w2_drain" not in state.skip:
+        out.append(("memory", lambda b, s: memory_row.run_memory(b, s)))
     return out
 
 
@@ -778,7 +784,7 @@ def run(opts: Options) -> dict[str, Any]:
             "jobs": opts.jobs, "reps": opts.reps, "batch": opts.batch, "processes": opts.processes,
             "concurrency": opts.concurrency, "latency_jobs": opts.latency_jobs,
             "latency_budget_s": opts.latency_budget_s, "budget_s": opts.budget_s, "gap_ms": opts.gap_ms, "smoke": opts.smoke,
-            "http_connections": HTTP_CONNECTIONS, "poll_ms": POLL_S * 1000,
+            "http_connections": HTTP_CONNECTIONS, "poll_ms": POLL_S * 1000, "memory_jobs": opts.memory_jobs,
         },
         "machine": machine,
         "redis": redis_info,

@@ -18,6 +18,7 @@ import pytest
 
 from benchmarks import report, suite
 from benchmarks.__main__ import _peers_arg, parse_args
+from benchmarks.memory_row import key_pattern
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -108,6 +109,13 @@ def test_targets_are_checked() -> None:
     assert "4,100 req/s (target >= 5,000 req/s): NOT met" in lines
 
 
+def test_key_pattern_groups_keys_by_kind() -> None:
+    assert key_pattern("{ojs}:job:01a233a2-56e0-7142-973f-c27009782c5a") == "{ojs}:job:*"
+    assert key_pattern("bull:bench:123") == "bull:bench:*"
+    assert key_pattern("{ojs}:queue:bench:available") == "{ojs}:queue:bench:available"
+    assert key_pattern("{ojs}:stats:m:1796162340000") == "{ojs}:stats:m:*"
+
+
 def test_cli_parsing() -> None:
     args = parse_args(_peers_arg(["run", "--peers", "none", "--jobs", "100"]))
     assert args.peers == ("ojs",) and args.jobs == 100
@@ -130,4 +138,7 @@ def test_smoke_run(tmp_path: Path) -> None:
     if not doc["peers"]["ojs"]["skipped"]:  # the worker runtime is there: W2 and W3 ran too
         assert ojs["w2_drain"]["median"] > 0
         assert 0 < ojs["w3_p50"]["median"] <= ojs["w3_p99"]["median"]
+        assert ojs["mem_bytes_per_job"]["median"] > 0 and ojs["mem_worker_rss"]["median"] > 0
+        (memory,) = doc["details"]["ojs"]["memory"]
+        assert memory["breakdown"][0]["pattern"] == "{ojs}:job:*" and memory["jobs"] == 2_000
     assert doc["machine"]["nproc"] >= 1 and doc["redis"]["version"]

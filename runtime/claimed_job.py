@@ -20,7 +20,8 @@ from typing import Any
 import msgspec
 
 from runtime import timefmt
-from runtime.broker.render import encode_job, error_history
+from runtime.broker.records import retry_display
+from runtime.broker.render import DEFAULT_MAX_ATTEMPTS, encode_job, error_history
 from runtime.context import Job
 
 _job_decoder = msgspec.json.Decoder(Job)
@@ -47,10 +48,10 @@ def job_of_hash(h: dict[bytes, bytes]) -> Job:
             priority=int(get(b"priority", b"0")),
             state=h[b"state"].decode(),
             attempt=int(get(b"attempt", b"0")),
-            max_attempts=int(get(b"max_attempts", b"3")),
+            max_attempts=int(get(b"max_attempts", DEFAULT_MAX_ATTEMPTS)),
             timeout_ms=None if (v := get(b"timeout_ms")) is None else int(v),
             visibility_timeout_ms=None if (v := get(b"visibility_timeout_ms")) is None else int(v),
-            retry=None if (v := get(b"retry")) is None else _optional_dict.decode(v),
+            retry=_optional_dict.decode(retry_display(get(b"retry"))),  # the defaults filled in
             tags=None if (v := get(b"tags")) is None else _optional_tags.decode(v),
             created_at=_time(get(b"created_at")),
             enqueued_at=_time(get(b"enqueued_at")),

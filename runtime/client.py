@@ -26,12 +26,11 @@ from types import TracebackType
 from typing import Any, Self
 
 import msgspec
-from redis.asyncio import Redis
 
 from runtime import timefmt, tracing
-from runtime.broker.clients import tls_options
+from runtime.broker import clients
 from runtime.broker.core import Broker
-from runtime.broker.records import job_from_body
+from runtime.broker.records import NewJob, build_job, decode_request, shares_build, with_identity
 from runtime.broker.render import encode_job
 from runtime.broker.workflows import WorkflowRequest, Workflows
 from runtime.config import Settings, settings_from_env
@@ -44,6 +43,7 @@ from runtime.middleware import CallNext, compose
 
 OPTION_NAMES = frozenset(EnqueueOptions.__struct_fields__)
 _envelope = msgspec.json.Decoder(dict[str, Any])
+_encode = msgspec.json.encode
 
 
 class Draft(msgspec.Struct, kw_only=True):
@@ -84,11 +84,17 @@ class Client:
     ) -> None:
         self.settings = settings or settings_from_env(redis_url=redis_url)
         redis_url = redis_url or _default_redis_url(self.settings)
-        self._redis = Redis.from_url(redis_url, **tls_options(self.settings, redis_url))
+        # Any URL the runtime takes (redis+sentinel:// too), with the TLS settings for rediss://.
+        self._redis = clients.from_url(redis_url, **clients.tls_options(self.settings, redis_url))
         self._broker = Broker(self._redis, self.settings)
         self._workflows = Workflows(self._broker)
+        self._middleware = bool(middleware)
         self._chain = compose(list(middleware), _insert_as_is)
         self._watch: ResultWatch | None = None
+        # Jobs of one shape (type, meta, options) made in the same millisecond share one build
+        # (see _build): a producer enqueueing one job at a time reuses it too.
+        self._builds: dict[tuple[str, bytes, bytes], NewJob] = {}
+        self._builds_ms = 0
 
     async def __aenter__(self) -> Self:
         return self
@@ -139,33 +145,40 @@ class Client:
         """Enqueue all the jobs or none (one script call); None for each job middleware dropped.
         Traced (an exporting runtime, or an SDK the application configured): one PRODUCER span
         for the call, whose context each job carries unless it brought its own."""
+        if not tracing.producer_spans_recorded():
+            return await self._enqueue_many(drafts, None)
         with tracing.producer_span() as producer:
             return await self._enqueue_many(drafts, producer)
 
     async def _enqueue_many(self, drafts: Sequence[Draft], producer: tracing.Producer | None) -> list[str | None]:
         now = timefmt.now_ms()
-        bodies: list[bytes] = []
-        chosen: list[bool] = []  # the caller chose the id (it may collide), or it was made here
         slots: list[int | None] = []
+        if now != self._builds_ms:  # a build holds its instant (created_at, relative times)
+            self._builds, self._builds_ms = {}, now
+        builds = self._builds
+        # Middleware may change a draft and tracing writes into its meta: they get copies, so the
+        # caller's drafts stay as they were. Without either nothing writes into a draft.
+        copy = self._middleware or producer is not None
+        kept_drafts: list[tuple[Draft, bool]] = []  # and whether the caller chose the id
         for original in drafts:
-            draft = _with_defaults(original)
-            given_id = draft.id
-            kept = await self._chain(draft)
-            if kept is None:
-                slots.append(None)
-                continue
-            if not isinstance(kept, Draft) or kept.id != given_id:
-                raise ValueError("enqueue middleware must return the draft (or None) and keep its id")
-            slots.append(len(bodies))
+            draft = _with_defaults(original, copy=copy)
+            if self._middleware:
+                given_id = draft.id
+                kept = await self._chain(draft)
+                if kept is None:
+                    slots.append(None)
+                    continue
+                if not isinstance(kept, Draft) or kept.id != given_id:
+                    raise ValueError("enqueue middleware must return the draft (or None) and keep its id")
+                draft = kept
+            slots.append(len(kept_drafts))
             if producer is not None:
-                producer.inject(kept.meta)
-            bodies.append(_body(kept))
-            chosen.append(original.id is not None)
-        jobs = [job_from_body(body, now_ms=now) for body in bodies]
+                producer.inject(draft.meta)
+            kept_drafts.append((draft, original.id is not None))
+        # Validated once every middleware has seen its draft, as the request body of each would be.
+        jobs = [_build(draft, caller_chose, now, builds) for draft, caller_chose in kept_drafts]
         if producer is not None and jobs:
             producer.jobs([(job.id, job.fields["type"], job.queue) for job in jobs])
-        for job, caller_chose in zip(jobs, chosen, strict=True):
-            job.client_id = caller_chose  # a fresh UUIDv7 cannot collide: enqueue.lua skips the check
         done = await self._broker.enqueue(jobs, now_ms=now) if jobs else []
         return [None if slot is None else done[slot].job_id for slot in slots]
 
@@ -247,19 +260,27 @@ def _default_redis_url(settings: Settings) -> str:
     return url
 
 
-def _with_defaults(draft: Draft) -> Draft:
-    unknown = set(draft.options) - OPTION_NAMES
-    if unknown:
+def _with_defaults(draft: Draft, *, copy: bool = True) -> Draft:
+    """The draft with its handler's defaults and an id; a new draft (its own args, meta and
+    options) unless `copy` is off and nothing needs adding."""
+    if not OPTION_NAMES.issuperset(draft.options):
+        unknown = set(draft.options) - OPTION_NAMES
         raise TypeError(f"unknown enqueue option(s): {', '.join(sorted(unknown))}")
-    options = dict(draft.options)
+    options = draft.options
     spec = registered(draft.type)
-    if spec is not None:
+    if spec is not None and ((spec.queue and "queue" not in options) or (spec.retry and "retry" not in options)):
+        options = dict(options)
         if spec.queue and "queue" not in options:
             options["queue"] = spec.queue
         if spec.retry and "retry" not in options:
             options["retry"] = spec.retry
-    return Draft(type=draft.type, args=list(draft.args), meta=dict(draft.meta), options=options,
-                 id=draft.id or uuid7())
+    args = draft.args if type(draft.args) is list else list(draft.args)
+    if copy:
+        return Draft(type=draft.type, args=list(args), meta=dict(draft.meta),
+                     options=options if options is not draft.options else dict(options), id=draft.id or uuid7())
+    if draft.id and options is draft.options and args is draft.args:
+        return draft
+    return Draft(type=draft.type, args=args, meta=draft.meta, options=options, id=draft.id or uuid7())
 
 
 def _body(draft: Draft) -> bytes:
@@ -269,3 +290,30 @@ def _body(draft: Draft) -> bytes:
     if draft.options:
         body["options"] = draft.options
     return msgspec.json.encode(body)
+
+
+def _build(draft: Draft, caller_chose: bool, now_ms: int, builds: dict[tuple[str, bytes, bytes], NewJob]) -> NewJob:
+    """The job of a draft (with an id), validated as the HTTP binding validates a request body.
+    A fresh id next to a job of the same type, meta and options built at the same instant takes
+    that job's build with its own id and args (records.with_identity): the per-job work of a
+    batch is then encoding the args. `builds` holds the builds of `now_ms` only."""
+    if caller_chose or type(draft.args) is not list:
+        return _build_alone(draft, caller_chose, now_ms)
+    shape = (draft.type, _encode(draft.meta) if draft.meta else b"", _encode(draft.options) if draft.options else b"")
+    template = builds.get(shape)
+    if template is not None:
+        return with_identity(template, draft.id or "", _encode(draft.args).decode())
+    req = decode_request(_body(draft))
+    job = build_job(req, {}, job_id=draft.id or "", now_ms=now_ms)
+    if shares_build(req):
+        builds[shape] = job
+    return job
+
+
+def _build_alone(draft: Draft, caller_chose: bool, now_ms: int) -> NewJob:
+    # The body holds envelope fields only: no unknown top-level fields to keep.
+    req = decode_request(_body(draft))
+    job = build_job(req, {}, job_id=draft.id or "", now_ms=now_ms)
+    # A fresh UUIDv7 cannot collide: enqueue.lua checks only a caller's id for an existing job.
+    job.client_id = caller_chose
+    return job

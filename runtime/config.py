@@ -26,6 +26,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_tls_ca: str | None = None
     redis_tls_cert: str | None = None
     redis_tls_key: str | None = None
+    # "primary": a write is answered once the primary made it (Redis replicates asynchronously);
+    # "replicated": enqueue, ack and nack wait until `durability_replicas` replicas confirm it,
+    # for up to `durability_timeout_ms` (then an unknown-outcome error); runtime/broker/durability.py.
+    durability: str = "primary"
+    durability_replicas: int = 1
+    durability_timeout_ms: int = 1_000
     host: str = "127.0.0.1"
     port: int = 8080
     api_key: str | None = None
@@ -105,6 +111,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if (self.redis_tls_ca or self.redis_tls_cert or self.redis_tls_key) and not (
             self.redis_url or "").startswith("rediss://"):
             raise ValueError("OJS_REDIS_TLS_CA, _CERT and _KEY need a rediss:// Redis URL")
+        if self.durability not in ("primary", "replicated"):
+            raise ValueError("OJS_DURABILITY must be primary or replicated")
+        if self.durability_replicas < 1 or self.durability_timeout_ms < 1:
+            raise ValueError("OJS_DURABILITY_REPLICAS and OJS_DURABILITY_TIMEOUT_MS must be positive")
+        if (self.durability == "replicated" and self.redis_command_timeout_ms
+                and self.durability_timeout_ms >= self.redis_command_timeout_ms):
+            # A WAIT that runs into the connection's deadline would close the connection.
+            raise ValueError("OJS_DURABILITY_TIMEOUT_MS must be below OJS_REDIS_COMMAND_TIMEOUT_MS")
         if self.embedded_appendfsync not in ("always", "everysec", "no"):
             raise ValueError("OJS_APPENDFSYNC must be always, everysec or no")
         if self.reaper_outage_gap_ms < 5 * self.scheduler_interval_ms:
@@ -160,6 +174,8 @@ def settings_from_env(**overrides: object) -> Settings:
         values["data_dir"] = os.environ["OJS_DATA_DIR"]
     if os.environ.get("OJS_APPENDFSYNC"):
         values["embedded_appendfsync"] = os.environ["OJS_APPENDFSYNC"].strip().lower()
+    if os.environ.get("OJS_DURABILITY"):
+        values["durability"] = os.environ["OJS_DURABILITY"].strip().lower()
     if os.environ.get("OJS_KEY_PREFIX"):
         values["key_prefix"] = os.environ["OJS_KEY_PREFIX"]
     values["allow_insecure_no_auth"] = _env_bool("OJS_ALLOW_INSECURE_NO_AUTH")
@@ -167,6 +183,8 @@ def settings_from_env(**overrides: object) -> Settings:
     for field, env in (
         ("max_body_bytes", "OJS_MAX_BODY_BYTES"),
         ("redis_command_timeout_ms", "OJS_REDIS_COMMAND_TIMEOUT_MS"),
+        ("durability_replicas", "OJS_DURABILITY_REPLICAS"),
+        ("durability_timeout_ms", "OJS_DURABILITY_TIMEOUT_MS"),
         ("max_batch_size", "OJS_MAX_BATCH_SIZE"),
         ("default_visibility_ms", "OJS_DEFAULT_VISIBILITY_MS"),
         ("events_maxlen", "OJS_EVENTS_MAXLEN"),

@@ -172,7 +172,7 @@ def with_db(url: str, db: int) -> str:
 def redacted(url: str) -> str:
     """``url`` with its password replaced by ``***``, for logs."""
     parts = urlsplit(url)
-    query = [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)]
+    query = [(k, "***" if k.endswith("password") else v) for k, v in parse_qsl(parts.query)]
     netloc = parts.netloc
     if parts.password is not None:
         netloc = netloc.replace(f":{parts.password}@", ":***@", 1)

@@ -86,6 +86,7 @@ def set_label_cap(cap: int) -> None:
     are forgotten: call it at start-up)."""
     global _label_cap
     _label_cap = _LabelCap(cap)
+    _enqueued_children.clear()
 
 
 class _CappedLabels:
@@ -311,6 +312,20 @@ def _count(counter: Counter, labels: tuple[str, ...]) -> None:
         _tally.count(counter, labels)
     else:
         counter.labels(*labels).inc()
+
+
+_enqueued_children: dict[tuple[str, str], Any] = {}  # (queue, type) -> its JOBS_ENQUEUED child
+
+
+def jobs_enqueued(queue: str, job_type: str, amount: int) -> None:
+    """Count created jobs. An enqueue's label set is looked up once (the cap, the client's lock),
+    then kept: a producer enqueueing one job at a time pays a dict lookup."""
+    child = _enqueued_children.get((queue, job_type))
+    if child is None:
+        if len(_enqueued_children) >= _CHILDREN_KEPT:
+            _enqueued_children.clear()
+        child = _enqueued_children[queue, job_type] = JOBS_ENQUEUED.labels(queue, job_type)
+    child.inc(amount)
 
 
 def _observe(histogram: Histogram, labels: tuple[str, ...], value: float) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from runtime import metrics
 from runtime.liveness import Board
@@ -15,9 +16,10 @@ logger = logging.getLogger(__name__)
 
 
 class RedisLink:
-    def __init__(self, who: str, board: Board | None) -> None:
+    def __init__(self, who: str, board: Board | None, *, on_back: Callable[[], None] | None = None) -> None:
         self.who = who
         self.board = board
+        self.on_back = on_back  # told when an outage ends (the server may be another one now: a failover)
         self.down_since: float | None = None
         metrics.REDIS_UP.labels("pool").set(1)
 
@@ -42,3 +44,5 @@ class RedisLink:
         metrics.REDIS_UP.labels("pool").set(1)
         if self.board is not None:
             self.board.redis_unreachable(None)
+        if self.on_back is not None:
+            self.on_back()

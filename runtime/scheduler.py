@@ -12,7 +12,7 @@ from runtime.broker import BACKEND_ERRORS
 from runtime.broker.core import Broker
 from runtime.broker.crons import Crons
 from runtime.broker.dead_workers import SilentWorkers
-from runtime.broker.migrations import EndedIndexMigration
+from runtime.broker.migrations import MIGRATIONS, JobScanMigration
 from runtime.broker.stats_history import StatsHistory
 from runtime.config import Settings
 
@@ -42,7 +42,10 @@ class Scheduler:
 
     async def _migrate(self) -> None:
         """The store upgrades, once, in the background (retried while Redis is away)."""
-        migration = EndedIndexMigration(self.broker)
+        for kind in MIGRATIONS:
+            await self._migrate_one(kind(self.broker))
+
+    async def _migrate_one(self, migration: JobScanMigration) -> None:
         delay_s = 1.0
         while True:
             try:

@@ -113,6 +113,12 @@ def _active_tracer() -> Any:
 _tracer: Any = None
 
 
+def producer_spans_recorded() -> bool:
+    """Whether a producer span made now would record (see :func:`producer_span`): the
+    untraced enqueue path asks this and skips the span's machinery."""
+    return _active_tracer() is not None
+
+
 def _context_of(traceparent: str, tracestate: object = None) -> Any:
     carrier = {"traceparent": traceparent}
     if isinstance(tracestate, str):

@@ -181,9 +181,11 @@ class Pool:
         self.stopping = asyncio.Event()
         self.beat_soon = asyncio.Event()
         self.threads = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="ojs-job")
-        self.link = RedisLink(f"pool {self.worker_id}", board)
-        # A fetch whose reply was lost may have claimed jobs: look before the next fetch.
+        # A fetch whose reply was lost may have claimed jobs: look before the next fetch. So after
+        # every outage: a failover's new primary may lack the last writes the old one answered
+        # (a release, an ack), and hold jobs for this worker that no run here knows.
         self.reconcile_needed = False
+        self.link = RedisLink(f"pool {self.worker_id}", board, on_back=self._after_outage)
         # Claims handed to the batcher outside `active` (hand-backs, rejects) until they land,
         # and those whose settle was given up (the reaper's now): not "unknown" to a reconcile.
         self.settling: set[str] = set()
@@ -427,6 +429,10 @@ class Pool:
             logger.warning("pool %s: %d job(s) claimed by a fetch whose reply was lost; handed back",
                            self.worker_id, len(unknown))
         return True
+
+    def _after_outage(self) -> None:
+        self.reconcile_needed = True
+        self.wake.set()
 
     def _settle_trouble(self, err: Exception | None) -> None:
         if err is None:

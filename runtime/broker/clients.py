@@ -13,9 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from runtime.broker import sentinel
 from runtime.broker.wire import CommandNotSent, keepalive_options
 from runtime.config import Settings
 
@@ -44,17 +45,31 @@ def _options(settings: Settings, url: str) -> dict[str, Any]:
     return {**options, **tls_options(settings, url)}
 
 
+def from_url(url: str, **kwargs: Any) -> Redis:
+    """``Redis.from_url`` that also takes ``redis+sentinel://`` URLs (:mod:`runtime.broker.sentinel`)."""
+    if sentinel.is_sentinel_url(url):
+        return Redis.from_pool(ConnectionPool(**sentinel.pool_options(url), **kwargs))
+    return Redis.from_url(url, **kwargs)
+
+
+def blocking_from_url(url: str, **kwargs: Any) -> redis.Redis:
+    """The same for redis-py's synchronous client."""
+    if sentinel.is_sentinel_url(url):
+        return redis.Redis.from_pool(redis.ConnectionPool(**sentinel.pool_options(url, blocking=True), **kwargs))
+    return redis.Redis.from_url(url, **kwargs)
+
+
 def redis_client(settings: Settings, url: str | None = None, **kwargs: Any) -> Redis:
     """A redis-py asyncio client for `url` (default: the configured one)."""
     url = url or settings.redis_url or ""
-    return Redis.from_url(url, **{**_options(settings, url), **kwargs})
+    return from_url(url, **{**_options(settings, url), **kwargs})
 
 
 def blocking_client(settings: Settings, url: str | None = None, **kwargs: Any) -> redis.Redis:
     """A synchronous redis-py client for `url` (default: the configured one), TLS included: for
     the supervisor's checks before it forks."""
     url = url or settings.redis_url or ""
-    return redis.Redis.from_url(url, **{**tls_options(settings, url), **kwargs})
+    return blocking_from_url(url, **{**tls_options(settings, url), **kwargs})
 
 
 class _WaitingPool(BlockingConnectionPool):
@@ -73,8 +88,9 @@ class _WaitingPool(BlockingConnectionPool):
 def endpoint_client(settings: Settings, url: str) -> Redis:
     """The HTTP endpoint's client: the same protections, and a bounded pool whose callers queue
     for a connection (a burst waits instead of failing at once)."""
-    pool = _WaitingPool.from_url(
-        url, max_connections=settings.redis_max_connections, timeout=settings.redis_pool_timeout_ms / 1000,
-        **_options(settings, url),
-    )
+    bounds = {"max_connections": settings.redis_max_connections, "timeout": settings.redis_pool_timeout_ms / 1000}
+    if sentinel.is_sentinel_url(url):
+        pool = _WaitingPool(**sentinel.pool_options(url), **bounds, **_options(settings, url))
+    else:
+        pool = _WaitingPool.from_url(url, **bounds, **_options(settings, url))
     return Redis(connection_pool=pool)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,7 +20,7 @@ from runtime.broker.args_schemas import UNKNOWN_GENERATION, ArgsGuard
 from runtime.broker.job_versions import VersionRange
 from runtime.broker.keys import Keys
 from runtime.broker.outage import LeaseExpiryGuard
-from runtime.broker.records import NewJob
+from runtime.broker.records import NewJob, retry_display
 from runtime.broker.render import pairs_to_dict
 from runtime.broker.schema_registry import SchemaRegistry
 from runtime.broker.scripts import Scripts, Status
@@ -141,7 +140,11 @@ class Broker:
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self.scripts = Scripts(redis, command_timeout_s=settings.redis_command_timeout_ms / 1000)
+        k = self.keys  # enqueue.lua's KEYS, made once
+        self._enqueue_key_list = [k.prefix, k.seq, k.delayed, k.expiring, k.events, k.queues, k.cron_next, k.active]
+        self.scripts = Scripts(redis, command_timeout_s=settings.redis_command_timeout_ms / 1000,
+                               replicas=settings.durability_replicas if settings.durability == "replicated" else 0,
+                               replication_timeout_ms=settings.durability_timeout_ms)
         self._maxlen = str(settings.events_maxlen)
         self._lease_expiry = LeaseExpiryGuard(self.scripts, self.keys, settings)
         self.args_guard = ArgsGuard()
@@ -203,16 +206,17 @@ class Broker:
         if len(reply) > len(jobs) + 1:
             queue, depth, bound = reply[len(jobs) + 1]
             out.pressure = QueuePressure(queue.decode(), int(depth), int(bound))
-        created: Counter[tuple[str, str]] = Counter()  # one metric write per label pair, not per job
+        created: dict[tuple[str, str], int] = {}  # one metric write per label pair, not per job
         for job, raw in zip(jobs, reply[1:], strict=False):
             text = raw.decode()
             if text.startswith("="):
                 out.append(Enqueued(text[1:], True))
             else:
                 out.append(Enqueued(text, False))
-                created[job.queue, job.fields.get("type", "")] += 1
+                labels = (job.queue, job.fields.get("type", ""))
+                created[labels] = created.get(labels, 0) + 1
         for (queue, job_type), count in created.items():
-            metrics.JOBS_ENQUEUED.labels(queue, job_type).inc(count)
+            metrics.jobs_enqueued(queue, job_type, count)
         return out
 
     async def enqueue_cron_tick(
@@ -228,7 +232,7 @@ class Broker:
         reply = await self.scripts.call("enqueue", keys=self._enqueue_keys(), args=args)
         status = int(reply[0])
         if status == Status.OK:
-            metrics.JOBS_ENQUEUED.labels(job.queue, job.fields.get("type", "")).inc()
+            metrics.jobs_enqueued(job.queue, job.fields.get("type", ""), 1)
             return "fired", reply[1].decode(), None
         if status == Status.CRON_CLAIMED:
             return "claimed", None, None
@@ -237,8 +241,7 @@ class Broker:
         raise Duplicate(f"Job '{job.id}' already exists.")
 
     def _enqueue_keys(self) -> list[str]:
-        k = self.keys
-        return [k.prefix, k.seq, k.delayed, k.expiring, k.events, k.queues, k.cron_next, k.active]
+        return self._enqueue_key_list
 
     # --- reads -----------------------------------------------------------------------------
 
@@ -349,7 +352,7 @@ class Broker:
         stored = await self.redis.hmget(self.keys.job(job_id), ["state", "retry", "queue", "type"])
         if stored[0] is None:
             raise NotFound(f"Job '{job_id}' not found.")
-        policy = _retry_display.decode(stored[1]) if stored[1] else {}
+        policy = _retry_display.decode(retry_display(stored[1]))
         non_retryable = policy.get("non_retryable_errors", [])
         now = timefmt.now_ms()
         failure = Failure(

@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 
 from runtime import timefmt
 from runtime.broker.keys import Keys
+from runtime.broker.render import DEFAULT_MAX_ATTEMPTS
 from runtime.errors import InvalidRequest
 
 # The walk's order with no state given: what is running, what is next, what has ended.
@@ -259,7 +260,10 @@ class JobListing:
             if reply[0] is None:
                 rows.append(None)  # gone since the index was read
             else:
-                rows.append({name: value for name, value in zip(fields, reply, strict=True) if value is not None})
+                row = dict(zip(fields, reply, strict=True))
+                if row["max_attempts"] is None:  # the hash leaves out the default
+                    row["max_attempts"] = DEFAULT_MAX_ATTEMPTS
+                rows.append({name: value for name, value in row.items() if value is not None})
         return rows
 
     async def _total(self, states: Sequence[str], queues: Sequence[str], flt: JobFilter) -> int:

@@ -10,7 +10,10 @@ Schema (``P`` is the prefix):
 =============================  ==========  ======================================================
 key                            type        content
 =============================  ==========  ======================================================
-``P job:<id>``                 hash        one job: scalar fields, JSON fragments, error history
+``P job:<id>``                 hash        one job: scalar fields, JSON fragments, error history;
+                                           the retry policy only where it differs from the
+                                           default (records.py), so a common job's fields all
+                                           fit Redis' compact listpack encoding
 ``P queue:<q>:available``      zset        fetchable jobs; score ``(100 - priority) * 1e13 + seq``
 ``P queue:<q>:paused``         string      present while the queue is paused
 ``P queue:<q>:counts``         hash        state -> number of jobs of that queue in that state

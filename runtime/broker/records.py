@@ -52,9 +52,16 @@ class NewJob(msgspec.Struct, kw_only=True):
     # Values are str: the Lua msgpack decoder has no bin type, and every value is valid UTF-8
     # (JSON text that was decoded, or our own strings).
     fields: dict[str, str]
+    # Set by with_identity only: the shared build's block without its id and args (see there).
+    shared: SharedBlock | None = None
 
     def script_arg(self) -> bytes:
         """The job's block for enqueue.lua: one msgpack array of strings (see its header)."""
+        if self.shared is not None and not self.client_id:
+            return self.shared.block(self.id, self.fields)
+        return _pack(self._flat())
+
+    def _flat(self) -> list[str]:
         lock = self.unique
         flat: list[str] = [
             self.id,
@@ -70,7 +77,43 @@ class NewJob(msgspec.Struct, kw_only=True):
             "1" if self.client_id else "",
         ]
         flat.extend(chain.from_iterable(self.fields.items()))
-        return _pack(flat)
+        return flat
+
+
+# The fields a shared build gives each job of its own (with_identity).
+IDENTITY_FIELDS = ("id", "args")
+
+
+class SharedBlock:
+    """A shared build's enqueue.lua block, packed once without what differs per job: the id
+    that opens it and the identity fields, which go last (the script reads the field pairs in
+    any order). msgpack packs an array as its length and then each element, so the pieces join
+    into the same array that packing the whole list gives, reordered."""
+
+    __slots__ = ("head", "middle", "names")
+
+    def __init__(self, template: NewJob) -> None:
+        flat = template._flat()
+        self.names = [name for name in IDENTITY_FIELDS if name in template.fields]
+        rest = [*flat[1:11], *chain.from_iterable((k, v) for k, v in template.fields.items() if k not in self.names)]
+        self.head = _array_header(1 + len(rest) + 2 * len(self.names))
+        self.middle = b"".join(map(_pack, rest))
+
+    def block(self, job_id: str, fields: dict[str, str]) -> bytes:
+        tail = _pack([x for name in self.names for x in (name, fields[name])])
+        return b"".join((self.head, _pack(job_id), self.middle, tail[_array_header_size(2 * len(self.names)):]))
+
+
+def _array_header(length: int) -> bytes:
+    if length < 16:
+        return bytes((0x90 | length,))
+    if length < 0x10000:
+        return b"\xdc" + length.to_bytes(2, "big")
+    return b"\xdd" + length.to_bytes(4, "big")
+
+
+def _array_header_size(length: int) -> int:
+    return 1 if length < 16 else 3 if length < 0x10000 else 5
 
 
 class EffectiveRetry(msgspec.Struct, kw_only=True, frozen=True):
@@ -86,6 +129,7 @@ class EffectiveRetry(msgspec.Struct, kw_only=True, frozen=True):
     on_exhaustion: str
     non_retryable_errors: list[str]
     display: dict[str, Any]
+    fields: dict[str, str]  # what the job hash stores of it (see retry_hash_fields)
 
 
 def present(raw: Raw) -> bool:
@@ -122,6 +166,15 @@ def _resolve_retry_text(text: bytes) -> EffectiveRetry:
         "on_exhaustion": policy.on_exhaustion,
         "backoff_strategy": strategy,
     }
+    scalars = {
+        "max_attempts": str(policy.max_attempts),
+        "r_initial_ms": str(initial_ms),
+        "r_coef": repr(policy.backoff_coefficient),
+        "r_max_ms": str(max_ms),
+        "r_jitter": "1" if policy.jitter else "0",
+        "r_strategy": strategy,
+        "on_exhaustion": policy.on_exhaustion,
+    }
     return EffectiveRetry(
         max_attempts=policy.max_attempts,
         display_json=_encode(display).decode(),
@@ -133,7 +186,41 @@ def _resolve_retry_text(text: bytes) -> EffectiveRetry:
         on_exhaustion=policy.on_exhaustion,
         non_retryable_errors=policy.non_retryable_errors,
         display=display,
+        fields=retry_hash_fields(display, scalars),
     )
+
+
+# The default policy (a job that names none), as the job hash would hold it in full. A hash
+# stores only what differs from it, so that a common job's hash stays small: every field under
+# Redis' hash-max-listpack-value (64 bytes), the compact encoding (a 193-byte policy in every
+# job made each hash a hashtable, over five times the memory). Readers apply these defaults:
+# nack.lua (its prelude's table D, see scripts.py), render.py, claimed_job.py, the listings.
+_DEFAULT_DISPLAY: dict[str, Any] = {}
+_MISSING = object()
+RETRY_FIELD_DEFAULTS: dict[str, str] = {}
+
+
+def retry_hash_fields(display: dict[str, Any], scalars: dict[str, str]) -> dict[str, str]:
+    """The hash fields of a policy: the scalars nack.lua reads and, as ``retry``, the entries of
+    its display that differ from the default's (``retry_display`` gives the whole back)."""
+    fields = {name: value for name, value in scalars.items() if RETRY_FIELD_DEFAULTS.get(name) != value}
+    differs = {name: value for name, value in display.items() if _DEFAULT_DISPLAY.get(name, _MISSING) != value}
+    if differs:
+        fields["retry"] = _encode(differs).decode()
+    return fields
+
+
+@functools.lru_cache(maxsize=256)
+def retry_display(stored: bytes | None) -> bytes:
+    """The full effective policy (the envelope's ``retry``) of a job hash's ``retry`` field: the
+    default's when absent; a stored part is completed with the defaults. A hash written before
+    only differences were stored holds the whole display, which resolves to itself."""
+    if not stored:
+        return DEFAULT_RETRY_DISPLAY
+    try:
+        return _resolve_retry_text(bytes(stored)).display_json.encode()
+    except PolicyValidationError:
+        return bytes(stored)  # not a policy this version takes: shown as stored, as before
 
 
 def _duration_field(ms: int | None, text: str | None, name: str, default_ms: int) -> int:
@@ -153,6 +240,18 @@ def _duration_field(ms: int | None, text: str | None, name: str, default_ms: int
 def _iso_seconds(ms: int) -> str:
     seconds = ms / 1000
     return f"PT{int(seconds)}S" if seconds == int(seconds) else f"PT{seconds}S"
+
+
+def _init_defaults() -> bytes:
+    # The default policy resolved while nothing is taken as default yet: all of it in fields.
+    default = _resolve_retry_text(b"")
+    _DEFAULT_DISPLAY.update(default.display)
+    RETRY_FIELD_DEFAULTS.update({name: value for name, value in default.fields.items() if name != "retry"})
+    _resolve_retry_text.cache_clear()
+    return default.display_json.encode()
+
+
+DEFAULT_RETRY_DISPLAY = _init_defaults()
 
 
 def _when(text: str, now_ms: int, name: str) -> int:
@@ -255,17 +354,10 @@ def build_job(
         "state": state.value,
         "priority": str(priority),
         "attempt": "0",
-        "max_attempts": str(retry.max_attempts),
         "args": args,
         "meta": _encode(meta).decode(),
         "created_at": str(now_ms),
-        "retry": retry.display_json,
-        "r_initial_ms": str(retry.initial_ms),
-        "r_coef": repr(retry.coefficient),
-        "r_max_ms": str(retry.max_ms),
-        "r_jitter": "1" if retry.jitter else "0",
-        "r_strategy": retry.strategy,
-        "on_exhaustion": retry.on_exhaustion,
+        **retry.fields,
     }
     if version is not None:
         fields["version"] = _encode(version).decode()  # as sent: 2 stays a number, "2.0" a string
@@ -352,13 +444,46 @@ def job_from_body(
         raise InvalidPayload(f"Request body must be a JSON object: {err}") from None
     except RecursionError:
         raise InvalidPayload("Request body is nested too deeply.") from None
-    try:
-        req = _request_decoder.decode(body)
-    except msgspec.DecodeError as err:
-        raise InvalidRequest(f"Invalid job: {err}") from None
+    req = decode_request(body)
     job = build_job(
         req, split_extras(top), job_id=req.id or uuid7(), now_ms=now_ms, request_id=request_id,
         trace_context=trace_context, tenant=tenant,
     )
     job.client_id = req.id is not None
     return job
+
+
+def decode_request(body: bytes) -> EnqueueRequest:
+    """A JSON object's enqueue request: 400 when it is not a valid one."""
+    try:
+        return _request_decoder.decode(body)
+    except msgspec.DecodeError as err:
+        raise InvalidRequest(f"Invalid job: {err}") from None
+    except RecursionError:
+        raise InvalidPayload("Request body is nested too deeply.") from None
+
+
+def shares_build(req: EnqueueRequest) -> bool:
+    """Whether `build_job` reads this request's id and args only to store them as they are (the
+    `id` and `args` fields): no unique lock (its fingerprint may hash the args) and no enqueue
+    validation hook (it looks at the args). Then jobs of the same type, meta and options built
+    at the same instant differ in those two fields only, and one build serves them all
+    (:func:`with_identity`)."""
+    opts = req.options or EnqueueOptions()
+    if req.unique is not None or opts.unique is not None:
+        return False
+    return not any(meta and "ojs_validate" in meta for meta in (req.meta, opts.metadata))
+
+
+def with_identity(template: NewJob, job_id: str, args_json: str) -> NewJob:
+    """`template` (a job `shares_build` allowed to share) as `build_job` builds it for another
+    fresh id and another args array (valid JSON text of an array). Its block for enqueue.lua is
+    packed from the template's (SharedBlock): such a job is sent as it was made."""
+    fields = dict(template.fields)
+    if "id" in fields:
+        fields["id"] = job_id
+    fields["args"] = args_json
+    if template.shared is None:
+        template.shared = SharedBlock(template)
+    return NewJob(id=job_id, queue=template.queue, state=template.state, priority=template.priority,
+                  due_ms=template.due_ms, expires_ms=template.expires_ms, fields=fields, shared=template.shared)

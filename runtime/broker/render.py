@@ -12,7 +12,7 @@ import msgspec
 from msgspec import Raw
 
 from runtime import timefmt
-from runtime.broker.records import NewJob
+from runtime.broker.records import RETRY_FIELD_DEFAULTS, NewJob, retry_display
 
 _encode = msgspec.json.encode
 _extras_decoder = msgspec.json.Decoder(dict[str, Raw])
@@ -24,7 +24,9 @@ _TIME_FIELDS = tuple((n, n.encode()) for n in (
     "created_at", "enqueued_at", "started_at", "completed_at", "cancelled_at", "discarded_at",
     "expired_at", "re_enqueued_at",
 ))
-_JSON_FIELDS = tuple((n, n.encode()) for n in ("retry", "unique", "rate_limit", "tags"))
+_JSON_FIELDS = tuple((n, n.encode()) for n in ("unique", "rate_limit", "tags"))
+# The hash leaves out a default max_attempts (and the default retry policy: retry_display).
+DEFAULT_MAX_ATTEMPTS = RETRY_FIELD_DEFAULTS["max_attempts"].encode()
 _INT_FIELDS = tuple((n, n.encode()) for n in ("timeout_ms", "visibility_timeout_ms", "retry_delay_ms"))
 _TEXT_FIELDS = tuple((n, n.encode()) for n in ("scheduled_at", "expires_at", "worker_id", "previous_state", "workflow_id"))
 
@@ -49,11 +51,12 @@ def render_job(h: dict[bytes, bytes]) -> dict[str, Any]:
         "priority": int(get(b"priority", b"0")),
         "state": _text(get(b"state")),
         "attempt": int(get(b"attempt", b"0")),
-        "max_attempts": int(get(b"max_attempts", b"3")),
+        "max_attempts": int(get(b"max_attempts", DEFAULT_MAX_ATTEMPTS)),
     }
     for name, field in _INT_FIELDS:
         if (value := get(field)) is not None:
             env[name] = int(value)
+    env["retry"] = Raw(retry_display(get(b"retry")))
     for name, field in _JSON_FIELDS:
         if (value := get(field)) is not None:
             env[name] = Raw(value)

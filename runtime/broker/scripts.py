@@ -8,6 +8,7 @@ expiry), defined once. The library is assembled here::
     #!lua name=ojs_<digest>
     local S = {...}   -- the status codes below
     local K = {...}   -- the key suffixes of runtime.broker.keys
+    local D = {...}   -- the values of the retry fields a job hash leaves out (records.py)
     <lib.lua>
     redis.register_function("ojs_<digest>_<name>", function(KEYS, ARGV) <name>.lua end)
     ...
@@ -35,7 +36,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from runtime.broker import outcome
+from runtime.broker.durability import REPLICATED_TRANSITIONS, ReplicatedWrites
 from runtime.broker.keys import SUFFIXES
+from runtime.broker.records import RETRY_FIELD_DEFAULTS
 from runtime.broker.wire import Address, CommandNotSent, Wire
 
 LIBRARY_FILE = "lib"
@@ -78,6 +81,7 @@ def _lua_table(values: dict[str, Any]) -> str:
 def _prelude() -> str:
     return (f"local S = {_lua_table({s.name: s.value for s in Status})}\n"
             f"local K = {_lua_table(SUFFIXES)}\n"
+            f"local D = {_lua_table(RETRY_FIELD_DEFAULTS)}\n"
             f"{SOURCES[LIBRARY_FILE]}\n")
 
 
@@ -114,7 +118,8 @@ class Scripts:
     connection to the client's server; through the client itself only where that connection
     does not apply (a custom connection class)."""
 
-    def __init__(self, redis: Redis, *, command_timeout_s: float | None = None) -> None:
+    def __init__(self, redis: Redis, *, command_timeout_s: float | None = None,
+                 replicas: int = 0, replication_timeout_ms: int = 0) -> None:
         address = Address.of_client(redis)
         if address is not None and command_timeout_s is not None:
             address = address.with_timeout(command_timeout_s)
@@ -122,6 +127,17 @@ class Scripts:
         self._redis = redis
         self._names = {name: function_name(name) for name in TRANSITIONS}
         self._execute = self.wire.execute if self.wire is not None else redis.execute_command
+        # OJS_DURABILITY=replicated: enqueue, ack and nack wait for `replicas` (runtime.broker.durability),
+        # over a connection of their own.
+        self._replicated_wire: Wire | None = None
+        self._replicated: ReplicatedWrites | None = None
+        if replicas > 0:
+            if address is not None:
+                self._replicated_wire = Wire(address)
+                send_many = self._replicated_wire.execute_many
+            else:
+                send_many = self._pipelined
+            self._replicated = ReplicatedWrites(send_many, replicas=replicas, timeout_ms=replication_timeout_ms)
 
     async def call(self, name: str, *, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run one transition; whatever happened after it was sent is noted for the request
@@ -138,13 +154,28 @@ class Scripts:
 
     async def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         function = self._names[name]
+        execute = self._execute
+        if self._replicated is not None and name in REPLICATED_TRANSITIONS:
+            execute = self._call_replicated
         try:
-            return await self._execute("FCALL", function, len(keys), *keys, *args)
+            return await execute("FCALL", function, len(keys), *keys, *args)
         except ResponseError as err:
             if not _is_missing_function(err):
                 raise
         await self.load()
-        return await self._execute("FCALL", function, len(keys), *keys, *args)
+        return await execute("FCALL", function, len(keys), *keys, *args)
+
+    async def _call_replicated(self, *command: Any) -> Any:
+        assert self._replicated is not None
+        return await self._replicated.call(command)
+
+    async def _pipelined(self, *commands: Sequence[Any]) -> list[Any]:
+        """Commands back to back on one pooled connection (where no lean connection applies)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
 
     async def load(self) -> None:
         """Load (or reload) this version's library; harmless when it is there already."""
@@ -153,3 +184,5 @@ class Scripts:
     async def close(self) -> None:
         if self.wire is not None:
             await self.wire.close()
+        if self._replicated_wire is not None:
+            await self._replicated_wire.close()

@@ -22,6 +22,10 @@ command): a connection that has had commands waiting and no reply at all for a w
 ``command_timeout_s`` is closed, so each waiter fails with OutcomeUnknown. A command thus waits
 between one and two deadlines at most. TCP keepalive is on as well, for the idle connections
 (a subscription) that the deadline does not watch; :func:`subscribe` pings its connection.
+
+Behind Sentinel (``redis+sentinel://``, :mod:`runtime.broker.sentinel`) each connect first asks
+the Sentinels where the primary is and checks its ``ROLE``; a ``READONLY`` reply (the server was
+demoted) closes the connection and fails the command as not sent, so the next one asks again.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from typing import Any
 import hiredis
 from redis import exceptions as rx
 from redis.asyncio.connection import SSLConnection, parse_url
+
+from runtime.broker import sentinel as sentinels
 
 CONNECT_ATTEMPTS = 3
 CONNECT_BACKOFF_S = 0.05
@@ -79,27 +85,34 @@ def _error(reply: hiredis.ReplyError) -> rx.RedisError:
 
 
 class Address:
-    """Where and how to connect: TCP host/port or a Unix socket path; TLS; credentials; database."""
+    """Where and how to connect: TCP host/port or a Unix socket path, or the primary that
+    `sentinel` names (asked at each connect); TLS; credentials; database."""
 
-    __slots__ = ("host", "port", "path", "db", "username", "password", "command_timeout_s", "tls")
+    __slots__ = ("host", "port", "path", "db", "username", "password", "command_timeout_s", "sentinel", "tls")
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, path: str = "", db: int = 0,
                  username: str | None = None, password: str | None = None,
-                 command_timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S, tls: ssl.SSLContext | None = None) -> None:
+                 command_timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S,
+                 sentinel: sentinels.SentinelTarget | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.host, self.port, self.path, self.db = host, port, path, db
         self.username, self.password = username, password
         self.command_timeout_s = command_timeout_s  # the connection's deadline (see the module text)
+        self.sentinel = sentinel
         self.tls = tls  # TCP only: the context the connection is wrapped in (rediss://)
 
     def with_timeout(self, command_timeout_s: float) -> Address:
         return Address(host=self.host, port=self.port, path=self.path, db=self.db, username=self.username,
-                       password=self.password, command_timeout_s=command_timeout_s, tls=self.tls)
+                       password=self.password, command_timeout_s=command_timeout_s, sentinel=self.sentinel,
+                       tls=self.tls)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Address | None:
-        """redis://, rediss:// and unix:// URLs, parsed as redis-py parses them (the URL's query
-        wins over `options`, redis-py's keywords such as ``ssl_ca_certs``); None for what this
-        connection does not speak."""
+        """redis://, rediss://, unix:// and redis+sentinel:// URLs, parsed as redis-py parses them
+        (the URL's query wins over `options`, redis-py's keywords such as ``ssl_ca_certs``); None
+        for what this connection does not speak."""
+        if sentinels.is_sentinel_url(url):
+            target, primary = sentinels.parse_url(url)
+            return cls(sentinel=target, **primary)
         kwargs = {**options, **parse_url(url)}
         kind = kwargs.pop("connection_class", None)
         return cls._of(kind.__name__ if kind else "Connection", kwargs)
@@ -115,6 +128,8 @@ class Address:
     def _of(cls, kind: str, kwargs: dict[str, Any]) -> Address | None:
         common: dict[str, Any] = {"db": int(kwargs.get("db") or 0), "username": kwargs.get("username"),
                   "password": kwargs.get("password")}
+        if isinstance(kwargs.get("sentinel"), sentinels.SentinelTarget):
+            return cls(sentinel=kwargs["sentinel"], **common)
         tcp: dict[str, Any] = {"host": kwargs.get("host") or "127.0.0.1", "port": int(kwargs.get("port") or 6379)}
         if kind == "Connection":
             return cls(**tcp, **common)
@@ -249,6 +264,13 @@ class _Protocol(asyncio.Protocol):
         self.transport.write(data)
 
 
+async def _where(address: Address) -> tuple[str, int]:
+    """The TCP host and port to connect to now: behind Sentinel, where the primary is now."""
+    if address.sentinel is not None:
+        return await sentinels.primary_address(address.sentinel)
+    return address.host, address.port
+
+
 async def _open(address: Address) -> _Protocol:
     """Connect, authenticate and select the database; retried briefly (a Redis that is starting)."""
     loop = asyncio.get_running_loop()
@@ -262,14 +284,15 @@ async def _open(address: Address) -> _Protocol:
             if address.path:
                 connect = loop.create_unix_connection(protocol, address.path)
             else:
-                connect = loop.create_connection(protocol, address.host, address.port, ssl=address.tls)
+                host, port = await _where(address)
+                connect = loop.create_connection(protocol, host, port, ssl=address.tls)
             _transport, proto = await asyncio.wait_for(connect, timeout_s)
             break
         except ssl.SSLError as err:  # a certificate refused, a protocol mismatch: trying again cannot help
             raise rx.ConnectionError(f"TLS handshake with Redis at {address.host}:{address.port} failed: {err}") from err
-        except (OSError, TimeoutError) as err:
+        except (OSError, TimeoutError, sentinels.PrimaryNotFound) as err:
             if attempt == CONNECT_ATTEMPTS:
-                where = address.path or f"{address.host}:{address.port}"
+                where = address.path or (repr(address.sentinel) if address.sentinel else f"{address.host}:{address.port}")
                 raise rx.ConnectionError(f"Cannot connect to Redis at {where}: {err}") from err
             await asyncio.sleep(delay_s)
             delay_s *= 2
@@ -279,8 +302,12 @@ async def _open(address: Address) -> _Protocol:
         handshake.append(proto.request(_pack(("AUTH", *auth))))
     if address.db:
         handshake.append(proto.request(_pack(("SELECT", address.db))))
+    if address.sentinel is not None:  # Sentinel may not know yet that its primary was demoted
+        handshake.append(proto.request(_pack(("ROLE",))))
     try:
-        await asyncio.gather(*handshake)
+        replies = await asyncio.gather(*handshake)
+        if address.sentinel is not None and replies[-1][0] != b"master":
+            raise sentinels.NotPrimary("the server Sentinel named is not the primary (a failover is under way)")
     except BaseException:
         if proto.transport is not None:
             proto.transport.close()
@@ -300,7 +327,7 @@ class Wire:
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Wire:
-        """A connection to `url` (redis://, rediss://, unix://); `options` are redis-py's
+        """A connection to `url` (redis://, rediss://, unix://, redis+sentinel://); `options` are redis-py's
         connection keywords (``ssl_ca_certs=...``), which the URL's query overrides."""
         address = Address.from_url(url, **options)
         if address is None:
@@ -312,13 +339,42 @@ class Wire:
         Concurrent callers' commands share the connection and, within one loop iteration, a write."""
         proto = self._proto
         if proto is None or proto.loop is not asyncio.get_running_loop() or not proto.is_open():
+            proto = await self._ready()
+        try:
+            return await proto.request(_pack(args))
+        except rx.ReadOnlyError as err:
+            raise self._not_primary(proto, err) from err
+
+    async def execute_many(self, *commands: Sequence[Any]) -> list[Any]:
+        """Send `commands` back to back in one write; their replies, an error in place of a
+        command's reply where it failed (a lost connection fails them all)."""
+        proto = await self._ready()
+        replies = await asyncio.gather(*(proto.request(_pack(tuple(c))) for c in commands), return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, rx.ReadOnlyError):
+                raise self._not_primary(proto, reply) from reply
+        return replies
+
+    async def _ready(self) -> _Protocol:
+        """The open connection of this event loop, opened (again) if need be."""
+        proto = self._proto
+        if proto is None or proto.loop is not asyncio.get_running_loop() or not proto.is_open():
             try:
                 proto = await self._connection()
             except rx.AuthenticationError:
                 raise
             except (rx.ConnectionError, OSError, TimeoutError) as err:
                 raise CommandNotSent(f"{err} The command was not sent.") from err
-        return await proto.request(_pack(args))
+        return proto
+
+    def _not_primary(self, proto: _Protocol, err: rx.ReadOnlyError) -> rx.RedisError:
+        """A write refused by a replica: behind Sentinel, the primary moved; the connection is
+        closed so that the next command asks the Sentinels again. The refused command did not run."""
+        if self.address.sentinel is None:
+            return err
+        if proto.transport is not None:
+            proto.transport.close()
+        return CommandNotSent(f"{err} (the primary moved; the command did not run)")
 
     async def _connection(self) -> _Protocol:
         loop = asyncio.get_running_loop()

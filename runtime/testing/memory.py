@@ -21,8 +21,8 @@ import msgspec
 from runtime import timefmt
 from runtime.broker import failures
 from runtime.broker.core import Enqueued, EnqueuedJobs
-from runtime.broker.records import NewJob
-from runtime.broker.render import as_hash, encode_job
+from runtime.broker.records import NewJob, retry_display
+from runtime.broker.render import DEFAULT_MAX_ATTEMPTS, as_hash, encode_job
 from runtime.broker.workflows import WorkflowRequest, plan
 from runtime.claimed_job import job_of_hash
 from runtime.client import Client
@@ -258,7 +258,7 @@ class MemoryStore:
                 self._cancel(job_id)
             return "cancelled", None, None
         error: ErrorInfo = outcome.error  # type: ignore[union-attr]  # every other outcome has one
-        policy = _json.decode(fields[b"retry"]) if b"retry" in fields else {}
+        policy = _json.decode(retry_display(fields.get(b"retry")))  # the hash holds only what differs
         delay_ms = None
         if isinstance(outcome, RetryLater):
             verdict, delay_ms = "retry", outcome.delay_ms
@@ -269,7 +269,7 @@ class MemoryStore:
         record = failures.error_record(error, now)
         count = int(fields.get(b"nerr", b"0")) + 1
         fields.update({b"error": record, b"nerr": str(count).encode(), f"e{count}".encode(): record})
-        attempt, max_attempts = int(fields[b"attempt"]), int(fields[b"max_attempts"])
+        attempt, max_attempts = int(fields[b"attempt"]), int(fields.get(b"max_attempts", DEFAULT_MAX_ATTEMPTS))
         self.emit("job.failed", job_id, attempt=attempt,
                   error={"code": error.code, "message": error.message, "type": error.type})
         if verdict == "retry" and attempt < max_attempts:

@@ -8,6 +8,7 @@ runs (another pool then runs it too).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -167,3 +168,28 @@ def test_the_reaper_leaves_a_lease_renewed_after_it_listed_the_job(
     assert isinstance(outcome, Conflict)
     job = read_job(redis_client, keys, job_id)
     assert (job["state"], job["claim"], job["attempt"]) == ("active", claim_of(claimed), "1")
+
+
+def test_a_failover_that_loses_claims_never_hands_out_their_tokens_again(
+    enqueue: Enqueue, broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys
+) -> None:
+    # Given: a job claimed on a primary whose last writes a failover then loses: the promoted
+    # replica has the job available again and the claim counter as it was before that claim
+    (job_id,) = enqueue(body())
+    counter_before = redis_client.get(keys.prefix + "claims")
+    now = int(time.time() * 1000)
+    (lost,) = run(broker.fetch(["default"], worker_id="w1", now_ms=now))
+    run(broker.fail_many([Failure(job_id=job_id, verdict="release", worker_id="w1", claim=claim_of(lost))],
+                         now_ms=now))
+    if counter_before is None:
+        redis_client.delete(keys.prefix + "claims")
+    else:
+        redis_client.set(keys.prefix + "claims", counter_before)
+    # When: the same worker claims it on the new primary, a few seconds later
+    (again,) = run(broker.fetch(["default"], worker_id="w1", now_ms=now + 3_000))
+    # Then: the new claim's token is not the lost one's, so the lost run's ack (same worker, same
+    # attempt) is refused instead of completing the run that holds the job now
+    assert claim_of(again) != claim_of(lost)
+    lost_ack = Completion(job_id=job_id, worker_id="w1", attempt=int(lost[b"attempt"]), claim=claim_of(lost))
+    (outcome,) = run(broker.ack_many([lost_ack]))
+    assert isinstance(outcome, Conflict)

@@ -112,15 +112,23 @@ local SKIPPED = {}  -- claim's answer for a suspect the caller may not run
 local skipped = {}  -- {id, score, queue} of the suspects popped and skipped: put back at the end
 
 -- Fencing tokens: one INCRBY per call reserves a block of tokens (an unused rest is simply
--- skipped), so every claim of every job gets a number no earlier claim had.
+-- skipped), so every claim of every job gets a number no earlier claim had. The block starts no
+-- lower than the caller's clock in microseconds: after a failover the promoted replica's counter
+-- can be behind tokens the lost primary handed out, and the seconds a failover takes put the
+-- clock past them. Tokens are formatted as integers (Lua's own number format would round them).
 local next_token, last_token = 0, -1
 local function new_token()
   if next_token > last_token then
     last_token = rcall("INCRBY", T.claims, count)
+    local floor = tonumber(ARGV[1]) * 1000 + count
+    if last_token < floor then
+      last_token = floor
+      rcall("SET", T.claims, string.format("%.0f", floor))
+    end
     next_token = last_token - count + 1
   end
   next_token = next_token + 1
-  return next_token - 1
+  return string.format("%.0f", next_token - 1)
 end
 
 -- Keyed rate limits (runtime/broker/rate_limits.py). A job's own policy (rl_policy:

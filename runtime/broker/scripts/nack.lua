@@ -54,11 +54,12 @@ local prefix, now = T.prefix, T.now_ms
 local lost_cap = tonumber(ARGV[3])
 local HISTORY = 20
 
+-- A job hash holds only the retry fields that differ from the default policy: D has the rest.
 local function backoff_ms(p, attempt, jitter_factor)
-  local initial = tonumber(p[1]) or 1000
-  local coef = tonumber(p[2]) or 2
-  local max_ms = tonumber(p[3]) or 300000
-  local strategy = p[4] or "exponential"
+  local initial = tonumber(p[1] or D.r_initial_ms)
+  local coef = tonumber(p[2] or D.r_coef)
+  local max_ms = tonumber(p[3] or D.r_max_ms)
+  local strategy = p[4] or D.r_strategy
   local raw
   if strategy == "linear" then
     raw = initial * attempt
@@ -70,7 +71,7 @@ local function backoff_ms(p, attempt, jitter_factor)
     raw = initial * coef ^ (attempt - 1)
   end
   local delay = math.min(raw, max_ms)
-  if p[5] == "1" then
+  if (p[5] or D.r_jitter) == "1" then
     delay = math.min(delay * jitter_factor, max_ms)
   end
   return math.floor(delay + 0.5)
@@ -183,7 +184,7 @@ for j = 2, #KEYS do
   elseif applied_already(job_key, r, verdict, err, guard, token) then
     local later = rcall("HMGET", job_key, "retry_delay_ms", "next_attempt_at")
     if r[1] ~= "retryable" then later = {"", ""} end
-    out[#out + 1] = {S.OK, r[1], r[3], r[7], later[1] or "", later[2] or "", 0}
+    out[#out + 1] = {S.OK, r[1], r[3], r[7] or D.max_attempts, later[1] or "", later[2] or "", 0}
   elseif r[1] ~= "active" then
     out[#out + 1] = {S.CONFLICT, r[1], "", "", "", "", 0}
   elseif (token ~= "" and token ~= r[10]) or (worker_id ~= "" and r[2] and r[2] ~= worker_id)
@@ -196,7 +197,8 @@ for j = 2, #KEYS do
   else
     if verdict == "timed_out" then verdict = "retry" end
     local f = {attempt = tonumber(r[3]), queue = r[4], type = r[5], priority = tonumber(r[6]),
-               max_attempts = tonumber(r[7]), dlq = r[8] == "dead_letter", tenant = r[12]}
+               max_attempts = tonumber(r[7] or D.max_attempts), dlq = (r[8] or D.on_exhaustion) == "dead_letter",
+               tenant = r[12]}
     local id = r[9]
     record_error(job_key, err, f.attempt)
     local last_error = nil

@@ -1,0 +1,96 @@
+"""``OJS_DURABILITY=replicated``: an enqueue, ack or nack is answered only once a replica has it.
+
+Redis replicates asynchronously: a primary that dies right after answering a write may take it
+along, and the replica promoted in its place never saw it (an enqueued job that is gone, a
+completion that runs again). With this setting every call of those three transitions is followed,
+in the same write on the same connection, by ``WAIT <replicas> <timeout>``, and its caller is
+answered when the replicas have acknowledged the script's writes.
+
+* **Group commit.** The calls made during one event-loop iteration go out together, followed by
+  one ``WAIT``: a WAIT holds its connection until it returns, so one per call would queue every
+  call behind the previous one's replica round trip.
+* **A connection of its own.** The transitions with a WAIT go over a second lean connection, so
+  that fetches, heartbeats and reads never wait behind one.
+* **When the replicas do not confirm in time** (none connected, a failover under way), the call
+  fails with :class:`NotReplicated`: its writes were made on the primary and may or may not
+  survive it, which is an unknown outcome (an HTTP enqueue gets the 503 of one; an enqueue with a
+  client-chosen id is safe to repeat, and gets 409 when the first one survived). A pool's acks and
+  nacks are sent again until they are confirmed (ack.lua and nack.lua take a repeat as done).
+* **A reply that wrote nothing** (a 409 duplicate, a refused ack) is confirmed as far as WAIT
+  can: up to this connection's last write. The job a duplicate names may have been written over
+  another connection, before a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from runtime.broker.wire import OutcomeUnknown
+
+# The transitions that answer a producer (enqueue) or settle a job (ack, nack).
+REPLICATED_TRANSITIONS = frozenset({"enqueue", "ack", "nack"})
+
+SendMany = Callable[..., Awaitable[list[Any]]]
+
+
+class NotReplicated(OutcomeUnknown):
+    """The write was made on the primary, but too few replicas confirmed it in time: a failover
+    now could lose it."""
+
+
+class ReplicatedWrites:
+    """Sends commands each followed by a shared ``WAIT`` (see the module text). `send_many` sends
+    commands back to back on one connection and returns their replies (errors in their place)."""
+
+    def __init__(self, send_many: SendMany, *, replicas: int, timeout_ms: int) -> None:
+        self._send_many = send_many
+        self._wait = ("WAIT", replicas, timeout_ms)
+        self.replicas = replicas
+        self._queue: list[tuple[Sequence[Any], asyncio.Future[Any]]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def call(self, command: Sequence[Any]) -> Any:
+        """Send `command`; its reply once the replicas confirmed it, or its error."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a new event loop (a forked child, a test's): start afresh
+            self._loop, self._queue = loop, []
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((command, future))
+        if len(self._queue) == 1:
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[Sequence[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            replies = await self._send_many(*(command for command, _ in batch), self._wait)
+        except BaseException as err:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(err)
+            if not isinstance(err, Exception):
+                raise
+            return
+        confirmed = replies[-1]
+        for (_, future), reply in zip(batch, replies, strict=False):
+            if future.done():
+                continue
+            if isinstance(reply, BaseException):
+                future.set_exception(reply)  # the script itself failed: nothing to wait for
+            elif isinstance(confirmed, BaseException):
+                future.set_exception(confirmed)
+            elif int(confirmed) < self.replicas:
+                future.set_exception(NotReplicated(
+                    f"{int(confirmed)} of {self.replicas} replica(s) confirmed the write within "
+                    f"{self._wait[2]} ms; it was made on the primary and a failover may lose it"))
+            else:
+                future.set_result(reply)

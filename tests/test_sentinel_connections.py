@@ -1,0 +1,179 @@
+"""``redis+sentinel://`` connections: the URL, and finding the primary again when it moves.
+
+The Sentinel here is a stand-in (a socket that answers ``SENTINEL get-master-addr-by-name`` with
+the address the test sets), in front of two real servers whose roles the test swaps, so that what
+a connection does at each step is certain: the failover test (tests/test_sentinel_failover.py)
+runs real Sentinels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import hiredis
+import pytest
+import redis
+
+from runtime.broker import sentinel
+from runtime.broker.clients import blocking_from_url, from_url
+from runtime.broker.wire import CommandNotSent, Wire
+from runtime.embedded_redis import ServerBinaryNotFoundError, find_server_binary, redacted
+from tests.conftest import skip_or_fail
+from tests.fixtures.procs import free_port, wait_until
+from tests.fixtures.sentinel_cluster import Node
+
+
+def test_the_url_names_the_sentinels_the_master_the_database_and_both_credentials(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OJS_SENTINEL_PASSWORD", raising=False)
+    target, primary = sentinel.parse_url(
+        "redis+sentinel://app:s%40cret@10.0.0.1:26380,10.0.0.2,[::1]:26381/jobs/3?sentinel_password=sp")
+    assert target.sentinels == [("10.0.0.1", 26380), ("10.0.0.2", 26379), ("::1", 26381)]
+    assert target.master == "jobs"
+    assert (target.username, target.password) == (None, "sp")
+    assert primary == {"db": 3, "username": "app", "password": "s@cret"}
+
+
+def test_the_master_and_the_sentinel_password_may_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OJS_SENTINEL_MASTER", "jobs")
+    monkeypatch.setenv("OJS_SENTINEL_PASSWORD", "from-env")
+    target, primary = sentinel.parse_url("redis+sentinel://127.0.0.1:26379")
+    assert (target.master, target.password, primary["db"]) == ("jobs", "from-env", 0)
+
+
+def test_a_url_without_a_master_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OJS_SENTINEL_MASTER", raising=False)
+    with pytest.raises(ValueError, match="master name"):
+        sentinel.parse_url("redis+sentinel://127.0.0.1:26379")
+
+
+class FakeSentinel:
+    """Answers every ``SENTINEL get-master-addr-by-name`` with `primary_port` (on 127.0.0.1)."""
+
+    def __init__(self, primary_port: int) -> None:
+        self.primary_port = primary_port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        reader = hiredis.Reader()
+        with conn:
+            while data := conn.recv(4096):
+                reader.feed(data)
+                while reader.gets() is not False:
+                    port = str(self.primary_port).encode()
+                    conn.sendall(b"*2\r\n$9\r\n127.0.0.1\r\n$%d\r\n%s\r\n" % (len(port), port))
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def two_servers(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
+    try:
+        binary = find_server_binary()
+    except ServerBinaryNotFoundError as err:
+        skip_or_fail(str(err))
+    nodes = [Node(binary, tmp_path, f"node-{i}", port, "--port", str(port), "--save", "", "--appendonly", "no",
+                  "--bind", "127.0.0.1") for i, port in enumerate((free_port(), free_port()))]
+    nodes[0].start()
+    nodes[1].start("--replicaof", "127.0.0.1", str(nodes[0].port))
+    yield nodes[0], nodes[1]
+    for node in nodes:
+        node.kill()
+
+
+def _swap_roles(primary: Node, replica: Node) -> None:
+    """`replica` becomes the primary and `primary` its replica, as a failover leaves them."""
+    replica.client().execute_command("REPLICAOF", "NO", "ONE")
+    primary.client().execute_command("REPLICAOF", "127.0.0.1", str(replica.port))
+    wait_until(lambda: primary.client().execute_command("ROLE")[0] == b"slave", what="the old primary demoted")
+
+
+def test_the_lean_connection_follows_the_primary_a_readonly_reply_and_the_role_check_say_it_moved(
+        two_servers: tuple[Node, Node]) -> None:
+    primary, replica = two_servers
+    fake = FakeSentinel(primary.port)
+    wire = Wire.from_url(f"redis+sentinel://127.0.0.1:{fake.port}/jobs")
+
+    async def go() -> None:
+        assert await wire.execute("SET", "k", "on the first primary") == b"OK"
+        _swap_roles(primary, replica)
+        # The open connection now talks to a replica: the refused write did not run, and is
+        # reported as not sent, not as a script error.
+        with pytest.raises(CommandNotSent, match="READONLY"):
+            await wire.execute("SET", "k", "refused")
+        # The Sentinel has not caught up yet: the server it names is no primary (ROLE), so no
+        # command goes there, not even a read a replica would answer.
+        with pytest.raises(CommandNotSent, match="not the primary"):
+            await wire.execute("GET", "k")
+        fake.primary_port = replica.port
+        assert await wire.execute("SET", "k", "on the new primary") == b"OK"
+        await wire.close()
+
+    try:
+        asyncio.run(go())
+        assert replica.client().get("k") == b"on the new primary"
+    finally:
+        fake.close()
+
+
+def test_redis_py_clients_follow_the_primary_too(two_servers: tuple[Node, Node]) -> None:
+    primary, replica = two_servers
+    fake = FakeSentinel(primary.port)
+    url = f"redis+sentinel://127.0.0.1:{fake.port}/jobs"
+    blocking = blocking_from_url(url, socket_timeout=2)
+
+    async def go() -> None:
+        client = from_url(url, socket_timeout=2)
+        try:
+            await client.set("a", "1")
+            blocking.set("b", "1")
+            _swap_roles(primary, replica)
+            fake.primary_port = replica.port
+            # A READONLY reply closes the connection; redis-py's retry then connects anew, to
+            # the primary the Sentinel names now.
+            try:
+                await client.set("a", "2")
+            except sentinel.NotPrimary:
+                await client.set("a", "2")
+            try:
+                blocking.set("b", "2")
+            except sentinel.NotPrimary:
+                blocking.set("b", "2")
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(go())
+        assert replica.client().mget("a", "b") == [b"2", b"2"]
+    finally:
+        blocking.close()
+        fake.close()
+
+
+def test_no_sentinel_that_knows_the_primary_is_a_connection_error() -> None:
+    target = sentinel.SentinelTarget([("127.0.0.1", free_port())], "jobs")
+    with pytest.raises(sentinel.PrimaryNotFound):
+        asyncio.run(sentinel.primary_address(target))
+    with pytest.raises(redis.ConnectionError):
+        sentinel.primary_address_blocking(target)
+
+
+def test_logs_show_neither_password_of_a_sentinel_url() -> None:
+    shown = redacted("redis+sentinel://app:primary-secret@10.0.0.1:26379/jobs?sentinel_password=sentinel-secret")
+    assert "primary-secret" not in shown and "sentinel-secret" not in shown
+    assert shown.startswith("redis+sentinel://app:***@10.0.0.1:26379/jobs")
