@@ -65,7 +65,7 @@ def test_the_forced_binary_wins_over_path(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 @pytest.mark.slow
 @pytest.mark.parametrize("subset", list(SUBSETS))
-def test_subset_passes_on_valkey(subset: str) -> None:
+def test_subset_passes_on_valkey(subset: str, tmp_path: Path) -> None:
     try:
         valkey = bundled_server_binary()
     except ServerBinaryNotFoundError as err:
@@ -84,8 +84,10 @@ def test_subset_passes_on_valkey(subset: str) -> None:
                f"{HERE}::test_the_session_server_is_the_binary_the_fixtures_chose", *SUBSETS[subset]]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=SUBSET_TIMEOUT_S, check=False)
+    output = tmp_path / f"{subset}.log"  # the whole run's output, for a failure's early lines
+    output.write_text(done.stdout + done.stderr)
     tail = "\n".join((done.stdout + done.stderr).splitlines()[-60:])
-    assert done.returncode == 0, f"{subset} on Valkey ({valkey}):\n{tail}"
+    assert done.returncode == 0, f"{subset} on Valkey ({valkey}), whole output in {output}:\n{tail}"
     print(tail.splitlines()[-1])
 
 
