@@ -7,7 +7,7 @@ The public surface for handler modules and producers::
 Task handles (what ``@handler`` returns) enqueue through the client of
 :func:`using_client`, else a default one (:func:`configure`); see :mod:`runtime.default_client`.
 
-``RedisConnection`` is the runtime's own pipelined Redis connection (redis:// and unix:// URLs),
+``RedisConnection`` is the runtime's own pipelined Redis connection (redis://, rediss:// and unix:// URLs),
 for handlers that run quick commands of their own: ``conn = RedisConnection.from_url(url)`` at import time, then
 ``await conn.execute("INCR", key)`` in the handler. One socket serves every coroutine of the
 process (a forked pool opens its own on first use); a blocking command (BLPOP, XREAD BLOCK)

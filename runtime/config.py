@@ -20,6 +20,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # closed (its callers fail with an unknown outcome). Longer than the biggest batched script
     # call takes; see runtime/broker/wire.py. 0: no deadline.
     redis_command_timeout_ms: int = 5_000
+    # TLS for a rediss:// URL (runtime/broker/clients.py): PEM files of the CA that signed the
+    # server's certificate (default: the system's CAs), and the client certificate and key
+    # when the server asks for one. The URL's query (?ssl_ca_certs=...) wins over these.
+    redis_tls_ca: str | None = None
+    redis_tls_cert: str | None = None
+    redis_tls_key: str | None = None
     # "primary": a write is answered once the primary made it (Redis replicates asynchronously);
     # "replicated": enqueue, ack and nack wait until `durability_replicas` replicas confirm it,
     # for up to `durability_timeout_ms` (then an unknown-outcome error); runtime/broker/durability.py.
@@ -102,6 +108,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_retention_ms: int = 86_400_000  # a finished delivery's record
 
     def __post_init__(self) -> None:
+        if (self.redis_tls_ca or self.redis_tls_cert or self.redis_tls_key) and not (
+            self.redis_url or "").startswith("rediss://"):
+            raise ValueError("OJS_REDIS_TLS_CA, _CERT and _KEY need a rediss:// Redis URL")
         if self.durability not in ("primary", "replicated"):
             raise ValueError("OJS_DURABILITY must be primary or replicated")
         if self.durability_replicas < 1 or self.durability_timeout_ms < 1:
@@ -147,6 +156,10 @@ def settings_from_env(**overrides: object) -> Settings:
         values["redis_url"] = os.environ["REDIS_URL"]
     if os.environ.get("OJS_REDIS_URL"):
         values["redis_url"] = os.environ["OJS_REDIS_URL"]
+    for field, env in (("redis_tls_ca", "OJS_REDIS_TLS_CA"), ("redis_tls_cert", "OJS_REDIS_TLS_CERT"),
+                       ("redis_tls_key", "OJS_REDIS_TLS_KEY")):
+        if os.environ.get(env):
+            values[field] = os.environ[env]
     if os.environ.get("OJS_HOST"):
         values["host"] = os.environ["OJS_HOST"]
     if (port := _env_int("OJS_PORT")) is not None:

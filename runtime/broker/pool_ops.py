@@ -193,7 +193,8 @@ async def listen_for_work(broker: Broker, queues: Sequence[str], wake: Callable[
 async def _subscribe_through_client(
     broker: Broker, channels: Sequence[str], wake: Callable[[], None], subscribed: Callable[[], None],
 ) -> None:
-    """The same through redis-py, where the lean connection does not apply (TLS)."""
+    """The same through redis-py, where the lean connection does not apply (a custom
+    connection class)."""
     pubsub = broker.redis.pubsub(ignore_subscribe_messages=True)
     try:
         await pubsub.subscribe(*channels)

@@ -116,7 +116,7 @@ def _is_missing_function(err: ResponseError) -> bool:
 class Scripts:
     """The transitions of one Redis client, called by function name. The calls go over a lean
     connection to the client's server; through the client itself only where that connection
-    does not apply (TLS)."""
+    does not apply (a custom connection class)."""
 
     def __init__(self, redis: Redis, *, command_timeout_s: float | None = None,
                  replicas: int = 0, replication_timeout_ms: int = 0) -> None:

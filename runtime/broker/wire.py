@@ -33,12 +33,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
 from redis import exceptions as rx
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import SSLConnection, parse_url
 
 from runtime.broker import sentinel as sentinels
 
@@ -85,38 +86,41 @@ def _error(reply: hiredis.ReplyError) -> rx.RedisError:
 
 class Address:
     """Where and how to connect: TCP host/port or a Unix socket path, or the primary that
-    `sentinel` names (asked at each connect); credentials; database."""
+    `sentinel` names (asked at each connect); TLS; credentials; database."""
 
-    __slots__ = ("host", "port", "path", "db", "username", "password", "command_timeout_s", "sentinel")
+    __slots__ = ("host", "port", "path", "db", "username", "password", "command_timeout_s", "sentinel", "tls")
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, path: str = "", db: int = 0,
                  username: str | None = None, password: str | None = None,
                  command_timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S,
-                 sentinel: sentinels.SentinelTarget | None = None) -> None:
+                 sentinel: sentinels.SentinelTarget | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.host, self.port, self.path, self.db = host, port, path, db
         self.username, self.password = username, password
         self.command_timeout_s = command_timeout_s  # the connection's deadline (see the module text)
         self.sentinel = sentinel
+        self.tls = tls  # TCP only: the context the connection is wrapped in (rediss://)
 
     def with_timeout(self, command_timeout_s: float) -> Address:
         return Address(host=self.host, port=self.port, path=self.path, db=self.db, username=self.username,
-                       password=self.password, command_timeout_s=command_timeout_s, sentinel=self.sentinel)
+                       password=self.password, command_timeout_s=command_timeout_s, sentinel=self.sentinel,
+                       tls=self.tls)
 
     @classmethod
-    def from_url(cls, url: str) -> Address | None:
-        """redis://, unix:// and redis+sentinel:// URLs, parsed as redis-py parses them; None
-        for what this connection does not speak (TLS)."""
+    def from_url(cls, url: str, **options: Any) -> Address | None:
+        """redis://, rediss://, unix:// and redis+sentinel:// URLs, parsed as redis-py parses them
+        (the URL's query wins over `options`, redis-py's keywords such as ``ssl_ca_certs``); None
+        for what this connection does not speak."""
         if sentinels.is_sentinel_url(url):
             target, primary = sentinels.parse_url(url)
             return cls(sentinel=target, **primary)
-        kwargs = parse_url(url)
+        kwargs = {**options, **parse_url(url)}
         kind = kwargs.pop("connection_class", None)
         return cls._of(kind.__name__ if kind else "Connection", kwargs)
 
     @classmethod
     def of_client(cls, redis: Any) -> Address | None:
-        """The address a redis-py asyncio client connects to; None when it is not plain TCP or a
-        Unix socket (TLS, a custom connection class)."""
+        """The address a redis-py asyncio client connects to, its TLS settings included; None
+        when it is not TCP, TLS or a Unix socket (a custom connection class)."""
         pool = redis.connection_pool
         return cls._of(pool.connection_class.__name__, pool.connection_kwargs)
 
@@ -126,11 +130,22 @@ class Address:
                   "password": kwargs.get("password")}
         if isinstance(kwargs.get("sentinel"), sentinels.SentinelTarget):
             return cls(sentinel=kwargs["sentinel"], **common)
+        tcp: dict[str, Any] = {"host": kwargs.get("host") or "127.0.0.1", "port": int(kwargs.get("port") or 6379)}
         if kind == "Connection":
-            return cls(host=kwargs.get("host") or "127.0.0.1", port=int(kwargs.get("port") or 6379), **common)
+            return cls(**tcp, **common)
+        if kind == "SSLConnection":
+            return cls(**tcp, **common, tls=tls_context(kwargs))
         if kind == "UnixDomainSocketConnection":
             return cls(path=kwargs["path"], **common)
         return None
+
+
+def tls_context(kwargs: dict[str, Any]) -> ssl.SSLContext:
+    """The TLS context redis-py would build from these connection keywords (``ssl_ca_certs``,
+    ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``, ``ssl_check_hostname``, ...), so both
+    connections verify the server, and present a client certificate, the same way."""
+    context: ssl.SSLContext = SSLConnection(**kwargs).ssl_context.get()
+    return context
 
 
 def keepalive_options() -> dict[int, int]:
@@ -270,9 +285,11 @@ async def _open(address: Address) -> _Protocol:
                 connect = loop.create_unix_connection(protocol, address.path)
             else:
                 host, port = await _where(address)
-                connect = loop.create_connection(protocol, host, port)
+                connect = loop.create_connection(protocol, host, port, ssl=address.tls)
             _transport, proto = await asyncio.wait_for(connect, timeout_s)
             break
+        except ssl.SSLError as err:  # a certificate refused, a protocol mismatch: trying again cannot help
+            raise rx.ConnectionError(f"TLS handshake with Redis at {address.host}:{address.port} failed: {err}") from err
         except (OSError, TimeoutError, sentinels.PrimaryNotFound) as err:
             if attempt == CONNECT_ATTEMPTS:
                 where = address.path or (repr(address.sentinel) if address.sentinel else f"{address.host}:{address.port}")
@@ -309,8 +326,10 @@ class Wire:
         self._opening: asyncio.Task[_Protocol] | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> Wire:
-        address = Address.from_url(url)
+    def from_url(cls, url: str, **options: Any) -> Wire:
+        """A connection to `url` (redis://, rediss://, unix://, redis+sentinel://); `options` are redis-py's
+        connection keywords (``ssl_ca_certs=...``), which the URL's query overrides."""
+        address = Address.from_url(url, **options)
         if address is None:
             raise ValueError(f"unsupported Redis URL for the lean connection: {url!r}")
         return cls(address)

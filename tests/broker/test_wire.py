@@ -22,7 +22,8 @@ def test_address_from_urls() -> None:
     assert (a.host, a.port, a.db, a.username, a.password, a.path) == ("10.0.0.5", 6390, 4, "user", "p@ss", "")
     u = Address.from_url("unix:///run/redis.sock?db=3")
     assert u is not None and (u.path, u.db) == ("/run/redis.sock", 3)
-    assert Address.from_url("rediss://example:6380/0") is None  # TLS: the callers fall back to redis-py
+    t = Address.from_url("rediss://example:6380/0")  # TLS: the lean connection wraps its socket
+    assert t is not None and t.tls is not None and (t.host, t.port, t.path) == ("example", 6380, "")
 
 
 def test_address_of_a_redis_py_client(redis_url: str) -> None:
@@ -30,7 +31,8 @@ def test_address_of_a_redis_py_client(redis_url: str) -> None:
     b = Address.from_url(redis_url)
     assert a is not None and b is not None
     assert (a.host, a.port, a.db) == (b.host, b.port, b.db)
-    assert Address.of_client(Redis.from_url("rediss://example:6380/0")) is None
+    t = Address.of_client(Redis.from_url("rediss://example:6380/0"))
+    assert t is not None and t.tls is not None and (t.host, t.port) == ("example", 6380)
 
 
 def test_concurrent_commands_share_one_socket_and_keep_their_replies(redis_url: str) -> None:
