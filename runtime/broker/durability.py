@@ -14,8 +14,9 @@ answered when the replicas have acknowledged the script's writes.
   batches came before it.
 * **A connection of its own.** The transitions with a WAIT go over a second lean connection, so
   that fetches, heartbeats and reads never wait behind one.
-* **When the replicas do not confirm in time** (none connected, a failover under way), the call
-  fails with :class:`NotReplicated`: its writes were made on the primary and may or may not
+* **When the replicas do not confirm in time** (none connected, a failover under way), or the
+  WAIT itself fails after the call's script ran (``-UNBLOCKED``: the primary was demoted while
+  it blocked; the connection lost), the call fails with :class:`NotReplicated`: its writes were made on the primary and may or may not
   survive it, which is an unknown outcome (an HTTP enqueue gets the 503 of one; an enqueue with a
   client-chosen id is safe to repeat, and gets 409 when the first one survived). A pool's acks and
   nacks are sent again until they are confirmed (ack.lua and nack.lua take a repeat as done).
@@ -103,7 +104,12 @@ class ReplicatedWrites:
             if isinstance(reply, BaseException):
                 future.set_exception(reply)  # the script itself failed: nothing to wait for
             elif isinstance(confirmed, BaseException):
-                future.set_exception(confirmed)
+                # The script ran; only the WAIT failed (-UNBLOCKED by a demotion, a lost
+                # connection): whether its writes survive is unknown, as with too few replicas.
+                unknown = NotReplicated(f"the write was made on the primary, but its WAIT failed "
+                                        f"({confirmed}); a failover may lose it")
+                unknown.__cause__ = confirmed
+                future.set_exception(unknown)
             elif int(confirmed) < self.replicas:
                 future.set_exception(NotReplicated(
                     f"{int(confirmed)} of {self.replicas} replica(s) confirmed the write within "
