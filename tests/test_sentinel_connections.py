@@ -25,7 +25,7 @@ from runtime import timefmt
 from runtime.broker import BACKEND_ERRORS, sentinel
 from runtime.broker.clients import blocking_from_url, from_url
 from runtime.broker.core import Broker, Completion
-from runtime.broker.durability import NotReplicated
+from runtime.broker.durability import NotReplicated, ReplicatedWrites
 from runtime.broker.wire import CommandNotSent, Wire
 from runtime.config import Settings
 from runtime.embedded_redis import ServerBinaryNotFoundError, find_server_binary, redacted
@@ -186,6 +186,45 @@ def test_logs_show_neither_password_of_a_sentinel_url() -> None:
     shown = redacted("redis+sentinel://app:primary-secret@10.0.0.1:26379/jobs?sentinel_password=sentinel-secret")
     assert "primary-secret" not in shown and "sentinel-secret" not in shown
     assert shown.startswith("redis+sentinel://app:***@10.0.0.1:26379/jobs")
+
+
+def test_a_readonly_reply_in_a_batch_makes_only_the_refused_command_and_those_after_it_not_sent(
+        tmp_path: Path) -> None:
+    """A batch (a group commit) can span a demotion, e.g. one read in two parts around a FAILOVER:
+    the commands answered before the READONLY one ran. Reported as not sent, an HTTP enqueue among
+    them would get a retryable 503 whose retry enqueues the job a second time."""
+    try:
+        binary = find_server_binary()
+    except ServerBinaryNotFoundError as err:
+        skip_or_fail(str(err))
+    node = Node(binary, tmp_path, "node-0", (port := free_port()), "--port", str(port), "--save", "",
+                "--appendonly", "no", "--bind", "127.0.0.1")
+    node.start()
+    fake = FakeSentinel(port)
+    wire = Wire.from_url(f"redis+sentinel://127.0.0.1:{fake.port}/jobs")
+    # A demoted primary's refusal, simulated with a script reply.
+    refused = ("EVAL", "return redis.error_reply('READONLY You cannot write against a read only replica.')", 0)
+
+    async def go() -> tuple[list[Any], list[Any]]:
+        replies = await wire.execute_many(("SET", "before", "yes"), refused, ("SET", "after", "yes"))
+        writes = ReplicatedWrites(wire.execute_many, replicas=0, timeout_ms=10)
+        first = asyncio.ensure_future(writes.call(("SET", "enqueued", "yes")))
+        second = asyncio.ensure_future(writes.call(refused))
+        calls = list(await asyncio.gather(first, second, return_exceptions=True))
+        await wire.close()
+        return replies, calls
+
+    try:
+        (ran, refused_reply, after), (first, second) = asyncio.run(go())
+        assert ran == b"OK"
+        assert isinstance(refused_reply, CommandNotSent) and isinstance(after, CommandNotSent)
+        assert node.client().mget("before", "enqueued") == [b"yes", b"yes"]
+        assert isinstance(second, CommandNotSent)
+        # The first call ran; its WAIT, after the refused command, was not sent: unknown outcome.
+        assert isinstance(first, NotReplicated), f"the first call ran, yet: {first!r}"
+    finally:
+        fake.close()
+        node.kill()
 
 
 # --- OJS_DURABILITY=replicated around a demotion --------------------------------------------------
