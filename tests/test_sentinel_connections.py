@@ -174,6 +174,54 @@ def test_redis_py_clients_follow_the_primary_too(two_servers: tuple[Node, Node])
         fake.close()
 
 
+def test_a_redis_py_connection_is_refused_by_a_server_whose_role_is_not_master_as_the_lean_one_is(
+        two_servers: tuple[Node, Node]) -> None:
+    """While the Sentinels still name a demoted primary, no connection may talk to it: redis-py's
+    connections serve the probe's PING (/ready), the admin reads and the pool's reconcile (held_claims), which
+    a replica would answer with what it has."""
+    primary, replica = two_servers
+    _swap_roles(primary, replica)  # the Sentinel (the fake) still names the old primary
+    fake = FakeSentinel(primary.port)
+    url = f"redis+sentinel://127.0.0.1:{fake.port}/jobs"
+
+    async def go() -> tuple[Any, Any]:
+        wire = Wire.from_url(url)
+        try:
+            lean: Any = await wire.execute("PING")
+        except CommandNotSent as err:
+            lean = err
+        await wire.close()
+        client = from_url(url, socket_timeout=2)
+        try:
+            via_redis_py: Any = await client.ping()
+        except Exception as err:  # noqa: BLE001
+            via_redis_py = err
+        await client.aclose()
+        return lean, via_redis_py
+
+    blocking = blocking_from_url(url, socket_timeout=2)
+    try:
+        lean, via_redis_py = asyncio.run(go())
+        try:
+            via_blocking: Any = blocking.ping()
+        except Exception as err:  # noqa: BLE001
+            via_blocking = err
+    finally:
+        blocking.close()
+        fake.close()
+    assert isinstance(lean, CommandNotSent)  # the lean connection refuses the replica
+    assert isinstance(via_redis_py, redis.ConnectionError), f"redis-py answered {via_redis_py!r} from a replica"
+    assert isinstance(via_blocking, redis.ConnectionError), f"redis-py answered {via_blocking!r} from a replica"
+    # Once the Sentinel names the new primary, the next connection goes there.
+    fake = FakeSentinel(replica.port)
+    blocking = blocking_from_url(f"redis+sentinel://127.0.0.1:{fake.port}/jobs", socket_timeout=2)
+    try:
+        assert blocking.ping()
+    finally:
+        blocking.close()
+        fake.close()
+
+
 def test_no_sentinel_that_knows_the_primary_is_a_connection_error() -> None:
     target = sentinel.SentinelTarget([("127.0.0.1", free_port())], "jobs")
     with pytest.raises(sentinel.PrimaryNotFound):
