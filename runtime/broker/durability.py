@@ -6,13 +6,17 @@ completion that runs again). With this setting every call of those three transit
 in the same write on the same connection, by ``WAIT <replicas> <timeout>``, and its caller is
 answered when the replicas have acknowledged the script's writes.
 
-* **Group commit.** The calls made during one event-loop iteration go out together, followed by
-  one ``WAIT``: a WAIT holds its connection until it returns, so one per call would queue every
-  call behind the previous one's replica round trip.
+* **Group commit.** One ``WAIT`` is in flight at a time. The calls made while none is go out
+  together at the end of the event-loop iteration, followed by one ``WAIT``; the calls that
+  arrive while it blocks wait for it to return and then go out together, behind one ``WAIT`` of
+  their own. A WAIT holds its connection until it returns, so a batch sent behind another's would
+  only queue there: this way every caller is answered within about two timeouts, however many
+  batches came before it.
 * **A connection of its own.** The transitions with a WAIT go over a second lean connection, so
   that fetches, heartbeats and reads never wait behind one.
-* **When the replicas do not confirm in time** (none connected, a failover under way), the call
-  fails with :class:`NotReplicated`: its writes were made on the primary and may or may not
+* **When the replicas do not confirm in time** (none connected, a failover under way), or the
+  WAIT itself fails after the call's script ran (``-UNBLOCKED``: the primary was demoted while
+  it blocked; the connection lost), the call fails with :class:`NotReplicated`: its writes were made on the primary and may or may not
   survive it, which is an unknown outcome (an HTTP enqueue gets the 503 of one; an enqueue with a
   client-chosen id is safe to repeat, and gets 409 when the first one survived). A pool's acks and
   nacks are sent again until they are confirmed (ack.lua and nack.lua take a repeat as done).
@@ -50,25 +54,38 @@ class ReplicatedWrites:
         self.replicas = replicas
         self._queue: list[tuple[Sequence[Any], asyncio.Future[Any]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending: asyncio.Task[None] | None = None  # the batch whose WAIT is in flight
+        self._flush_due = False
 
     async def call(self, command: Sequence[Any]) -> Any:
         """Send `command`; its reply once the replicas confirmed it, or its error."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # a new event loop (a forked child, a test's): start afresh
-            self._loop, self._queue = loop, []
+            self._loop, self._queue, self._sending, self._flush_due = loop, [], None, False
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((command, future))
-        if len(self._queue) == 1:
+        if self._sending is None and not self._flush_due:
+            self._flush_due = True
             loop.call_soon(self._flush)
         return await future
 
     def _flush(self) -> None:
+        """Send what is queued, unless a batch is in flight: its end sends the next one."""
+        self._flush_due = False
+        if self._sending is not None:
+            return
         batch, self._queue = self._queue, []
         if batch:
-            task = asyncio.get_running_loop().create_task(self._send(batch))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            self._sending = asyncio.get_running_loop().create_task(self._send(batch))
+            self._sending.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        if self._sending is not task:
+            return  # a batch of an event loop given up (see call)
+        self._sending = None
+        if self._queue and not self._flush_due:
+            self._flush_due = True
+            task.get_loop().call_soon(self._flush)
 
     async def _send(self, batch: list[tuple[Sequence[Any], asyncio.Future[Any]]]) -> None:
         try:
@@ -87,7 +104,12 @@ class ReplicatedWrites:
             if isinstance(reply, BaseException):
                 future.set_exception(reply)  # the script itself failed: nothing to wait for
             elif isinstance(confirmed, BaseException):
-                future.set_exception(confirmed)
+                # The script ran; only the WAIT failed (-UNBLOCKED by a demotion, a lost
+                # connection): whether its writes survive is unknown, as with too few replicas.
+                unknown = NotReplicated(f"the write was made on the primary, but its WAIT failed "
+                                        f"({confirmed}); a failover may lose it")
+                unknown.__cause__ = confirmed
+                future.set_exception(unknown)
             elif int(confirmed) < self.replicas:
                 future.set_exception(NotReplicated(
                     f"{int(confirmed)} of {self.replicas} replica(s) confirmed the write within "

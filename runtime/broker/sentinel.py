@@ -11,8 +11,8 @@ own, if they ask for any, are the ``sentinel_*`` query parameters, else ``OJS_SE
 does not. Nothing else changes for the callers: every connection asks the Sentinels where the
 primary is each time it connects (:func:`primary_address`, one short exchange with the first
 Sentinel that knows, which is then asked first), so a connection lost in a failover reconnects to
-the promoted replica. A connection that finds itself talking to a replica (a ``READONLY`` reply,
-or a handshake whose ``ROLE`` is not ``master``) is closed so the next one asks again: the
+the promoted replica. A connection of either kind that finds itself talking to a replica (a
+``READONLY`` reply, or a handshake whose ``ROLE`` is not ``master``) is closed so the next one asks again: the
 refused command did not run (:class:`NotPrimary`).
 
 Both client kinds use this: the lean connection (:mod:`runtime.broker.wire`, through
@@ -211,6 +211,15 @@ def primary_address_blocking(target: SentinelTarget) -> tuple[str, int]:
 # --- redis-py: connections that find the primary through the Sentinels ---------------------------
 
 
+def _check_role(connection: Any, role: Any) -> None:
+    """Raise :class:`NotPrimary` unless `role` (a ``ROLE`` reply) is a primary's. redis-py
+    disconnects a connection whose handshake fails, so the next attempt asks the Sentinels again."""
+    kind = role[0] if isinstance(role, list | tuple) and role else role
+    if (kind.decode() if isinstance(kind, bytes) else kind) != "master":
+        raise NotPrimary(f"{connection.host}:{connection.port}, the server Sentinel named, is not the "
+                         f"primary (a failover is under way)")
+
+
 class SentinelPrimaryConnection(redis.asyncio.Connection):
     """A redis-py asyncio connection to the current primary of `sentinel`."""
 
@@ -221,6 +230,12 @@ class SentinelPrimaryConnection(redis.asyncio.Connection):
     async def _connect(self) -> None:
         self.host, self.port = await primary_address(self.sentinel)
         await super()._connect()
+
+    async def on_connect_check_health(self, check_health: bool = True) -> None:
+        await super().on_connect_check_health(check_health=check_health)
+        # Sentinel may not know yet that its primary was demoted (see the lean connection's handshake)
+        await self.send_command("ROLE", check_health=False)
+        _check_role(self, await self.read_response())
 
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -240,6 +255,11 @@ class BlockingSentinelPrimaryConnection(redis.Connection):
     def _connect(self) -> Any:
         self.host, self.port = primary_address_blocking(self.sentinel)
         return super()._connect()
+
+    def on_connect_check_health(self, check_health: bool = True) -> None:
+        super().on_connect_check_health(check_health=check_health)
+        self.send_command("ROLE", check_health=False)
+        _check_role(self, self.read_response())
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -347,12 +347,19 @@ class Wire:
 
     async def execute_many(self, *commands: Sequence[Any]) -> list[Any]:
         """Send `commands` back to back in one write; their replies, an error in place of a
-        command's reply where it failed (a lost connection fails them all)."""
+        command's reply where it failed (a lost connection fails them all).
+
+        A ``READONLY`` reply (behind Sentinel: the server was demoted during the batch) fails that
+        command and every later one as not sent; the replies before it stand, since those
+        commands ran."""
         proto = await self._ready()
         replies = await asyncio.gather(*(proto.request(_pack(tuple(c))) for c in commands), return_exceptions=True)
-        for reply in replies:
+        for index, reply in enumerate(replies):
             if isinstance(reply, rx.ReadOnlyError):
-                raise self._not_primary(proto, reply) from reply
+                refused = self._not_primary(proto, reply)
+                if isinstance(refused, CommandNotSent):
+                    replies[index:] = [refused] * (len(replies) - index)
+                break
         return replies
 
     async def _ready(self) -> _Protocol:

@@ -15,8 +15,9 @@ from redis.asyncio import Redis
 
 from runtime import timefmt
 from runtime.broker.core import Broker, Completion
-from runtime.broker.durability import NotReplicated
+from runtime.broker.durability import NotReplicated, ReplicatedWrites
 from runtime.broker.keys import Keys
+from runtime.broker.wire import Wire
 from runtime.config import Settings
 from tests.broker.conftest import TEST_PREFIX, Run, body, new_job
 
@@ -77,3 +78,54 @@ def test_calls_made_together_share_one_wait(replicated: Broker, run: Run[Any]) -
     outcomes = run(ten())
     assert all(isinstance(o, NotReplicated) for o in outcomes)
     assert sent == [1]  # the ten scripts left in one write, with one WAIT after them
+
+
+async def _until(condition: Callable[[], Any], what: str, timeout_s: float = 10.0) -> Any:
+    """Poll `condition` without blocking the event loop; its first true value."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not (value := condition()):
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.002)
+    return value
+
+
+def test_calls_arriving_while_a_wait_blocks_go_out_together_behind_one_more_wait(
+        redis_url: str, redis_client: redis.Redis, run: Run[Any]) -> None:
+    """A WAIT holds its connection: batches sent while one blocks would queue behind it, each
+    with a WAIT of its own, and a caller would wait one timeout per batch ahead of it. The WAITs
+    here never time out; the test ends each one itself (CLIENT UNBLOCK answers it as a timeout)
+    and counts how many it had to end before every caller was answered."""
+    wire = Wire.from_url(redis_url)
+    writes = ReplicatedWrites(wire.execute_many, replicas=1, timeout_ms=600_000)
+
+    def blocked_wait() -> int | None:
+        for client in redis_client.client_list():
+            if client["cmd"] == "wait" and "b" in client["flags"]:
+                return int(client["id"])
+        return None
+
+    async def go() -> tuple[int, list[Any]]:
+        first = asyncio.ensure_future(writes.call(("INCR", f"{TEST_PREFIX}calls")))
+        await _until(blocked_wait, "the first call's WAIT to block")
+        later = []
+        for _ in range(20):  # 20 callers, each in an event-loop iteration of its own
+            later.append(asyncio.ensure_future(writes.call(("INCR", f"{TEST_PREFIX}calls"))))
+            await asyncio.sleep(0.001)
+        calls = [first, *later]
+        waits_ended = 0
+        while not all(c.done() for c in calls) and waits_ended <= len(calls):
+            waiting = await _until(lambda: blocked_wait() or all(c.done() for c in calls), "a WAIT to block")
+            if waiting is not True:
+                redis_client.client_unblock(waiting)  # answered as a timeout: 0 replicas
+                waits_ended += 1
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        await wire.close()
+        return waits_ended, outcomes
+
+    waits_ended, outcomes = run(go())
+    assert all(isinstance(o, NotReplicated) for o in outcomes), outcomes
+    assert redis_client.get(f"{TEST_PREFIX}calls") == b"21"
+    # The first call's WAIT, then one for the twenty that arrived while it blocked.
+    assert waits_ended == 2, f"{waits_ended} WAITs were ended one after the other before all callers were answered"
