@@ -23,13 +23,19 @@ run: install
 server: install
 	$(BIN)/ojs-server
 
+# Tests run side by side in 3 worker processes (pytest-xdist): most of them wait on processes,
+# sockets and clocks rather than on the CPU, so 3 overlap well even on 2 cores. Each test module
+# is one unit (its module-scoped servers start once), handed out in the order tests/conftest.py
+# sorts them: the conformance module first, then the modules with slow tests.
+XDIST := -n 3 --dist loadfile --no-loadscope-reorder
+
 ## Everything: unit, integration, fuzz and the conformance levels.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
 
-## Without the conformance levels (seconds instead of minutes).
+## Without the conformance levels.
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not conformance"
+	$(BIN)/python -m pytest -q $(XDIST) -m "not conformance"
 
 ## The conformance levels alone, with a per-level report.
 conformance: install

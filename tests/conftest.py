@@ -10,7 +10,8 @@ Database map of the test server:
 
 * 0: the default DB (``EmbeddedRedis.url``), left to ad-hoc and dev use;
 * 1-7: ``DB_RESERVED_FOR_CONFORMANCE``;
-* 8 and up: handed out by ``redis_url``, one per test, round-robin.
+* 8 and up: handed out by ``redis_url``, one per test, round-robin (on an external server,
+  which xdist workers share, each worker round-robins over its own residue class of them).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any, NoReturn, Protocol
 
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
 
 from runtime.embedded_redis import (
     EmbeddedRedis,
@@ -32,8 +34,15 @@ from runtime.embedded_redis import (
     find_server_binary,
     with_db,
 )
+from tests.fixtures.ports import worker_slot
 from tests.fixtures.procs import Runtime, Start
 from tests.fixtures.tcp_proxy import FaultProxy
+
+# No time limits on examples: a property test checks what its examples compute, never how fast
+# (a test that sets its own deadline keeps it). Tests run side by side under `make test`, and on
+# a loaded machine an example's wall time says nothing about the code.
+settings.register_profile("ojs-tests", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ojs-tests")
 
 # These DBs are for the conformance level servers: each level's server gets its
 # own DB, so it never shares a keyspace with a unit test. redis_url never hands
@@ -139,8 +148,14 @@ def ojs_redis_url(redis_server: RedisServer) -> str:
 
 @pytest.fixture(scope="session")
 def _test_db_numbers(redis_server: RedisServer) -> Iterator[int]:
-    """Endless round-robin over the DBs that tests may use (8 and up)."""
-    return itertools.cycle(range(FIRST_TEST_DB, redis_server.databases))
+    """Endless round-robin over the DBs that tests may use (8 and up). Each xdist worker starts
+    an embedded server of its own, but shares an external one: there every worker takes only
+    its own residue class of those DBs, so two workers never share one."""
+    index, count = worker_slot() if isinstance(redis_server, ExternalRedis) else (0, 1)
+    mine = range(FIRST_TEST_DB + index, redis_server.databases, count)
+    if not mine:
+        pytest.fail(f"{EXTERNAL_URL_ENV} has too few DBs for {count} xdist workers")
+    return itertools.cycle(mine)
 
 
 @pytest.fixture
@@ -210,8 +225,23 @@ def start(redis_url: str, tmp_path: Path) -> Iterator[Start]:
         print(f"--- {runtime.log_path.name}\n{runtime.log()}")
 
 
+def in_xdist_worker(config: pytest.Config) -> bool:
+    """True in a pytest-xdist worker process (``-n N``), False in a plain run."""
+    return hasattr(config, "workerinput")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Conformance tests go last: their suites run in background threads from the start of the
-    session (see test_conformance_levels.py), so the rest of the tests overlap their minutes of
-    waiting instead of queueing behind them."""
-    items.sort(key=lambda item: item.get_closest_marker("conformance") is not None)
+    """In a plain run, conformance tests go last: their suites run in background threads from
+    the start of the session (see test_conformance_levels.py), so the rest of the tests overlap
+    their minutes of waiting instead of queueing behind them.
+
+    Under xdist (``make test``: ``--dist loadfile --no-loadscope-reorder``, each test module one
+    unit, so a module's fixtures start in one worker only) the conformance tests are started
+    lazily by the worker that gets their module; it goes first, then the modules with slow tests,
+    so that the longest waits start early and short modules fill the gaps at the end (workers
+    take modules in the order of their first test here)."""
+    if not in_xdist_worker(config):
+        items.sort(key=lambda item: item.get_closest_marker("conformance") is not None)
+        return
+    items.sort(key=lambda item: (item.get_closest_marker("conformance") is None,
+                                 item.get_closest_marker("slow") is None))

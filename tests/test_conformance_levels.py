@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conformance.runner import Report, run_suites
-from tests.conftest import DB_RESERVED_FOR_CONFORMANCE, RedisServer, skip_or_fail
+from tests.conftest import DB_RESERVED_FOR_CONFORMANCE, RedisServer, in_xdist_worker, skip_or_fail
 from tests.fixtures.broker_process import BrokerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +87,13 @@ def conformance_reports(redis_server: RedisServer) -> Iterator[dict[str, tuple[F
 @pytest.fixture(scope="session", autouse=True)
 def _start_conformance_early(request: pytest.FixtureRequest) -> None:
     """Start the suites with the session when any conformance test is selected, so their
-    minutes of waiting overlap with the rest of the test run."""
+    minutes of waiting overlap with the rest of the test run.
+
+    Not under xdist: every worker collects every test, but only one runs this module, so the
+    suites start there, with its first test (the run hands this module out first), and the
+    other workers run the rest of the tests meanwhile."""
+    if in_xdist_worker(request.config):
+        return
     if any(item.get_closest_marker("conformance") for item in request.session.items):
         request.getfixturevalue("conformance_reports")
 

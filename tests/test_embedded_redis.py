@@ -28,6 +28,7 @@ from runtime.embedded_redis import (
     with_db,
 )
 from tests.conftest import DB_RESERVED_FOR_CONFORMANCE, FIRST_TEST_DB, skip_or_fail
+from tests.fixtures.ports import free_port
 
 pytest_plugins = ["pytester"]
 
@@ -511,7 +512,7 @@ def test_embedded_redis_tcp_requires_its_password_kept_private_in_the_data_dir(
     make_embedded_redis: MakeServer, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "data"
-    server = make_embedded_redis(data_dir=str(data_dir), persistence=True)
+    server = make_embedded_redis(data_dir=str(data_dir), persistence=True, port=free_port())  # this worker's own
     server.start()
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(port=server.port, socket_timeout=2).ping()

@@ -41,7 +41,7 @@ def test_ops_ready_follows_redis_stalls_and_quiet_without_a_restart(
 ) -> None:
     # Given ojs-run on a Redis the test controls, with a short stall timeout
     data_dir = str(tmp_path / "redis")
-    server: EmbeddedRedis = make_embedded_redis(data_dir=data_dir, persistence=True)
+    server: EmbeddedRedis = make_embedded_redis(data_dir=data_dir, persistence=True, port=free_port())  # this worker's own
     url = server.start()
     redis_port = server.port
     http, probes = free_port(), free_port()

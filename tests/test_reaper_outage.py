@@ -25,7 +25,7 @@ from runtime.broker.keys import Keys
 from runtime.config import Settings
 from runtime.embedded_redis import EmbeddedRedis
 from tests.broker.conftest import body, new_job
-from tests.fixtures.procs import wait_until
+from tests.fixtures.procs import free_port, wait_until
 
 T = TypeVar("T")
 
@@ -41,7 +41,8 @@ class Outage:
 
     def __init__(self, make: Callable[..., EmbeddedRedis], data_dir: Path) -> None:
         self._make, self._data_dir = make, str(data_dir)
-        self.server = make(data_dir=self._data_dir, persistence=True)
+        # a port of this worker's own: another worker cannot take it while the server is down
+        self.server = make(data_dir=self._data_dir, persistence=True, port=free_port())
         self.url = self.server.start()
         self.port = self.server.port
 

@@ -241,7 +241,7 @@ def test_pool_carries_on_after_redis_restarts(
 ) -> None:
     # Given a pool on its own Redis that has run a job
     data_dir = str(tmp_path / "redis")
-    server = make_embedded_redis(data_dir=data_dir, persistence=True)
+    server = make_embedded_redis(data_dir=data_dir, persistence=True, port=free_port())  # this worker's own
     url = server.start()
     port = server.port
     runtime = Runtime(url, HANDLERS, "--processes", "1", "--no-http", log_path=tmp_path / "ojs-run.log")

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from runtime.broker.scripts import LIBRARY_NAME, TRANSITIONS, Scripts
 from runtime.broker.wire import Address, Wire, subscribe
 from runtime.embedded_redis import EmbeddedRedis
+from tests.fixtures.ports import free_port
 
 
 def test_address_from_urls() -> None:
@@ -84,7 +85,7 @@ def test_a_cancelled_caller_does_not_shift_the_replies(redis_url: str) -> None:
 
 
 def test_reconnects_after_the_server_restarts(make_embedded_redis: Callable[..., EmbeddedRedis]) -> None:
-    server = make_embedded_redis(persistence=False)
+    server = make_embedded_redis(persistence=False, port=free_port())  # this worker's own: kept while down
     url = server.start()
     port, password = server.port, server.password
 
