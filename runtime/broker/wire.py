@@ -271,6 +271,10 @@ async def _where(address: Address) -> tuple[str, int]:
     return address.host, address.port
 
 
+def _where_text(address: Address) -> str:
+    return address.path or (repr(address.sentinel) if address.sentinel else f"{address.host}:{address.port}")
+
+
 async def _open(address: Address) -> _Protocol:
     """Connect, authenticate and select the database; retried briefly (a Redis that is starting)."""
     loop = asyncio.get_running_loop()
@@ -290,10 +294,15 @@ async def _open(address: Address) -> _Protocol:
             break
         except ssl.SSLError as err:  # a certificate refused, a protocol mismatch: trying again cannot help
             raise rx.ConnectionError(f"TLS handshake with Redis at {address.host}:{address.port} failed: {err}") from err
-        except (OSError, TimeoutError, sentinels.PrimaryNotFound) as err:
+        except TimeoutError as err:
+            # A connect or TLS handshake that took the whole deadline: another attempt would hold
+            # the command for one more (the retries are for a Redis that is starting, which
+            # refuses at once).
+            raise rx.ConnectionError(f"Cannot connect to Redis at {_where_text(address)}: no answer within "
+                                     f"{timeout_s:g} s") from err
+        except (OSError, sentinels.PrimaryNotFound) as err:
             if attempt == CONNECT_ATTEMPTS:
-                where = address.path or (repr(address.sentinel) if address.sentinel else f"{address.host}:{address.port}")
-                raise rx.ConnectionError(f"Cannot connect to Redis at {where}: {err}") from err
+                raise rx.ConnectionError(f"Cannot connect to Redis at {_where_text(address)}: {err}") from err
             await asyncio.sleep(delay_s)
             delay_s *= 2
     handshake: list[asyncio.Future[Any]] = []

@@ -23,18 +23,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
-import redis
 from redis.asyncio import Redis
 
 from runtime import timefmt
-from runtime.broker import failures
+from runtime.broker import clients, failures
 from runtime.broker.core import Broker, Completion, NackResult
 from runtime.broker.crons import Crons
 from runtime.broker.render import encode_job
 from runtime.broker.workflows import WorkflowRequest
 from runtime.claimed_job import job_of_hash
 from runtime.client import Client
-from runtime.config import Settings
+from runtime.config import Settings, settings_from_env
 from runtime.context import ProgressThrottle, ProgressUpdate
 from runtime.embedded_redis import EmbeddedRedis
 from runtime.envelope import CRON_FIELDS, CronRequest, decode_checkpoint
@@ -87,9 +86,11 @@ class RealContext(TestContext):
         super().__init__()
         self.redis_url = redis_url or shared_embedded_url()
         self.key_prefix = key_prefix or unique_prefix()
-        self.settings = Settings(redis_url=self.redis_url, key_prefix=self.key_prefix)
+        env = settings_from_env(redis_url=self.redis_url)  # the TLS files, as every process takes them
+        self.settings = Settings(redis_url=self.redis_url, key_prefix=self.key_prefix, redis_tls_ca=env.redis_tls_ca,
+                                 redis_tls_cert=env.redis_tls_cert, redis_tls_key=env.redis_tls_key)
         self.worker_id = WORKER_PREFIX + secrets.token_hex(4)
-        self._inspect = redis.Redis.from_url(self.redis_url)
+        self._inspect = clients.blocking_from_url(self.redis_url, **clients.tls_options(self.settings, self.redis_url))
 
     def bind_client(self, client: Client, init: Callable[..., None], settings: Settings | None,
                     middleware: Sequence[Any], **options: Any) -> None:
@@ -272,7 +273,7 @@ class _OpenBroker:
         self._broker: Broker | None = None
 
     async def __aenter__(self) -> Broker:
-        self._redis = Redis.from_url(self._url)
+        self._redis = clients.from_url(self._url, **clients.tls_options(self._settings, self._url))
         self._broker = Broker(self._redis, self._settings)
         return self._broker
 

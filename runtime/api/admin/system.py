@@ -12,7 +12,8 @@ from runtime.api.services import Services
 from runtime.errors import InvalidRequest
 
 _WORKFLOW_STATES = ("running", "completed", "failed", "cancelled")
-_SECRET_SETTINGS = frozenset({"api_key", "api_read_keys", "redis_url"})
+# Never shown: credentials, and where the TLS files lie (the private key's path above all).
+_SECRET_SETTINGS = frozenset({"api_key", "api_read_keys", "redis_url", "redis_tls_ca", "redis_tls_cert", "redis_tls_key"})
 
 
 class MaintenanceRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
