@@ -54,6 +54,7 @@ from runtime.broker.integrity import check_integrity
 from runtime.broker.keys import DEFAULT_PREFIX, Keys
 from runtime.embedded_redis import ServerBinaryNotFoundError, find_server_binary
 from runtime.ids import uuid7
+from tests.fixtures.procs import is_redis_server
 
 pytestmark = pytest.mark.slow
 
@@ -134,7 +135,7 @@ def _embedded_redis_of(server_pid: int) -> int:
     """The server's Redis process (under its keeper; Redis rewrites its own cmdline, not its exe).
     It listens on the Unix socket of the data dir only."""
     for child in psutil.Process(server_pid).children(recursive=True):
-        if os.path.basename(child.exe()) in ("redis-server", "valkey-server"):
+        if is_redis_server(child):
             return child.pid
     pytest.fail("the server has no embedded Redis")
 

@@ -18,7 +18,7 @@ import redis
 from runtime import Draft
 from runtime.embedded_redis import find_server_binary
 from tests.conftest import skip_or_fail
-from tests.fixtures.procs import REPO, Runtime, free_port, wait_until
+from tests.fixtures.procs import REPO, Runtime, free_port, is_redis_server, wait_until
 from tests.test_worker_runtime import completed, enqueue
 
 pytestmark = pytest.mark.slow
@@ -221,7 +221,7 @@ def test_embedded_redis_of_the_runtime_has_no_unauthenticated_listener(tmp_path:
     try:
         wait_until(lambda: healthy(f"http://127.0.0.1:{port}"), what="the server to serve")
         servers = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                   if os.path.basename(p.exe()) in ("redis-server", "valkey-server")]
+                   if is_redis_server(p)]
         assert len(servers) == 1
         # Then no TCP port of it answers a client that has no password
         listening = [c.laddr.port for c in servers[0].net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
