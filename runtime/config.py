@@ -92,6 +92,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # (then a retryable 503) instead of failing at once when all are busy.
     redis_max_connections: int = 100
     redis_pool_timeout_ms: int = 5_000
+    # ojs-server --workers (runtime/server_workers.py): a process whose event loop has not beaten
+    # for this long is hung and is killed and restarted; so is one not serving this long after
+    # its start.
+    server_process_stale_ms: int = 5_000
+    server_process_start_timeout_ms: int = 60_000
     # Webhooks (runtime/webhooks): every server process delivers. A delivery being sent is leased
     # for webhook_lease_ms, then redelivered (its sender died); so the lease outlasts the timeout.
     webhooks_allow_http: bool = False  # plain-HTTP subscriber URLs: development and tests only
@@ -131,6 +136,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                self.redis_pool_timeout_ms) <= 0 or self.http_max_concurrency < 0:
             raise ValueError("HTTP timeouts and the Redis pool size must be positive; "
                              "http_max_concurrency 0 or more")
+        if self.server_process_stale_ms < 1_000 or self.server_process_start_timeout_ms <= 0:
+            # Below a second the parent would take a busy loop's late beat for a hang.
+            raise ValueError("server_process_stale_ms must be at least 1000; "
+                             "server_process_start_timeout_ms positive")
         if not 0 < self.webhook_timeout_ms < self.webhook_lease_ms:
             raise ValueError("webhook_timeout_ms must be positive and below webhook_lease_ms")
         if min(self.webhook_max_attempts, self.webhook_concurrency, self.webhook_interval_ms,
@@ -201,6 +210,8 @@ def settings_from_env(**overrides: object) -> Settings:
         ("http_max_concurrency", "OJS_HTTP_MAX_CONCURRENCY"),
         ("redis_max_connections", "OJS_REDIS_MAX_CONNECTIONS"),
         ("redis_pool_timeout_ms", "OJS_REDIS_POOL_TIMEOUT_MS"),
+        ("server_process_stale_ms", "OJS_SERVER_PROCESS_STALE_MS"),
+        ("server_process_start_timeout_ms", "OJS_SERVER_PROCESS_START_TIMEOUT_MS"),
         *((f"webhook_{name}", f"OJS_WEBHOOK_{name.upper()}") for name in (
             "timeout_ms", "lease_ms", "backoff_base_ms", "max_attempts", "disable_after_failures",
             "concurrency", "interval_ms", "max_subscriptions", "log_length", "max_pending", "retention_ms")),

@@ -27,11 +27,18 @@ concurrency bound (``http_max_concurrency``): the server's totals are N times th
 and ``/ready`` answer from the process that takes the request: its own Redis probe.
 
 A process that dies is restarted (with backoff when it dies right after starting); one that
-cannot boot (exit code 3) stops the server with code 3 rather than crash-looping. SIGTERM or
+cannot boot (exit code 3) stops the server with code 3 rather than crash-looping. Every process
+beats on a pipe to the parent from its event loop; one whose beats stop for
+``server_process_stale_ms`` (a blocked loop, a deadlock, a stopped process) is hung: the parent
+kills it (SIGKILL: a blocked loop would not act on SIGTERM) and restarts it, as it does one not
+serving ``server_process_start_timeout_ms`` after its start. Without that a hung slot 0 would
+stop the scheduler loops for good, unseen. SIGTERM or
 SIGINT: every process stops accepting and finishes its in-flight requests (uvicorn's graceful
 shutdown, up to ``GRACEFUL_S``), then the embedded Redis stops; exit code 0. A second signal kills
 the processes at once (exit code 1). Under systemd (``Type=notify``) the parent is the main
-process: READY=1 once every slot serves, WATCHDOG=1 from its loop, STOPPING=1 at the stop.
+process: READY=1 once every slot serves, WATCHDOG=1 from its loop only while every process beats
+(or is starting, within its start timeout), so one the parent could not replace gets the service
+restarted; STOPPING=1 at the stop.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ STOP_MARGIN_S = 5.0  # past the graceful period, before a process that is still 
 MIN_UPTIME_S = 1.0  # a process dying sooner than this is crash-looping: restart with backoff
 MAX_BACKOFF_S = 10.0
 TICK_S = 0.5
+BEAT_S = 0.25  # a process' beat interval; staleness is at least 4 of these (Settings checks 1 s)
 EXIT_FORCED = 1
 _PR_SET_PDEATHSIG = 1
 _LOOPS_SLOT = 0  # the slot whose process runs the scheduler and webhook loops
@@ -99,7 +107,8 @@ def open_listeners(host: str, port: int, count: int) -> list[socket.socket]:
 
 
 class _Slot:
-    __slots__ = ("index", "listener", "pid", "started", "deadline", "backoff_s", "due", "ready")
+    __slots__ = ("index", "listener", "pid", "started", "deadline", "backoff_s", "due", "ready", "beat",
+                 "killed")
 
     def __init__(self, index: int, listener: socket.socket) -> None:
         self.index, self.listener = index, listener
@@ -109,6 +118,8 @@ class _Slot:
         self.backoff_s = 0.0
         self.due = 0.0  # monotonic: no restart before this
         self.ready = False  # its process has said it serves
+        self.beat = 0.0  # monotonic: its process' last beat (its event loop ran then)
+        self.killed = False  # killed as hung or slow to start: not killed again before it is reaped
 
 
 class ServerWorkers:
@@ -123,7 +134,10 @@ class ServerWorkers:
         self.embedded: EmbeddedRedis | None = None
         self.notifier = sdnotify.Notifier()
         self._wake_r, self._wake_w = os.pipe()
-        self._ready_r, self._ready_w = os.pipe()  # each process writes its slot number once it serves
+        # Each process writes "<slot> <pid>" once it serves, then again every BEAT_S from its loop.
+        self._ready_r, self._ready_w = os.pipe()
+        self.stale_s = settings.server_process_stale_ms / 1000
+        self.start_timeout_s = settings.server_process_start_timeout_ms / 1000
         self._ever_ready = False
 
     def run(self) -> int:
@@ -141,6 +155,7 @@ class ServerWorkers:
                 self._wait()
                 self._handle_signals()
                 self._reap()
+                self._kill_hung()
                 self._enforce_deadlines()
                 self._tell_systemd()
         finally:
@@ -166,7 +181,9 @@ class ServerWorkers:
     # --- signals ---------------------------------------------------------------------------------
 
     def _install_signals(self) -> None:
-        for fd in (self._wake_r, self._wake_w, self._ready_r):
+        # The write end too (shared by every process): a beat that finds the pipe full is dropped,
+        # never waited for in an event loop.
+        for fd in (self._wake_r, self._wake_w, self._ready_r, self._ready_w):
             os.set_blocking(fd, False)
         signal.set_wakeup_fd(self._wake_w)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
@@ -183,12 +200,15 @@ class ServerWorkers:
                 while chunk := os.read(fd, 512):
                     data += chunk
             if fd == self._ready_r:
-                for line in data.split():
-                    self._on_ready(int(line))
+                for line in data.splitlines():
+                    index, pid = (int(part) for part in line.split())
+                    self._on_beat(index, pid)
 
-    def _on_ready(self, index: int) -> None:
-        if 0 <= index < len(self.slots) and self.slots[index].pid is not None:
+    def _on_beat(self, index: int, pid: int) -> None:
+        # By pid: a beat a killed process wrote just before it died is not its replacement's.
+        if 0 <= index < len(self.slots) and self.slots[index].pid == pid:
             self.slots[index].ready = True
+            self.slots[index].beat = time.monotonic()
 
     def _handle_signals(self) -> None:
         while self.signals:
@@ -250,7 +270,8 @@ class ServerWorkers:
                 logging.shutdown()
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, saved)
-        slot.pid, slot.started, slot.ready = pid, time.monotonic(), False
+        slot.pid, slot.started, slot.ready, slot.killed = pid, time.monotonic(), False, False
+        slot.beat = slot.started
         logger.info("started server process %d (pid %d)%s", slot.index, pid,
                     ", with the scheduler loops" if slot.index == _LOOPS_SLOT else "")
 
@@ -307,6 +328,28 @@ class ServerWorkers:
         else:
             slot.backoff_s, slot.due = 0.0, 0.0
 
+    def _current(self, slot: _Slot, now: float) -> bool:
+        """Its process beats, or is still within its start timeout."""
+        if slot.ready:
+            return now - slot.beat <= self.stale_s
+        return now - slot.started <= self.start_timeout_s
+
+    def _kill_hung(self) -> None:
+        if self.stopping:  # the stop's own deadline is the bound then
+            return
+        now = time.monotonic()
+        for slot in self._alive():
+            if slot.killed or self._current(slot, now):
+                continue
+            if slot.ready:
+                logger.warning("server process %d (pid %d) is hung: no beat from its event loop for %.1fs; "
+                               "killing it", slot.index, slot.pid, now - slot.beat)
+            else:
+                logger.warning("server process %d (pid %d) did not start serving within %gs: killing it",
+                               slot.index, slot.pid, self.start_timeout_s)
+            slot.killed = True
+            _send(slot.pid, signal.SIGKILL)
+
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
         for slot in self._alive():
@@ -316,7 +359,11 @@ class ServerWorkers:
                 _send(slot.pid, signal.SIGKILL)
 
     def _tell_systemd(self) -> None:
-        self.notifier.watchdog()
+        # Not while a process is stale: one the parent cannot replace (or a parent that cannot
+        # reap) then gets the whole service restarted, as a blocked loop does with one process.
+        now = time.monotonic()
+        if all(self._current(slot, now) for slot in self._alive()):
+            self.notifier.watchdog()
         if not self.stopping and not self._ever_ready and all(slot.ready for slot in self.slots):
             self._ever_ready = True
             logger.info("all %d server processes serve", self.workers)
@@ -370,16 +417,20 @@ def _serve_slot(settings: Settings, listener: socket.socket, index: int, ready_w
 
 
 async def _tell_parent(server: uvicorn.Server, index: int, ready_w: int, early: list[int]) -> None:
-    """Once uvicorn serves: the slot number on the parent's pipe (for READY=1). First run inside
-    uvicorn's serve(), when its signal handlers are in place: a stop asked before is its now."""
+    """Once uvicorn serves: the slot and pid on the parent's pipe (for READY=1), then again every
+    BEAT_S from this event loop, so that a blocked loop goes stale. First run inside uvicorn's
+    serve(), when its signal handlers are in place: a stop asked before is its now."""
     if early:
         server.should_exit = True
     while not server.started:
         if server.should_exit:
             return
         await asyncio.sleep(0.05)
-    os.write(ready_w, f"{index}\n".encode())
-    os.close(ready_w)
+    beat = f"{index} {os.getpid()}\n".encode()  # under PIPE_BUF: one atomic write
+    while True:  # until serve() returns: a draining process beats too
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):  # full pipe: the next beat will do
+            os.write(ready_w, beat)
+        await asyncio.sleep(BEAT_S)
 
 
 def _send(pid: int | None, sig: int) -> None:

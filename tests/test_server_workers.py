@@ -4,6 +4,7 @@ lets every in-flight request finish."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -155,3 +156,92 @@ def test_a_port_that_is_taken_is_refused_even_by_a_server_with_reuseport(server:
     )
     assert second.returncode == 3, second.stderr
     assert "address already in use" in second.stderr
+
+
+def test_connections_made_while_a_process_is_dead_are_served_by_its_replacement(server: BrokerProcess) -> None:
+    victim = children(server)[1]
+    os.kill(victim, signal.SIGKILL)
+    # About half of these fresh connections land in the dead process' queue: they wait there
+    # for its replacement, none is reset.
+    codes = [httpx.get(f"{server.url}/health", timeout=20).status_code for _ in range(30)]
+    assert codes == [200] * 30
+    assert victim not in children(server)
+
+
+def test_a_later_run_counts_only_its_own_samples_in_the_metrics_directory(
+    redis_url: str, tmp_path: Path, metrics_dir: Path,
+) -> None:
+    """A run leaves its samples in PROMETHEUS_MULTIPROC_DIR; the next run on that directory (with
+    one process) counts its own enqueues only."""
+    def enqueued(url: str) -> str:
+        line = 'ojs_job_enqueued_total{queue="default",type="w"}'
+        return next(s for s in httpx.get(f"{url}/metrics", timeout=10).text.splitlines() if s.startswith(line))
+
+    for workers, enqueues in (("2", 5), ("1", 1)):
+        proc = BrokerProcess(redis_url, tmp_path, env={
+            "OJS_SERVER_WORKERS": workers, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+        try:
+            proc.wait_ready()
+            for _ in range(enqueues):
+                enqueue(proc.url)
+            assert enqueued(proc.url).endswith(f" {enqueues}.0"), enqueued(proc.url)
+        finally:
+            print(proc.log_tail())
+            proc.stop()
+
+
+def _enqueue_past(url: str, **options: object) -> str | None:
+    """An enqueue that may land on a hung process: None when it is not answered."""
+    try:
+        reply = httpx.post(f"{url}/ojs/v1/jobs", json={"type": "w", "args": [], "options": options}, timeout=2)
+    except httpx.TimeoutException:
+        return None
+    assert reply.status_code == 201, reply.text
+    return str(reply.json()["job"]["id"])
+
+
+def test_a_hung_process_is_killed_and_replaced_so_the_scheduler_loops_resume(
+    redis_url: str, tmp_path: Path, metrics_dir: Path, notify: tuple[socket.socket, str],
+) -> None:
+    """A process whose event loop stops beating (SIGSTOP stands for a blocked loop or a deadlock)
+    is killed and restarted by the parent. For slot 0 that brings the scheduler loops back: a job
+    that falls due while it hangs is promoted."""
+    proc = BrokerProcess(redis_url, tmp_path, env={
+        "OJS_SERVER_WORKERS": "2", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "NOTIFY_SOCKET": notify[1],
+        "WATCHDOG_USEC": "2000000", "OJS_SERVER_PROCESS_STALE_MS": "2000",
+    })
+    hung: int | None = None
+    try:
+        receive(notify[0], "READY=1")
+        hung = children(proc)[0]  # the first forked (lowest pid): slot 0, with the scheduler loops
+        os.kill(hung, signal.SIGSTOP)
+        # A connection the kernel gives the hung process is not answered: try again until one is.
+        job_id = wait_until(lambda: _enqueue_past(
+            proc.url, queue="later", scheduled_at=timefmt.format_ms(timefmt.now_ms() + 500)),
+            timeout_s=30, what="an enqueue answered")
+        wait_until(lambda: len(now := children(proc)) == 2 and hung not in now, timeout_s=30,
+                   what="a replacement for the hung process")
+        wait_until(lambda: httpx.get(f"{proc.url}/ojs/v1/jobs/{job_id}", timeout=10).json()["job"]["state"]
+                   == "available", timeout_s=30, what="the due job promoted by the new slot 0")
+        assert f"server process 0 (pid {hung}) is hung" in proc.log_path.read_text(errors="replace")
+        assert proc.proc.poll() is None
+    finally:
+        if hung is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(hung, signal.SIGCONT)
+        print(proc.log_tail())
+        proc.stop()
+
+
+def test_a_process_that_does_not_start_serving_in_time_is_killed(redis_url: str, tmp_path: Path, metrics_dir: Path) -> None:
+    proc = BrokerProcess(redis_url, tmp_path, env={
+        "OJS_SERVER_WORKERS": "2", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "OJS_SERVER_PROCESS_START_TIMEOUT_MS": "1",  # no process serves within a millisecond of its fork
+    })
+    try:
+        wait_until(lambda: "did not start serving within" in proc.log_path.read_text(errors="replace"),
+                   timeout_s=30, what="the parent to kill a process that does not start in time")
+        assert proc.proc.poll() is None  # killed and restarted, not a stop of the server
+    finally:
+        print(proc.log_tail())
+        proc.stop()
