@@ -196,10 +196,11 @@ def _resolve_policy(text: bytes, *, check_stored: bool) -> EffectiveRetry:
 
 
 # The default policy (a job that names none), as the job hash would hold it in full. A hash
-# stores only what differs from it, so that a common job's hash stays small: every field under
-# Redis' hash-max-listpack-value (64 bytes), the compact encoding (a 193-byte policy in every
-# job made each hash a hashtable, over five times the memory). Readers apply these defaults:
-# nack.lua (its prelude's table D, see scripts.py), render.py, claimed_job.py, the listings.
+# leaves out the part of its display that is the default's (the scalars stay: see
+# retry_hash_fields), so that a common job's hash stays small: every field under Redis'
+# hash-max-listpack-value (64 bytes), the compact encoding (a 193-byte policy in every job made
+# each hash a hashtable, about four times the memory). Readers apply these defaults: render.py,
+# claimed_job.py, the listings; nack.lua (its prelude's table D, see scripts.py) for a scalar.
 _DEFAULT_DISPLAY: dict[str, Any] = {}
 _MISSING = object()
 RETRY_FIELD_DEFAULTS: dict[str, str] = {}
