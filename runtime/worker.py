@@ -577,8 +577,11 @@ class Pool:
             leases += [lease_ms for _, _, lease_ms in self.ready.values() if lease_ms]
             interval_s = min(self.config.heartbeat_interval_s, min([self.config.lease_ms, *leases]) / 3000)
             self.beat_soon.clear()
+            # asyncio.timeout, not wait_for: on 3.11 a wait_for whose inner wait ends as the task
+            # is cancelled returns instead of raising, and this loop would outlive the pool's stop.
             try:
-                await asyncio.wait_for(self.beat_soon.wait(), max(0.05, interval_s))
+                async with asyncio.timeout(max(0.05, interval_s)):
+                    await self.beat_soon.wait()
             except TimeoutError:
                 pass
 
@@ -646,8 +649,8 @@ class Pool:
         if self.make_way or self.alone is not None or not (self.active or self.ready):
             return
         try:
-            waiting = await asyncio.wait_for(self.broker.suspects_waiting(self.queues),
-                                             self.config.recheck_interval_s)
+            async with asyncio.timeout(self.config.recheck_interval_s):  # not wait_for: see _heartbeats
+                waiting = await self.broker.suspects_waiting(self.queues)
         except (*BACKEND_ERRORS, TimeoutError):
             return  # the fetch path reports Redis trouble; this look is only an optimisation
         if waiting:

@@ -284,3 +284,36 @@ def test_a_pool_that_takes_a_suspect_runs_nothing_beside_it(redis_url: str, redi
     assert states(redis_client, [suspect, *backlog]) == ["completed"] * 13
     assert beside_the_suspect and all(seen == {"suspect"} for seen in beside_the_suspect), beside_the_suspect
     assert integrity_problems(redis_url) == []
+
+
+# --- a stop ends the background loops ------------------------------------------------------
+
+
+def test_the_heartbeat_loop_ends_when_cancelled_as_its_wait_ends(redis_url: str) -> None:
+    # A wait that ends in the same loop iteration as the cancellation (a beat asked for as the
+    # pool stops): on Python 3.11 asyncio.wait_for returns then instead of raising, and a
+    # `while True` loop behind it outlived the pool's stop, so Pool.run never returned.
+    registry = Registry(module="inline", handlers={})
+    config = PoolConfig(module="inline", settings=Settings(redis_url=redis_url), worker_id="pool-beats",
+                        queues=(("default", 1),), concurrency=1, heartbeat_interval_s=30)
+    liveness = Liveness()
+    pool = Pool(config, registry=registry, liveness=liveness)
+
+    async def main() -> bool:
+        beats = asyncio.get_running_loop().create_task(pool._heartbeats())  # noqa: SLF001
+        while not pool.beat_soon._waiters:  # noqa: SLF001 (the loop waits for the next beat)
+            await asyncio.sleep(0.01)
+        pool.beat_soon.set()
+        beats.cancel()
+        done, _ = await asyncio.wait([beats], timeout=10)
+        if not done:
+            beats.cancel()
+        await pool.broker.close()
+        return bool(done)
+
+    try:
+        assert run(main()), "the heartbeat loop went on after it was cancelled"
+    finally:
+        pool.threads.shutdown(wait=False)
+        liveness.close()
+
