@@ -301,7 +301,9 @@ def test_the_heartbeat_loop_ends_when_cancelled_as_its_wait_ends(redis_url: str)
 
     async def main() -> bool:
         beats = asyncio.get_running_loop().create_task(pool._heartbeats())  # noqa: SLF001
+        deadline = asyncio.get_running_loop().time() + 10
         while not pool.beat_soon._waiters:  # noqa: SLF001 (the loop waits for the next beat)
+            assert asyncio.get_running_loop().time() < deadline, "the heartbeat loop never waited for a beat"
             await asyncio.sleep(0.01)
         pool.beat_soon.set()
         beats.cancel()
