@@ -6,7 +6,7 @@ import os
 
 import msgspec
 
-from runtime.broker.keys import DEFAULT_PREFIX
+from runtime.broker.keys import DEFAULT_PREFIX, hash_tag
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -116,6 +116,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if (self.redis_tls_ca or self.redis_tls_cert or self.redis_tls_key) and not (
             self.redis_url or "").startswith("rediss://"):
             raise ValueError("OJS_REDIS_TLS_CA, _CERT and _KEY need a rediss:// Redis URL")
+        if (self.redis_url or "").lower().startswith("redis+cluster://") and hash_tag(self.key_prefix) is None:
+            # A namespace is one slot: every key of a transition must hash alike.
+            raise ValueError(f"on a Redis Cluster OJS_KEY_PREFIX must carry a hash tag, such as '{{ojs}}:'; "
+                             f"{self.key_prefix!r} has none")
         if self.durability not in ("primary", "replicated"):
             raise ValueError("OJS_DURABILITY must be primary or replicated")
         if self.durability_replicas < 1 or self.durability_timeout_ms < 1:

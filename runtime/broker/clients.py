@@ -16,7 +16,7 @@ import redis
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from runtime.broker import sentinel
+from runtime.broker import cluster, sentinel
 from runtime.broker.wire import CommandNotSent, keepalive_options
 from runtime.config import Settings
 
@@ -49,6 +49,8 @@ def from_url(url: str, **kwargs: Any) -> Redis:
     """``Redis.from_url`` that also takes ``redis+sentinel://`` URLs (:mod:`runtime.broker.sentinel`)."""
     if sentinel.is_sentinel_url(url):
         return Redis.from_pool(ConnectionPool(**sentinel.pool_options(url), **kwargs))
+    if cluster.is_cluster_url(url):
+        return Redis.from_pool(ConnectionPool(**cluster.pool_options(url), **kwargs))
     return Redis.from_url(url, **kwargs)
 
 
@@ -56,6 +58,8 @@ def blocking_from_url(url: str, **kwargs: Any) -> redis.Redis:
     """The same for redis-py's synchronous client."""
     if sentinel.is_sentinel_url(url):
         return redis.Redis.from_pool(redis.ConnectionPool(**sentinel.pool_options(url, blocking=True), **kwargs))
+    if cluster.is_cluster_url(url):
+        return redis.Redis.from_pool(redis.ConnectionPool(**cluster.pool_options(url, blocking=True), **kwargs))
     return redis.Redis.from_url(url, **kwargs)
 
 
@@ -91,6 +95,8 @@ def endpoint_client(settings: Settings, url: str) -> Redis:
     bounds = {"max_connections": settings.redis_max_connections, "timeout": settings.redis_pool_timeout_ms / 1000}
     if sentinel.is_sentinel_url(url):
         pool = _WaitingPool(**sentinel.pool_options(url), **bounds, **_options(settings, url))
+    elif cluster.is_cluster_url(url):
+        pool = _WaitingPool(**cluster.pool_options(url), **bounds, **_options(settings, url))
     else:
         pool = _WaitingPool.from_url(url, **bounds, **_options(settings, url))
     return Redis(connection_pool=pool)

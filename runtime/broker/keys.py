@@ -127,6 +127,14 @@ SUFFIXES: dict[str, str] = {
 }
 
 
+def hash_tag(prefix: str) -> str | None:
+    """The hash tag of a prefix (``ojs`` of ``{ojs}:``), which decides a key's Redis Cluster slot;
+    None when it has none."""
+    start = prefix.find("{")
+    end = prefix.find("}", start + 1) if start > -1 else -1
+    return prefix[start + 1:end] if start > -1 and end > start + 1 else None
+
+
 class Keys:
     """Builds the key names of one namespace."""
 

@@ -91,22 +91,29 @@ def _digest() -> str:
 
 
 LIBRARY_NAME = f"ojs_{_digest()}"
+# On a Redis Cluster every transition begins with its slot guard (runtime.broker.cluster: a
+# script must not start while its slot is being moved); a library of its own, so a standalone
+# server runs none of it.
+CLUSTER_LIBRARY_NAME = f"{LIBRARY_NAME}c"
+_GUARD = 'rcall("EXISTS", KEYS[1] .. "\\0slot-guard")\n'
 
 
-def function_name(transition: str) -> str:
-    return f"{LIBRARY_NAME}_{transition}"
+def function_name(transition: str, *, cluster: bool = False) -> str:
+    return f"{CLUSTER_LIBRARY_NAME if cluster else LIBRARY_NAME}_{transition}"
 
 
-def library_code() -> str:
+def library_code(*, cluster: bool = False) -> str:
     """The whole library, as FUNCTION LOAD takes it."""
-    parts = [f"#!lua name={LIBRARY_NAME}\n", _prelude()]
+    parts = [f"#!lua name={CLUSTER_LIBRARY_NAME if cluster else LIBRARY_NAME}\n", _prelude()]
+    guard = _GUARD if cluster else ""
     for name in TRANSITIONS:
-        parts.append(f'redis.register_function("{function_name(name)}", function(KEYS, ARGV)\n'
-                     f"rcall = redis.call\n{SOURCES[name]}\nend)\n")
+        parts.append(f'redis.register_function("{function_name(name, cluster=cluster)}", function(KEYS, ARGV)\n'
+                     f"rcall = redis.call\n{guard}{SOURCES[name]}\nend)\n")
     return "".join(parts)
 
 
 LIBRARY_CODE = library_code()
+CLUSTER_LIBRARY_CODE = library_code(cluster=True)
 
 
 def _is_missing_function(err: ResponseError) -> bool:
@@ -123,9 +130,11 @@ class Scripts:
         address = Address.of_client(redis)
         if address is not None and command_timeout_s is not None:
             address = address.with_timeout(command_timeout_s)
-        self.wire = Wire(address) if address is not None else None
+        self.wire = Wire.of(address) if address is not None else None
         self._redis = redis
-        self._names = {name: function_name(name) for name in TRANSITIONS}
+        self.cluster = address is not None and address.cluster is not None
+        self._names = {name: function_name(name, cluster=self.cluster) for name in TRANSITIONS}
+        self._library = CLUSTER_LIBRARY_CODE if self.cluster else LIBRARY_CODE
         self._execute = self.wire.execute if self.wire is not None else redis.execute_command
         # OJS_DURABILITY=replicated: enqueue, ack and nack wait for `replicas` (runtime.broker.durability),
         # over a connection of their own.
@@ -133,7 +142,7 @@ class Scripts:
         self._replicated: ReplicatedWrites | None = None
         if replicas > 0:
             if address is not None:
-                self._replicated_wire = Wire(address)
+                self._replicated_wire = Wire.of(address)
                 send_many = self._replicated_wire.execute_many
             else:
                 send_many = self._pipelined
@@ -179,7 +188,7 @@ class Scripts:
 
     async def load(self) -> None:
         """Load (or reload) this version's library; harmless when it is there already."""
-        await self._execute("FUNCTION", "LOAD", "REPLACE", LIBRARY_CODE)
+        await self._execute("FUNCTION", "LOAD", "REPLACE", self._library)
 
     async def close(self) -> None:
         if self.wire is not None:

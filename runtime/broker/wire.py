@@ -88,22 +88,25 @@ class Address:
     """Where and how to connect: TCP host/port or a Unix socket path, or the primary that
     `sentinel` names (asked at each connect); TLS; credentials; database."""
 
-    __slots__ = ("host", "port", "path", "db", "username", "password", "command_timeout_s", "sentinel", "tls")
+    __slots__ = ("host", "port", "path", "db", "username", "password", "command_timeout_s", "sentinel", "tls",
+                 "cluster")
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, path: str = "", db: int = 0,
                  username: str | None = None, password: str | None = None,
                  command_timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S,
-                 sentinel: sentinels.SentinelTarget | None = None, tls: ssl.SSLContext | None = None) -> None:
+                 sentinel: sentinels.SentinelTarget | None = None, tls: ssl.SSLContext | None = None,
+                 cluster: Any = None) -> None:
         self.host, self.port, self.path, self.db = host, port, path, db
         self.username, self.password = username, password
         self.command_timeout_s = command_timeout_s  # the connection's deadline (see the module text)
         self.sentinel = sentinel
         self.tls = tls  # TCP only: the context the connection is wrapped in (rediss://)
+        self.cluster = cluster  # a runtime.broker.cluster.ClusterTarget: the nodes of a redis+cluster:// URL
 
     def with_timeout(self, command_timeout_s: float) -> Address:
         return Address(host=self.host, port=self.port, path=self.path, db=self.db, username=self.username,
                        password=self.password, command_timeout_s=command_timeout_s, sentinel=self.sentinel,
-                       tls=self.tls)
+                       tls=self.tls, cluster=self.cluster)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Address | None:
@@ -113,6 +116,11 @@ class Address:
         if sentinels.is_sentinel_url(url):
             target, primary = sentinels.parse_url(url)
             return cls(sentinel=target, **primary)
+        from runtime.broker import cluster  # it builds on this module's errors
+
+        if cluster.is_cluster_url(url):
+            nodes, common = cluster.parse_url(url)
+            return cls(cluster=nodes, **common)
         kwargs = {**options, **parse_url(url)}
         kind = kwargs.pop("connection_class", None)
         return cls._of(kind.__name__ if kind else "Connection", kwargs)
@@ -130,6 +138,8 @@ class Address:
                   "password": kwargs.get("password")}
         if isinstance(kwargs.get("sentinel"), sentinels.SentinelTarget):
             return cls(sentinel=kwargs["sentinel"], **common)
+        if kwargs.get("cluster") is not None:
+            return cls(cluster=kwargs["cluster"], **common)
         tcp: dict[str, Any] = {"host": kwargs.get("host") or "127.0.0.1", "port": int(kwargs.get("port") or 6379)}
         if kind == "Connection":
             return cls(**tcp, **common)
@@ -268,15 +278,22 @@ async def _where(address: Address) -> tuple[str, int]:
     """The TCP host and port to connect to now: behind Sentinel, where the primary is now."""
     if address.sentinel is not None:
         return await sentinels.primary_address(address.sentinel)
+    if address.cluster is not None:
+        node: tuple[str, int] = address.cluster.node_for(None)
+        return node
     return address.host, address.port
 
 
 def _where_text(address: Address) -> str:
-    return address.path or (repr(address.sentinel) if address.sentinel else f"{address.host}:{address.port}")
+    if address.path:
+        return address.path
+    where = address.sentinel or address.cluster
+    return repr(where) if where else f"{address.host}:{address.port}"
 
 
-async def _open(address: Address) -> _Protocol:
-    """Connect, authenticate and select the database; retried briefly (a Redis that is starting)."""
+async def _open(address: Address, node: tuple[str, int] | None = None) -> _Protocol:
+    """Connect (to `node`, on a cluster), authenticate and select the database; retried briefly
+    (a Redis that is starting)."""
     loop = asyncio.get_running_loop()
     timeout_s = address.command_timeout_s if address.command_timeout_s > 0 else DEFAULT_COMMAND_TIMEOUT_S
     delay_s = CONNECT_BACKOFF_S
@@ -288,7 +305,7 @@ async def _open(address: Address) -> _Protocol:
             if address.path:
                 connect = loop.create_unix_connection(protocol, address.path)
             else:
-                host, port = await _where(address)
+                host, port = node or await _where(address)
                 connect = loop.create_connection(protocol, host, port, ssl=address.tls)
             _transport, proto = await asyncio.wait_for(connect, timeout_s)
             break
@@ -341,6 +358,16 @@ class Wire:
         address = Address.from_url(url, **options)
         if address is None:
             raise ValueError(f"unsupported Redis URL for the lean connection: {url!r}")
+        return cls.of(address)
+
+    @classmethod
+    def of(cls, address: Address) -> Wire:
+        """The connection for `address`: on a Redis Cluster, one that follows the slot map
+        (:class:`runtime.broker.cluster_wire.ClusterWire`)."""
+        if address.cluster is not None and cls is Wire:
+            from runtime.broker.cluster_wire import ClusterWire
+
+            return ClusterWire(address)
         return cls(address)
 
     async def execute(self, *args: Any) -> Any:

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -561,7 +561,10 @@ def run_test(case: TestCase, executor: StepExecutor) -> TestResult:
     return result
 
 
-def _reset_state(client: httpx.Client, store: redis.Redis | None, reset_url: str | None) -> None:
+def _reset_state(client: httpx.Client, store: redis.Redis | None, reset_url: str | None,
+                 reset: Callable[[], object] | None = None) -> None:
+    if reset is not None:
+        reset()
     if store is not None:
         try:
             store.flushdb()
@@ -587,6 +590,7 @@ def run_suites(
     *,
     redis_url: str | None = None,
     reset_url: str | None = None,
+    reset: Callable[[], object] | None = None,
     level: int | str | None = None,
     test_id: str | None = None,
     category: str | None = None,
@@ -595,7 +599,9 @@ def run_suites(
 ) -> Report:
     """Load, filter and run the suites one test at a time, resetting state before each test.
 
-    Raises :class:`ConformanceError` if the suites cannot be loaded or no test matches.
+    `reset`, when given, runs first at each reset (a namespace on a Redis Cluster has no
+    database of its own to flush). Raises :class:`ConformanceError` if the suites cannot be loaded
+    or no test matches.
     """
     wanted_level = parse_level(level) if level is not None else None
     tests = filter_tests(load_tests(suites_dir), wanted_level, category, test_id)
@@ -611,7 +617,7 @@ def run_suites(
             del client.headers["Accept"]
             executor = StepExecutor(client, target, tolerance_pct)
             for case in tests:
-                _reset_state(client, store, reset_url)
+                _reset_state(client, store, reset_url, reset)
                 logger.debug("running %s (%s)", case.test_id, case.file_path)
                 results.append(run_test(case, executor))
     finally:

@@ -1,0 +1,345 @@
+"""Redis Cluster: the ``redis+cluster://`` URL, where each slot lives, and the redirects.
+
+The URL names some nodes of the cluster (any of them; the first that answers is used)::
+
+    redis+cluster://[user:password@]host1:6379,host2:6379,host3:6379[/0]
+
+Every key of a namespace carries the namespace's hash tag (``{ojs}:...``), so the whole namespace
+is one slot and lives on one primary: each connection talks to the node that owns that slot and
+every script stays atomic there. Where a slot lives is learned from the cluster's own answers:
+a connection first goes to the node last known to own the slot (at first, a node of the URL), and
+a ``MOVED <slot> <host>:<port>`` reply (the command did not run) names the owner, which is noted
+for every connection made from that URL in this process (:class:`ClusterTarget`). The lean
+connection sends the command again there, transparently; redis-py's connections close and their
+client's retry sends it again.
+
+While a slot is being moved (a reshard), its keys are split between two nodes. A command that
+finds its key gone answers ``ASK`` (or ``TRYAGAIN``): it did not run, and it is not followed to
+the importing node. It waits a little and is sent again until the move is done (the new owner
+then answers it), within the command deadline. A script could still find some of its keys moved
+half way through, after it wrote others, and Redis does not undo a script's writes when it fails:
+so on a cluster every transition's first command touches a key that never exists
+(:data:`GUARD_SUFFIX`), which fails the script before it writes anything whenever its slot is
+being moved (:mod:`runtime.broker.scripts` builds that library).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import hiredis
+import redis
+import redis.asyncio
+import redis.asyncio.retry
+import redis.retry
+from redis import exceptions as rx
+from redis.backoff import ExponentialBackoff
+from redis.crc import key_slot
+
+from runtime.broker.keys import hash_tag
+from runtime.broker.wire import CommandNotSent
+
+SCHEMES = ("redis+cluster",)
+DEFAULT_PORT = 6379
+# Appended to a transition's first key: a name no key of the namespace ever has (the NUL byte),
+# in the same slot (the key's hash tag decides the slot, not the rest of its name).
+GUARD_SUFFIX = "\0slot-guard"
+# How long a command whose slot is being moved waits before it is sent again; it doubles, up to
+# the last value, until the command deadline is spent.
+MIGRATING_BACKOFF_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+# Redirects one command may follow (a slot map that changes again while it is sent).
+MAX_REDIRECTS = 16
+
+# Commands whose first argument is not a key: sent to the node the connection last used.
+_KEYLESS = frozenset({
+    "PING", "AUTH", "HELLO", "SELECT", "INFO", "FUNCTION", "SCRIPT", "CLIENT", "CONFIG", "WAIT",
+    "WAITAOF", "TIME", "DBSIZE", "FLUSHALL", "FLUSHDB", "ROLE", "CLUSTER", "COMMAND", "MEMORY",
+    "SUBSCRIBE", "PSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "PUBLISH", "SLOWLOG", "LATENCY",
+    "ACL", "LASTSAVE", "ECHO", "SCAN", "RANDOMKEY", "MULTI", "EXEC", "DISCARD", "UNWATCH", "QUIT",
+})
+
+
+class SlotMoved(CommandNotSent):
+    """The slot lives on another node now (``MOVED``): the command did not run; the connection
+    was closed and the next one goes to the new owner."""
+
+
+class SlotMigrating(CommandNotSent):
+    """The slot is being moved and the command's keys are not all here (``ASK``, ``TRYAGAIN``,
+    a script stopped by its guard), or the cluster is down for it (``CLUSTERDOWN``): the command
+    did not run."""
+
+
+class ClusterTarget:
+    """The nodes a URL names, the credentials, and what this process has learned of the slot
+    map. Shared by every connection made from one URL."""
+
+    __slots__ = ("seeds", "username", "password", "slots", "last")
+
+    def __init__(self, seeds: list[tuple[str, int]], *, username: str | None = None,
+                 password: str | None = None) -> None:
+        if not seeds:
+            raise ValueError("a redis+cluster:// URL needs at least one node")
+        self.seeds = list(seeds)
+        self.username, self.password = username, password
+        self.slots: dict[int, tuple[str, int]] = {}  # slot -> owner, as the cluster last said
+        self.last: tuple[str, int] = self.seeds[0]  # where keyless commands go, and unknown slots
+
+    def __repr__(self) -> str:
+        return f"ClusterTarget({','.join(f'{h}:{p}' for h, p in self.seeds)})"
+
+    def node_for(self, slot: int | None) -> tuple[str, int]:
+        if slot is None:
+            return self.last
+        return self.slots.get(slot, self.last)
+
+    def moved(self, slot: int, node: tuple[str, int]) -> None:
+        self.slots[slot] = node
+        self.last = node
+
+
+def is_cluster_url(url: str | None) -> bool:
+    return bool(url) and url.split("://", 1)[0].lower() in SCHEMES  # type: ignore[union-attr]
+
+
+def parse_url(url: str) -> tuple[ClusterTarget, dict[str, Any]]:
+    """The nodes of `url`, and the connection options every node takes (username, password)."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in SCHEMES:
+        raise ValueError("not a redis+cluster:// URL")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    seeds = [_host_port(entry.strip()) for entry in hosts.split(",") if entry.strip()]
+    path = [p for p in parts.path.split("/") if p]
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    db = query.get("db") or (path[0] if path else "0")
+    if int(db) != 0:
+        raise ValueError("a Redis Cluster has database 0 only: drop the database from the redis+cluster:// URL")
+    username = password = None
+    if userinfo:
+        user, has_password, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if has_password else None
+    return ClusterTarget(seeds, username=username, password=password), {"username": username, "password": password}
+
+
+def _host_port(entry: str) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+    else:
+        host, port = entry, ""
+    return host, int(port) if port else DEFAULT_PORT
+
+
+def slot_of_command(args: tuple[Any, ...]) -> int | None:
+    """The slot of a command's key (its first key, for FCALL and EVALSHA), None for a command
+    without one."""
+    if len(args) < 2:
+        return None
+    name = args[0].upper() if isinstance(args[0], str) else bytes(args[0]).decode().upper()
+    if name in ("FCALL", "FCALL_RO", "EVALSHA", "EVAL", "EVALSHA_RO", "EVAL_RO"):
+        if len(args) < 4 or int(args[2]) == 0:
+            return None
+        key = args[3]
+    elif name in _KEYLESS:
+        return None
+    else:
+        key = args[1]
+    return key_slot(key.encode() if isinstance(key, str) else bytes(key))
+
+
+def redirect_of(message: str) -> tuple[str, int | None, tuple[str, int] | None] | None:
+    """What a cluster error reply says: ``("MOVED", slot, node)``, ``("ASK", slot, node)``,
+    ``("TRYAGAIN"|"CLUSTERDOWN"|"GUARD", None, None)``; None for any other error."""
+    head, _, rest = message.partition(" ")
+    if head in ("MOVED", "ASK"):
+        slot, _, where = rest.partition(" ")
+        host, _, port = where.rpartition(":")
+        return head, int(slot), (host.strip("[]"), int(port))
+    if head in ("TRYAGAIN", "CLUSTERDOWN"):
+        return head, None, None
+    # A transition stopped by its slot guard, or any script that reached a key not here.
+    if "non local key" in message or "Script attempted to access" in message:
+        return "GUARD", None, None
+    return None
+
+
+def refusal(err: rx.ResponseError, target: ClusterTarget) -> CommandNotSent | None:
+    """The error to raise for a cluster error reply (noting a MOVED's owner), else None. redis-py
+    parses the redirects into classes of their own, which drop the reply's first word."""
+    message = str(err)
+    if isinstance(err, rx.MovedError):
+        message = f"MOVED {message}"
+    elif isinstance(err, rx.AskError):
+        message = f"ASK {message}"
+    elif isinstance(err, rx.TryAgainError):
+        message = f"TRYAGAIN {message}"
+    elif isinstance(err, rx.ClusterDownError):
+        message = f"CLUSTERDOWN {message}"
+    redirect = redirect_of(message)
+    if redirect is None:
+        return None
+    kind, slot, node = redirect
+    if kind == "MOVED" and slot is not None and node is not None:
+        target.moved(slot, node)
+        return SlotMoved(f"{message} (the command did not run; sent again to the new owner)")
+    return SlotMigrating(f"{message} (the slot is being moved or the cluster is down for it; the command did not run)")
+
+
+# --- redis-py: connections to the node that owns the namespace's slot -----------------------------
+
+
+class ClusterNodeConnection(redis.asyncio.Connection):
+    """A redis-py asyncio connection to the node last known to own the slot; a redirect closes it
+    and raises a ConnectionError (the command did not run), which the client's retry sends again,
+    to the new owner."""
+
+    def __init__(self, *, cluster: ClusterTarget, **kwargs: Any) -> None:
+        self.cluster = cluster
+        super().__init__(**kwargs)
+
+    async def _connect(self) -> None:
+        self.host, self.port = self.cluster.node_for(None)
+        await super()._connect()
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except rx.ResponseError as err:
+            refused = refusal(err, self.cluster)
+            if refused is None:
+                raise
+            await self.disconnect()
+            raise refused from err
+
+
+class BlockingClusterNodeConnection(redis.Connection):
+    """:class:`ClusterNodeConnection` for redis-py's synchronous client."""
+
+    def __init__(self, *, cluster: ClusterTarget, **kwargs: Any) -> None:
+        self.cluster = cluster
+        super().__init__(**kwargs)
+
+    def _connect(self) -> Any:
+        self.host, self.port = self.cluster.node_for(None)
+        return super()._connect()
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except rx.ResponseError as err:
+            refused = refusal(err, self.cluster)
+            if refused is None:
+                raise
+            self.disconnect()
+            raise refused from err
+
+
+def pool_options(url: str, *, blocking: bool = False) -> dict[str, Any]:
+    """What a redis-py connection pool needs for a ``redis+cluster://`` URL. Its connections send
+    a command again after a redirect (and only then: it surely did not run), pausing while a slot
+    is being moved."""
+    target, options = parse_url(url)
+    kind = BlockingClusterNodeConnection if blocking else ClusterNodeConnection
+    backoff = ExponentialBackoff(cap=MIGRATING_BACKOFF_S[-1], base=MIGRATING_BACKOFF_S[0])
+    retry_kind = redis.retry.Retry if blocking else redis.asyncio.retry.Retry
+    retry = retry_kind(backoff, MAX_REDIRECTS, supported_errors=(SlotMoved, SlotMigrating))
+    return {"connection_class": kind, "cluster": target, "retry": retry, **options}
+
+
+async def locate(target: ClusterTarget, slot: int, *, timeout_s: float = 1.0) -> tuple[str, int]:
+    """Ask the nodes in turn (``CLUSTER SLOTS``) which one owns `slot`, and note it; for a
+    process that would rather not spend its first command on a redirect."""
+    errors = []
+    for host, port in [target.last, *(s for s in target.seeds if s != target.last)]:
+        try:
+            owner = await asyncio.wait_for(_ask_slots(target, host, port, slot), timeout_s)
+        except (OSError, TimeoutError, rx.RedisError, ValueError) as err:
+            errors.append(f"{host}:{port}: {err or type(err).__name__}")
+            continue
+        if owner is not None:
+            target.moved(slot, owner)
+            return owner
+        errors.append(f"{host}:{port} knows no owner of slot {slot}")
+    raise SlotMigrating(f"no node of the cluster named the owner of slot {slot} ({'; '.join(errors)})")
+
+
+def _slots_request(target: ClusterTarget) -> tuple[bytes, int]:
+    command: list[bytes] = []
+    if target.password is not None:
+        auth = (target.username, target.password) if target.username else (target.password,)
+        command.append(hiredis.pack_command(("AUTH", *auth)))
+    command.append(hiredis.pack_command(("CLUSTER", "SLOTS")))
+    return b"".join(command), len(command)
+
+
+def _owner_in(replies: list[Any], slot: int, asked: tuple[str, int]) -> tuple[str, int] | None:
+    for reply in replies:
+        if isinstance(reply, hiredis.ReplyError):
+            raise rx.ResponseError(str(reply))
+    for first, last, primary, *_replicas in replies[-1]:
+        if first <= slot <= last:
+            host = primary[0].decode() if primary[0] else asked[0]  # an empty host: the node asked
+            return host, int(primary[1])
+    return None
+
+
+async def _ask_slots(target: ClusterTarget, host: str, port: int, slot: int) -> tuple[str, int] | None:
+    request, expected = _slots_request(target)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request)
+        parser = hiredis.Reader()
+        replies: list[Any] = []
+        while len(replies) < expected:
+            data = await reader.read(65536)
+            if not data:
+                raise rx.ConnectionError("the node closed the connection")
+            parser.feed(data)
+            while len(replies) < expected and (reply := parser.gets()) is not False:
+                replies.append(reply)
+        return _owner_in(replies, slot, (host, port))
+    finally:
+        writer.close()
+
+
+def locate_blocking(target: ClusterTarget, slot: int, *, timeout_s: float = 1.0) -> tuple[str, int]:
+    """:func:`locate` for synchronous code (the supervisor's checks before it forks)."""
+    request, expected = _slots_request(target)
+    errors = []
+    for host, port in [target.last, *(s for s in target.seeds if s != target.last)]:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s) as sock:
+                sock.sendall(request)
+                parser = hiredis.Reader()
+                replies: list[Any] = []
+                while len(replies) < expected:
+                    data = sock.recv(65536)
+                    if not data:
+                        raise rx.ConnectionError("the node closed the connection")
+                    parser.feed(data)
+                    while len(replies) < expected and (reply := parser.gets()) is not False:
+                        replies.append(reply)
+            owner = _owner_in(replies, slot, (host, port))
+        except (OSError, rx.RedisError, ValueError) as err:
+            errors.append(f"{host}:{port}: {err or type(err).__name__}")
+            continue
+        if owner is not None:
+            target.moved(slot, owner)
+            return owner
+        errors.append(f"{host}:{port} knows no owner of slot {slot}")
+    raise SlotMigrating(f"no node of the cluster named the owner of slot {slot} ({'; '.join(errors)})")
+
+
+def namespace_slot(key_prefix: str) -> int:
+    """The slot of a namespace (its prefix's hash tag)."""
+    if hash_tag(key_prefix) is None:
+        raise ValueError(f"on a Redis Cluster the key prefix must carry a hash tag, such as '{{ojs}}:'; "
+                         f"{key_prefix!r} has none")
+    return key_slot(key_prefix.encode())

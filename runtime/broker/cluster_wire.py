@@ -1,0 +1,103 @@
+"""The lean connection on a Redis Cluster: one pipelined socket per node, each command sent to the
+node that owns its key's slot, redirects followed (:mod:`runtime.broker.cluster` says how)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from redis import exceptions as rx
+
+from runtime.broker.cluster import (
+    MAX_REDIRECTS,
+    MIGRATING_BACKOFF_S,
+    SlotMoved,
+    refusal,
+    slot_of_command,
+)
+from runtime.broker.wire import CommandNotSent, Wire, _open, _pack, _Protocol
+
+
+class ClusterWire(Wire):
+    """A :class:`~runtime.broker.wire.Wire` per node, behind one object. A command without a key
+    (``FUNCTION LOAD``, ``WAIT``, ``INFO``) goes to the node of this connection's last command
+    with a key, so a library is loaded where a call found it missing, and a ``WAIT`` waits for
+    the replicas of the node that took the writes."""
+
+    def __init__(self, address: Any) -> None:
+        super().__init__(address)
+        self._nodes: dict[tuple[str, int], _Protocol] = {}
+        self._openings: dict[tuple[str, int], asyncio.Task[_Protocol]] = {}
+        self._last_slot: int | None = None
+
+    async def execute(self, *args: Any) -> Any:
+        target = self.address.cluster
+        slot = slot_of_command(args)
+        if slot is None:
+            slot = self._last_slot
+        else:
+            self._last_slot = slot
+        packed = _pack(args)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.address.command_timeout_s or 5.0)
+        pauses = iter(MIGRATING_BACKOFF_S)
+        for _ in range(MAX_REDIRECTS):
+            proto = await self._node(target.node_for(slot))
+            try:
+                return await proto.request(packed)
+            except rx.ResponseError as err:
+                refused = refusal(err, target)
+                if refused is None:
+                    raise
+            if isinstance(refused, SlotMoved):
+                continue
+            if loop.time() >= deadline:
+                raise refused
+            await asyncio.sleep(next(pauses, MIGRATING_BACKOFF_S[-1]))
+        raise CommandNotSent(f"the cluster redirected a command {MAX_REDIRECTS} times; it did not run")
+
+    async def execute_many(self, *commands: Sequence[Any]) -> list[Any]:
+        """`commands` back to back to the node of the first one with a key. A command the cluster
+        refused (a redirect: it did not run) gets that error in its place, never a second send:
+        the others ran, and which of them may run again is the caller's to say."""
+        target = self.address.cluster
+        slot = next((s for s in map(slot_of_command, map(tuple, commands)) if s is not None), self._last_slot)
+        self._last_slot = slot
+        proto = await self._node(target.node_for(slot))
+        replies = await asyncio.gather(*(proto.request(_pack(tuple(c))) for c in commands), return_exceptions=True)
+        for index, reply in enumerate(replies):
+            if isinstance(reply, rx.ResponseError) and (refused := refusal(reply, target)) is not None:
+                replies[index] = refused
+        return replies
+
+    async def _node(self, node: tuple[str, int]) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        proto = self._nodes.get(node)
+        if proto is not None and proto.loop is loop and proto.is_open():
+            return proto
+        opening = self._openings.get(node)
+        if opening is None or opening.get_loop() is not loop or opening.done():
+            opening = self._openings[node] = loop.create_task(_open(self.address, node))
+        try:
+            proto = await asyncio.shield(opening)
+        except rx.AuthenticationError:
+            raise
+        except (rx.ConnectionError, OSError, TimeoutError) as err:
+            raise CommandNotSent(f"{err} The command was not sent.") from err
+        finally:
+            if opening.done():
+                self._openings.pop(node, None)
+        self._nodes[node] = proto
+        return proto
+
+    async def close(self) -> None:
+        protos, self._nodes = list(self._nodes.values()), {}
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for proto in protos:
+            if proto.transport is not None and proto.loop is running and not proto.closed.done():
+                proto.transport.close()
+                await proto.closed

@@ -1,0 +1,87 @@
+"""The redis+cluster:// URL, command routing by slot and the cluster's redirect replies: the parts
+of runtime.broker.cluster that need no server (tests/test_cluster.py runs a real cluster)."""
+
+from __future__ import annotations
+
+import pytest
+from redis import exceptions as rx
+from redis.crc import key_slot
+
+from runtime.broker.cluster import (
+    ClusterTarget,
+    SlotMigrating,
+    SlotMoved,
+    namespace_slot,
+    parse_url,
+    refusal,
+    slot_of_command,
+)
+from runtime.broker.wire import Address, CommandNotSent
+from runtime.config import Settings
+
+
+def test_the_url_names_the_nodes_and_the_credentials_every_node_takes() -> None:
+    target, options = parse_url("redis+cluster://app:s%40cret@10.0.0.1:7000,10.0.0.2,[::1]:7002")
+    assert target.seeds == [("10.0.0.1", 7000), ("10.0.0.2", 6379), ("::1", 7002)]
+    assert options == {"username": "app", "password": "s@cret"}
+    assert target.node_for(None) == ("10.0.0.1", 7000)
+
+
+def test_a_cluster_has_database_0_only() -> None:
+    parse_url("redis+cluster://h:1/0")
+    with pytest.raises(ValueError, match="database 0 only"):
+        parse_url("redis+cluster://h:1/3")
+    with pytest.raises(ValueError, match="at least one node"):
+        parse_url("redis+cluster:///")
+
+
+def test_the_lean_connection_takes_the_url() -> None:
+    address = Address.from_url("redis+cluster://:pw@h:7000")
+    assert address is not None and isinstance(address.cluster, ClusterTarget)
+    assert address.password == "pw" and address.with_timeout(1.0).cluster is address.cluster
+
+
+def test_a_command_goes_to_the_slot_of_its_first_key() -> None:
+    assert slot_of_command(("FCALL", "f", 2, "{ojs}:job:1", "{ojs}:queues", "x")) == key_slot(b"{ojs}:")
+    assert slot_of_command(("FCALL", "f", 0)) is None
+    assert slot_of_command(("HGETALL", b"{a}:job")) == key_slot(b"a")
+    for keyless in (("PING",), ("FUNCTION", "LOAD", "REPLACE", "code"), ("WAIT", 1, 100), ("INFO", "memory")):
+        assert slot_of_command(keyless) is None
+
+
+def test_moved_names_the_new_owner_for_every_connection_of_the_url() -> None:
+    target, _ = parse_url("redis+cluster://seed:1")
+    slot = key_slot(b"{ojs}:")
+    moved = refusal(rx.ResponseError(f"MOVED {slot} 10.1.1.1:7005"), target)
+    assert isinstance(moved, SlotMoved) and isinstance(moved, CommandNotSent)
+    assert target.node_for(slot) == ("10.1.1.1", 7005) and target.node_for(None) == ("10.1.1.1", 7005)
+    # redis-py's own parse of the same reply drops the first word
+    again = refusal(rx.MovedError(f"{slot} 10.1.1.2:7006"), target)
+    assert isinstance(again, SlotMoved) and target.node_for(slot) == ("10.1.1.2", 7006)
+
+
+@pytest.mark.parametrize("reply", [
+    rx.ResponseError("ASK 7503 10.0.0.9:7001"), rx.AskError("7503 10.0.0.9:7001"),
+    rx.ResponseError("TRYAGAIN Multiple keys request during rehashing of slot"), rx.TryAgainError("x"),
+    rx.ResponseError("CLUSTERDOWN The cluster is down"),
+    rx.ResponseError("ERR Script attempted to access a non local key in a cluster node script: f"),
+])
+def test_a_slot_being_moved_refuses_without_running_and_is_not_followed(reply: rx.ResponseError) -> None:
+    target, _ = parse_url("redis+cluster://seed:1")
+    refused = refusal(reply, target)
+    assert isinstance(refused, SlotMigrating) and isinstance(refused, CommandNotSent)
+    assert target.slots == {} and target.node_for(None) == ("seed", 1)
+
+
+def test_other_errors_are_the_callers() -> None:
+    target, _ = parse_url("redis+cluster://seed:1")
+    assert refusal(rx.ResponseError("WRONGTYPE Operation against a key"), target) is None
+
+
+def test_a_namespace_on_a_cluster_needs_a_hash_tag() -> None:
+    assert namespace_slot("{ojs}:") == key_slot(b"ojs")
+    with pytest.raises(ValueError, match="hash tag"):
+        namespace_slot("ojs:")
+    with pytest.raises(ValueError, match="OJS_KEY_PREFIX must carry a hash tag"):
+        Settings(redis_url="redis+cluster://h:1", key_prefix="jobs:")
+    Settings(redis_url="redis://h:1", key_prefix="jobs:")  # a single Redis needs none
