@@ -107,13 +107,18 @@ def test_replicas_follow_one_primary_each(make_cluster: MakeCluster) -> None:
     assert {n.name for n in cluster.primaries()} == {"node-0", "node-1", "node-2"}
 
 
-def test_move_slot_under_writes_moves_every_key_and_the_old_owner_redirects(make_cluster: MakeCluster) -> None:
-    # Given: 50 keys of one slot on their owner (hash-tagged, so they share the slot)
+@pytest.mark.parametrize("behind_proxies", [False, True], ids=["direct", "behind-proxies"])
+def test_move_slot_under_writes_moves_every_key_and_the_old_owner_redirects(
+        make_cluster: MakeCluster, behind_proxies: bool) -> None:
+    # Given: 50 keys of one slot on their owner (hash-tagged, so they share the slot); with
+    # `behind_proxies`, clients reach every node only through its proxy (ASK and MOVED say so)
     password = "s3cret pass"
-    cluster = make_cluster(password=password)
+    cluster = make_cluster(password=password, proxied=range(3) if behind_proxies else ())
     slot = cluster.slot_of("{moving}")
     source = cluster.node_for_slot(slot)
     target, bystander = (node for node in cluster.nodes if node is not source)
+    target_port = target.announced_port
+    assert (target_port != target.port) == behind_proxies
     expected = {f"{{moving}}:{i}": f"v{i}" for i in range(50)}
     for key, value in expected.items():
         source.client().set(key, value)
@@ -133,16 +138,16 @@ def test_move_slot_under_writes_moves_every_key_and_the_old_owner_redirects(make
 
     # Then: the 50 keys moved in 5 batches; every new key was ASKed to the target
     assert moved == 50 and len(batches) == 5
-    assert asked_to[0::2] == [target.port] * 5
-    assert set(asked_to) <= {None, target.port}
+    assert asked_to[0::2] == [target_port] * 5
+    assert set(asked_to) <= {None, target_port}
     # And: every key, written before or during the move, is on the target with its last value
     assert cluster.node_for_slot(slot) is target
     assert source.client().execute_command("CLUSTER COUNTKEYSINSLOT", slot) == 0
     assert target.client().execute_command("CLUSTER COUNTKEYSINSLOT", slot) == len(expected) == 55
     assert {key: target.client().get(key) for key in expected} == expected
     # And: the old owner, and every other primary, send clients to the target with MOVED
-    assert moved_to(source.client(), "{moving}:0") == (HOST, target.port)
-    assert moved_to(bystander.client(), "{moving}:0") == (HOST, target.port)
+    assert moved_to(source.client(), "{moving}:0") == (HOST, target_port)
+    assert moved_to(bystander.client(), "{moving}:0") == (HOST, target_port)
 
 
 def test_a_node_behind_a_proxy_is_announced_at_the_proxy_port(make_cluster: MakeCluster) -> None:
