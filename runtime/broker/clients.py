@@ -27,7 +27,7 @@ HEALTH_CHECK_INTERVAL_S = 30
 
 def tls_options(settings: Settings, url: str) -> dict[str, Any]:
     """redis-py's TLS keywords from the settings, for a ``rediss://`` URL (its query overrides them)."""
-    if not url.startswith("rediss:"):
+    if not url.startswith(("rediss:", "rediss+cluster:")):
         return {}
     given = (("ssl_ca_certs", settings.redis_tls_ca), ("ssl_certfile", settings.redis_tls_cert),
              ("ssl_keyfile", settings.redis_tls_key))

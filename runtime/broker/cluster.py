@@ -3,6 +3,8 @@
 The URL names some nodes of the cluster (any of them; the first that answers is used)::
 
     redis+cluster://[user:password@]host1:6379,host2:6379,host3:6379[/0]
+    rediss+cluster://...   (TLS to every node: ?ssl_ca_certs=...&ssl_certfile=...&ssl_keyfile=...,
+                            or the OJS_REDIS_TLS_* settings, as for rediss://)
 
 Every key of a namespace carries the namespace's hash tag (``{ojs}:...``), so the whole namespace
 is one slot and lives on one primary: each connection talks to the node that owns that slot and
@@ -17,20 +19,20 @@ While a slot is being moved (a reshard), its keys are split between two nodes. A
 finds its key gone answers ``ASK`` (or ``TRYAGAIN``): it did not run, and it is not followed to
 the importing node. It waits a little and is sent again until the move is done (the new owner
 then answers it), within the command deadline. A script could still find some of its keys moved
-half way through, after it wrote others, and Redis does not undo a script's writes when it fails:
-so on a cluster every transition's first command touches a key that never exists
-(:data:`GUARD_SUFFIX`), which fails the script before it writes anything whenever its slot is
-being moved (:mod:`runtime.broker.scripts` builds that library).
+half way through, after it wrote others, and Redis does not undo a script's writes when it fails.
+Redis checks a script's declared keys before it starts (``TRYAGAIN`` when some are missing, ``ASK``
+when all are), and most transitions declare the bare prefix, a key that never exists, so they are
+refused before they start; a transition whose declared keys all exist would not be. So on a
+cluster every transition's first command touches a key that never exists (:data:`GUARD_SUFFIX`),
+which fails the script before it writes anything whenever its slot is being moved, whatever keys
+it declares (:mod:`runtime.broker.scripts` builds that library; tests/test_cluster_reshard.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
-import hiredis
 import redis
 import redis.asyncio
 import redis.asyncio.retry
@@ -42,7 +44,7 @@ from redis.crc import key_slot
 from runtime.broker.keys import hash_tag
 from runtime.broker.wire import CommandNotSent
 
-SCHEMES = ("redis+cluster",)
+SCHEMES = ("redis+cluster", "rediss+cluster")
 DEFAULT_PORT = 6379
 # Appended to a transition's first key: a name no key of the namespace ever has (the NUL byte),
 # in the same slot (the key's hash tag decides the slot, not the rest of its name).
@@ -77,14 +79,15 @@ class ClusterTarget:
     """The nodes a URL names, the credentials, and what this process has learned of the slot
     map. Shared by every connection made from one URL."""
 
-    __slots__ = ("seeds", "username", "password", "slots", "last")
+    __slots__ = ("seeds", "username", "password", "tls", "slots", "last")
 
     def __init__(self, seeds: list[tuple[str, int]], *, username: str | None = None,
-                 password: str | None = None) -> None:
+                 password: str | None = None, tls: bool = False) -> None:
         if not seeds:
             raise ValueError("a redis+cluster:// URL needs at least one node")
         self.seeds = list(seeds)
         self.username, self.password = username, password
+        self.tls = tls
         self.slots: dict[int, tuple[str, int]] = {}  # slot -> owner, as the cluster last said
         self.last: tuple[str, int] = self.seeds[0]  # where keyless commands go, and unknown slots
 
@@ -106,23 +109,32 @@ def is_cluster_url(url: str | None) -> bool:
 
 
 def parse_url(url: str) -> tuple[ClusterTarget, dict[str, Any]]:
-    """The nodes of `url`, and the connection options every node takes (username, password)."""
+    """The nodes of `url`, and redis-py's connection keywords for every node (username,
+    password, and the ``ssl_*`` options of a rediss+cluster:// URL's query), parsed as redis-py
+    parses a one-node URL."""
     parts = urlsplit(url)
-    if parts.scheme.lower() not in SCHEMES:
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
         raise ValueError("not a redis+cluster:// URL")
-    userinfo, _, hosts = parts.netloc.rpartition("@")
+    userinfo, at, hosts = parts.netloc.rpartition("@")
     seeds = [_host_port(entry.strip()) for entry in hosts.split(",") if entry.strip()]
-    path = [p for p in parts.path.split("/") if p]
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    db = query.get("db") or (path[0] if path else "0")
-    if int(db) != 0:
+    if not seeds:
+        raise ValueError("a redis+cluster:// URL needs at least one node")
+    tls = scheme == "rediss+cluster"
+    one_node = urlunsplit(("rediss" if tls else "redis", f"{userinfo}{at}{_netloc(seeds[0])}", parts.path,
+                           parts.query, ""))
+    options = redis.connection.parse_url(one_node)
+    if int(options.pop("db", 0) or 0) != 0:
         raise ValueError("a Redis Cluster has database 0 only: drop the database from the redis+cluster:// URL")
-    username = password = None
-    if userinfo:
-        user, has_password, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if has_password else None
-    return ClusterTarget(seeds, username=username, password=password), {"username": username, "password": password}
+    for node_specific in ("host", "port", "connection_class"):
+        options.pop(node_specific, None)
+    target = ClusterTarget(seeds, username=options.get("username"), password=options.get("password"), tls=tls)
+    return target, options
+
+
+def _netloc(node: tuple[str, int]) -> str:
+    host, port = node
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _host_port(entry: str) -> tuple[str, int]:
@@ -219,6 +231,10 @@ class ClusterNodeConnection(redis.asyncio.Connection):
             raise refused from err
 
 
+class ClusterNodeSSLConnection(ClusterNodeConnection, redis.asyncio.SSLConnection):
+    """:class:`ClusterNodeConnection` over TLS (rediss+cluster://)."""
+
+
 class BlockingClusterNodeConnection(redis.Connection):
     """:class:`ClusterNodeConnection` for redis-py's synchronous client."""
 
@@ -241,100 +257,23 @@ class BlockingClusterNodeConnection(redis.Connection):
             raise refused from err
 
 
+class BlockingClusterNodeSSLConnection(BlockingClusterNodeConnection, redis.SSLConnection):
+    """:class:`BlockingClusterNodeConnection` over TLS."""
+
+
 def pool_options(url: str, *, blocking: bool = False) -> dict[str, Any]:
     """What a redis-py connection pool needs for a ``redis+cluster://`` URL. Its connections send
     a command again after a redirect (and only then: it surely did not run), pausing while a slot
     is being moved."""
     target, options = parse_url(url)
-    kind = BlockingClusterNodeConnection if blocking else ClusterNodeConnection
+    if blocking:
+        kind: type = BlockingClusterNodeSSLConnection if target.tls else BlockingClusterNodeConnection
+    else:
+        kind = ClusterNodeSSLConnection if target.tls else ClusterNodeConnection
     backoff = ExponentialBackoff(cap=MIGRATING_BACKOFF_S[-1], base=MIGRATING_BACKOFF_S[0])
     retry_kind = redis.retry.Retry if blocking else redis.asyncio.retry.Retry
     retry = retry_kind(backoff, MAX_REDIRECTS, supported_errors=(SlotMoved, SlotMigrating))
     return {"connection_class": kind, "cluster": target, "retry": retry, **options}
-
-
-async def locate(target: ClusterTarget, slot: int, *, timeout_s: float = 1.0) -> tuple[str, int]:
-    """Ask the nodes in turn (``CLUSTER SLOTS``) which one owns `slot`, and note it; for a
-    process that would rather not spend its first command on a redirect."""
-    errors = []
-    for host, port in [target.last, *(s for s in target.seeds if s != target.last)]:
-        try:
-            owner = await asyncio.wait_for(_ask_slots(target, host, port, slot), timeout_s)
-        except (OSError, TimeoutError, rx.RedisError, ValueError) as err:
-            errors.append(f"{host}:{port}: {err or type(err).__name__}")
-            continue
-        if owner is not None:
-            target.moved(slot, owner)
-            return owner
-        errors.append(f"{host}:{port} knows no owner of slot {slot}")
-    raise SlotMigrating(f"no node of the cluster named the owner of slot {slot} ({'; '.join(errors)})")
-
-
-def _slots_request(target: ClusterTarget) -> tuple[bytes, int]:
-    command: list[bytes] = []
-    if target.password is not None:
-        auth = (target.username, target.password) if target.username else (target.password,)
-        command.append(hiredis.pack_command(("AUTH", *auth)))
-    command.append(hiredis.pack_command(("CLUSTER", "SLOTS")))
-    return b"".join(command), len(command)
-
-
-def _owner_in(replies: list[Any], slot: int, asked: tuple[str, int]) -> tuple[str, int] | None:
-    for reply in replies:
-        if isinstance(reply, hiredis.ReplyError):
-            raise rx.ResponseError(str(reply))
-    for first, last, primary, *_replicas in replies[-1]:
-        if first <= slot <= last:
-            host = primary[0].decode() if primary[0] else asked[0]  # an empty host: the node asked
-            return host, int(primary[1])
-    return None
-
-
-async def _ask_slots(target: ClusterTarget, host: str, port: int, slot: int) -> tuple[str, int] | None:
-    request, expected = _slots_request(target)
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        writer.write(request)
-        parser = hiredis.Reader()
-        replies: list[Any] = []
-        while len(replies) < expected:
-            data = await reader.read(65536)
-            if not data:
-                raise rx.ConnectionError("the node closed the connection")
-            parser.feed(data)
-            while len(replies) < expected and (reply := parser.gets()) is not False:
-                replies.append(reply)
-        return _owner_in(replies, slot, (host, port))
-    finally:
-        writer.close()
-
-
-def locate_blocking(target: ClusterTarget, slot: int, *, timeout_s: float = 1.0) -> tuple[str, int]:
-    """:func:`locate` for synchronous code (the supervisor's checks before it forks)."""
-    request, expected = _slots_request(target)
-    errors = []
-    for host, port in [target.last, *(s for s in target.seeds if s != target.last)]:
-        try:
-            with socket.create_connection((host, port), timeout=timeout_s) as sock:
-                sock.sendall(request)
-                parser = hiredis.Reader()
-                replies: list[Any] = []
-                while len(replies) < expected:
-                    data = sock.recv(65536)
-                    if not data:
-                        raise rx.ConnectionError("the node closed the connection")
-                    parser.feed(data)
-                    while len(replies) < expected and (reply := parser.gets()) is not False:
-                        replies.append(reply)
-            owner = _owner_in(replies, slot, (host, port))
-        except (OSError, rx.RedisError, ValueError) as err:
-            errors.append(f"{host}:{port}: {err or type(err).__name__}")
-            continue
-        if owner is not None:
-            target.moved(slot, owner)
-            return owner
-        errors.append(f"{host}:{port} knows no owner of slot {slot}")
-    raise SlotMigrating(f"no node of the cluster named the owner of slot {slot} ({'; '.join(errors)})")
 
 
 def namespace_slot(key_prefix: str) -> int:

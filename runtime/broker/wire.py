@@ -119,8 +119,9 @@ class Address:
         from runtime.broker import cluster  # it builds on this module's errors
 
         if cluster.is_cluster_url(url):
-            nodes, common = cluster.parse_url(url)
-            return cls(cluster=nodes, **common)
+            nodes, node_options = cluster.parse_url(url)
+            tls = tls_context({**options, **node_options}) if nodes.tls else None
+            return cls(cluster=nodes, username=nodes.username, password=nodes.password, tls=tls)
         kwargs = {**options, **parse_url(url)}
         kind = kwargs.pop("connection_class", None)
         return cls._of(kind.__name__ if kind else "Connection", kwargs)
@@ -139,7 +140,8 @@ class Address:
         if isinstance(kwargs.get("sentinel"), sentinels.SentinelTarget):
             return cls(sentinel=kwargs["sentinel"], **common)
         if kwargs.get("cluster") is not None:
-            return cls(cluster=kwargs["cluster"], **common)
+            tls = tls_context(kwargs) if kwargs["cluster"].tls else None
+            return cls(cluster=kwargs["cluster"], **common, tls=tls)
         tcp: dict[str, Any] = {"host": kwargs.get("host") or "127.0.0.1", "port": int(kwargs.get("port") or 6379)}
         if kind == "Connection":
             return cls(**tcp, **common)
