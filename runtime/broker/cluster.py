@@ -11,7 +11,9 @@ is one slot and lives on one primary: each connection talks to the node that own
 every script stays atomic there. Where a slot lives is learned from the cluster's own answers:
 a connection first goes to the node last known to own the slot (at first, a node of the URL), and
 a ``MOVED <slot> <host>:<port>`` reply (the command did not run) names the owner, which is noted
-for every connection made from that URL in this process (:class:`ClusterTarget`). The lean
+for every connection made from that URL in this process (:class:`ClusterTarget`). A node that
+cannot be reached (it died; its replica is being promoted) is forgotten, and the next connection
+goes to another node of the URL, which names the new owner once the cluster has one. The lean
 connection sends the command again there, transparently; redis-py's connections close and their
 client's retry sends it again.
 
@@ -102,6 +104,17 @@ class ClusterTarget:
     def moved(self, slot: int, node: tuple[str, int]) -> None:
         self.slots[slot] = node
         self.last = node
+
+    def unreachable(self, node: tuple[str, int]) -> None:
+        """No connection could be made to `node` (it died, or a failover is under way): forget
+        what it owned and go to another node of the URL next, which will name the slot's new
+        owner with ``MOVED`` once the cluster has promoted one."""
+        for slot in [slot for slot, owner in self.slots.items() if owner == node]:
+            del self.slots[slot]
+        if node in self.seeds:
+            self.seeds.append(self.seeds.pop(self.seeds.index(node)))
+        if self.last == node or self.last not in self.seeds:
+            self.last = self.seeds[0]
 
 
 def is_cluster_url(url: str | None) -> bool:
@@ -217,8 +230,12 @@ class ClusterNodeConnection(redis.asyncio.Connection):
         super().__init__(**kwargs)
 
     async def _connect(self) -> None:
-        self.host, self.port = self.cluster.node_for(None)
-        await super()._connect()
+        self.host, self.port = node = self.cluster.node_for(None)
+        try:
+            await super()._connect()
+        except (OSError, TimeoutError):
+            self.cluster.unreachable(node)
+            raise
 
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -243,8 +260,12 @@ class BlockingClusterNodeConnection(redis.Connection):
         super().__init__(**kwargs)
 
     def _connect(self) -> Any:
-        self.host, self.port = self.cluster.node_for(None)
-        return super()._connect()
+        self.host, self.port = node = self.cluster.node_for(None)
+        try:
+            return super()._connect()
+        except (OSError, TimeoutError):
+            self.cluster.unreachable(node)
+            raise
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -84,6 +84,7 @@ class ClusterWire(Wire):
         except rx.AuthenticationError:
             raise
         except (rx.ConnectionError, OSError, TimeoutError) as err:
+            self.address.cluster.unreachable(node)
             raise CommandNotSent(f"{err} The command was not sent.") from err
         finally:
             if opening.done():

@@ -85,3 +85,15 @@ def test_a_namespace_on_a_cluster_needs_a_hash_tag() -> None:
     with pytest.raises(ValueError, match="OJS_KEY_PREFIX must carry a hash tag"):
         Settings(redis_url="redis+cluster://h:1", key_prefix="jobs:")
     Settings(redis_url="redis://h:1", key_prefix="jobs:")  # a single Redis needs none
+
+
+def test_a_node_that_cannot_be_reached_is_forgotten_and_another_is_asked_next() -> None:
+    target, _ = parse_url("redis+cluster://a:1,b:2,c:3")
+    slot = key_slot(b"{ojs}:")
+    target.moved(slot, ("b", 2))
+    target.unreachable(("b", 2))  # the owner died: its replica will be promoted
+    assert slot not in target.slots and target.node_for(slot) == ("a", 1)
+    target.unreachable(("a", 1))  # and a dead seed is asked last
+    assert target.node_for(None) == ("c", 3) and target.seeds == [("c", 3), ("b", 2), ("a", 1)]
+    target.unreachable(("z", 9))  # a node the URL does not name: nothing to forget
+    assert target.node_for(None) == ("c", 3)
