@@ -140,7 +140,7 @@ class Address:
         if isinstance(kwargs.get("sentinel"), sentinels.SentinelTarget):
             return cls(sentinel=kwargs["sentinel"], **common)
         if kwargs.get("cluster") is not None:
-            tls = tls_context(kwargs) if kwargs["cluster"].tls else None
+            tls = tls_context({k: v for k, v in kwargs.items() if k != "cluster"}) if kwargs["cluster"].tls else None
             return cls(cluster=kwargs["cluster"], **common, tls=tls)
         tcp: dict[str, Any] = {"host": kwargs.get("host") or "127.0.0.1", "port": int(kwargs.get("port") or 6379)}
         if kind == "Connection":
