@@ -85,7 +85,10 @@ class ResultWatch:
                 if envelope["state"] in ENDED:
                     return envelope
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                await asyncio.wait_for(woken, left)
+                # asyncio.timeout, not wait_for: on Python 3.11 a wait_for whose future is done
+                # as its task is cancelled returns, and this loop would swallow the cancel.
+                async with asyncio.timeout(left):
+                    await woken
             finally:
                 self._unregister(job_id, woken)
 

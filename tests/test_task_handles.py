@@ -336,3 +336,26 @@ def test_a_handler_enqueues_through_a_handle_into_the_runtimes_redis(redis_url: 
     finally:
         runtime.stop()
         print(runtime.log())
+
+
+def test_a_result_wait_ends_when_cancelled_as_its_wake_up_comes(redis_url: str) -> None:
+    # A wake-up that lands in the same loop iteration as the cancellation (an event for the job as
+    # its caller gives up): on Python 3.11 asyncio.wait_for returns then instead of raising, and the
+    # wait's loop read the job again and went back to waiting, the cancel lost.
+    async def main() -> bool:
+        async with Client(redis_url) as client:
+            handle = await client.enqueue_job("tasks.nobody_runs_this", [])
+            waiting = asyncio.get_running_loop().create_task(handle.result(timeout=60))
+            deadline = asyncio.get_running_loop().time() + 10
+            while not (client._watch and client._watch._waiters.get(handle.id)):  # noqa: SLF001
+                assert asyncio.get_running_loop().time() < deadline, "the wait never registered"
+                await asyncio.sleep(0.01)
+            for woken in client._watch._waiters[handle.id]:  # noqa: SLF001
+                woken.set_result(None)
+            waiting.cancel()
+            done, _ = await asyncio.wait([waiting], timeout=10)
+            if not done:
+                waiting.cancel()
+            return bool(done) and waiting.cancelled()
+
+    assert asyncio.run(main()), "the result wait went on after it was cancelled"

@@ -151,9 +151,12 @@ class Batcher:
                 future.set_result(result)
 
     async def _pause(self, seconds: float) -> None:
-        """Sleep between two tries; close() ends it early."""
+        """Sleep between two tries; close() ends it early. asyncio.timeout, not wait_for: on
+        Python 3.11 a wait_for whose wait ends as its task is cancelled returns instead of
+        raising, and the retry loop would go on after a cancel."""
         try:
-            await asyncio.wait_for(self._closing.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._closing.wait()
         except TimeoutError:
             pass
 
