@@ -17,6 +17,7 @@ from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from runtime.broker import cluster, sentinel
+from runtime.broker.keys import DEFAULT_PREFIX
 from runtime.broker.wire import CommandNotSent, keepalive_options
 from runtime.config import Settings
 
@@ -45,35 +46,38 @@ def _options(settings: Settings, url: str) -> dict[str, Any]:
     return {**options, **tls_options(settings, url)}
 
 
-def from_url(url: str, **kwargs: Any) -> Redis:
-    """``Redis.from_url`` that also takes ``redis+sentinel://`` URLs (:mod:`runtime.broker.sentinel`)."""
+def from_url(url: str, *, key_prefix: str = DEFAULT_PREFIX, **kwargs: Any) -> Redis:
+    """``Redis.from_url`` that also takes ``redis+sentinel://`` URLs (:mod:`runtime.broker.sentinel`)
+    and ``redis+cluster://`` ones (:mod:`runtime.broker.cluster`: its connections go to the owner
+    of `key_prefix`'s slot)."""
     if sentinel.is_sentinel_url(url):
         return Redis.from_pool(ConnectionPool(**sentinel.pool_options(url), **kwargs))
     if cluster.is_cluster_url(url):
-        return Redis.from_pool(ConnectionPool(**cluster.pool_options(url), **kwargs))
+        return Redis.from_pool(ConnectionPool(**cluster.pool_options(url, home_key=key_prefix), **kwargs))
     return Redis.from_url(url, **kwargs)
 
 
-def blocking_from_url(url: str, **kwargs: Any) -> redis.Redis:
+def blocking_from_url(url: str, *, key_prefix: str = DEFAULT_PREFIX, **kwargs: Any) -> redis.Redis:
     """The same for redis-py's synchronous client."""
     if sentinel.is_sentinel_url(url):
         return redis.Redis.from_pool(redis.ConnectionPool(**sentinel.pool_options(url, blocking=True), **kwargs))
     if cluster.is_cluster_url(url):
-        return redis.Redis.from_pool(redis.ConnectionPool(**cluster.pool_options(url, blocking=True), **kwargs))
+        options = cluster.pool_options(url, blocking=True, home_key=key_prefix)
+        return redis.Redis.from_pool(redis.ConnectionPool(**options, **kwargs))
     return redis.Redis.from_url(url, **kwargs)
 
 
 def redis_client(settings: Settings, url: str | None = None, **kwargs: Any) -> Redis:
     """A redis-py asyncio client for `url` (default: the configured one)."""
     url = url or settings.redis_url or ""
-    return from_url(url, **{**_options(settings, url), **kwargs})
+    return from_url(url, key_prefix=settings.key_prefix, **{**_options(settings, url), **kwargs})
 
 
 def blocking_client(settings: Settings, url: str | None = None, **kwargs: Any) -> redis.Redis:
     """A synchronous redis-py client for `url` (default: the configured one), TLS included: for
     the supervisor's checks before it forks."""
     url = url or settings.redis_url or ""
-    return blocking_from_url(url, **{**tls_options(settings, url), **kwargs})
+    return blocking_from_url(url, key_prefix=settings.key_prefix, **{**tls_options(settings, url), **kwargs})
 
 
 class _WaitingPool(BlockingConnectionPool):
@@ -96,7 +100,8 @@ def endpoint_client(settings: Settings, url: str) -> Redis:
     if sentinel.is_sentinel_url(url):
         pool = _WaitingPool(**sentinel.pool_options(url), **bounds, **_options(settings, url))
     elif cluster.is_cluster_url(url):
-        pool = _WaitingPool(**cluster.pool_options(url), **bounds, **_options(settings, url))
+        pool = _WaitingPool(**cluster.pool_options(url, home_key=settings.key_prefix), **bounds,
+                            **_options(settings, url))
     else:
         pool = _WaitingPool.from_url(url, **bounds, **_options(settings, url))
     return Redis(connection_pool=pool)

@@ -81,15 +81,20 @@ class ClusterTarget:
     """The nodes a URL names, the credentials, and what this process has learned of the slot
     map. Shared by every connection made from one URL."""
 
-    __slots__ = ("seeds", "username", "password", "tls", "slots", "last")
+    __slots__ = ("seeds", "username", "password", "tls", "slots", "last", "home_key", "home_slot")
 
     def __init__(self, seeds: list[tuple[str, int]], *, username: str | None = None,
-                 password: str | None = None, tls: bool = False) -> None:
+                 password: str | None = None, tls: bool = False, home_key: str | None = None) -> None:
         if not seeds:
             raise ValueError("a redis+cluster:// URL needs at least one node")
         self.seeds = list(seeds)
         self.username, self.password = username, password
         self.tls = tls
+        # The namespace's prefix: commands without a key (SCAN, INFO, FUNCTION LOAD, WAIT) are
+        # about the namespace, so they go to the owner of its slot, and every redis-py
+        # connection checks that it reached that owner before it is used.
+        self.home_key = home_key
+        self.home_slot = key_slot(home_key.encode()) if home_key else None
         self.slots: dict[int, tuple[str, int]] = {}  # slot -> owner, as the cluster last said
         self.last: tuple[str, int] = self.seeds[0]  # where keyless commands go, and unknown slots
 
@@ -97,6 +102,9 @@ class ClusterTarget:
         return f"ClusterTarget({','.join(f'{h}:{p}' for h, p in self.seeds)})"
 
     def node_for(self, slot: int | None) -> tuple[str, int]:
+        """The node to send a command on `slot` to (a command without a key: on the namespace's)."""
+        if slot is None:
+            slot = self.home_slot
         if slot is None:
             return self.last
         return self.slots.get(slot, self.last)
@@ -121,7 +129,7 @@ def is_cluster_url(url: str | None) -> bool:
     return bool(url) and url.split("://", 1)[0].lower() in SCHEMES  # type: ignore[union-attr]
 
 
-def parse_url(url: str) -> tuple[ClusterTarget, dict[str, Any]]:
+def parse_url(url: str, *, home_key: str | None = None) -> tuple[ClusterTarget, dict[str, Any]]:
     """The nodes of `url`, and redis-py's connection keywords for every node (username,
     password, and the ``ssl_*`` options of a rediss+cluster:// URL's query), parsed as redis-py
     parses a one-node URL."""
@@ -141,7 +149,8 @@ def parse_url(url: str) -> tuple[ClusterTarget, dict[str, Any]]:
         raise ValueError("a Redis Cluster has database 0 only: drop the database from the redis+cluster:// URL")
     for node_specific in ("host", "port", "connection_class"):
         options.pop(node_specific, None)
-    target = ClusterTarget(seeds, username=options.get("username"), password=options.get("password"), tls=tls)
+    target = ClusterTarget(seeds, username=options.get("username"), password=options.get("password"), tls=tls,
+                           home_key=home_key)
     return target, options
 
 
@@ -237,6 +246,12 @@ class ClusterNodeConnection(redis.asyncio.Connection):
             self.cluster.unreachable(node)
             raise
 
+    async def on_connect_check_health(self, check_health: bool = True) -> None:
+        await super().on_connect_check_health(check_health=check_health)
+        if self.cluster.home_key:  # a MOVED here reconnects to the owner (the connect is retried)
+            await self.send_command("EXISTS", self.cluster.home_key, check_health=False)
+            await self.read_response()
+
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return await super().read_response(*args, **kwargs)
@@ -267,6 +282,12 @@ class BlockingClusterNodeConnection(redis.Connection):
             self.cluster.unreachable(node)
             raise
 
+    def on_connect_check_health(self, check_health: bool = True) -> None:
+        super().on_connect_check_health(check_health=check_health)
+        if self.cluster.home_key:
+            self.send_command("EXISTS", self.cluster.home_key, check_health=False)
+            self.read_response()
+
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().read_response(*args, **kwargs)
@@ -282,11 +303,11 @@ class BlockingClusterNodeSSLConnection(BlockingClusterNodeConnection, redis.SSLC
     """:class:`BlockingClusterNodeConnection` over TLS."""
 
 
-def pool_options(url: str, *, blocking: bool = False) -> dict[str, Any]:
+def pool_options(url: str, *, blocking: bool = False, home_key: str | None = None) -> dict[str, Any]:
     """What a redis-py connection pool needs for a ``redis+cluster://`` URL. Its connections send
     a command again after a redirect (and only then: it surely did not run), pausing while a slot
     is being moved."""
-    target, options = parse_url(url)
+    target, options = parse_url(url, home_key=home_key)
     if blocking:
         kind: type = BlockingClusterNodeSSLConnection if target.tls else BlockingClusterNodeConnection
     else:

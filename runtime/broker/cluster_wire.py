@@ -35,7 +35,7 @@ class ClusterWire(Wire):
         target = self.address.cluster
         slot = slot_of_command(args)
         if slot is None:
-            slot = self._last_slot
+            slot = self._last_slot if self._last_slot is not None else target.home_slot
         else:
             self._last_slot = slot
         packed = _pack(args)

@@ -90,7 +90,8 @@ class RealContext(TestContext):
         self.settings = Settings(redis_url=self.redis_url, key_prefix=self.key_prefix, redis_tls_ca=env.redis_tls_ca,
                                  redis_tls_cert=env.redis_tls_cert, redis_tls_key=env.redis_tls_key)
         self.worker_id = WORKER_PREFIX + secrets.token_hex(4)
-        self._inspect = clients.blocking_from_url(self.redis_url, **clients.tls_options(self.settings, self.redis_url))
+        self._inspect = clients.blocking_from_url(self.redis_url, key_prefix=self.settings.key_prefix,
+                                                  **clients.tls_options(self.settings, self.redis_url))
 
     def bind_client(self, client: Client, init: Callable[..., None], settings: Settings | None,
                     middleware: Sequence[Any], **options: Any) -> None:
@@ -273,7 +274,8 @@ class _OpenBroker:
         self._broker: Broker | None = None
 
     async def __aenter__(self) -> Broker:
-        self._redis = clients.from_url(self._url, **clients.tls_options(self._settings, self._url))
+        self._redis = clients.from_url(self._url, key_prefix=self._settings.key_prefix,
+                                       **clients.tls_options(self._settings, self._url))
         self._broker = Broker(self._redis, self._settings)
         return self._broker
 
