@@ -157,7 +157,9 @@ def _f(value: float | None, digits: int = 0) -> str:
 def target_lines(doc: dict[str, Any]) -> list[str]:
     out = []
     ojs = doc.get("results", {}).get("ojs", {})
-    for figure, target in doc.get("targets", {}).items():
+    wanted = [(figure, target) for figure, targets in doc.get("targets", {}).items()
+              for target in (targets if isinstance(targets, list) else [targets])]  # older files: one each
+    for figure, target in wanted:
         fig = ojs.get(figure)
         title = doc["figures"][figure]["title"]
         unit = doc["figures"][figure]["unit"]

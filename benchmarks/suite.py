@@ -86,16 +86,25 @@ FIGURES: dict[str, dict[str, str]] = {
     "mem_worker_rss": {"title": "RSS of an idle worker process", "unit": "MiB", "better": "lower"},
 }
 
-TARGETS = {  # the issue's targets for ojs, for the report (figure: (op, value, against))
+# The performance issue's targets for ojs, for the report: figure -> (op, value, against), or a
+# list of them. `against` a peer: ojs's ratio to it (for latency and memory, the peer's figure
+# over ojs's, so above 1 is better); a figure of ojs's own: the ratio of the two; None: the value.
+TARGETS: dict[str, tuple[str, float, str | None] | list[tuple[str, float, str | None]]] = {
     "w2_drain": (">=", 2.5, "bullmq"),
-    "w2_backlog": (">=", 0.9, "w2_drain"),  # against a figure of ojs's own: no cost that grows with the queue
-    "w1_single": (">=", 2.0, "bullmq"),
-    "w1_bulk": (">=", 40_000, None),
-    "w1_http_c16": (">=", 5_000, None),
-    "w3_p50": ("<=", 1.0, None),
-    "w3_p99": ("<=", 3.0, None),
-    "mem_bytes_per_job": (">=", 1.0, "bullmq"),  # BullMQ's bytes over ojs's: at most as many
+    "w2_backlog": (">=", 0.9, "w2_drain"),  # no cost that grows with the queue
+    "w1_single": (">=", 1.5, "bullmq"),
+    "w1_bulk": (">=", 1.6, "bullmq"),
+    "w3_p50": [(">=", 1.0, "bullmq"), ("<=", 1.0, None)],  # at most BullMQ's, and at most 1 ms
+    "w3_p99": (">=", 2.0, "bullmq"),  # at least twice better
+    "mem_bytes_per_job": (">=", 1.0, "bullmq"),  # at most as many bytes as BullMQ
 }
+
+
+def target_table() -> dict[str, list[dict[str, Any]]]:
+    """TARGETS as the JSON holds them: figure -> a list of {op, value, against}."""
+    return {figure: [{"op": op, "value": value, "against": against}
+                     for op, value, against in (wanted if isinstance(wanted, list) else [wanted])]
+            for figure, wanted in TARGETS.items()}
 
 
 @dataclass
@@ -805,7 +814,7 @@ def run(opts: Options) -> dict[str, Any]:
         "machine": machine,
         "redis": redis_info,
         "figures": FIGURES,
-        "targets": {k: {"op": op, "value": v, "against": against} for k, (op, v, against) in TARGETS.items()},
+        "targets": target_table(),
         "peers": peers_doc,
         "results": results,
         "ratios": ratios(results),
