@@ -207,13 +207,12 @@ def test_no_transition_runs_while_its_slot_is_being_moved_and_all_resume_after(c
     target.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
     source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
     try:
-        with pytest.raises(CommandNotSent):
+        with pytest.raises(CommandNotSent, match="ojs slot guard"):
             asyncio.run(reaper_watch())  # declared key present: the guard stops it
         with pytest.raises(CommandNotSent):
             asyncio.run(enqueue_one())  # declares the prefix: refused before it starts
         after = {key: direct.dump(key) for key in direct.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100_000)}
         assert after == before, "a transition wrote while its slot was being moved"
-        assert refusals_by_kind(source).get("ERR", 0) >= 1, refusals_by_kind(source)  # the guard's refusal
     finally:
         for node in (source, target):
             node.client().execute_command("CLUSTER", "SETSLOT", slot, "STABLE")

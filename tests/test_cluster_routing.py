@@ -11,7 +11,7 @@ import pytest
 
 from runtime import RedisConnection
 from runtime.broker.clients import blocking_client, redis_client
-from runtime.broker.wire import Address, Wire
+from runtime.broker.wire import Address, CommandNotSent, Wire
 from runtime.config import Settings
 from runtime.embedded_redis import ServerBinaryNotFoundError, find_server_binary
 from tests.conftest import skip_or_fail
@@ -87,3 +87,40 @@ def test_a_handlers_connection_sends_each_command_to_its_keys_owner(cluster: Loc
     for owner, key in keys.items():
         node = next(node for node in cluster.nodes if node.name == owner)
         assert node.client().get(key) == owner
+
+
+def test_a_pipeline_refused_half_way_through_a_slot_move_runs_none_of_it(cluster: LocalCluster) -> None:
+    """A pipeline whose second command finds its key moved: redis-py sends the pipeline again
+    after the refusal, so on a cluster pipelines are transactions (a refused command aborts the
+    MULTI), and the first command must not have run, however often it was sent."""
+    prefix = "{ojs-pipeline}:"
+    slot = cluster.slot_of(prefix)
+    source = cluster.node_for_slot(slot)
+    target = next(node for node in cluster.primaries() if node is not source)
+    source.client().set(f"{prefix}x", 0)
+    source.client().set(f"{prefix}y", "moved")
+    settings = Settings(redis_url=_url_not_starting_at_the_owner(cluster), key_prefix=prefix,
+                        redis_command_timeout_ms=500)
+
+    async def incr_and_get(move_first: bool) -> list[object]:
+        client = redis_client(settings)
+        try:
+            assert await client.get(f"{prefix}x") is not None  # connected before the move begins
+            if move_first:
+                target.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
+                source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
+                source.client().execute_command("MIGRATE", HOST, target.port, f"{prefix}y", 0, 5000)
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.incr(f"{prefix}x")
+                pipe.get(f"{prefix}y")
+                return list(await pipe.execute())
+        finally:
+            await client.aclose()
+
+    try:
+        with pytest.raises(CommandNotSent):
+            asyncio.run(incr_and_get(move_first=True))
+        assert source.client().get(f"{prefix}x") == "0", "a command of a refused pipeline ran"
+    finally:
+        cluster.move_slot(slot, target)  # finish the move: every key on the target, the slot too
+    assert asyncio.run(incr_and_get(move_first=False)) == [1, b"moved"]

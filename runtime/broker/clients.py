@@ -53,7 +53,8 @@ def from_url(url: str, *, key_prefix: str = DEFAULT_PREFIX, **kwargs: Any) -> Re
     if sentinel.is_sentinel_url(url):
         return Redis.from_pool(ConnectionPool(**sentinel.pool_options(url), **kwargs))
     if cluster.is_cluster_url(url):
-        return Redis.from_pool(ConnectionPool(**cluster.pool_options(url, home_key=key_prefix), **kwargs))
+        options = cluster.pool_options(url, home_key=key_prefix, wait_s=_wait_s(kwargs))
+        return cluster.ClusterNodeRedis.from_pool(ConnectionPool(**options, **kwargs))
     return Redis.from_url(url, **kwargs)
 
 
@@ -62,9 +63,14 @@ def blocking_from_url(url: str, *, key_prefix: str = DEFAULT_PREFIX, **kwargs: A
     if sentinel.is_sentinel_url(url):
         return redis.Redis.from_pool(redis.ConnectionPool(**sentinel.pool_options(url, blocking=True), **kwargs))
     if cluster.is_cluster_url(url):
-        options = cluster.pool_options(url, blocking=True, home_key=key_prefix)
-        return redis.Redis.from_pool(redis.ConnectionPool(**options, **kwargs))
+        options = cluster.pool_options(url, blocking=True, home_key=key_prefix, wait_s=_wait_s(kwargs))
+        return cluster.BlockingClusterNodeRedis.from_pool(redis.ConnectionPool(**options, **kwargs))
     return redis.Redis.from_url(url, **kwargs)
+
+
+def _wait_s(kwargs: dict[str, Any]) -> float:
+    """How long a cluster connection waits out a slot being moved: the command deadline."""
+    return float(kwargs.get("socket_timeout") or 5.0)
 
 
 def redis_client(settings: Settings, url: str | None = None, **kwargs: Any) -> Redis:
@@ -100,8 +106,10 @@ def endpoint_client(settings: Settings, url: str) -> Redis:
     if sentinel.is_sentinel_url(url):
         pool = _WaitingPool(**sentinel.pool_options(url), **bounds, **_options(settings, url))
     elif cluster.is_cluster_url(url):
-        pool = _WaitingPool(**cluster.pool_options(url, home_key=settings.key_prefix), **bounds,
-                            **_options(settings, url))
+        pool = _WaitingPool(**cluster.pool_options(url, home_key=settings.key_prefix,
+                                                   wait_s=settings.redis_command_timeout_ms / 1000 or 5.0),
+                            **bounds, **_options(settings, url))
+        return cluster.ClusterNodeRedis(connection_pool=pool)
     else:
         pool = _WaitingPool.from_url(url, **bounds, **_options(settings, url))
     return Redis(connection_pool=pool)

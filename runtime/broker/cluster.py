@@ -26,12 +26,15 @@ Redis checks a script's declared keys before it starts (``TRYAGAIN`` when some a
 when all are), and most transitions declare the bare prefix, a key that never exists, so they are
 refused before they start; a transition whose declared keys all exist would not be. So on a
 cluster every transition's first command touches a key that never exists (:data:`GUARD_SUFFIX`),
-which fails the script before it writes anything whenever its slot is being moved, whatever keys
-it declares (:mod:`runtime.broker.scripts` builds that library; tests/test_cluster_reshard.py).
+which stops the script before it writes anything whenever its slot is being moved, whatever keys
+it declares, with a reply of its own (:data:`GUARD_REPLY`): only that reply, and the cluster's own
+redirects, are taken for "did not run" (:mod:`runtime.broker.scripts` builds that library;
+tests/test_cluster_reshard.py).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -51,6 +54,9 @@ DEFAULT_PORT = 6379
 # Appended to a transition's first key: a name no key of the namespace ever has (the NUL byte),
 # in the same slot (the key's hash tag decides the slot, not the rest of its name).
 GUARD_SUFFIX = "\0slot-guard"
+# What a transition stopped by its slot guard answers (a TRYAGAIN, which is what it is). Only
+# this marker says that a script did not run: any other script error may come after writes.
+GUARD_REPLY = "TRYAGAIN slot being moved (ojs slot guard): the transition did not run"
 # How long a command whose slot is being moved waits before it is sent again; it doubles, up to
 # the last value, until the command deadline is spent.
 MIGRATING_BACKOFF_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
@@ -60,7 +66,7 @@ MAX_REDIRECTS = 16
 # Commands whose first argument is not a key: sent to the node the connection last used.
 _KEYLESS = frozenset({
     "PING", "AUTH", "HELLO", "SELECT", "INFO", "FUNCTION", "SCRIPT", "CLIENT", "CONFIG", "WAIT",
-    "WAITAOF", "TIME", "DBSIZE", "FLUSHALL", "FLUSHDB", "ROLE", "CLUSTER", "COMMAND", "MEMORY",
+    "WAITAOF", "TIME", "DBSIZE", "FLUSHALL", "FLUSHDB", "ROLE", "CLUSTER", "COMMAND",
     "SUBSCRIBE", "PSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "PUBLISH", "SLOWLOG", "LATENCY",
     "ACL", "LASTSAVE", "ECHO", "SCAN", "RANDOMKEY", "MULTI", "EXEC", "DISCARD", "UNWATCH", "QUIT",
 })
@@ -73,8 +79,13 @@ class SlotMoved(CommandNotSent):
 
 class SlotMigrating(CommandNotSent):
     """The slot is being moved and the command's keys are not all here (``ASK``, ``TRYAGAIN``,
-    a script stopped by its guard), or the cluster is down for it (``CLUSTERDOWN``): the command
-    did not run."""
+    a transition stopped by its guard), or the cluster is down for it (``CLUSTERDOWN``,
+    ``MASTERDOWN``): the command did not run. `down` tells the last two apart: the node may no
+    longer serve the slot at all (a minority partition, a wiped node), so another is asked next."""
+
+    def __init__(self, message: str, *, down: bool = False) -> None:
+        super().__init__(message)
+        self.down = down
 
 
 class ClusterTarget:
@@ -183,6 +194,15 @@ def slot_of_command(args: tuple[Any, ...]) -> int | None:
         key = args[3]
     elif name in _KEYLESS:
         return None
+    elif name in ("XREAD", "XREADGROUP"):
+        names = [a.upper() if isinstance(a, str) else bytes(a).decode(errors="replace").upper() for a in args]
+        if "STREAMS" not in names or names.index("STREAMS") + 1 >= len(args):
+            return None
+        key = args[names.index("STREAMS") + 1]
+    elif name in ("MEMORY", "OBJECT", "XINFO"):  # a subcommand first: MEMORY USAGE key, ...
+        if len(args) < 3:
+            return None
+        key = args[2]
     else:
         key = args[1]
     return key_slot(key.encode() if isinstance(key, str) else bytes(key))
@@ -190,17 +210,16 @@ def slot_of_command(args: tuple[Any, ...]) -> int | None:
 
 def redirect_of(message: str) -> tuple[str, int | None, tuple[str, int] | None] | None:
     """What a cluster error reply says: ``("MOVED", slot, node)``, ``("ASK", slot, node)``,
-    ``("TRYAGAIN"|"CLUSTERDOWN"|"GUARD", None, None)``; None for any other error."""
+    ``("TRYAGAIN"|"CLUSTERDOWN"|"MASTERDOWN", None, None)``; None for any other error (a script
+    error such as "Script attempted to access a non local key" may come after the script wrote:
+    it is the caller's, never taken for "did not run")."""
     head, _, rest = message.partition(" ")
     if head in ("MOVED", "ASK"):
         slot, _, where = rest.partition(" ")
         host, _, port = where.rpartition(":")
         return head, int(slot), (host.strip("[]"), int(port))
-    if head in ("TRYAGAIN", "CLUSTERDOWN"):
+    if head in ("TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"):  # the guard's reply is a TRYAGAIN
         return head, None, None
-    # A transition stopped by its slot guard, or any script that reached a key not here.
-    if "non local key" in message or "Script attempted to access" in message:
-        return "GUARD", None, None
     return None
 
 
@@ -214,6 +233,8 @@ def refusal(err: rx.ResponseError, target: ClusterTarget) -> CommandNotSent | No
         message = f"ASK {message}"
     elif isinstance(err, rx.TryAgainError):
         message = f"TRYAGAIN {message}"
+    elif isinstance(err, rx.MasterDownError):
+        message = f"MASTERDOWN {message}"
     elif isinstance(err, rx.ClusterDownError):
         message = f"CLUSTERDOWN {message}"
     redirect = redirect_of(message)
@@ -221,9 +242,12 @@ def refusal(err: rx.ResponseError, target: ClusterTarget) -> CommandNotSent | No
         return None
     kind, slot, node = redirect
     if kind == "MOVED" and slot is not None and node is not None:
+        if not node[0]:  # an unknown endpoint: the node that answered, on that port
+            node = (target.node_for(slot)[0], node[1])
         target.moved(slot, node)
         return SlotMoved(f"{message} (the command did not run; sent again to the new owner)")
-    return SlotMigrating(f"{message} (the slot is being moved or the cluster is down for it; the command did not run)")
+    return SlotMigrating(f"{message} (the slot is being moved or the cluster is down for it; the command did not run)",
+                         down=kind in ("CLUSTERDOWN", "MASTERDOWN"))
 
 
 # --- redis-py: connections to the node that owns the namespace's slot -----------------------------
@@ -259,6 +283,8 @@ class ClusterNodeConnection(redis.asyncio.Connection):
             refused = refusal(err, self.cluster)
             if refused is None:
                 raise
+            if isinstance(refused, SlotMigrating) and refused.down:
+                self.cluster.unreachable((self.host, self.port))
             await self.disconnect()
             raise refused from err
 
@@ -295,6 +321,8 @@ class BlockingClusterNodeConnection(redis.Connection):
             refused = refusal(err, self.cluster)
             if refused is None:
                 raise
+            if isinstance(refused, SlotMigrating) and refused.down:
+                self.cluster.unreachable((self.host, self.port))
             self.disconnect()
             raise refused from err
 
@@ -303,10 +331,28 @@ class BlockingClusterNodeSSLConnection(BlockingClusterNodeConnection, redis.SSLC
     """:class:`BlockingClusterNodeConnection` over TLS."""
 
 
-def pool_options(url: str, *, blocking: bool = False, home_key: str | None = None) -> dict[str, Any]:
+class ClusterNodeRedis(redis.asyncio.Redis):
+    """redis-py's client on a cluster: its pipelines are transactions. A redirect of one of a
+    pipeline's commands makes redis-py's retry send the whole pipeline again; within MULTI/EXEC
+    that is safe (a refused command aborts the transaction: none of it ran), without it the
+    commands before the refused one would run twice. A namespace is one slot, so MULTI applies."""
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        return super().pipeline(transaction=True, shard_hint=shard_hint)  # whatever was asked: see above
+
+
+class BlockingClusterNodeRedis(redis.Redis):
+    """:class:`ClusterNodeRedis` for redis-py's synchronous client."""
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        return super().pipeline(transaction=True, shard_hint=shard_hint)
+
+
+def pool_options(url: str, *, blocking: bool = False, home_key: str | None = None,
+                 wait_s: float = 5.0) -> dict[str, Any]:
     """What a redis-py connection pool needs for a ``redis+cluster://`` URL. Its connections send
     a command again after a redirect (and only then: it surely did not run), pausing while a slot
-    is being moved."""
+    is being moved, for about `wait_s` (the command deadline) in all."""
     target, options = parse_url(url, home_key=home_key)
     if blocking:
         kind: type = BlockingClusterNodeSSLConnection if target.tls else BlockingClusterNodeConnection
@@ -314,7 +360,8 @@ def pool_options(url: str, *, blocking: bool = False, home_key: str | None = Non
         kind = ClusterNodeSSLConnection if target.tls else ClusterNodeConnection
     backoff = ExponentialBackoff(cap=MIGRATING_BACKOFF_S[-1], base=MIGRATING_BACKOFF_S[0])
     retry_kind = redis.retry.Retry if blocking else redis.asyncio.retry.Retry
-    retry = retry_kind(backoff, MAX_REDIRECTS, supported_errors=(SlotMoved, SlotMigrating))
+    retries = len(MIGRATING_BACKOFF_S) + math.ceil(wait_s / MIGRATING_BACKOFF_S[-1])
+    retry = retry_kind(backoff, retries, supported_errors=(SlotMoved, SlotMigrating))
     return {"connection_class": kind, "cluster": target, "retry": retry, **options}
 
 

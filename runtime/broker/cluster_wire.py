@@ -12,6 +12,7 @@ from redis import exceptions as rx
 from runtime.broker.cluster import (
     MAX_REDIRECTS,
     MIGRATING_BACKOFF_S,
+    SlotMigrating,
     SlotMoved,
     refusal,
     slot_of_command,
@@ -21,29 +22,26 @@ from runtime.broker.wire import CommandNotSent, Wire, _open, _pack, _Protocol
 
 class ClusterWire(Wire):
     """A :class:`~runtime.broker.wire.Wire` per node, behind one object. A command without a key
-    (``FUNCTION LOAD``, ``WAIT``, ``INFO``) goes to the node of this connection's last command
-    with a key, so a library is loaded where a call found it missing, and a ``WAIT`` waits for
-    the replicas of the node that took the writes."""
+    (``FUNCTION LOAD``, ``WAIT``, ``INFO``) goes to the owner of the namespace's slot (the
+    address' home key: the runtime's own connections have one), else to the node a ``MOVED``
+    named last; a handler's ``WAIT`` belongs right behind its write, in one ``execute_many``."""
 
     def __init__(self, address: Any) -> None:
         super().__init__(address)
         self._nodes: dict[tuple[str, int], _Protocol] = {}
         self._openings: dict[tuple[str, int], asyncio.Task[_Protocol]] = {}
-        self._last_slot: int | None = None
 
     async def execute(self, *args: Any) -> Any:
         target = self.address.cluster
         slot = slot_of_command(args)
-        if slot is None:
-            slot = self._last_slot if self._last_slot is not None else target.home_slot
-        else:
-            self._last_slot = slot
         packed = _pack(args)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.address.command_timeout_s or 5.0)
         pauses = iter(MIGRATING_BACKOFF_S)
-        for _ in range(MAX_REDIRECTS):
-            proto = await self._node(target.node_for(slot))
+        moves = 0
+        while True:
+            node = target.node_for(slot)
+            proto = await self._node(node)
             try:
                 return await proto.request(packed)
             except rx.ResponseError as err:
@@ -51,19 +49,22 @@ class ClusterWire(Wire):
                 if refused is None:
                     raise
             if isinstance(refused, SlotMoved):
+                moves += 1
+                if moves > MAX_REDIRECTS:  # a slot map that keeps changing: give up, nothing ran
+                    raise refused
                 continue
+            if isinstance(refused, SlotMigrating) and refused.down:
+                target.unreachable(node)  # it may no longer serve the slot: ask another node next
             if loop.time() >= deadline:
                 raise refused
             await asyncio.sleep(next(pauses, MIGRATING_BACKOFF_S[-1]))
-        raise CommandNotSent(f"the cluster redirected a command {MAX_REDIRECTS} times; it did not run")
 
     async def execute_many(self, *commands: Sequence[Any]) -> list[Any]:
         """`commands` back to back to the node of the first one with a key. A command the cluster
         refused (a redirect: it did not run) gets that error in its place, never a second send:
         the others ran, and which of them may run again is the caller's to say."""
         target = self.address.cluster
-        slot = next((s for s in map(slot_of_command, map(tuple, commands)) if s is not None), self._last_slot)
-        self._last_slot = slot
+        slot = next((s for s in map(slot_of_command, map(tuple, commands)) if s is not None), None)
         proto = await self._node(target.node_for(slot))
         replies = await asyncio.gather(*(proto.request(_pack(tuple(c))) for c in commands), return_exceptions=True)
         for index, reply in enumerate(replies):

@@ -36,6 +36,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from runtime.broker import outcome
+from runtime.broker.cluster import GUARD_REPLY
 from runtime.broker.durability import REPLICATED_TRANSITIONS, ReplicatedWrites
 from runtime.broker.keys import SUFFIXES
 from runtime.broker.records import RETRY_FIELD_DEFAULTS
@@ -95,7 +96,10 @@ LIBRARY_NAME = f"ojs_{_digest()}"
 # script must not start while its slot is being moved); a library of its own, so a standalone
 # server runs none of it.
 CLUSTER_LIBRARY_NAME = f"{LIBRARY_NAME}c"
-_GUARD = 'rcall("EXISTS", KEYS[1] .. "\\0slot-guard")\n'
+# pcall: the cluster's refusal comes back as a value, and the transition answers with the one
+# reply that means "did not run" (runtime.broker.cluster.GUARD_REPLY).
+_GUARD = (f'if type(redis.pcall("EXISTS", KEYS[1] .. "\\0slot-guard")) == "table" then '
+          f'return redis.error_reply("{GUARD_REPLY}") end\n')
 
 
 def function_name(transition: str, *, cluster: bool = False) -> str:

@@ -8,6 +8,7 @@ from redis import exceptions as rx
 from redis.crc import key_slot
 
 from runtime.broker.cluster import (
+    GUARD_REPLY,
     ClusterTarget,
     SlotMigrating,
     SlotMoved,
@@ -47,6 +48,8 @@ def test_a_command_goes_to_the_slot_of_its_first_key() -> None:
     assert slot_of_command(("HGETALL", b"{a}:job")) == key_slot(b"a")
     for keyless in (("PING",), ("FUNCTION", "LOAD", "REPLACE", "code"), ("WAIT", 1, 100), ("INFO", "memory")):
         assert slot_of_command(keyless) is None
+    assert slot_of_command(("MEMORY", "USAGE", "{a}:k")) == key_slot(b"a")
+    assert slot_of_command(("XREAD", "COUNT", 10, "STREAMS", "{b}:events", "0")) == key_slot(b"b")
 
 
 def test_moved_names_the_new_owner_for_every_connection_of_the_url() -> None:
@@ -63,8 +66,8 @@ def test_moved_names_the_new_owner_for_every_connection_of_the_url() -> None:
 @pytest.mark.parametrize("reply", [
     rx.ResponseError("ASK 7503 10.0.0.9:7001"), rx.AskError("7503 10.0.0.9:7001"),
     rx.ResponseError("TRYAGAIN Multiple keys request during rehashing of slot"), rx.TryAgainError("x"),
-    rx.ResponseError("CLUSTERDOWN The cluster is down"),
-    rx.ResponseError("ERR Script attempted to access a non local key in a cluster node script: f"),
+    rx.ResponseError("CLUSTERDOWN The cluster is down"), rx.ResponseError(GUARD_REPLY),
+    rx.ResponseError("MASTERDOWN Link with MASTER is down"),
 ])
 def test_a_slot_being_moved_refuses_without_running_and_is_not_followed(reply: rx.ResponseError) -> None:
     target, _ = parse_url("redis+cluster://seed:1")
@@ -73,9 +76,27 @@ def test_a_slot_being_moved_refuses_without_running_and_is_not_followed(reply: r
     assert target.slots == {} and target.node_for(None) == ("seed", 1)
 
 
+def test_a_down_cluster_says_so_and_a_moving_slot_does_not() -> None:
+    target, _ = parse_url("redis+cluster://seed:1")
+    down = refusal(rx.ResponseError("CLUSTERDOWN The cluster is down"), target)
+    moving = refusal(rx.ResponseError(GUARD_REPLY), target)
+    assert isinstance(down, SlotMigrating) and down.down
+    assert isinstance(moving, SlotMigrating) and not moving.down
+
+
 def test_other_errors_are_the_callers() -> None:
     target, _ = parse_url("redis+cluster://seed:1")
     assert refusal(rx.ResponseError("WRONGTYPE Operation against a key"), target) is None
+    # a script error may come after the script wrote: never taken for "did not run"
+    for after_writes in ("ERR Script attempted to access a non local key in a cluster node script: f",
+                         "ERR Script attempted to access keys that do not hash to the same slot"):
+        assert refusal(rx.ResponseError(after_writes), target) is None
+
+
+def test_a_moved_without_an_endpoint_means_the_node_that_answered() -> None:
+    target, _ = parse_url("redis+cluster://seed:1")
+    refusal(rx.ResponseError("MOVED 7503 :7005"), target)
+    assert target.node_for(7503) == ("seed", 7005)
 
 
 def test_a_namespace_on_a_cluster_needs_a_hash_tag() -> None:
