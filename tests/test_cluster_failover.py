@@ -78,6 +78,17 @@ def cut_off(primary: ClusterNode, replica: ClusterNode) -> None:
                what=f"{primary.name} to drop its stopped replica")
 
 
+def replication_offset(node: ClusterNode) -> int:
+    """How far `node`'s replication stream has gone (bytes)."""
+    return int(node.client().info("replication")["master_repl_offset"])
+
+
+def promoted_at_offset(node: ClusterNode) -> int:
+    """Where the stream of `node`'s old primary ended for `node` when it was promoted: its
+    history up to there is the old primary's (``second_repl_offset`` is the first byte after)."""
+    return int(node.client().info("replication")["second_repl_offset"]) - 1
+
+
 def wait_promoted(cluster: LocalCluster, replica: ClusterNode, slot: int) -> None:
     """Until `replica` is a primary and the cluster says it owns `slot`."""
     def promoted() -> bool:
@@ -123,16 +134,22 @@ def test_cluster_failover_under_load(durability: str, tmp_path: Path, redis_url:
                    what=f"{BEFORE_KILL} completions before the kill")
 
         # When: the replica is cut off, the primary writes on, and is killed
+        cut_at = time.monotonic()
         cut_off(old, new)
         calls_before = script_calls(old.client())
         wait_until(lambda: script_calls(old.client()) >= calls_before + LAG_CALLS, timeout_s=10,
                    what="writes the cut-off replica cannot have")
+        script_calls_at_kill = script_calls(old.client())
+        offset_at_kill = replication_offset(old)
         cluster.kill(old)
         new.resume()
         killed_at = time.monotonic()
+        lag_calls = script_calls_at_kill - calls_before
         wait_until(lambda: ready_status(http_port) != 200, timeout_s=10, what="/ready to say not ready")
         wait_promoted(cluster, new, slot)
         promoted_at = time.monotonic()
+        missing = offset_at_kill - promoted_at_offset(new)
+        assert missing > 0, f"{new.name} was promoted with every write of {old.name}: nothing lagged"
         cluster.restart(old)
         assert replicates(old, new), f"{old.name} came back, but not as {new.name}'s replica"
 
@@ -155,7 +172,8 @@ def test_cluster_failover_under_load(durability: str, tmp_path: Path, redis_url:
 
         log = runtime.log()
         losses = count_losses(acknowledged, present, records, log)
-        report = (f"durability={durability}: {losses.describe()}; failover {promoted_at - killed_at:.1f}s, "
+        report = (f"durability={durability}: {losses.describe()}; replica cut off for {killed_at - cut_at:.1f}s "
+                  f"({lag_calls} script calls after its drop, {missing} bytes of replication stream it never got); failover {promoted_at - killed_at:.1f}s, "
                   f"settled {settled_after_s:.1f}s after it; producer retries {dict(producer.failures)}")
         print(report)
 
