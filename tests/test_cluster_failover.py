@@ -25,14 +25,19 @@ pools say they lost Redis and found it again, and ``/ready`` said "not ready" du
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 import redis
 
+from runtime import Client
+from runtime.broker import clients
 from runtime.broker.keys import Keys
+from runtime.config import Settings
 from runtime.embedded_redis import ServerBinaryNotFoundError, find_server_binary
 from tests.conftest import POOL_HANDLERS, skip_or_fail
 from tests.fixtures.failover_load import (
@@ -56,6 +61,8 @@ LAG_CALLS = 60  # script calls the primary runs once its replica is cut off
 AFTER_PROMOTION = 300  # jobs acknowledged to the producer after the promotion, before it stops
 PROMOTION_BOUND_S = 30.0  # a failure is noticed after 2 node timeouts at most, then one election
 SETTLE_BOUND_S = 20.0  # a third of a lease: a job that waited for its lease to lapse fails this
+HUNG_TIMEOUT_MS = 1000  # the command deadline while a primary hangs
+HUNG_BOUND_S = 15.0  # after the promotion: a few command deadlines, whatever the hung node does
 
 
 def replica_of(cluster: LocalCluster, primary: ClusterNode) -> ClusterNode:
@@ -89,12 +96,14 @@ def promoted_at_offset(node: ClusterNode) -> int:
     return int(node.client().info("replication")["second_repl_offset"]) - 1
 
 
-def wait_promoted(cluster: LocalCluster, replica: ClusterNode, slot: int) -> None:
+def wait_promoted(replica: ClusterNode, slot: int) -> None:
     """Until `replica` is a primary and the cluster says it owns `slot`."""
-    def promoted() -> bool:
+    def promoted() -> bool:  # asked of the replica itself: the old primary may hang
         try:
-            return replica.role() == "master" and cluster.node_for_slot(slot) is replica
-        except (redis.RedisError, LookupError, StopIteration):
+            ranges = replica.client().execute_command("CLUSTER SLOTS")
+            owners = [owner[2] for first, last, owner, *_ in ranges if first <= slot <= last]
+            return replica.role() == "master" and owners == [replica.node_id]
+        except redis.RedisError:
             return False
     wait_until(promoted, timeout_s=PROMOTION_BOUND_S, what=f"{replica.name} promoted")
 
@@ -146,7 +155,7 @@ def test_cluster_failover_under_load(durability: str, tmp_path: Path, redis_url:
         killed_at = time.monotonic()
         lag_calls = script_calls_at_kill - calls_before
         wait_until(lambda: ready_status(http_port) != 200, timeout_s=10, what="/ready to say not ready")
-        wait_promoted(cluster, new, slot)
+        wait_promoted(new, slot)
         promoted_at = time.monotonic()
         missing = offset_at_kill - promoted_at_offset(new)
         assert missing > 0, f"{new.name} was promoted with every write of {old.name}: nothing lagged"
@@ -191,3 +200,55 @@ def test_cluster_failover_under_load(durability: str, tmp_path: Path, redis_url:
             print(f"--- ojs-run.log\n{runtime.log()[-20000:]}")
         cluster.stop()
         records.close()
+
+
+def test_a_hung_primary_is_left_for_the_replica_promoted_in_its_place(tmp_path: Path) -> None:
+    """The slot's primary hangs (SIGSTOP) instead of dying: its port still accepts connections
+    and nothing on them is answered, so connecting to it never fails. Once the cluster has
+    promoted its replica, both kinds of connection (the lean one, and redis-py's) must go there
+    within a few command deadlines, though the old primary never answers again."""
+    try:
+        find_server_binary()
+    except ServerBinaryNotFoundError as err:
+        skip_or_fail(str(err))
+    with LocalCluster(tmp_path / "cluster", replicas=True) as cluster:
+        slot = cluster.slot_of(KEYS.prefix)
+        old = cluster.node_for_slot(slot)
+        new = replica_of(cluster, old)
+        settings = Settings(redis_url=cluster.seed_url, redis_command_timeout_ms=HUNG_TIMEOUT_MS)
+        failures: list[str] = []
+
+        async def answered(call: Callable[[], Awaitable[object]]) -> bool:
+            try:
+                await call()
+            except redis.RedisError as err:
+                failures.append(f"{type(err).__name__}: {err}")
+                return False
+            return True
+
+        async def scenario() -> tuple[bool, bool]:
+            async with Client(cluster.seed_url, settings=settings) as client:
+                reads = clients.redis_client(settings)
+                try:
+                    # Given: both connections know the slot's primary
+                    job_id = await client.enqueue("count.job", [0])
+                    assert await reads.hget(KEYS.job(job_id), "state")
+                    # When: it hangs, and the cluster promotes its replica
+                    old.pause()
+                    await asyncio.to_thread(wait_promoted, new, slot)
+                    # Then: both reach the new primary
+                    deadline = time.monotonic() + HUNG_BOUND_S
+                    enqueued = read = False
+                    while time.monotonic() < deadline and not (enqueued and read):
+                        enqueued = enqueued or await answered(lambda: client.enqueue("count.job", [0]))
+                        read = read or await answered(lambda: reads.hget(KEYS.job(job_id), "state"))
+                    return enqueued, read
+                finally:
+                    await reads.aclose()
+
+        try:
+            enqueued, read = asyncio.run(scenario())
+        finally:
+            old.resume()
+        assert enqueued, f"no enqueue reached the promoted primary: {failures[-3:]}"
+        assert read, f"no read reached the promoted primary: {failures[-3:]}"
