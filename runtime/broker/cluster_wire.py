@@ -16,7 +16,7 @@ from runtime.broker.cluster import (
     refusal,
     slot_of_command,
 )
-from runtime.broker.wire import CommandNotSent, Wire, _open, _pack, _Protocol
+from runtime.broker.wire import CommandNotSent, OutcomeUnknown, Wire, _open, _pack, _Protocol
 
 
 class ClusterWire(Wire):
@@ -43,13 +43,19 @@ class ClusterWire(Wire):
         deadline = loop.time() + (self.address.command_timeout_s or 5.0)
         pauses = iter(MIGRATING_BACKOFF_S)
         for _ in range(MAX_REDIRECTS):
-            proto = await self._node(target.node_for(slot))
+            node = target.node_for(slot)
+            proto = await self._node(node)
             try:
                 return await proto.request(packed)
             except rx.ResponseError as err:
                 refused = refusal(err, target)
                 if refused is None:
                     raise
+            except OutcomeUnknown:
+                # Lost, or unanswered past its deadline: a hung node still takes connections,
+                # so only its silence tells that a failover may have replaced it.
+                target.unreachable(node)
+                raise
             if isinstance(refused, SlotMoved):
                 continue
             if loop.time() >= deadline:
@@ -64,11 +70,14 @@ class ClusterWire(Wire):
         target = self.address.cluster
         slot = next((s for s in map(slot_of_command, map(tuple, commands)) if s is not None), self._last_slot)
         self._last_slot = slot
-        proto = await self._node(target.node_for(slot))
+        node = target.node_for(slot)
+        proto = await self._node(node)
         replies = await asyncio.gather(*(proto.request(_pack(tuple(c))) for c in commands), return_exceptions=True)
         for index, reply in enumerate(replies):
             if isinstance(reply, rx.ResponseError) and (refused := refusal(reply, target)) is not None:
                 replies[index] = refused
+        if any(isinstance(reply, OutcomeUnknown) for reply in replies):
+            target.unreachable(node)
         return replies
 
     async def _node(self, node: tuple[str, int]) -> _Protocol:
