@@ -21,6 +21,9 @@ reports them (``-s``). In both, everything must settle within seconds of the pro
 the new primary has completes, nothing is left active or waiting, its store is consistent, the
 pools say they lost Redis and found it again, and ``/ready`` said "not ready" during the gap and
 "ready" after it.
+
+A primary that hangs instead (SIGSTOP) still takes connections; the last test shows that the
+runtime's connections leave it for the promoted replica all the same.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ a ``MOVED <slot> <host>:<port>`` reply (the command did not run) names the owner
 for every connection made from that URL in this process (:class:`ClusterTarget`). A node that
 cannot be reached (it died; its replica is being promoted), or that leaves a command unanswered
 past its deadline (it hangs: its port still takes connections), is forgotten, and the next
-connection goes to another node of the URL, which names the new owner once the cluster has one. The lean
-connection sends the command again there, transparently; redis-py's connections close and their
-client's retry sends it again.
+connection goes to another node of the URL, which names the new owner once the cluster has one.
+The lean connection sends a redirected command again there, transparently; redis-py's
+connections close and their client's retry sends it again.
 
 While a slot is being moved (a reshard), its keys are split between two nodes. A command that
 finds its key gone answers ``ASK`` (or ``TRYAGAIN``): it did not run, and it is not followed to
