@@ -12,10 +12,11 @@ every script stays atomic there. Where a slot lives is learned from the cluster'
 a connection first goes to the node last known to own the slot (at first, a node of the URL), and
 a ``MOVED <slot> <host>:<port>`` reply (the command did not run) names the owner, which is noted
 for every connection made from that URL in this process (:class:`ClusterTarget`). A node that
-cannot be reached (it died; its replica is being promoted) is forgotten, and the next connection
-goes to another node of the URL, which names the new owner once the cluster has one. The lean
-connection sends the command again there, transparently; redis-py's connections close and their
-client's retry sends it again.
+cannot be reached (it died; its replica is being promoted), or that leaves a command unanswered
+past its deadline (it hangs: its port still takes connections), is forgotten, and the next
+connection goes to another node of the URL, which names the new owner once the cluster has one.
+The lean connection sends a redirected command again there, transparently; redis-py's
+connections close and their client's retry sends it again.
 
 While a slot is being moved (a reshard), its keys are split between two nodes. A command that
 finds its key gone answers ``ASK`` (or ``TRYAGAIN``): it did not run, and it is not followed to
@@ -125,9 +126,10 @@ class ClusterTarget:
         self.last = node
 
     def unreachable(self, node: tuple[str, int]) -> None:
-        """No connection could be made to `node` (it died, or a failover is under way): forget
-        what it owned and go to another node of the URL next, which will name the slot's new
-        owner with ``MOVED`` once the cluster has promoted one."""
+        """No connection could be made to `node`, or it lost or left unanswered a command sent
+        to it (it died or hangs, or a failover is under way): forget what it owned and go to
+        another node of the URL next, which will name the slot's new owner with ``MOVED`` once
+        the cluster has promoted one (or `node` again, if it still owns the slot)."""
         for slot in [slot for slot, owner in self.slots.items() if owner == node]:
             del self.slots[slot]
         if node in self.seeds:
@@ -287,6 +289,10 @@ class ClusterNodeConnection(redis.asyncio.Connection):
                 self.cluster.unreachable((self.host, self.port))
             await self.disconnect()
             raise refused from err
+        except (rx.TimeoutError, rx.ConnectionError):
+            # A hung node still takes connections: only its silence tells that it is gone.
+            self.cluster.unreachable((self.host, self.port))
+            raise
 
 
 class ClusterNodeSSLConnection(ClusterNodeConnection, redis.asyncio.SSLConnection):
@@ -325,6 +331,9 @@ class BlockingClusterNodeConnection(redis.Connection):
                 self.cluster.unreachable((self.host, self.port))
             self.disconnect()
             raise refused from err
+        except (rx.TimeoutError, rx.ConnectionError):
+            self.cluster.unreachable((self.host, self.port))
+            raise
 
 
 class BlockingClusterNodeSSLConnection(BlockingClusterNodeConnection, redis.SSLConnection):

@@ -17,7 +17,7 @@ from runtime.broker.cluster import (
     refusal,
     slot_of_command,
 )
-from runtime.broker.wire import CommandNotSent, Wire, _open, _pack, _Protocol
+from runtime.broker.wire import CommandNotSent, OutcomeUnknown, Wire, _open, _pack, _Protocol
 
 
 class ClusterWire(Wire):
@@ -48,6 +48,11 @@ class ClusterWire(Wire):
                 refused = refusal(err, target)
                 if refused is None:
                     raise
+            except OutcomeUnknown:
+                # Lost, or unanswered past its deadline: a hung node still takes connections,
+                # so only its silence tells that a failover may have replaced it.
+                target.unreachable(node)
+                raise
             if isinstance(refused, SlotMoved):
                 moves += 1
                 if moves > MAX_REDIRECTS:  # a slot map that keeps changing: give up, nothing ran
@@ -65,11 +70,14 @@ class ClusterWire(Wire):
         the others ran, and which of them may run again is the caller's to say."""
         target = self.address.cluster
         slot = next((s for s in map(slot_of_command, map(tuple, commands)) if s is not None), None)
-        proto = await self._node(target.node_for(slot))
+        node = target.node_for(slot)
+        proto = await self._node(node)
         replies = await asyncio.gather(*(proto.request(_pack(tuple(c))) for c in commands), return_exceptions=True)
         for index, reply in enumerate(replies):
             if isinstance(reply, rx.ResponseError) and (refused := refusal(reply, target)) is not None:
                 replies[index] = refused
+        if any(isinstance(reply, OutcomeUnknown) for reply in replies):
+            target.unreachable(node)
         return replies
 
     async def _node(self, node: tuple[str, int]) -> _Protocol:
