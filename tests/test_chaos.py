@@ -371,6 +371,14 @@ def completions(client: redis.Redis, job_ids: list[str]) -> list[tuple[str, str,
     return out
 
 
+def states_of(client: redis.Redis, job_ids: list[str]) -> dict[str, int]:
+    """How many of the jobs are in each state."""
+    count: dict[str, int] = defaultdict(int)
+    for state, _claim, _at in completions(client, job_ids):
+        count[state] += 1
+    return dict(count)
+
+
 def settled_after(client: redis.Redis, runs: dict[str, Run], fault: Fault) -> float:
     """How long after the fault's end the last job with a run around it completed."""
     around = sorted({r.job_id for r in runs.values()
@@ -411,7 +419,11 @@ def chaos(store: Store, start: Start, tmp_path: Path, monkeypatch: pytest.Monkey
 
         def after_more_runs(what: str) -> None:
             target = ended_count(record_dir) + RUNS_BETWEEN_FAULTS if faults else RUNS_BETWEEN_FAULTS
-            wait_until(lambda: ended_count(record_dir) >= target, timeout_s=30, what=f"{target} runs before {what}")
+            try:
+                wait_until(lambda: ended_count(record_dir) >= target, timeout_s=30, what=f"{target} runs before {what}")
+            except AssertionError as stalled:
+                raise AssertionError(f"{stalled}: {ended_count(record_dir)} ended; the jobs by state: "
+                                     f"{states_of(client, job_ids)}\n{figures.report()}") from None
             assert ended_count(record_dir) < JOBS - CONCURRENCY, f"the load ended before {what}: make it longer"
 
         # When: (1) a pool is SIGKILLed mid-load; the supervisor replaces it
@@ -455,10 +467,7 @@ def chaos(store: Store, start: Start, tmp_path: Path, monkeypatch: pytest.Monkey
         try:
             wait_until(all_completed, timeout_s=SETTLE_BOUND_S + LEASE_S, what="every job to complete")
         except AssertionError:
-            left: dict[str, int] = defaultdict(int)
-            for state, _c, _a in completions(client, job_ids):
-                left[state] += 1
-            raise AssertionError(f"not every job completed: {dict(left)}\n{figures.report()}") from None
+            raise AssertionError(f"not every job completed: {states_of(client, job_ids)}\n{figures.report()}") from None
         final = completions(client, job_ids)
         runs = read_runs(record_dir)
         figures.settle_s = max(0.0, max(at for _s, _c, at in final) / 1000 - faults[-1].ended)
