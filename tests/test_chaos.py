@@ -162,10 +162,6 @@ class SingleRedis:
     def close(self) -> None:
         self.proxy.stop()
 
-    def log(self) -> str:
-        return self.server.log()
-
-
 class ClusterStore:
     """A `LocalCluster` whose node owning the namespace's slot sits behind its proxy: the runtime
     gets the cluster's seed URL (every node at its announced port, the owner's being the proxy's),
@@ -197,10 +193,6 @@ class ClusterStore:
 
     def close(self) -> None:
         pass  # the proxy is the cluster's: it stops with it
-
-    def log(self) -> str:
-        return self.cluster.logs()
-
 
 Store = SingleRedis | ClusterStore
 
