@@ -19,6 +19,14 @@ well under one lease. The figures are printed (``-s``) and attached to the asser
 
 The faults are triggered on progress (so many runs ended since the last fault), never on a
 timer; the only sleeps are the faults' own durations (Redis down, the link silent).
+
+The same test runs twice, on a store of each kind (the same interface: `SingleRedis`,
+`ClusterStore`): a single Redis, and a Redis Cluster of three primaries
+(tests/fixtures/redis_cluster.py, AOF, no replicas) reached by its ``redis+cluster://`` URL. There
+the node that owns the namespace's slot sits behind the proxy (it announces the proxy's port, so
+the runtime reaches it only through the proxy) and is the one killed and restarted; the other
+primaries keep serving their own slots (no full coverage required) and fail nothing over (no
+replicas). The test's own view is a plain client on that node's real port, never faulted.
 """
 
 from __future__ import annotations
@@ -38,18 +46,17 @@ import redis
 
 from runtime import Client, Draft
 from runtime.broker.keys import Keys
-from runtime.broker.scripts import LIBRARY_CODE, function_name
+from runtime.broker.scripts import CLUSTER_LIBRARY_CODE, LIBRARY_CODE, function_name
 from runtime.embedded_redis import ServerBinaryNotFoundError, find_server_binary
 from tests.conftest import skip_or_fail
 from tests.fixtures.broker_process import stop_process
 from tests.fixtures.procs import Start, free_port, integrity_problems, run, wait_until
+from tests.fixtures.redis_cluster import HOST, LocalCluster
 from tests.fixtures.tcp_proxy import FaultProxy
 
 pytestmark = pytest.mark.slow
 
 KEYS = Keys()
-FETCH = function_name("fetch").encode()
-ACK = function_name("ack").encode()
 JOBS = 2_000
 WORK_S = 0.05  # each job's handler
 PROCESSES, CONCURRENCY = 2, 10
@@ -62,6 +69,7 @@ RUNS_BETWEEN_FAULTS = 500  # runs that end before the first fault, and after eac
 # A run that ended this long before a fault may still have had its ack in flight.
 ACK_IN_FLIGHT_S = 2.0
 REDIS_START_TIMEOUT_S = 15.0
+CLUSTER_PRIMARIES = 3
 
 
 class AofRedis:
@@ -124,6 +132,99 @@ def aof_redis(tmp_path: Path) -> Iterator[AofRedis]:
         yield server
     finally:
         server.stop()
+
+
+# --- the store under test: what differs between a single Redis and a cluster -------------------
+
+
+class SingleRedis:
+    """One Redis (`AofRedis`): the test reads it directly, the runtime reaches it through a proxy."""
+
+    restart_fault = "Redis restart"
+    library = LIBRARY_CODE
+    fetch = function_name("fetch").encode()
+    ack = function_name("ack").encode()
+
+    def __init__(self, server: AofRedis) -> None:
+        self.server = server
+        self.direct_url = server.url  # the test's view (and the integrity check's), never faulted
+        self.enqueue_url = server.url  # where the jobs are enqueued from, by the runtime's client
+        self.proxy = FaultProxy(server.url).start()
+        self.runtime_url = self.proxy.url()
+
+    def kill(self) -> None:
+        self.server.kill()
+
+    def start(self) -> None:
+        """Start it again on its AOF; returns once it serves."""
+        self.server.start()
+
+    def close(self) -> None:
+        self.proxy.stop()
+
+class ClusterStore:
+    """A `LocalCluster` whose node owning the namespace's slot sits behind its proxy: the runtime
+    gets the cluster's seed URL (every node at its announced port, the owner's being the proxy's),
+    the test reads the owner on its real port (the namespace is one slot: every key is there)."""
+
+    restart_fault = "owner node restart"
+    library = CLUSTER_LIBRARY_CODE
+    fetch = function_name("fetch", cluster=True).encode()
+    ack = function_name("ack", cluster=True).encode()
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.owner = cluster.node_for_slot(cluster.slot_of(KEYS.prefix))
+        assert self.owner.proxy is not None, f"{self.owner} owns the namespace's slot, yet is not behind a proxy"
+        self.proxy = self.owner.proxy
+        self.direct_url = f"redis://{HOST}:{self.owner.port}"
+        # The owner's real port as the only seed: the commands run there, no redirect, no proxy.
+        self.enqueue_url = f"redis+cluster://{HOST}:{self.owner.port}"
+        self.runtime_url = cluster.seed_url
+
+    def kill(self) -> None:
+        self.cluster.kill(self.owner)
+
+    def start(self) -> None:
+        """Start the owner again on its AOF and nodes.conf; returns once it serves its slot. Not
+        once the whole cluster has settled: the others clear their FAIL flag for it only seconds
+        later, while the runtime, which talks to the owner alone, runs jobs again already."""
+        self.cluster.restart(self.owner, settle=False)
+
+    def close(self) -> None:
+        pass  # the proxy is the cluster's: it stops with it
+
+Store = SingleRedis | ClusterStore
+
+
+@pytest.fixture
+def single_redis(aof_redis: AofRedis) -> Iterator[SingleRedis]:
+    store = SingleRedis(aof_redis)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[ClusterStore]:
+    try:
+        find_server_binary()
+    except ServerBinaryNotFoundError as err:
+        skip_or_fail(str(err))
+    owner = LocalCluster.first_owner_index(LocalCluster.slot_of(KEYS.prefix), CLUSTER_PRIMARIES)
+    # No replicas: nothing fails over while the owner is down. No full coverage: the other
+    # primaries keep serving their own slots meanwhile (and send the owner's slot to the owner).
+    cluster = LocalCluster(tmp_path / "cluster", primaries=CLUSTER_PRIMARIES, aof=True, proxied=[owner],
+                           full_coverage=False)
+    cluster.start()
+    try:
+        store = ClusterStore(cluster)
+        assert store.owner is cluster.nodes[owner], (store.owner, owner)
+        yield store
+    finally:
+        cluster.stop()
+        print(cluster.logs())
 
 
 # --- what the handler recorded ------------------------------------------------------------------
@@ -263,6 +364,14 @@ def completions(client: redis.Redis, job_ids: list[str]) -> list[tuple[str, str,
     return out
 
 
+def states_of(client: redis.Redis, job_ids: list[str]) -> dict[str, int]:
+    """How many of the jobs are in each state."""
+    count: dict[str, int] = defaultdict(int)
+    for state, _claim, _at in completions(client, job_ids):
+        count[state] += 1
+    return dict(count)
+
+
 def settled_after(client: redis.Redis, runs: dict[str, Run], fault: Fault) -> float:
     """How long after the fault's end the last job with a run around it completed."""
     around = sorted({r.job_id for r in runs.values()
@@ -272,11 +381,21 @@ def settled_after(client: redis.Redis, runs: dict[str, Run], fault: Fault) -> fl
 
 
 def test_chaos_no_job_lost_stuck_or_repeated_without_cause(
-    aof_redis: AofRedis, start: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    single_redis: SingleRedis, start: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    client = redis.Redis.from_url(aof_redis.url)  # direct: the test's view, never faulted by the proxy
-    client.function_load(LIBRARY_CODE, replace=True)
-    proxy = FaultProxy(aof_redis.url).start()
+    chaos(single_redis, start, tmp_path, monkeypatch)
+
+
+def test_chaos_on_a_cluster_no_job_lost_stuck_or_repeated_without_cause(
+    redis_cluster: ClusterStore, start: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    chaos(redis_cluster, start, tmp_path, monkeypatch)
+
+
+def chaos(store: Store, start: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = redis.Redis.from_url(store.direct_url)  # direct: the test's view, never faulted by the proxy
+    client.function_load(store.library, replace=True)
+    proxy = store.proxy
     record_dir = tmp_path / "runs"
     record_dir.mkdir()
     monkeypatch.setenv("CHAOS_RECORD_DIR", str(record_dir))
@@ -284,16 +403,20 @@ def test_chaos_no_job_lost_stuck_or_repeated_without_cause(
     faults = figures.faults
     try:
         # Given: the jobs wait, and two pools and the scheduler serve them through the proxy
-        job_ids = enqueue_all(aof_redis.url)
+        job_ids = enqueue_all(store.enqueue_url)
         assert len(job_ids) == JOBS
-        runtime = start("--redis", proxy.url(), "--processes", str(PROCESSES), "--concurrency", str(CONCURRENCY),
+        runtime = start("--redis", store.runtime_url, "--processes", str(PROCESSES), "--concurrency", str(CONCURRENCY),
                         "--lease", str(LEASE_S), "--http", f"127.0.0.1:{free_port()}",
                         module="tests.fixtures.chaos_handlers")
         runtime.wait_ready(PROCESSES)
 
         def after_more_runs(what: str) -> None:
             target = ended_count(record_dir) + RUNS_BETWEEN_FAULTS if faults else RUNS_BETWEEN_FAULTS
-            wait_until(lambda: ended_count(record_dir) >= target, timeout_s=30, what=f"{target} runs before {what}")
+            try:
+                wait_until(lambda: ended_count(record_dir) >= target, timeout_s=30, what=f"{target} runs before {what}")
+            except AssertionError as stalled:
+                raise AssertionError(f"{stalled}: {ended_count(record_dir)} ended; the jobs by state: "
+                                     f"{states_of(client, job_ids)}\n{figures.report()}") from None
             assert ended_count(record_dir) < JOBS - CONCURRENCY, f"the load ended before {what}: make it longer"
 
         # When: (1) a pool is SIGKILLed mid-load; the supervisor replaces it
@@ -307,22 +430,22 @@ def test_chaos_no_job_lost_stuck_or_repeated_without_cause(
 
         # (2) Redis is killed and started again on its AOF, same port and data, right after an
         # ack reached it and lost its reply (so at least one ack's outcome is surely unknown)
-        after_more_runs("the Redis restart")
-        proxy.drop_reply(ACK)
+        after_more_runs(f"the {store.restart_fault}")
+        proxy.drop_reply(store.ack)
         assert proxy.dropped.wait(10), "no ack went out"
         # That ack has run once this PING is answered: its bytes were waiting before the PING's,
         # Redis serves every ready socket in one turn and replies (after the fsync) at its end.
         client.ping()
         began = time.time()
-        aof_redis.kill()
+        store.kill()
         time.sleep(REDIS_DOWN_S)  # the outage itself: how long Redis stays down is the fault
-        aof_redis.start()
-        faults.append(Fault("Redis restart", began, time.time()))
+        store.start()
+        faults.append(Fault(store.restart_fault, began, time.time()))
 
         # (3) the link goes silent (sockets kept, bytes swallowed) for a few seconds, as a fetch
         # is on its way: Redis runs it, its reply never comes (jobs claimed for no one)
         after_more_runs("the blackhole")
-        proxy.drop_reply(FETCH, close=False)
+        proxy.drop_reply(store.fetch, close=False)
         assert proxy.dropped.wait(10), "no fetch went out"
         began = time.time()
         proxy.blackhole()
@@ -337,10 +460,7 @@ def test_chaos_no_job_lost_stuck_or_repeated_without_cause(
         try:
             wait_until(all_completed, timeout_s=SETTLE_BOUND_S + LEASE_S, what="every job to complete")
         except AssertionError:
-            left: dict[str, int] = defaultdict(int)
-            for state, _c, _a in completions(client, job_ids):
-                left[state] += 1
-            raise AssertionError(f"not every job completed: {dict(left)}\n{figures.report()}") from None
+            raise AssertionError(f"not every job completed: {states_of(client, job_ids)}\n{figures.report()}") from None
         final = completions(client, job_ids)
         runs = read_runs(record_dir)
         figures.settle_s = max(0.0, max(at for _s, _c, at in final) / 1000 - faults[-1].ended)
@@ -357,7 +477,7 @@ def test_chaos_no_job_lost_stuck_or_repeated_without_cause(
         runtime.stop()
         assert client.zcard(KEYS.active) == 0, report
         assert client.zcard(KEYS.available("default")) == 0, report
-        assert integrity_problems(aof_redis.url) == [], report
+        assert integrity_problems(store.direct_url) == [], report
         # the kill cut runs short (it landed mid-load), and every extra run has its cause
         assert figures.interrupted > 0, f"the pool kill interrupted no run: it did not land mid-load\n{report}"
         assert not figures.unexplained, report
@@ -367,5 +487,4 @@ def test_chaos_no_job_lost_stuck_or_repeated_without_cause(
         assert figures.settle_s < SETTLE_BOUND_S, report
         assert all(f.settle_s < SETTLE_BOUND_S for f in faults), report
     finally:
-        proxy.stop()
         client.close()

@@ -199,3 +199,25 @@ def test_a_killed_primary_with_aof_comes_back_with_its_keys_and_slots(make_clust
 def failing(observer: ClusterNode, node: ClusterNode) -> bool:
     peers = observer.client().execute_command("CLUSTER NODES").values()
     return any(peer["node_id"] == node.node_id and "fail" in peer["flags"] for peer in peers)
+
+
+def test_a_restarted_primary_waited_for_until_it_serves_answers_for_its_slots(make_cluster: MakeCluster) -> None:
+    # Given: no full coverage required, a key on node-1, and node-1 killed until the others
+    # flag it as failed
+    cluster = make_cluster(aof=True, full_coverage=False)
+    victim = cluster.nodes[1]
+    key = next(f"k{i}" for i in range(300) if cluster.node_for_slot(cluster.slot_of(f"k{i}")) is victim)
+    victim.client().set(key, "kept")
+    cluster.kill(victim)
+    survivors = [node for node in cluster.nodes if node is not victim]
+    wait_until(lambda: all(failing(node, victim) for node in survivors), timeout_s=30,
+               what="the survivors to flag the killed primary as failed")
+    # When: it starts again, waited for only until it serves
+    cluster.restart(victim, settle=False)
+    # Then: it answers for its slot, and the survivors, still ok themselves, send its clients to it
+    assert victim.client().get(key) == "kept"
+    assert all(node.client().execute_command("CLUSTER INFO")["cluster_state"] == "ok" for node in survivors)
+    assert moved_to(survivors[0].client(), key) == (HOST, victim.port)
+    # And: the cluster settles with it in the end
+    cluster.wait_settled()
+    assert not any(failing(node, victim) for node in survivors)
