@@ -64,8 +64,14 @@
                       may claim fewer than `count` although the tenant has jobs deeper down. The
                       fair tags of enqueue.lua interleave the tenants, so a tenant's next job is
                       normally within a few entries per queued tenant of the head.
+  ARGV[15+2N+2M+5V]   reply ("" or absent: full): "lean" for the reply a pool reads (below)
 
-  Returns: an array with one flat HGETALL array per claimed job, in claim order.
+  Returns: an array with one entry per claimed job, in claim order: the job's flat HGETALL array;
+           with reply "lean", the values (nil when absent) of the fields LEAN_FIELDS names then
+           of state, type, attempt, started_at, claim, visibility_timeout_ms, timeout_ms,
+           enqueued_at, suspect (runtime/broker/claim_reply.py decodes it), followed by the flat
+           HGETALL array when the hash holds what those fields cannot show (an error history,
+           unknown fields: nerr or extra set).
 ]]
 local T = context(KEYS[1], ARGV[1], ARGV[2])
 local prefix, now = T.prefix, T.now_ms
@@ -99,6 +105,12 @@ end
 local nversions = tonumber(ARGV[13 + 2 * nq + 2 * nroom]) or 0
 local tenant = ARGV[14 + 2 * nq + 2 * nroom + 5 * nversions]
 if tenant == "" then tenant = nil end
+local lean = ARGV[15 + 2 * nq + 2 * nroom + 5 * nversions] == "lean"
+-- The fields of a lean reply read back after the claim, in this order (claim_reply.py's order);
+-- the ones the claim itself read or wrote follow them, from its own values.
+local LEAN_FIELDS = {"id", "queue", "args", "meta", "priority", "max_attempts", "retry", "tags", "created_at",
+  "scheduled_at", "error", "nerr", "workflow_id", "parent_results", "version", "extra", "checkpoint", "wf_index",
+  "step_traces"}
 
 -- Maintenance mode (the admin API): nothing is claimed, anywhere; enqueues go on.
 if rcall("EXISTS", T.maintenance) == 1 then return {} end
@@ -328,8 +340,9 @@ local function claim(id, queue, alone)
   local deadline = visible_until
   -- One HSET (attempt included) and, only when an earlier attempt left something, one HDEL.
   local attempt = (tonumber(f[6]) or 0) + 1
-  local set = {"state", "active", "started_at", ARGV[1], "visible_until", visible_until, "attempt", attempt,
-               "claim", new_token()}
+  local attempt_arg = int_arg(attempt)
+  local set = {"state", "active", "started_at", ARGV[1], "visible_until", int_arg(visible_until),
+               "attempt", attempt_arg, "claim", new_token()}
   local drop = {}
   if f[9] or f[10] then  -- the previous attempt's progress
     drop = {"progress", "progress_message", "progress_data", "progress_at"}
@@ -345,7 +358,7 @@ local function claim(id, queue, alone)
   if timeout then
     local exec_deadline = now + timeout + exec_grace
     set[#set + 1] = "exec_deadline"
-    set[#set + 1] = exec_deadline
+    set[#set + 1] = int_arg(exec_deadline)
     if exec_deadline < deadline then deadline = exec_deadline end
   elseif f[8] then
     drop[#drop + 1] = "exec_deadline"
@@ -353,12 +366,22 @@ local function claim(id, queue, alone)
   if l then rl_admit(l, p, id, set[10]) end
   rcall("HSET", job_key, unpack(set))
   if #drop > 0 then rcall("HDEL", job_key, unpack(drop)) end
-  rcall("ZADD", T.active, deadline, id)
+  rcall("ZADD", T.active, int_arg(deadline), id)
   claimed_per_queue[queue] = (claimed_per_queue[queue] or 0) + 1
   waited_per_queue[queue] = (waited_per_queue[queue] or 0) + math.max(0, now - (tonumber(f[12]) or now))
   emit(T, "job.started", id, {job_id = id, job_type = f[2], queue = queue, state = "active",
     worker_id = worker_id, attempt = attempt})
-  return rcall("HGETALL", job_key)
+  if not lean then return rcall("HGETALL", job_key) end
+  -- The reply's largest cost was the whole hash turned into a Lua table and back: here only
+  -- what a pool reads, and of that only what the claim did not already read or write.
+  local r = rcall("HMGET", job_key, unpack(LEAN_FIELDS))
+  local n = #LEAN_FIELDS
+  r[n + 1], r[n + 2], r[n + 3], r[n + 4], r[n + 5] = "active", f[2], attempt_arg, ARGV[1], set[10]
+  r[n + 6], r[n + 7], r[n + 8], r[n + 9] = f[3], f[4], f[12], f[11]
+  if r[12] or r[16] then  -- nerr, extra: the hash itself follows
+    for _, v in ipairs(rcall("HGETALL", job_key)) do r[#r + 1] = v end
+  end
+  return r
 end
 
 local claimed = {}
