@@ -106,6 +106,20 @@ local nversions = tonumber(ARGV[13 + 2 * nq + 2 * nroom]) or 0
 local tenant = ARGV[14 + 2 * nq + 2 * nroom + 5 * nversions]
 if tenant == "" then tenant = nil end
 local lean = ARGV[15 + 2 * nq + 2 * nroom + 5 * nversions] == "lean"
+-- What a claim reads of its job. An absent field costs HMGET a scan of the whole hash, so two
+-- fields are read only by the callers that use them: worker_id by an anonymous caller (whose
+-- claim drops an earlier one), tenant by a tenant's fetch.
+local CLAIM_FIELDS = {"state", "type", "visibility_timeout_ms", "timeout_ms", "expires_ms", "attempt",
+  "exec_deadline", "progress", "progress_at", "suspect", "enqueued_at", "rl_key"}
+local AT_WORKER, AT_TENANT = nil, nil
+if worker_id == "" then
+  CLAIM_FIELDS[#CLAIM_FIELDS + 1] = "worker_id"
+  AT_WORKER = #CLAIM_FIELDS
+end
+if tenant then
+  CLAIM_FIELDS[#CLAIM_FIELDS + 1] = "tenant"
+  AT_TENANT = #CLAIM_FIELDS
+end
 -- The fields of a lean reply read back after the claim, in this order (claim_reply.py's order);
 -- the ones the claim itself read or wrote follow them, from its own values.
 local LEAN_FIELDS = {"id", "queue", "args", "meta", "priority", "max_attempts", "retry", "tags", "created_at",
@@ -131,7 +145,7 @@ local skipped = {}  -- {id, score, queue} of the suspects popped and skipped: pu
 local next_token, last_token = 0, -1
 local function new_token()
   if next_token > last_token then
-    last_token = rcall("INCRBY", T.claims, count)
+    last_token = rcall("INCRBY", T.claims, int_arg(count))
     local floor = tonumber(ARGV[1]) * 1000 + count
     if last_token < floor then
       last_token = floor
@@ -307,17 +321,15 @@ end
 
 local function claim(id, queue, alone)
   local job_key = prefix .. "job:" .. id
-  local f = rcall("HMGET", job_key, "state", "type", "visibility_timeout_ms", "timeout_ms", "expires_ms",
-    "attempt", "worker_id", "exec_deadline", "progress", "progress_at", "suspect", "enqueued_at", "rl_key",
-    "tenant")
+  local f = rcall("HMGET", job_key, unpack(CLAIM_FIELDS))
   if f[1] ~= "available" then
     return nil -- a stale index entry (the job was flushed or moved): drop it
   end
-  if tenant and f[14] ~= tenant then
+  if tenant and f[AT_TENANT] ~= tenant then
     held_in[queue] = (held_in[queue] or 0) + 1  -- the scan's bound, as for rate-limit holds
     return HELD  -- another tenant's job: before any check with an effect (expiry, rate limits)
   end
-  if f[11] and not alone then
+  if f[10] and not alone then
     return SKIPPED
   end
   if f[5] and tonumber(f[5]) <= now then
@@ -326,13 +338,13 @@ local function claim(id, queue, alone)
     return nil
   end
   local l, p
-  if f[13] then
+  if f[12] then
     -- The policy is read only for a job that has a key: the common claim reads one field more.
-    l, p = limiter(f[13]), policy_of(rcall("HGET", job_key, "rl_policy") or ",,,,wait")
+    l, p = limiter(f[12]), policy_of(rcall("HGET", job_key, "rl_policy") or ",,,,wait")
     local strategy, limit, current, allowed_at = held_by(l, p)
     if strategy then
       -- A suspect stays in its two indexes whatever its on_limit says (it must still run alone).
-      return rl_hold(l, p, id, queue, f[2], strategy, limit, current, allowed_at, f[11] ~= false)
+      return rl_hold(l, p, id, queue, f[2], strategy, limit, current, allowed_at, f[10] ~= false)
     end
   end
   local vis = tonumber(f[3]) or request_vis or default_vis
@@ -344,14 +356,14 @@ local function claim(id, queue, alone)
   local set = {"state", "active", "started_at", ARGV[1], "visible_until", int_arg(visible_until),
                "attempt", attempt_arg, "claim", new_token()}
   local drop = {}
-  if f[9] or f[10] then  -- the previous attempt's progress
+  if f[8] or f[9] then  -- the previous attempt's progress
     drop = {"progress", "progress_message", "progress_data", "progress_at"}
   end
   if worker_id ~= "" then
     set[#set + 1] = "worker_id"
     set[#set + 1] = worker_id
     rcall("SADD", prefix .. "worker-jobs:" .. worker_id, id)
-  elseif f[7] then
+  elseif f[AT_WORKER] then
     drop[#drop + 1] = "worker_id"
   end
   local timeout = tonumber(f[4])
@@ -360,7 +372,7 @@ local function claim(id, queue, alone)
     set[#set + 1] = "exec_deadline"
     set[#set + 1] = int_arg(exec_deadline)
     if exec_deadline < deadline then deadline = exec_deadline end
-  elseif f[8] then
+  elseif f[7] then
     drop[#drop + 1] = "exec_deadline"
   end
   if l then rl_admit(l, p, id, set[10]) end
@@ -368,7 +380,7 @@ local function claim(id, queue, alone)
   if #drop > 0 then rcall("HDEL", job_key, unpack(drop)) end
   rcall("ZADD", T.active, int_arg(deadline), id)
   claimed_per_queue[queue] = (claimed_per_queue[queue] or 0) + 1
-  waited_per_queue[queue] = (waited_per_queue[queue] or 0) + math.max(0, now - (tonumber(f[12]) or now))
+  waited_per_queue[queue] = (waited_per_queue[queue] or 0) + math.max(0, now - (tonumber(f[11]) or now))
   emit(T, "job.started", id, {job_id = id, job_type = f[2], queue = queue, state = "active",
     worker_id = worker_id, attempt = attempt})
   if not lean then return rcall("HGETALL", job_key) end
@@ -377,7 +389,7 @@ local function claim(id, queue, alone)
   local r = rcall("HMGET", job_key, unpack(LEAN_FIELDS))
   local n = #LEAN_FIELDS
   r[n + 1], r[n + 2], r[n + 3], r[n + 4], r[n + 5] = "active", f[2], attempt_arg, ARGV[1], set[10]
-  r[n + 6], r[n + 7], r[n + 8], r[n + 9] = f[3], f[4], f[12], f[11]
+  r[n + 6], r[n + 7], r[n + 8], r[n + 9] = f[3], f[4], f[11], f[10]
   if r[12] or r[16] then  -- nerr, extra: the hash itself follows
     for _, v in ipairs(rcall("HGETALL", job_key)) do r[#r + 1] = v end
   end
