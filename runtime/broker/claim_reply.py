@@ -1,8 +1,9 @@
 """fetch.lua's lean reply (reply "lean"): the part of a claimed job's hash a pool reads.
 
-The full reply is each job's whole hash (HGETALL), which a pool mostly ignores and which cost
-Redis more than a third of the claim (the hash turned into a Lua table and back). The lean one is
-a flat array of values in the order below, nil for an absent field, followed by the whole hash
+The full reply is each job's whole hash, read again after the claim (HGETALL), which a pool
+mostly ignores and which cost Redis more than a third of the claim (the hash turned into a Lua
+table and back). A lean claim reads the hash once, for its checks and its reply, and replies a
+flat array of values in the order below, nil for an absent field, followed by the whole hash
 when it holds what these fields cannot show (an error history, unknown fields). Decoded, it is
 the hash restricted to these fields, or the whole hash: what `runtime.claimed_job.job_of_hash`
 and the pool read of it comes out as from the full reply (a test holds the two equal).
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from runtime.broker.render import pairs_to_dict
 
-# fetch.lua's LEAN_FIELDS, in its order, then the fields its claim read or wrote itself.
+# fetch.lua's LEAN_FIELDS, in its order.
 LEAN_FIELDS: tuple[bytes, ...] = (
     b"id", b"queue", b"args", b"meta", b"priority", b"max_attempts", b"retry", b"tags", b"created_at",
     b"scheduled_at", b"error", b"nerr", b"workflow_id", b"parent_results", b"version", b"extra", b"checkpoint",

@@ -67,11 +67,10 @@
   ARGV[15+2N+2M+5V]   reply ("" or absent: full): "lean" for the reply a pool reads (below)
 
   Returns: an array with one entry per claimed job, in claim order: the job's flat HGETALL array;
-           with reply "lean", the values (nil when absent) of the fields LEAN_FIELDS names then
-           of state, type, attempt, started_at, claim, visibility_timeout_ms, timeout_ms,
-           enqueued_at, suspect (runtime/broker/claim_reply.py decodes it), followed by the flat
-           HGETALL array when the hash holds what those fields cannot show (an error history,
-           unknown fields: nerr or extra set).
+           with reply "lean", the values (nil when absent) of the fields LEAN_FIELDS names, in
+           that order (runtime/broker/claim_reply.py decodes it), followed by the flat HGETALL
+           array when the hash holds what those fields cannot show (an error history, unknown
+           fields: nerr or extra set).
 ]]
 local T = context(KEYS[1], ARGV[1], ARGV[2])
 local prefix, now = T.prefix, T.now_ms
@@ -108,7 +107,8 @@ if tenant == "" then tenant = nil end
 local lean = ARGV[15 + 2 * nq + 2 * nroom + 5 * nversions] == "lean"
 -- What a claim reads of its job. An absent field costs HMGET a scan of the whole hash, so two
 -- fields are read only by the callers that use them: worker_id by an anonymous caller (whose
--- claim drops an earlier one), tenant by a tenant's fetch.
+-- claim drops an earlier one), tenant by a tenant's fetch. (A lean claim reads them from the
+-- whole hash: read_whole.)
 local CLAIM_FIELDS = {"state", "type", "visibility_timeout_ms", "timeout_ms", "expires_ms", "attempt",
   "exec_deadline", "progress", "progress_at", "suspect", "enqueued_at", "rl_key"}
 local AT_WORKER, AT_TENANT = nil, nil
@@ -120,11 +120,11 @@ if tenant then
   CLAIM_FIELDS[#CLAIM_FIELDS + 1] = "tenant"
   AT_TENANT = #CLAIM_FIELDS
 end
--- The fields of a lean reply read back after the claim, in this order (claim_reply.py's order);
--- the ones the claim itself read or wrote follow them, from its own values.
+-- The fields of a lean reply, in this order (runtime/broker/claim_reply.py's).
 local LEAN_FIELDS = {"id", "queue", "args", "meta", "priority", "max_attempts", "retry", "tags", "created_at",
   "scheduled_at", "error", "nerr", "workflow_id", "parent_results", "version", "extra", "checkpoint", "wf_index",
-  "step_traces"}
+  "step_traces", "state", "type", "attempt", "started_at", "claim", "visibility_timeout_ms", "timeout_ms",
+  "enqueued_at", "suspect"}
 
 -- Maintenance mode (the admin API): nothing is claimed, anywhere; enqueues go on.
 if rcall("EXISTS", T.maintenance) == 1 then return {} end
@@ -319,9 +319,57 @@ local function rl_hold(l, p, id, queue, job_type, strategy, limit, current, allo
   return HELD
 end
 
+-- A lean claim reads its job's whole hash once, for the claim's checks and for the reply (an
+-- HMGET of the fields a pool reads costs more: each absent one is a scan of the whole hash). One
+-- pass over it fills the claim's fields (CLAIM_FIELDS order) and the reply's (LEAN_FIELDS order),
+-- false where absent; a table by name would cost more than the pass.
+local CLAIM_AT, LEAN_AT = {}, {}
+if lean then
+  for i, name in ipairs(CLAIM_FIELDS) do CLAIM_AT[name] = i end
+  for i, name in ipairs(LEAN_FIELDS) do LEAN_AT[name] = i end
+end
+local function read_whole(job_key)
+  local f = {false, false, false, false, false, false, false, false, false, false, false, false, false, false}
+  local r = {false, false, false, false, false, false, false, false, false, false, false, false, false, false,
+             false, false, false, false, false, false, false, false, false, false, false, false, false, false}
+  local all = rcall("HGETALL", job_key)
+  for i = 1, #all, 2 do
+    local name = all[i]
+    local at = CLAIM_AT[name]
+    if at then f[at] = all[i + 1] end
+    at = LEAN_AT[name]
+    if at then r[at] = all[i + 1] end
+  end
+  return f, r
+end
+
+-- The lean reply of a claimed job: what read_whole found (r), with the claim's writes applied.
+local function lean_reply(job_key, r, set, drop)
+  if r[LEAN_AT.nerr] or r[LEAN_AT.extra] then  -- what these fields cannot show: the whole hash follows
+    for _, v in ipairs(rcall("HGETALL", job_key)) do r[#r + 1] = v end
+  end
+  for i = 1, #set, 2 do
+    local at = LEAN_AT[set[i]]
+    if at then
+      -- A value left for Redis to format (not an integer) is read back as Redis wrote it.
+      r[at] = type(set[i + 1]) == "string" and set[i + 1] or rcall("HGET", job_key, set[i])
+    end
+  end
+  for _, name in ipairs(drop) do
+    local at = LEAN_AT[name]
+    if at then r[at] = false end
+  end
+  return r
+end
+
 local function claim(id, queue, alone)
   local job_key = prefix .. "job:" .. id
-  local f = rcall("HMGET", job_key, unpack(CLAIM_FIELDS))
+  local f, r
+  if lean then
+    f, r = read_whole(job_key)
+  else
+    f = rcall("HMGET", job_key, unpack(CLAIM_FIELDS))
+  end
   if f[1] ~= "available" then
     return nil -- a stale index entry (the job was flushed or moved): drop it
   end
@@ -383,17 +431,8 @@ local function claim(id, queue, alone)
   waited_per_queue[queue] = (waited_per_queue[queue] or 0) + math.max(0, now - (tonumber(f[11]) or now))
   emit(T, "job.started", id, {job_id = id, job_type = f[2], queue = queue, state = "active",
     worker_id = worker_id, attempt = attempt})
-  if not lean then return rcall("HGETALL", job_key) end
-  -- The reply's largest cost was the whole hash turned into a Lua table and back: here only
-  -- what a pool reads, and of that only what the claim did not already read or write.
-  local r = rcall("HMGET", job_key, unpack(LEAN_FIELDS))
-  local n = #LEAN_FIELDS
-  r[n + 1], r[n + 2], r[n + 3], r[n + 4], r[n + 5] = "active", f[2], attempt_arg, ARGV[1], set[10]
-  r[n + 6], r[n + 7], r[n + 8], r[n + 9] = f[3], f[4], f[11], f[10]
-  if r[12] or r[16] then  -- nerr, extra: the hash itself follows
-    for _, v in ipairs(rcall("HGETALL", job_key)) do r[#r + 1] = v end
-  end
-  return r
+  if lean then return lean_reply(job_key, r, set, drop) end
+  return rcall("HGETALL", job_key)
 end
 
 local claimed = {}
