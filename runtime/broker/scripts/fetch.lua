@@ -573,7 +573,7 @@ local function claim_from(queue, limit)
   -- Pop as many as may be claimed in one call; a stale entry among them (dropped by claim) is
   -- made up for by the next round.
   while #claimed < count and taken < limit and (held_in[queue] or 0) < RL_SCAN do
-    local heads = rcall("ZPOPMIN", available_key, math.min(count - #claimed, limit - taken))
+    local heads = rcall("ZPOPMIN", available_key, int_arg(math.min(count - #claimed, limit - taken)))
     if #heads == 0 then return end
     for h = 1, #heads, 2 do
       if take(heads[h], heads[h + 1], queue, log, window) then taken = taken + 1 end
@@ -656,8 +656,8 @@ for _, s in ipairs(skipped) do
 end
 for queue, n in pairs(claimed_per_queue) do
   local counts = prefix .. "queue:" .. queue .. ":counts"
-  rcall("HINCRBY", counts, "available", -n)
-  rcall("HINCRBY", counts, "active", n)
+  rcall("HINCRBY", counts, "available", int_arg(-n))
+  rcall("HINCRBY", counts, "active", int_arg(n))
   count_stat(T, "started", queue, n)
   count_stat(T, "wait_ms", queue, waited_per_queue[queue])
 end
