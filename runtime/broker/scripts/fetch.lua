@@ -324,14 +324,19 @@ end
 -- pass over it fills the claim's fields (CLAIM_FIELDS order) and the reply's (LEAN_FIELDS order),
 -- false where absent; a table by name would cost more than the pass.
 local CLAIM_AT, LEAN_AT = {}, {}
+local NO_CLAIM, NO_LEAN = {}, {}  -- all false: unpacked into a new table, it is made at its size
 if lean then
-  for i, name in ipairs(CLAIM_FIELDS) do CLAIM_AT[name] = i end
-  for i, name in ipairs(LEAN_FIELDS) do LEAN_AT[name] = i end
+  for i, name in ipairs(CLAIM_FIELDS) do
+    CLAIM_AT[name] = i
+    NO_CLAIM[i] = false
+  end
+  for i, name in ipairs(LEAN_FIELDS) do
+    LEAN_AT[name] = i
+    NO_LEAN[i] = false
+  end
 end
 local function read_whole(job_key)
-  local f = {false, false, false, false, false, false, false, false, false, false, false, false, false, false}
-  local r = {false, false, false, false, false, false, false, false, false, false, false, false, false, false,
-             false, false, false, false, false, false, false, false, false, false, false, false, false, false}
+  local f, r = {unpack(NO_CLAIM)}, {unpack(NO_LEAN)}
   local all = rcall("HGETALL", job_key)
   for i = 1, #all, 2 do
     local name = all[i]
