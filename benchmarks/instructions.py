@@ -14,7 +14,8 @@ machine as on a quiet one, so two versions can be compared one after the other:
   and imports drop out. The pool's time windows (ack batching, prefetch hold, metric tally) are
   stretched 50 times, as valgrind slows the process about that much, so it batches as it would.
 * redis: the Redis server runs under ``valgrind --tool=callgrind``; counters are zeroed after
-  the jobs are enqueued, then dumped after the fetches (5 jobs per call) and after the acks.
+  the jobs are enqueued, then dumped after the fetches (5 jobs per call, with the reply a pool
+  asks for) and after the acks.
 
 With ``--traced`` the pool exports its spans over OTLP (to a sink in this process that answers
 every export) and only the pool's count is taken: the cost of tracing per job (the otel extra).
@@ -182,6 +183,9 @@ async def _fetch_then_ack(url: str, n: int, dump: object) -> None:
     broker = Broker(client, Settings(redis_url=url, redis_command_timeout_ms=0))
     # Older versions (to compare against) had neither the fetch's `idle` nor the claim's token.
     says_idle = {"idle": False} if "idle" in inspect.signature(broker.fetch).parameters else {}
+    # Nor the pool's lean reply (a pool asks for it; the HTTP binding takes the whole hash).
+    if "lean" in inspect.signature(broker.fetch).parameters:
+        says_idle["lean"] = True
     tokens = "claim" in Completion.__struct_fields__
     batches = []
     while sum(map(len, batches)) < n:

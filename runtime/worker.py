@@ -307,7 +307,7 @@ class Pool:
             claimed = await self.broker.fetch(
                 self.queues, count=count, worker_id=self.worker_id, visibility_ms=self.config.lease_ms,
                 quotas=quotas, type_room=self._type_room(), exec_grace_ms=self.exec_grace_ms,
-                idle=not self.active and not self.ready,
+                idle=not self.active and not self.ready, lean=True,
             )
         except BACKEND_ERRORS as err:
             if not isinstance(err, CommandNotSent):

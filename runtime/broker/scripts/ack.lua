@@ -78,8 +78,8 @@ end
 for queue, ended in pairs(completed_per_queue) do
   local count = #ended / 2
   local counts = prefix .. "queue:" .. queue .. ":counts"
-  rcall("HINCRBY", counts, "active", -count)
-  rcall("HINCRBY", counts, "completed", count)
+  rcall("HINCRBY", counts, "active", int_arg(-count))
+  rcall("HINCRBY", counts, "completed", int_arg(count))
   rcall("ZADD", prefix .. "queue:" .. queue .. ":completed", unpack(ended))
   count_stat(T, "completed", queue, count)
 end

@@ -31,10 +31,26 @@ end
 local function job_key(T, id) return T.prefix .. "job:" .. id end
 local function queue_key(T, queue, part) return T.prefix .. "queue:" .. queue .. ":" .. part end
 
+-- A number for redis.call, formatted here: Redis formats a Lua number argument with %.17g, which
+-- costs more than string.format's %d. For an integer below 1e15 (every time in ms, attempt and
+-- count these scripts pass) both give the same digits; anything else (a fraction, -0) is left
+-- to Redis.
+local function int_arg(x)
+  if x == math.floor(x) and x > -1e15 and x < 1e15 and (x ~= 0 or 1 / x > 0) then
+    return string.format("%d", x)
+  end
+  return x
+end
+
 -- Lifecycle event (capped stream); maxlen 0 disables events.
 local function emit(T, etype, subject, data)
   if T.maxlen > 0 then
-    rcall("XADD", T.events, "MAXLEN", "~", T.maxlen, "*",
+    local maxlen = T.maxlen_arg
+    if not maxlen then
+      maxlen = int_arg(T.maxlen)
+      T.maxlen_arg = maxlen  -- once per call: a call emits one event per job or more
+    end
+    rcall("XADD", T.events, "MAXLEN", "~", maxlen, "*",
       "type", etype, "subject", subject, "time", T.now, "data", cjson.encode(data))
   end
 end
@@ -52,7 +68,7 @@ local STATS_FIRST_TTL_MS = 172800000  -- until the rollup sets the retention: no
 local function count_stat(T, metric, queue, n)
   local minute = T.now_ms - T.now_ms % 60000
   local key = T.prefix .. "stats:m:" .. string.format("%d", minute)
-  if rcall("HINCRBY", key, metric .. ":" .. queue, n) == n then  -- a new field, maybe a new key
+  if rcall("HINCRBY", key, metric .. ":" .. queue, int_arg(n)) == n then  -- a new field, maybe a new key
     rcall("PEXPIREAT", key, string.format("%d", minute + STATS_FIRST_TTL_MS), "NX")
   end
 end
@@ -292,7 +308,7 @@ end
 -- by every claim (a due job is claimable at once, not a scheduler interval later).
 local function promote_due(T, limit)
   local promoted = 0
-  for _, id in ipairs(rcall("ZRANGEBYSCORE", T.delayed, "-inf", T.now_ms, "LIMIT", 0, limit)) do
+  for _, id in ipairs(rcall("ZRANGEBYSCORE", T.delayed, "-inf", int_arg(T.now_ms), "LIMIT", "0", int_arg(limit))) do
     rcall("ZREM", T.delayed, id)
     local key = job_key(T, id)
     local f = rcall("HMGET", key, "state", "queue", "priority", "tenant")
@@ -308,7 +324,7 @@ local function promote_due(T, limit)
 end
 
 local function expire_due(T, limit, now_iso)
-  local due = rcall("ZRANGEBYSCORE", T.expiring, "-inf", T.now_ms, "LIMIT", 0, limit)
+  local due = rcall("ZRANGEBYSCORE", T.expiring, "-inf", int_arg(T.now_ms), "LIMIT", "0", int_arg(limit))
   for _, id in ipairs(due) do
     rcall("ZREM", T.expiring, id)
     expire_job(T, id, now_iso)
