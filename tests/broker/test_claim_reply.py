@@ -6,14 +6,17 @@ runtime/metrics.py), so a field missing from the lean list fails here."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import redis
 
 from runtime import timefmt
 from runtime.broker import failures
+from runtime.broker.claim_reply import LEAN_FIELDS
 from runtime.broker.core import Broker, Failure
 from runtime.broker.keys import Keys
+from runtime.broker.scripts import SOURCES
 from runtime.broker.workflows import Workflows
 from runtime.claimed_job import job_of_hash
 from runtime.envelope import ErrorInfo
@@ -105,3 +108,11 @@ def test_a_tenants_job_reads_the_same(broker: Any, run: Any, redis_client: Any, 
     lean, full = claim_both(broker, run, redis_client, keys, tenant="acme")
     assert b"tenant" in full
     assert_reads_the_same(lean, full)
+
+
+def test_the_lean_field_lists_agree_on_both_sides() -> None:
+    # The reply is positional: a field added on one side only would shift every value after it.
+    source = SOURCES["fetch"]
+    block = source[source.index("local LEAN_FIELDS = {"):]
+    block = block[:block.index("}")]
+    assert tuple(name.encode() for name in re.findall(r'"([a-z_]+)"', block)) == LEAN_FIELDS
