@@ -48,6 +48,7 @@ from redis.backoff import ExponentialBackoff
 from redis.crc import key_slot
 
 from runtime.broker.keys import hash_tag
+from runtime.broker.sentinel import host_port
 from runtime.broker.wire import CommandNotSent
 
 SCHEMES = ("redis+cluster", "rediss+cluster")
@@ -151,7 +152,7 @@ def parse_url(url: str, *, home_key: str | None = None) -> tuple[ClusterTarget, 
     if scheme not in SCHEMES:
         raise ValueError("not a redis+cluster:// URL")
     userinfo, at, hosts = parts.netloc.rpartition("@")
-    seeds = [_host_port(entry.strip()) for entry in hosts.split(",") if entry.strip()]
+    seeds = [host_port(entry.strip(), DEFAULT_PORT) for entry in hosts.split(",") if entry.strip()]
     if not seeds:
         raise ValueError("a redis+cluster:// URL needs at least one node")
     tls = scheme == "rediss+cluster"
@@ -170,18 +171,6 @@ def parse_url(url: str, *, home_key: str | None = None) -> tuple[ClusterTarget, 
 def _netloc(node: tuple[str, int]) -> str:
     host, port = node
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _host_port(entry: str) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``."""
-    if entry.startswith("["):
-        host, _, rest = entry[1:].partition("]")
-        port = rest.removeprefix(":")
-    elif entry.count(":") == 1:
-        host, _, port = entry.partition(":")
-    else:
-        host, port = entry, ""
-    return host, int(port) if port else DEFAULT_PORT
 
 
 def slot_of_command(args: tuple[Any, ...]) -> int | None:

@@ -100,7 +100,7 @@ def parse_url(url: str) -> tuple[SentinelTarget, dict[str, Any]]:
     if parts.scheme.lower() != SCHEME:
         raise ValueError(f"not a {SCHEME}:// URL")
     userinfo, _, hosts = parts.netloc.rpartition("@")
-    sentinels = [_host_port(entry.strip()) for entry in hosts.split(",") if entry.strip()]
+    sentinels = [host_port(entry.strip()) for entry in hosts.split(",") if entry.strip()]
     path = [unquote(p) for p in parts.path.split("/") if p]
     master = path[0] if path else os.environ.get("OJS_SENTINEL_MASTER", "")
     db = int(path[1]) if len(path) > 1 else 0
@@ -120,8 +120,8 @@ def parse_url(url: str) -> tuple[SentinelTarget, dict[str, Any]]:
     return target, {"db": db, "username": username, "password": password}
 
 
-def _host_port(entry: str) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``."""
+def host_port(entry: str, default_port: int = DEFAULT_SENTINEL_PORT) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` (also for runtime.broker.cluster's URLs)."""
     if entry.startswith("["):
         host, _, rest = entry[1:].partition("]")
         port = rest.removeprefix(":")
@@ -129,7 +129,7 @@ def _host_port(entry: str) -> tuple[str, int]:
         host, _, port = entry.partition(":")
     else:
         host, port = entry, ""
-    return host, int(port) if port else DEFAULT_SENTINEL_PORT
+    return host, int(port) if port else default_port
 
 
 def _address_of(replies: list[Any]) -> tuple[str, int] | None:
