@@ -47,7 +47,6 @@ from redis import exceptions as rx
 from redis.backoff import ExponentialBackoff
 from redis.crc import key_slot
 
-from runtime.broker.keys import hash_tag
 from runtime.broker.sentinel import host_port
 from runtime.broker.wire import CommandNotSent
 
@@ -214,9 +213,11 @@ def redirect_of(message: str) -> tuple[str, int | None, tuple[str, int] | None] 
     return None
 
 
-def refusal(err: rx.ResponseError, target: ClusterTarget) -> CommandNotSent | None:
-    """The error to raise for a cluster error reply (noting a MOVED's owner), else None. redis-py
-    parses the redirects into classes of their own, which drop the reply's first word."""
+def refusal(err: rx.ResponseError, target: ClusterTarget, node: tuple[str, int] | None = None) -> CommandNotSent | None:
+    """The error to raise for a cluster error reply, else None; noted in `target`: a MOVED's
+    owner, and `node` (the one that answered) left for another when it says the cluster is down
+    for the slot. redis-py parses the redirects into classes of their own, which drop the reply's
+    first word."""
     message = str(err)
     if isinstance(err, rx.MovedError):
         message = f"MOVED {message}"
@@ -237,8 +238,11 @@ def refusal(err: rx.ResponseError, target: ClusterTarget) -> CommandNotSent | No
             node = (target.node_for(slot)[0], node[1])
         target.moved(slot, node)
         return SlotMoved(f"{message} (the command did not run; sent again to the new owner)")
+    down = kind in ("CLUSTERDOWN", "MASTERDOWN")
+    if down and node is not None:
+        target.unreachable(node)  # it may no longer serve the slot at all: ask another node next
     return SlotMigrating(f"{message} (the slot is being moved or the cluster is down for it; the command did not run)",
-                         down=kind in ("CLUSTERDOWN", "MASTERDOWN"))
+                         down=down)
 
 
 # --- redis-py: connections to the node that owns the namespace's slot -----------------------------
@@ -271,11 +275,9 @@ class ClusterNodeConnection(redis.asyncio.Connection):
         try:
             return await super().read_response(*args, **kwargs)
         except rx.ResponseError as err:
-            refused = refusal(err, self.cluster)
+            refused = refusal(err, self.cluster, (self.host, self.port))
             if refused is None:
                 raise
-            if isinstance(refused, SlotMigrating) and refused.down:
-                self.cluster.unreachable((self.host, self.port))
             await self.disconnect()
             raise refused from err
         except (rx.TimeoutError, rx.ConnectionError):
@@ -313,11 +315,9 @@ class BlockingClusterNodeConnection(redis.Connection):
         try:
             return super().read_response(*args, **kwargs)
         except rx.ResponseError as err:
-            refused = refusal(err, self.cluster)
+            refused = refusal(err, self.cluster, (self.host, self.port))
             if refused is None:
                 raise
-            if isinstance(refused, SlotMigrating) and refused.down:
-                self.cluster.unreachable((self.host, self.port))
             self.disconnect()
             raise refused from err
         except (rx.TimeoutError, rx.ConnectionError):
@@ -361,11 +361,3 @@ def pool_options(url: str, *, blocking: bool = False, home_key: str | None = Non
     retries = len(MIGRATING_BACKOFF_S) + math.ceil(wait_s / MIGRATING_BACKOFF_S[-1])
     retry = retry_kind(backoff, retries, supported_errors=(SlotMoved, SlotMigrating))
     return {"connection_class": kind, "cluster": target, "retry": retry, **options}
-
-
-def namespace_slot(key_prefix: str) -> int:
-    """The slot of a namespace (its prefix's hash tag)."""
-    if hash_tag(key_prefix) is None:
-        raise ValueError(f"on a Redis Cluster the key prefix must carry a hash tag, such as '{{ojs}}:'; "
-                         f"{key_prefix!r} has none")
-    return key_slot(key_prefix.encode())

@@ -12,7 +12,6 @@ from redis import exceptions as rx
 from runtime.broker.cluster import (
     MAX_REDIRECTS,
     MIGRATING_BACKOFF_S,
-    SlotMigrating,
     SlotMoved,
     refusal,
     slot_of_command,
@@ -45,7 +44,7 @@ class ClusterWire(Wire):
             try:
                 return await proto.request(packed)
             except rx.ResponseError as err:
-                refused = refusal(err, target)
+                refused = refusal(err, target, node)
                 if refused is None:
                     raise
             except OutcomeUnknown:
@@ -58,8 +57,6 @@ class ClusterWire(Wire):
                 if moves > MAX_REDIRECTS:  # a slot map that keeps changing: give up, nothing ran
                     raise refused
                 continue
-            if isinstance(refused, SlotMigrating) and refused.down:
-                target.unreachable(node)  # it may no longer serve the slot: ask another node next
             if loop.time() >= deadline:
                 raise refused
             await asyncio.sleep(next(pauses, MIGRATING_BACKOFF_S[-1]))
@@ -74,7 +71,7 @@ class ClusterWire(Wire):
         proto = await self._node(node)
         replies = await asyncio.gather(*(proto.request(_pack(tuple(c))) for c in commands), return_exceptions=True)
         for index, reply in enumerate(replies):
-            if isinstance(reply, rx.ResponseError) and (refused := refusal(reply, target)) is not None:
+            if isinstance(reply, rx.ResponseError) and (refused := refusal(reply, target, node)) is not None:
                 replies[index] = refused
         if any(isinstance(reply, OutcomeUnknown) for reply in replies):
             target.unreachable(node)
