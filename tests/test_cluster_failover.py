@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -45,12 +44,10 @@ from runtime.embedded_redis import ServerBinaryNotFoundError, find_server_binary
 from tests.conftest import POOL_HANDLERS, skip_or_fail
 from tests.fixtures.failover_load import (
     Producer,
-    all_settled,
     completed_runs,
-    count_losses,
-    job_states,
     ready_status,
     script_calls,
+    settle_after_promotion,
 )
 from tests.fixtures.procs import Runtime, free_port, integrity_problems, wait_until
 from tests.fixtures.redis_cluster import ClusterNode, LocalCluster
@@ -61,9 +58,7 @@ KEYS = Keys()
 PROCESSES, CONCURRENCY = 2, 8
 BEFORE_KILL = 300  # completions before the replica is cut off and then the primary killed
 LAG_CALLS = 60  # script calls the primary runs once its replica is cut off
-AFTER_PROMOTION = 300  # jobs acknowledged to the producer after the promotion, before it stops
 PROMOTION_BOUND_S = 30.0  # a failure is noticed after 2 node timeouts at most, then one election
-SETTLE_BOUND_S = 20.0  # a third of a lease: a job that waited for its lease to lapse fails this
 HUNG_TIMEOUT_MS = 1000  # the command deadline while a primary hangs
 HUNG_BOUND_S = 15.0  # after the promotion: a few command deadlines, whatever the hung node does
 
@@ -165,25 +160,9 @@ def test_cluster_failover_under_load(durability: str, tmp_path: Path, redis_url:
         cluster.restart(old)
         assert replicates(old, new), f"{old.name} came back, but not as {new.name}'s replica"
 
-        wait_until(lambda: producer.acknowledged_since(promoted_at) >= AFTER_PROMOTION, timeout_s=30,
-                   what=f"{AFTER_PROMOTION} enqueues acknowledged after the promotion")
-        producer.finish()
-
-        # Then: every job the new primary has completes, within seconds; nothing answered is lost
-        # where the writes were replicated
         store = new.client()
-        acknowledged = list(dict.fromkeys(producer.acknowledged))
-        present = [job_id for job_id, state in zip(acknowledged, job_states(store, acknowledged), strict=True)
-                   if state]
-        try:
-            wait_until(lambda: all_settled(store, present), timeout_s=SETTLE_BOUND_S,
-                       what="every job on the new primary completed")
-        except AssertionError:
-            raise AssertionError(f"not settled: {Counter(job_states(store, present))}") from None
-        settled_after_s = time.monotonic() - promoted_at
-
-        log = runtime.log()
-        losses = count_losses(acknowledged, present, records, log)
+        settled = settle_after_promotion(producer, store, records, runtime.log, promoted_at)
+        losses, settled_after_s, log = settled.losses, settled.settled_after_s, settled.log
         report = (f"durability={durability}: {losses.describe()}; replica cut off for {killed_at - cut_at:.1f}s "
                   f"({lag_calls} script calls after its drop, {missing} bytes of replication stream it never got); failover {promoted_at - killed_at:.1f}s, "
                   f"settled {settled_after_s:.1f}s after it; producer retries {dict(producer.failures)}")

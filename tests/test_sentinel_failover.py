@@ -31,7 +31,6 @@ pools say they lost Redis and found it again, and ``/ready`` said "not ready" du
 from __future__ import annotations
 
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -41,12 +40,10 @@ from runtime.embedded_redis import ServerBinaryNotFoundError
 from tests.conftest import POOL_HANDLERS, skip_or_fail
 from tests.fixtures.failover_load import (
     Producer,
-    all_settled,
     completed_runs,
-    count_losses,
-    job_states,
     ready_status,
     script_calls,
+    settle_after_promotion,
 )
 from tests.fixtures.procs import Runtime, free_port, wait_until
 from tests.fixtures.sentinel_cluster import SentinelCluster, wait_replica_online
@@ -56,8 +53,6 @@ pytestmark = pytest.mark.slow
 PROCESSES, CONCURRENCY = 2, 8
 BEFORE_KILL = 300  # completions before the replica is stopped and then the primary killed
 LAG_CALLS = 60  # script calls the primary runs while its replica is stopped
-AFTER_PROMOTION = 300  # jobs acknowledged to the producer after the promotion, before it stops
-SETTLE_BOUND_S = 20.0  # a third of a lease: a job that waited for its lease to lapse fails this
 
 
 @pytest.mark.parametrize("durability", ["replicated", "primary"])
@@ -99,23 +94,9 @@ def test_failover_under_load(durability: str, tmp_path: Path, redis_url: str) ->
         new = cluster.node_on(new_port)
         wait_replica_online(new)
 
-        wait_until(lambda: producer.acknowledged_since(promoted_at) >= AFTER_PROMOTION, timeout_s=30,
-                   what=f"{AFTER_PROMOTION} enqueues acknowledged after the promotion")
-        producer.finish()
         store = new.client()
-        acknowledged = list(dict.fromkeys(producer.acknowledged))
-        present = [job_id for job_id, state in zip(acknowledged, job_states(store, acknowledged), strict=True)
-                   if state]
-
-        try:
-            wait_until(lambda: all_settled(store, present), timeout_s=SETTLE_BOUND_S,
-                       what="every job on the new primary completed")
-        except AssertionError:
-            raise AssertionError(f"not settled: {Counter(job_states(store, present))}") from None
-        settled_after_s = time.monotonic() - promoted_at
-
-        log = runtime.log()
-        losses = count_losses(acknowledged, present, records, log)
+        settled = settle_after_promotion(producer, store, records, runtime.log, promoted_at)
+        losses, settled_after_s, log = settled.losses, settled.settled_after_s, settled.log
         report = (f"durability={durability}: {losses.describe()}; failover {promoted_at - killed_at:.1f}s, "
                   f"settled {settled_after_s:.1f}s after it; producer retries {dict(producer.failures)}")
         print(report)
