@@ -232,11 +232,11 @@ def refusal(err: rx.ResponseError, target: ClusterTarget, node: tuple[str, int] 
     redirect = redirect_of(message)
     if redirect is None:
         return None
-    kind, slot, node = redirect
-    if kind == "MOVED" and slot is not None and node is not None:
-        if not node[0]:  # an unknown endpoint: the node that answered, on that port
-            node = (target.node_for(slot)[0], node[1])
-        target.moved(slot, node)
+    kind, slot, owner = redirect
+    if kind == "MOVED" and slot is not None and owner is not None:
+        if not owner[0]:  # an unknown endpoint: the node that answered, on that port
+            owner = (target.node_for(slot)[0], owner[1])
+        target.moved(slot, owner)
         return SlotMoved(f"{message} (the command did not run; sent again to the new owner)")
     down = kind in ("CLUSTERDOWN", "MASTERDOWN")
     if down and node is not None:

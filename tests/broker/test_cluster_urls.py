@@ -116,3 +116,15 @@ def test_a_node_that_cannot_be_reached_is_forgotten_and_another_is_asked_next() 
     assert target.node_for(None) == ("c", 3) and target.seeds == [("c", 3), ("b", 2), ("a", 1)]
     target.unreachable(("z", 9))  # a node the URL does not name: nothing to forget
     assert target.node_for(None) == ("c", 3)
+
+
+def test_a_node_that_says_the_cluster_is_down_is_left_for_another() -> None:
+    # A primary cut off in a minority, or restarted with a wiped nodes.conf, answers CLUSTERDOWN
+    # for a slot the cluster has since given to its promoted replica: asking it again cannot help.
+    target, _ = parse_url("redis+cluster://a:1,b:2")
+    slot = key_slot(b"{ojs}:")
+    target.moved(slot, ("a", 1))
+    refusal(rx.ResponseError("CLUSTERDOWN The cluster is down"), target, ("a", 1))
+    assert target.node_for(slot) == ("b", 2)
+    refusal(rx.ResponseError(GUARD_REPLY), target, ("b", 2))  # a slot being moved: the same node again
+    assert target.node_for(slot) == ("b", 2)
