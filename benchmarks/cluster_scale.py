@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 import redis
 from redis.crc import key_slot
 
+from benchmarks.peerdefs import ojs_run
 from benchmarks.suite import spawn, stop_group, tree_cpu_s
 from runtime import Client, Draft
 from runtime.embedded_redis import EmbeddedRedis
@@ -42,11 +42,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SLOTS = 16384
 COUNTER = "bench:done"
 DRAIN_TIMEOUT_S = 300
-
-
-def _ojs_run() -> str:
-    candidate = Path(sys.executable).parent / "ojs-run"
-    return str(candidate) if candidate.exists() else "ojs-run"
 
 
 def _enqueue(url: str, jobs: int, batch: int = 1000) -> None:
@@ -74,7 +69,7 @@ def drain(url: str, namespace_node: redis.Redis, counter: redis.Redis, jobs: int
     counter.delete(COUNTER)
     env = {**os.environ, "BENCH_REDIS_URL": url, "PYTHONPATH": str(ROOT)}
     with open(log_dir / "ojs-run.log", "a") as log:
-        proc = spawn([_ojs_run(), "benchmarks.ojs_handlers", "--queues", "bench", "--processes", "2",
+        proc = spawn([ojs_run(), "benchmarks.ojs_handlers", "--queues", "bench", "--processes", "2",
                       "--concurrency", "10", "--no-http", "--redis", url], env=env, cwd=ROOT, log=log)
     try:
         redis_before = pools_before = 0.0

@@ -68,13 +68,13 @@ class Peer:
 # --- worker launchers ---------------------------------------------------------------------------
 
 
-def _ojs_run() -> str:
+def ojs_run() -> str:
     candidate = Path(sys.executable).parent / "ojs-run"
     return str(candidate) if candidate.exists() else "ojs-run"
 
 
 def ojs_workers(env: envs.Env, url: str, processes: int, concurrency: int) -> list[list[str]]:
-    return [[_ojs_run(), "benchmarks.ojs_handlers", "--queues", "bench", "--processes", str(processes),
+    return [[ojs_run(), "benchmarks.ojs_handlers", "--queues", "bench", "--processes", str(processes),
              "--concurrency", str(concurrency), "--redis", url, "--no-http"]]
 
 
@@ -88,7 +88,7 @@ def ojs_worker_status() -> str:
     except ImportError as err:
         return f"worker runtime not available: {err}"
     try:
-        out = subprocess.run([_ojs_run(), "--help"], capture_output=True, text=True, timeout=60,
+        out = subprocess.run([ojs_run(), "--help"], capture_output=True, text=True, timeout=60,
                              cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"worker runtime not available: ojs-run --help: {err}"

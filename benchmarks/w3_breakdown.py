@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -29,7 +27,8 @@ from pathlib import Path
 
 import redis
 
-from benchmarks.suite import spawn, stop_group
+from benchmarks.peerdefs import ojs_run
+from benchmarks.suite import percentile, spawn, stop_group
 from runtime import Client
 from runtime.embedded_redis import EmbeddedRedis
 
@@ -51,8 +50,7 @@ def _monitor(url: str, stamps: list[tuple[float, str]], ready: threading.Event, 
 
 def _percentiles(values: list[float]) -> str:
     ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return f"p50 {statistics.median(ordered) * 1000:6.3f} ms  p99 {p99 * 1000:6.3f} ms"
+    return f"p50 {percentile(ordered, 0.5) * 1000:6.3f} ms  p99 {percentile(ordered, 0.99) * 1000:6.3f} ms"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="ojs-w3-breakdown-"))
     with EmbeddedRedis(persistence=False) as server:
         env = {**os.environ, "BENCH_REDIS_URL": server.url, "PYTHONPATH": str(ROOT)}
-        run = str(Path(sys.executable).parent / "ojs-run")
+        run = ojs_run()
         with open(log_dir / "ojs-run.log", "a") as log:
             pool = spawn([run, "benchmarks.ojs_handlers", "--queues", "bench", "--processes", "1", "--concurrency",
                           "10", "--no-http", "--redis", server.url], env=env, cwd=ROOT, log=log)

@@ -116,8 +116,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if (self.redis_tls_ca or self.redis_tls_cert or self.redis_tls_key) and not (
             self.redis_url or "").startswith(("rediss://", "rediss+cluster://")):
             raise ValueError("OJS_REDIS_TLS_CA, _CERT and _KEY need a rediss:// Redis URL")
-        if (self.redis_url or "").lower().startswith(("redis+cluster://", "rediss+cluster://")) and hash_tag(
-                self.key_prefix) is None:
+        from runtime.broker.cluster import is_cluster_url  # here: it loads the redis client
+
+        if is_cluster_url(self.redis_url) and hash_tag(self.key_prefix) is None:
             # A namespace is one slot: every key of a transition must hash alike.
             raise ValueError(f"on a Redis Cluster OJS_KEY_PREFIX must carry a hash tag, such as '{{ojs}}:'; "
                              f"{self.key_prefix!r} has none")

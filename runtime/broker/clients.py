@@ -106,9 +106,9 @@ def endpoint_client(settings: Settings, url: str) -> Redis:
     if sentinel.is_sentinel_url(url):
         pool = _WaitingPool(**sentinel.pool_options(url), **bounds, **_options(settings, url))
     elif cluster.is_cluster_url(url):
-        pool = _WaitingPool(**cluster.pool_options(url, home_key=settings.key_prefix,
-                                                   wait_s=settings.redis_command_timeout_ms / 1000 or 5.0),
-                            **bounds, **_options(settings, url))
+        options = _options(settings, url)
+        pool = _WaitingPool(**cluster.pool_options(url, home_key=settings.key_prefix, wait_s=_wait_s(options)),
+                            **bounds, **options)
         return cluster.ClusterNodeRedis(connection_pool=pool)
     else:
         pool = _WaitingPool.from_url(url, **bounds, **_options(settings, url))

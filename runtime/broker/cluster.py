@@ -152,7 +152,7 @@ def parse_url(url: str, *, home_key: str | None = None) -> tuple[ClusterTarget, 
         raise ValueError("not a redis+cluster:// URL")
     userinfo, at, hosts = parts.netloc.rpartition("@")
     seeds = [host_port(entry.strip(), DEFAULT_PORT) for entry in hosts.split(",") if entry.strip()]
-    if not seeds:
+    if not seeds:  # before the one-node URL below is made of the first
         raise ValueError("a redis+cluster:// URL needs at least one node")
     tls = scheme == "rediss+cluster"
     one_node = urlunsplit(("rediss" if tls else "redis", f"{userinfo}{at}{_netloc(seeds[0])}", parts.path,

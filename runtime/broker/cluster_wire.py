@@ -34,8 +34,7 @@ class ClusterWire(Wire):
         target = self.address.cluster
         slot = slot_of_command(args)
         packed = _pack(args)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.address.command_timeout_s or 5.0)
+        deadline: float | None = None  # set by the first refusal: most commands see none
         pauses = iter(MIGRATING_BACKOFF_S)
         moves = 0
         while True:
@@ -57,7 +56,10 @@ class ClusterWire(Wire):
                 if moves > MAX_REDIRECTS:  # a slot map that keeps changing: give up, nothing ran
                     raise refused
                 continue
-            if loop.time() >= deadline:
+            now = asyncio.get_running_loop().time()
+            if deadline is None:
+                deadline = now + (self.address.command_timeout_s or 5.0)
+            elif now >= deadline:
                 raise refused
             await asyncio.sleep(next(pauses, MIGRATING_BACKOFF_S[-1]))
 

@@ -36,7 +36,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from runtime.broker import outcome
-from runtime.broker.cluster import GUARD_REPLY
+from runtime.broker.cluster import GUARD_REPLY, GUARD_SUFFIX
 from runtime.broker.durability import REPLICATED_TRANSITIONS, ReplicatedWrites
 from runtime.broker.keys import SUFFIXES
 from runtime.broker.records import RETRY_FIELD_DEFAULTS
@@ -98,8 +98,8 @@ LIBRARY_NAME = f"ojs_{_digest()}"
 CLUSTER_LIBRARY_NAME = f"{LIBRARY_NAME}c"
 # pcall: the cluster's refusal comes back as a value, and the transition answers with the one
 # reply that means "did not run" (runtime.broker.cluster.GUARD_REPLY).
-_GUARD = (f'if type(redis.pcall("EXISTS", KEYS[1] .. "\\0slot-guard")) == "table" then '
-          f'return redis.error_reply("{GUARD_REPLY}") end\n')
+_GUARD = (f'if type(redis.pcall("EXISTS", KEYS[1] .. "{GUARD_SUFFIX.replace(chr(0), chr(92) + "0")}")) == "table" '
+          f'then return redis.error_reply("{GUARD_REPLY}") end\n')
 
 
 def function_name(transition: str, *, cluster: bool = False) -> str:
@@ -136,9 +136,9 @@ class Scripts:
             address = address.with_timeout(command_timeout_s)
         self.wire = Wire.of(address) if address is not None else None
         self._redis = redis
-        self.cluster = address is not None and address.cluster is not None
-        self._names = {name: function_name(name, cluster=self.cluster) for name in TRANSITIONS}
-        self._library = CLUSTER_LIBRARY_CODE if self.cluster else LIBRARY_CODE
+        cluster = address is not None and address.cluster is not None
+        self._names = {name: function_name(name, cluster=cluster) for name in TRANSITIONS}
+        self._library = CLUSTER_LIBRARY_CODE if cluster else LIBRARY_CODE
         self._execute = self.wire.execute if self.wire is not None else redis.execute_command
         # OJS_DURABILITY=replicated: enqueue, ack and nack wait for `replicas` (runtime.broker.durability),
         # over a connection of their own.
