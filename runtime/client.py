@@ -85,9 +85,10 @@ class Client:
     ) -> None:
         self.settings = settings or settings_from_env(redis_url=redis_url)
         redis_url = redis_url or _default_redis_url(self.settings)
-        # Any URL the runtime takes (redis+sentinel:// too), with the TLS settings for rediss://.
-        self._redis = clients.from_url(redis_url, key_prefix=self.settings.key_prefix,
-                                       **clients.tls_options(self.settings, redis_url))
+        # Any URL the runtime takes (redis+sentinel:// too), with the protections of the runtime's
+        # own connections: the command deadline (a silent link fails a call, never hangs it),
+        # keepalive, health checks and the TLS settings for rediss://.
+        self._redis = clients.redis_client(self.settings, redis_url)
         self._broker = Broker(self._redis, self.settings)
         self._workflows = Workflows(self._broker)
         self._middleware = bool(middleware)

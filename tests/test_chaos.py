@@ -258,6 +258,15 @@ def read_runs(record_dir: Path) -> dict[str, Run]:
     return runs
 
 
+def running_in(record_dir: Path, pid: int) -> int:
+    """Runs the pool process `pid` has started and not ended."""
+    path = record_dir / f"runs-{pid}.jsonl"
+    if not path.exists():
+        return 0
+    text = path.read_bytes()
+    return text.count(b'"event":"start"') - text.count(b'"event":"end"')
+
+
 def ended_count(record_dir: Path) -> int:
     return sum(path.read_bytes().count(b'"event":"end"') for path in record_dir.glob("runs-*.jsonl"))
 
@@ -422,6 +431,8 @@ def chaos(store: Store, start: Start, tmp_path: Path, monkeypatch: pytest.Monkey
         # When: (1) a pool is SIGKILLed mid-load; the supervisor replaces it
         after_more_runs("the pool kill")
         victim = runtime.pool_pids()[0]
+        # Mid-load means with handlers running in that pool: its record shows runs not ended yet
+        wait_until(lambda: running_in(record_dir, victim) > 0, timeout_s=10, what="a run in the pool to kill")
         began = time.time()
         os.kill(victim, signal.SIGKILL)
         wait_until(lambda: len(runtime.pool_pids()) > PROCESSES, what="the killed pool to be replaced")

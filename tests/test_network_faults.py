@@ -5,6 +5,7 @@ only sleeps are the faults' own durations."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Iterator
@@ -189,3 +190,28 @@ def test_the_scheduler_loop_recovers_from_a_silent_link(
                what="the scheduler to reap the lease")
     assert "vanished" != job(redis_client, job_id).get("worker_id")
     assert runtime.proc.poll() is None
+
+
+def test_a_client_call_on_a_silent_link_fails_within_its_deadline_and_works_once_it_is_back(
+    proxy: FaultProxy, redis_client: redis.Redis,
+) -> None:
+    """A producer must never hang on Redis: every Client call has the command deadline the
+    runtime's own connections have, and fails with a connection error when it passes."""
+
+    async def go() -> None:
+        async with Client(proxy.url()) as client:
+            (job_id,) = await client.enqueue_many([Draft(type="count.job")])
+            assert job_id is not None
+            assert (await client.get(job_id))["state"] == "available"
+            proxy.blackhole()
+            for call in (lambda: client.get(job_id), lambda: client.enqueue_many([Draft(type="count.job")]),
+                         lambda: client.cancel(job_id)):
+                began = time.monotonic()
+                with pytest.raises((redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+                    async with asyncio.timeout(10 * int(COMMAND_TIMEOUT_MS) / 1000):  # a hang fails here instead
+                        await call()
+                assert time.monotonic() - began < 3 * int(COMMAND_TIMEOUT_MS) / 1000
+            proxy.restore()
+            assert (await client.get(job_id))["state"] == "available"
+
+    run(go())

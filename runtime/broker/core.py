@@ -98,8 +98,8 @@ class Progress(msgspec.Struct, frozen=True, kw_only=True):
 
 class Failure(msgspec.Struct, frozen=True, kw_only=True):
     """One job to fail through nack.lua, with the verdict already decided: requeue, release,
-    worker_lost, worker_lost_shared, lease_expired, timed_out, retry, nonretryable, discard or
-    dead_letter (see nack.lua)."""
+    worker_lost, worker_lost_shared, outcome_lost, lease_expired, timed_out, retry, nonretryable,
+    discard or dead_letter (see nack.lua)."""
 
     job_id: str
     verdict: str

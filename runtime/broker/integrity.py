@@ -12,6 +12,7 @@ invariants (the key schema is in :mod:`runtime.broker.keys`):
 * a job with ``expires_ms`` that is neither active nor terminal is in ``expiring`` (an active one
   may be, a terminal one may not), scored by its expiry; the ``delayed`` score of a retryable job is
   its ``next_attempt_at``; the ``active`` score is the earlier of lease and execution deadline;
+  the ``available`` score lies in the band of the job's priority;
 * ``dlq`` holds exactly the discarded jobs flagged ``dead_lettered``, and each queue's
   ``queue:<q>:dlq`` exactly those of that queue; ``queue:<q>:suspects`` holds exactly the
   available jobs of that queue flagged ``suspect`` (they must run alone);
@@ -47,8 +48,9 @@ _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
 _MUST_EXPIRE = frozenset({"available", "scheduled", "retryable", "pending"})
 _JOB_FIELDS = (
     "state", "queue", "id", "expires_ms", "next_attempt_at", "visible_until", "exec_deadline",
-    "dead_lettered", "worker_id", "suspect", "rl_key", "cancelled_run_until", "tenant",
+    "dead_lettered", "worker_id", "suspect", "rl_key", "cancelled_run_until", "tenant", "priority",
 )
+_PRIORITY_BAND = 1e13  # the available score's band per priority (lib.lua's BAND, keys.py)
 _AVAILABLE_SUFFIX = ":available"
 _COUNTS_SUFFIX = ":counts"
 _DLQ_SUFFIX = ":dlq"
@@ -70,6 +72,7 @@ class _Job:
     rl_key: str | None
     cancelled_run_until: str | None
     tenant: str | None
+    priority: str | None
 
 
 @dataclass(slots=True)
@@ -270,6 +273,11 @@ def _check_scores(
         due = found[keys.delayed]
         if job.next_attempt_at is None or float(job.next_attempt_at) != due:
             return [f"{tag}: delayed score {due:.0f} != next_attempt_at {job.next_attempt_at}"]
+    available = keys.available(job.queue or "")
+    if state == "available" and available in found and job.priority is not None:
+        low = (100 - int(job.priority)) * _PRIORITY_BAND
+        if not low <= found[available] < low + _PRIORITY_BAND:
+            return [f"{tag}: available score {found[available]:.0f} outside the band of priority {job.priority}"]
     if state == "active" and keys.active in found:
         if job.visible_until is None:
             return [f"{tag}: active without visible_until"]

@@ -240,8 +240,8 @@ def death_verdicts(
     * running, and the only job the process held: ``worker_lost``, a loss of its own;
     * running beside others: ``worker_lost_shared``, no loss counted (any of them may be the
       cause), and the job runs alone next (nack.lua);
-    * its handler had returned, the outcome was on its way: ``requeue`` (it runs again; the
-      attempt it used stays spent);
+    * its handler had returned, the outcome was on its way: ``outcome_lost`` (it runs again,
+      first in its queue; the attempt it used stays spent);
     * buffered (prefetched, or claimed by a fetch whose reply never came): ``release``;
     * not known: ``worker_lost_shared`` for all (suspected, nothing counted)."""
     if running is None:
@@ -252,7 +252,7 @@ def death_verdicts(
         if job_id in running:
             verdicts[job_id] = "worker_lost" if alone else "worker_lost_shared"
         else:
-            verdicts[job_id] = "requeue" if job_id in settling else "release"
+            verdicts[job_id] = "outcome_lost" if job_id in settling else "release"
     return verdicts
 
 
@@ -299,7 +299,7 @@ def release_worker_blocking(
         )
         errors = {
             "worker_lost_shared": error,
-            "requeue": failures.server_error(
+            "outcome_lost": failures.server_error(
                 "worker_death", "worker_death", "The worker process died after the job's handler "
                 "returned, before its outcome was recorded", now,
             ),

@@ -311,6 +311,9 @@ class Model:
     def claim(self, claim: Claim, lease: int) -> None:
         job = self.jobs[claim.job_id]
         job.state, job.attempt, job.claim, job.lease = "active", job.attempt + 1, claim, lease
+        # An earlier claim's settle is no longer the job's last: a re-send of it is stale now,
+        # even once this claim is gone again (its lease spent, the job available as before).
+        job.settled = None
 
     def to_available(self, job: Job) -> None:
         job.state, job.claim, job.lease, job.due = "available", None, None, None
@@ -700,7 +703,7 @@ class BrokerMachine(RuleBasedStateMachine):
         is the job's last, which the model does not track), else None."""
         job = self.model.jobs.get(claim.job_id)
         if job is None or job.settled is None or job.claim is not None:
-            return None  # never settled, or claimed again since
+            return None  # never settled since its last claim, or claimed now
         serial, kind, at, state_after = job.settled
         if serial != claim.serial or kind != what:
             return None

@@ -119,7 +119,7 @@ def test_a_cancelled_suspect_leaves_no_claimable_trace(enqueue: Enqueue, broker:
     ({"a", "b"}, {"a", "b"}, set(), {"a": "worker_lost_shared", "b": "worker_lost_shared"}),
     ({"a", "b"}, {"a"}, set(), {"a": "worker_lost_shared", "b": "release"}),  # b was prefetched
     ({"a"}, {"a", "z"}, set(), {"a": "worker_lost_shared"}),  # z ran too (its lease had lapsed)
-    ({"a", "b"}, {"a"}, {"b"}, {"a": "worker_lost_shared", "b": "requeue"}),  # b's ack was on its way
+    ({"a", "b"}, {"a"}, {"b"}, {"a": "worker_lost_shared", "b": "outcome_lost"}),  # b's ack was on its way
     ({"a", "b"}, None, set(), {"a": "worker_lost_shared", "b": "worker_lost_shared"}),  # record unreadable
     ({"a"}, None, set(), {"a": "worker_lost_shared"}),
     ({"b"}, set(), set(), {"b": "release"}),

@@ -55,9 +55,20 @@ local function emit(T, etype, subject, data)
   end
 end
 
--- The available-set score: higher priority first, then FIFO by enqueue sequence.
+-- The available-set score: higher priority first, then FIFO by enqueue sequence. Each priority
+-- is a band of BAND scores.
+local BAND = 1e13
 local function queue_score(priority, seq)
-  return string.format("%.0f", (100 - priority) * 1e13 + seq)
+  return string.format("%.0f", (100 - priority) * BAND + seq)
+end
+
+-- The sequence number of the first job of a priority band, nil when the band is empty.
+local function band_head(T, queue, priority)
+  local low = (100 - priority) * BAND
+  local head = rcall("ZRANGEBYSCORE", queue_key(T, queue, "available"), string.format("%.0f", low),
+    "(" .. string.format("%.0f", low + BAND), "WITHSCORES", "LIMIT", 0, 1)
+  if head[2] then return tonumber(head[2]) - low end
+  return nil
 end
 
 -- Per-minute statistics, the admin API's history: one hash per minute (stats:m:<minute ms>),
@@ -87,7 +98,6 @@ end
 -- field *<priority> holds the band's highest tag). A tenant with a deep backlog holds tags far
 -- ahead, one arriving later starts at the head: they interleave. The priority part of the score
 -- still comes first. `tags` caches what one call read and wrote; save_tags writes it back.
-local TAG_BAND = 1e13
 local function new_tags() return {v = {}, last = {}, dirty = {}} end
 
 local function next_tag(T, tags, queue, priority, tenant)
@@ -95,12 +105,8 @@ local function next_tag(T, tags, queue, priority, tenant)
   local tags_key = queue_key(T, queue, "tenant-tags")
   local v = tags.v[band]
   if not v then
-    local low = (100 - priority) * TAG_BAND
-    local head = rcall("ZRANGEBYSCORE", queue_key(T, queue, "available"), string.format("%.0f", low),
-      "(" .. string.format("%.0f", low + TAG_BAND), "WITHSCORES", "LIMIT", 0, 1)
-    if head[2] then
-      v = tonumber(head[2]) - low
-    else  -- an empty band: every tenant of it starts afresh, none behind a tag handed out earlier
+    v = band_head(T, queue, priority)
+    if not v then  -- an empty band: every tenant of it starts afresh, none behind a tag handed out earlier
       v = math.max(tonumber(rcall("GET", T.seq)) or 0, tonumber(rcall("HGET", tags_key, "*" .. priority)) or 0)
     end
     tags.v[band] = v
@@ -132,15 +138,27 @@ local function save_tags(T, tags)
   end
 end
 
+-- The sequence number that puts a job first in its priority band (one below the band's head;
+-- never below 0, where equal scores fall back to id order), or a new one when the band is empty.
+local function front_seq(T, queue, priority)
+  local head = band_head(T, queue, priority)
+  if not head then return rcall("INCR", T.seq) end
+  return math.max(0, head - 1)
+end
+
 -- Index a job in its queue's available set and wake the idle workers of that queue. A tenant's
 -- job (a retry, a requeue, a workflow step, a promoted job) is tagged anew, like an enqueue: it
--- joins the end of its tenant's share, so failures earn a tenant no extra turns.
-local function index_available(T, id, queue, priority, tenant)
+-- joins the end of its tenant's share, so failures earn a tenant no extra turns. Otherwise the
+-- job joins the end of its band, or, with `front`, its head (a job handed back through no doing
+-- of its own: see nack.lua).
+local function index_available(T, id, queue, priority, tenant, front)
   local seq
   if tenant then
     local tags = new_tags()
     seq = next_tag(T, tags, queue, priority, tenant)
     save_tags(T, tags)
+  elseif front then
+    seq = front_seq(T, queue, priority)
   else
     seq = rcall("INCR", T.seq)
   end

@@ -2,8 +2,11 @@
   Fail one or more active jobs: requeue, schedule a retry, or discard (and dead-letter).
 
   State transitions:
-    active -> available   verdict requeue (no backoff, attempt kept); release (a draining
-                          worker hands the job back: the attempt is given back too); lease_expired
+    active -> available   verdict requeue (no backoff, attempt kept; the job joins the end of its
+                          band, every other way here puts it at the head of its band);
+                          outcome_lost (its handler returned, the outcome was lost with its
+                          process: attempt kept); release (a draining worker hands the job back:
+                          the attempt is given back too); lease_expired
                           with attempts left; worker_lost with attempts left and fewer than
                           `lost_cap` losses (a job that keeps killing its worker is dead-lettered);
                           worker_lost_shared (attempt kept: it did start; no loss counted, and
@@ -100,7 +103,7 @@ local function to_available(job_key, id, f)
   keep_expiry(T, job_key, id)
   rcall("HSET", job_key, "state", "available", "enqueued_at", T.now)
   rcall("HDEL", job_key, "started_at", "worker_id")
-  index_available(T, id, f.queue, f.priority, f.tenant)
+  index_available(T, id, f.queue, f.priority, f.tenant, f.front)
   return {S.OK, "available", f.attempt, f.max_attempts, "", "", 0}
 end
 
@@ -158,6 +161,12 @@ local function pause_key(job_key, id, decoded)
 end
 
 local OWN_OUTCOME = {retry = true, nonretryable = true, discard = true, dead_letter = true}
+-- Hand-backs through no doing of the job's own: it had waited its turn already and was taken, so
+-- it goes back to the head of its band, not behind the whole backlog (a worker's death must not
+-- delay its jobs by a queue's length). A requeue a worker asks for joins the end: a job that
+-- keeps requeueing itself cannot starve the others.
+local TO_FRONT = {release = true, lease_expired = true, worker_lost = true, worker_lost_shared = true,
+                  outcome_lost = true}
 -- The reaper's verdicts: they hold only while the job's deadline (its active score) has passed.
 local REAPED = {lease_expired = true, timed_out = true}
 
@@ -198,7 +207,7 @@ for j = 2, #KEYS do
     if verdict == "timed_out" then verdict = "retry" end
     local f = {attempt = tonumber(r[3]), queue = r[4], type = r[5], priority = tonumber(r[6]),
                max_attempts = tonumber(r[7] or D.max_attempts), dlq = (r[8] or D.on_exhaustion) == "dead_letter",
-               tenant = r[12]}
+               tenant = r[12], front = TO_FRONT[verdict]}
     local id = r[9]
     record_error(job_key, err, f.attempt)
     local last_error = nil
@@ -233,7 +242,7 @@ for j = 2, #KEYS do
     if verdict == "release" then
       f.attempt = rcall("HINCRBY", job_key, "attempt", -1)
       out[#out + 1] = to_available(job_key, id, f)
-    elseif verdict == "requeue" or (verdict == "lease_expired" and not exhausted) then
+    elseif verdict == "requeue" or verdict == "outcome_lost" or (verdict == "lease_expired" and not exhausted) then
       out[#out + 1] = to_available(job_key, id, f)
     elseif verdict == "discard" then
       out[#out + 1] = to_discarded(job_key, id, f, false, last_error)
