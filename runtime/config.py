@@ -113,10 +113,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_retention_ms: int = 86_400_000  # a finished delivery's record
 
     def __post_init__(self) -> None:
-        if (self.redis_tls_ca or self.redis_tls_cert or self.redis_tls_key) and not (
-            self.redis_url or "").startswith(("rediss://", "rediss+cluster://")):
-            raise ValueError("OJS_REDIS_TLS_CA, _CERT and _KEY need a rediss:// Redis URL")
-        from runtime.broker.cluster import is_cluster_url  # here: it loads the redis client
+        from runtime.broker.cluster import is_cluster_url  # here: they load the redis client
+        from runtime.broker.tls import is_tls_url
+
+        if (self.redis_tls_ca or self.redis_tls_cert or self.redis_tls_key) and not is_tls_url(self.redis_url):
+            raise ValueError("OJS_REDIS_TLS_CA, _CERT and _KEY need a rediss:// Redis URL "
+                             "(or rediss+cluster://, rediss+sentinel://)")
 
         if is_cluster_url(self.redis_url) and hash_tag(self.key_prefix) is None:
             # A namespace is one slot: every key of a transition must hash alike.

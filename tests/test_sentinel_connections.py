@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,29 @@ def test_the_master_and_the_sentinel_password_may_come_from_the_environment(monk
     monkeypatch.setenv("OJS_SENTINEL_PASSWORD", "from-env")
     target, primary = sentinel.parse_url("redis+sentinel://127.0.0.1:26379")
     assert (target.master, target.password, primary["db"]) == ("jobs", "from-env", 0)
+
+
+def test_a_tls_url_carries_its_tls_keywords_to_every_connection(tmp_path: Path) -> None:
+    from tests.fixtures.tls_redis import make_certificates
+
+    make_certificates(tmp_path)
+    given = {"ssl_ca_certs": str(tmp_path / "ca.pem"), "ssl_certfile": str(tmp_path / "client.pem"),
+             "ssl_keyfile": str(tmp_path / "client.key"), "socket_timeout": 2.0}
+    # The URL's query wins over the settings' keywords, as for rediss://
+    url = "rediss+sentinel://10.0.0.1/jobs?ssl_cert_reqs=none"
+    target, primary = sentinel.parse_url(url, **given)
+    assert target.tls_options == {k: v for k, v in given.items() if k.startswith("ssl_")} | {"ssl_cert_reqs": "none"}
+    assert target.tls is not None and target.tls.verify_mode == ssl.CERT_NONE
+    assert "ssl_certfile" not in primary  # the primary's own options: db and credentials
+    options = sentinel.pool_options(url, **given)
+    assert options["connection_class"] is sentinel.SentinelPrimarySSLConnection
+    assert options["ssl_certfile"] == given["ssl_certfile"]
+    assert sentinel.pool_options(url, blocking=True, **given)["connection_class"] is (
+        sentinel.BlockingSentinelPrimarySSLConnection)
+    # A plain URL has none, whatever the keywords
+    plain, _ = sentinel.parse_url("redis+sentinel://10.0.0.1/jobs", **given)
+    assert (plain.tls, plain.tls_options) == (None, None)
+    assert sentinel.pool_options("redis+sentinel://10.0.0.1/jobs")["connection_class"] is sentinel.SentinelPrimaryConnection
 
 
 def test_a_url_without_a_master_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from runtime.broker import cluster, sentinel
 from runtime.broker.keys import DEFAULT_PREFIX
+from runtime.broker.tls import is_tls_url
 from runtime.broker.wire import CommandNotSent, keepalive_options
 from runtime.config import Settings
 
@@ -28,7 +29,7 @@ HEALTH_CHECK_INTERVAL_S = 30
 
 def tls_options(settings: Settings, url: str) -> dict[str, Any]:
     """redis-py's TLS keywords from the settings, for a ``rediss://`` URL (its query overrides them)."""
-    if not url.startswith(("rediss:", "rediss+cluster:")):
+    if not is_tls_url(url):
         return {}
     given = (("ssl_ca_certs", settings.redis_tls_ca), ("ssl_certfile", settings.redis_tls_cert),
              ("ssl_keyfile", settings.redis_tls_key))
@@ -51,7 +52,7 @@ def from_url(url: str, *, key_prefix: str = DEFAULT_PREFIX, **kwargs: Any) -> Re
     and ``redis+cluster://`` ones (:mod:`runtime.broker.cluster`: its connections go to the owner
     of `key_prefix`'s slot)."""
     if sentinel.is_sentinel_url(url):
-        return Redis.from_pool(ConnectionPool(**sentinel.pool_options(url), **kwargs))
+        return Redis.from_pool(ConnectionPool(**{**kwargs, **sentinel.pool_options(url, **kwargs)}))
     if cluster.is_cluster_url(url):
         options = cluster.pool_options(url, home_key=key_prefix, wait_s=_wait_s(kwargs))
         return cluster.ClusterNodeRedis.from_pool(ConnectionPool(**options, **kwargs))
@@ -61,7 +62,8 @@ def from_url(url: str, *, key_prefix: str = DEFAULT_PREFIX, **kwargs: Any) -> Re
 def blocking_from_url(url: str, *, key_prefix: str = DEFAULT_PREFIX, **kwargs: Any) -> redis.Redis:
     """The same for redis-py's synchronous client."""
     if sentinel.is_sentinel_url(url):
-        return redis.Redis.from_pool(redis.ConnectionPool(**sentinel.pool_options(url, blocking=True), **kwargs))
+        options = sentinel.pool_options(url, blocking=True, **kwargs)
+        return redis.Redis.from_pool(redis.ConnectionPool(**{**kwargs, **options}))
     if cluster.is_cluster_url(url):
         options = cluster.pool_options(url, blocking=True, home_key=key_prefix, wait_s=_wait_s(kwargs))
         return cluster.BlockingClusterNodeRedis.from_pool(redis.ConnectionPool(**options, **kwargs))
@@ -104,7 +106,8 @@ def endpoint_client(settings: Settings, url: str) -> Redis:
     for a connection (a burst waits instead of failing at once)."""
     bounds = {"max_connections": settings.redis_max_connections, "timeout": settings.redis_pool_timeout_ms / 1000}
     if sentinel.is_sentinel_url(url):
-        pool = _WaitingPool(**sentinel.pool_options(url), **bounds, **_options(settings, url))
+        options = _options(settings, url)
+        pool = _WaitingPool(**{**bounds, **options, **sentinel.pool_options(url, **options)})
     elif cluster.is_cluster_url(url):
         options = _options(settings, url)
         pool = _WaitingPool(**cluster.pool_options(url, home_key=settings.key_prefix, wait_s=_wait_s(options)),

@@ -5,6 +5,11 @@ The URL names the Sentinels and the master (the name Sentinel monitors it by)::
     redis+sentinel://[user:password@]host1:26379,host2:26379,host3:26379/<master-name>[/db]
         [?sentinel_password=...&sentinel_username=...]
 
+``rediss+sentinel://`` is the same over TLS: to the Sentinels and to the primary, with the one CA
+and client certificate (``OJS_REDIS_TLS_CA``, ``OJS_REDIS_TLS_CERT``, ``OJS_REDIS_TLS_KEY``, or
+the URL's ``ssl_*`` query parameters, as for ``rediss://``), as a deployment whose servers take
+only TLS needs.
+
 The credentials before ``@`` are the primary's (what ``redis://`` would carry); the Sentinels'
 own, if they ask for any, are the ``sentinel_*`` query parameters, else ``OJS_SENTINEL_PASSWORD``
 (and ``OJS_SENTINEL_USERNAME``). ``OJS_SENTINEL_MASTER`` names the master when the URL's path
@@ -25,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -33,7 +39,9 @@ import redis
 import redis.asyncio
 from redis import exceptions as rx
 
-SCHEME = "redis+sentinel"
+from runtime.broker.tls import ssl_keywords, tls_context
+
+SCHEMES = ("redis+sentinel", "rediss+sentinel")
 DEFAULT_SENTINEL_PORT = 26379
 # One Sentinel's answer is a few bytes on a local network: one that takes longer than this is
 # skipped for the next.
@@ -60,15 +68,19 @@ class SentinelTarget:
     """The Sentinels of one master, and their credentials. The order of `sentinels` changes: the
     last one that answered is asked first. Shared by every connection made from one URL."""
 
-    __slots__ = ("sentinels", "master", "username", "password")
+    __slots__ = ("sentinels", "master", "username", "password", "tls", "tls_options")
 
     def __init__(self, sentinels: list[tuple[str, int]], master: str, *, username: str | None = None,
-                 password: str | None = None) -> None:
+                 password: str | None = None, tls_options: dict[str, Any] | None = None) -> None:
         if not sentinels or not master:
             raise ValueError("a redis+sentinel:// URL needs at least one Sentinel and a master name")
         self.sentinels = list(sentinels)
         self.master = master
         self.username, self.password = username, password
+        # rediss+sentinel://: redis-py's TLS keywords, and the context of every connection made
+        # from them, the Sentinels' and the primary's
+        self.tls_options = tls_options
+        self.tls = None if tls_options is None else tls_context(tls_options)
 
     def __repr__(self) -> str:
         where = ",".join(f"{host}:{port}" for host, port in self.sentinels)
@@ -91,14 +103,16 @@ class SentinelTarget:
 
 
 def is_sentinel_url(url: str | None) -> bool:
-    return bool(url) and url.split("://", 1)[0].lower() == SCHEME  # type: ignore[union-attr]
+    return bool(url) and url.split("://", 1)[0].lower() in SCHEMES  # type: ignore[union-attr]
 
 
-def parse_url(url: str) -> tuple[SentinelTarget, dict[str, Any]]:
-    """The Sentinels of `url`, and the primary's connection options (db, username, password)."""
+def parse_url(url: str, **options: Any) -> tuple[SentinelTarget, dict[str, Any]]:
+    """The Sentinels of `url`, and the primary's connection options (db, username, password).
+    For ``rediss+sentinel://`` the target has the TLS keywords: redis-py's from `options`, and
+    the URL's query, which wins."""
     parts = urlsplit(url)
-    if parts.scheme.lower() != SCHEME:
-        raise ValueError(f"not a {SCHEME}:// URL")
+    if parts.scheme.lower() not in SCHEMES:
+        raise ValueError(f"not a {SCHEMES[0]}:// URL")
     userinfo, _, hosts = parts.netloc.rpartition("@")
     sentinels = [host_port(entry.strip()) for entry in hosts.split(",") if entry.strip()]
     path = [unquote(p) for p in parts.path.split("/") if p]
@@ -112,10 +126,12 @@ def parse_url(url: str) -> tuple[SentinelTarget, dict[str, Any]]:
         user, has_password, secret = userinfo.partition(":")
         username = unquote(user) or None
         password = unquote(secret) if has_password else None
+    tls_options = ssl_keywords({**options, **query}) if parts.scheme.lower() == "rediss+sentinel" else None
     target = SentinelTarget(
         sentinels, master,
         username=query.get("sentinel_username") or os.environ.get("OJS_SENTINEL_USERNAME") or None,
         password=query.get("sentinel_password") or os.environ.get("OJS_SENTINEL_PASSWORD") or None,
+        tls_options=tls_options,
     )
     return target, {"db": db, "username": username, "password": password}
 
@@ -149,7 +165,7 @@ async def primary_address(target: SentinelTarget) -> tuple[str, int]:
     errors = []
     for index, (host, port) in enumerate(list(target.sentinels)):
         try:
-            address = await asyncio.wait_for(_ask_one(host, port, request, expected), ASK_TIMEOUT_S)
+            address = await asyncio.wait_for(_ask_one(host, port, request, expected, target.tls), ASK_TIMEOUT_S)
             if address is None:
                 errors.append(f"{host}:{port} does not know {target.master!r}")
                 continue
@@ -161,8 +177,9 @@ async def primary_address(target: SentinelTarget) -> tuple[str, int]:
     raise PrimaryNotFound(f"no Sentinel gave the primary of {target.master!r} ({'; '.join(errors)})")
 
 
-async def _ask_one(host: str, port: int, request: bytes, expected: int) -> tuple[str, int] | None:
-    reader, writer = await asyncio.open_connection(host, port)
+async def _ask_one(host: str, port: int, request: bytes, expected: int,
+                   tls: ssl.SSLContext | None) -> tuple[str, int] | None:
+    reader, writer = await asyncio.open_connection(host, port, ssl=tls)
     try:
         writer.write(request)
         parser = hiredis.Reader()
@@ -179,13 +196,24 @@ async def _ask_one(host: str, port: int, request: bytes, expected: int) -> tuple
         writer.close()
 
 
+def _blocking_connection(host: str, port: int, tls: ssl.SSLContext | None) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=ASK_TIMEOUT_S)
+    if tls is None:
+        return sock
+    try:
+        return tls.wrap_socket(sock, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise
+
+
 def primary_address_blocking(target: SentinelTarget) -> tuple[str, int]:
     """:func:`primary_address` for synchronous code (the supervisor, recovery)."""
     request, expected = target._ask(), target._replies()
     errors = []
     for index, (host, port) in enumerate(list(target.sentinels)):
         try:
-            with socket.create_connection((host, port), timeout=ASK_TIMEOUT_S) as sock:
+            with _blocking_connection(host, port, target.tls) as sock:
                 sock.sendall(request)
                 parser = hiredis.Reader()
                 replies: list[Any] = []
@@ -269,8 +297,20 @@ class BlockingSentinelPrimaryConnection(redis.Connection):
             raise NotPrimary(f"{self.host}:{self.port} is no longer the primary: {err}") from err
 
 
-def pool_options(url: str, *, blocking: bool = False) -> dict[str, Any]:
-    """What a redis-py connection pool needs for a ``redis+sentinel://`` URL."""
-    target, primary = parse_url(url)
-    kind = BlockingSentinelPrimaryConnection if blocking else SentinelPrimaryConnection
-    return {"connection_class": kind, "sentinel": target, **primary}
+class SentinelPrimarySSLConnection(SentinelPrimaryConnection, redis.asyncio.SSLConnection):
+    """:class:`SentinelPrimaryConnection` over TLS (rediss+sentinel://)."""
+
+
+class BlockingSentinelPrimarySSLConnection(BlockingSentinelPrimaryConnection, redis.SSLConnection):
+    """:class:`BlockingSentinelPrimaryConnection` over TLS (rediss+sentinel://)."""
+
+
+def pool_options(url: str, *, blocking: bool = False, **options: Any) -> dict[str, Any]:
+    """What a redis-py connection pool needs for a ``redis+sentinel://`` URL (`options`: the
+    pool's TLS keywords, for ``rediss+sentinel://``)."""
+    target, primary = parse_url(url, **options)
+    if blocking:
+        kind: type = BlockingSentinelPrimarySSLConnection if target.tls else BlockingSentinelPrimaryConnection
+    else:
+        kind = SentinelPrimarySSLConnection if target.tls else SentinelPrimaryConnection
+    return {"connection_class": kind, "sentinel": target, **primary, **(target.tls_options or {})}

@@ -23,7 +23,7 @@ command): a connection that has had commands waiting and no reply at all for a w
 between one and two deadlines at most. TCP keepalive is on as well, for the idle connections
 (a subscription) that the deadline does not watch; :func:`subscribe` pings its connection.
 
-Behind Sentinel (``redis+sentinel://``, :mod:`runtime.broker.sentinel`) each connect first asks
+Behind Sentinel (``redis+sentinel://``, ``rediss+sentinel://``: :mod:`runtime.broker.sentinel`) each connect first asks
 the Sentinels where the primary is and checks its ``ROLE``; a ``READONLY`` reply (the server was
 demoted) closes the connection and fails the command as not sent, so the next one asks again.
 """
@@ -39,9 +39,10 @@ from typing import Any
 
 import hiredis
 from redis import exceptions as rx
-from redis.asyncio.connection import SSLConnection, parse_url
+from redis.asyncio.connection import parse_url
 
 from runtime.broker import sentinel as sentinels
+from runtime.broker.tls import tls_context
 
 CONNECT_ATTEMPTS = 3
 CONNECT_BACKOFF_S = 0.05
@@ -110,12 +111,12 @@ class Address:
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Address | None:
-        """redis://, rediss://, unix:// and redis+sentinel:// URLs, parsed as redis-py parses them
+        """redis://, rediss://, unix:// and redis(s)+sentinel:// URLs, parsed as redis-py parses them
         (the URL's query wins over `options`, redis-py's keywords such as ``ssl_ca_certs``); None
         for what this connection does not speak."""
         if sentinels.is_sentinel_url(url):
-            target, primary = sentinels.parse_url(url)
-            return cls(sentinel=target, **primary)
+            target, primary = sentinels.parse_url(url, **options)
+            return cls(sentinel=target, tls=target.tls, **primary)
         from runtime.broker import cluster  # it builds on this module's errors
 
         if cluster.is_cluster_url(url):
@@ -138,7 +139,7 @@ class Address:
         common: dict[str, Any] = {"db": int(kwargs.get("db") or 0), "username": kwargs.get("username"),
                   "password": kwargs.get("password")}
         if isinstance(kwargs.get("sentinel"), sentinels.SentinelTarget):
-            return cls(sentinel=kwargs["sentinel"], **common)
+            return cls(sentinel=kwargs["sentinel"], tls=kwargs["sentinel"].tls, **common)
         if kwargs.get("cluster") is not None:
             tls = tls_context({k: v for k, v in kwargs.items() if k != "cluster"}) if kwargs["cluster"].tls else None
             return cls(cluster=kwargs["cluster"], **common, tls=tls)
@@ -150,14 +151,6 @@ class Address:
         if kind == "UnixDomainSocketConnection":
             return cls(path=kwargs["path"], **common)
         return None
-
-
-def tls_context(kwargs: dict[str, Any]) -> ssl.SSLContext:
-    """The TLS context redis-py would build from these connection keywords (``ssl_ca_certs``,
-    ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``, ``ssl_check_hostname``, ...), so both
-    connections verify the server, and present a client certificate, the same way."""
-    context: ssl.SSLContext = SSLConnection(**kwargs).ssl_context.get()
-    return context
 
 
 def keepalive_options() -> dict[int, int]:
