@@ -65,7 +65,7 @@ class _LabelCap:
         self.cap = cap
         self._admitted: dict[str, set[str]] = {name: set() for name in JOB_LABELS}
 
-    def bound(self, names: Sequence[str], values: Sequence[str]) -> tuple[str, ...]:
+    def bound(self, names: Sequence[str], values: Sequence[object]) -> tuple[str, ...]:
         return tuple(self._one(name, str(value)) for name, value in zip(names, values, strict=True))
 
     def _one(self, name: str, value: str) -> str:
@@ -94,7 +94,7 @@ class _CappedLabels:
 
     _labelnames: tuple[str, ...]
 
-    def labels(self, *values: str, **by_name: str) -> Any:
+    def labels(self, *values: object, **by_name: object) -> Any:
         if by_name:
             values = tuple(by_name[name] for name in self._labelnames)
         return super().labels(*_label_cap.bound(self._labelnames, values))  # type: ignore[misc]
@@ -254,10 +254,10 @@ class Tally:
         self._scheduled = False
         counts, self._counts = self._counts, {}
         observed, self._observed = self._observed, {}
-        for key, amount in counts.items():
-            self._child(key).inc(amount)
-        for key, samples in observed.items():
-            _observe_many(self._child(key), samples)
+        for counted, amount in counts.items():
+            self._child(counted).inc(amount)
+        for sampled, samples in observed.items():
+            _observe_many(self._child(sampled), samples)
 
     def _child(self, key: tuple[Any, tuple[str, ...]]) -> Any:
         child = self._children.get(key)

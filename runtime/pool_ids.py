@@ -46,7 +46,8 @@ def host_name() -> str:
 def start_token(pid: int) -> int | None:
     """When process `pid` started, in hundredths of a second (None: there is no such process)."""
     try:
-        return round(psutil.Process(pid).create_time() * 100)
+        started: float = psutil.Process(pid).create_time()
+        return round(started * 100)
     except psutil.Error:
         return None
 

@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1
 STOP_TIMEOUT_S = 10.0
@@ -156,7 +157,7 @@ class Keeper:
         return 0
 
 
-def _die_with_keeper_hook():  # type: ignore[no-untyped-def]
+def _die_with_keeper_hook() -> Callable[[], None] | None:
     if not sys.platform.startswith("linux"):
         return None
     libc = ctypes.CDLL(None, use_errno=True)

@@ -135,7 +135,8 @@ def uvicorn_config(app: App, settings: Settings, *, graceful_s: float) -> uvicor
                         max_concurrency=settings.http_max_concurrency)
     return uvicorn.Config(
         app, loop="none", http=protocol_factory(limits), lifespan="on", log_level="warning",
-        access_log=False, server_header=False, timeout_graceful_shutdown=graceful_s,
+        access_log=False, server_header=False,
+        timeout_graceful_shutdown=graceful_s,  # type: ignore[arg-type]  # typed int; a float works (a wait's timeout)
         backlog=LISTEN_BACKLOG,
     )
 

@@ -538,8 +538,8 @@ class Supervisor:
             if self.stopping and not self._releases_left():
                 break
             pending.tries += 1
-            child = self._fork("release", lambda _pid, p=pending: f"release:{p.worker_id}", None,
-                               lambda _id, p=pending: _release_jobs(self.pool.settings, p))
+            child = self._fork("release", functools.partial(_release_name, pending), None,
+                               functools.partial(_release_target, self.pool.settings, pending))
             child.release = pending
 
     def _on_release_exit(self, child: _Child, code: int) -> None:
@@ -631,6 +631,14 @@ class Supervisor:
         for fd in (self._changed_r, self._changed_w):
             if fd >= 0:
                 os.close(fd)
+
+
+def _release_name(pending: _Release, _pid: int) -> str:
+    return f"release:{pending.worker_id}"
+
+
+def _release_target(settings: Settings, pending: _Release, _child_id: str) -> int:
+    return _release_jobs(settings, pending)
 
 
 def _release_jobs(settings: Settings, pending: _Release) -> int:

@@ -651,7 +651,7 @@ class Pool:
         try:
             async with asyncio.timeout(self.config.recheck_interval_s):  # not wait_for: see _heartbeats
                 waiting = await self.broker.suspects_waiting(self.queues)
-        except (*BACKEND_ERRORS, TimeoutError):
+        except BACKEND_ERRORS:  # TimeoutError (the look's own deadline) is one
             return  # the fetch path reports Redis trouble; this look is only an optimisation
         if waiting:
             logger.info("pool %s: a job that must run alone is waiting; finishing the running ones first",

@@ -195,7 +195,8 @@ def slot_of_command(args: tuple[Any, ...]) -> int | None:
         key = args[2]
     else:
         key = args[1]
-    return key_slot(key.encode() if isinstance(key, str) else bytes(key))
+    slot: int = key_slot(key.encode() if isinstance(key, str) else bytes(key))
+    return slot
 
 
 def redirect_of(message: str) -> tuple[str, int | None, tuple[str, int] | None] | None:

@@ -356,10 +356,10 @@ def _check_rate_limits(store: _Store, keys: Keys) -> list[str]:
     for sets, part in ((store.rl_active, "rl-active"), (store.rl_jobs, "rl-jobs")):
         for key, members in sets.items():
             for job_id in members:
-                job = store.jobs.get(job_id)
-                if job is None or job.rl_key != key:
+                holder = store.jobs.get(job_id)
+                if holder is None or holder.rl_key != key:
                     problems.append(f"{keys.prefix}{part}:{key} holds {job_id!r} "
-                                    f"({'missing' if job is None else f'its key is {job.rl_key!r}'})")
+                                    f"({'missing' if holder is None else f'its key is {holder.rl_key!r}'})")
     return problems
 
 

@@ -205,7 +205,7 @@ class JobAdmin:
 
 
 def summary(result: BulkResult) -> dict[str, Any]:
-    body = msgspec.to_builtins(result)
+    body: dict[str, Any] = msgspec.to_builtins(result)
     if not result.dry_run:
         body.pop("job_ids")
     return body
