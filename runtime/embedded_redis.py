@@ -494,10 +494,14 @@ class EmbeddedRedis:
             raise EmbeddedRedisError(f"cannot start the Redis keeper: {err}") from None
         finally:
             os.close(users_r)
-        self._events, self._server_pid, self._down_since, self._exit_code = b"", 0, None, None
+        self._server_pid, self._down_since, self._exit_code = 0, None, None
         self._events_from = keeper
         assert keeper.stdout is not None
-        first = keeper.stdout.readline().decode(errors="replace").strip()
+        # Read from the descriptor, as _read_events does, never through the buffered file: its
+        # readline may take the next report too (a server that exits at once sends both), which
+        # the descriptor reads would then never see.
+        first_bytes, self._events = _first_line(keeper.stdout.fileno())
+        first = first_bytes.decode(errors="replace").strip()
         if first.startswith("error "):
             keeper.wait(KILL_TIMEOUT_S)
             raise EmbeddedRedisError(f"cannot execute Redis server binary {binary!r}: {first[6:]}")
@@ -585,6 +589,19 @@ class EmbeddedRedis:
 
 
 # -- process helpers --------------------------------------------------------
+
+
+def _first_line(fd: int) -> tuple[bytes, bytes]:
+    """The first line from a blocking descriptor, and what came after it in the same reads
+    (b"" lines at EOF)."""
+    data = b""
+    while b"\n" not in data:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return data, b""
+        data += chunk
+    line, _, rest = data.partition(b"\n")
+    return line, rest
 
 
 def _pick_free_port() -> int:

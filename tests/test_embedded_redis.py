@@ -589,3 +589,20 @@ def test_embedded_redis_outlives_its_owner_while_a_forked_user_remains(tmp_path:
         owner.kill()
         owner.wait(timeout=10)
         owner.stdout.close()
+
+
+def test_the_keepers_first_report_is_read_without_taking_the_next_one() -> None:
+    """A server that exits at once: the keeper's "started" and "exited" reports arrive together.
+    The first is read off the descriptor, and the second is kept for the event reader (a buffered
+    readline took it and the exit code read as None)."""
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"started 4242\nexited 3\n")
+        assert embedded_redis._first_line(read_end) == (b"started 4242", b"exited 3\n")
+        os.close(write_end)
+        write_end = -1
+        assert embedded_redis._first_line(read_end) == (b"", b"")  # EOF: no line
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
