@@ -71,6 +71,9 @@ class ResultWatch:
         # A page well under the cap: a reader that might have lost entries to the trim reads a
         # full page, and then has every waiter read its state again.
         self._page = max(1, min(READ_COUNT, client.settings.events_maxlen // 2))
+        # The read blocks well within the client's command deadline, which would end it otherwise
+        deadline_ms = client.settings.redis_command_timeout_ms
+        self._block_ms = max(1, min(READ_BLOCK_MS, deadline_ms // 2)) if deadline_ms > 0 else READ_BLOCK_MS
 
     async def wait(self, job_id: str, timeout: float | None) -> dict[str, Any]:
         """The job's envelope once it has ended. TimeoutError past `timeout` seconds."""
@@ -127,7 +130,7 @@ class ResultWatch:
     async def _read(self) -> None:
         while self._waiters:
             try:
-                reply = await self._redis.xread({self._stream: self._position}, block=READ_BLOCK_MS,
+                reply = await self._redis.xread({self._stream: self._position}, block=self._block_ms,
                                                 count=self._page)
             except Exception as err:  # Redis away: the events wait in the stream meanwhile
                 logger.warning("cannot read the event stream (retrying): %s", err)

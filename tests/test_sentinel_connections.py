@@ -62,10 +62,12 @@ def test_a_tls_url_carries_its_tls_keywords_to_every_connection(tmp_path: Path) 
     given = {"ssl_ca_certs": str(tmp_path / "ca.pem"), "ssl_certfile": str(tmp_path / "client.pem"),
              "ssl_keyfile": str(tmp_path / "client.key"), "socket_timeout": 2.0}
     # The URL's query wins over the settings' keywords, as for rediss://
-    url = "rediss+sentinel://10.0.0.1/jobs?ssl_cert_reqs=none"
+    url = "rediss+sentinel://10.0.0.1/jobs?ssl_cert_reqs=none&ssl_check_hostname=false&ssl_min_version=771"
     target, primary = sentinel.parse_url(url, **given)
-    assert target.tls_options == {k: v for k, v in given.items() if k.startswith("ssl_")} | {"ssl_cert_reqs": "none"}
-    assert target.tls is not None and target.tls.verify_mode == ssl.CERT_NONE
+    assert target.tls_options == {k: v for k, v in given.items() if k.startswith("ssl_")} | {
+        "ssl_cert_reqs": "none", "ssl_check_hostname": False, "ssl_min_version": 771}  # typed, as for rediss://
+    assert target.tls is not None and target.tls.verify_mode == ssl.CERT_NONE and not target.tls.check_hostname
+    assert target.tls.minimum_version == ssl.TLSVersion.TLSv1_2
     assert "ssl_certfile" not in primary  # the primary's own options: db and credentials
     options = sentinel.pool_options(url, **given)
     assert options["connection_class"] is sentinel.SentinelPrimarySSLConnection

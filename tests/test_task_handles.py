@@ -156,6 +156,26 @@ def test_result_waits_for_the_job_to_complete(redis_url: str) -> None:
     scenario(redis_url, body)
 
 
+def test_a_result_waits_quietly_under_a_short_command_deadline(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The event-stream read blocks within the client's command deadline: a deadline shorter than
+    the read's usual block must not make every read time out (and warn) while a job runs."""
+    monkeypatch.setenv("OJS_REDIS_COMMAND_TIMEOUT_MS", "300")
+
+    async def body(client: Client, broker: Broker) -> None:
+        job = await add.enqueue(2, 3)
+        with pytest.raises(TimeoutError):
+            await job.result(timeout=1.0)  # the wait outlives several blocks: none may fail
+        waiting = asyncio.create_task(job.result(timeout=10))
+        await asyncio.sleep(0)
+        await run_one(broker, "default", b"5")
+        assert await waiting == 5
+
+    scenario(redis_url, body)
+    assert "cannot read the event stream" not in caplog.text
+
+
 def test_result_of_a_job_that_completed_before_the_wait(redis_url: str) -> None:
     async def body(client: Client, broker: Broker) -> None:
         job = await send_email.enqueue("d@example.com")

@@ -275,6 +275,8 @@ def _check_scores(
             return [f"{tag}: delayed score {due:.0f} != next_attempt_at {job.next_attempt_at}"]
     available = keys.available(job.queue or "")
     if state == "available" and available in found and job.priority is not None:
+        if not job.priority.lstrip("-").isdigit():
+            return [f"{tag}: priority {job.priority!r} is not an integer"]
         low = (100 - int(job.priority)) * _PRIORITY_BAND
         if not low <= found[available] < low + _PRIORITY_BAND:
             return [f"{tag}: available score {found[available]:.0f} outside the band of priority {job.priority}"]

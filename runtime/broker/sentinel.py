@@ -38,6 +38,7 @@ import hiredis
 import redis
 import redis.asyncio
 from redis import exceptions as rx
+from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS
 
 from runtime.broker.tls import ssl_keywords, tls_context
 
@@ -126,7 +127,10 @@ def parse_url(url: str, **options: Any) -> tuple[SentinelTarget, dict[str, Any]]
         user, has_password, secret = userinfo.partition(":")
         username = unquote(user) or None
         password = unquote(secret) if has_password else None
-    tls_options = ssl_keywords({**options, **query}) if parts.scheme.lower() == "rediss+sentinel" else None
+    tls_options = None
+    if parts.scheme.lower() == "rediss+sentinel":  # the query's values read as redis-py reads rediss://'s
+        given = {k: URL_QUERY_ARGUMENT_PARSERS.get(k, str)(v) for k, v in ssl_keywords(query).items()}
+        tls_options = {**ssl_keywords(options), **given}
     target = SentinelTarget(
         sentinels, master,
         username=query.get("sentinel_username") or os.environ.get("OJS_SENTINEL_USERNAME") or None,

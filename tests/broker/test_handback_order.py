@@ -1,10 +1,11 @@
 """Where a job handed back to `available` (nack.lua) takes its place in its queue.
 
 A job handed back through no doing of its own (released by a draining or dying worker, its lease
-spent, its run lost with its process, its outcome lost with its process) had waited its turn
-already: it goes back to the head of its priority band, never behind the whole backlog. A requeue
-its worker asked for joins the end, so a job that keeps requeueing itself cannot starve the
-others.
+spent, its run lost with its process beside others, its outcome lost with its process) had waited
+its turn already: it goes back to the head of its priority band, never behind the whole backlog,
+and jobs handed back together keep their order. A requeue its worker asked for joins the end, so
+a job that keeps requeueing itself cannot starve the others; so does a job that alone can have
+killed its process (worker_lost).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def claim_order(broker: Broker, run: Run[Any], now_ms: int) -> list[str]:
     return order
 
 
-@pytest.mark.parametrize("verdict", ["release", "lease_expired", "worker_lost", "worker_lost_shared", "outcome_lost"])
+@pytest.mark.parametrize("verdict", ["release", "lease_expired", "worker_lost_shared", "outcome_lost"])
 def test_a_job_handed_back_through_no_doing_of_its_own_is_next(
     broker: Broker, run: Run[Any], enqueue: Enqueue, verdict: str,
 ) -> None:
@@ -65,11 +66,51 @@ def test_a_job_handed_back_through_no_doing_of_its_own_is_next(
     assert claim_order(broker, run, later) == [first, second, third]
 
 
-def test_a_requeue_the_worker_asked_for_joins_the_end(broker: Broker, run: Run[Any], enqueue: Enqueue) -> None:
+@pytest.mark.parametrize("verdict", ["requeue", "worker_lost"])
+def test_a_requeue_the_worker_asked_for_or_a_loss_of_its_own_joins_the_end(
+    broker: Broker, run: Run[Any], enqueue: Enqueue, verdict: str,
+) -> None:
     now = timefmt.now_ms()
     first, second, third = enqueue(body(), body(), body(), now_ms=now)
-    hand_back(broker, run, claim_first(broker, run, now), "requeue", now)
-    assert claim_order(broker, run, now) == [second, third, first]
+    hand_back(broker, run, claim_first(broker, run, now), verdict, now)
+    # (a worker_lost job is a suspect: an idle worker gets it first, alone, wherever it waits)
+    busy = [h[b"id"].decode() for h in run(broker.fetch(["default"], count=3, worker_id="busy", idle=False,
+                                                          now_ms=now))]
+    assert busy == [second, third] if verdict == "worker_lost" else busy == [second, third, first]
+    if verdict == "worker_lost":
+        assert run(broker.redis.zrange(broker.keys.available("default"), 0, -1)) == [first.encode()]
+
+
+def test_jobs_handed_back_together_keep_their_order(broker: Broker, run: Run[Any], enqueue: Enqueue) -> None:
+    # Given: three jobs claimed in one fetch, two more waiting behind them
+    now = timefmt.now_ms()
+    jobs = enqueue(*(body() for _ in range(5)), now_ms=now)
+    claimed = run(broker.fetch(["default"], count=3, worker_id="w1", now_ms=now))
+    assert [h[b"id"].decode() for h in claimed] == jobs[:3]
+    # When: all three come back in one call, in their claim order (a stop, a dead pool)
+    failures = [Failure(job_id=h[b"id"].decode(), verdict="release", worker_id="w1", claim=h[b"claim"].decode())
+                for h in claimed]
+    assert not any(isinstance(r, Exception) for r in run(broker.fail_many(failures, now_ms=now)))
+    # Then: they are first again, in that order
+    assert claim_order(broker, run, now) == jobs
+
+
+def test_an_outcome_lost_again_and_again_is_dead_lettered_at_last(
+    broker: Broker, run: Run[Any], enqueue: Enqueue,
+) -> None:
+    """Its handler returned and its process died before the outcome was recorded: it runs again,
+    first. One whose outcome keeps dying with its process is not re-run for ever."""
+    now = timefmt.now_ms()
+    (job_id,) = enqueue(body(retry={"max_attempts": 1, "on_exhaustion": "dead_letter"}), now_ms=now)
+    states = []
+    for _ in range(2 * broker.settings.worker_lost_cap):
+        claimed = claim_first(broker, run, now)
+        failure = Failure(job_id=job_id, verdict="outcome_lost", error=BOOM, worker_id="w1",
+                          claim=claimed[b"claim"].decode())
+        (result,) = run(broker.fail_many([failure], now_ms=now))
+        states.append(result.state)
+    assert states == ["available"] * (2 * broker.settings.worker_lost_cap - 1) + ["discarded"]
+    assert run(broker.redis.zscore(broker.keys.dlq, job_id)) is not None
 
 
 def test_the_head_is_the_head_of_its_own_priority_band(broker: Broker, run: Run[Any], enqueue: Enqueue) -> None:
@@ -100,7 +141,7 @@ def test_the_head_never_leaves_its_band_however_low_the_numbers_before_it(
 
     # When: the jobs behind it are put at the head again and again, below its number (1), past 0
     for _ in range(3):
-        for claimed in reversed(busy_fetch(2)):
+        for claimed in busy_fetch(2):
             hand_back(broker, run, claimed, "release", now, worker_id="busy")
     (urgent,) = enqueue(body(priority=1), now_ms=now)
     # Then: they keep their order and their band (each score in its priority's band): after the

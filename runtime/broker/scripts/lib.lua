@@ -138,31 +138,34 @@ local function save_tags(T, tags)
   end
 end
 
--- The sequence number that puts a job first in its priority band (one below the band's head;
--- never below 0, where equal scores fall back to id order), or a new one when the band is empty.
-local function front_seq(T, queue, priority)
-  local head = band_head(T, queue, priority)
-  if not head then return rcall("INCR", T.seq) end
-  return math.max(0, head - 1)
-end
-
 -- Index a job in its queue's available set and wake the idle workers of that queue. A tenant's
 -- job (a retry, a requeue, a workflow step, a promoted job) is tagged anew, like an enqueue: it
--- joins the end of its tenant's share, so failures earn a tenant no extra turns. Otherwise the
--- job joins the end of its band, or, with `front`, its head (a job handed back through no doing
--- of its own: see nack.lua).
-local function index_available(T, id, queue, priority, tenant, front)
+-- joins the end of its tenant's share, so failures earn a tenant no extra turns.
+local function index_available(T, id, queue, priority, tenant)
   local seq
   if tenant then
     local tags = new_tags()
     seq = next_tag(T, tags, queue, priority, tenant)
     save_tags(T, tags)
-  elseif front then
-    seq = front_seq(T, queue, priority)
   else
     seq = rcall("INCR", T.seq)
   end
   rcall("ZADD", queue_key(T, queue, "available"), queue_score(priority, seq), id)
+  rcall("PUBLISH", T.prefix .. "notify:" .. queue, "1")
+end
+
+-- Index jobs (of no tenant) at the head of their priority band, in the order given, and wake the
+-- queue's idle workers: jobs handed back through no doing of their own (see nack.lua). They go
+-- before the band's first job, never below sequence number 0 (equal scores fall back to id
+-- order); in an empty band they are numbered in turn, as enqueues would be.
+local function index_available_first(T, queue, priority, ids)
+  local head = band_head(T, queue, priority)
+  local key = queue_key(T, queue, "available")
+  for i, id in ipairs(ids) do
+    local seq
+    if head then seq = math.max(0, head - #ids + i - 1) else seq = rcall("INCR", T.seq) end
+    rcall("ZADD", key, queue_score(priority, seq), id)
+  end
   rcall("PUBLISH", T.prefix .. "notify:" .. queue, "1")
 end
 

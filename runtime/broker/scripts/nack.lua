@@ -2,15 +2,18 @@
   Fail one or more active jobs: requeue, schedule a retry, or discard (and dead-letter).
 
   State transitions:
-    active -> available   verdict requeue (no backoff, attempt kept; the job joins the end of its
-                          band, every other way here puts it at the head of its band);
-                          outcome_lost (its handler returned, the outcome was lost with its
-                          process: attempt kept); release (a draining worker hands the job back:
-                          the attempt is given back too); lease_expired
-                          with attempts left; worker_lost with attempts left and fewer than
+    active -> available   verdict requeue (no backoff, attempt kept); outcome_lost (its handler
+                          returned, the outcome was lost with its process: attempt kept; after
+                          2 x `lost_cap` of these and worker_lost_shared, dead-lettered instead);
+                          release (a draining worker hands the job back: the attempt is given
+                          back too); lease_expired with attempts left; worker_lost with attempts
+                          left and fewer than
                           `lost_cap` losses (a job that keeps killing its worker is dead-lettered);
                           worker_lost_shared (attempt kept: it did start; no loss counted, and
                           never exhausted by it, so `attempt` may pass max_attempts this way)
+                          A requeue and a worker_lost join the end of the job's priority band in
+                          its queue; every other way here puts it at the head (TO_FRONT), a
+                          tenant's job excepted (its tenant's next turn, lib.lua).
     active -> retryable   verdict retry (or timed_out, the reaper's) with attempts left; due at
                           now + backoff
     active -> discarded   verdict discard (never dead-lettered), dead_letter (always), or
@@ -98,12 +101,26 @@ local function leave_active(job_key, id, queue, to_state)
   move_count(T, queue, "active", to_state)
 end
 
+-- The jobs of this call that go back to the head of their band, by band in the order first seen:
+-- placed together at the end (index_available_first), so that they keep the order they were
+-- given in (one by one, each before the last, they would come back in reverse).
+local firsts, first_bands = {}, {}
+
 local function to_available(job_key, id, f)
   leave_active(job_key, id, f.queue, "available")
   keep_expiry(T, job_key, id)
   rcall("HSET", job_key, "state", "available", "enqueued_at", T.now)
   rcall("HDEL", job_key, "started_at", "worker_id")
-  index_available(T, id, f.queue, f.priority, f.tenant, f.front)
+  if f.front then
+    local band = f.queue .. "\0" .. f.priority
+    if not firsts[band] then
+      firsts[band] = {}
+      first_bands[#first_bands + 1] = {band, f.queue, f.priority}
+    end
+    table.insert(firsts[band], id)
+  else
+    index_available(T, id, f.queue, f.priority, f.tenant)
+  end
   return {S.OK, "available", f.attempt, f.max_attempts, "", "", 0}
 end
 
@@ -163,10 +180,10 @@ end
 local OWN_OUTCOME = {retry = true, nonretryable = true, discard = true, dead_letter = true}
 -- Hand-backs through no doing of the job's own: it had waited its turn already and was taken, so
 -- it goes back to the head of its band, not behind the whole backlog (a worker's death must not
--- delay its jobs by a queue's length). A requeue a worker asks for joins the end: a job that
--- keeps requeueing itself cannot starve the others.
-local TO_FRONT = {release = true, lease_expired = true, worker_lost = true, worker_lost_shared = true,
-                  outcome_lost = true}
+-- delay its jobs by a queue's length; a lapsed lease is how a vanished host's jobs come back).
+-- Its own outcomes join the end: a requeue a worker asks for (a job that keeps requeueing
+-- itself cannot starve the others), and worker_lost, a process it alone can have killed.
+local TO_FRONT = {release = true, lease_expired = true, worker_lost_shared = true, outcome_lost = true}
 -- The reaper's verdicts: they hold only while the job's deadline (its active score) has passed.
 local REAPED = {lease_expired = true, timed_out = true}
 
@@ -180,6 +197,7 @@ local function applied_already(job_key, r, verdict, err, guard, token)
 end
 
 local out = {}
+local suspects = {}  -- {job key, id, queue} of the jobs that become suspects
 for j = 2, #KEYS do
   local job_key = KEYS[j]
   local a = 4 + (j - 2) * 7
@@ -207,7 +225,7 @@ for j = 2, #KEYS do
     if verdict == "timed_out" then verdict = "retry" end
     local f = {attempt = tonumber(r[3]), queue = r[4], type = r[5], priority = tonumber(r[6]),
                max_attempts = tonumber(r[7] or D.max_attempts), dlq = (r[8] or D.on_exhaustion) == "dead_letter",
-               tenant = r[12], front = TO_FRONT[verdict]}
+               tenant = r[12], front = TO_FRONT[verdict] and not r[12]}
     local id = r[9]
     record_error(job_key, err, f.attempt)
     local last_error = nil
@@ -235,6 +253,11 @@ for j = 2, #KEYS do
       else
         verdict = "requeue"
       end
+    elseif verdict == "outcome_lost" then
+      -- Its handler had returned: whatever killed the process, the run was done. The same
+      -- backstop: a job whose outcome keeps dying with its process is dead-lettered, not re-run
+      -- for ever.
+      if rcall("HINCRBY", job_key, "shared_lost", 1) >= 2 * lost_cap then verdict = "dead_letter" end
     elseif suspect and OWN_OUTCOME[verdict] then
       suspect = false
       rcall("HDEL", job_key, "suspect")
@@ -253,7 +276,13 @@ for j = 2, #KEYS do
     else
       out[#out + 1] = to_discarded(job_key, id, f, f.dlq, last_error)
     end
-    if suspect and out[#out][2] == "available" then index_suspect(job_key, id, f.queue) end
+    if suspect and out[#out][2] == "available" then suspects[#suspects + 1] = {job_key, id, f.queue} end
   end
+end
+for _, b in ipairs(first_bands) do
+  index_available_first(T, b[2], b[3], firsts[b[1]])
+end
+for _, s in ipairs(suspects) do  -- once every job has its place: the index copies its score
+  index_suspect(s[1], s[2], s[3])
 end
 return out
