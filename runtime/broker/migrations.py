@@ -8,7 +8,9 @@
 
 Each SCANs the job hashes in batches (never KEYS), records its SCAN cursor after each batch so a
 restart continues where it stopped, and marks itself done; several servers may run one at once
-(each step is idempotent).
+(each step is idempotent). A SCAN cursor only means a place in the keyspace of the server that
+gave it: after a Redis restart, a failover or a reshard it may skip keys. So a run that resumed
+from a recorded cursor makes one full pass more before it marks itself done.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class JobScanMigration:
         if await redis.hget(self.keys.migrations, self.NAME) == b"done":
             return 0
         cursor = int(await redis.hget(self.keys.migrations, f"{self.NAME}:cursor") or 0)
+        resumed = cursor != 0  # a cursor from another run: perhaps of another server's keyspace
         prefix = self.keys.job("")
         match = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
         changed = 0
@@ -52,6 +55,9 @@ class JobScanMigration:
             if ids:
                 changed += int(await self.broker.scripts.call(self.SCRIPT, keys=[self.keys.prefix],
                                                               args=self.script_args(ids)))
+            if cursor == 0 and resumed:
+                resumed = False  # the full pass that covers whatever the recorded cursor skipped
+                continue
             if cursor == 0:
                 break
             await redis.hset(self.keys.migrations, f"{self.NAME}:cursor", str(cursor))

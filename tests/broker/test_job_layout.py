@@ -155,3 +155,20 @@ def test_retry_layout_migration_rewrites_old_hashes_to_the_small_layout(
     assert {job_id: envelope(broker, run, job_id) for job_id in before} == before
     assert 0 < redis_client.pttl(keys.job(old_expiring)) <= 3_600_000
     assert run(migration.run()) == 0  # done once: not run again
+
+
+def test_a_migration_resumed_from_a_cursor_of_another_keyspace_still_reaches_every_job(
+    enqueue: Enqueue, broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys,
+) -> None:
+    """A recorded SCAN cursor means a place only in the keyspace of the server that gave it: after
+    a Redis restart, a failover or a reshard it may point past keys never visited."""
+    # Given: old-layout jobs, and a cursor recorded by an interrupted run on another server (here:
+    # one near the end of a scan of a table this size)
+    ids = enqueue(*(body() for _ in range(300)))
+    for job_id in ids:
+        redis_client.hset(keys.job(job_id), mapping=old_layout(None))
+    redis_client.hset(keys.migrations, f"{RetryLayoutMigration.NAME}:cursor", str(2**9 - 1))
+    # When
+    assert run(RetryLayoutMigration(broker).run()) == len(ids)
+    # Then: every job is in the small layout
+    assert {redis_client.object("encoding", keys.job(job_id)) for job_id in ids} == {b"listpack"}
