@@ -28,11 +28,10 @@ def register(router: Router, services: Services) -> None:
         return json_response(201 if created else 200, {"cron": view, "cron_job": view})
 
     async def list_crons(request: Request) -> Response:
-        views = await crons.list()
-        total = len(views)
-        limit = request.query_int("limit", default=max(total, 1), minimum=1, maximum=max_page)
+        # Without a limit, the largest page: all of them, up to max_page_size (has_more says so)
+        limit = request.query_int("limit", default=max_page, minimum=1, maximum=max_page)
         offset = request.query_int("offset", default=0, minimum=0, maximum=MAX_OFFSET)
-        page = views[offset : offset + limit]
+        page, total = await crons.list(offset, limit)
         pagination = {"total": total, "limit": limit, "offset": offset, "has_more": offset + limit < total}
         return json_response(200, {
             "crons": page, "cron_jobs": page, "count": len(page), "pagination": pagination,

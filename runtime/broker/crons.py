@@ -143,14 +143,20 @@ class Crons:
         schedule = _schedule(entry)
         _template_job(entry, 0, entry.created_at)  # validate the template now, not at the first tick
         previous = await self.redis.hget(self.keys.crons, entry.name)
+        same_schedule = False
         if previous is not None:
-            entry.created_at = _entry_decoder.decode(previous).created_at
+            old = _entry_decoder.decode(previous)
+            entry.created_at = old.created_at
+            same_schedule = (old.expression, old.timezone) == (entry.expression, entry.timezone)
         next_ms = schedule.next_after_ms(timefmt.now_ms())
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.crons, entry.name, _encode(entry))
             pipe.hdel(self.keys.cron_state(entry.name), *BROKEN_FIELDS)
             if entry.enabled:
-                pipe.zadd(self.keys.cron_next, {entry.name: next_ms})
+                # The same schedule keeps its next tick (NX: whatever it is by now), so a deploy
+                # that registers its crons again neither loses a tick that is due nor puts one
+                # off; an @every cron registered at each start still fires.
+                pipe.zadd(self.keys.cron_next, {entry.name: next_ms}, nx=same_schedule)
             else:
                 pipe.zrem(self.keys.cron_next, entry.name)
             await pipe.execute()
@@ -166,15 +172,18 @@ class Crons:
             raise NotFound(f"Cron '{name}' not found.")
         return self._view(_entry_decoder.decode(raw), next_ms, state)
 
-    async def list(self) -> list[dict[str, Any]]:
+    async def list(self, offset: int = 0, limit: int | None = None) -> tuple[list[dict[str, Any]], int]:
+        """One page of the crons by name (`limit` None: all from `offset`), and how many there are.
+        Only the page's crons are read."""
         names = sorted(n.decode() for n in await self.redis.hkeys(self.keys.crons))
+        page = names[offset:] if limit is None else names[offset : offset + limit]
         views = []
-        for name in names:
+        for name in page:
             try:
                 views.append(await self.get(name))
             except NotFound:
                 continue  # deleted meanwhile
-        return views
+        return views, len(names)
 
     async def delete(self, name: str) -> dict[str, Any]:
         view = await self.get(name)
@@ -196,7 +205,9 @@ class Crons:
             pipe.hset(self.keys.crons, name, _encode(entry))
             if enabled:
                 pipe.hdel(self.keys.cron_state(name), *BROKEN_FIELDS)
-                pipe.zadd(self.keys.cron_next, {name: _schedule(entry).next_after_ms(timefmt.now_ms())})
+                # NX: enabling an enabled cron keeps its next tick (one that is due included); a
+                # disabled one starts from now
+                pipe.zadd(self.keys.cron_next, {name: _schedule(entry).next_after_ms(timefmt.now_ms())}, nx=True)
             else:
                 pipe.zrem(self.keys.cron_next, name)
             await pipe.execute()

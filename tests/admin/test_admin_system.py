@@ -192,3 +192,21 @@ def test_a_worker_that_beats_rarely_is_stale_only_after_its_own_intervals(api: A
     assert api.http.get("/ojs/v1/admin/workers/w-slow").json()["state"] == "running"
     assert api.http.get("/ojs/v1/admin/workers").json()["summary"]["stale"] == 0
     assert_error(api.http.delete("/ojs/v1/admin/workers/w-slow"), 409)
+
+
+def test_cron_lists_are_pages(api: Api) -> None:
+    """Both cron listings are bounded pages that say what is left, reading only the page."""
+    for name in ("a-cron", "b-cron", "c-cron"):
+        reply = api.http.post("/ojs/v1/cron", json={"name": name, "expression": "0 * * * *",
+                                                     "job_template": {"type": "report.build", "args": []}})
+        assert reply.status_code == 201, reply.text
+    data = api.http.get("/ojs/v1/cron", params={"limit": 2}).json()
+    assert [c["name"] for c in data["crons"]] == ["a-cron", "b-cron"]
+    assert data["pagination"] == {"total": 3, "limit": 2, "offset": 0, "has_more": True}
+    data = api.http.get("/ojs/v1/cron", params={"limit": 2, "offset": 2}).json()
+    assert [c["name"] for c in data["crons"]] == ["c-cron"] and data["pagination"]["has_more"] is False
+    everything = api.http.get("/ojs/v1/cron").json()  # no limit: the largest page
+    assert everything["count"] == 3 and everything["pagination"]["has_more"] is False
+    admin = api.http.get("/ojs/v1/crons", params={"per_page": 2, "page": 2}).json()
+    assert [c["name"] for c in admin["items"]] == ["c-cron"]
+    assert admin["pagination"]["total"] == 3 and admin["pagination"]["has_more"] is False

@@ -112,3 +112,95 @@ def test_cron_that_can_never_fire_is_shown_disabled_with_its_reason(
     assert (view["enabled"], view["next_run_at"]) == (False, None)
     assert "every other blue moon" in view["last_error"]
     assert redis_client.zscore(keys.cron_next, NAME) is None
+
+
+# --- registering again, enabling again: the next tick stays ------------------------------------
+
+
+def _req(name: str, expression: str, policy: str = "skip", **options: Any) -> CronRequest:
+    return msgspec.convert({
+        "name": name, "expression": expression, "overlap_policy": policy,
+        "job_template": {"type": "report.build", "args": [], "options": options},
+    }, CronRequest)
+
+
+def test_registering_an_unchanged_cron_again_keeps_its_due_tick(
+    broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys,
+) -> None:
+    # Given: a daily cron whose tick is due and not fired yet (the cron loop has not run since, or
+    # maintenance mode held it back for a catch-up)
+    crons = Crons(broker)
+    run(crons.register(_req("daily", "0 0 * * *")))
+    now = timefmt.now_ms()
+    redis_client.zadd(keys.cron_next, {"daily": now - 1000})
+    # When: a deploy registers the very same cron again
+    run(crons.register(_req("daily", "0 0 * * *", priority=3)))  # its template may change
+    # Then: the due tick still fires, it is not put off to tomorrow
+    assert run(crons.tick(now_ms=now)) == 1
+
+
+def test_an_every_cron_registered_more_often_than_its_interval_still_fires(
+    broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys,
+) -> None:
+    crons = Crons(broker)
+    run(crons.register(_req("hourly", "@every 1h")))
+    first = int(redis_client.zscore(keys.cron_next, "hourly"))
+    run(crons.register(_req("hourly", "@every 1h")))  # an app registering its crons at each start
+    assert int(redis_client.zscore(keys.cron_next, "hourly")) == first
+    run(crons.register(_req("hourly", "@every 2h")))  # a new schedule: from now
+    assert int(redis_client.zscore(keys.cron_next, "hourly")) > first
+
+
+def test_enabling_an_enabled_cron_keeps_its_due_tick_and_a_disabled_one_starts_from_now(
+    broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys,
+) -> None:
+    crons = Crons(broker)
+    run(crons.register(_req("daily", "0 0 * * *")))
+    now = timefmt.now_ms()
+    redis_client.zadd(keys.cron_next, {"daily": now - 1000})
+    run(crons.set_enabled("daily", True))  # PATCH {"enabled": true} of an enabled cron: nothing changes
+    assert run(crons.tick(now_ms=now)) == 1
+    run(crons.set_enabled("daily", False))
+    run(crons.set_enabled("daily", True))
+    assert int(redis_client.zscore(keys.cron_next, "daily")) > timefmt.now_ms()
+
+
+# --- cancel_previous x unique: a tick that creates nothing cancels nothing -----------------------
+
+
+def test_cancel_previous_cancels_nothing_for_a_tick_another_jobs_lock_turns_into_a_skip(
+    broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys,
+) -> None:
+    # Given: cancel_previous, unique while available; the previous tick's job P runs, and a
+    # "run now" job X of the same fingerprint waits, holding the lock
+    crons = Crons(broker)
+    run(crons.register(_req("c", "* * * * *", "cancel_previous",
+                            unique={"keys": ["type"], "states": ["available"], "on_conflict": "reject"})))
+    tick = timefmt.now_ms() + 2 * MINUTE_MS
+    assert run(crons.tick(now_ms=tick)) == 1
+    p = run(crons.get("c"))["last_job_id"]
+    assert [c[b"id"].decode() for c in run(broker.fetch(["default"], worker_id="w1"))] == [p]
+    run(crons.trigger("c"))
+    # When: the next tick meets X's lock (a skipped tick: it creates nothing)
+    assert run(crons.tick(now_ms=tick + MINUTE_MS)) == 0
+    # Then: P, running, was not cancelled for nothing
+    assert redis_client.hget(keys.job(p), "state") == b"active"
+
+
+def test_cancel_previous_replaces_a_previous_job_that_holds_the_lock_itself(
+    broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys,
+) -> None:
+    # Given: cancel_previous, unique while active: the previous tick's job P runs and holds the lock
+    crons = Crons(broker)
+    run(crons.register(_req("c", "* * * * *", "cancel_previous",
+                            unique={"keys": ["type"], "states": ["available", "active"], "on_conflict": "reject"})))
+    tick = timefmt.now_ms() + 2 * MINUTE_MS
+    assert run(crons.tick(now_ms=tick)) == 1
+    p = run(crons.get("c"))["last_job_id"]
+    run(broker.fetch(["default"], worker_id="w1"))
+    # When: the next tick fires
+    assert run(crons.tick(now_ms=tick + MINUTE_MS)) == 1
+    # Then: P is cancelled (its lock with it), and the tick's job takes its place
+    fresh = run(crons.get("c"))["last_job_id"]
+    assert fresh != p
+    assert [redis_client.hget(keys.job(i), "state") for i in (p, fresh)] == [b"cancelled", b"available"]

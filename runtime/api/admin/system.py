@@ -6,7 +6,7 @@ from __future__ import annotations
 import msgspec
 
 from runtime import timefmt
-from runtime.api.admin.common import page_args, time_ms
+from runtime.api.admin.common import MAX_PER_PAGE, page_args, pagination, time_ms
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
 from runtime.errors import InvalidRequest
@@ -96,8 +96,10 @@ def register(router: Router, services: Services) -> None:
                                    "triggered_at": timefmt.format_ms(timefmt.now_ms())})
 
     async def list_crons(request: Request) -> Response:
-        views = await services.crons.list()
-        return json_response(200, {"crons": views, "cron_jobs": views, "items": views, "count": len(views)})
+        page, per_page = page_args(request, default=MAX_PER_PAGE)
+        views, total = await services.crons.list((page - 1) * per_page, per_page)
+        return json_response(200, {"crons": views, "cron_jobs": views, "items": views, "count": len(views),
+                                   "pagination": pagination(total, page, per_page)})
 
     async def list_workflows(request: Request) -> Response:
         """Newest first, optionally one state; see Workflows.list for the bounded cost."""

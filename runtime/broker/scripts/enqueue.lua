@@ -141,6 +141,20 @@ local function skip_tick(reason, existing_id)
     job_type = jobs[1].type, reason = reason, existing_job_id = existing_id})
   return {S.CRON_SKIPPED, existing_id, reason}
 end
+-- Unique locks: find the holder of each fingerprint that still counts as a duplicate.
+local function holder_of(job)
+  if job.ukey == "" then return nil end
+  local holder = rcall("GET", prefix .. "unique:" .. job.ukey)
+  if not holder then return nil end
+  local h = rcall("HMGET", prefix .. "job:" .. holder, "state", "created_at")
+  if not h[1] then return nil end
+  -- A waiting workflow step holds its lock as the job it will become (available).
+  local counted = h[1] == "waiting" and "available" or h[1]
+  if not in_csv(job.ustates, counted) then return nil end
+  if job.uperiod and now_ms >= tonumber(h[2]) + job.uperiod then return nil end
+  return holder, h[1]
+end
+
 if cron_name ~= "" then
   if rcall("ZSCORE", T.cron_next, cron_name) ~= cron_tick then
     return {S.CRON_CLAIMED}
@@ -160,23 +174,17 @@ if cron_name ~= "" then
     if cron_policy == "skip" then
       return skip_tick("overlap_skip", last_id)
     elseif cron_policy == "cancel_previous" then
+      -- Nor must a tick that another job's unique lock turns into nothing (reject: a skip;
+      -- ignore: that job returned): checked before the cancel. The previous job's own lock goes
+      -- with it, so it is no obstacle.
+      local holder = holder_of(jobs[1])
+      local replaces = jobs[1].on_conflict == "replace" or jobs[1].on_conflict == "replace_except_schedule"
+      if holder and holder ~= last_id and not replaces then
+        return skip_tick("unique_conflict", holder)
+      end
       cancel_job(T, prefix .. "job:" .. last_id, last_id, last_state, "cron_overlap")
     end
   end
-end
-
--- Unique locks: find the holder of each fingerprint that still counts as a duplicate.
-local function holder_of(job)
-  if job.ukey == "" then return nil end
-  local holder = rcall("GET", prefix .. "unique:" .. job.ukey)
-  if not holder then return nil end
-  local h = rcall("HMGET", prefix .. "job:" .. holder, "state", "created_at")
-  if not h[1] then return nil end
-  -- A waiting workflow step holds its lock as the job it will become (available).
-  local counted = h[1] == "waiting" and "available" or h[1]
-  if not in_csv(job.ustates, counted) then return nil end
-  if job.uperiod and now_ms >= tonumber(h[2]) + job.uperiod then return nil end
-  return holder, h[1]
 end
 
 -- Twins inside the batch count too: a later job with the fingerprint of an earlier one meets
