@@ -74,6 +74,16 @@ class OutcomeUnknown(rx.ConnectionError):
     """The connection was lost after the command was written: it may have run."""
 
 
+class Refused(CommandNotSent):
+    """Redis refused the command before running it, for a while (out of memory under
+    ``noeviction``, busy with a long script, no replica to write with): it did not run, and may
+    be sent again later, like a command that never left."""
+
+
+# Error prefixes of such refusals (BUSY only whole: BUSYGROUP and BUSYKEY are answers, not waits).
+_REFUSALS = frozenset({"OOM", "BUSY", "MASTERDOWN", "NOREPLICAS"})
+
+
 def _pack(command: tuple[Any, ...]) -> bytes:
     # hiredis's stub types the tuple as having one element; any length is accepted.
     packed: bytes = hiredis.pack_command(command)
@@ -82,7 +92,10 @@ def _pack(command: tuple[Any, ...]) -> bytes:
 
 def _error(reply: hiredis.ReplyError) -> rx.RedisError:
     message = str(reply)
-    return _ERRORS.get(message.split(" ", 1)[0], rx.ResponseError)(message)
+    code = message.split(" ", 1)[0]
+    if code in _REFUSALS:
+        return Refused(f"Redis refused the command, which did not run: {message}")
+    return _ERRORS.get(code, rx.ResponseError)(message)
 
 
 class Address:
