@@ -204,6 +204,9 @@ class Admin:
         reply = await self.broker.scripts.call(
             "dlq_delete", keys=[k.prefix, k.job(job_id)], args=[job_id],
         )
+        if int(reply[0]) == Status.CONFLICT:
+            raise Conflict(f"Job '{job_id}' is a member of workflow '{reply[1].decode()}', which is still running; "
+                           "cancel the workflow or wait for it to end.")
         if int(reply[0]) != Status.OK:
             raise NotFound(f"Job '{job_id}' is not in the dead letter queue.")
 

@@ -48,6 +48,11 @@ def _wire(workflow_id: str, members: list[Member]) -> dict[str, str]:
     """Stamp the members with their workflow fields; return the dependents lists."""
     dependents: dict[int, list[int]] = {}
     for i, m in enumerate(members):
+        if m.job.state == "pending":
+            # A pending job waits for an activation that a workflow never sends: the member
+            # would hold its workflow running for ever.
+            raise InvalidRequest(f"Workflow member {i} ({m.job.fields.get('type')}) is pending (options.pending): "
+                                 "a workflow's members run when their dependencies allow, so none may be pending.")
         for d in m.deps:
             dependents.setdefault(d, []).append(i)
         fields = m.job.fields

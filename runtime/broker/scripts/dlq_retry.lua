@@ -54,7 +54,9 @@ if lock then
   local holder = rcall("GET", lock)
   if holder and holder ~= id then
     local holder_state = rcall("HGET", job_key(T, holder), "state")
-    if holder_state and in_csv(f[7], holder_state) then
+    -- A waiting workflow step holds its lock as the job it will become (as in enqueue.lua)
+    local counted = holder_state == "waiting" and "available" or holder_state
+    if holder_state and in_csv(f[7], counted) then
       return {S.UNIQUE_CONFLICT, holder, holder_state}
     end
   end

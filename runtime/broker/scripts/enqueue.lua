@@ -332,8 +332,12 @@ for j = 1, n do
     end
   end
   if skipped(job) or job.state == "waiting" then
-    -- stored (a waiting step), not indexed or counted: advance.lua enqueues it later
-    if job.state == "waiting" and not skipped(job) then ids[#ids + 1] = job.id end
+    -- stored (a waiting step), not indexed or counted: advance.lua enqueues it later. Its queue
+    -- is known from now on (listings and bulk actions over every queue see its jobs).
+    if job.state == "waiting" and not skipped(job) then
+      ids[#ids + 1] = job.id
+      rcall("HSETNX", T.queues, job.queue, now)
+    end
   else
     if job.keep_schedule then
       rcall("HSET", prefix .. "job:" .. job.id, "state", "scheduled", "scheduled_at", job.keep_schedule)
