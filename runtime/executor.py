@@ -18,6 +18,7 @@ innermost in the chain, so middleware sees the :class:`JobTimeout` raised by ``c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import time
@@ -139,6 +140,16 @@ class Terminal:
         except TimeoutError:
             if not scope.expired():
                 raise
+        except asyncio.CancelledError:
+            # A thread cannot be cancelled; its handler was asked to stop (ctx.cancelled). Its job
+            # must not go back to the queue while it still runs, so the cancellation waits for
+            # the thread (the stop's own deadline bounds the wait). The stop stands however the
+            # handler ended, as a timeout does: one that saw ctx.cancelled and returned early
+            # must not be taken for done.
+            if ctx.stop_reason is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(future)
+            raise
         ctx.request_stop(TIMEOUT)
         grace = asyncio.timeout(self._grace_s)
         try:

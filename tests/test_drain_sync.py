@@ -1,0 +1,84 @@
+"""A stop whose drain timeout passes while a sync handler runs: the handler is asked to stop
+(``ctx.cancelled``), and its thread cannot be cancelled. Its job must not go back to the queue
+while the thread still runs (another worker could claim it: two runs at once); once it has ended, the job goes back
+without spending an attempt, however the handler ended.
+
+An in-process pool on the test's Redis; the stop is the pool's own (what SIGTERM calls)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from runtime import Draft
+from runtime.config import Settings
+from runtime.context import JobContext
+from runtime.handlers import HandlerSpec, Registry
+from runtime.liveness import Liveness
+from runtime.worker import Pool, PoolConfig
+from tests.fixtures.procs import run
+from tests.test_pool_claims import enqueue
+
+UNWIND_S = 0.3  # the handler's cleanup once asked to stop: well within cancel_deadline_s
+
+
+def drain_one(redis_url: str, job_type: str, handler: Callable[[JobContext], object], started: threading.Event) -> None:
+    """Run a pool with one sync handler; stop it once the handler runs, past a short drain."""
+    registry = Registry(module="inline", handlers={job_type: HandlerSpec(job_type=job_type, fn=handler, is_async=False)})
+    config = PoolConfig(module="inline", settings=Settings(redis_url=redis_url), worker_id=f"pool-{job_type}",
+                        queues=(("default", 1),), concurrency=1, drain_timeout_s=0.1, cancel_deadline_s=5.0)
+    liveness = Liveness()
+    pool = Pool(config, registry=registry, liveness=liveness)
+
+    async def go() -> None:
+        task = asyncio.create_task(pool.run())
+        assert await asyncio.to_thread(started.wait, 10), "the handler did not start"
+        pool.request_stop()
+        await task
+
+    try:
+        run(go())
+    finally:
+        pool.threads.shutdown(wait=True)
+        liveness.close()
+
+
+def test_a_sync_job_is_not_handed_back_while_its_handler_still_runs(redis_url: str, redis_client: redis.Redis) -> None:
+    (job_id,) = enqueue(redis_url, Draft(type="sync.unwind"))
+    started = threading.Event()
+    seen_while_unwinding: list[bytes | None] = []
+
+    def unwind(ctx: JobContext) -> None:
+        started.set()
+        while not ctx.cancelled:
+            time.sleep(0.01)
+        time.sleep(UNWIND_S)  # its cleanup
+        seen_while_unwinding.append(redis_client.hget(f"{{ojs}}:job:{job_id}", "state"))
+
+    drain_one(redis_url, "sync.unwind", unwind, started)
+    # Then: the job was still the handler's (active) to the end of its run, and handed back after
+    assert seen_while_unwinding == [b"active"]
+    assert redis_client.hget(f"{{ojs}}:job:{job_id}", "state") == b"available"
+    assert redis_client.hget(f"{{ojs}}:job:{job_id}", "attempt") == b"0"  # a stop spends no attempt
+
+
+def test_a_stop_stands_however_the_sync_handler_ends(redis_url: str, redis_client: redis.Redis) -> None:
+    """As with a timeout: a handler that saw ctx.cancelled and returned must not be taken for
+    done (it may have returned early); its job goes back, without spending an attempt."""
+    (job_id,) = enqueue(redis_url, Draft(type="sync.finish"))
+    started = threading.Event()
+
+    def finish(ctx: JobContext) -> str:
+        started.set()
+        while not ctx.cancelled:
+            time.sleep(0.01)
+        time.sleep(UNWIND_S)
+        return "done"
+
+    drain_one(redis_url, "sync.finish", finish, started)
+    assert redis_client.hget(f"{{ojs}}:job:{job_id}", "state") == b"available"
+    assert redis_client.hget(f"{{ojs}}:job:{job_id}", "attempt") == b"0"
