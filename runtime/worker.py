@@ -185,6 +185,10 @@ class Pool:
         # every outage: a failover's new primary may lack the last writes the old one answered
         # (a release, an ack), and hold jobs for this worker that no run here knows.
         self.reconcile_needed = False
+        # A fetch whose outcome is unknown may also run late: a stalled Redis still reads it off
+        # the closed socket, perhaps after serving the look (another connection). So one more
+        # look follows, a re-check interval later.
+        self.look_again = False
         self.link = RedisLink(f"pool {self.worker_id}", board, on_back=self._after_outage)
         # Claims handed to the batcher outside `active` (hand-backs, rejects) until they land,
         # and those whose settle was given up (the reaper's now): not "unknown" to a reconcile.
@@ -311,7 +315,8 @@ class Pool:
             )
         except BACKEND_ERRORS as err:
             if not isinstance(err, CommandNotSent):
-                self.reconcile_needed = True  # it may have run: jobs claimed with no one to run them
+                # it may have run, or run yet: jobs claimed with no one to run them
+                self.reconcile_needed = self.look_again = True
             self.link.failed("fetch", err)
             logger.debug("fetch failed (%s); the next re-check tries again", err)
             return
@@ -418,8 +423,12 @@ class Pool:
         except BACKEND_ERRORS as err:
             self.link.failed("reconcile", err)
             return False
-        self.link.answered()
+        # Before the answer is noted: an outage that ends with it asks for a look of its own
         self.reconcile_needed = False
+        self.link.answered()
+        if self.look_again:
+            self.look_again = False
+            asyncio.get_running_loop().call_later(self.config.recheck_interval_s, self._after_outage)
         known = self.active.keys() | self.ready.keys() | self.settling
         self.abandoned &= held.keys()
         unknown = {claim: job for claim, job in held.items() if claim not in known and claim not in self.abandoned}
