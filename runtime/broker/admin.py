@@ -17,6 +17,9 @@ from runtime.metrics import QueueSample
 _json = msgspec.json.Decoder()
 
 
+
+_LAST_STREAM_ID = f"{2**64 - 1}-{2**64 - 1}"  # the greatest stream entry id there can be
+
 class Event(msgspec.Struct, kw_only=True):
     specversion: str = "1.0"
     id: str
@@ -216,6 +219,8 @@ class Admin:
         self, *, after: str | None, limit: int, types: list[str], queues: list[str], job_types: list[str],
     ) -> tuple[list[Event], str | None, bool]:
         """Oldest first after the cursor (a stream id), filtered; scans at most 10x the limit."""
+        if after == _LAST_STREAM_ID:
+            return [], after, False  # nothing can come after it (Redis refuses the range)
         start = f"({after}" if after else "-"
         entries = await self.redis.xrange(self.keys.events, min=start, max="+", count=limit * 10)
         out: list[Event] = []

@@ -94,7 +94,7 @@ class JobAdmin:
                     break
                 gone, skipped, examined = (int(x) for x in await self.broker.scripts.call(
                     "delete_ended", keys=[self.keys.prefix],
-                    args=["range", queue, state, bound, str(room), str(offset)],
+                    args=[str(timefmt.now_ms()), "range", queue, state, bound, str(room), str(offset)],
                 ))
                 deleted += gone
                 offset += skipped
@@ -177,7 +177,8 @@ class JobAdmin:
         return out
 
     async def _delete_many(self, ids: Sequence[str]) -> list[tuple[int, str]]:
-        reply = await self.broker.scripts.call("delete_ended", keys=[self.keys.prefix], args=["ids", *ids])
+        reply = await self.broker.scripts.call("delete_ended", keys=[self.keys.prefix],
+                                               args=[str(timefmt.now_ms()), "ids", *ids])
         out = []
         for job_id, (status, state) in zip(ids, reply, strict=True):
             code, text = int(status), state.decode()
@@ -185,6 +186,9 @@ class JobAdmin:
                 out.append((code, f"Job '{job_id}' not found."))
             elif code == Status.CONFLICT and text == "workflow":
                 out.append((code, f"Job '{job_id}' is a member of a workflow that is still running."))
+            elif code == Status.CONFLICT and text == "cancelled_running":
+                out.append((code, f"Job '{job_id}' was cancelled while running, and its worker may not have "
+                                  "stopped it yet: delete it once its lease has passed."))
             elif code == Status.CONFLICT:
                 out.append((code, f"Job '{job_id}' is {text}: only ended jobs are deleted (cancel it first)."))
             else:

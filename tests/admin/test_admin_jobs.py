@@ -207,3 +207,18 @@ def test_a_far_page_of_a_listing_that_matches_little_is_refused_not_walked(api: 
         assert reply.json()["items"] == []
     else:
         assert_error(reply, 400)
+
+
+def test_the_last_page_reached_by_cursor_says_no_more(api: Api) -> None:
+    for _ in range(5):
+        api.enqueue("mail.send", [], queue="paged")
+    cursor, pages = None, []
+    while True:
+        params = {"queue": "paged", "state": "available", "per_page": 2, **({"cursor": cursor} if cursor else {})}
+        reply = api.http.get("/ojs/v1/admin/jobs", params=params)
+        assert reply.status_code == 200, reply.text
+        pages.append(reply.json()["pagination"])
+        cursor = pages[-1]["next_cursor"]
+        if cursor is None:
+            break
+    assert [p["has_more"] for p in pages] == [True, True, False], pages

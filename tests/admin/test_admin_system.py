@@ -210,3 +210,12 @@ def test_cron_lists_are_pages(api: Api) -> None:
     admin = api.http.get("/ojs/v1/crons", params={"per_page": 2, "page": 2}).json()
     assert [c["name"] for c in admin["items"]] == ["c-cron"]
     assert admin["pagination"]["total"] == 3 and admin["pagination"]["has_more"] is False
+
+
+def test_the_events_cursor_past_which_nothing_can_come_is_an_empty_page(api: Api) -> None:
+    """The greatest stream id there is: Redis refuses a range after it; the API answers an empty
+    page (a 500 before)."""
+    last = f"{2**64 - 1}-{2**64 - 1}"
+    reply = api.http.get("/ojs/v1/events", params={"after": last})
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"events": [], "cursor": last, "has_more": False}

@@ -351,3 +351,20 @@ def test_a_rescheduled_job_shows_when_it_is_due(broker: Broker, run: Run[Any], e
     run(broker.fetch(["rl"], count=2, worker_id="w"))
     job = run(broker.get(second))
     assert job[b"scheduled_at"].decode() == timefmt.format_ms(int(job[b"next_attempt_at"]))
+
+
+def test_a_job_cancelled_while_running_is_not_deleted_while_its_run_may_go_on(
+    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]], clock: Callable[[int], None],
+) -> None:
+    """Its run keeps its key's slot until its lease; deleting it then would free the slot (or
+    leave the store inconsistent) while the run goes on beside the key's next job."""
+    from runtime.broker.job_admin import JobAdmin
+    from runtime.errors import Conflict
+
+    first, _second = enqueue(limited("k1", concurrency=1), limited("k1", concurrency=1))
+    (claimed,) = run(broker.fetch(["rl"], worker_id="w"))
+    assert claimed[b"id"].decode() == first
+    run(broker.cancel(first))
+    with pytest.raises(Conflict, match="cancelled while running"):
+        run(JobAdmin(broker).delete(first))
+    assert run(broker.fetch(["rl"], worker_id="w2")) == []  # the slot is still the cancelled run's

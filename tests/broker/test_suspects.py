@@ -196,3 +196,20 @@ def test_a_dead_letter_retry_of_a_suspect_leaves_it_a_plain_job(
     job = read_job(redis_client, keys, job_id)
     assert "suspect" not in job and "lost" not in job
     assert ids_of(run(broker.fetch(["default"], count=5, worker_id="w2", idle=False))) == [job_id]
+
+
+def test_an_idle_pools_suspect_is_one_it_takes_its_version_and_room(broker: Broker, run: Run[Any], enqueue: Any) -> None:
+    """A suspect goes to an idle pool, alone, but only to one that takes its job's version and
+    has room for its type (a rolling deploy: the old pools must not run the new version's job)."""
+    from runtime.broker.job_versions import parse_range
+
+    (job,) = enqueue(dict(body("t.v"), version="3.0"))
+    (got,) = run(broker.fetch(["default"], worker_id="w1"))
+    run(broker.fail_many([Failure(job_id=job, verdict="worker_lost_shared", worker_id="w1",
+                                  claim=got[b"claim"].decode())], now_ms=timefmt.now_ms()))
+    assert run(broker.fetch(["default"], worker_id="w3", idle=True, type_room={"t.v": 0})) == []
+    assert run(broker.fetch(["default"], worker_id="w2", idle=True,
+                            version_ranges={"t.v": parse_range(">=1.0 <2.0")})) == []
+    (taken,) = run(broker.fetch(["default"], worker_id="w4", idle=True,
+                                version_ranges={"t.v": parse_range(">=3.0")}))
+    assert taken[b"id"].decode() == job

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from runtime import timefmt
-from runtime.broker.core import Broker, Completion
+from runtime.broker.core import Broker, Completion, Failure
 from runtime.broker.records import job_from_body
 from runtime.broker.tenants import Tenants
 from runtime.envelope import ErrorInfo
@@ -178,3 +178,34 @@ def test_another_tenants_fetch_leaves_a_rate_limited_job_alone(enqueue: Enqueue,
     run(broker.ack(running))
     assert ids_of(run(broker.fetch(["default"], count=1, tenant="a"))) == [waiting]
     run(broker.ack(waiting))
+
+
+def test_a_tenant_that_cancelled_its_backlog_is_not_put_behind_another_tenants_backlog(
+    broker: Broker, run: Run[Any],
+) -> None:
+    # Given: tenant b has a few jobs queued, tenant a a backlog of 2,000 behind them (tags
+    # interleaved with b's), which a then cancels (a mistaken batch)
+    enqueue_many(broker, run, "b", 3)
+    a_backlog = enqueue_many(broker, run, "a", 2_000)
+    for start in range(0, len(a_backlog), 500):
+        run(broker.cancel_many(a_backlog[start:start + 500]))
+    # When: a enqueues one job, then b a backlog of its own
+    (a_job,) = enqueue_many(broker, run, "a", 1)
+    enqueue_many(broker, run, "b", 2_000)
+    # Then: a's job takes its turn among b's, not after 2,000 of them: a cancelled backlog earned
+    # it no claims
+    order = drain(broker, run, count=100)
+    assert order.index(a_job) < 10, order.index(a_job)
+
+
+def test_a_tenants_job_handed_back_through_no_doing_of_its_own_goes_first(broker: Broker, run: Run[Any]) -> None:
+    # Given: tenant a's 1,000 jobs; a pool claims the first and hands it back unstarted (a
+    # prefetch held too long, a drain): a release
+    a_jobs = enqueue_many(broker, run, "a", 1_000)
+    (got,) = run(broker.fetch(["default"], count=1, worker_id="w1"))
+    assert got[b"id"].decode() == a_jobs[0]
+    (out,) = run(broker.fail_many([Failure(job_id=a_jobs[0], verdict="release", worker_id="w1",
+                                           claim=got[b"claim"].decode())], now_ms=timefmt.now_ms()))
+    assert not isinstance(out, Exception)
+    # Then: it is first again (its turn gave it nothing), not behind its 999 siblings
+    assert drain(broker, run, count=100)[0] == a_jobs[0]

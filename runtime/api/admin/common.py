@@ -111,4 +111,7 @@ async def listing_page(listing: JobListing, flt: JobFilter, request: Request, *,
             empty = Page(items=[], total=None, next_cursor=None, scanned=0)
             return empty, pagination(None, page, per_page)
     found = await listing.page(flt, limit=per_page, cursor=cursor, order=order, ids_only=ids_only)
-    return found, {**pagination(found.total, page, per_page, found.next_cursor), "scanned": found.scanned}
+    block = pagination(found.total, page, per_page, found.next_cursor)
+    if request.query("cursor"):  # followed by cursor, `page` stays 1: only the cursor tells what is left
+        block["has_more"] = found.next_cursor is not None
+    return found, {**block, "scanned": found.scanned}

@@ -8,29 +8,37 @@
     - it has ended (a live job is cancelled first)           else CONFLICT, with its state
     - it is not a member of a workflow that is still running (the workflow reads its members'
       results and states as it advances)                     else CONFLICT, state "workflow"
+    - it was not cancelled while running with that run still possibly going (cancelled_run_until
+      not passed: the run keeps its rate-limit slot and may still write its progress)
+                                                             else CONFLICT, state "cancelled_running"
 
   KEYS[1] prefix (derived keys: job:<id>, queue:<q>:counts|dlq|<state>, unique:<fp>,
                  workflow:<id> and the fixed keys)
 
-  ARGV[1] mode: "ids" | "range"
-  mode "ids":   ARGV[2..] job ids
-  mode "range": ARGV[2] queue, ARGV[3] state (completed | cancelled | discarded),
-                ARGV[4] max score (ms, inclusive: jobs that ended at or before it),
-                ARGV[5] limit, ARGV[6] offset (entries skipped by earlier calls: members of
+  ARGV[1] now_ms
+  ARGV[2] mode: "ids" | "range"
+  mode "ids":   ARGV[3..] job ids
+  mode "range": ARGV[3] queue, ARGV[4] state (completed | cancelled | discarded),
+                ARGV[5] max score (ms, inclusive: jobs that ended at or before it),
+                ARGV[6] limit, ARGV[7] offset (entries skipped by earlier calls: members of
                 running workflows stay in the index)
 
   Returns: mode "ids": one {status, state} per id;
            mode "range": {deleted, skipped, examined}
 ]]
-local T = context(KEYS[1], "0", "0")
+local T = context(KEYS[1], ARGV[1], "0")
+local now_ms = T.now_ms
 
 local function delete_one(id)
   local key = job_key(T, id)
-  local f = rcall("HMGET", key, "state", "queue", "workflow_id", "unique_key")
+  local f = rcall("HMGET", key, "state", "queue", "workflow_id", "unique_key", "cancelled_run_until")
   if not f[1] then return S.NOT_FOUND, "" end
   if not TERMINAL[f[1]] then return S.CONFLICT, f[1] end
   if f[3] and rcall("HGET", T.prefix .. "workflow:" .. f[3], "state") == "running" then
     return S.CONFLICT, "workflow"
+  end
+  if f[1] == "cancelled" and (tonumber(f[5]) or 0) > now_ms then
+    return S.CONFLICT, "cancelled_running"
   end
   unindex_ended(T, id, f[2], f[1])
   dead_letter_remove(T, id, f[2])
@@ -44,17 +52,17 @@ local function delete_one(id)
   return S.OK, f[1]
 end
 
-if ARGV[1] == "ids" then
+if ARGV[2] == "ids" then
   local out = {}
-  for a = 2, #ARGV do
+  for a = 3, #ARGV do
     local status, state = delete_one(ARGV[a])
     out[#out + 1] = {status, state}
   end
   return out
 end
 
-local index = queue_key(T, ARGV[2], ARGV[3])
-local ids = rcall("ZRANGEBYSCORE", index, "-inf", ARGV[4], "LIMIT", tonumber(ARGV[6]), tonumber(ARGV[5]))
+local index = queue_key(T, ARGV[3], ARGV[4])
+local ids = rcall("ZRANGEBYSCORE", index, "-inf", ARGV[5], "LIMIT", tonumber(ARGV[7]), tonumber(ARGV[6]))
 local deleted, skipped = 0, 0
 for _, id in ipairs(ids) do
   local status = delete_one(id)

@@ -506,19 +506,25 @@ end
 -- of a type without room, or of a version the caller does not take, stays where it is; any
 -- other leaves the set and is taken (held ones are put back at the end). Returns true when
 -- claimed.
-local function consider(queue, available_key, id, score, log, window)
-  local job_type, left
-  if room or ranges then
-    local order
-    if ranges then
-      local f = rcall("HMGET", prefix .. "job:" .. id, "type", "version_order")
-      job_type, order = f[1], f[2]
-    else
-      job_type = rcall("HGET", prefix .. "job:" .. id, "type")
-    end
-    left = job_type and room and room[job_type]
-    if (left and left <= 0) or (ranges and job_type and not version_fits(job_type, order)) then return false end
+-- Whether the caller may take this job: room for its type and a version it takes (when it gave
+-- either). Also returns the job's type and its room when that counts.
+local function fits(id)
+  if not (room or ranges) then return true end
+  local job_type, order
+  if ranges then
+    local f = rcall("HMGET", prefix .. "job:" .. id, "type", "version_order")
+    job_type, order = f[1], f[2]
+  else
+    job_type = rcall("HGET", prefix .. "job:" .. id, "type")
   end
+  local left = job_type and room and room[job_type]
+  if (left and left <= 0) or (ranges and job_type and not version_fits(job_type, order)) then return false end
+  return true, job_type, left
+end
+
+local function consider(queue, available_key, id, score, log, window)
+  local ok, job_type, left = fits(id)
+  if not ok then return false end
   rcall("ZREM", available_key, id)
   if not take(id, score, queue, log, window) then return false end
   if left then room[job_type] = left - 1 end
@@ -596,7 +602,9 @@ local function claim_suspect()
       while not budget or budget > 0 do
         local head = rcall("ZPOPMIN", index)
         if #head == 0 then break end
-        if rcall("ZREM", queue_key(T, queue, "available"), head[1]) == 1 then
+        if not fits(head[1]) then
+          skipped[#skipped + 1] = {head[1], head[2], queue}  -- left for a worker that takes it
+        elseif rcall("ZREM", queue_key(T, queue, "available"), head[1]) == 1 then
           local job = claim(head[1], queue, true)
           if job == HELD then
             skipped[#skipped + 1] = {head[1], head[2], queue}  -- back to both indexes

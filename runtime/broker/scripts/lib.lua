@@ -113,7 +113,13 @@ local function next_tag(T, tags, queue, priority, tenant)
   end
   local field = priority .. "|" .. tenant
   local last = tags.last[queue .. "\0" .. field]
-  if last == nil then last = tonumber(rcall("HGET", tags_key, field)) or 0 end
+  if last == nil then
+    -- A tenant is ahead of the head by at most its unfinished jobs: tags that ran further ahead
+    -- belong to jobs that left without being claimed (cancelled, purged, expired, dropped), and
+    -- would put its next job behind the others' backlogs for turns it never had.
+    last = tonumber(rcall("HGET", tags_key, field)) or 0
+    last = math.min(last, v + rcall("SCARD", T.prefix .. "tenant-jobs:" .. tenant))
+  end
   local tag = math.max(v, last) + 1
   tags.last[queue .. "\0" .. field] = tag
   local entry = tags.dirty[tags_key] or {}
@@ -154,7 +160,7 @@ local function index_available(T, id, queue, priority, tenant)
   rcall("PUBLISH", T.prefix .. "notify:" .. queue, "1")
 end
 
--- Index jobs (of no tenant) at the head of their priority band, in the order given, and wake the
+-- Index jobs at the head of their priority band, in the order given, and wake the
 -- queue's idle workers: jobs handed back through no doing of their own (see nack.lua). They go
 -- before the band's first job, never below sequence number 0 (equal scores fall back to id
 -- order); in an empty band they are numbered in turn, as enqueues would be.

@@ -12,8 +12,9 @@
                           worker_lost_shared (attempt kept: it did start; no loss counted, and
                           never exhausted by it, so `attempt` may pass max_attempts this way)
                           A requeue and a worker_lost join the end of the job's priority band in
-                          its queue; every other way here puts it at the head (TO_FRONT), a
-                          tenant's job excepted (its tenant's next turn, lib.lua).
+                          its queue (a tenant's job: its tenant's next turn, lib.lua); every other
+                          way here puts it at the head (TO_FRONT), a tenant's job too: its turn
+                          gave it nothing.
     active -> retryable   verdict retry (or timed_out, the reaper's) with attempts left; due at
                           now + backoff
     active -> discarded   verdict discard (never dead-lettered), dead_letter (always), or
@@ -225,7 +226,7 @@ for j = 2, #KEYS do
     if verdict == "timed_out" then verdict = "retry" end
     local f = {attempt = tonumber(r[3]), queue = r[4], type = r[5], priority = tonumber(r[6]),
                max_attempts = tonumber(r[7] or D.max_attempts), dlq = (r[8] or D.on_exhaustion) == "dead_letter",
-               tenant = r[12], front = TO_FRONT[verdict] and not r[12]}
+               tenant = r[12], front = TO_FRONT[verdict]}
     local id = r[9]
     record_error(job_key, err, f.attempt)
     local last_error = nil
