@@ -260,3 +260,21 @@ def test_webhook_server_stops_without_waiting_out_an_attempt_in_flight(redis_url
             assert "Traceback" not in server.log_tail(200)
         finally:
             server.stop()
+
+
+def test_a_receiver_redirecting_to_an_invalid_location_stalls_no_other_delivery(
+    redis_url: str, tmp_path: Path,
+) -> None:
+    """Its attempts end (dead: a redirect that cannot be followed), so the one delivery slot goes
+    on to the next subscriber's deliveries; its test ping answers too."""
+    env = {**FAST, "OJS_WEBHOOK_CONCURRENCY": "1"}
+    with serving(redis_url, tmp_path, env=env) as server, httpx.Client(base_url=server.url, timeout=10) as http, \
+            receiving([302] * 100, redirect_to="http://127.0.0.1:99999/x") as bad, receiving() as good:
+        bad_sub = subscribe(http, bad.url, ["job.completed"])
+        run_job(http)
+        bad.next()
+        subscribe(http, good.url, ["job.completed"])
+        run_job(http)
+        good.next(timeout_s=15)
+        reply = http.post(f"/ojs/v1/webhooks/subscriptions/{bad_sub['id']}/test")
+        assert reply.status_code == 200, reply.text

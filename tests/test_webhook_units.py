@@ -90,3 +90,33 @@ def test_webhook_attempt_ends_at_its_deadline_against_a_trickling_receiver() -> 
     # Then it ends as a timeout (the trickle would last 50 s), to be retried
     assert result.status is None and result.error is not None and result.error.startswith("timeout")
     assert verdict(result, attempt=1, max_attempts=8) == "retry"
+
+
+@pytest.mark.parametrize("location", ["http://127.0.0.1:99999/x", "http://127.0.0.1:abc/x", "http://[::1/x"])
+def test_a_redirect_to_an_invalid_location_ends_the_attempt(location: str) -> None:
+    from tests.fixtures.webhook_receiver import receiving
+
+    with receiving([302], redirect_to=location) as receiver:
+        result = sender.post(receiver.url, b"{}", {}, timeout_s=3)
+    assert result.status == 302 and result.permanent and "invalid location" in (result.error or "")
+
+
+def test_an_attempt_always_settles_whatever_its_post_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waiter (and its delivery slot) must never wait for ever on an attempt's thread."""
+    import asyncio
+
+    def broken(*_args: object, **_kwargs: object) -> Attempt:
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(sender, "post", broken)
+    result = asyncio.run(asyncio.wait_for(sender.send("https://example.invalid/", b"{}", {}, timeout_s=1), 10))
+    assert result.status is None and "unexpected" in (result.error or "")
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400"])
+def test_a_retry_after_that_is_no_number_of_seconds_is_ignored(value: str) -> None:
+    from runtime.webhooks.delivery import _next_attempt_ms
+
+    assert sender._retry_after(value) is None or value == "-inf"
+    result = Attempt(status=429, retry_after_s=sender._retry_after(value))
+    assert 0 <= _next_attempt_ms(result, 1, 30_000, 0) <= 86_400_000

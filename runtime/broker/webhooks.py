@@ -319,7 +319,8 @@ class Webhooks:
         now = timefmt.now_ms() if now_ms is None else now_ms
         rows = await self.scripts.call(
             "webhook_claim", keys=[self.keys.prefix, self.keys.webhook_due],
-            args=[str(now), str(self.settings.webhook_lease_ms), str(limit), str(self.settings.webhook_retention_ms)],
+            args=[str(now), str(self.settings.webhook_lease_ms), str(limit), str(self.settings.webhook_retention_ms),
+                  str(self.settings.webhook_max_attempts)],
         )
         return [
             Claimed(id=row[0].decode(), subscription_id=row[1].decode(), url=row[2].decode(),

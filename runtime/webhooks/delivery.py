@@ -97,9 +97,13 @@ class DeliveryLoop:
             await asyncio.sleep(backoff_s)
 
     async def step(self) -> bool:
-        """Fan out, then claim what is due. True while there is delivery work in hand."""
+        """Fan out, then claim what is due. True while there is delivery work in hand, or events
+        still to fan out (an idle loop slows down: a fan-out behind the stream would fall past
+        its trim)."""
+        behind = False
         for _ in range(FANOUT_BATCHES_PER_STEP):
-            if not await self.webhooks.fan_out():
+            behind = await self.webhooks.fan_out()
+            if not behind:
                 break
         free = self.settings.webhook_concurrency - len(self._in_flight)
         if free <= 0:
@@ -109,7 +113,7 @@ class DeliveryLoop:
             task = asyncio.create_task(self._deliver(claimed))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
-        return bool(claimed_now or self._in_flight)
+        return bool(claimed_now or self._in_flight or behind)
 
     async def _deliver(self, claimed: Claimed) -> None:
         try:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import logging
+import math
 import socket
 import ssl
 import threading
@@ -18,6 +20,8 @@ import time
 from urllib.parse import urljoin, urlsplit
 
 import msgspec
+
+logger = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 3
 MAX_RESPONSE_BYTES = 4096  # read of a response body; the rest is never read
@@ -44,9 +48,12 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 def _retry_after(value: str | None) -> float | None:
     try:
-        return max(0.0, float(value)) if value else None
+        seconds = float(value) if value else None
     except ValueError:
         return None  # an HTTP date: the backoff schedule decides instead
+    if seconds is None or not math.isfinite(seconds):
+        return None  # "inf", "nan": no delay to take from it
+    return max(0.0, seconds)
 
 
 def _remaining(deadline: float) -> float:
@@ -124,8 +131,13 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout_s: float) ->
         status = response.status
         if status not in REDIRECTS or not location:
             return done(status=status, response_body=excerpt, retry_after_s=retry_after)
-        next_url = urljoin(url, location)
-        if _origin(next_url) != origin:
+        try:
+            next_url = urljoin(url, location)
+            next_origin = _origin(next_url)  # reads the port: a bad one raises
+        except ValueError as err:
+            return done(status=status, permanent=True, response_body=excerpt,
+                        error=f"redirect to an invalid location refused: {err}")
+        if next_origin != origin:
             return done(status=status, permanent=True, response_body=excerpt,
                         error=f"redirect to another origin refused: {next_url[:200]}")
         url = next_url
@@ -143,7 +155,11 @@ async def send(url: str, body: bytes, headers: dict[str, str], *, timeout_s: flo
             future.set_result(result)
 
     def attempt() -> None:
-        result = post(url, body, headers, timeout_s=timeout_s)
+        try:
+            result = post(url, body, headers, timeout_s=timeout_s)
+        except Exception as err:  # whatever it was, the attempt ends: a waiter never waits for ever
+            logger.exception("webhook attempt to %s failed unexpectedly", url[:200])
+            result = Attempt(error=f"{type(err).__name__}: {err}"[:500])
         with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
             loop.call_soon_threadsafe(settle, result)
 

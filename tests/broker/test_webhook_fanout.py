@@ -100,3 +100,48 @@ def test_fanout_is_done_by_one_process_at_a_time(
     assert (sub.id, three) in deliveries(redis_client, broker)
     run(first.fan_out())  # the first, back, finds the role taken
     assert redis_client.get(broker.keys.webhook_fanout_lease) == second._process_id.encode()
+
+
+def test_a_delivery_whose_attempts_never_settle_is_dead_at_its_max_attempts(
+    broker: Broker, run: Run[Any], redis_client: redis.Redis,
+) -> None:
+    """A sender that dies (or hangs) on one delivery every time: each lease just runs out. The
+    delivery is claimed again up to its attempts, then it is dead, not claimed for ever."""
+    hooks = Webhooks(broker)
+    run(hooks.create(subscription("https://a.example.com", ["job.completed"]), SECRET))
+    redis_client.xadd(broker.keys.events, {"type": "job.completed", "subject": "j1", "data": "{}"})
+    now = timefmt.now_ms()
+    run(hooks.fan_out(now_ms=now))
+    attempts = []
+    for _ in range(2 * broker.settings.webhook_max_attempts):
+        now += broker.settings.webhook_lease_ms + 1
+        attempts += [c.attempt for c in run(hooks.claim(8, now_ms=now))]
+    assert attempts == list(range(1, broker.settings.webhook_max_attempts + 1))
+    (delivery,) = redis_client.zrange(broker.keys.webhook_due, 0, -1) or [None]
+    assert delivery is None  # nothing due any more
+
+
+def test_the_delivery_loop_is_busy_while_the_fanout_is_behind_the_stream(
+    broker: Broker, run: Run[Any], redis_client: redis.Redis,
+) -> None:
+    """An idle loop slows down; one whose fan-out is behind must not, or the stream's trim
+    overtakes it (a subscription to a rare event, a burst of other events)."""
+    from runtime.webhooks.delivery import DeliveryLoop
+
+    hooks = Webhooks(broker)
+    run(hooks.create(subscription("https://a.example.com", ["job.discarded"]), SECRET))
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(12_000):
+        pipe.xadd(broker.keys.events, {"type": "job.completed", "subject": f"j{i}", "data": "{}"})
+    pipe.execute()
+    loop = DeliveryLoop(hooks, broker.settings)
+    last = redis_client.xrevrange(broker.keys.events, count=1)[0][0]
+    steps = 0
+    while True:
+        busy = run(loop.step())
+        steps += 1
+        if redis_client.get(broker.keys.webhook_cursor) == last:
+            break
+        assert busy, f"step {steps} said idle with events still to fan out"
+    assert steps > 1  # the burst took more than one step: the check above ran
+    assert not run(loop.step())  # caught up, nothing to send: idle

@@ -4,6 +4,8 @@
 
   State transition: pending (or delivering, lease ended) -> delivering (attempt + 1)
                     pending -> cancelled when its subscription is gone or inactive
+                    delivering, lease ended, at max_attempts -> dead (its attempts never
+                    settled, e.g. a sender that dies on it each time: not sent for ever)
   KEYS[1] prefix (derived keys: webhook:delivery:<id>, webhook:sub:<id>)
   KEYS[2] webhook:due (zset)
 
@@ -11,20 +13,28 @@
   ARGV[2] lease_ms
   ARGV[3] at most this many deliveries
   ARGV[4] retention of a cancelled delivery's record (ms)
+  ARGV[5] max attempts
 
   Returns: per claimed delivery {id, subscription id, url, secret, previous secret or "",
            previous secret valid until (ms) or "", event type, body, attempt}
 ]]
 local prefix, due_key = KEYS[1], KEYS[2]
 local now, lease, limit, retention = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local max_attempts = tonumber(ARGV[5])
 
 local out = {}
 local due = rcall("ZRANGE", due_key, "-inf", now, "BYSCORE", "LIMIT", 0, limit)
 for _, id in ipairs(due) do
   local key = prefix .. "webhook:delivery:" .. id
-  local d = rcall("HMGET", key, "subscription_id", "event_type", "body", "attempt")
+  local d = rcall("HMGET", key, "subscription_id", "event_type", "body", "attempt", "state")
   if not d[1] then
     rcall("ZREM", due_key, id)  -- its record is gone (flushed): nothing to send
+  elseif d[5] == "delivering" and (tonumber(d[4]) or 0) >= max_attempts then
+    rcall("ZREM", due_key, id)
+    rcall("HSET", key, "state", "dead", "updated_at", ARGV[1],
+      "last_error", "no outcome within its lease, " .. d[4] .. " attempt(s)")
+    rcall("HDEL", key, "next_attempt_at")
+    rcall("PEXPIRE", key, retention)
   else
     local s = rcall("HMGET", prefix .. "webhook:sub:" .. d[1], "url", "active", "secret", "old_secret",
       "old_secret_until")
