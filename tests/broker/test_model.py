@@ -815,17 +815,23 @@ class BrokerMachine(RuleBasedStateMachine):
         job = self.model.jobs.get(job_id)
         if job is None:
             self._refused(self.job_admin.delete(job_id), NotFound, f"admin delete of deleted {job_id}")
-        elif job.state not in TERMINAL or self._workflow_running(job):
+        elif job.state not in TERMINAL or self._workflow_running(job) or self._may_still_run(job):
             self._refused(self.job_admin.delete(job_id), Conflict, f"admin delete of {job.state} {job_id}")
         else:
             self.run(self.job_admin.delete(job_id))
             del self.model.jobs[job_id]
 
+    def _may_still_run(self, job: Job) -> bool:
+        """Cancelled while running, and that run's lease not passed: it may still be going."""
+        return job.state == "cancelled" and job.run_until is not None and job.run_until > self.clock.now
+
     @rule(state=st.sampled_from(sorted(TERMINAL)))
     def purge(self, state: str) -> None:
-        """Every ended job of that state goes, but the members of running workflows."""
+        """Every ended job of that state goes, but the members of running workflows and the
+        cancelled runs that may still be going."""
         deleted, more = self.run(self.job_admin.purge(QUEUE, [state], older_than_ms=None))
-        gone = [j.id for j in self.model.jobs.values() if j.state == state and not self._workflow_running(j)]
+        gone = [j.id for j in self.model.jobs.values()
+                if j.state == state and not self._workflow_running(j) and not self._may_still_run(j)]
         assert (deleted, more) == (len(gone), False), f"purge {state}: {deleted}, model {len(gone)}"
         for job_id in gone:
             del self.model.jobs[job_id]
