@@ -84,3 +84,10 @@ def test_bad_queue_config_gets_a_4xx_and_changes_nothing(api: Api) -> None:
     assert_error(api.http.put(path, json={"colour": "red"}), 400)
     assert_error(api.http.put(path, content=b"{not json"), 400)
     assert api.http.put(path, json={}).json()["configuration"]["backpressure"] is None
+
+
+@pytest.mark.parametrize("states", [["completed", "completed"], ["completed"] * 5_000, ["completed", "running"]])
+def test_a_purge_names_each_ended_state_at_most_once(api: Api, states: list[str]) -> None:
+    """A request cannot multiply the work of one call by repeating a state."""
+    reply = api.http.request("DELETE", "/ojs/v1/admin/queues/default/jobs", json={"states": states, "confirm": True})
+    assert_error(reply, 400)

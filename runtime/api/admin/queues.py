@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from runtime import timefmt
@@ -18,7 +20,9 @@ _rate_limit_decoder = msgspec.json.Decoder(QueueRateLimitRequest)
 
 
 class PurgeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    states: list[str] = msgspec.field(default_factory=lambda: list(ENDED_STATES))
+    # At most one of each: a request cannot multiply the work of one call
+    states: Annotated[list[str], msgspec.Meta(max_length=len(ENDED_STATES))] = msgspec.field(
+        default_factory=lambda: list(ENDED_STATES))
     older_than: str | None = None
     confirm: bool = False
 
@@ -83,9 +87,9 @@ def register(router: Router, services: Services) -> None:
         if req.confirm is not True:
             raise InvalidRequest("Purge deletes jobs for good: send \"confirm\": true.")
         bad = [s for s in req.states if s not in ENDED_STATES]
-        if bad or not req.states:
-            raise InvalidRequest(f"states must be some of {', '.join(ENDED_STATES)} (live jobs are cancelled "
-                                 "first, with a bulk cancel).")
+        if bad or not req.states or len(set(req.states)) != len(req.states):
+            raise InvalidRequest(f"states must be some of {', '.join(ENDED_STATES)}, each once (live jobs are "
+                                 "cancelled first, with a bulk cancel).")
         deleted, more = await services.job_admin.purge(name, req.states, older_than_ms=time_ms(req.older_than,
                                                                                                "older_than"))
         return json_response(200, {"purged_count": deleted, "states": req.states, "has_more": more})
