@@ -14,7 +14,8 @@ from __future__ import annotations
 # The Lua transitions' commands (run inside FCALL; Redis checks each against the user).
 SCRIPT_COMMANDS = (
     "del", "exists", "get", "hdel", "hexists", "hget", "hgetall", "hincrby", "hlen", "hmget", "hset",
-    "hsetnx", "incr", "incrby", "llen", "lpop", "lpush", "ltrim", "pexpire", "pexpireat", "pttl", "publish",
+    "hsetnx", "incr", "incrby", "llen", "lpop", "lpush", "ltrim", "persist", "pexpire", "pexpireat", "pttl",
+    "publish",
     "rpoplpush", "rpush", "sadd", "scard", "smembers", "srandmember", "srem", "set", "time", "xadd",
     "xrevrange", "zadd", "zcard", "zcount", "zpopmin", "zrange", "zrangebyscore", "zrem",
     "zremrangebyscore", "zscore",
@@ -27,7 +28,7 @@ CLIENT_COMMANDS = (
     "function|load", "fcall",
     "subscribe", "unsubscribe",
     "multi", "exec", "discard", "watch", "unwatch",
-    "scan", "sscan", "zscan", "hkeys", "lrange", "persist",
+    "scan", "sscan", "zscan", "hkeys", "lrange",
     "xrange", "xread", "xinfo|stream", "zrevrange",
 )
 

@@ -237,18 +237,14 @@ class Webhooks:
 
     async def retry(self, delivery_id: str) -> dict[str, Any]:
         """A dead (or cancelled) delivery sent again from now, with a fresh attempt count."""
-        key = self.keys.webhook_delivery(delivery_id)
-        state = await self.redis.hget(key, "state")
-        if state is None:
+        status, state = await self.scripts.call(
+            "webhook_retry", keys=[self.keys.webhook_delivery(delivery_id), self.keys.webhook_due],
+            args=[str(timefmt.now_ms()), delivery_id],
+        )
+        if int(status) == Status.NOT_FOUND:
             raise NotFound(f"Webhook delivery '{delivery_id}' not found.")
-        if state not in (b"dead", b"cancelled"):
+        if int(status) != Status.OK:
             raise Conflict(f"Delivery '{delivery_id}' is {state.decode()}; only dead or cancelled ones are retried.")
-        now = timefmt.now_ms()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={"state": "pending", "attempt": 0, "updated_at": now})
-            pipe.persist(key)
-            pipe.zadd(self.keys.webhook_due, {delivery_id: now})
-            await pipe.execute()
         return await self.delivery(delivery_id)
 
     # --- fan-out -----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+import pytest
 import redis
 
 from runtime import timefmt
@@ -145,3 +146,34 @@ def test_the_delivery_loop_is_busy_while_the_fanout_is_behind_the_stream(
         assert busy, f"step {steps} said idle with events still to fan out"
     assert steps > 1  # the burst took more than one step: the check above ran
     assert not run(loop.step())  # caught up, nothing to send: idle
+
+
+def test_a_delivery_retried_twice_at_once_is_sent_once_and_a_vanished_one_stays_gone(
+    broker: Broker, run: Run[Any], redis_client: redis.Redis,
+) -> None:
+    import asyncio
+
+    from runtime.errors import Conflict, NotFound
+
+    hooks = Webhooks(broker)
+    run(hooks.create(subscription("https://a.example.com", ["job.completed"]), SECRET))
+    redis_client.xadd(broker.keys.events, {"type": "job.completed", "subject": "j1", "data": "{}"})
+    now = timefmt.now_ms()
+    run(hooks.fan_out(now_ms=now))
+    (delivery_id,) = [m.decode() for m in redis_client.zrange(broker.keys.webhook_due, 0, -1)]
+    key = broker.keys.webhook_delivery(delivery_id)
+    redis_client.hset(key, "state", "dead")
+    redis_client.zrem(broker.keys.webhook_due, delivery_id)
+
+    async def twice() -> list[Any]:
+        return await asyncio.gather(hooks.retry(delivery_id), hooks.retry(delivery_id), return_exceptions=True)
+
+    outcomes = run(twice())
+    assert sorted(type(o).__name__ for o in outcomes) == ["Conflict", "dict"], outcomes
+    assert any(isinstance(o, Conflict) for o in outcomes)
+    assert redis_client.hget(key, "state") == b"pending"
+    # A record gone (its retention ended) is not written back as a partial hash
+    redis_client.delete(key)
+    with pytest.raises(NotFound):
+        run(hooks.retry(delivery_id))
+    assert redis_client.exists(key) == 0
