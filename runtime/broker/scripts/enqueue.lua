@@ -350,7 +350,8 @@ for j = 1, n do
         "rl_window_ms", job.rl_window)
     end
     if job.state == "available" and job.tenant then
-      b.available[#b.available + 1] = queue_score(job.priority, next_tag(T, tags, job.queue, job.priority, job.tenant))
+      b.available[#b.available + 1] = queue_score(job.priority, next_tag(T, tags, job.queue, job.priority, job.tenant,
+        per_tenant[job.tenant]))
       b.available[#b.available + 1] = job.id
     elseif job.state == "available" then
       seq = seq + 1

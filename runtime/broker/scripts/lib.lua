@@ -100,7 +100,9 @@ end
 -- still comes first. `tags` caches what one call read and wrote; save_tags writes it back.
 local function new_tags() return {v = {}, last = {}, dirty = {}} end
 
-local function next_tag(T, tags, queue, priority, tenant)
+-- `own`: how many of the tenant's unfinished jobs are this call's own (the jobs being placed,
+-- already counted in tenant-jobs:<t>).
+local function next_tag(T, tags, queue, priority, tenant, own)
   local band = queue .. "\0" .. priority
   local tags_key = queue_key(T, queue, "tenant-tags")
   local v = tags.v[band]
@@ -114,11 +116,12 @@ local function next_tag(T, tags, queue, priority, tenant)
   local field = priority .. "|" .. tenant
   local last = tags.last[queue .. "\0" .. field]
   if last == nil then
-    -- A tenant is ahead of the head by at most its unfinished jobs: tags that ran further ahead
-    -- belong to jobs that left without being claimed (cancelled, purged, expired, dropped), and
-    -- would put its next job behind the others' backlogs for turns it never had.
     last = tonumber(rcall("HGET", tags_key, field)) or 0
-    last = math.min(last, v + rcall("SCARD", T.prefix .. "tenant-jobs:" .. tenant))
+    -- A tenant with no unfinished job left (but this call's) starts afresh: its tags ahead of
+    -- the head belong to jobs that left without being claimed (a cancelled or purged backlog),
+    -- and would put its next job behind the others' backlogs for turns it never had. (With
+    -- jobs left, its tags stay, so its own jobs keep their order.)
+    if last > v and rcall("SCARD", T.prefix .. "tenant-jobs:" .. tenant) <= own then last = v end
   end
   local tag = math.max(v, last) + 1
   tags.last[queue .. "\0" .. field] = tag
@@ -151,7 +154,7 @@ local function index_available(T, id, queue, priority, tenant)
   local seq
   if tenant then
     local tags = new_tags()
-    seq = next_tag(T, tags, queue, priority, tenant)
+    seq = next_tag(T, tags, queue, priority, tenant, 1)
     save_tags(T, tags)
   else
     seq = rcall("INCR", T.seq)

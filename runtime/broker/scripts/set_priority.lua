@@ -32,7 +32,7 @@ if f[1] == "available" then
     local seq
     if f[5] then  -- a tenant's job joins its tenant's share of the new band (a fair-queuing tag)
       local tags = new_tags()
-      seq = next_tag(T, tags, f[2], priority, f[5])
+      seq = next_tag(T, tags, f[2], priority, f[5], 1)
       save_tags(T, tags)
     else
       seq = score - (100 - previous) * 1e13
