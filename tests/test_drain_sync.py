@@ -8,8 +8,8 @@ An in-process pool on the test's Redis; the stop is the pool's own (what SIGTERM
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-import time
 from collections.abc import Callable
 
 import redis
@@ -20,10 +20,20 @@ from runtime.context import JobContext
 from runtime.handlers import HandlerSpec, Registry
 from runtime.liveness import Liveness
 from runtime.worker import Pool, PoolConfig
-from tests.fixtures.procs import run
+from tests.fixtures.procs import run, wait_until
 from tests.test_pool_claims import enqueue
 
 UNWIND_S = 0.3  # the handler's cleanup once asked to stop: well within cancel_deadline_s
+
+
+def unwinding(ctx: JobContext, state_of_job: Callable[[], bytes | None]) -> bytes | None:
+    """A sync handler's stop: wait to be asked, then clean up for UNWIND_S, or less if the job
+    meanwhile leaves `active` (handed back under it: the defect ends the wait at once). Returns
+    the job's state at the end of the cleanup."""
+    wait_until(lambda: ctx.cancelled, timeout_s=10, what="the handler to be asked to stop")
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: state_of_job() != b"active", timeout_s=UNWIND_S, what="the job to leave active")
+    return state_of_job()
 
 
 def drain_one(redis_url: str, job_type: str, handler: Callable[[JobContext], object], started: threading.Event) -> None:
@@ -54,10 +64,7 @@ def test_a_sync_job_is_not_handed_back_while_its_handler_still_runs(redis_url: s
 
     def unwind(ctx: JobContext) -> None:
         started.set()
-        while not ctx.cancelled:
-            time.sleep(0.01)
-        time.sleep(UNWIND_S)  # its cleanup
-        seen_while_unwinding.append(redis_client.hget(f"{{ojs}}:job:{job_id}", "state"))
+        seen_while_unwinding.append(unwinding(ctx, lambda: redis_client.hget(f"{{ojs}}:job:{job_id}", "state")))
 
     drain_one(redis_url, "sync.unwind", unwind, started)
     # Then: the job was still the handler's (active) to the end of its run, and handed back after
@@ -74,9 +81,7 @@ def test_a_stop_stands_however_the_sync_handler_ends(redis_url: str, redis_clien
 
     def finish(ctx: JobContext) -> str:
         started.set()
-        while not ctx.cancelled:
-            time.sleep(0.01)
-        time.sleep(UNWIND_S)
+        unwinding(ctx, lambda: redis_client.hget(f"{{ojs}}:job:{job_id}", "state"))
         return "done"
 
     drain_one(redis_url, "sync.finish", finish, started)

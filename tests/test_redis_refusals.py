@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -20,24 +20,17 @@ from runtime.broker.core import Broker, Completion
 from runtime.broker.pool_ops import Batcher
 from runtime.broker.wire import Refused
 from runtime.config import Settings
-from runtime.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from runtime.embedded_redis import EmbeddedRedis
 from tests.broker.conftest import body, new_job
-from tests.conftest import skip_or_fail
 from tests.fixtures.broker_process import BrokerProcess
 from tests.fixtures.procs import wait_until
 
 
 @pytest.fixture
-def own_redis() -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(persistence=False)
-    try:
-        server.start()
-    except EmbeddedRedisError as err:
-        skip_or_fail(f"cannot start an embedded Redis: {err}")
-    try:
-        yield server
-    finally:
-        server.stop()
+def own_redis(make_embedded_redis: Callable[..., EmbeddedRedis]) -> EmbeddedRedis:
+    server = make_embedded_redis(persistence=False)
+    server.start()
+    return server
 
 
 class OutOfMemory:

@@ -22,12 +22,15 @@ MINUTE_MS = 60_000
 NAME = "hourly-report"
 
 
-def every_minute(crons: Crons, run: Run[Any], overlap_policy: str = "skip", **template_options: Any) -> dict[str, Any]:
-    req = msgspec.convert({
-        "name": NAME, "expression": "* * * * *", "overlap_policy": overlap_policy,
-        "job_template": {"type": "report.build", "args": [], "options": template_options},
+def _req(name: str, expression: str, policy: str = "skip", **options: Any) -> CronRequest:
+    return msgspec.convert({
+        "name": name, "expression": expression, "overlap_policy": policy,
+        "job_template": {"type": "report.build", "args": [], "options": options},
     }, CronRequest)
-    view, created = run(crons.register(req))
+
+
+def every_minute(crons: Crons, run: Run[Any], overlap_policy: str = "skip", **template_options: Any) -> dict[str, Any]:
+    view, created = run(crons.register(_req(NAME, "* * * * *", overlap_policy, **template_options)))
     assert created
     return view
 
@@ -117,22 +120,20 @@ def test_cron_that_can_never_fire_is_shown_disabled_with_its_reason(
 # --- registering again, enabling again: the next tick stays ------------------------------------
 
 
-def _req(name: str, expression: str, policy: str = "skip", **options: Any) -> CronRequest:
-    return msgspec.convert({
-        "name": name, "expression": expression, "overlap_policy": policy,
-        "job_template": {"type": "report.build", "args": [], "options": options},
-    }, CronRequest)
+def due_daily(crons: Crons, run: Run[Any], redis_client: redis.Redis, keys: Keys) -> int:
+    """A daily cron whose tick is due and not fired yet (the cron loop has not run since, or
+    maintenance mode held it back for a catch-up); returns now."""
+    run(crons.register(_req("daily", "0 0 * * *")))
+    now = timefmt.now_ms()
+    redis_client.zadd(keys.cron_next, {"daily": now - 1000})
+    return now
 
 
 def test_registering_an_unchanged_cron_again_keeps_its_due_tick(
     broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys,
 ) -> None:
-    # Given: a daily cron whose tick is due and not fired yet (the cron loop has not run since, or
-    # maintenance mode held it back for a catch-up)
     crons = Crons(broker)
-    run(crons.register(_req("daily", "0 0 * * *")))
-    now = timefmt.now_ms()
-    redis_client.zadd(keys.cron_next, {"daily": now - 1000})
+    now = due_daily(crons, run, redis_client, keys)
     # When: a deploy registers the very same cron again
     run(crons.register(_req("daily", "0 0 * * *", priority=3)))  # its template may change
     # Then: the due tick still fires, it is not put off to tomorrow
@@ -155,9 +156,7 @@ def test_enabling_an_enabled_cron_keeps_its_due_tick_and_a_disabled_one_starts_f
     broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys,
 ) -> None:
     crons = Crons(broker)
-    run(crons.register(_req("daily", "0 0 * * *")))
-    now = timefmt.now_ms()
-    redis_client.zadd(keys.cron_next, {"daily": now - 1000})
+    now = due_daily(crons, run, redis_client, keys)
     run(crons.set_enabled("daily", True))  # PATCH {"enabled": true} of an enabled cron: nothing changes
     assert run(crons.tick(now_ms=now)) == 1
     run(crons.set_enabled("daily", False))
