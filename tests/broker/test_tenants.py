@@ -209,3 +209,18 @@ def test_a_tenants_job_handed_back_through_no_doing_of_its_own_goes_first(broker
     assert not isinstance(out, Exception)
     # Then: it is first again (its turn gave it nothing), not behind its 999 siblings
     assert drain(broker, run, count=100)[0] == a_jobs[0]
+
+
+def test_a_tenants_new_job_stays_behind_its_own_older_ones_when_a_cancel_left_gaps(
+    broker: Broker, run: Run[Any],
+) -> None:
+    # Given: b's job at the head; a's ten behind it, of which a cancels the first eight (gaps in
+    # its tags, two of its jobs still waiting)
+    enqueue_many(broker, run, "b", 1)
+    a_jobs = enqueue_many(broker, run, "a", 10)
+    run(broker.cancel_many(a_jobs[:8]))
+    # When: a enqueues one more
+    (newer,) = enqueue_many(broker, run, "a", 1)
+    # Then: a's jobs keep their order: its two older ones first
+    order = [i for i in drain(broker, run) if i in {*a_jobs, newer}]
+    assert order == [*a_jobs[8:], newer]

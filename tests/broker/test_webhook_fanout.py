@@ -177,3 +177,34 @@ def test_a_delivery_retried_twice_at_once_is_sent_once_and_a_vanished_one_stays_
     with pytest.raises(NotFound):
         run(hooks.retry(delivery_id))
     assert redis_client.exists(key) == 0
+
+
+def test_a_delivery_whose_record_expires_as_it_is_retried_is_not_written_back_in_part(
+    broker: Broker, run: Run[Any], redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The retention ends right after the retry has read the record's state: a check and a
+    write apart would write a hash with no body or subscription back (a 500 to read)."""
+    from runtime.errors import NotFound
+
+    hooks = Webhooks(broker)
+    run(hooks.create(subscription("https://a.example.com", ["job.completed"]), SECRET))
+    redis_client.xadd(broker.keys.events, {"type": "job.completed", "subject": "j1", "data": "{}"})
+    run(hooks.fan_out(now_ms=timefmt.now_ms()))
+    (delivery_id,) = [m.decode() for m in redis_client.zrange(broker.keys.webhook_due, 0, -1)]
+    key = broker.keys.webhook_delivery(delivery_id)
+    redis_client.hset(key, "state", "dead")
+    read_state = hooks.redis.hget
+
+    async def expiring_after_the_read(name: str, field: str) -> Any:
+        value = await read_state(name, field)
+        if name == key and field == "state":
+            redis_client.delete(key)  # its retention ends just now
+        return value
+
+    monkeypatch.setattr(hooks.redis, "hget", expiring_after_the_read)
+    try:
+        run(hooks.retry(delivery_id))
+    except NotFound:
+        pass  # gone before the retry's own read: as good
+    fields = redis_client.hgetall(key)
+    assert not fields or b"body" in fields, fields  # whole, or not there at all
