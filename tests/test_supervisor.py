@@ -301,7 +301,8 @@ def test_supervisor_start_hands_back_the_jobs_of_a_killed_runtime_at_once(
         again = job(redis_client, job_id)
         assert msgspec.json.decode(again["e1"])["type"] == "worker_death"
         assert "lost" not in again  # nothing known about what ran: no loss charged
-    assert "of an earlier run is gone" in second.log()
+    # The recovery process says so once its hand-back has landed: possibly after the jobs ran
+    wait_until(lambda: "of an earlier run is gone" in second.log(), timeout_s=10, what="the recovery's log line")
 
 
 def _http_pids(runtime: Any) -> list[int]:

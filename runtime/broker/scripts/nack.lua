@@ -7,10 +7,10 @@
                           2 x `lost_cap` of these and worker_lost_shared, dead-lettered instead);
                           release (a draining worker hands the job back: the attempt is given
                           back too); lease_expired with attempts left; worker_lost with attempts
-                          left and fewer than
-                          `lost_cap` losses (a job that keeps killing its worker is dead-lettered);
-                          worker_lost_shared (attempt kept: it did start; no loss counted, and
-                          never exhausted by it, so `attempt` may pass max_attempts this way)
+                          left and fewer than `lost_cap` losses (a job that keeps killing its
+                          worker is dead-lettered); worker_lost_shared (attempt kept: it did
+                          start; no loss counted, and never exhausted by it, so `attempt` may
+                          pass max_attempts this way).
                           A requeue and a worker_lost join the end of the job's priority band in
                           its queue (a tenant's job: its tenant's next turn, lib.lua); every other
                           way here puts it at the head (TO_FRONT), a tenant's job too: its turn
@@ -102,10 +102,10 @@ local function leave_active(job_key, id, queue, to_state)
   move_count(T, queue, "active", to_state)
 end
 
--- The jobs of this call that go back to the head of their band, by band in the order first seen:
--- placed together at the end (index_available_first), so that they keep the order they were
--- given in (one by one, each before the last, they would come back in reverse).
-local firsts, first_bands = {}, {}
+-- The jobs of this call that go back to the head of their band, one group per band in the order
+-- first seen: placed together at the end (index_available_first), so that they keep the order
+-- they were given in (one by one, each before the last, they would come back in reverse).
+local firsts, first_of_band = {}, {}
 
 local function to_available(job_key, id, f)
   leave_active(job_key, id, f.queue, "available")
@@ -114,11 +114,13 @@ local function to_available(job_key, id, f)
   rcall("HDEL", job_key, "started_at", "worker_id")
   if f.front then
     local band = f.queue .. "\0" .. f.priority
-    if not firsts[band] then
-      firsts[band] = {}
-      first_bands[#first_bands + 1] = {band, f.queue, f.priority}
+    local group = first_of_band[band]
+    if not group then
+      group = {queue = f.queue, priority = f.priority, ids = {}}
+      first_of_band[band] = group
+      firsts[#firsts + 1] = group
     end
-    table.insert(firsts[band], id)
+    group.ids[#group.ids + 1] = id
   else
     index_available(T, id, f.queue, f.priority, f.tenant)
   end
@@ -280,8 +282,8 @@ for j = 2, #KEYS do
     if suspect and out[#out][2] == "available" then suspects[#suspects + 1] = {job_key, id, f.queue} end
   end
 end
-for _, b in ipairs(first_bands) do
-  index_available_first(T, b[2], b[3], firsts[b[1]])
+for _, group in ipairs(firsts) do
+  index_available_first(T, group.queue, group.priority, group.ids)
 end
 for _, s in ipairs(suspects) do  -- once every job has its place: the index copies its score
   index_suspect(s[1], s[2], s[3])
