@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from runtime import timefmt
 from tests.admin.conftest import Api, assert_error
+from tests.fixtures.procs import wait_until
 
 
 def as_tenant(tenant: str) -> dict[str, str]:
@@ -110,6 +112,10 @@ def test_tenant_stats_count_the_tenants_jobs_by_state_and_the_listing_names_them
     for _ in range(3):
         enqueue_for(api, "stats-co")
     enqueue_for(api, "stats-co", queue="other")
+    # The listing names the most recently active first, by the millisecond: second-co's enqueue
+    # comes in a later one (in the same one the order is the ids')
+    stats_last = timefmt.now_ms()
+    wait_until(lambda: timefmt.now_ms() > stats_last, timeout_s=1, what="the next millisecond")
     enqueue_for(api, "second-co")
     (done,) = fetch_as(api, "stats-co", count=1)
     assert api.http.post("/ojs/v1/workers/ack", json={"job_id": done["id"]}).status_code == 200
