@@ -2,9 +2,11 @@
 
 * ``ended-index``: index the ended jobs stored before the ended-job indexes existed
   (reindex_ended.lua). Until it has run, listings, purges and bulk actions do not see those jobs.
-* ``retry-layout``: rewrite the job hashes that hold the default retry policy in full (every job
-  stored before a hash kept only what differs from the defaults) to the current, smaller layout
-  (compact_jobs.lua). Those jobs read the same before and after; it only gives back their memory.
+* ``retry-defaults``: rewrite the job hashes that hold any part of the default retry policy (its
+  display, or a scalar at its default: every job stored before a hash kept only what differs
+  from the defaults) to the current, smaller layout (compact_jobs.lua). Those jobs read the same
+  before and after; it only gives back their memory. It follows ``retry-layout``, which left the
+  scalars, so a store that ran that one runs this one too.
 
 Each SCANs the job hashes in batches (never KEYS), records its SCAN cursor after each batch so a
 restart continues where it stopped, and marks itself done; several servers may run one at once
@@ -74,9 +76,9 @@ class EndedIndexMigration(JobScanMigration):
 
 
 class RetryLayoutMigration(JobScanMigration):
-    NAME = "retry-layout"
+    NAME = "retry-defaults"
     SCRIPT = "compact_jobs"
-    DONE_LOG = "rewrote %d job hash(es) stored with the whole default retry policy"
+    DONE_LOG = "rewrote %d job hash(es) stored with a copy of the default retry policy"
 
     def script_args(self, ids: list[str]) -> list[str | bytes]:
         return [DEFAULT_RETRY_DISPLAY, *ids]

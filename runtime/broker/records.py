@@ -196,10 +196,10 @@ def _resolve_policy(text: bytes, *, check_stored: bool) -> EffectiveRetry:
 
 
 # The default policy (a job that names none), as the job hash would hold it in full. A hash
-# leaves out the part of its display that is the default's (the scalars stay: see
-# retry_hash_fields), so that a common job's hash stays small: every field under Redis'
-# hash-max-listpack-value (64 bytes), the compact encoding (a 193-byte policy in every job made
-# each hash a hashtable, about four times the memory). Readers apply these defaults: render.py,
+# leaves out every part of it that is the default's, scalars and display alike, so that a common
+# job's hash holds no retry field at all: it stays small and in Redis' compact listpack encoding
+# (every field under hash-max-listpack-value, 64 bytes; a 193-byte policy in every job made each
+# hash a hashtable, about four times the memory). Readers apply these defaults: render.py,
 # claimed_job.py, the listings; nack.lua (its prelude's table D, see scripts.py) for a scalar.
 _DEFAULT_DISPLAY: dict[str, Any] = {}
 _MISSING = object()
@@ -208,13 +208,14 @@ RETRY_FIELD_DEFAULTS: dict[str, str] = {}
 
 def retry_hash_fields(display: dict[str, Any], scalars: dict[str, str], display_json: str | None) -> dict[str, str]:
     """The hash fields of a policy: the scalars nack.lua reads and, as ``retry``, the entries of
-    its display that differ from the default's (``retry_display`` gives the whole back).
+    its display, each only where it differs from the default's (``retry_display`` gives the
+    whole display back, nack.lua's table D the scalars).
 
-    Every scalar is stored, its default too: the previous layout's nack.lua (a server not yet
-    upgraded, during a rolling deploy, shares the store) reads them all and cannot fail a job
-    that lacks one. They are short, so the hash keeps its listpack encoding; only the display,
-    193 bytes in full, is left out when it is the default's."""
-    fields = dict(scalars)
+    Every reader since the layout that stored only the differing display applies the scalars'
+    defaults too, so a server one version behind (a rolling deploy) fails these jobs as before
+    (test_job_layout_compat.py runs its nack.lua on them). The version before that read every
+    scalar from the hash: README, "Upgrading", says to pass through this one's predecessor."""
+    fields = {name: value for name, value in scalars.items() if RETRY_FIELD_DEFAULTS.get(name) != value}
     differs = {name: value for name, value in display.items() if _DEFAULT_DISPLAY.get(name, _MISSING) != value}
     if differs:
         part = _encode(differs).decode()

@@ -1,8 +1,8 @@
 """The job hash layout: a common job's hash is small (Redis' compact listpack encoding), holds no
-copy of the default retry policy's display (only the short scalars the previous layout's
-nack.lua reads, see test_job_layout_compat.py), and reads back, with every default filled in, exactly as a
-hash of the earlier layout (which held the whole policy in every job) does; such old hashes keep
-working."""
+part of the default retry policy (neither its display nor a scalar at its default: the previous
+version's nack.lua applies the defaults too, see test_job_layout_compat.py), and reads back, with
+every default filled in, exactly as a hash of the earlier layouts (which held the whole policy in
+every job) does; such old hashes keep working."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_common_job_hash_is_a_listpack_without_a_policy(
 ) -> None:
     (job_id,) = enqueue(body())
     stored = read_job(redis_client, keys, job_id)
-    assert RETRY_FIELDS & stored.keys() == RETRY_SCALARS, stored
+    assert RETRY_FIELDS & stored.keys() == set(), stored
     assert max(len(v.encode()) for v in stored.values()) <= LISTPACK_VALUE_MAX
     assert redis_client.object("encoding", keys.job(job_id)) == b"listpack"
 
@@ -66,13 +66,14 @@ def test_job_without_policy_shows_the_whole_default_policy(enqueue: Enqueue, bro
     assert (job.max_attempts, job.retry) == (3, msgspec.json.decode(DEFAULT_POLICY))
 
 
-def test_partial_policy_stores_only_the_display_part_that_differs_and_shows_the_whole(
+def test_partial_policy_stores_only_the_part_that_differs_and_shows_the_whole(
     enqueue: Enqueue, broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys,
 ) -> None:
     policy = {"max_attempts": 5, "jitter": False, "on_exhaustion": "dead_letter"}
     (job_id,) = enqueue(body(retry=policy))
     stored = read_job(redis_client, keys, job_id)
-    assert {k for k in stored if k in RETRY_FIELDS} == RETRY_FIELDS
+    assert {k: v for k, v in stored.items() if k in RETRY_SCALARS} == {
+        "max_attempts": "5", "r_jitter": "0", "on_exhaustion": "dead_letter"}
     assert msgspec.json.decode(stored["retry"]) == {"max_attempts": 5, "jitter": False, "on_exhaustion": "dead_letter"}
     assert redis_client.object("encoding", keys.job(job_id)) == b"listpack"
     env = envelope(broker, run, job_id)
@@ -144,14 +145,15 @@ def test_retry_layout_migration_rewrites_old_hashes_to_the_small_layout(
     before = {job_id: envelope(broker, run, job_id) for job_id in (old_default, old_custom, old_expiring, current)}
     # When
     migration = RetryLayoutMigration(broker)
-    assert run(migration.run()) == 2  # the custom policy's display is kept as it was stored
-    # Then: the default jobs hold no policy display and are listpacks again (the scalars stay);
-    # the custom one keeps its display; every job reads as before, and the TTL is kept
+    assert run(migration.run()) == 3  # the current job has nothing to give back
+    # Then: the default jobs hold no retry field and are listpacks again; the custom one keeps
+    # its display as it was stored and its scalars that are not the default's; every job reads
+    # as before, and the TTL is kept
     for job_id in (old_default, old_expiring):
-        assert RETRY_FIELDS & read_job(redis_client, keys, job_id).keys() == RETRY_SCALARS
+        assert RETRY_FIELDS & read_job(redis_client, keys, job_id).keys() == set()
         assert redis_client.object("encoding", keys.job(job_id)) == b"listpack"
-    kept = {k for k in read_job(redis_client, keys, old_custom) if k in RETRY_FIELDS}
-    assert kept == RETRY_FIELDS
+    kept = {k: v for k, v in read_job(redis_client, keys, old_custom).items() if k in RETRY_FIELDS}
+    assert kept == {"retry": old_layout(custom)["retry"], "max_attempts": "5", "r_initial_ms": "2000", "r_jitter": "0"}
     assert {job_id: envelope(broker, run, job_id) for job_id in before} == before
     assert 0 < redis_client.pttl(keys.job(old_expiring)) <= 3_600_000
     assert run(migration.run()) == 0  # done once: not run again

@@ -1,7 +1,11 @@
-"""The job hash layout against its neighbours: a server of the previous layout (a rolling deploy:
+"""The job hash layout against its neighbours: a server of the previous version (a rolling deploy:
 two versions share one store, each calling its own library) must still fail a job this version
 wrote or rewrote, and the envelope's retry policy reads exactly as it did when every hash held it
-whole, for every policy enqueue accepts."""
+whole, for every policy enqueue accepts.
+
+The previous version is the last that stored the retry scalars at their defaults; its nack.lua
+already applied the defaults to a hash without them. The versions before it read every scalar
+from the hash: the README's "Upgrading" says to pass through that version from one of those."""
 
 from __future__ import annotations
 
@@ -19,13 +23,13 @@ from runtime.broker import failures
 from runtime.broker.core import Broker
 from runtime.broker.keys import SUFFIXES, Keys
 from runtime.broker.migrations import RetryLayoutMigration
-from runtime.broker.records import resolve_retry
+from runtime.broker.records import RETRY_FIELD_DEFAULTS, resolve_retry
 from runtime.broker.render import encode_job
 from runtime.broker.scripts import Status, _lua_table
 from runtime.envelope import ErrorInfo
 from tests.broker.conftest import Run, body
 
-PREVIOUS = "44873f0"  # the last commit whose job hashes held the whole retry policy
+PREVIOUS = "b977b48"  # the last commit whose job hashes held the retry scalars at their defaults
 OLD_LIB = "ojs_test_previous_layout"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,7 +44,8 @@ def previous_source(name: str) -> str:
 
 def load_previous_nack(client: redis.Redis) -> str:
     prelude = (f"local S = {_lua_table({s.name: s.value for s in Status})}\n"
-               f"local K = {_lua_table(SUFFIXES)}\n{previous_source('lib')}\n")
+               f"local K = {_lua_table(SUFFIXES)}\n"
+               f"local D = {_lua_table(RETRY_FIELD_DEFAULTS)}\n{previous_source('lib')}\n")
     code = (f"#!lua name={OLD_LIB}\n{prelude}"
             f'redis.register_function("{OLD_LIB}_nack", function(KEYS, ARGV)\n'
             f"rcall = redis.call\n{previous_source('nack')}\nend)\n")
@@ -49,6 +54,7 @@ def load_previous_nack(client: redis.Redis) -> str:
 
 
 def old_layout() -> dict[str, str]:
+    """The retry fields of a default job as the layout before the previous one stored them."""
     p = resolve_retry(msgspec.Raw())
     return {"max_attempts": str(p.max_attempts), "retry": p.display_json, "r_initial_ms": str(p.initial_ms),
             "r_coef": repr(p.coefficient), "r_max_ms": str(p.max_ms), "r_jitter": "1" if p.jitter else "0",

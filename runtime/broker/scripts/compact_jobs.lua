@@ -1,11 +1,11 @@
 --[[
-  Rewrite job hashes stored by an earlier version, which copied the whole retry policy into every
-  job, to the current layout: a `retry` display that is the default policy's (ARGV[1]) is left
-  out, as a new enqueue leaves it out. The short scalars (max_attempts, r_*, on_exhaustion) stay:
-  a server of the previous layout, still running during a rolling deploy, reads them all in its
-  nack.lua. What a reader sees is unchanged: readers apply the default display. The hash is written anew (DEL, then HSET of what is kept, its
-  TTL kept), because Redis never turns a hashtable back into a listpack: a rewritten common job
-  takes the compact encoding again. Idempotent, and atomic per call (a job is read and rewritten
+  Rewrite job hashes stored by an earlier version, which copied the retry policy into every job,
+  to the current layout: a `retry` display that is the default policy's (ARGV[1]) and every
+  retry scalar (max_attempts, r_*, on_exhaustion) that holds its default (the prelude's table D)
+  are left out, as a new enqueue leaves them out. What a reader sees is unchanged: readers apply
+  the defaults. The hash is written anew (DEL, then HSET of what is kept, its TTL kept), because
+  Redis never turns a hashtable back into a listpack: a rewritten common job takes the compact
+  encoding again. Idempotent, and atomic per call (a job is read and rewritten
   in one step), so it can run beside live transitions and be repeated after a crash.
 
   State transition: none
@@ -25,7 +25,7 @@ for a = 2, #ARGV do
   local kept, dropped = {}, 0
   for f = 1, #h, 2 do
     local name, value = h[f], h[f + 1]
-    if name == "retry" and value == default_display then
+    if (name == "retry" and value == default_display) or D[name] == value then
       dropped = dropped + 1
     else
       kept[#kept + 1] = name
