@@ -202,9 +202,50 @@ async def _fetch_then_ack(url: str, n: int, dump: object) -> None:
     await client.aclose()
 
 
-def redis_instructions(n: int, *, waiting: int | None = None) -> tuple[float, float]:
+# Where a script call's instructions go, by the inclusive cost of Redis' own functions (a server
+# built with symbols: the Debian binary is stripped). Lua's own work is the call's total less the
+# commands it runs (redis.call, with their argument and reply conversion).
+SPLIT_FUNCTIONS = {"script call": "luaCallFunction", "redis.call": "luaRedisGenericCommand",
+                   "the commands themselves": "scriptCall", "Lua garbage collection": "luaC_step"}
+
+
+def inclusive_costs(path: Path, names: set[str]) -> dict[str, int]:
+    """The inclusive instruction count of each named function in a callgrind output file (its
+    own lines and the calls it makes, summed over every context it appears in)."""
+    ids: dict[str, str] = {}
+    costs: dict[str, int] = {}
+    current = None
+    for line in path.read_text().splitlines():
+        named = re.match(r"^(c?fn)=\((\d+)\)(?: (.*))?$", line)
+        if named:
+            kind, num, name = named.groups()
+            if name:
+                ids[num] = name  # a recursive context ("name'2") is not counted again
+            if kind == "fn":
+                current = ids.get(num)
+            continue
+        if current in names and (line[:1].isdigit() or line[:1] in "+-*"):
+            parts = line.split()
+            if len(parts) >= 2:
+                costs[current] = costs.get(current, 0) + int(parts[1])
+    return costs
+
+
+def redis_split(path: Path, n: int) -> str:
+    costs = inclusive_costs(path, set(SPLIT_FUNCTIONS.values()))
+    if not costs:
+        return "no symbols in the server binary: build Redis from source and set OJS_REDIS_SERVER_BIN"
+    got = {label: costs.get(fn, 0) / n for label, fn in SPLIT_FUNCTIONS.items()}
+    lua = got["script call"] - got["redis.call"]
+    return (f"script calls {got['script call']:,.0f}: redis.call {got['redis.call']:,.0f} (the commands themselves "
+            f"{got['the commands themselves']:,.0f}), Lua's own work {lua:,.0f} (its garbage collection "
+            f"{got['Lua garbage collection']:,.0f})")
+
+
+def redis_instructions(n: int, *, waiting: int | None = None, split: list[str] | None = None) -> tuple[float, float]:
     """(fetch, ack) instructions of the Redis server per job; with `waiting`, the store is filled
-    with that many jobs (outside valgrind, loaded from an RDB file) and N are drained off its head."""
+    with that many jobs (outside valgrind, loaded from an RDB file) and N are drained off its head.
+    With `split`, a list: the fetch's and the ack's redis_split are appended to it."""
     port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
@@ -240,6 +281,8 @@ def redis_instructions(n: int, *, waiting: int | None = None) -> tuple[float, fl
             if found is None:
                 raise RuntimeError(f"no total in callgrind's dump {out}.{part}")
             totals.append(int(found.group(1).replace(",", "")) / n)
+            if split is not None:
+                split.append(redis_split(Path(f"{out}.{part}"), n))
         return totals[0], totals[1]
 
 
@@ -251,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--traced", action="store_true", help="the pool exports its spans over OTLP; pool count only")
     parser.add_argument("--backlog", type=int, metavar="B",
                         help="Redis only: N jobs drained off N waiting, then off N + B waiting")
+    parser.add_argument("--split", action="store_true",
+                        help="Redis only: where its instructions go (needs a server built with symbols)")
     args = parser.parse_args(argv)
     if args.drain_in_pool:
         drain_in_pool(args.drain_in_pool[0], int(args.drain_in_pool[1]))
@@ -272,6 +317,11 @@ def main(argv: list[str] | None = None) -> None:
             fetch, ack = redis_instructions(args.jobs, waiting=waiting)
             print(f"redis instructions per no-op job, {args.jobs} drained off {waiting:,} waiting: "
                   f"{fetch + ack:,.0f} (fetch {fetch:,.0f}, ack {ack:,.0f})", flush=True)
+        return
+    if args.split:
+        split: list[str] = []
+        fetch, ack = redis_instructions(args.jobs, split=split)
+        print(f"redis instructions per no-op job: fetch {fetch:,.0f} ({split[0]}); ack {ack:,.0f} ({split[1]})")
         return
     pool = pool_instructions(args.jobs)
     fetch, ack = redis_instructions(args.jobs)

@@ -106,13 +106,27 @@ def function_name(transition: str, *, cluster: bool = False) -> str:
     return f"{CLUSTER_LIBRARY_NAME if cluster else LIBRARY_NAME}_{transition}"
 
 
+# A transition file may begin with a part that runs once, when the library loads: everything
+# above this line (its contract's comment, constant tables). The rest is the body of the
+# function, run on each call. Each transition sits in a block of its own, so what its once part
+# defines is seen by its function alone.
+PER_CALL_LINE = "---- per call ----\n"
+
+
+def _split_once(source: str) -> tuple[str, str]:
+    once, marker, per_call = source.partition(PER_CALL_LINE)
+    return (once, per_call) if marker else ("", source)
+
+
 def library_code(*, cluster: bool = False) -> str:
     """The whole library, as FUNCTION LOAD takes it."""
     parts = [f"#!lua name={CLUSTER_LIBRARY_NAME if cluster else LIBRARY_NAME}\n", _prelude()]
     guard = _GUARD if cluster else ""
     for name in TRANSITIONS:
-        parts.append(f'redis.register_function("{function_name(name, cluster=cluster)}", function(KEYS, ARGV)\n'
-                     f"rcall = redis.call\n{guard}{SOURCES[name]}\nend)\n")
+        once, per_call = _split_once(SOURCES[name])
+        parts.append(f"do\n{once}"
+                     f'redis.register_function("{function_name(name, cluster=cluster)}", function(KEYS, ARGV)\n'
+                     f"rcall = redis.call\n{guard}{per_call}\nend)\nend\n")
     return "".join(parts)
 
 
