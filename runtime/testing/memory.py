@@ -21,7 +21,7 @@ import msgspec
 from runtime import timefmt
 from runtime.broker import failures
 from runtime.broker.core import Enqueued, EnqueuedJobs
-from runtime.broker.records import NewJob, retry_display
+from runtime.broker.records import RETRY_FIELD_DEFAULTS, NewJob, retry_display
 from runtime.broker.render import DEFAULT_MAX_ATTEMPTS, as_hash, encode_job
 from runtime.broker.workflows import WorkflowRequest, plan
 from runtime.claimed_job import job_of_hash
@@ -299,10 +299,14 @@ def _unique_conflict(holder: str, state: str, fingerprint: str) -> Duplicate:
 
 def backoff_ms(fields: dict[bytes, bytes], attempt: int) -> int:
     """nack.lua's backoff_ms, without the jitter."""
-    initial = float(fields.get(b"r_initial_ms", b"1000"))
-    coef = float(fields.get(b"r_coef", b"2"))
-    max_ms = float(fields.get(b"r_max_ms", b"300000"))
-    strategy = fields.get(b"r_strategy", b"exponential").decode()
+    def scalar(name: str) -> str:  # the hash leaves out a scalar at its default (records.py)
+        stored = fields.get(name.encode())
+        return stored.decode() if stored is not None else RETRY_FIELD_DEFAULTS[name]
+
+    initial = float(scalar("r_initial_ms"))
+    coef = float(scalar("r_coef"))
+    max_ms = float(scalar("r_max_ms"))
+    strategy = scalar("r_strategy")
     if strategy == "linear":
         raw = initial * attempt
     elif strategy in ("constant", "none"):
