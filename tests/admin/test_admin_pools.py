@@ -27,7 +27,9 @@ def test_an_ojs_run_pool_is_listed_and_follows_its_stored_definition(
     assert reply.json()["pool"]["strategy"] == "strict" and reply.json()["pool"]["weights"] == {"pa": 5, "pb": 1}
     wait_until(lambda: redis_client.hmget(KEYS.worker(worker_id), ["weights", "strategy"]) == [b"5,1", b"strict"],
                what="the pool to apply its definition")
-    assert "from pool default's definition" in runtime.log()
+    # The pool logs the change before its next heartbeat stores it; the log reaches the test
+    # through the process's pipe, so it may come after the stored weights: waited for.
+    wait_until(lambda: "from pool default's definition" in runtime.log(), what="the pool to log its definition")
     again = api.http.put("/ojs/v1/admin/pools/default", json={"queues": ["pa", "pb"], "weights": {"pa": 2}})
     assert again.status_code == 200 and again.json()["pool"]["weights"] == {"pa": 2, "pb": 1}
 
