@@ -237,11 +237,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     Under xdist (``make test``: ``--dist loadfile --no-loadscope-reorder``, each test module one
     unit, so a module's fixtures start in one worker only) the conformance tests are started
-    lazily by the worker that gets their module; it goes first, then the modules with slow tests,
-    so that the longest waits start early and short modules fill the gaps at the end (workers
-    take modules in the order of their first test here)."""
+    lazily by the worker that gets their module; it goes first, then the modules marked long (a
+    minute or more each, so none of them starts late and ends the run alone), then the modules
+    with slow tests, so that the longest waits start early and short modules fill the gaps at the
+    end (workers take modules in the order of their first test here)."""
     if not in_xdist_worker(config):
         items.sort(key=lambda item: item.get_closest_marker("conformance") is not None)
         return
     items.sort(key=lambda item: (item.get_closest_marker("conformance") is None,
+                                 item.get_closest_marker("long") is None,
                                  item.get_closest_marker("slow") is None))

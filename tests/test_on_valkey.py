@@ -66,6 +66,7 @@ def test_the_forced_binary_wins_over_path(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize("subset", list(SUBSETS))
 def test_subset_passes_on_valkey(subset: str, tmp_path: Path) -> None:
     try:

@@ -2,7 +2,7 @@
 checked against a small pure-Python reference model.
 
 Operations: enqueue (plain, scheduled, a tenant's, unique under each conflict policy, workflows
-chain / group / batch; in a second test also nested ones, chains, groups and batches inside each
+chain / group / batch; in a second test (test_model_nested.py) also nested ones, chains, groups and batches inside each
 other), fetch by two workers, ack, nack (retry, discard, dead letter), cancel, heartbeat, release,
 dead letter retry and delete, cron ticks fired by two schedulers racing for the same tick, the
 scheduler step and lease expiry. Time is the test's own clock (``timefmt.now_ms`` is patched and
@@ -59,6 +59,9 @@ from runtime.broker.workflows import WorkflowRequest, Workflows
 from runtime.envelope import ALL_STATES, CronRequest, ErrorInfo
 from runtime.errors import Conflict, Duplicate, NotFound, OJSError
 from tests.broker.conftest import Run, body, new_job
+
+# A minute or more: handed out early under xdist (tests/conftest.py).
+pytestmark = pytest.mark.long
 
 # --- settings --------------------------------------------------------------------------------
 
@@ -1088,9 +1091,3 @@ def test_broker_follows_the_lifecycle_model(
     broker: Broker, run: Run[Any], monkeypatch: pytest.MonkeyPatch, allow_inconsistency: None
 ) -> None:
     _run_machine(BrokerMachine, broker, run, monkeypatch)
-
-
-def test_nested_workflows_follow_the_lifecycle_model(
-    broker: Broker, run: Run[Any], monkeypatch: pytest.MonkeyPatch, allow_inconsistency: None
-) -> None:
-    _run_machine(NestedWorkflowMachine, broker, run, monkeypatch)
