@@ -77,7 +77,6 @@ logger = logging.getLogger(__name__)
 
 EXIT_FORCED = 1
 EXIT_REDIS_LOST = 4  # the embedded Redis died and could not be restarted
-STOP_MARGIN_S = 5.0  # beyond a pool's own drain + cancel deadline, before it is killed
 HTTP_STOP_S = 10.0
 MIN_UPTIME_S = 1.0  # a pool dying sooner than this is crash-looping: respawn with backoff
 MAX_BACKOFF_S = 10.0
@@ -207,7 +206,7 @@ class Supervisor:
                 logger.warning("--no-http with the embedded Redis: no scheduler loops run, so "
                                "expired leases and timeouts are not reaped")
             # It outlives the supervisor while the pools drain, and no longer (see redis_keeper).
-            outlive_s = self.pool.drain_timeout_s + self.pool.cancel_deadline_s + STOP_MARGIN_S + HTTP_STOP_S
+            outlive_s = self.pool.stop_deadline_s() + HTTP_STOP_S
             self.embedded = EmbeddedRedis(
                 data_dir=settings.data_dir or default_data_dir(), persistence=True, tcp=False,
                 appendfsync=settings.embedded_appendfsync, outlive_s=outlive_s, lock_wait_s=LOCK_WAIT_S,
@@ -286,7 +285,7 @@ class Supervisor:
         self.stopping = True
         self.board.set_flag(Board.DRAINING, True)
         self.notifier.stopping(f"draining for up to {self.pool.drain_timeout_s:.0f}s")
-        deadline = time.monotonic() + self.pool.drain_timeout_s + self.pool.cancel_deadline_s + STOP_MARGIN_S
+        deadline = time.monotonic() + self.pool.stop_deadline_s()
         for child in self._pools():
             self._terminate(child, deadline)
 
@@ -329,7 +328,7 @@ class Supervisor:
         pools = [c for c in self._pools() if not c.retiring]
         logger.info("reloading: replacing %d pool process(es); they drain for up to %.0fs",
                     len(pools), self.pool.drain_timeout_s)
-        deadline = time.monotonic() + self.pool.drain_timeout_s + self.pool.cancel_deadline_s + STOP_MARGIN_S
+        deadline = time.monotonic() + self.pool.stop_deadline_s()
         for child in pools:
             metrics.POOL_RECYCLES.labels("reload").inc()
             self._terminate(child, deadline)  # retiring: _spawn_missing forks its replacement
@@ -506,7 +505,7 @@ class Supervisor:
             if child.deadline is None:  # its other jobs did nothing wrong: they get the drain grace
                 logger.warning("pool %s has a handler that ignored its timeout: replacing it", child.worker_id)
                 child.stop_reason = "stuck"
-                self._terminate(child, now + self.pool.drain_timeout_s + self.pool.cancel_deadline_s + STOP_MARGIN_S)
+                self._terminate(child, now + self.pool.stop_deadline_s())
         elif beat.phase is Phase.BOOT and now - child.started > self.config.boot_timeout_s:
             logger.warning("pool %s did not boot in %.0fs: killing it", child.worker_id, self.config.boot_timeout_s)
             self._kill(child, "unresponsive")
@@ -519,7 +518,7 @@ class Supervisor:
         elif self.config.max_memory_mb and not self.stopping and _rss_mb(child.pid) > self.config.max_memory_mb:
             logger.info("pool %s is above %d MB: recycling it", child.worker_id, self.config.max_memory_mb)
             metrics.POOL_RECYCLES.labels("max_memory").inc()
-            self._terminate(child, now + self.pool.drain_timeout_s + self.pool.cancel_deadline_s + STOP_MARGIN_S)
+            self._terminate(child, now + self.pool.stop_deadline_s())
 
     # --- job release ---------------------------------------------------------------------------
 

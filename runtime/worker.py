@@ -16,7 +16,7 @@ module, connects to Redis, composes the middleware chain once, and then
 * never claims a job of a type whose handler ``concurrency`` is reached (the fetch names the
   room each limited type has left), and starts a buffered job only when its type has room. A
   job's timeout counts from its handler's start; the broker's backstop deadline for the pool's
-  claims is extended by ``prefetch_hold_s`` + ``timeout_grace_s`` to match;
+  claims is extended by ``prefetch_hold_s`` + ``timeout_grace_s`` and a margin to match;
 * keys its running and buffered work by claim (the fencing token of each claim), not by job id:
   a job whose lease lapsed and that this pool claimed again is two runs, each heartbeated,
   settled and cleaned up under its own claim;
@@ -110,6 +110,24 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True):
     prefetch_below_s: float = 0.05  # "short": the pool's recent mean handler run time is below this
     prefetch_hold_s: float = 0.2  # a prefetched job not started by then goes back to the queue
 
+    def stop_deadline_s(self) -> float:
+        """How long a pool process may take to end once the supervisor stops it: its drain, the
+        cancelled handlers' unwinding, then a margin; past it, the supervisor kills it."""
+        return self.drain_timeout_s + self.cancel_deadline_s + STOP_MARGIN_S
+
+    def stuck_retry_floor_ms(self) -> int:
+        """The least delay before the retry of a job whose sync handler is stuck past its timeout.
+        Its thread cannot be stopped and runs until the process ends: the supervisor sees the
+        pool stuck within a tick and stops it, so the process is gone within the stop deadline;
+        the retry must not start before then, beside it. A margin more for a loaded host and
+        for the clocks of other hosts, whose schedulers make the retry due."""
+        return round((self.stop_deadline_s() + STUCK_NOTICE_S) * 1000)
+
+
+STOP_MARGIN_S = 5.0  # beyond a pool's own drain + cancel deadline, before it is killed
+STUCK_NOTICE_S = 5.0  # the supervisor's tick, a loaded host and the skew of other hosts' clocks
+BACKSTOP_MARGIN_S = 1.0  # the broker's execution deadline for a pool's claims, past the pool's own
+
 
 class _Running:
     __slots__ = ("ctx", "task", "interruptible", "executing")
@@ -163,8 +181,10 @@ class Pool:
         # fetch and the start cost nothing more.
         self.type_limits = {name: spec.concurrency for name, spec in registry.handlers.items() if spec.concurrency}
         # A claimed job may wait up to prefetch_hold_s before its handler starts, and a sync
-        # handler past its timeout gets timeout_grace_s: the broker's backstop waits that long more.
-        self.exec_grace_ms = round((config.prefetch_hold_s + config.timeout_grace_s) * 1000)
+        # handler past its timeout gets timeout_grace_s: the broker's backstop waits that long
+        # more, and a margin, so that the pool's own nack of a timed-out or stuck job (whose
+        # retry waits for the stuck thread's process to end) lands before the backstop's.
+        self.exec_grace_ms = round((config.prefetch_hold_s + config.timeout_grace_s + BACKSTOP_MARGIN_S) * 1000)
         self.hold_timer: asyncio.TimerHandle | None = None
         # The claim of a suspect (a job that was running when its process died) while it runs:
         # it runs alone, so nothing else is claimed until it is settled.
@@ -497,6 +517,8 @@ class Pool:
         run = self.active[ctx.claim]
         try:
             outcome = await execute(ctx, self.chain, self.registry.handlers)
+            if isinstance(outcome, Stuck):
+                self._go_stuck(ctx)  # before its slot frees: nothing more starts in this process
             self._slot_freed(run)  # the next job starts while this one's ack is on its way
             await ctx.flush_progress()
             if ctx.span_traceparent is not None and ctx.job.workflow_id is not None and tracing.enabled():
@@ -508,13 +530,17 @@ class Pool:
             self.liveness.jobs.settled(ctx.claim)
             if self.alone is not None or self.make_way:
                 self.wake.set()  # the suspect's run is over, or we may be idle now: claim again
-        if isinstance(outcome, Stuck):
-            logger.error("job %s: its sync handler ignored the timeout; this process will be replaced",
-                         ctx.job.id, extra=_job_extra(ctx))
-            self.phase = Phase.STUCK
-            self.liveness.notify(Phase.STUCK)
-            self.state = "terminate"  # no more fetches; the supervisor kills us within a tick
-            self._hand_back_ready(list(self.ready))
+
+    def _go_stuck(self, ctx: JobContext) -> None:
+        """A sync handler ignored its timeout: its thread will not come back, so this process
+        takes nothing more and tells the supervisor, which stops it (its other jobs get the
+        drain grace)."""
+        logger.error("job %s: its sync handler ignored the timeout; this process will be replaced",
+                     ctx.job.id, extra=_job_extra(ctx))
+        self.phase = Phase.STUCK
+        self.liveness.notify(Phase.STUCK)
+        self.state = "terminate"  # no more fetches or starts
+        self._hand_back_ready(list(self.ready))
 
     async def _record_step_trace(self, job_id: str, traceparent: str) -> None:
         """A traced workflow step's span context on its job, before its ack: advance.lua hands
@@ -538,6 +564,9 @@ class Pool:
     async def _settle(self, ctx: JobContext, outcome: Outcome) -> None:
         _log_outcome(ctx, outcome)
         item = settle(outcome, ctx, worker_id=self.worker_id, now_ms=timefmt.now_ms())
+        if isinstance(outcome, Stuck) and isinstance(item, Failure):
+            # Its handler still runs, and will until this process ends: a retry waits for that.
+            item = msgspec.structs.replace(item, min_delay_ms=self.config.stuck_retry_floor_ms())
         result = None
         if item is not None:
             result = await (self.batcher.ack(item) if isinstance(item, Completion) else self.batcher.fail(item))

@@ -103,14 +103,20 @@ def test_supervisor_replaces_a_pool_whose_sync_handler_ignores_its_timeout(
     runtime = start("--processes", "1", "--concurrency", "2", "--no-http", "--timeout-grace", "0.5",
                     "--drain-timeout", "1")
     # When its timeout and the grace after it pass
-    wait_until(lambda: completed(redis_client, [stuck]), timeout_s=30, what="the stuck job's retry to complete")
+    wait_until(lambda: msgspec.json.decode(job(redis_client, stuck).get("e1", "{}")).get("type") == "timeout",
+               timeout_s=30, what="the stuck job to fail with a timeout")
     # Then the process was replaced (it ends once its drain is over); the job failed with a
-    # timeout and its retry completed
+    # timeout, and its retry waited until the stuck thread's process was gone (the pool's stop
+    # deadline and a margin: 1 + 5 + 5 + 5 s here), then completed
+    failed = job(redis_client, stuck)
+    assert failed["state"] == "retryable"
+    assert int(failed["retry_delay_ms"]) >= (1 + 5 + 5 + 5) * 1000
     wait_until(lambda: not alive(runtime.pool_pids()[0]), what="the stuck pool to end")
     assert len(runtime.pool_pids()) >= 2
+    wait_until(lambda: completed(redis_client, [stuck]), timeout_s=60, what="the stuck job's retry to complete")
     stuck_job = job(redis_client, stuck)
     assert (stuck_job["attempt"], stuck_job["result"]) == ("2", '"attempt 2"')
-    assert msgspec.json.decode(stuck_job["e1"])["type"] == "timeout"
+    assert not redis_client.sismember("pooltest:overlapped", stuck), "the retry ran beside the stuck attempt"
     assert "ignored its timeout: replacing it" in runtime.log()
     # The job beside it was handed back without spending an attempt, and runs again
     wait_until(lambda: job(redis_client, sibling).get("state") == "active", what="the sibling to run again")
@@ -271,10 +277,13 @@ def test_supervisor_stuck_pool_lets_its_other_jobs_finish_first(
     (sibling,) = enqueue(redis_url, Draft(type="sleep.job", args=[4]))
     start("--processes", "1", "--concurrency", "2", "--no-http", "--timeout-grace", "0.5", "--drain-timeout", "20")
     # When the stuck pool is replaced
-    wait_until(lambda: completed(redis_client, [stuck, sibling]), timeout_s=30, what="both jobs to complete")
+    wait_until(lambda: completed(redis_client, [sibling]), timeout_s=30, what="the job beside it to complete")
     # Then the job beside it was given the drain grace: it completed in its first run, not cut short
     finished = job(redis_client, sibling)
     assert finished["attempt"] == "1" and "e1" not in finished, finished
+    # and the stuck job's retry is due only after the pool's stop deadline, when its thread is gone
+    retrying = job(redis_client, stuck)
+    assert retrying["state"] == "retryable" and int(retrying["retry_delay_ms"]) >= (20 + 5 + 5 + 5) * 1000
     assert integrity_problems(redis_url) == []
 
 

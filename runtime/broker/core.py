@@ -108,6 +108,7 @@ class Failure(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int | None = None
     claim: str = ""  # the claim's fencing token (the claimed hash's `claim`); "" when unknown
     delay_ms: int | None = None  # a handler's own retry delay (verdict retry), instead of the backoff
+    min_delay_ms: int | None = None  # a floor under a retry's delay, the backoff's or delay_ms
 
 
 class HeartbeatResult(msgspec.Struct, frozen=True):
@@ -384,7 +385,8 @@ class Broker:
             args += [item.verdict, item.error, item.worker_id,
                      "" if item.attempt is None else str(item.attempt), item.claim,
                      repr(random.uniform(0.5, 1.5)),
-                     "" if item.delay_ms is None else str(item.delay_ms)]
+                     "" if item.delay_ms is None else str(item.delay_ms),
+                     "" if item.min_delay_ms is None else str(item.min_delay_ms)]
         reply = await self.scripts.call(
             "nack",
             keys=[k.prefix, *(k.job(i.job_id) for i in items)],

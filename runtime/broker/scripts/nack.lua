@@ -49,9 +49,12 @@
   ARGV[1] now_ms
   ARGV[2] events_maxlen   0 disables events
   ARGV[3] lost_cap        worker losses after which a job is dead-lettered
-  then per job (7 values): verdict, error JSON object|"", worker_id|"", attempt|"", claim token|"",
+  then per job (8 values): verdict, error JSON object|"", worker_id|"", attempt|"", claim token|"",
                            jitter factor in [0.5, 1.5) (used only when the policy has jitter),
-                           delay_ms|"" (a handler's own retry delay, instead of the backoff)
+                           delay_ms|"" (a handler's own retry delay, instead of the backoff),
+                           min_delay_ms|"" (a floor under a retry's delay, whichever it is: a
+                           handler stuck past its timeout still runs until its process ends, and
+                           its retry must not start beside it)
 
   Returns: one entry per job: {status, state, attempt, max_attempts, retry_delay_ms, next_attempt_ms,
            workflow (1 when the job's workflow was queued for advance.lua)}
@@ -142,12 +145,13 @@ local function to_discarded(job_key, id, f, dead_letter, last_error)
   return {S.OK, "discarded", f.attempt, f.max_attempts, "", "", on_end(T, job_key, id, "discarded")}
 end
 
-local function to_retryable(job_key, id, f, jitter_factor, delay_override)
+local function to_retryable(job_key, id, f, jitter_factor, delay_override, min_delay)
   local delay = delay_override
   if not delay then
     local policy = rcall("HMGET", job_key, "r_initial_ms", "r_coef", "r_max_ms", "r_strategy", "r_jitter")
     delay = backoff_ms(policy, f.attempt, jitter_factor)
   end
+  if min_delay and delay < min_delay then delay = min_delay end
   local due = now + delay
   leave_active(job_key, id, f.queue, "retryable")
   keep_expiry(T, job_key, id)
@@ -203,10 +207,11 @@ local out = {}
 local suspects = {}  -- {job key, id, queue} of the jobs that become suspects
 for j = 2, #KEYS do
   local job_key = KEYS[j]
-  local a = 4 + (j - 2) * 7
+  local a = 4 + (j - 2) * 8
   local verdict, err, worker_id, guard, token = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local jitter_factor = tonumber(ARGV[a + 5]) or 1
   local delay_override = tonumber(ARGV[a + 6])
+  local min_delay = tonumber(ARGV[a + 7])
   local r = rcall("HMGET", job_key, "state", "worker_id", "attempt", "queue", "type", "priority",
     "max_attempts", "on_exhaustion", "id", "claim", "suspect", "tenant")
   if not r[1] then
@@ -275,7 +280,7 @@ for j = 2, #KEYS do
     elseif verdict == "dead_letter" then
       out[#out + 1] = to_discarded(job_key, id, f, true, last_error)
     elseif verdict == "retry" and not exhausted then
-      out[#out + 1] = to_retryable(job_key, id, f, jitter_factor, delay_override)
+      out[#out + 1] = to_retryable(job_key, id, f, jitter_factor, delay_override, min_delay)
     else
       out[#out + 1] = to_discarded(job_key, id, f, f.dlq, last_error)
     end
