@@ -48,7 +48,7 @@ def server(redis_url: str, tmp_path: Path, metrics_dir: Path, notify: tuple[sock
     proc = BrokerProcess(redis_url, tmp_path, env={
         "OJS_SERVER_WORKERS": "2", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "NOTIFY_SOCKET": notify[1],
         "OJS_REDIS_COMMAND_TIMEOUT_MS": "60000",  # the drain test holds a command for a while
-    })
+    }, log_level="info")  # a stop that takes long shows its steps in the log printed below
     try:
         receive(notify[0], "READY=1")  # both processes serve: a connection to either is answered
         assert len(children(proc)) == 2
