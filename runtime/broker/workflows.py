@@ -77,6 +77,8 @@ def _wire(workflow_id: str, members: list[Member]) -> dict[str, str]:
 
 _sequence_json = msgspec.json.Encoder()
 
+_IndexEntries = list[tuple[bytes, float]]  # (workflow id, creation ms) from the `workflows` index
+
 
 class Workflows:
     def __init__(self, broker: Broker) -> None:
@@ -155,12 +157,7 @@ class Workflows:
         short. The second value, when not None, is where the next page starts: (creation time,
         id) of the last entry read. Cost: one ZRANGE and one pipelined HMGET per call."""
         want = scan if state else limit
-        top = "+inf" if after is None else after[0]
-        entries = await self.redis.zrange(self.keys.workflows, top, "-inf", desc=True, byscore=True,
-                                          withscores=True, offset=0, num=want + (64 if after else 0))
-        if after is not None:  # drop what the last page showed (ties in the same ms included)
-            entries = [(m, sc) for m, sc in entries if sc < after[0] or m.decode() < after[1]]
-        entries = entries[:want]
+        entries = await self._index_after(after, want)
         fields = ["id", "type", "name", "state", "total", "completed", "failed", "created_at", "completed_at",
                   "cancelled_at"]
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -179,6 +176,28 @@ class Workflows:
                 break
         full = len(entries) == want
         return items, cursor if (full or len(items) >= limit) else None
+
+    async def _index_after(self, after: tuple[float, str] | None, want: int) -> _IndexEntries:
+        """Up to `want` entries of the `workflows` index past the cursor, newest first. The
+        index orders the workflows of one millisecond by id: those of the cursor's millisecond
+        that earlier pages showed are skipped, however many there are (the read goes on past
+        them a chunk at a time), so a walk never ends early."""
+        if after is None:
+            entries: _IndexEntries = await self.redis.zrange(
+                self.keys.workflows, "+inf", "-inf", desc=True, byscore=True, withscores=True, offset=0, num=want)
+            return entries
+        score, last_id = after
+        chunk = want + 64
+        kept: _IndexEntries = []
+        offset = 0
+        while len(kept) < want:
+            read = await self.redis.zrange(self.keys.workflows, score, "-inf", desc=True, byscore=True,
+                                           withscores=True, offset=offset, num=chunk)
+            kept += [(m, sc) for m, sc in read if sc < score or m.decode() < last_id]
+            if len(read) < chunk:
+                break
+            offset += len(read)
+        return kept[:want]
 
     async def cancel(self, workflow_id: str) -> dict[str, Any]:
         members = await self.redis.hgetall(self.keys.workflow(workflow_id))
