@@ -94,6 +94,7 @@ class Terminal:
         self._handlers = registry.handlers
         self._threads = threads
         self._grace_s = grace_s
+        self._in_threads: set[asyncio.Future[Any]] = set()  # sync handlers whose thread still runs
         self._argument_checks = {name: ArgumentCheck(name, spec.fn) for name, spec in registry.handlers.items()}
         self._limits = {
             name: asyncio.Semaphore(spec.concurrency)
@@ -127,11 +128,18 @@ class Terminal:
                 raise JobTimeout(ctx.timeout_s or 0) from None
         return await self._run_in_thread(spec, ctx)
 
+    def threads_running(self) -> int:
+        """Sync handlers still running in a thread: a timeout or a stop asks them to end, but
+        nothing can make them."""
+        return len(self._in_threads)
+
     async def _run_in_thread(self, spec: HandlerSpec, ctx: JobContext) -> Any:
         loop = asyncio.get_running_loop()
         # In a copy of this task's context: the trace context and the job's log fields go along.
         call = functools.partial(contextvars.copy_context().run, spec.fn, ctx, *ctx.job.args)
         future = loop.run_in_executor(self._threads, call)
+        self._in_threads.add(future)
+        future.add_done_callback(self._in_threads.discard)
         scope = asyncio.timeout(ctx.timeout_s)
         try:
             async with scope:

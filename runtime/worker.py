@@ -126,7 +126,10 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 STOP_MARGIN_S = 5.0  # beyond a pool's own drain + cancel deadline, before it is killed
 STUCK_NOTICE_S = 5.0  # the supervisor's tick, a loaded host and the skew of other hosts' clocks
-BACKSTOP_MARGIN_S = 1.0  # the broker's execution deadline for a pool's claims, past the pool's own
+# The broker's execution deadline for a pool's claims, past the pool's own: its nack of a stuck
+# job (with the retry's floor) must land first, past the middleware around the handler and the
+# skew between this host's clock, which sets the deadline, and the reaping scheduler's.
+BACKSTOP_MARGIN_S = STUCK_NOTICE_S
 
 
 class _Running:
@@ -223,7 +226,7 @@ class Pool:
         )
         self.batcher = Batcher(self.broker, window_s=config.ack_window_s, settle_for_s=config.lease_ms / 1000,
                                on_trouble=self._settle_trouble)
-        terminal = Terminal(registry, threads=self.threads, grace_s=config.timeout_grace_s)
+        self.terminal = terminal = Terminal(registry, threads=self.threads, grace_s=config.timeout_grace_s)
         self.chain = compose(registry.middleware, terminal)
 
     async def run(self) -> int:
@@ -733,10 +736,19 @@ class Pool:
             [r.task for r in self.active.values()], timeout=self.config.cancel_deadline_s,
         )
         if pending:
-            logger.warning("%d handler(s) ignored cancellation; their jobs are released", len(pending))
+            logger.warning("%d handler(s) ignored cancellation", len(pending))
 
     async def _deregister(self) -> None:
-        """Hand back anything still held (normally nothing) and remove the worker entry."""
+        """Hand back anything still held (normally nothing) and remove the worker entry. Not
+        while a handler still runs, in a thread or a task that ignored its cancellation: its
+        job must not go back to the queue before this process ends, so what is held stays held
+        by this worker id, for the supervisor to hand back once the process is gone (or, without
+        one, for the lease reaper)."""
+        unfinished = self.terminal.threads_running() + sum(not r.task.done() for r in self.active.values())
+        if unfinished:
+            logger.warning("pool %s: %d handler(s) still running at exit; their jobs are handed back once this "
+                           "process has ended", self.worker_id, unfinished)
+            return
         try:
             await release_worker(self.broker, self.worker_id, verdict="release", error=b"")
         except BACKEND_ERRORS as err:

@@ -87,3 +87,44 @@ def test_a_stop_stands_however_the_sync_handler_ends(redis_url: str, redis_clien
     drain_one(redis_url, "sync.finish", finish, started)
     assert redis_client.hget(f"{{ojs}}:job:{job_id}", "state") == b"available"
     assert redis_client.hget(f"{{ojs}}:job:{job_id}", "attempt") == b"0"
+
+
+def test_a_job_whose_sync_handler_outlives_the_stop_stays_held_until_the_process_ends(
+    redis_url: str, redis_client: redis.Redis,
+) -> None:
+    """A handler that goes on past the cancel deadline: the pool's stop ends with its thread
+    still running, and the process ends right after (os._exit). The job is not handed back by
+    the pool then: it stays held by the pool's worker id, for the supervisor to hand back once
+    the process is gone (the lease reaper without one), so no other worker starts it while the
+    thread runs."""
+    (job_id,) = enqueue(redis_url, Draft(type="sync.outlive"))
+    started, stop_returned = threading.Event(), threading.Event()
+    held_after_the_stop: list[list[bytes | None]] = []
+
+    def outlive(ctx: JobContext) -> None:
+        started.set()
+        wait_until(lambda: ctx.cancelled, timeout_s=10, what="the handler to be asked to stop")
+        assert stop_returned.wait(20), "the pool's stop did not end"
+
+    registry = Registry(module="inline", handlers={"sync.outlive": HandlerSpec(job_type="sync.outlive", fn=outlive,
+                                                                                is_async=False)})
+    config = PoolConfig(module="inline", settings=Settings(redis_url=redis_url), worker_id="pool-outlive",
+                        queues=(("default", 1),), concurrency=1, drain_timeout_s=0.1, cancel_deadline_s=0.2)
+    liveness = Liveness()
+    pool = Pool(config, registry=registry, liveness=liveness)
+
+    async def go() -> None:
+        task = asyncio.create_task(pool.run())
+        assert await asyncio.to_thread(started.wait, 10), "the handler did not start"
+        pool.request_stop()
+        await task  # the pool's stop is over (a process would os._exit now); its handler still runs
+        held_after_the_stop.append(redis_client.hmget(f"{{ojs}}:job:{job_id}", "state", "worker_id"))
+        stop_returned.set()
+
+    try:
+        run(go())
+    finally:
+        stop_returned.set()
+        pool.threads.shutdown(wait=True)
+        liveness.close()
+    assert held_after_the_stop == [[b"active", b"pool-outlive"]]
