@@ -155,7 +155,8 @@ class Workflows:
         """Newest first from the `workflows` index, optionally one state only; at most `scan`
         index entries are read per call (a state filter is checked on each), so a page may be
         short. The second value, when not None, is where the next page starts: (creation time,
-        id) of the last entry read. Cost: one ZRANGE and one pipelined HMGET per call."""
+        id) of the last entry read. Cost: one ZRANGE and one pipelined HMGET per call (past a
+        millisecond that holds more workflows than a page, three more reads: see _index_after)."""
         want = scan if state else limit
         entries = await self._index_after(after, want)
         fields = ["id", "type", "name", "state", "total", "completed", "failed", "created_at", "completed_at",
@@ -180,8 +181,10 @@ class Workflows:
     async def _index_after(self, after: tuple[float, str] | None, want: int) -> _IndexEntries:
         """Up to `want` entries of the `workflows` index past the cursor, newest first. The
         index orders the workflows of one millisecond by id: those of the cursor's millisecond
-        that earlier pages showed are skipped, however many there are (the read goes on past
-        them a chunk at a time), so a walk never ends early."""
+        that earlier pages showed are skipped, however many there are, so a walk never ends
+        early. Past a first read of only those, the page starts at the cursor's own entry's rank
+        (one lookup, not a re-read of the millisecond); when that entry is gone (deleted), the
+        read goes on a chunk at a time."""
         if after is None:
             entries: _IndexEntries = await self.redis.zrange(
                 self.keys.workflows, "+inf", "-inf", desc=True, byscore=True, withscores=True, offset=0, num=want)
@@ -196,6 +199,12 @@ class Workflows:
             kept += [(m, sc) for m, sc in read if sc < score or m.decode() < last_id]
             if len(read) < chunk:
                 break
+            if not kept and offset == 0:  # a crowded millisecond: start right past the cursor's entry
+                rank = await self.redis.zrevrank(self.keys.workflows, last_id)
+                if rank is not None and await self.redis.zscore(self.keys.workflows, last_id) == score:
+                    by_rank: _IndexEntries = await self.redis.zrange(
+                        self.keys.workflows, rank + 1, rank + want, desc=True, withscores=True)
+                    return by_rank
             offset += len(read)
         return kept[:want]
 

@@ -72,3 +72,22 @@ def test_a_filtered_walk_past_a_crowded_millisecond_finds_the_older_matches(
             break
     # Then the walk gets past the crowded millisecond to it
     assert seen == [cancelled]
+
+
+def test_a_walk_goes_on_when_the_workflow_its_cursor_names_is_gone(
+    broker: Broker, run: Run[Any], redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given 100 workflows of one millisecond, and a first page of 10 of them
+    flows = Workflows(broker)
+    monkeypatch.setattr(timefmt, "now_ms", lambda: 1_700_000_000_001)
+    burst = sorted(_create(flows, run, 100), reverse=True)
+    items, after = run(flows.list(state=None, limit=10, after=None))
+    assert after is not None and after[1] == burst[9]
+    # When the workflow the cursor names leaves the index (deleted) before the next page
+    redis_client.zrem(keys.workflows, after[1])
+    seen = [item["id"] for item in items]
+    while after is not None:
+        items, after = run(flows.list(state=None, limit=10, after=after))
+        seen += [item["id"] for item in items]
+    # Then the walk still lists the rest, once each
+    assert seen == burst
