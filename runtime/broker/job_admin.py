@@ -40,6 +40,15 @@ class BulkResult(msgspec.Struct, kw_only=True):
     job_ids: list[str]
 
 
+class PurgeCursor(msgspec.Struct, array_like=True, frozen=True):
+    """Where a purge that stopped at its budget goes on: the index of the state it was in (of
+    the states asked) and how many entries at that state's oldest end it keeps (members of
+    running workflows), which the next call skips instead of examining them again."""
+
+    state: int
+    kept: int
+
+
 class JobAdmin:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
@@ -77,32 +86,33 @@ class JobAdmin:
         return int(reply[1])
 
     async def purge(self, queue: str, states: Sequence[str], *, older_than_ms: int | None,
-                    budget: int = MAX_PURGE) -> tuple[int, bool]:
+                    budget: int = MAX_PURGE, start: PurgeCursor | None = None) -> tuple[int, PurgeCursor | None]:
         """Delete a queue's jobs in the given ended states that ended at or before
         `older_than_ms` (all of them when None), oldest first, at most `budget` per call (and
-        as many kept entries examined). Returns (deleted, has_more). Members of running
-        workflows are kept."""
+        as many kept entries examined). Members of running workflows are kept. Returns the
+        number deleted and, when the budget ran out first, where the next call goes on (pass it
+        as `start`: it starts past the entries this one kept, so a queue whose oldest end holds
+        more than a budget's worth of kept jobs is still purged behind them)."""
         bound = "+inf" if older_than_ms is None else str(older_than_ms)
         deleted = 0
-        more = False
-        for state in states:
-            offset = 0
+        examined_kept = 0
+        first = start.state if start is not None else 0
+        for index in range(first, len(states)):
+            offset = start.kept if start is not None and index == first else 0
             while True:
                 room = min(PURGE_CHUNK, budget - deleted)
-                if room <= 0 or offset >= budget:
-                    more = True
-                    break
+                if room <= 0 or examined_kept >= budget:
+                    return deleted, PurgeCursor(index, offset)
                 gone, skipped, examined = (int(x) for x in await self.broker.scripts.call(
                     "delete_ended", keys=[self.keys.prefix],
-                    args=[str(timefmt.now_ms()), "range", queue, state, bound, str(room), str(offset)],
+                    args=[str(timefmt.now_ms()), "range", queue, states[index], bound, str(room), str(offset)],
                 ))
                 deleted += gone
                 offset += skipped
+                examined_kept += skipped
                 if examined < room:
                     break
-            if more:
-                break
-        return deleted, more
+        return deleted, None
 
     async def bulk(
         self, action: str, *, flt: JobFilter | None, ids: Sequence[str] | None, cursor: str | None,

@@ -85,6 +85,20 @@ def test_dead_letter_purge_needs_confirm_and_takes_them_all(api: Api) -> None:
     assert api.http.get("/ojs/v1/admin/dead-letter/stats").json()["total"] == 0
 
 
+def test_a_dead_letter_purge_of_every_queue_resumes_from_its_cursor(api: Api) -> None:
+    # Given two dead letters in each of two queues
+    for queue in ("dl-a", "dl-b"):
+        for n in range(2):
+            api.enqueue("t.x", [n], queue=queue, retry={"max_attempts": 1})
+        api.fail(queue, 2)
+    # When a purge goes on from a cursor that stopped in the second queue past one kept entry
+    purged = api.http.request("DELETE", "/ojs/v1/admin/dead-letter",
+                              json={"confirm": True, "cursor": '["dl-b",1]'}).json()
+    # Then it starts there: the first queue's dead letters and the entry it names stay
+    assert purged == {"purged_count": 1, "has_more": False, "next_cursor": None}
+    assert api.http.get("/ojs/v1/admin/dead-letter/stats").json()["total"] == 3
+
+
 def test_stats_count_every_state_and_the_history_counts_this_minutes_work(api: Api) -> None:
     for _ in range(4):
         api.enqueue("t.x", [], queue=Q, retry={"max_attempts": 1})

@@ -832,10 +832,10 @@ class BrokerMachine(RuleBasedStateMachine):
     def purge(self, state: str) -> None:
         """Every ended job of that state goes, but the members of running workflows and the
         cancelled runs that may still be going."""
-        deleted, more = self.run(self.job_admin.purge(QUEUE, [state], older_than_ms=None))
+        deleted, stopped = self.run(self.job_admin.purge(QUEUE, [state], older_than_ms=None))
         gone = [j.id for j in self.model.jobs.values()
                 if j.state == state and not self._workflow_running(j) and not self._may_still_run(j)]
-        assert (deleted, more) == (len(gone), False), f"purge {state}: {deleted}, model {len(gone)}"
+        assert (deleted, stopped) == (len(gone), None), f"purge {state}: {deleted}, model {len(gone)}"
         for job_id in gone:
             del self.model.jobs[job_id]
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -115,3 +116,21 @@ async def listing_page(listing: JobListing, flt: JobFilter, request: Request, *,
     if request.query("cursor"):  # followed by cursor, `page` stays 1: only the cursor tells what is left
         block["has_more"] = found.next_cursor is not None
     return found, {**block, "scanned": found.scanned}
+
+
+C = TypeVar("C")
+MAX_KEPT = 1_000_000_000  # a purge cursor's count of kept entries: bounds what a forged one asks for
+
+
+def purge_cursor(raw: str | None, decoder: msgspec.json.Decoder[C], valid: Callable[[C], bool], what: str) -> C | None:
+    """The cursor a purge request brings back (the `next_cursor` of the call before), or None;
+    400 when it is not one this endpoint made for `what`."""
+    if raw is None:
+        return None
+    try:
+        cursor = decoder.decode(raw)
+    except msgspec.DecodeError:
+        cursor = None
+    if cursor is None or not valid(cursor):
+        raise InvalidRequest(f"cursor must be the next_cursor of a purge of {what}.")
+    return cursor

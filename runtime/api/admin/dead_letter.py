@@ -6,10 +6,18 @@ from collections import Counter
 
 import msgspec
 
-from runtime.api.admin.common import FilterBody, checked_filter, listing_page, query_filter, time_ms
+from runtime.api.admin.common import (
+    MAX_KEPT,
+    FilterBody,
+    checked_filter,
+    listing_page,
+    purge_cursor,
+    query_filter,
+    time_ms,
+)
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
-from runtime.broker.job_admin import MAX_BULK, MAX_PURGE, summary
+from runtime.broker.job_admin import MAX_BULK, MAX_PURGE, PurgeCursor, summary
 from runtime.broker.job_listing import JobFilter
 from runtime.broker.render import encode_job
 from runtime.errors import InvalidRequest, NotFound
@@ -32,11 +40,22 @@ class DeadLetterPurge(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     type: str | None = None
     older_than: str | None = None
     confirm: bool = False
-    cursor: str | None = None  # with error_type or type: where the last call stopped
+    cursor: str | None = None  # the next_cursor of the call before
+
+
+class _PurgeCursor(msgspec.Struct, array_like=True, frozen=True):
+    """Where a purge of every queue's dead letters goes on: the queue it stopped in (queues go
+    in name order) and the entries kept at that queue's oldest end (members of running
+    workflows), which the next call starts past."""
+
+    queue: str
+    kept: int
 
 
 _bulk_decoder = msgspec.json.Decoder(DeadLetterBulk)
 _purge_decoder = msgspec.json.Decoder(DeadLetterPurge)
+_purge_cursor_decoder = msgspec.json.Decoder(_PurgeCursor)
+_purge_cursor_encoder = msgspec.json.Encoder()
 
 
 def _discarded(flt: JobFilter) -> JobFilter:
@@ -119,15 +138,22 @@ def register(router: Router, services: Services) -> None:
             raise InvalidRequest("Purge deletes jobs for good: send \"confirm\": true.")
         older = time_ms(req.older_than, "older_than")
         if req.error_type is None and req.type is None:
+            resume = purge_cursor(req.cursor, _purge_cursor_decoder, what="every queue's dead letters",
+                                  valid=lambda c: 0 <= c.kept <= MAX_KEPT)
             queues = [req.queue] if req.queue else await admin.queue_names()
-            deleted, more = 0, False
+            if resume is not None:
+                queues = [q for q in queues if q >= resume.queue]
+            deleted, stopped = 0, None
             for queue in queues:
-                gone, more = await job_admin.purge(queue, ["discarded"], older_than_ms=older,
-                                                   budget=MAX_PURGE - deleted)
+                start = PurgeCursor(0, resume.kept) if resume is not None and queue == resume.queue else None
+                gone, at = await job_admin.purge(queue, ["discarded"], older_than_ms=older,
+                                                 budget=MAX_PURGE - deleted, start=start)
                 deleted += gone
-                if more:
+                if at is not None:
+                    stopped = _PurgeCursor(queue, at.kept)
                     break
-            return json_response(200, {"purged_count": deleted, "has_more": more, "next_cursor": None})
+            cursor = _purge_cursor_encoder.encode(stopped).decode() if stopped is not None else None
+            return json_response(200, {"purged_count": deleted, "has_more": cursor is not None, "next_cursor": cursor})
         flt = _discarded(checked_filter(FilterBody(queue=req.queue, error_type=req.error_type, type=req.type)))
         result = await job_admin.bulk("delete", flt=flt, ids=None, cursor=req.cursor, dry_run=False)
         return json_response(200, {"purged_count": result.succeeded, "has_more": result.has_more,

@@ -7,11 +7,11 @@ from typing import Annotated
 import msgspec
 
 from runtime import timefmt
-from runtime.api.admin.common import page_args, pagination, time_ms
+from runtime.api.admin.common import MAX_KEPT, page_args, pagination, purge_cursor, time_ms
 from runtime.api.queues import checked_queue
 from runtime.api.routing import Request, Response, Router, json_response
 from runtime.api.services import Services
-from runtime.broker.job_admin import ENDED_STATES
+from runtime.broker.job_admin import ENDED_STATES, PurgeCursor
 from runtime.broker.queue_config import QueueConfigRequest, QueueRateLimitRequest
 from runtime.errors import InvalidRequest, NotFound
 
@@ -25,9 +25,12 @@ class PurgeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         default_factory=lambda: list(ENDED_STATES))
     older_than: str | None = None
     confirm: bool = False
+    cursor: Annotated[str, msgspec.Meta(max_length=64)] | None = None  # the next_cursor of the call before
 
 
 _purge_decoder = msgspec.json.Decoder(PurgeRequest)
+_purge_cursor_decoder = msgspec.json.Decoder(PurgeCursor)
+_purge_cursor_encoder = msgspec.json.Encoder()
 
 
 def register(router: Router, services: Services) -> None:
@@ -81,7 +84,8 @@ def register(router: Router, services: Services) -> None:
 
     async def purge(request: Request) -> Response:
         """Delete the queue's ended jobs in the given states (that ended before older_than),
-        oldest first, at most 10,000 per call (has_more: call again). Cost: the jobs deleted."""
+        oldest first, at most 10,000 per call (has_more: call again with next_cursor, which
+        starts past the jobs kept at the oldest end). Cost: the jobs deleted."""
         name = checked_queue(request)
         req: PurgeRequest = request.decode(_purge_decoder)
         if req.confirm is not True:
@@ -90,9 +94,13 @@ def register(router: Router, services: Services) -> None:
         if bad or not req.states or len(set(req.states)) != len(req.states):
             raise InvalidRequest(f"states must be some of {', '.join(ENDED_STATES)}, each once (live jobs are "
                                  "cancelled first, with a bulk cancel).")
-        deleted, more = await services.job_admin.purge(name, req.states, older_than_ms=time_ms(req.older_than,
-                                                                                               "older_than"))
-        return json_response(200, {"purged_count": deleted, "states": req.states, "has_more": more})
+        start = purge_cursor(req.cursor, _purge_cursor_decoder, what="the same states",
+                             valid=lambda c: 0 <= c.state < len(req.states) and 0 <= c.kept <= MAX_KEPT)
+        deleted, stopped = await services.job_admin.purge(name, req.states, start=start,
+                                                          older_than_ms=time_ms(req.older_than, "older_than"))
+        cursor = _purge_cursor_encoder.encode(stopped).decode() if stopped is not None else None
+        return json_response(200, {"purged_count": deleted, "states": req.states, "has_more": cursor is not None,
+                                   "next_cursor": cursor})
 
     router.add("GET", "/ojs/v1/admin/queues", list_queues)
     router.add("GET", "/ojs/v1/admin/queues/{name}", detail)

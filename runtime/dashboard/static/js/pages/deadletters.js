@@ -82,7 +82,9 @@ export default async function deadLetters(view, page) {
         deleted += 1;
       }
     } else {
-      deleted = (await repeatWhileMore(() => api("/ojs/v1/admin/dead-letter", { method: "DELETE", body: { ...filter, confirm: true } }))).purged_count;
+      deleted = (await repeatWhileMore((cursor) => api("/ojs/v1/admin/dead-letter", {
+        method: "DELETE", body: { ...filter, confirm: true, ...(cursor ? { cursor } : {}) },
+      }))).purged_count;
     }
     toast(`Deleted ${fmtNumber(deleted)}`);
     await page.reshow();

@@ -41,8 +41,8 @@ export default async function queues(view, page) {
     });
     const states = checks.map((label) => label.firstChild).filter((box) => box.checked).map((box) => box.value);
     if (!ok || !states.length) return;
-    const total = await repeatWhileMore(() => api(`/ojs/v1/admin/queues/${encodeURIComponent(name)}/jobs`, {
-      method: "DELETE", body: { states, confirm: true },
+    const total = await repeatWhileMore((cursor) => api(`/ojs/v1/admin/queues/${encodeURIComponent(name)}/jobs`, {
+      method: "DELETE", body: { states, confirm: true, ...(cursor ? { cursor } : {}) },
     }));
     toast(`Purged ${fmtNumber(total.purged_count)} jobs from ${name}`);
     await load();
