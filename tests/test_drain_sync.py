@@ -36,11 +36,14 @@ def unwinding(ctx: JobContext, state_of_job: Callable[[], bytes | None]) -> byte
     return state_of_job()
 
 
-def drain_one(redis_url: str, job_type: str, handler: Callable[[JobContext], object], started: threading.Event) -> None:
-    """Run a pool with one sync handler; stop it once the handler runs, past a short drain."""
+def drain_one(redis_url: str, job_type: str, handler: Callable[[JobContext], object], started: threading.Event,
+              *, cancel_deadline_s: float = 5.0, after_stop: Callable[[], None] = lambda: None) -> None:
+    """Run a pool (worker id pool-<job_type>) with one sync handler; stop it once the handler
+    runs, past a short drain. `after_stop` runs once the pool's stop is over (where a pool
+    process ends), and again, harmlessly, if the run failed before."""
     registry = Registry(module="inline", handlers={job_type: HandlerSpec(job_type=job_type, fn=handler, is_async=False)})
     config = PoolConfig(module="inline", settings=Settings(redis_url=redis_url), worker_id=f"pool-{job_type}",
-                        queues=(("default", 1),), concurrency=1, drain_timeout_s=0.1, cancel_deadline_s=5.0)
+                        queues=(("default", 1),), concurrency=1, drain_timeout_s=0.1, cancel_deadline_s=cancel_deadline_s)
     liveness = Liveness()
     pool = Pool(config, registry=registry, liveness=liveness)
 
@@ -49,10 +52,12 @@ def drain_one(redis_url: str, job_type: str, handler: Callable[[JobContext], obj
         assert await asyncio.to_thread(started.wait, 10), "the handler did not start"
         pool.request_stop()
         await task
+        after_stop()
 
     try:
         run(go())
     finally:
+        after_stop()
         pool.threads.shutdown(wait=True)
         liveness.close()
 
@@ -106,25 +111,10 @@ def test_a_job_whose_sync_handler_outlives_the_stop_stays_held_until_the_process
         wait_until(lambda: ctx.cancelled, timeout_s=10, what="the handler to be asked to stop")
         assert stop_returned.wait(20), "the pool's stop did not end"
 
-    registry = Registry(module="inline", handlers={"sync.outlive": HandlerSpec(job_type="sync.outlive", fn=outlive,
-                                                                                is_async=False)})
-    config = PoolConfig(module="inline", settings=Settings(redis_url=redis_url), worker_id="pool-outlive",
-                        queues=(("default", 1),), concurrency=1, drain_timeout_s=0.1, cancel_deadline_s=0.2)
-    liveness = Liveness()
-    pool = Pool(config, registry=registry, liveness=liveness)
-
-    async def go() -> None:
-        task = asyncio.create_task(pool.run())
-        assert await asyncio.to_thread(started.wait, 10), "the handler did not start"
-        pool.request_stop()
-        await task  # the pool's stop is over (a process would os._exit now); its handler still runs
-        held_after_the_stop.append(redis_client.hmget(f"{{ojs}}:job:{job_id}", "state", "worker_id"))
+    def stop_over() -> None:  # the pool's stop is over (a process would os._exit now); its handler still runs
+        if not stop_returned.is_set():
+            held_after_the_stop.append(redis_client.hmget(f"{{ojs}}:job:{job_id}", "state", "worker_id"))
         stop_returned.set()
 
-    try:
-        run(go())
-    finally:
-        stop_returned.set()
-        pool.threads.shutdown(wait=True)
-        liveness.close()
-    assert held_after_the_stop == [[b"active", b"pool-outlive"]]
+    drain_one(redis_url, "sync.outlive", outlive, started, cancel_deadline_s=0.2, after_stop=stop_over)
+    assert held_after_the_stop == [[b"active", b"pool-sync.outlive"]]
