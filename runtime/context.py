@@ -155,6 +155,9 @@ class JobContext:
         self._progress = progress
         self._loop = loop
         self.stop_reason: str | None = None  # CANCELLED, SHUTDOWN or TIMEOUT once asked to stop
+        # Set by the executor when a sync handler ignored its timeout (the timeout, in s): its
+        # thread still runs, whatever the middleware around it made of that.
+        self.stuck_after_s: float | None = None
 
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:

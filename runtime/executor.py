@@ -165,6 +165,7 @@ class Terminal:
                 await asyncio.shield(future)
         except TimeoutError:
             if grace.expired():
+                ctx.stuck_after_s = ctx.timeout_s or 0
                 raise HandlerStuck(ctx.timeout_s or 0) from None
         except Exception:
             pass  # it stopped, by raising: still a timeout
@@ -190,6 +191,10 @@ async def execute(ctx: JobContext, chain: Chain, handlers: Container[str]) -> Ou
     with tracing.job_span(ctx.job, worker_id=ctx.worker_id, workflow_step=ctx.workflow_step,
                           step_links=ctx.step_links) as attempt:
         outcome = await _run(ctx, chain)
+        if ctx.stuck_after_s is not None and not isinstance(outcome, Stuck):
+            # Middleware caught the stuck handler's timeout (a retry of its own, a failure): the
+            # thread runs on all the same, so the pool must be replaced and the retry wait for it.
+            outcome = Stuck(timeout_error(ctx.stuck_after_s))
         if attempt is not None:
             ctx.span_traceparent = attempt.traceparent
             _trace_outcome(attempt, outcome, ctx.job)

@@ -229,6 +229,26 @@ def test_execute_sync_handler_that_ignores_its_timeout_is_stuck(threads: ThreadP
     assert isinstance(item, Failure) and item.verdict == "retry"
 
 
+def test_a_stuck_handler_is_stuck_whatever_middleware_makes_of_its_timeout(threads: ThreadPoolExecutor) -> None:
+    release = threading.Event()
+
+    def stubborn(ctx: JobContext) -> None:
+        release.wait(10)
+
+    async def retry_on_timeouts(ctx: JobContext, call_next: Any) -> Any:
+        try:
+            return await call_next()
+        except TimeoutError:
+            raise Retry(delay_s=0.1) from None  # its own quick retry: the thread still runs
+
+    reg = registry({"t.stubborn": stubborn}, middleware=(retry_on_timeouts,))
+    try:
+        outcome = run_job(reg, make_ctx("t.stubborn", timeout_s=0.05), threads, grace_s=0.05)
+    finally:
+        release.set()
+    assert isinstance(outcome, Stuck) and outcome.error.type == "timeout"
+
+
 def test_execute_cancelled_job_reports_nothing(threads: ThreadPoolExecutor) -> None:
     async def scenario() -> Outcome:
         async def slow(ctx: JobContext) -> None:
