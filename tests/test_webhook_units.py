@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
+from typing import Any
 
 import pytest
 
@@ -103,8 +105,6 @@ def test_a_redirect_to_an_invalid_location_ends_the_attempt(location: str) -> No
 
 def test_an_attempt_always_settles_whatever_its_post_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     """A waiter (and its delivery slot) must never wait for ever on an attempt's thread."""
-    import asyncio
-
     def broken(*_args: object, **_kwargs: object) -> Attempt:
         raise RuntimeError("unexpected")
 
@@ -120,3 +120,26 @@ def test_a_retry_after_that_is_no_number_of_seconds_is_ignored(value: str) -> No
     assert sender._retry_after(value) is None or value == "-inf"
     result = Attempt(status=429, retry_after_s=sender._retry_after(value))
     assert 0 <= _next_attempt_ms(result, 1, 30_000, 0) <= 86_400_000
+
+
+def test_an_attempt_whose_name_lookup_hangs_ends_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a receiver whose name lookup does not answer (a resolver that hangs): the attempt's
+    # thread cannot be cut short there, before it has a socket to close
+    release, lookup_over = threading.Event(), threading.Event()
+    real = socket.getaddrinfo
+
+    def hanging(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "hangs.example":
+            release.wait(30)
+            lookup_over.set()
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    try:
+        # When an attempt of 0.3 s is sent there
+        result = asyncio.run(sender.send("http://hangs.example/hook", b"{}", {}, timeout_s=0.3))
+        # Then it ended as a timeout while the lookup still hung
+        assert not lookup_over.is_set()
+        assert result.status is None and result.error is not None and result.error.startswith("timeout")
+    finally:
+        release.set()

@@ -144,9 +144,17 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout_s: float) ->
     return done(status=status, permanent=True, error=f"more than {MAX_REDIRECTS} redirects")
 
 
+# Past the attempt's deadline, how long its waiter gives the thread to report before ending the
+# attempt itself: what the thread's own watchdog cannot cut short (the name lookup, a connect to
+# each of several addresses) must not hold a delivery slot past the deadline.
+SEND_MARGIN_S = 0.5
+
+
 async def send(url: str, body: bytes, headers: dict[str, str], *, timeout_s: float) -> Attempt:
-    """`post` in a daemon thread of its own. Not a thread pool: its threads are joined at exit,
-    so a stopping server would wait out attempts it has given up on (they are redelivered)."""
+    """`post` in a daemon thread of its own, waited for at most the attempt's deadline (and a
+    margin): a thread still resolving or connecting then is left to end by itself, its result
+    unread. Not a thread pool: its threads are joined at exit, so a stopping server would wait
+    out attempts it has given up on (they are redelivered)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Attempt] = loop.create_future()
 
@@ -163,5 +171,10 @@ async def send(url: str, body: bytes, headers: dict[str, str], *, timeout_s: flo
         with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
             loop.call_soon_threadsafe(settle, result)
 
+    started = time.monotonic()
     threading.Thread(target=attempt, name="webhook-attempt", daemon=True).start()
-    return await future
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), timeout_s + SEND_MARGIN_S)
+    except TimeoutError:
+        return Attempt(error="timeout: no complete response in time (the connection was not made)",
+                       duration_ms=int((time.monotonic() - started) * 1000))
