@@ -19,7 +19,7 @@ from runtime import timefmt
 from runtime.broker.core import Broker
 from runtime.broker.job_listing import JobFilter, JobListing
 from runtime.broker.scripts import Status
-from runtime.errors import Conflict, NotFound, OJSError
+from runtime.errors import Conflict, InvalidRequest, NotFound, OJSError
 
 MAX_BULK = 1_000  # jobs changed per bulk call
 PURGE_CHUNK = 500  # jobs deleted per script call
@@ -38,6 +38,20 @@ class BulkResult(msgspec.Struct, kw_only=True):
     has_more: bool
     next_cursor: str | None
     job_ids: list[str]
+
+
+IDS_CURSOR = "ids:"  # a bulk call by ids past its limit goes on at this offset into the ids
+
+
+def _ids_offset(cursor: str | None, count: int) -> int:
+    """Where in the named ids a bulk call by ids starts: its cursor (the next_cursor of a call
+    with the same ids) says, else the first."""
+    if cursor is None:
+        return 0
+    offset = cursor.removeprefix(IDS_CURSOR)
+    if offset == cursor or not offset.isdigit() or not 0 < int(offset) < count:
+        raise InvalidRequest("cursor must be the next_cursor of a bulk call with the same ids.")
+    return int(offset)
 
 
 class PurgeCursor(msgspec.Struct, array_like=True, frozen=True):
@@ -125,8 +139,11 @@ class JobAdmin:
         next_cursor = None
         refused: list[dict[str, str]] = []
         if ids is not None:
-            chosen = list(dict.fromkeys(ids))[:limit]
-            more = len(ids) > limit
+            named = list(dict.fromkeys(ids))
+            start = _ids_offset(cursor, len(named))
+            chosen = named[start:start + limit]
+            more = start + limit < len(named)
+            next_cursor = f"{IDS_CURSOR}{start + limit}" if more else None
             if only_state is not None:
                 async with self.broker.redis.pipeline(transaction=False) as pipe:
                     for job_id in chosen:

@@ -163,6 +163,22 @@ def test_bulk_retry_by_ids_reports_each_job_it_could_not_retry(api: Api) -> None
     assert {api.state(i) for i in failed} == {"available"}
 
 
+def test_bulk_by_ids_past_its_limit_goes_on_from_its_cursor(api: Api) -> None:
+    ids = [api.enqueue("mail.send", [], queue=Q) for _ in range(5)]
+    body: dict[str, Any] = {"ids": ids, "confirm": True, "limit": 2}
+    done: list[int] = []
+    for _ in range(5):  # 3 calls: 2 + 2 + 1
+        result = api.http.post("/ojs/v1/admin/jobs/bulk/cancel", json=body).json()
+        done.append(result["succeeded"])
+        if not result["has_more"]:
+            break
+        body["cursor"] = result["next_cursor"]
+    assert done == [2, 2, 1] and result["next_cursor"] is None
+    assert {api.state(i) for i in ids} == {"cancelled"}
+    for forged in ("ids:0", "ids:5", "ids:x", "2"):
+        assert_error(api.http.post("/ojs/v1/admin/jobs/bulk/cancel", json={**body, "cursor": forged}), 400)
+
+
 def test_bulk_delete_by_filter_removes_only_ended_jobs_in_pages(api: Api, store: redis.Redis) -> None:
     for _ in range(5):
         api.enqueue("mail.send", [], queue=Q)
