@@ -156,7 +156,8 @@ class JobContext:
         self._loop = loop
         self.stop_reason: str | None = None  # CANCELLED, SHUTDOWN or TIMEOUT once asked to stop
         # Set by the executor when a sync handler ignored its timeout (the timeout, in s): its
-        # thread still runs, whatever the middleware around it made of that.
+        # thread still runs, whatever the middleware around it made of that, so the pool
+        # process must be replaced.
         self.stuck_after_s: float | None = None
 
     @property

@@ -191,10 +191,12 @@ async def execute(ctx: JobContext, chain: Chain, handlers: Container[str]) -> Ou
     with tracing.job_span(ctx.job, worker_id=ctx.worker_id, workflow_step=ctx.workflow_step,
                           step_links=ctx.step_links) as attempt:
         outcome = await _run(ctx, chain)
-        if ctx.stuck_after_s is not None and not isinstance(outcome, Stuck):
-            # Middleware caught the stuck handler's timeout (a retry of its own, a failure): the
-            # thread runs on all the same, so the pool must be replaced and the retry wait for it.
-            outcome = Stuck(timeout_error(ctx.stuck_after_s))
+        if ctx.stuck_after_s is not None and isinstance(outcome, (Failed, RetryLater)):
+            # Middleware made a failure or a retry of its own of the stuck handler's timeout: the
+            # thread runs on all the same, so that retry must wait for the process to end (the
+            # error stays the middleware's: it decides whether there is a retry). What middleware
+            # completed, discarded or cancelled stays so; the pool is replaced either way.
+            outcome = Stuck(outcome.error)
         if attempt is not None:
             ctx.span_traceparent = attempt.traceparent
             _trace_outcome(attempt, outcome, ctx.job)

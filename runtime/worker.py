@@ -520,7 +520,7 @@ class Pool:
         run = self.active[ctx.claim]
         try:
             outcome = await execute(ctx, self.chain, self.registry.handlers)
-            if isinstance(outcome, Stuck):
+            if ctx.stuck_after_s is not None:  # whatever middleware made of it: the thread runs on
                 self._go_stuck(ctx)  # before its slot frees: nothing more starts in this process
             self._slot_freed(run)  # the next job starts while this one's ack is on its way
             await ctx.flush_progress()

@@ -241,12 +241,27 @@ def test_a_stuck_handler_is_stuck_whatever_middleware_makes_of_its_timeout(threa
         except TimeoutError:
             raise Retry(delay_s=0.1) from None  # its own quick retry: the thread still runs
 
-    reg = registry({"t.stubborn": stubborn}, middleware=(retry_on_timeouts,))
+    async def fallback_on_timeouts(ctx: JobContext, call_next: Any) -> Any:
+        try:
+            return await call_next()
+        except TimeoutError:
+            return {"fallback": True}  # done, as far as the middleware is concerned
+
     try:
-        outcome = run_job(reg, make_ctx("t.stubborn", timeout_s=0.05), threads, grace_s=0.05)
+        ctx = make_ctx("t.stubborn", timeout_s=0.05)
+        retried = run_job(registry({"t.stubborn": stubborn}, middleware=(retry_on_timeouts,)), ctx, threads,
+                          grace_s=0.05)
+        fallback_ctx = make_ctx("t.stubborn", timeout_s=0.05)
+        fallback = run_job(registry({"t.stubborn": stubborn}, middleware=(fallback_on_timeouts,)), fallback_ctx,
+                           threads, grace_s=0.05)
     finally:
         release.set()
-    assert isinstance(outcome, Stuck) and outcome.error.type == "timeout"
+    # A retry of the middleware's own waits for the process (Stuck: the floor under its delay)
+    assert isinstance(retried, Stuck) and retried.error.type == "Retry"
+    # A result of the middleware's own stands: the job is done, not run again
+    assert fallback == Completed(b'{"fallback":true}')
+    # and either way the pool learns that a thread runs on (it is replaced)
+    assert ctx.stuck_after_s == fallback_ctx.stuck_after_s == 0.05
 
 
 def test_execute_cancelled_job_reports_nothing(threads: ThreadPoolExecutor) -> None:
