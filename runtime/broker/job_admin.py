@@ -56,10 +56,13 @@ def _ids_offset(cursor: str | None, count: int) -> int:
 
 class PurgeCursor(msgspec.Struct, array_like=True, frozen=True):
     """Where a purge that stopped at its budget goes on: the index of the state it was in (of
-    the states asked) and how many entries at that state's oldest end it keeps (members of
-    running workflows), which the next call skips instead of examining them again."""
+    the states asked), the end time (ms) of the last job it kept there (a member of a running
+    workflow) and how many it kept of that millisecond. The next call starts at that
+    millisecond past those, so the jobs kept before it are not examined again, and one that
+    leaves the index meanwhile does not shift where it starts."""
 
     state: int
+    score: int
     kept: int
 
 
@@ -112,19 +115,24 @@ class JobAdmin:
         examined_kept = 0
         first = start.state if start is not None else 0
         for index in range(first, len(states)):
-            offset = start.kept if start is not None and index == first else 0
+            # from `low` (ms; 0: the oldest), past the `kept` jobs of that ms kept before
+            low, kept = (start.score, start.kept) if start is not None and index == first else (0, 0)
             while True:
                 room = min(PURGE_CHUNK, budget - deleted)
                 if room <= 0 or examined_kept >= budget:
-                    return deleted, PurgeCursor(index, offset)
-                gone, skipped, examined = (int(x) for x in await self.broker.scripts.call(
+                    return deleted, PurgeCursor(index, low, kept)
+                gone, skipped, examined, kept_score, kept_there = await self.broker.scripts.call(
                     "delete_ended", keys=[self.keys.prefix],
-                    args=[str(timefmt.now_ms()), "range", queue, states[index], bound, str(room), str(offset)],
-                ))
-                deleted += gone
-                offset += skipped
-                examined_kept += skipped
-                if examined < room:
+                    args=[str(timefmt.now_ms()), "range", queue, states[index], bound, str(room), str(kept),
+                          str(low)],
+                )
+                deleted += int(gone)
+                examined_kept += int(skipped)
+                if int(skipped):
+                    last = int(kept_score)
+                    kept = kept + int(kept_there) if last == low else int(kept_there)
+                    low = last
+                if int(examined) < room:
                     break
         return deleted, None
 

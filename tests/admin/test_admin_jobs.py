@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import redis
 
+from runtime import timefmt
 from tests.admin.conftest import Api, assert_error
 
 Q = "adm"
@@ -210,26 +211,33 @@ def test_purge_deletes_a_queues_ended_jobs_older_than_given(api: Api) -> None:
     assert _list(api, queue=Q, state="completed")["items"] == []
 
 
-@pytest.mark.parametrize("cursor", ["[1,0]", "[0,-1]", "[-1,0]", "nonsense", '["a",0]', "[0]"])
+@pytest.mark.parametrize("cursor", ["[1,0,0]", "[0,0,-1]", "[0,-5,0]", "[-1,0,0]", "[0,1]", "nonsense",
+                                    '["a",0,0]', '["a",-1,0]', "[0]"])
 def test_a_purge_refuses_a_cursor_it_did_not_make(api: Api, cursor: str) -> None:
-    # (one state asked: a cursor can only name state 0, and never a negative count)
+    # (one state asked: a cursor can only name state 0, and never a negative time or count)
     path = f"/ojs/v1/admin/queues/{Q}/jobs"
     assert_error(api.http.request("DELETE", path, json={"states": ["completed"], "confirm": True,
                                                         "cursor": cursor}), 400)
-    if cursor != '["a",0]':  # a dead letter purge's cursor names a queue
+    if cursor != '["a",0,0]':  # a dead letter purge's cursor names a queue
         assert_error(api.http.request("DELETE", "/ojs/v1/admin/dead-letter", json={"confirm": True, "cursor": cursor}),
                      400)
 
 
-def test_a_purge_resumes_from_a_cursor(api: Api) -> None:
+def test_a_purge_resumes_from_its_cursors_millisecond(api: Api) -> None:
     for _ in range(2):
         api.enqueue("mail.send", [], queue=Q)
     api.complete(Q, 2)
-    # A cursor that says the oldest completed job was kept: the purge starts past it
     path = f"/ojs/v1/admin/queues/{Q}/jobs"
-    purged = api.http.request("DELETE", path, json={"states": ["completed"], "confirm": True, "cursor": "[0,1]"})
-    assert (purged.json()["purged_count"], purged.json()["has_more"]) == (1, False)
-    assert len(_list(api, queue=Q, state="completed")["items"]) == 1
+    # A cursor past every job's end: nothing from there on
+    later = timefmt.now_ms() + 86_400_000
+    purged = api.http.request("DELETE", path, json={"states": ["completed"], "confirm": True,
+                                                    "cursor": f"[0,{later},0]"}).json()
+    assert (purged["purged_count"], purged["has_more"], purged["next_cursor"]) == (0, False, None)
+    assert len(_list(api, queue=Q, state="completed")["items"]) == 2
+    # One at the start: all of them
+    purged = api.http.request("DELETE", path, json={"states": ["completed"], "confirm": True,
+                                                    "cursor": "[0,0,0]"}).json()
+    assert purged["purged_count"] == 2
 
 
 def test_a_far_page_of_a_listing_that_matches_little_is_refused_not_walked(api: Api) -> None:

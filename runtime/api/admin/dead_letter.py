@@ -45,10 +45,11 @@ class DeadLetterPurge(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class _PurgeCursor(msgspec.Struct, array_like=True, frozen=True):
     """Where a purge of every queue's dead letters goes on: the queue it stopped in (queues go
-    in name order) and the entries kept at that queue's oldest end (members of running
-    workflows), which the next call starts past."""
+    in name order), and there, as in a queue purge's cursor, the millisecond of the last dead
+    letter it kept (a member of a running workflow) and how many of that millisecond it kept."""
 
     queue: str
+    score: int
     kept: int
 
 
@@ -139,18 +140,19 @@ def register(router: Router, services: Services) -> None:
         older = time_ms(req.older_than, "older_than")
         if req.error_type is None and req.type is None:
             resume = purge_cursor(req.cursor, _purge_cursor_decoder, what="every queue's dead letters",
-                                  valid=lambda c: 0 <= c.kept <= MAX_KEPT)
+                                  valid=lambda c: c.score >= 0 and 0 <= c.kept <= MAX_KEPT)
             queues = [req.queue] if req.queue else await admin.queue_names()
             if resume is not None:
                 queues = [q for q in queues if q >= resume.queue]
             deleted, stopped = 0, None
             for queue in queues:
-                start = PurgeCursor(0, resume.kept) if resume is not None and queue == resume.queue else None
+                start = (PurgeCursor(0, resume.score, resume.kept)
+                         if resume is not None and queue == resume.queue else None)
                 gone, at = await job_admin.purge(queue, ["discarded"], older_than_ms=older,
                                                  budget=MAX_PURGE - deleted, start=start)
                 deleted += gone
                 if at is not None:
-                    stopped = _PurgeCursor(queue, at.kept)
+                    stopped = _PurgeCursor(queue, at.score, at.kept)
                     break
             cursor = _purge_cursor_encoder.encode(stopped).decode() if stopped is not None else None
             return json_response(200, {"purged_count": deleted, "has_more": cursor is not None, "next_cursor": cursor})

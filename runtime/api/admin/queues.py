@@ -95,7 +95,7 @@ def register(router: Router, services: Services) -> None:
             raise InvalidRequest(f"states must be some of {', '.join(ENDED_STATES)}, each once (live jobs are "
                                  "cancelled first, with a bulk cancel).")
         start = purge_cursor(req.cursor, _purge_cursor_decoder, what="the same states",
-                             valid=lambda c: 0 <= c.state < len(req.states) and 0 <= c.kept <= MAX_KEPT)
+                             valid=lambda c: 0 <= c.state < len(req.states) and c.score >= 0 and 0 <= c.kept <= MAX_KEPT)
         deleted, stopped = await services.job_admin.purge(name, req.states, start=start,
                                                           older_than_ms=time_ms(req.older_than, "older_than"))
         cursor = _purge_cursor_encoder.encode(stopped).decode() if stopped is not None else None

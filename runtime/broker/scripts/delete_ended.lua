@@ -20,11 +20,13 @@
   mode "ids":   ARGV[3..] job ids
   mode "range": ARGV[3] queue, ARGV[4] state (completed | cancelled | discarded),
                 ARGV[5] max score (ms, inclusive: jobs that ended at or before it),
-                ARGV[6] limit, ARGV[7] offset (entries skipped by earlier calls: members of
-                running workflows stay in the index)
+                ARGV[6] limit, ARGV[7] offset: entries at the min score kept by earlier calls
+                (members of running workflows stay in the index), ARGV[8] min score (ms,
+                inclusive; "" or absent: -inf)
 
   Returns: mode "ids": one {status, state} per id;
-           mode "range": {deleted, skipped, examined}
+           mode "range": {deleted, skipped, examined, score of the last entry kept ("" when
+           none was), entries kept at that score}
 ]]
 local T = context(KEYS[1], ARGV[1], "0")
 local now_ms = T.now_ms
@@ -62,9 +64,12 @@ if ARGV[2] == "ids" then
 end
 
 local index = queue_key(T, ARGV[3], ARGV[4])
-local ids = rcall("ZRANGEBYSCORE", index, "-inf", ARGV[5], "LIMIT", tonumber(ARGV[7]), tonumber(ARGV[6]))
+local low = (ARGV[8] and ARGV[8] ~= "") and ARGV[8] or "-inf"
+local rows = rcall("ZRANGEBYSCORE", index, low, ARGV[5], "WITHSCORES", "LIMIT", tonumber(ARGV[7]), tonumber(ARGV[6]))
 local deleted, skipped = 0, 0
-for _, id in ipairs(ids) do
+local kept_score, kept_there = "", 0
+for i = 1, #rows, 2 do
+  local id, score = rows[i], rows[i + 1]
   local status = delete_one(id)
   if status == S.OK then
     deleted = deleted + 1
@@ -72,6 +77,7 @@ for _, id in ipairs(ids) do
     rcall("ZREM", index, id)  -- an entry whose job is gone: nothing else to undo
   else
     skipped = skipped + 1
+    if score == kept_score then kept_there = kept_there + 1 else kept_score, kept_there = score, 1 end
   end
 end
-return {deleted, skipped, #ids}
+return {deleted, skipped, #rows / 2, kept_score, kept_there}
