@@ -56,7 +56,10 @@ _encode = msgspec.json.encode
 def _normalise(req: CronRequest, job_fields: dict[str, Any]) -> CronEntry:
     """The registration to store. `job_fields` are the request's top-level fields that are not the
     registration's own (envelope.CRON_FIELDS): in the prose shape they are the job's."""
-    expression = req.expression or req.cron or req.schedule
+    given = {value for value in (req.expression, req.cron, req.schedule) if value}
+    if len(given) > 1:  # three names of one field (the spec's and two common spellings)
+        raise InvalidRequest("expression, cron and schedule name the same field: give the schedule once.")
+    expression = given.pop() if given else None
     if not expression:
         raise InvalidRequest("expression is required")
     flat = {"type": req.type, "args": req.args, "meta": req.meta, "options": req.options, **job_fields}

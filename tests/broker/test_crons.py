@@ -16,6 +16,7 @@ from runtime.broker.core import Broker
 from runtime.broker.crons import Crons
 from runtime.broker.keys import Keys
 from runtime.envelope import CronRequest
+from runtime.errors import InvalidRequest
 from tests.broker.conftest import Run
 
 MINUTE_MS = 60_000
@@ -203,3 +204,21 @@ def test_cancel_previous_replaces_a_previous_job_that_holds_the_lock_itself(
     fresh = run(crons.get("c"))["last_job_id"]
     assert fresh != p
     assert [redis_client.hget(keys.job(i), "state") for i in (p, fresh)] == [b"cancelled", b"available"]
+
+
+@pytest.mark.parametrize("spellings", [{"expression": "0 * * * *", "cron": "0 0 * * *"},
+                                       {"cron": "0 * * * *", "schedule": "*/5 * * * *"}])
+def test_a_schedule_given_twice_differently_is_refused_not_half_ignored(
+    broker: Broker, run: Run[Any], spellings: dict[str, str],
+) -> None:
+    req = msgspec.convert({"name": "twice", **spellings, "job_template": {"type": "report.build", "args": []}},
+                          CronRequest)
+    with pytest.raises(InvalidRequest, match="give the schedule once"):
+        run(Crons(broker).register(req))
+
+
+def test_a_schedule_given_twice_the_same_is_taken(broker: Broker, run: Run[Any]) -> None:
+    req = msgspec.convert({"name": "same", "expression": "0 * * * *", "cron": "0 * * * *",
+                           "job_template": {"type": "report.build", "args": []}}, CronRequest)
+    view, created = run(Crons(broker).register(req))
+    assert created and view["expression"] == "0 * * * *"
