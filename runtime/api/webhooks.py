@@ -105,7 +105,7 @@ def register(router: Router, services: Services) -> None:
         limit = request.query_int("limit", default=50, minimum=1, maximum=settings.webhook_log_length)
         wanted = request.query("subscription_id")
         subs = [s for s in await webhooks.subscriptions() if wanted in (None, s.id)]
-        entries = [e for sub in subs for e in await webhooks.log(sub.id, limit=limit)]
+        entries = [e for log in await webhooks.logs([sub.id for sub in subs], limit=limit) for e in log]
         entries.sort(key=lambda e: str(e.get("attempted_at", "")), reverse=True)
         return json_response(200, {"deliveries": entries[:limit], "count": min(limit, len(entries))})
 

@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -218,8 +219,16 @@ class Webhooks:
 
     async def log(self, sub_id: str, *, limit: int) -> list[dict[str, Any]]:
         await self.get(sub_id)
-        entries = await self.redis.lrange(self.keys.webhook_log(sub_id), 0, limit - 1)
-        return [_decode_any.decode(entry) for entry in entries]
+        return (await self.logs([sub_id], limit=limit))[0]
+
+    async def logs(self, sub_ids: Sequence[str], *, limit: int) -> list[list[dict[str, Any]]]:
+        """The latest `limit` delivery attempts of each subscription, in one round trip; a
+        subscription deleted meanwhile has none (its log went with it), not a 404 for all."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sub_id in sub_ids:
+                pipe.lrange(self.keys.webhook_log(sub_id), 0, limit - 1)
+            replies: list[list[bytes]] = await pipe.execute()
+        return [[_decode_any.decode(entry) for entry in entries] for entries in replies]
 
     async def delivery(self, delivery_id: str) -> dict[str, Any]:
         fields = await self.redis.hgetall(self.keys.webhook_delivery(delivery_id))

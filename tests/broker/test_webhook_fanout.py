@@ -208,3 +208,19 @@ def test_a_delivery_whose_record_expires_as_it_is_retried_is_not_written_back_in
         pass  # gone before the retry's own read: as good
     fields = redis_client.hgetall(key)
     assert not fields or b"body" in fields, fields  # whole, or not there at all
+
+
+def test_the_delivery_logs_of_a_subscription_deleted_meanwhile_are_empty_not_an_error(
+        broker: Broker, run: Run[Any], redis_client: redis.Redis) -> None:
+    # Given two subscriptions with an attempt each in their logs (as the delivery loop writes them)
+    hooks = Webhooks(broker)
+    kept = run(hooks.create(subscription("https://a.example.com", ["job.enqueued"]), SECRET))
+    gone = run(hooks.create(subscription("https://b.example.com", ["job.enqueued"]), SECRET))
+    for sub in (kept, gone):
+        redis_client.lpush(broker.keys.webhook_log(sub.id), msgspec.json.encode({"subscription_id": sub.id}))
+    listed = [s.id for s in run(hooks.subscriptions())]
+    # When one is deleted after the listing read the subscriptions, before it reads their logs
+    run(hooks.delete(gone.id))
+    logs = run(hooks.logs(listed, limit=10))
+    # Then the deleted one has none and the other keeps its own
+    assert dict(zip(listed, logs, strict=True)) == {kept.id: [{"subscription_id": kept.id}], gone.id: []}
