@@ -23,8 +23,9 @@ Redis (``P`` the prefix; a key is ``^[a-zA-Z0-9][a-zA-Z0-9._:-]*$``, so the part
 
 =========================  =====  ================================================================
 ``P rl:<key>``             hash   policy (latest enqueued), ov_conc/ov_until (an override),
-                                  next_at (throttle), blocked (a fetch found it at its limit),
-                                  healed_at
+                                  next_at (throttle), blocked (a fetch found it at its limit:
+                                  the queues whose jobs it held, space-separated, woken when a
+                                  slot frees; "1" as an earlier version wrote it), healed_at
 ``P rl-active:<key>``      set    ids of the key's active jobs
 ``P rl-starts:<key>``      zset   <id>:<claim> -> start time (ms), inside the rate window
 ``P rl-jobs:<key>``        set    ids of the key's unfinished jobs (removed when a job ends)

@@ -368,3 +368,25 @@ def test_a_job_cancelled_while_running_is_not_deleted_while_its_run_may_go_on(
     with pytest.raises(Conflict, match="cancelled while running"):
         run(JobAdmin(broker).delete(first))
     assert run(broker.fetch(["rl"], worker_id="w2")) == []  # the slot is still the cancelled run's
+
+
+def test_a_freed_slot_wakes_every_queue_whose_jobs_the_key_held(
+    broker: Broker, run: Run[Any], enqueue: Callable[..., list[str]], redis_client: Any,
+) -> None:
+    # Given a key at its concurrency with its running job in one queue and held ones in two others
+    (running,) = enqueue(limited("shared", queue="rl-a", concurrency=1))
+    (held_b,) = enqueue(limited("shared", queue="rl-b", concurrency=1))
+    (held_c,) = enqueue(limited("shared", queue="rl-c", concurrency=1))
+    assert ids(run(broker.fetch(["rl-a"], worker_id="w"))) == [running]
+    assert run(broker.fetch(["rl-b"], worker_id="w")) == [] and run(broker.fetch(["rl-c"], worker_id="w")) == []
+    wakes = redis_client.pubsub()
+    wakes.subscribe(broker.keys.prefix + "notify:rl-b", broker.keys.prefix + "notify:rl-c")
+    for _ in range(2):
+        assert wakes.get_message(timeout=5)["type"] == "subscribe"
+    # When the running job ends (its slot frees)
+    run(broker.ack(running, worker_id="w"))
+    # Then the idle workers of both queues that hold the key's jobs are woken, not only its own
+    woken = {wakes.get_message(timeout=5)["channel"] for _ in range(2)}
+    wakes.close()
+    assert woken == {(broker.keys.prefix + f"notify:{q}").encode() for q in ("rl-b", "rl-c")}
+    assert ids(run(broker.fetch(["rl-b", "rl-c"], worker_id="w"))) == [held_b]

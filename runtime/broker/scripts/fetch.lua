@@ -213,7 +213,7 @@ local function limiter(key)
     "ov_rate_ms", "win")
   l = {key = key, hash = hash, active_key = prefix .. "rl-active:" .. key,
        starts_key = prefix .. "rl-starts:" .. key, next_at = tonumber(f[3]) or 0, until_ms = tonumber(f[4]) or 0,
-       healed_at = tonumber(f[5]) or 0, blocked = f[6] ~= false, win = tonumber(f[9])}
+       healed_at = tonumber(f[5]) or 0, blocked = f[6] ~= false, blocked_in = f[6] or "", win = tonumber(f[9])}
   if f[2] and tonumber(f[2]) > now then  -- an override (PUT /rate-limits/{key}) until ov_until
     l.ov_conc = tonumber(f[1])
     l.ov_rate, l.ov_rate_ms = tonumber(f[7]), tonumber(f[8])
@@ -294,7 +294,7 @@ local function rl_admit(l, p, id, token)
     rcall("HSET", l.hash, "next_at", l.next_at)
   end
   if l.blocked then
-    l.blocked = false
+    l.blocked, l.blocked_in = false, ""
     rcall("HDEL", l.hash, "blocked")
     emit(T, "rate_limit.released", id, {key = l.key, job_id = id})
   end
@@ -308,9 +308,12 @@ local function rl_hold(l, p, id, queue, job_type, strategy, limit, current, allo
     verdicts[verdict_key] = true
     emit(T, "rate_limit.exceeded", l.key, {key = l.key, strategy = strategy, limit = limit, current = current})
   end
-  if not l.blocked then
-    l.blocked = true
-    rcall("HSET", l.hash, "blocked", "1")
+  -- `blocked` names the queues whose jobs the key holds (lib.lua rl_leave wakes each of them
+  -- when a slot frees); "1", as an earlier version wrote it, names none.
+  l.blocked = true
+  if not string.find(" " .. l.blocked_in .. " ", " " .. queue .. " ", 1, true) then
+    l.blocked_in = (l.blocked_in == "" or l.blocked_in == "1") and queue or (l.blocked_in .. " " .. queue)
+    rcall("HSET", l.hash, "blocked", l.blocked_in)
   end
   local job_key = prefix .. "job:" .. id
   held_in[queue] = (held_in[queue] or 0) + 1  -- held, rescheduled or dropped: the scan's bound

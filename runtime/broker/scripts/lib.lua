@@ -226,15 +226,20 @@ local function iso_ms(ms)
 end
 
 -- Keyed rate limits (runtime/broker/rate_limits.py): a job of key `rl_key` left `active`, so its
--- concurrency slot is free; when a fetch found the key at its limit, the queue's idle workers
--- are woken to claim what waits. A job cancelled while running keeps its slot: its run may go
--- on until its worker hears of the cancel, at the latest until cancelled_run_until, and the
--- fetch that finds the key full frees the slot after that (heal in fetch.lua).
+-- concurrency slot is free; when a fetch found the key at its limit, the idle workers of every
+-- queue whose jobs it held (the key's `blocked`, fetch.lua rl_hold) are woken to claim what
+-- waits. A job cancelled while running keeps its slot: its run may go on until its worker hears
+-- of the cancel, at the latest until cancelled_run_until, and the fetch that finds the key full
+-- frees the slot after that (heal in fetch.lua).
 local function rl_leave(T, id, rl_key, queue)
   if not rl_key then return end
-  if rcall("SREM", T.prefix .. "rl-active:" .. rl_key, id) == 1 and rcall("HEXISTS", T.prefix .. "rl:" .. rl_key,
-      "blocked") == 1 then
-    rcall("PUBLISH", T.prefix .. "notify:" .. queue, "1")
+  if rcall("SREM", T.prefix .. "rl-active:" .. rl_key, id) == 1 then
+    local blocked = rcall("HGET", T.prefix .. "rl:" .. rl_key, "blocked")
+    if blocked == "1" then  -- as an earlier version wrote it: no queue named
+      rcall("PUBLISH", T.prefix .. "notify:" .. queue, "1")
+    elseif blocked then
+      for held_in in string.gmatch(blocked, "%S+") do rcall("PUBLISH", T.prefix .. "notify:" .. held_in, "1") end
+    end
   end
 end
 
