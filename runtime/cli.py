@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable
 
@@ -39,8 +41,15 @@ def _log_format_option(parser: argparse.ArgumentParser) -> None:
                         help="text, or json: one JSON object per line (env OJS_LOG_FORMAT; default text)")
 
 
+def _stacks_on_sigusr1() -> None:
+    """`kill -USR1 <pid>` prints every thread's Python stack to stderr (the log), for a process
+    that hangs; forked children inherit it. Only an explicit USR1 does this."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
 def _start(args: argparse.Namespace) -> int:
     logs.configure(args.log_level, args.log_format, text_format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _stacks_on_sigusr1()
     settings = settings_from_env(host=args.host, port=args.port, redis_url=args.redis_url, data_dir=args.data_dir)
     try:
         if int(args.workers) > 1:
@@ -172,6 +181,7 @@ def run_main(argv: list[str] | None = None) -> int:
     args = _run_parser().parse_args(argv)
     logs.configure(args.log_level, args.log_format,
                    text_format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    _stacks_on_sigusr1()
     sys.path.insert(0, os.getcwd())  # like uvicorn and gunicorn: the app's modules are found from here
     if args.check:
         return handler_check.check(args.module, args.queues or ())

@@ -145,7 +145,7 @@ def test_sigterm_lets_an_in_flight_request_finish(
     assert isinstance(reply, httpx.Response), reply
     assert reply.status_code == 201, reply.text
     assert redis_client.exists(f"{{ojs}}:job:{reply.json()['job']['id']}")
-    assert server.proc.wait(timeout=30) == 0
+    assert server.wait_exit(30) == 0
 
 
 def test_a_port_that_is_taken_is_refused_even_by_a_server_with_reuseport(server: BrokerProcess, redis_url: str) -> None:

@@ -256,7 +256,7 @@ def test_webhook_server_stops_without_waiting_out_an_attempt_in_flight(redis_url
             server.proc.terminate()
             # Then it exits by itself (the attempt is given up, to be redelivered) after its
             # graceful shutdown, which ends by re-raising the SIGTERM
-            assert server.proc.wait(timeout=60) in (0, -signal.SIGTERM), server.log_tail()
+            assert server.wait_exit(60) in (0, -signal.SIGTERM), server.log_tail()
             assert "Traceback" not in server.log_tail(200)
         finally:
             server.stop()

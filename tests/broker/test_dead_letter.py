@@ -121,10 +121,35 @@ def _dead_letter_many(broker: Broker, run: Run[Any], queue: str, count: int) -> 
     return [d.job_id for d in done]
 
 
-def _job_reads(client: redis.Redis) -> int:
-    """Commands so far (server-wide) that read a job hash."""
-    stats = client.info("commandstats")
-    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("hgetall", "hmget", "hget"))
+class _JobReads:
+    """The commands that read a job hash in this test's database while it is open (MONITOR,
+    which sees every client of the server: other tests' processes on other databases are told
+    apart by the database, where a server-wide counter would count them too)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.db = int(client.connection_pool.connection_kwargs.get("db", 0))
+        self.monitor = client.monitor()
+        self.monitor.__enter__()
+
+    def count(self) -> int:
+        """Stop watching; the reads seen (up to a marker this call sends, so none is missed)."""
+        marker = f"job-reads-end-{id(self)}"
+        self.client.echo(marker)
+        reads = 0
+        try:
+            for event in self.monitor.listen():
+                command = event["command"]
+                if event.get("db") != self.db:
+                    continue
+                if marker in command:
+                    return reads
+                name, _, rest = command.partition(" ")
+                if name.upper() in ("HGETALL", "HMGET", "HGET") and ":job:" in rest.split(" ", 1)[0]:
+                    reads += 1
+        finally:
+            self.monitor.__exit__(None, None, None)
+        raise AssertionError("the monitor ended before its marker")
 
 
 def test_dead_letter_page_of_one_queue_reads_only_that_queue_entries(
@@ -134,9 +159,9 @@ def test_dead_letter_page_of_one_queue_reads_only_that_queue_entries(
     _dead_letter_many(broker, run, "bulk", 2_000)
     few = _dead_letter_many(broker, run, "few", 3)
     # When: the small queue is listed, a page of two
-    before = _job_reads(redis_client)
+    watch = _JobReads(redis_client)
     total, page = run(admin.dead_letter_page(queue="few", limit=2, offset=0))
-    reads = _job_reads(redis_client) - before
+    reads = watch.count()
     # Then: its own entries, oldest first, and only as many job hashes read as the page holds
     assert total == 3
     assert [h[b"id"].decode() for h in page] == few[:2]
