@@ -192,10 +192,11 @@ async def execute(ctx: JobContext, chain: Chain, handlers: Container[str]) -> Ou
                           step_links=ctx.step_links) as attempt:
         outcome = await _run(ctx, chain)
         if ctx.stuck_after_s is not None and isinstance(outcome, (Failed, RetryLater)):
-            # Middleware made a failure or a retry of its own of the stuck handler's timeout: the
-            # thread runs on all the same, so that retry must wait for the process to end (the
-            # error stays the middleware's: it decides whether there is a retry). What middleware
-            # completed, discarded or cancelled stays so; the pool is replaced either way.
+            # The stuck handler's timeout, as it reached the top (a timeout failure) or as
+            # middleware made it a failure or a retry of its own: the thread runs on all the
+            # same, so a retry must wait for the process to end (the error decides whether there
+            # is one). What middleware completed, discarded or cancelled stays so; the pool is
+            # replaced either way.
             outcome = Stuck(outcome.error)
         if attempt is not None:
             ctx.span_traceparent = attempt.traceparent
@@ -214,8 +215,6 @@ async def _run(ctx: JobContext, chain: Chain) -> Outcome:
             _uncancel()
             return Released()
         raise
-    except HandlerStuck as err:
-        return Stuck(timeout_error(err.timeout_s))
     except JobTimeout as err:
         return Failed(timeout_error(err.timeout_s))
     except InvalidArguments as err:

@@ -156,7 +156,7 @@ class Workflows:
         index entries are read per call (a state filter is checked on each), so a page may be
         short. The second value, when not None, is where the next page starts: (creation time,
         id) of the last entry read. Cost: one ZRANGE and one pipelined HMGET per call (past a
-        millisecond that holds more workflows than a page, three more reads: see _index_after)."""
+        millisecond that holds more workflows than a page, two more round trips: see _index_after)."""
         want = scan if state else limit
         entries = await self._index_after(after, want)
         fields = ["id", "type", "name", "state", "total", "completed", "failed", "created_at", "completed_at",
@@ -200,8 +200,11 @@ class Workflows:
             if len(read) < chunk:
                 break
             if not kept and offset == 0:  # a crowded millisecond: start right past the cursor's entry
-                rank = await self.redis.zrevrank(self.keys.workflows, last_id)
-                if rank is not None and await self.redis.zscore(self.keys.workflows, last_id) == score:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.zrevrank(self.keys.workflows, last_id)
+                    pipe.zscore(self.keys.workflows, last_id)
+                    rank, at = await pipe.execute()
+                if rank is not None and at == score:
                     by_rank: _IndexEntries = await self.redis.zrange(
                         self.keys.workflows, rank + 1, rank + want, desc=True, withscores=True)
                     return by_rank
