@@ -32,11 +32,13 @@ from runtime.broker import clients
 from runtime.broker.core import Broker
 from runtime.broker.records import NewJob, build_job, decode_request, shares_build, with_identity
 from runtime.broker.render import encode_job
+from runtime.broker.sharded import ShardedBroker, ShardedWorkflows
+from runtime.broker.shards import shard_settings
 from runtime.broker.workflows import WorkflowRequest, Workflows
 from runtime.config import Settings, settings_from_env
 from runtime.embedded_redis import EmbeddedRedisError, default_data_dir, published_url
 from runtime.envelope import EnqueueOptions
-from runtime.errors import InvalidRequest
+from runtime.errors import InvalidRequest, NotFound
 from runtime.handlers import registered
 from runtime.ids import uuid7
 from runtime.job_handle import JobHandle, ResultWatch
@@ -88,12 +90,21 @@ class Client:
         # Any URL the runtime takes (redis+sentinel:// too), with the protections of the runtime's
         # own connections: the command deadline (a silent link fails a call, never hangs it),
         # keepalive, health checks and the TLS settings for rediss://.
-        self._redis = clients.redis_client(self.settings, redis_url)
-        self._broker = Broker(self._redis, self.settings)
-        self._workflows = Workflows(self._broker)
+        # One client per shard (runtime.broker.shards): on a cluster each keeps to its slot's node.
+        self._shard_redis = [clients.redis_client(s, redis_url) for s in shard_settings(self.settings)]
+        self._redis = self._shard_redis[0]
+        self._broker: Broker | ShardedBroker
+        self._workflows: Workflows | ShardedWorkflows
+        if len(self._shard_redis) == 1:
+            self._broker = Broker(self._redis, self.settings)
+            self._workflows = Workflows(self._broker)
+        else:
+            self._broker = ShardedBroker([Broker(r, s) for r, s in zip(
+                self._shard_redis, shard_settings(self.settings), strict=True)], self.settings)
+            self._workflows = ShardedWorkflows(self._broker)
         self._middleware = bool(middleware)
         self._chain = compose(list(middleware), _insert_as_is)
-        self._watch: ResultWatch | None = None
+        self._watches: dict[int, ResultWatch] = {}
         # Jobs of one shape (type, meta, options) made in the same millisecond share one build
         # (see _build): a producer enqueueing one job at a time reuses it too.
         self._builds: dict[tuple[str, bytes, bytes], NewJob] = {}
@@ -108,10 +119,11 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
-        if self._watch is not None:
-            await self._watch.close()
+        for watch in self._watches.values():
+            await watch.close()
         await self._broker.close()
-        await self._redis.aclose()
+        for redis in self._shard_redis:
+            await redis.aclose()
 
     async def enqueue(
         self, type: str, args: Sequence[Any] = (), *, meta: dict[str, Any] | None = None,
@@ -137,12 +149,19 @@ class Client:
         """A handle on a job enqueued earlier (by anyone), to read its status or wait for it."""
         return JobHandle(job_id, self)
 
-    @property
-    def watch(self) -> ResultWatch:
-        """The reader of the event stream that result handles wait on (made on first use)."""
-        if self._watch is None:
-            self._watch = ResultWatch(self)
-        return self._watch
+    async def watch_of(self, job_id: str) -> ResultWatch:
+        """The reader of the event stream of the job's shard, which result handles wait on (one
+        per shard, made on first use)."""
+        shard = 0
+        if isinstance(self._broker, ShardedBroker):
+            (found,) = await self._broker.locate([job_id])
+            if found is None:
+                raise NotFound(f"Job '{job_id}' not found.")
+            shard = found
+        if shard not in self._watches:
+            broker = self._broker.shards[shard] if isinstance(self._broker, ShardedBroker) else self._broker
+            self._watches[shard] = ResultWatch(self, broker.redis, broker.keys.events)
+        return self._watches[shard]
 
     async def enqueue_many(self, drafts: Sequence[Draft]) -> list[str | None]:
         """Enqueue all the jobs or none (one script call); None for each job middleware dropped.

@@ -16,6 +16,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: str | None = None  # embedded Redis data directory (AOF); None: embedded_redis.default_data_dir()
     embedded_appendfsync: str = "everysec"  # the embedded Redis' AOF fsync policy: always | everysec | no
     key_prefix: str = DEFAULT_PREFIX
+    # The namespace split into this many shards, each its own key prefix and Cluster slot
+    # (runtime/broker/shards.py); 1: one prefix, key_prefix itself.
+    shards: int = 1
     # How long a Redis command may go unanswered before its connection is taken for dead and
     # closed (its callers fail with an unknown outcome). Longer than the biggest batched script
     # call takes; see runtime/broker/wire.py. 0: no deadline.
@@ -124,6 +127,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             # A namespace is one slot: every key of a transition must hash alike.
             raise ValueError(f"on a Redis Cluster OJS_KEY_PREFIX must carry a hash tag, such as '{{ojs}}:'; "
                              f"{self.key_prefix!r} has none")
+        from runtime.broker.shards import MAX_SHARDS
+
+        if not 1 <= self.shards <= MAX_SHARDS:
+            raise ValueError(f"OJS_SHARDS must be between 1 and {MAX_SHARDS}")
         if self.durability not in ("primary", "replicated"):
             raise ValueError("OJS_DURABILITY must be primary or replicated")
         if self.durability_replicas < 1 or self.durability_timeout_ms < 1:
@@ -199,6 +206,7 @@ def settings_from_env(**overrides: object) -> Settings:
     values["webhooks_allow_http"] = _env_bool("OJS_WEBHOOKS_ALLOW_HTTP")
     for field, env in (
         ("max_body_bytes", "OJS_MAX_BODY_BYTES"),
+        ("shards", "OJS_SHARDS"),
         ("redis_command_timeout_ms", "OJS_REDIS_COMMAND_TIMEOUT_MS"),
         ("durability_replicas", "OJS_DURABILITY_REPLICAS"),
         ("durability_timeout_ms", "OJS_DURABILITY_TIMEOUT_MS"),

@@ -29,6 +29,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from runtime.client import Client
 
 logger = logging.getLogger(__name__)
@@ -59,10 +61,10 @@ class JobFailed(Exception):
 class ResultWatch:
     """One client's reader of the event stream, shared by all of its waiters."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, redis: Redis, stream: str) -> None:
         self._client = client
-        self._redis = client._redis
-        self._stream = client._broker.keys.events
+        self._redis = redis
+        self._stream = stream
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
@@ -194,7 +196,7 @@ class JobHandle(Generic[T]):
     async def result(self, timeout: float | None = None) -> T:
         """The handler's result once the job completes; raises :class:`JobFailed` when it was
         discarded or cancelled, ``TimeoutError`` after `timeout` seconds."""
-        result: T = outcome(await self._client.watch.wait(self.id, timeout))
+        result: T = outcome(await (await self._client.watch_of(self.id)).wait(self.id, timeout))
         return result
 
 

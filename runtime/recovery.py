@@ -25,6 +25,7 @@ from runtime import pool_ids
 from runtime.broker.clients import blocking_client
 from runtime.broker.keys import Keys
 from runtime.broker.pool_ops import release_worker_blocking
+from runtime.broker.shards import shard_settings
 from runtime.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,15 @@ TIMEOUT_S = 10.0
 
 
 def dead_pools(settings: Settings, host: str) -> list[str]:
-    """Worker ids of this host's pools whose runtime is gone (see the module docstring)."""
+    """Worker ids of this host's pools whose runtime is gone (see the module docstring), in
+    every shard of the namespace (a pool registers in the one it serves)."""
+    dead: list[str] = []
+    for shard in shard_settings(settings):
+        dead += [worker_id for worker_id in _dead_pools_of(shard, host) if worker_id not in dead]
+    return dead
+
+
+def _dead_pools_of(settings: Settings, host: str) -> list[str]:
     keys = Keys(settings.key_prefix)
     client = blocking_client(settings, socket_timeout=TIMEOUT_S)
     try:

@@ -66,6 +66,7 @@ import redis
 from runtime import default_client, metrics, recovery, reloader, sdnotify, trace_export, worker
 from runtime.broker.clients import blocking_client
 from runtime.broker.pool_ops import release_worker_blocking
+from runtime.broker.shards import shard_settings
 from runtime.config import Settings
 from runtime.embedded_redis import EmbeddedRedis, EmbeddedRedisError, default_data_dir, redacted
 from runtime.liveness import EXIT_BOOT_ERROR, EXIT_OK, Board, Liveness, Phase
@@ -109,7 +110,7 @@ class SupervisorConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 class _Child:
     __slots__ = ("pid", "kind", "worker_id", "liveness", "started", "retiring", "deadline", "kill_reason",
-                 "stop_reason", "release")
+                 "stop_reason", "release", "shard")
 
     def __init__(self, pid: int, kind: str, worker_id: str, liveness: Liveness | None) -> None:
         self.pid, self.kind, self.worker_id, self.liveness = pid, kind, worker_id, liveness
@@ -119,6 +120,7 @@ class _Child:
         self.kill_reason: str | None = None  # stuck | unresponsive | shutdown (SIGKILL sent)
         self.stop_reason: str | None = None  # stuck (SIGTERM sent: replaced, given the drain grace)
         self.release: _Release | None = None  # for a release process: the one it runs
+        self.shard = 0  # for a pool process: the shard of the namespace it serves
 
 
 class _Release:
@@ -353,17 +355,33 @@ class Supervisor:
         if self.config.reload_paths and not self._running("reloader") and self._may_respawn("reloader"):
             paths, changed_w = self.config.reload_paths, self._changed_w
             self._fork("reloader", lambda _pid: "reloader", None, lambda _id: reloader.watch(paths, changed_w))
-        while sum(not c.retiring for c in self._pools()) < self.config.processes and self._may_respawn("pool"):
+        while sum(not c.retiring for c in self._pools()) < self._pool_count() and self._may_respawn("pool"):
             seq = self.ids.next_seq()  # the id names the pool's own pid: made on each side of the fork
             liveness = Liveness()
+            shard = self._emptiest_shard()
 
-            def run_pool(worker_id: str, liveness: Liveness = liveness) -> int:
-                config = msgspec.structs.replace(self.pool, worker_id=worker_id)
-                # Task handles enqueue from handlers into the Redis this runtime serves.
-                default_client.configure(settings=config.settings)
+            def run_pool(worker_id: str, liveness: Liveness = liveness, shard: int = shard) -> int:
+                # A pool serves one shard of the namespace (all of it when there is one)...
+                config = msgspec.structs.replace(self.pool, worker_id=worker_id,
+                                                 settings=self.shard_settings[shard])
+                # ...and task handles enqueue from its handlers into the whole namespace.
+                default_client.configure(settings=self.pool.settings)
                 return worker.main(config, liveness, self.board)
 
-            self._fork("pool", functools.partial(self.ids.make, seq), liveness, run_pool)
+            self._fork("pool", functools.partial(self.ids.make, seq), liveness, run_pool).shard = shard
+
+    @property
+    def shard_settings(self) -> list[Settings]:
+        return shard_settings(self.pool.settings)
+
+    def _pool_count(self) -> int:
+        """Every shard gets a pool process at least: a shard no pool serves would never run its
+        jobs."""
+        return max(self.config.processes, len(self.shard_settings))
+
+    def _emptiest_shard(self) -> int:
+        serving = collections.Counter(c.shard for c in self._pools() if not c.retiring)
+        return min(range(len(self.shard_settings)), key=lambda shard: serving[shard])
 
     def _running(self, kind: str) -> bool:
         return any(c.kind == kind for c in self.children.values())
@@ -606,7 +624,7 @@ class Supervisor:
             return
         beats = [c.liveness.read() for c in self._pools() if c.liveness is not None]
         up = sum(beat is not None and beat.phase is Phase.READY for beat in beats)
-        if up >= self.config.processes:
+        if up >= self._pool_count():
             self.notifier.ready(f"{up} pool process(es) ready")
 
     def _cleanup(self) -> None:

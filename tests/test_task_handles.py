@@ -367,10 +367,12 @@ def test_a_result_wait_ends_when_cancelled_as_its_wake_up_comes(redis_url: str) 
             handle = await client.enqueue_job("tasks.nobody_runs_this", [])
             waiting = asyncio.get_running_loop().create_task(handle.result(timeout=60))
             deadline = asyncio.get_running_loop().time() + 10
-            while not (client._watch and client._watch._waiters.get(handle.id)):  # noqa: SLF001
+            watch = client._watches.get(0)  # noqa: SLF001  # the stream reader of the one shard
+            while not (watch and watch._waiters.get(handle.id)):  # noqa: SLF001
                 assert asyncio.get_running_loop().time() < deadline, "the wait never registered"
                 await asyncio.sleep(0.01)
-            for woken in client._watch._waiters[handle.id]:  # noqa: SLF001
+                watch = client._watches.get(0)  # noqa: SLF001
+            for woken in watch._waiters[handle.id]:  # noqa: SLF001
                 woken.set_result(None)
             waiting.cancel()
             done, _ = await asyncio.wait([waiting], timeout=10)

@@ -25,6 +25,7 @@ from runtime import metrics, timefmt
 from runtime.broker import BACKEND_ERRORS, failures, wire
 from runtime.broker.clients import redis_client
 from runtime.broker.core import AckResult, Broker, Completion, Failure, NackResult
+from runtime.broker.shards import shard_settings
 from runtime.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -312,17 +313,20 @@ def release_worker_blocking(
             "released without spending an attempt", now,
         )
 
-    async def go() -> list[str]:
-        redis = redis_client(settings, socket_timeout=timeout_s)
-        broker = Broker(redis, settings)
+    async def one(shard: Settings) -> list[str]:
+        redis = redis_client(shard, socket_timeout=timeout_s)
+        broker = Broker(redis, shard)
         try:
-            return await asyncio.wait_for(
-                release_worker(broker, worker_id, verdict=verdict, error=error, verdicts=verdicts,
-                               errors=errors), timeout_s,
-            )
+            return await release_worker(broker, worker_id, verdict=verdict, error=error, verdicts=verdicts,
+                                        errors=errors)
         finally:
             await broker.close()
             await redis.aclose()
+
+    async def go() -> list[str]:
+        # In every shard: a pool holds jobs in the one it serves, a worker of the HTTP API in any.
+        held = await asyncio.wait_for(asyncio.gather(*map(one, shard_settings(settings))), timeout_s)
+        return [job_id for ids in held for job_id in ids]
 
     return asyncio.run(go())
 

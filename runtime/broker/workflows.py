@@ -11,6 +11,7 @@ tick but never leave it stuck.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -81,10 +82,13 @@ _IndexEntries = list[tuple[bytes, float]]  # (workflow id, creation ms) from the
 
 
 class Workflows:
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, *, new_id: Callable[[], str] = uuid7) -> None:
         self.broker = broker
         self.redis = broker.redis
         self.keys = broker.keys
+        # The ids of new workflows and of their members: in a sharded namespace, ids of the
+        # broker's shard (runtime.broker.shards.id_in), so that the workflow's id names it.
+        self._new_id = new_id
 
     async def create(self, req: WorkflowRequest, *, tenant: str | None = None) -> dict[str, Any]:
         """With `tenant` (the request's X-OJS-Tenant), every member is that tenant's job; a member
@@ -119,7 +123,13 @@ class Workflows:
         now = timefmt.now_ms()
         graph = build(req, now)
         kind, members = graph.kind, graph.members
-        workflow_id = uuid7()
+        workflow_id = self._new_id()
+        if self._new_id is not uuid7:
+            for m in members:
+                if not m.job.client_id:
+                    m.job.id = self._new_id()
+                    if "id" in m.job.fields:
+                        m.job.fields["id"] = m.job.id
         # `open`: the members the workflow waits for (plain ones and a nested batch's callbacks);
         # it ends when none is left. q<k>: the result sequences members' contexts refer to.
         awaited = graph.total + sum(1 for m in members if m.awaited_callback)
